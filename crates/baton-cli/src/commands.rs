@@ -1,0 +1,605 @@
+//! The report commands: `learn`, `predict`, `graph`, `eval`. Each prints a table for people
+//! or, with `--json`, one JSON document for programs.
+
+use crate::load::{self, FormatArg};
+use anyhow::{bail, Context, Result};
+use baton_core::context::{context_kind_by_name, CONTEXT_KIND_NAMES};
+use baton_core::eval::{evaluate, EvalMode, EvalReport};
+use baton_core::predict::{PredictContext, PredictOptions};
+use baton_core::profile::NeedQuantile;
+use baton_core::{Prev, TdgConfig, TdgSnapshot};
+use baton_trace::requests::group_requests;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Where the graph comes from: a saved state or logs.
+#[derive(Debug, Args)]
+pub struct Source {
+    /// A state saved by `baton learn --save`.
+    #[arg(long, conflicts_with = "log")]
+    state: Option<PathBuf>,
+    /// Logs to learn from instead (plain, .gz or .xz).
+    #[arg(long, num_args = 1..)]
+    log: Vec<PathBuf>,
+    #[command(flatten)]
+    learning: Learning,
+}
+
+/// How logs are read and learned.
+#[derive(Debug, Args)]
+pub struct Learning {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: FormatArg,
+    /// Tasks are service:operation instead of service (span logs).
+    #[arg(long)]
+    operations: bool,
+    /// Learn requests starting at or after this time (RFC 3339, epoch, or HH:MM UTC on the log's first day).
+    #[arg(long)]
+    since: Option<String>,
+    /// Learn requests starting before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Half-life of the decay (e.g. 30m, 1h, off).
+    #[arg(long, default_value = "1h")]
+    half_life: String,
+    /// Context kinds in backoff order, comma-separated (see `baton eval --help`; or none).
+    #[arg(long, default_value = "route+call-order,call-order,route")]
+    contexts: String,
+    /// Events a context needs before it is used.
+    #[arg(long, default_value_t = 3.0)]
+    min_context_count: f64,
+}
+
+impl Learning {
+    fn config(&self) -> Result<TdgConfig> {
+        let contexts = if self.contexts == "none" {
+            Vec::new()
+        } else {
+            self.contexts
+                .split(',')
+                .map(|name| {
+                    context_kind_by_name(name.trim()).with_context(|| {
+                        format!(
+                            "unknown context `{name}`; known: {}",
+                            CONTEXT_KIND_NAMES.join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(TdgConfig {
+            half_life_us: load::parse_half_life(&self.half_life)?,
+            min_context_count: self.min_context_count,
+            contexts,
+            ..TdgConfig::default()
+        })
+    }
+}
+
+fn snapshot_of(source: &Source) -> Result<TdgSnapshot> {
+    match (&source.state, source.log.is_empty()) {
+        (Some(path), _) => load::load_state(path),
+        (None, false) => {
+            let mut learned = load::learn_logs(
+                &source.log,
+                source.learning.format.to_format(source.learning.operations),
+                source.learning.since.as_deref(),
+                source.learning.until.as_deref(),
+                source.learning.config()?,
+            )?;
+            Ok(learned.tdg.snapshot())
+        }
+        (None, true) => bail!("give --state FILE or --log FILE..."),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// Logs to learn from (plain, .gz or .xz).
+    #[arg(required = true)]
+    logs: Vec<PathBuf>,
+    #[command(flatten)]
+    learning: Learning,
+    /// Save the learned state here for `predict` and `graph`.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// How many transitions to list.
+    #[arg(long, default_value_t = 15)]
+    top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn learn(args: LearnArgs) -> Result<()> {
+    let mut learned = load::learn_logs(
+        &args.logs,
+        args.learning.format.to_format(args.learning.operations),
+        args.learning.since.as_deref(),
+        args.learning.until.as_deref(),
+        args.learning.config()?,
+    )?;
+    let snapshot = learned.tdg.snapshot();
+    if let Some(path) = &args.save {
+        load::save_state(&snapshot, path)?;
+        eprintln!("saved state to {}", path.display());
+    }
+    let mut edges: Vec<_> = snapshot
+        .edges()
+        .map(|(from, target)| {
+            let weight = snapshot.first_order(from).count * target.probability;
+            (from, target, weight)
+        })
+        .collect();
+    edges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut tasks: Vec<_> = (0..snapshot.n_tasks() as u32)
+        .map(baton_core::TaskId)
+        .map(|t| (t, snapshot.first_order(t)))
+        .collect();
+    tasks.sort_by(|a, b| b.1.count.total_cmp(&a.1.count));
+    let summary = json!({
+        "lines": learned.read.lines,
+        "records": learned.read.records,
+        "skipped": learned.read.skipped,
+        "broken": learned.read.broken,
+        "requests": learned.grouped.requests,
+        "outside_window": learned.grouped.outside_window,
+        "missing_parents": learned.grouped.missing_parents,
+        "tasks": snapshot.n_tasks(),
+        "edges": edges.len(),
+        "events": learned.tdg.n_events(),
+        "top_transitions": edges.iter().take(args.top).map(|(from, t, weight)| json!({
+            "from": snapshot.task_name(*from),
+            "to": snapshot.task_name(t.task),
+            "probability": t.probability,
+            "weight": weight,
+            "delay_mean_us": t.delay_mean_us,
+        })).collect::<Vec<_>>(),
+        "stop_probability": tasks.iter().take(args.top).map(|(t, d)| json!({
+            "task": snapshot.task_name(*t),
+            "stop": d.stop_probability,
+            "weight": d.count,
+        })).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!(
+        "learned {} requests: {} tasks, {} edges, {} events ({} requests outside the window, {} missing parents)",
+        learned.grouped.requests,
+        snapshot.n_tasks(),
+        edges.len(),
+        learned.tdg.n_events(),
+        learned.grouped.outside_window,
+        learned.grouped.missing_parents
+    );
+    println!("\ntop transitions (decayed weight)");
+    println!(
+        "{:>10}  {:>6}  {:>10}  from -> to",
+        "weight", "p", "delay ms"
+    );
+    for (from, target, weight) in edges.iter().take(args.top) {
+        println!(
+            "{:>10.1}  {:>6.3}  {:>10.2}  {} -> {}",
+            weight,
+            target.probability,
+            target.delay_mean_us as f64 / 1000.0,
+            snapshot.task_name(*from),
+            snapshot.task_name(target.task)
+        );
+    }
+    println!("\nstop probability (busiest callers)");
+    for (task, dist) in tasks.iter().take(args.top) {
+        println!(
+            "{:>10.1}  {:>6.3}  {}",
+            dist.count,
+            dist.stop_probability,
+            snapshot.task_name(*task)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum QuantileArg {
+    P50,
+    P95,
+    P99,
+    Max,
+}
+
+impl From<QuantileArg> for NeedQuantile {
+    fn from(q: QuantileArg) -> NeedQuantile {
+        match q {
+            QuantileArg::P50 => NeedQuantile::P50,
+            QuantileArg::P95 => NeedQuantile::P95,
+            QuantileArg::P99 => NeedQuantile::P99,
+            QuantileArg::Max => NeedQuantile::Max,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    source: Source,
+    /// The running task.
+    #[arg(long)]
+    from: String,
+    /// How many chains.
+    #[arg(short, long, default_value_t = 5)]
+    n: usize,
+    /// Most steps per chain.
+    #[arg(long, default_value_t = 5)]
+    depth: usize,
+    /// Drop chains below this probability.
+    #[arg(long, default_value_t = 1e-4)]
+    min_probability: f64,
+    /// The request's route (operation of the first call below the entry), if known.
+    #[arg(long)]
+    route: Option<String>,
+    /// The running task's previous call: a task name, or `start` if it made none yet.
+    #[arg(long)]
+    prev: Option<String>,
+    /// First order only (no contexts).
+    #[arg(long)]
+    first_order: bool,
+    /// Quantile of history to size steps by.
+    #[arg(long, value_enum, default_value = "p95")]
+    quantile: QuantileArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn predict(args: PredictArgs) -> Result<()> {
+    let snapshot = snapshot_of(&args.source)?;
+    let from = snapshot
+        .task_id(&args.from)
+        .with_context(|| format!("unknown task `{}`: not in the learned graph", args.from))?;
+    let route = match &args.route {
+        Some(name) => Some(
+            snapshot
+                .label_id(name)
+                .with_context(|| format!("unknown route `{name}`"))?,
+        ),
+        None => None,
+    };
+    let prev = match args.prev.as_deref() {
+        None => Prev::Unknown,
+        Some("start") => Prev::Start,
+        Some(name) => Prev::After(
+            snapshot
+                .task_id(name)
+                .with_context(|| format!("unknown task `{name}` in --prev"))?,
+        ),
+    };
+    let options = PredictOptions {
+        n: args.n,
+        max_depth: args.depth,
+        min_probability: args.min_probability,
+        use_context: !args.first_order,
+        ..PredictOptions::default()
+    };
+    let context = PredictContext {
+        route,
+        prev,
+        grand_caller: None,
+        operation: None,
+    };
+    let profiles = snapshot.chain_profiles(from, &context, &options, args.quantile.into());
+    if args.json {
+        let chains: Vec<_> = profiles
+            .iter()
+            .map(|p| {
+                json!({
+                    "probability": p.chain.probability,
+                    "ended": p.chain.ended,
+                    "steps": p.steps.iter().zip(&p.chain.contexts).map(|(s, used)| json!({
+                        "task": snapshot.task_name(s.task),
+                        "context": snapshot.context_name(*used),
+                        "reach_probability": s.reach_probability,
+                        "start_offset_us": s.start_offset_us,
+                        "earliest_offset_us": s.earliest_offset_us,
+                        "duration_us": s.duration_us,
+                        "needs": s.needs,
+                    })).collect::<Vec<_>>(),
+                    "total": p.total,
+                    "peak": p.peak,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "from": args.from,
+                "graph_version": snapshot.version(),
+                "chains": chains,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "chains from {} (graph version {})",
+        args.from,
+        snapshot.version()
+    );
+    if profiles.is_empty() {
+        println!("  none above probability {}", args.min_probability);
+    }
+    for (rank, profile) in profiles.iter().enumerate() {
+        println!(
+            "\n#{} p={:.4} {} peak {} MiB, {} mCPU",
+            rank + 1,
+            profile.chain.probability,
+            if profile.chain.ended {
+                "ends"
+            } else {
+                "cut at depth"
+            },
+            profile.peak.memory_mib,
+            profile.peak.total_cpu_millicores(),
+        );
+        if profile.steps.is_empty() {
+            println!("   (stops after {})", args.from);
+        }
+        for (step, used) in profile.steps.iter().zip(&profile.chain.contexts) {
+            println!(
+                "   +{:>8.2} ms  {:<40} reach {:.3}  {:>5} MiB {:>5} mCPU  [{}]",
+                step.start_offset_us as f64 / 1000.0,
+                snapshot.task_name(step.task),
+                step.reach_probability,
+                step.needs.memory_mib,
+                step.needs.total_cpu_millicores(),
+                snapshot.context_name(*used),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    source: Source,
+    /// Output format.
+    #[arg(long = "output", value_enum, default_value = "dot")]
+    output: GraphFormat,
+    /// Leave out edges below this probability.
+    #[arg(long, default_value_t = 0.0)]
+    min_probability: f64,
+}
+
+fn dot_escape(name: &str) -> String {
+    name.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+pub fn graph(args: GraphArgs) -> Result<()> {
+    let snapshot = snapshot_of(&args.source)?;
+    let edges: Vec<_> = snapshot
+        .edges()
+        .filter(|(_, t)| t.probability >= args.min_probability)
+        .collect();
+    match args.output {
+        GraphFormat::Json => {
+            let nodes: Vec<_> = (0..snapshot.n_tasks() as u32)
+                .map(|i| {
+                    let task = baton_core::TaskId(i);
+                    json!({
+                        "task": snapshot.task_name(task),
+                        "stop_probability": snapshot.first_order(task).stop_probability,
+                        "weight": snapshot.first_order(task).count,
+                    })
+                })
+                .collect();
+            let edges: Vec<_> = edges
+                .iter()
+                .map(|(from, t)| {
+                    json!({
+                        "from": snapshot.task_name(*from),
+                        "to": snapshot.task_name(t.task),
+                        "probability": t.probability,
+                        "delay_mean_us": t.delay_mean_us,
+                        "delay_p10_us": t.delay_p10_us,
+                        "delay_p90_us": t.delay_p90_us,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "version": snapshot.version(),
+                    "nodes": nodes,
+                    "edges": edges,
+                }))?
+            );
+        }
+        GraphFormat::Dot => {
+            println!("digraph tdg {{");
+            println!("  rankdir=LR; node [shape=box, fontsize=10];");
+            for i in 0..snapshot.n_tasks() as u32 {
+                let task = baton_core::TaskId(i);
+                println!(
+                    "  n{i} [label=\"{}\\nstop {:.2}\"];",
+                    dot_escape(snapshot.task_name(task)),
+                    snapshot.first_order(task).stop_probability
+                );
+            }
+            for (from, target) in edges {
+                println!(
+                    "  n{} -> n{} [penwidth={:.2}, label=\"{:.2}\"];",
+                    from.0,
+                    target.task.0,
+                    0.5 + 5.0 * target.probability,
+                    target.probability
+                );
+            }
+            println!("}}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The log (plain, .gz or .xz).
+    #[arg(long, required = true, num_args = 1..)]
+    log: Vec<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: FormatArg,
+    /// Tasks are service:operation instead of service (span logs).
+    #[arg(long)]
+    operations: bool,
+    /// Start of the training window.
+    #[arg(long)]
+    train_since: Option<String>,
+    /// End of the training window = start of the test window.
+    #[arg(long)]
+    train_until: String,
+    /// End of the test window (default: end of the log).
+    #[arg(long)]
+    test_until: Option<String>,
+    /// Chains per prediction at entry.
+    #[arg(short, long, default_value_t = 5)]
+    n: usize,
+    /// Most steps per chain.
+    #[arg(long, default_value_t = 5)]
+    depth: usize,
+    /// Half-life of the decay (e.g. 30m, 1h, off).
+    #[arg(long, default_value = "1h")]
+    half_life: String,
+    /// Context kinds in backoff order, comma-separated.
+    #[arg(long, default_value = "route+call-order,call-order,route")]
+    contexts: String,
+    /// Events a context needs before it is used.
+    #[arg(long, default_value_t = 3.0)]
+    min_context_count: f64,
+    /// Keep learning during the test window (each request once it has ended), as baton
+    /// does live; the default freezes the graph after training.
+    #[arg(long)]
+    online: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let format = args.format.to_format(args.operations);
+    let (records, read) = load::read_logs(&args.log, format);
+    load::print_read_report(&read);
+    if records.is_empty() {
+        bail!("no usable records in {}", load::describe_paths(&args.log));
+    }
+    let day = load::first_ts(&records);
+    let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
+    let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
+    let learning = Learning {
+        format: args.format,
+        operations: args.operations,
+        since: None,
+        until: None,
+        half_life: args.half_life.clone(),
+        contexts: args.contexts.clone(),
+        min_context_count: args.min_context_count,
+    };
+    let mut tdg = baton_core::Tdg::new(learning.config()?);
+    let (train, train_report) = group_requests(&records, &mut tdg, train_window);
+    let (test, _) = group_requests(&records, &mut tdg, test_window);
+    if train.is_empty() || test.is_empty() {
+        bail!(
+            "empty window: {} training and {} test requests",
+            train.len(),
+            test.len()
+        );
+    }
+    let options = PredictOptions {
+        n: args.n,
+        max_depth: args.depth,
+        ..PredictOptions::default()
+    };
+    let mode = if args.online {
+        EvalMode::Online
+    } else {
+        EvalMode::Offline
+    };
+    let report = evaluate(&mut tdg, &train, &test, &options, mode);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "train_requests": train_report.requests,
+                "test_requests": report.n_requests,
+                "report": report,
+            }))?
+        );
+        return Ok(());
+    }
+    print_eval(&report, train.len(), tdg.tasks().len(), mode);
+    Ok(())
+}
+
+fn print_eval(report: &EvalReport, n_train: usize, n_tasks: usize, mode: EvalMode) {
+    println!(
+        "trained on {} requests ({} tasks); tested on {} requests, {} calls; {}",
+        n_train,
+        n_tasks,
+        report.n_requests,
+        report.n_calls,
+        match mode {
+            EvalMode::Offline => "graph frozen after training",
+            EvalMode::Online => "graph learning on during the test (each request once ended)",
+        }
+    );
+    println!(
+        "\n{:<12} {:>7} {:>7} {:>9} {:>9} {:>11} {:>11} {:>7} {:>6}",
+        "predictor",
+        "next@1",
+        "next@3",
+        "inner@1",
+        "inner@3",
+        "set recall",
+        "set precis",
+        "set F1",
+        "size"
+    );
+    let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    for row in &report.rows {
+        println!(
+            "{:<12} {:>7} {:>7} {:>9} {:>9} {:>11.3} {:>11.3} {:>7.3} {:>6.1}",
+            row.name,
+            cell(row.top1),
+            cell(row.top3),
+            cell(row.top1_below_route),
+            cell(row.top3_below_route),
+            row.recall,
+            row.precision,
+            row.f1,
+            row.mean_set_size
+        );
+    }
+    println!(
+        "\ninner = calls below the route (all but each entry's first call, which defines the route)"
+    );
+    println!(
+        "tree thresholds (best F1 on the training window): global {:.2}, own threshold for {} routes",
+        report.tree_thresholds.global,
+        report.tree_thresholds.per_route.len()
+    );
+    let total: u64 = report.context_use.iter().map(|(_, n)| n).sum();
+    let used: Vec<String> = report
+        .context_use
+        .iter()
+        .map(|(name, n)| format!("{name} {:.1}%", 100.0 * *n as f64 / total.max(1) as f64))
+        .collect();
+    println!("chain next-callee contexts used: {}", used.join(", "));
+}

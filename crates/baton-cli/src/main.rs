@@ -1,0 +1,41 @@
+//! The `baton` command: learn a task dependency graph from logs, predict chains, export the
+//! graph and evaluate prediction on a later window.
+
+mod commands;
+mod load;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "A serverless runtime that sees the next function coming"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Learn the task dependency graph from logs and print a summary.
+    Learn(commands::LearnArgs),
+    /// Predict the most likely chains from a task.
+    Predict(commands::PredictArgs),
+    /// Export the graph as DOT or JSON.
+    Graph(commands::GraphArgs),
+    /// Learn on one window, measure prediction on the next.
+    Eval(commands::EvalArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Learn(args) => commands::learn(args),
+        Command::Predict(args) => commands::predict(args),
+        Command::Graph(args) => commands::graph(args),
+        Command::Eval(args) => commands::eval(args),
+    }
+}

@@ -1,0 +1,108 @@
+//! Dense identifiers for tasks and context labels, and the interner that maps names to them.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A task (function) interned to a dense index; index into per-task vectors.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct TaskId(pub u32);
+
+/// A context label (such as a request route) interned to a dense index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LabelId(pub u32);
+
+impl TaskId {
+    /// The id as a vector index.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task#{}", self.0)
+    }
+}
+
+/// Maps names to dense ids and back. Ids are handed out in first-seen order and never reused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Interner {
+    names: Vec<String>,
+    #[serde(skip)]
+    index: FxHashMap<String, u32>,
+}
+
+impl Interner {
+    /// The id of `name`, interning it if new.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.index.get(name) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 interned names");
+        self.names.push(name.to_owned());
+        self.index.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The id of `name` if it was interned.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    /// The name of `id`; `"?"` for an id this interner never issued.
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("?", String::as_str)
+    }
+
+    /// Number of interned names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether nothing was interned.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Rebuilds the name index after deserialisation (the index is not serialised).
+    pub fn rebuild_index(&mut self) {
+        self.index = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_dense() {
+        let mut interner = Interner::default();
+        assert_eq!(interner.intern("a"), 0);
+        assert_eq!(interner.intern("b"), 1);
+        assert_eq!(interner.intern("a"), 0);
+        assert_eq!(interner.name(1), "b");
+        assert_eq!(interner.name(7), "?");
+    }
+
+    #[test]
+    fn index_is_rebuilt_after_loading() {
+        let mut interner = Interner::default();
+        interner.intern("a");
+        interner.intern("b");
+        let mut loaded = Interner {
+            names: interner.names.clone(),
+            index: FxHashMap::default(),
+        };
+        assert_eq!(loaded.get("b"), None);
+        loaded.rebuild_index();
+        assert_eq!(loaded.get("b"), Some(1));
+    }
+}

@@ -1,0 +1,375 @@
+//! Pre-warming policies: events in, actions out. The runtime and the simulator drive the
+//! same policies; a policy never touches an instance itself.
+//!
+//! [`ChainPolicy`] is baton's: on a task's start it asks the [`Assembler`] for the most
+//! probable fitting chain, reserves each step speculatively for its window, and asks for
+//! each step to be pre-warmed just before its expected start. [`NextPolicy`] is the single
+//! next-task behaviour of US 9,811,363, kept for comparison.
+
+use crate::assembler::{Assembler, ChainPlan};
+use crate::context::CallContext;
+use crate::ids::TaskId;
+use crate::pool::{Reservation, ResourcePool};
+use crate::predict::PredictContext;
+use crate::tdg::SnapshotCell;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a policy hears.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum PolicyEvent {
+    /// An invocation started.
+    Start {
+        /// The task.
+        task: TaskId,
+        /// Its invocation id.
+        invocation: u64,
+        /// When, µs.
+        at_us: u64,
+        /// What is known about its situation.
+        context: PredictContext,
+    },
+    /// An invocation ended.
+    End {
+        /// The task.
+        task: TaskId,
+        /// Its invocation id.
+        invocation: u64,
+        /// When, µs.
+        at_us: u64,
+    },
+    /// Time passed.
+    Tick {
+        /// Now, µs.
+        at_us: u64,
+    },
+}
+
+/// What a policy asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Have an instance of `task` ready at `at_us` and keep it until `until_us`.
+    PreWarm {
+        /// The task.
+        task: TaskId,
+        /// Ready by, µs.
+        at_us: u64,
+        /// Keep until, µs.
+        until_us: u64,
+        /// The plan it belongs to.
+        plan: Option<u64>,
+        /// Probability it will be used.
+        probability: f64,
+    },
+    /// Keep the instance that just finished warm until `until_us`.
+    KeepAlive {
+        /// The task.
+        task: TaskId,
+        /// Until, µs.
+        until_us: u64,
+    },
+    /// Let the idle instances of `task` that this policy asked for go.
+    Release {
+        /// The task.
+        task: TaskId,
+        /// The plan whose pre-warm is given up, if any.
+        plan: Option<u64>,
+    },
+}
+
+/// A pre-warming policy.
+pub trait Policy: Send {
+    /// Its name in reports.
+    fn name(&self) -> &str;
+    /// Reacts to `event`, appending actions to `out`.
+    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>);
+}
+
+/// A plan being carried out: its steps' reservations, consumed as the steps start.
+#[derive(Debug)]
+struct LivePlan {
+    plan: ChainPlan,
+    reservations: Vec<Option<Reservation>>,
+}
+
+/// baton's policy. See the module docs.
+#[derive(Debug)]
+pub struct ChainPolicy {
+    graph: Arc<SnapshotCell>,
+    pool: ResourcePool,
+    assembler: Assembler,
+    keep_alive_us: u64,
+    live: BTreeMap<u64, LivePlan>,
+    n_plans: u64,
+}
+
+impl ChainPolicy {
+    /// A chain policy on the published graph and `pool`; finished instances are kept
+    /// `keep_alive_us`.
+    pub fn new(
+        graph: Arc<SnapshotCell>,
+        pool: ResourcePool,
+        assembler: Assembler,
+        keep_alive_us: u64,
+    ) -> ChainPolicy {
+        ChainPolicy {
+            graph,
+            pool,
+            assembler,
+            keep_alive_us,
+            live: BTreeMap::new(),
+            n_plans: 0,
+        }
+    }
+
+    /// Plans made so far.
+    pub fn n_plans(&self) -> u64 {
+        self.n_plans
+    }
+
+    /// Plans whose reservations are still held.
+    pub fn n_live_plans(&self) -> usize {
+        self.live.len()
+    }
+
+    fn on_start(
+        &mut self,
+        task: TaskId,
+        at_us: u64,
+        context: &PredictContext,
+        out: &mut Vec<Action>,
+    ) {
+        // A step of a live plan starting: its reservation now backs running work.
+        for live in self.live.values_mut() {
+            if let Some(index) = live
+                .plan
+                .steps
+                .iter()
+                .zip(&live.reservations)
+                .position(|(step, r)| step.task == task && r.is_some())
+            {
+                if let Some(reservation) = live.reservations[index].as_mut() {
+                    reservation.commit();
+                }
+                break;
+            }
+        }
+        let snapshot = self.graph.load();
+        let Some(plan) = self
+            .assembler
+            .assemble(task, context, &snapshot, &self.pool, at_us)
+        else {
+            return;
+        };
+        let Ok(reservations) = self.pool.try_reserve_all(&plan.reservation_requests()) else {
+            // Someone took the room between the fit check and now: skip this plan.
+            return;
+        };
+        self.n_plans += 1;
+        for step in &plan.steps {
+            out.push(Action::PreWarm {
+                task: step.task,
+                at_us: step.ready_at_us,
+                until_us: step.window.end_us,
+                plan: Some(plan.id),
+                probability: step.reach_probability,
+            });
+        }
+        self.live.insert(
+            plan.id,
+            LivePlan {
+                reservations: reservations.into_iter().map(Some).collect(),
+                plan,
+            },
+        );
+    }
+
+    fn on_tick(&mut self, at_us: u64, out: &mut Vec<Action>) {
+        let ended: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, live)| live.plan.steps.iter().all(|s| s.window.end_us <= at_us))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ended {
+            if let Some(live) = self.live.remove(&id) {
+                for (step, reservation) in live.plan.steps.iter().zip(live.reservations) {
+                    if reservation.is_some_and(|r| !r.is_preempted()) {
+                        out.push(Action::Release {
+                            task: step.task,
+                            plan: Some(id),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Policy for ChainPolicy {
+    fn name(&self) -> &str {
+        "chain"
+    }
+
+    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+        match *event {
+            PolicyEvent::Start {
+                task,
+                at_us,
+                ref context,
+                ..
+            } => self.on_start(task, at_us, context, out),
+            PolicyEvent::End { task, at_us, .. } => {
+                if self.keep_alive_us > 0 {
+                    out.push(Action::KeepAlive {
+                        task,
+                        until_us: at_us + self.keep_alive_us,
+                    });
+                }
+                self.on_tick(at_us, out);
+            }
+            PolicyEvent::Tick { at_us } => self.on_tick(at_us, out),
+        }
+    }
+}
+
+/// The single-next-task policy (US 9,811,363): when a task starts, pre-load the most likely
+/// next task if its first-order probability reaches `threshold`, for `keep_us`.
+#[derive(Debug)]
+pub struct NextPolicy {
+    graph: Arc<SnapshotCell>,
+    threshold: f64,
+    keep_us: u64,
+}
+
+impl NextPolicy {
+    /// A next-task policy.
+    pub fn new(graph: Arc<SnapshotCell>, threshold: f64, keep_us: u64) -> NextPolicy {
+        NextPolicy {
+            graph,
+            threshold,
+            keep_us,
+        }
+    }
+}
+
+impl Policy for NextPolicy {
+    fn name(&self) -> &str {
+        "next"
+    }
+
+    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+        match *event {
+            PolicyEvent::Start { task, at_us, .. } => {
+                let snapshot = self.graph.load();
+                let (dist, _) = snapshot.step_dist(&CallContext::first_order(task), false);
+                if let Some(best) = dist.targets.first() {
+                    if best.probability >= self.threshold {
+                        out.push(Action::PreWarm {
+                            task: best.task,
+                            at_us,
+                            until_us: at_us + self.keep_us,
+                            plan: None,
+                            probability: best.probability,
+                        });
+                    }
+                }
+            }
+            PolicyEvent::End { task, at_us, .. } => out.push(Action::KeepAlive {
+                task,
+                until_us: at_us + self.keep_us,
+            }),
+            PolicyEvent::Tick { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assembler::AssemblerConfig;
+    use crate::resources::ResourceVec;
+    use crate::test_support::branching;
+
+    #[test]
+    fn chain_policy_prewarms_each_step_just_in_time_and_releases() {
+        let (mut tdg, [a, b, c, _]) = branching();
+        let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+        let pool = ResourcePool::new(ResourceVec {
+            cpu_millicores: 4000,
+            memory_mib: 1024,
+            ..ResourceVec::ZERO
+        });
+        let mut policy = ChainPolicy::new(
+            graph,
+            pool.clone(),
+            Assembler::new(AssemblerConfig::default()),
+            0,
+        );
+        let mut actions = Vec::new();
+        policy.on_event(
+            &PolicyEvent::Start {
+                task: a,
+                invocation: 1,
+                at_us: 1_000_000,
+                context: PredictContext::default(),
+            },
+            &mut actions,
+        );
+        let prewarmed: Vec<(TaskId, u64)> = actions
+            .iter()
+            .filter_map(|action| match *action {
+                Action::PreWarm { task, at_us, .. } => Some((task, at_us)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prewarmed.len(), 2);
+        assert_eq!(prewarmed[0].0, b);
+        assert_eq!(prewarmed[1].0, c);
+        assert!(
+            prewarmed[0].1 > 1_000_000,
+            "not all at t0: b is ready just before its delay"
+        );
+        assert!(prewarmed[1].1 > prewarmed[0].1);
+        assert_eq!(pool.len(), 2, "both steps reserved");
+        actions.clear();
+        policy.on_event(&PolicyEvent::Tick { at_us: 10_000_000 }, &mut actions);
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Release { .. }))
+                .count(),
+            2
+        );
+        assert!(pool.is_empty(), "reservations released with the plan");
+        assert_eq!(policy.n_live_plans(), 0);
+    }
+
+    #[test]
+    fn next_policy_prewarms_one_task_above_its_threshold() {
+        let (mut tdg, [a, b, _, _]) = branching();
+        let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+        let start = PolicyEvent::Start {
+            task: a,
+            invocation: 1,
+            at_us: 0,
+            context: PredictContext::default(),
+        };
+        let mut actions = Vec::new();
+        NextPolicy::new(Arc::clone(&graph), 0.5, 1_000).on_event(&start, &mut actions);
+        assert_eq!(
+            actions,
+            [Action::PreWarm {
+                task: b,
+                at_us: 0,
+                until_us: 1_000,
+                plan: None,
+                probability: 0.6,
+            }]
+        );
+        actions.clear();
+        NextPolicy::new(graph, 0.7, 1_000).on_event(&start, &mut actions);
+        assert!(actions.is_empty(), "0.6 is below the threshold");
+    }
+}

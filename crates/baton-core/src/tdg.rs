@@ -1,0 +1,660 @@
+//! The Task Dependency Graph learner: decayed transition counts, a chain-end pseudo-node,
+//! per-edge delay histograms, context tables, resource profiles and per-route entry sets.
+//!
+//! One writer owns a [`Tdg`] and feeds it events; [`Tdg::snapshot`] freezes an immutable
+//! [`TdgSnapshot`] that predictors read while the writer goes on, published through a
+//! [`SnapshotCell`] (an atomic pointer swap, no lock shared between reader and writer).
+
+use crate::context::{default_context_kinds, CallContext, ContextKind, Prev};
+use crate::decay::Decay;
+use crate::histogram::LogHistogram;
+use crate::ids::{Interner, LabelId, TaskId};
+use crate::profile::{ProfileSummary, ResourceProfile};
+use crate::request::{CallEvent, Request, Usage};
+use crate::resources::ResourceVec;
+use crate::snapshot::{FrozenDist, FrozenEntrySet, FrozenTarget, TdgSnapshot};
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+
+/// Learner settings. Defaults: half-life 1 h, a context needs 3 events of history, the
+/// default context kinds (route+call-order, call-order, route).
+#[derive(Debug)]
+pub struct TdgConfig {
+    /// Half-life of the exponential decay in µs; `None` disables decay.
+    pub half_life_us: Option<u64>,
+    /// Effective count a context distribution needs before predictions use it.
+    pub min_context_count: f64,
+    /// Context kinds, most specific first.
+    pub contexts: Vec<Arc<dyn ContextKind>>,
+    /// Needs of a task with neither history nor declared limits.
+    pub default_needs: ResourceVec,
+}
+
+impl Default for TdgConfig {
+    fn default() -> Self {
+        TdgConfig {
+            half_life_us: Some(3_600_000_000),
+            min_context_count: 3.0,
+            contexts: default_context_kinds(),
+            default_needs: ResourceVec {
+                cpu_millicores: 100,
+                cores: 0,
+                memory_mib: 128,
+                net_mbps: 0,
+                gpu_units: 0,
+            },
+        }
+    }
+}
+
+/// One outcome of a distribution. Delay histograms are kept on first-order edges only.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Target {
+    pub(crate) task: TaskId,
+    pub(crate) weight: f64,
+    pub(crate) delay: LogHistogram,
+}
+
+/// Decayed counts of what follows one caller (in one context).
+///
+/// Targets are a self-organising list: an increment swaps a target one place towards the
+/// front when it overtakes its neighbour, so the frequent targets are found in the first
+/// slots and an update is O(1) amortised for the skewed distributions seen in practice.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dist {
+    pub(crate) targets: Vec<Target>,
+    pub(crate) stop: f64,
+    pub(crate) total: f64,
+}
+
+impl Dist {
+    fn observe(&mut self, callee: Option<TaskId>, weight: f64, delay_us: Option<u64>) {
+        self.total += weight;
+        let Some(callee) = callee else {
+            self.stop += weight;
+            return;
+        };
+        let position = match self.targets.iter().position(|t| t.task == callee) {
+            Some(position) => position,
+            None => {
+                self.targets.push(Target {
+                    task: callee,
+                    ..Target::default()
+                });
+                self.targets.len() - 1
+            }
+        };
+        let target = &mut self.targets[position];
+        target.weight += weight;
+        if let Some(delay) = delay_us {
+            target.delay.record(delay, weight);
+        }
+        if position > 0 && self.targets[position - 1].weight < self.targets[position].weight {
+            self.targets.swap(position - 1, position);
+        }
+    }
+
+    fn scale(&mut self, factor: f64) {
+        self.stop *= factor;
+        self.total *= factor;
+        for target in &mut self.targets {
+            target.weight *= factor;
+            target.delay.scale(factor);
+        }
+    }
+
+    fn freeze(&self, decay: &Decay, now_us: u64) -> FrozenDist {
+        let total = self.total.max(f64::MIN_POSITIVE);
+        let mut targets: Vec<FrozenTarget> = self
+            .targets
+            .iter()
+            .map(|t| FrozenTarget {
+                task: t.task,
+                probability: t.weight / total,
+                delay_mean_us: t.delay.mean().unwrap_or(0.0) as u64,
+                delay_p10_us: t.delay.quantile(0.10).unwrap_or(0),
+                delay_p90_us: t.delay.quantile(0.90).unwrap_or(0),
+            })
+            .collect();
+        targets.sort_by(|a, b| {
+            b.probability
+                .total_cmp(&a.probability)
+                .then(a.task.cmp(&b.task))
+        });
+        FrozenDist {
+            targets,
+            stop_probability: if self.total > 0.0 {
+                self.stop / total
+            } else {
+                1.0
+            },
+            count: decay.effective(self.total, now_us),
+        }
+    }
+}
+
+/// Distinct task sets kept per route; past this, the lightest set is evicted.
+const MAX_SETS_PER_ROUTE: usize = 64;
+
+/// Per-route set statistics: how often each task appears at least once in a request, and
+/// how often each whole set of tasks appears (tasks are correlated: a request takes one of
+/// a few paths, so the set is chosen from whole sets, not task by task).
+#[derive(Debug, Clone, Default)]
+struct EntryStats {
+    requests: f64,
+    tasks: FxHashMap<TaskId, (f64, LogHistogram)>,
+    sets: Vec<(Vec<TaskId>, f64)>,
+}
+
+impl EntryStats {
+    fn observe(&mut self, downstream: &[(TaskId, u64)], weight: f64) {
+        self.requests += weight;
+        for &(task, offset) in downstream {
+            let slot = self.tasks.entry(task).or_default();
+            slot.0 += weight;
+            slot.1.record(offset, weight);
+        }
+        // `downstream` is sorted by task id, so equal sets compare equal.
+        let matches = |set: &Vec<TaskId>| {
+            set.len() == downstream.len() && set.iter().zip(downstream).all(|(a, b)| *a == b.0)
+        };
+        match self.sets.iter_mut().find(|(set, _)| matches(set)) {
+            Some(slot) => slot.1 += weight,
+            None => {
+                if self.sets.len() >= MAX_SETS_PER_ROUTE {
+                    if let Some(lightest) = self
+                        .sets
+                        .iter()
+                        .enumerate()
+                        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+                        .map(|(i, _)| i)
+                    {
+                        self.sets.swap_remove(lightest);
+                    }
+                }
+                self.sets
+                    .push((downstream.iter().map(|&(t, _)| t).collect(), weight));
+            }
+        }
+    }
+
+    fn scale(&mut self, factor: f64) {
+        self.requests *= factor;
+        for slot in self.tasks.values_mut() {
+            slot.0 *= factor;
+            slot.1.scale(factor);
+        }
+        for set in &mut self.sets {
+            set.1 *= factor;
+        }
+    }
+
+    fn best_set(&self, by_probability: &[crate::snapshot::EntryTask]) -> (Vec<TaskId>, f64, f64) {
+        let ranked: Vec<TaskId> = by_probability.iter().map(|t| t.task).collect();
+        best_f1_set(&self.sets, &ranked)
+    }
+
+    fn freeze(&self, decay: &Decay, now_us: u64) -> FrozenEntrySet {
+        let requests = self.requests.max(f64::MIN_POSITIVE);
+        let mut tasks: Vec<_> = self
+            .tasks
+            .iter()
+            .map(|(&task, (weight, offsets))| crate::snapshot::EntryTask {
+                task,
+                probability: (weight / requests).min(1.0),
+                offset_p10_us: offsets.quantile(0.10).unwrap_or(0),
+                offset_p50_us: offsets.quantile(0.50).unwrap_or(0),
+            })
+            .collect();
+        tasks.sort_by(|a, b| {
+            b.probability
+                .total_cmp(&a.probability)
+                .then(a.task.cmp(&b.task))
+        });
+        let (best_set, best_set_recall, best_set_precision) = self.best_set(&tasks);
+        FrozenEntrySet {
+            requests: decay.effective(self.requests, now_us),
+            tasks,
+            best_set,
+            best_set_recall,
+            best_set_precision,
+        }
+    }
+}
+
+/// The set with the best F1 of expected recall and expected precision over weighted
+/// observed sets (each sorted by task id), among each observed set and each cut of
+/// `ranked` (tasks by decreasing marginal probability). Returns the set and its expected
+/// recall and precision. Ties go to the smaller set in task order, so the answer is
+/// deterministic.
+pub fn best_f1_set(sets: &[(Vec<TaskId>, f64)], ranked: &[TaskId]) -> (Vec<TaskId>, f64, f64) {
+    let total: f64 = sets.iter().map(|s| s.1).sum();
+    if total <= 0.0 {
+        return (Vec::new(), 0.0, 0.0);
+    }
+    let score = |candidate: &[TaskId]| {
+        let (mut recall, mut precision) = (0.0, 0.0);
+        for (actual, weight) in sets {
+            let hits = candidate.iter().filter(|t| actual.contains(t)).count() as f64;
+            recall += weight
+                * if actual.is_empty() {
+                    1.0
+                } else {
+                    hits / actual.len() as f64
+                };
+            precision += weight
+                * if candidate.is_empty() {
+                    0.0
+                } else {
+                    hits / candidate.len() as f64
+                };
+        }
+        (recall / total, precision / total)
+    };
+    let f1 = |(r, p): (f64, f64)| {
+        if r + p > 0.0 {
+            2.0 * r * p / (r + p)
+        } else {
+            0.0
+        }
+    };
+    let mut candidates: Vec<Vec<TaskId>> = sets.iter().map(|s| s.0.clone()).collect();
+    for cut in 1..=ranked.len() {
+        let mut set = ranked[..cut].to_vec();
+        set.sort();
+        candidates.push(set);
+    }
+    let mut best = (Vec::new(), 0.0, 0.0, -1.0);
+    for candidate in candidates {
+        let (recall, precision) = score(&candidate);
+        let value = f1((recall, precision));
+        if value > best.3 || (value == best.3 && candidate < best.0) {
+            best = (candidate, recall, precision, value);
+        }
+    }
+    (best.0, best.1, best.2)
+}
+
+/// The learner. Single writer; see the module docs for how readers get at it.
+#[derive(Debug)]
+pub struct Tdg {
+    config: TdgConfig,
+    decay: Decay,
+    tasks: Interner,
+    labels: Interner,
+    first_order: Vec<Dist>,
+    contexts: FxHashMap<(u16, u64, u32), Dist>,
+    profiles: Vec<ResourceProfile>,
+    declared: Vec<Option<ResourceVec>>,
+    entry_by_route: FxHashMap<LabelId, EntryStats>,
+    entry_any: EntryStats,
+    now_us: u64,
+    n_events: u64,
+    version: u64,
+}
+
+impl Tdg {
+    /// An empty graph.
+    pub fn new(config: TdgConfig) -> Tdg {
+        Tdg {
+            decay: Decay::new(config.half_life_us, 0),
+            config,
+            tasks: Interner::default(),
+            labels: Interner::default(),
+            first_order: Vec::new(),
+            contexts: FxHashMap::default(),
+            profiles: Vec::new(),
+            declared: Vec::new(),
+            entry_by_route: FxHashMap::default(),
+            entry_any: EntryStats::default(),
+            now_us: 0,
+            n_events: 0,
+            version: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TdgConfig {
+        &self.config
+    }
+
+    /// The id of task `name`, creating the node if new.
+    pub fn intern_task(&mut self, name: &str) -> TaskId {
+        let id = TaskId(self.tasks.intern(name));
+        if id.index() >= self.first_order.len() {
+            self.first_order.resize_with(id.index() + 1, Dist::default);
+            self.profiles
+                .resize_with(id.index() + 1, ResourceProfile::default);
+            self.declared.resize(id.index() + 1, None);
+        }
+        id
+    }
+
+    /// The id of label `name` (a route or operation).
+    pub fn intern_label(&mut self, name: &str) -> LabelId {
+        LabelId(self.labels.intern(name))
+    }
+
+    /// Task names.
+    pub fn tasks(&self) -> &Interner {
+        &self.tasks
+    }
+
+    /// Label names.
+    pub fn labels(&self) -> &Interner {
+        &self.labels
+    }
+
+    /// Declares a task's limits, used where it has no history.
+    pub fn declare(&mut self, task: TaskId, limits: ResourceVec) {
+        if let Some(slot) = self.declared.get_mut(task.index()) {
+            *slot = Some(limits);
+        }
+    }
+
+    /// Events observed so far (transitions and ends).
+    pub fn n_events(&self) -> u64 {
+        self.n_events
+    }
+
+    /// Time of the latest event, µs.
+    pub fn now_us(&self) -> u64 {
+        self.now_us
+    }
+
+    fn weight_at(&mut self, at_us: u64) -> f64 {
+        if self.n_events == 0 && self.decay.landmark_us == 0 {
+            self.decay.landmark_us = at_us;
+        }
+        if self.decay.needs_rebase(at_us) {
+            let factor = self.decay.rebase(at_us);
+            self.scale_all(factor);
+        }
+        self.now_us = self.now_us.max(at_us);
+        self.decay.weight_at(at_us)
+    }
+
+    fn scale_all(&mut self, factor: f64) {
+        for dist in self
+            .first_order
+            .iter_mut()
+            .chain(self.contexts.values_mut())
+        {
+            dist.scale(factor);
+        }
+        for profile in &mut self.profiles {
+            profile.scale(factor);
+        }
+        for stats in self.entry_by_route.values_mut() {
+            stats.scale(factor);
+        }
+        self.entry_any.scale(factor);
+    }
+
+    /// Observes one call (`callee = Some`) or the end of a caller's calls (`None`).
+    /// Task ids must come from [`Tdg::intern_task`].
+    ///
+    /// For an end, `context.prev` says whether the caller made calls: `Start` (or `Unknown`)
+    /// means none, and the end then counts towards P(stop | caller) everywhere; after
+    /// calls, it counts only in call-order contexts (see [`ContextKind::uses_call_order`]),
+    /// so that a task that always calls on has a stop probability of zero.
+    pub fn observe_call(
+        &mut self,
+        context: &CallContext,
+        callee: Option<TaskId>,
+        delay_us: u64,
+        at_us: u64,
+    ) {
+        let weight = self.weight_at(at_us);
+        self.n_events += 1;
+        let caller = context.caller;
+        let leaf_or_call = callee.is_some() || !matches!(context.prev, Prev::After(_));
+        if leaf_or_call {
+            if let Some(dist) = self.first_order.get_mut(caller.index()) {
+                dist.observe(callee, weight, callee.map(|_| delay_us));
+            }
+        }
+        for (kind_index, kind) in self.config.contexts.iter().enumerate() {
+            if !leaf_or_call && !kind.uses_call_order() {
+                continue;
+            }
+            if let Some(key) = kind.key(context) {
+                self.contexts
+                    .entry((kind_index as u16, key, caller.0))
+                    .or_default()
+                    .observe(callee, weight, None);
+            }
+        }
+    }
+
+    /// Observes the use of one invocation of `task`.
+    pub fn observe_usage(&mut self, task: TaskId, usage: &Usage, at_us: u64) {
+        let weight = self.weight_at(at_us);
+        if let Some(profile) = self.profiles.get_mut(task.index()) {
+            profile.record(usage, weight);
+        }
+    }
+
+    /// Observes a whole request: its calls, its invocations' use and its entry set.
+    pub fn observe_request(&mut self, request: &Request) {
+        request.for_each_call(|event: &CallEvent| {
+            self.observe_call(&event.context, event.callee, event.delay_us, event.at_us);
+        });
+        for (index, invocation) in request.invocations().iter().enumerate() {
+            if request.is_reachable(index as u32) {
+                self.observe_usage(invocation.task, &invocation.usage, invocation.start_us);
+            }
+        }
+        if let Some(start) = request.start_us() {
+            let weight = self.weight_at(start);
+            let downstream = request.downstream_tasks();
+            if let Some(route) = request.route() {
+                self.entry_by_route
+                    .entry(route)
+                    .or_default()
+                    .observe(&downstream, weight);
+            }
+            self.entry_any.observe(&downstream, weight);
+        }
+    }
+
+    /// Freezes the current state into an immutable snapshot with the next version number.
+    pub fn snapshot(&mut self) -> TdgSnapshot {
+        self.version += 1;
+        let now = self.now_us;
+        let decay = self.decay;
+        TdgSnapshot::new(crate::snapshot::SnapshotParts {
+            version: self.version,
+            at_us: now,
+            tasks: self.tasks.clone(),
+            labels: self.labels.clone(),
+            first_order: self
+                .first_order
+                .iter()
+                .map(|d| d.freeze(&decay, now))
+                .collect(),
+            contexts: self
+                .contexts
+                .iter()
+                .map(|(&key, d)| (key, d.freeze(&decay, now)))
+                .collect(),
+            context_kinds: self.config.contexts.clone(),
+            min_context_count: self.config.min_context_count,
+            profiles: self
+                .profiles
+                .iter()
+                .map(ResourceProfile::summary)
+                .collect::<Vec<ProfileSummary>>(),
+            declared: self.declared.clone(),
+            default_needs: self.config.default_needs,
+            entry_by_route: self
+                .entry_by_route
+                .iter()
+                .map(|(&route, stats)| (route, stats.freeze(&decay, now)))
+                .collect(),
+            entry_any: self.entry_any.freeze(&decay, now),
+        })
+    }
+}
+
+/// Where the learner publishes snapshots and predictors pick them up, lock-free.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: ArcSwap<TdgSnapshot>,
+}
+
+impl SnapshotCell {
+    /// A cell holding `snapshot`.
+    pub fn new(snapshot: TdgSnapshot) -> SnapshotCell {
+        SnapshotCell {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn load(&self) -> Arc<TdgSnapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot; readers holding the old one keep it until they drop it.
+    pub fn publish(&self, snapshot: TdgSnapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Prev;
+
+    #[test]
+    fn transitions_and_stop_are_learned() {
+        let mut tdg = Tdg::new(TdgConfig {
+            half_life_us: None,
+            ..TdgConfig::default()
+        });
+        let a = tdg.intern_task("a");
+        let b = tdg.intern_task("b");
+        let c = tdg.intern_task("c");
+        let context = CallContext::first_order(a);
+        for _ in 0..3 {
+            tdg.observe_call(&context, Some(b), 100, 1);
+        }
+        tdg.observe_call(&context, Some(c), 300, 1);
+        tdg.observe_call(&context, None, 0, 1);
+        let snapshot = tdg.snapshot();
+        let dist = snapshot.first_order(a);
+        assert_eq!(dist.targets[0].task, b);
+        assert!((dist.targets[0].probability - 0.6).abs() < 1e-12);
+        assert!((dist.stop_probability - 0.2).abs() < 1e-12);
+        assert_eq!(dist.targets[1].delay_mean_us, 304);
+        assert_eq!(snapshot.first_order(c).stop_probability, 1.0);
+    }
+
+    #[test]
+    fn decay_follows_drift() {
+        let hour = 3_600_000_000;
+        let mut tdg = Tdg::new(TdgConfig {
+            half_life_us: Some(hour / 4),
+            ..TdgConfig::default()
+        });
+        let a = tdg.intern_task("a");
+        let b = tdg.intern_task("b");
+        let c = tdg.intern_task("c");
+        let context = CallContext::first_order(a);
+        for i in 0..100 {
+            tdg.observe_call(&context, Some(b), 1, i);
+        }
+        for i in 0..20 {
+            tdg.observe_call(&context, Some(c), 1, 2 * hour + i);
+        }
+        let snapshot = tdg.snapshot();
+        assert_eq!(snapshot.first_order(a).targets[0].task, c, "recent wins");
+    }
+
+    #[test]
+    fn rebase_keeps_probabilities() {
+        let mut tdg = Tdg::new(TdgConfig {
+            half_life_us: Some(10),
+            ..TdgConfig::default()
+        });
+        let a = tdg.intern_task("a");
+        let b = tdg.intern_task("b");
+        let context = CallContext {
+            prev: Prev::Start,
+            ..CallContext::first_order(a)
+        };
+        let mut t = 0;
+        for _ in 0..50 {
+            t += 1_000;
+            tdg.observe_call(&context, Some(b), 1, t);
+            tdg.observe_call(&context, None, 1, t);
+        }
+        let snapshot = tdg.snapshot();
+        let dist = snapshot.first_order(a);
+        assert!((dist.targets[0].probability - 0.5).abs() < 1e-9);
+        assert!(dist.targets[0].probability.is_finite());
+    }
+
+    #[test]
+    fn snapshot_cell_swaps_without_disturbing_readers() {
+        let mut tdg = Tdg::new(TdgConfig::default());
+        let cell = SnapshotCell::new(tdg.snapshot());
+        let held = cell.load();
+        tdg.intern_task("x");
+        cell.publish(tdg.snapshot());
+        assert_eq!(held.version(), 1);
+        assert_eq!(cell.load().version(), 2);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::ids::LabelId;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn probabilities_and_stop_sum_to_one(
+            events in proptest::collection::vec(
+                (0u32..5, proptest::option::of(0u32..5), 0u32..3, 0u32..3, 0u64..10_000_000),
+                1..200,
+            ),
+            half_life_s in proptest::option::of(1u64..100),
+        ) {
+            let mut tdg = Tdg::new(TdgConfig {
+                half_life_us: half_life_s.map(|s| s * 1_000_000),
+                ..TdgConfig::default()
+            });
+            let ids: Vec<TaskId> = (0..5).map(|i| tdg.intern_task(&format!("t{i}"))).collect();
+            let mut t = 0;
+            for (caller, callee, prev, route, dt) in events {
+                t += dt;
+                let context = CallContext {
+                    caller: ids[caller as usize],
+                    prev: match prev { 0 => Prev::Start, 1 => Prev::Unknown, _ => Prev::After(ids[0]) },
+                    route: (route > 0).then_some(LabelId(route)),
+                    grand_caller: None,
+                    caller_operation: None,
+                };
+                tdg.observe_call(&context, callee.map(|c| ids[c as usize]), 5, t);
+            }
+            let snapshot = tdg.snapshot();
+            let dists = snapshot
+                .parts()
+                .first_order
+                .iter()
+                .chain(snapshot.parts().contexts.values());
+            for dist in dists {
+                if dist.count > 0.0 {
+                    let sum: f64 = dist.targets.iter().map(|t| t.probability).sum::<f64>()
+                        + dist.stop_probability;
+                    prop_assert!((sum - 1.0).abs() < 1e-9, "sum {}", sum);
+                    prop_assert!(dist.targets.iter().all(|t| t.probability >= 0.0));
+                }
+            }
+        }
+    }
+}

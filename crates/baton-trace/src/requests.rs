@@ -1,0 +1,182 @@
+//! Grouping execution records into requests for the learner.
+//!
+//! Records group by `trace`; a record without one joins the request of its root caller
+//! (found through `parent` links). A parent id missing from the log makes its record a root
+//! of the same request (counted). Requests are kept when their entry starts inside the
+//! window, and come back in start order, so decay sees time move forward.
+
+use crate::schema::ExecutionRecord;
+use baton_core::request::{Invocation, Request, RequestIssue, Usage};
+use baton_core::Tdg;
+use rustc_hash::FxHashMap;
+
+/// A half-open time window `[since, until)` in epoch ns; `None` is unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// Inclusive start, ns.
+    pub since_ns: Option<u64>,
+    /// Exclusive end, ns.
+    pub until_ns: Option<u64>,
+}
+
+impl TimeWindow {
+    /// Whether `t_ns` is inside.
+    pub fn contains(&self, t_ns: u64) -> bool {
+        self.since_ns.is_none_or(|s| t_ns >= s) && self.until_ns.is_none_or(|u| t_ns < u)
+    }
+}
+
+/// What grouping met.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupReport {
+    /// Requests built (inside the window).
+    pub requests: u64,
+    /// Requests left out by the window.
+    pub outside_window: u64,
+    /// Records whose parent is not in the log (kept as roots).
+    pub missing_parents: u64,
+    /// Records dropped because their parent links form a cycle.
+    pub cycles: u64,
+}
+
+fn usage_of(record: &ExecutionRecord) -> Usage {
+    let ms_to_us = |ms: f64| (ms * 1000.0).round() as u64;
+    Usage {
+        wall_us: record.duration_us,
+        cpu_us: record.cpu_ms.map(ms_to_us),
+        mem_peak_mib: record.mem_peak_mib.map(|m| m.ceil() as u64),
+        net_bytes: record.net_bytes,
+        gpu_us: record.gpu_ms.map(ms_to_us),
+        cold_start_us: record.cold_start_us,
+    }
+}
+
+/// Groups `records` into requests, interning task and operation names into `tdg`.
+pub fn group_requests(
+    records: &[ExecutionRecord],
+    tdg: &mut Tdg,
+    window: TimeWindow,
+) -> (Vec<Request>, GroupReport) {
+    let mut report = GroupReport::default();
+    let by_invocation: FxHashMap<&str, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.invocation.as_str(), i))
+        .collect();
+    // Group key: the trace, else the root reached through parent links.
+    let mut groups: FxHashMap<&str, Vec<usize>> = FxHashMap::default();
+    let mut order: Vec<&str> = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let key = match &record.trace {
+            Some(trace) => trace.as_str(),
+            None => {
+                let mut cursor = index;
+                for _ in 0..1_000 {
+                    match records[cursor]
+                        .parent
+                        .as_deref()
+                        .and_then(|p| by_invocation.get(p))
+                    {
+                        Some(&parent) if parent != cursor => cursor = parent,
+                        _ => break,
+                    }
+                }
+                records[cursor].invocation.as_str()
+            }
+        };
+        groups
+            .entry(key)
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push(index);
+    }
+    let mut requests = Vec::with_capacity(order.len());
+    for key in order {
+        let members = &groups[key];
+        let local: FxHashMap<&str, u32> = members
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (records[r].invocation.as_str(), i as u32))
+            .collect();
+        let invocations: Vec<Invocation> = members
+            .iter()
+            .map(|&r| {
+                let record = &records[r];
+                let parent = record.parent.as_deref().and_then(|p| {
+                    let found = local.get(p).copied();
+                    if found.is_none() {
+                        report.missing_parents += 1;
+                    }
+                    found
+                });
+                let task = tdg.intern_task(&record.task);
+                let label = tdg.intern_label(record.operation.as_deref().unwrap_or(&record.task));
+                Invocation {
+                    task,
+                    label,
+                    parent,
+                    start_us: record.ts_ns / 1_000,
+                    usage: usage_of(record),
+                }
+            })
+            .collect();
+        let (request, issues) = Request::build(invocations);
+        report.cycles += issues
+            .iter()
+            .filter(|i| matches!(i, RequestIssue::Cycle { .. }))
+            .count() as u64;
+        match request.start_us() {
+            Some(start) if window.contains(start.saturating_mul(1_000)) => requests.push(request),
+            _ => report.outside_window += 1,
+        }
+    }
+    requests.sort_by_key(|r| r.start_us());
+    report.requests = requests.len() as u64;
+    (requests, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::TdgConfig;
+
+    fn record(task: &str, invocation: &str, parent: Option<&str>, ts_ns: u64) -> ExecutionRecord {
+        ExecutionRecord {
+            ts_ns,
+            task: task.into(),
+            invocation: invocation.into(),
+            duration_us: 10,
+            parent: parent.map(Into::into),
+            ..ExecutionRecord::default()
+        }
+    }
+
+    #[test]
+    fn records_without_trace_group_by_root() {
+        let records = vec![
+            record("a", "1", None, 1_000),
+            record("b", "2", Some("1"), 2_000),
+            record("c", "3", Some("2"), 3_000),
+            record("a", "4", None, 10_000),
+            record("b", "5", Some("4"), 11_000),
+            record("x", "6", Some("gone"), 12_000),
+        ];
+        let mut tdg = Tdg::new(TdgConfig::default());
+        let (requests, report) = group_requests(&records, &mut tdg, TimeWindow::default());
+        let sizes: Vec<usize> = requests.iter().map(|r| r.invocations().len()).collect();
+        assert_eq!(sizes, [3, 2, 1]);
+        assert_eq!(report.missing_parents, 1);
+        let (windowed, report) = group_requests(
+            &records,
+            &mut tdg,
+            TimeWindow {
+                since_ns: Some(5_000),
+                until_ns: Some(11_000),
+            },
+        );
+        assert_eq!(windowed.len(), 1);
+        assert_eq!(report.outside_window, 2);
+    }
+}
