@@ -48,12 +48,89 @@ impl Default for TdgConfig {
     }
 }
 
-/// One outcome of a distribution. Delay histograms are kept on first-order edges only.
+/// One outcome of a distribution: the callee, its decayed weight and, where kept, delays.
+pub(crate) trait Outcome: Default {
+    fn new(task: TaskId) -> Self;
+    fn task(&self) -> TaskId;
+    fn weight(&self) -> f64;
+    fn add(&mut self, weight: f64, delay_us: u64);
+    fn scale(&mut self, factor: f64);
+    fn frozen(&self, probability: f64) -> FrozenTarget;
+}
+
+/// A first-order edge: weight and the delay histogram (start of caller → start of callee).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Target {
-    pub(crate) task: TaskId,
-    pub(crate) weight: f64,
-    pub(crate) delay: LogHistogram,
+pub(crate) struct Edge {
+    task: TaskId,
+    weight: f64,
+    delay: LogHistogram,
+}
+
+impl Outcome for Edge {
+    fn new(task: TaskId) -> Self {
+        Edge {
+            task,
+            ..Edge::default()
+        }
+    }
+    fn task(&self) -> TaskId {
+        self.task
+    }
+    fn weight(&self) -> f64 {
+        self.weight
+    }
+    fn add(&mut self, weight: f64, delay_us: u64) {
+        self.weight += weight;
+        self.delay.record(delay_us, weight);
+    }
+    fn scale(&mut self, factor: f64) {
+        self.weight *= factor;
+        self.delay.scale(factor);
+    }
+    fn frozen(&self, probability: f64) -> FrozenTarget {
+        FrozenTarget {
+            task: self.task,
+            probability,
+            delay_mean_us: self.delay.mean().unwrap_or(0.0) as u64,
+            delay_p10_us: self.delay.quantile(0.10).unwrap_or(0),
+            delay_p90_us: self.delay.quantile(0.90).unwrap_or(0),
+        }
+    }
+}
+
+/// A context outcome: weight only (16 bytes), since contexts are many and delays are read
+/// from the first-order edge.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Weighted {
+    task: TaskId,
+    weight: f64,
+}
+
+impl Outcome for Weighted {
+    fn new(task: TaskId) -> Self {
+        Weighted { task, weight: 0.0 }
+    }
+    fn task(&self) -> TaskId {
+        self.task
+    }
+    fn weight(&self) -> f64 {
+        self.weight
+    }
+    fn add(&mut self, weight: f64, _delay_us: u64) {
+        self.weight += weight;
+    }
+    fn scale(&mut self, factor: f64) {
+        self.weight *= factor;
+    }
+    fn frozen(&self, probability: f64) -> FrozenTarget {
+        FrozenTarget {
+            task: self.task,
+            probability,
+            delay_mean_us: 0,
+            delay_p10_us: 0,
+            delay_p90_us: 0,
+        }
+    }
 }
 
 /// Decayed counts of what follows one caller (in one context).
@@ -62,35 +139,28 @@ pub(crate) struct Target {
 /// front when it overtakes its neighbour, so the frequent targets are found in the first
 /// slots and an update is O(1) amortised for the skewed distributions seen in practice.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Dist {
-    pub(crate) targets: Vec<Target>,
-    pub(crate) stop: f64,
-    pub(crate) total: f64,
+pub(crate) struct Dist<T> {
+    targets: Vec<T>,
+    stop: f64,
+    total: f64,
 }
 
-impl Dist {
-    fn observe(&mut self, callee: Option<TaskId>, weight: f64, delay_us: Option<u64>) {
+impl<T: Outcome> Dist<T> {
+    fn observe(&mut self, callee: Option<TaskId>, weight: f64, delay_us: u64) {
         self.total += weight;
         let Some(callee) = callee else {
             self.stop += weight;
             return;
         };
-        let position = match self.targets.iter().position(|t| t.task == callee) {
+        let position = match self.targets.iter().position(|t| t.task() == callee) {
             Some(position) => position,
             None => {
-                self.targets.push(Target {
-                    task: callee,
-                    ..Target::default()
-                });
+                self.targets.push(T::new(callee));
                 self.targets.len() - 1
             }
         };
-        let target = &mut self.targets[position];
-        target.weight += weight;
-        if let Some(delay) = delay_us {
-            target.delay.record(delay, weight);
-        }
-        if position > 0 && self.targets[position - 1].weight < self.targets[position].weight {
+        self.targets[position].add(weight, delay_us);
+        if position > 0 && self.targets[position - 1].weight() < self.targets[position].weight() {
             self.targets.swap(position - 1, position);
         }
     }
@@ -99,8 +169,7 @@ impl Dist {
         self.stop *= factor;
         self.total *= factor;
         for target in &mut self.targets {
-            target.weight *= factor;
-            target.delay.scale(factor);
+            target.scale(factor);
         }
     }
 
@@ -109,13 +178,7 @@ impl Dist {
         let mut targets: Vec<FrozenTarget> = self
             .targets
             .iter()
-            .map(|t| FrozenTarget {
-                task: t.task,
-                probability: t.weight / total,
-                delay_mean_us: t.delay.mean().unwrap_or(0.0) as u64,
-                delay_p10_us: t.delay.quantile(0.10).unwrap_or(0),
-                delay_p90_us: t.delay.quantile(0.90).unwrap_or(0),
-            })
+            .map(|t| t.frozen(t.weight() / total))
             .collect();
         targets.sort_by(|a, b| {
             b.probability
@@ -283,8 +346,8 @@ pub struct Tdg {
     decay: Decay,
     tasks: Interner,
     labels: Interner,
-    first_order: Vec<Dist>,
-    contexts: FxHashMap<(u16, u64, u32), Dist>,
+    first_order: Vec<Dist<Edge>>,
+    contexts: FxHashMap<(u16, u64, u32), Dist<Weighted>>,
     profiles: Vec<ResourceProfile>,
     declared: Vec<Option<ResourceVec>>,
     entry_by_route: FxHashMap<LabelId, EntryStats>,
@@ -376,11 +439,10 @@ impl Tdg {
     }
 
     fn scale_all(&mut self, factor: f64) {
-        for dist in self
-            .first_order
-            .iter_mut()
-            .chain(self.contexts.values_mut())
-        {
+        for dist in &mut self.first_order {
+            dist.scale(factor);
+        }
+        for dist in self.contexts.values_mut() {
             dist.scale(factor);
         }
         for profile in &mut self.profiles {
@@ -412,7 +474,7 @@ impl Tdg {
         let leaf_or_call = callee.is_some() || !matches!(context.prev, Prev::After(_));
         if leaf_or_call {
             if let Some(dist) = self.first_order.get_mut(caller.index()) {
-                dist.observe(callee, weight, callee.map(|_| delay_us));
+                dist.observe(callee, weight, delay_us);
             }
         }
         for (kind_index, kind) in self.config.contexts.iter().enumerate() {
@@ -423,7 +485,7 @@ impl Tdg {
                 self.contexts
                     .entry((kind_index as u16, key, caller.0))
                     .or_default()
-                    .observe(callee, weight, None);
+                    .observe(callee, weight, 0);
             }
         }
     }

@@ -1,0 +1,267 @@
+//! Black-box tests of the `baton` binary on the committed Nezha fixture and on broken logs.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/nezha-spans-faultfree-2023-01-30.csv.xz")
+}
+
+fn baton(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .output()
+        .expect("the baton binary runs")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let output = baton(args);
+    assert!(
+        output.status.success(),
+        "baton {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("baton-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn learn_save_predict_and_graph() {
+    let dir = temp_dir("learn");
+    let state = dir.join("state.json");
+    let fixture = fixture();
+    let summary = ok_json(&[
+        "learn",
+        fixture.to_str().unwrap(),
+        "--format",
+        "spans",
+        "--save",
+        state.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(summary["requests"], 62);
+    assert_eq!(summary["skipped"], 0);
+    assert!(summary["tasks"].as_u64().unwrap() >= 20);
+    let top = &summary["top_transitions"][0];
+    assert!(top["probability"].as_f64().unwrap() > 0.0);
+
+    let predicted = ok_json(&[
+        "predict",
+        "--state",
+        state.to_str().unwrap(),
+        "--from",
+        "ts-travel-service",
+        "-n",
+        "4",
+        "--json",
+    ]);
+    let chains = predicted["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 4);
+    let probabilities: Vec<f64> = chains
+        .iter()
+        .map(|c| c["probability"].as_f64().unwrap())
+        .collect();
+    assert!(
+        probabilities.windows(2).all(|w| w[0] >= w[1]),
+        "{probabilities:?}"
+    );
+    assert!(probabilities.iter().sum::<f64>() <= 1.0 + 1e-9);
+    let first = &chains[0]["steps"][0];
+    assert_eq!(first["task"], "ts-seat-service", "travel calls seat most");
+    assert!(first["start_offset_us"].as_u64().unwrap() > 0);
+    assert!(first["needs"]["memory_mib"].as_u64().unwrap() > 0);
+
+    // The same question answered from the log instead of the state.
+    let from_log = ok_json(&[
+        "predict",
+        "--log",
+        fixture.to_str().unwrap(),
+        "--format",
+        "spans",
+        "--from",
+        "ts-travel-service",
+        "-n",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(from_log["chains"], predicted["chains"]);
+
+    let dot = baton(&[
+        "graph",
+        "--state",
+        state.to_str().unwrap(),
+        "--output",
+        "dot",
+    ]);
+    let dot = String::from_utf8(dot.stdout).unwrap();
+    assert!(dot.starts_with("digraph tdg {"));
+    assert!(dot.contains("penwidth="));
+    let graph = ok_json(&[
+        "graph",
+        "--state",
+        state.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(
+        graph["edges"].as_array().unwrap().len() as u64,
+        summary["edges"].as_u64().unwrap()
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn eval_reports_every_predictor() {
+    let fixture = fixture();
+    let report = ok_json(&[
+        "eval",
+        "--log",
+        fixture.to_str().unwrap(),
+        "--format",
+        "spans",
+        "--train-until",
+        "11:39:20",
+        "--json",
+    ]);
+    let rows = report["report"]["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "chain",
+            "chain-1",
+            "tree",
+            "tree-global",
+            "route-bound",
+            "next",
+            "frequency"
+        ]
+    );
+    let top1 = |name: &str| {
+        rows.iter().find(|r| r["name"] == name).unwrap()["top1"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(top1("chain") > top1("chain-1"), "context helps: {rows:?}");
+    assert!(top1("chain-1") > top1("frequency"));
+    assert!(report["test_requests"].as_u64().unwrap() > 10);
+}
+
+#[test]
+fn broken_lines_are_reported_and_the_rest_is_learned() {
+    let dir = temp_dir("broken");
+    let log = dir.join("log.jsonl");
+    std::fs::write(
+        &log,
+        concat!(
+            r#"{"ts":"2026-01-01T00:00:00Z","task":"a","invocation":"1","duration_us":100,"trace":"t1"}"#, "\n",
+            r#"{"ts":"2026-01-01T00:00:00.001Z","task":"b","invocation":"2","parent":"1","duration_us":50,"trace":"t1","vendor_field":{"k":1}}"#, "\n",
+            "this is not json\n",
+            r#"{"ts":"2026-01-01T00:00:01Z","task":"a","invocation":"3","duration_us":"fast"}"#, "\n",
+            r#"{"ts":"2026-01-01T00:00:02Z","invocation":"4","duration_us":1}"#, "\n",
+            r#"{"ts":"2026-01-01T00:00:03Z","task":"a","invocation":"5","duration_us":100,"trace":"t2"}"#, "\n",
+            r#"{"ts":"2026-01-01T00:00:03.002Z","task":"b","invocation":"6","parent":"5","duration_us":50,"trace":"t2"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let output = baton(&["learn", log.to_str().unwrap(), "--json"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("log.jsonl:3: not a JSON object"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "log.jsonl:4: field `duration_us`: expected a non-negative number, got \"fast\""
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("log.jsonl:5: field `task` missing"),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["skipped"], 3);
+    assert_eq!(summary["records"], 4);
+    assert_eq!(summary["requests"], 2);
+    assert_eq!(summary["top_transitions"][0]["from"], "a");
+    assert_eq!(summary["top_transitions"][0]["to"], "b");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_truncated_xz_keeps_what_came_before() {
+    let dir = temp_dir("truncated");
+    let path = dir.join("log.jsonl.xz");
+    let mut encoder = xz2::write::XzEncoder::new(Vec::new(), 6);
+    for i in 0..5_000u64 {
+        writeln!(
+            encoder,
+            r#"{{"ts":{},"task":"a","invocation":"a{i}","duration_us":100,"trace":"t{i}"}}"#,
+            1_700_000_000_000_000_000u64 + i * 1_000_000
+        )
+        .unwrap();
+        writeln!(
+            encoder,
+            r#"{{"ts":{},"task":"b","invocation":"b{i}","parent":"a{i}","duration_us":10,"trace":"t{i}"}}"#,
+            1_700_000_000_000_000_000u64 + i * 1_000_000 + 10_000
+        )
+        .unwrap();
+    }
+    let bytes = encoder.finish().unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let output = baton(&["learn", path.to_str().unwrap(), "--json"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stream broke off after line"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let records = summary["records"].as_u64().unwrap();
+    assert!(records > 1_000 && records < 10_000, "{records}");
+    assert_eq!(summary["top_transitions"][0]["to"], "b");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn unknown_names_and_missing_files_are_clear_errors() {
+    let fixture = fixture();
+    let output = baton(&[
+        "predict",
+        "--log",
+        fixture.to_str().unwrap(),
+        "--format",
+        "spans",
+        "--from",
+        "no-such-service",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown task `no-such-service`"),
+        "{stderr}"
+    );
+
+    let output = baton(&["learn", "/nonexistent/log.jsonl"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/log.jsonl"), "{stderr}");
+
+    let output = baton(&[
+        "learn",
+        fixture.to_str().unwrap(),
+        "--format",
+        "spans",
+        "--since",
+        "noon",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("time `noon`"));
+}
