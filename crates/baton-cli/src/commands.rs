@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
 
-/// Where the graph comes from: a saved state or logs.
+/// Where the graph comes from: a saved state or logs (`predict`).
 #[derive(Debug, Args)]
 pub struct Source {
     /// A state saved by `baton learn --save`.
@@ -22,29 +22,27 @@ pub struct Source {
     /// Logs to learn from instead (plain, .gz or .xz).
     #[arg(long, num_args = 1..)]
     log: Vec<PathBuf>,
+    /// Log format (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
     #[command(flatten)]
-    learning: Learning,
+    model: ModelArgs,
+    #[command(flatten)]
+    window: WindowArgs,
 }
 
-/// How logs are read and learned.
+/// How a graph is learned.
 #[derive(Debug, Args)]
-pub struct Learning {
-    /// Log format.
-    #[arg(long, value_enum, default_value = "jsonl")]
-    format: FormatArg,
+pub struct ModelArgs {
     /// Tasks are service:operation instead of service (span logs).
     #[arg(long)]
     operations: bool,
-    /// Learn requests starting at or after this time (RFC 3339, epoch, or HH:MM UTC on the log's first day).
-    #[arg(long)]
-    since: Option<String>,
-    /// Learn requests starting before this time.
-    #[arg(long)]
-    until: Option<String>,
     /// Half-life of the decay (e.g. 30m, 1h, off).
     #[arg(long, default_value = "1h")]
     half_life: String,
-    /// Context kinds in backoff order, comma-separated (see `baton eval --help`; or none).
+    /// Context kinds in backoff order, comma-separated, or `none`. Known: route+call-order,
+    /// call-order, route, route+operation+call-order, operation+call-order,
+    /// grand-caller+call-order, grand-caller.
     #[arg(long, default_value = "route+call-order,call-order,route")]
     contexts: String,
     /// Events a context needs before it is used.
@@ -52,7 +50,19 @@ pub struct Learning {
     min_context_count: f64,
 }
 
-impl Learning {
+/// Which requests are learned.
+#[derive(Debug, Args)]
+pub struct WindowArgs {
+    /// Learn requests starting at or after this time (RFC 3339, epoch, or HH:MM UTC on the
+    /// log's first day).
+    #[arg(long)]
+    since: Option<String>,
+    /// Learn requests starting before this time.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl ModelArgs {
     fn config(&self) -> Result<TdgConfig> {
         let contexts = if self.contexts == "none" {
             Vec::new()
@@ -78,16 +88,23 @@ impl Learning {
     }
 }
 
-fn snapshot_of(source: &Source) -> Result<TdgSnapshot> {
-    match (&source.state, source.log.is_empty()) {
+fn snapshot_of(
+    state: Option<&PathBuf>,
+    logs: &[PathBuf],
+    format: FormatArg,
+    model: &ModelArgs,
+    window: &WindowArgs,
+) -> Result<TdgSnapshot> {
+    match (state, logs.is_empty()) {
         (Some(path), _) => load::load_state(path),
         (None, false) => {
             let mut learned = load::learn_logs(
-                &source.log,
-                source.learning.format.to_format(source.learning.operations),
-                source.learning.since.as_deref(),
-                source.learning.until.as_deref(),
-                source.learning.config()?,
+                logs,
+                format,
+                model.operations,
+                window.since.as_deref(),
+                window.until.as_deref(),
+                model.config()?,
             )?;
             Ok(learned.tdg.snapshot())
         }
@@ -100,8 +117,13 @@ pub struct LearnArgs {
     /// Logs to learn from (plain, .gz or .xz).
     #[arg(required = true)]
     logs: Vec<PathBuf>,
+    /// Log format (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
     #[command(flatten)]
-    learning: Learning,
+    model: ModelArgs,
+    #[command(flatten)]
+    window: WindowArgs,
     /// Save the learned state here for `predict` and `graph`.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -116,10 +138,11 @@ pub struct LearnArgs {
 pub fn learn(args: LearnArgs) -> Result<()> {
     let mut learned = load::learn_logs(
         &args.logs,
-        args.learning.format.to_format(args.learning.operations),
-        args.learning.since.as_deref(),
-        args.learning.until.as_deref(),
-        args.learning.config()?,
+        args.format,
+        args.model.operations,
+        args.window.since.as_deref(),
+        args.window.until.as_deref(),
+        args.model.config()?,
     )?;
     let snapshot = learned.tdg.snapshot();
     if let Some(path) = &args.save {
@@ -256,7 +279,14 @@ pub struct PredictArgs {
 }
 
 pub fn predict(args: PredictArgs) -> Result<()> {
-    let snapshot = snapshot_of(&args.source)?;
+    let source = &args.source;
+    let snapshot = snapshot_of(
+        source.state.as_ref(),
+        &source.log,
+        source.format,
+        &source.model,
+        &source.window,
+    )?;
     let from = snapshot
         .task_id(&args.from)
         .with_context(|| format!("unknown task `{}`: not in the learned graph", args.from))?;
@@ -369,11 +399,22 @@ enum GraphFormat {
 
 #[derive(Debug, Args)]
 pub struct GraphArgs {
+    /// A state saved by `baton learn --save`.
+    #[arg(long, conflicts_with = "log")]
+    state: Option<PathBuf>,
+    /// Logs to learn from instead (plain, .gz or .xz).
+    #[arg(long, num_args = 1..)]
+    log: Vec<PathBuf>,
+    /// Format of the logs (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
+    log_format: FormatArg,
     #[command(flatten)]
-    source: Source,
+    model: ModelArgs,
+    #[command(flatten)]
+    window: WindowArgs,
     /// Output format.
-    #[arg(long = "output", value_enum, default_value = "dot")]
-    output: GraphFormat,
+    #[arg(long, value_enum, default_value = "dot")]
+    format: GraphFormat,
     /// Leave out edges below this probability.
     #[arg(long, default_value_t = 0.0)]
     min_probability: f64,
@@ -384,12 +425,18 @@ fn dot_escape(name: &str) -> String {
 }
 
 pub fn graph(args: GraphArgs) -> Result<()> {
-    let snapshot = snapshot_of(&args.source)?;
+    let snapshot = snapshot_of(
+        args.state.as_ref(),
+        &args.log,
+        args.log_format,
+        &args.model,
+        &args.window,
+    )?;
     let edges: Vec<_> = snapshot
         .edges()
         .filter(|(_, t)| t.probability >= args.min_probability)
         .collect();
-    match args.output {
+    match args.format {
         GraphFormat::Json => {
             let nodes: Vec<_> = (0..snapshot.n_tasks() as u32)
                 .map(|i| {
@@ -454,12 +501,11 @@ pub struct EvalArgs {
     /// The log (plain, .gz or .xz).
     #[arg(long, required = true, num_args = 1..)]
     log: Vec<PathBuf>,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "jsonl")]
+    /// Log format (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
     format: FormatArg,
-    /// Tasks are service:operation instead of service (span logs).
-    #[arg(long)]
-    operations: bool,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Start of the training window.
     #[arg(long)]
     train_since: Option<String>,
@@ -475,15 +521,6 @@ pub struct EvalArgs {
     /// Most steps per chain.
     #[arg(long, default_value_t = 5)]
     depth: usize,
-    /// Half-life of the decay (e.g. 30m, 1h, off).
-    #[arg(long, default_value = "1h")]
-    half_life: String,
-    /// Context kinds in backoff order, comma-separated.
-    #[arg(long, default_value = "route+call-order,call-order,route")]
-    contexts: String,
-    /// Events a context needs before it is used.
-    #[arg(long, default_value_t = 3.0)]
-    min_context_count: f64,
     /// Keep learning during the test window (each request once it has ended), as baton
     /// does live; the default freezes the graph after training.
     #[arg(long)]
@@ -494,7 +531,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let format = args.format.to_format(args.operations);
+    let format = load::resolve_format(args.format, args.model.operations, &args.log)?;
     let (records, read) = load::read_logs(&args.log, format);
     load::print_read_report(&read);
     if records.is_empty() {
@@ -503,16 +540,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let day = load::first_ts(&records);
     let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
     let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
-    let learning = Learning {
-        format: args.format,
-        operations: args.operations,
-        since: None,
-        until: None,
-        half_life: args.half_life.clone(),
-        contexts: args.contexts.clone(),
-        min_context_count: args.min_context_count,
-    };
-    let mut tdg = baton_core::Tdg::new(learning.config()?);
+    let mut tdg = baton_core::Tdg::new(args.model.config()?);
     let (train, train_report) = group_requests(&records, &mut tdg, train_window);
     let (test, _) = group_requests(&records, &mut tdg, test_window);
     if train.is_empty() || test.is_empty() {

@@ -15,17 +15,32 @@ use std::path::{Path, PathBuf};
 /// Log formats on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
+    /// Told by the first line of the first log.
+    Auto,
     /// Execution-log schema v1, one JSON object per line.
     Jsonl,
     /// Span CSV (TraceID,SpanID,ParentID,PodName,OperationName,...).
     Spans,
 }
 
-impl FormatArg {
-    pub fn to_format(self, operation_tasks: bool) -> LogFormat {
-        match self {
-            FormatArg::Jsonl => LogFormat::Jsonl,
-            FormatArg::Spans => LogFormat::Spans(SpanOptions { operation_tasks }),
+/// The reader for `format`, detecting it from the first log when `auto`.
+pub fn resolve_format(
+    format: FormatArg,
+    operation_tasks: bool,
+    paths: &[PathBuf],
+) -> Result<LogFormat> {
+    let spans = LogFormat::Spans(SpanOptions { operation_tasks });
+    match format {
+        FormatArg::Jsonl => Ok(LogFormat::Jsonl),
+        FormatArg::Spans => Ok(spans),
+        FormatArg::Auto => {
+            let Some(first) = paths.first() else {
+                bail!("no log given");
+            };
+            match baton_trace::detect_format(first)? {
+                baton_trace::DetectedFormat::Jsonl => Ok(LogFormat::Jsonl),
+                baton_trace::DetectedFormat::Spans => Ok(spans),
+            }
         }
     }
 }
@@ -152,11 +167,13 @@ pub struct Learned {
 /// Reads, groups and learns logs.
 pub fn learn_logs(
     paths: &[PathBuf],
-    format: LogFormat,
+    format: FormatArg,
+    operation_tasks: bool,
     since: Option<&str>,
     until: Option<&str>,
     config: TdgConfig,
 ) -> Result<Learned> {
+    let format = resolve_format(format, operation_tasks, paths)?;
     let (records, read) = read_logs(paths, format);
     print_read_report(&read);
     if records.is_empty() {

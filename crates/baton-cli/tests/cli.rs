@@ -79,13 +79,11 @@ fn learn_save_predict_and_graph() {
     assert!(first["start_offset_us"].as_u64().unwrap() > 0);
     assert!(first["needs"]["memory_mib"].as_u64().unwrap() > 0);
 
-    // The same question answered from the log instead of the state.
+    // The same question answered from the log instead of the state (format detected).
     let from_log = ok_json(&[
         "predict",
         "--log",
         fixture.to_str().unwrap(),
-        "--format",
-        "spans",
         "--from",
         "ts-travel-service",
         "-n",
@@ -98,7 +96,7 @@ fn learn_save_predict_and_graph() {
         "graph",
         "--state",
         state.to_str().unwrap(),
-        "--output",
+        "--format",
         "dot",
     ]);
     let dot = String::from_utf8(dot.stdout).unwrap();
@@ -108,7 +106,7 @@ fn learn_save_predict_and_graph() {
         "graph",
         "--state",
         state.to_str().unwrap(),
-        "--output",
+        "--format",
         "json",
     ]);
     assert_eq!(

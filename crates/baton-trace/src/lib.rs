@@ -26,6 +26,71 @@ pub enum LogFormat {
     Spans(spans::SpanOptions),
 }
 
+/// A format told from a file's first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectedFormat {
+    /// The first line is a JSON object.
+    Jsonl,
+    /// The first line is a span CSV header.
+    Spans,
+}
+
+/// Why a format could not be told.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// The file could not be opened or read.
+    #[error(transparent)]
+    Open(#[from] open::OpenError),
+    /// Reading failed.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The first line is neither.
+    #[error(
+        "{path}: cannot tell the log format from its first line {line:?}; name it with --format"
+    )]
+    Unknown {
+        /// The file.
+        path: String,
+        /// The start of its first line.
+        line: String,
+    },
+}
+
+/// Tells the format of `path` from its first non-empty line (after decompression).
+pub fn detect_format(path: &Path) -> Result<DetectedFormat, DetectError> {
+    use std::io::BufRead;
+    let mut reader = open::open_log(path)?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|source| DetectError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if n == 0 || !line.trim().is_empty() {
+            break;
+        }
+    }
+    let first = line.trim();
+    if first.starts_with('{') {
+        Ok(DetectedFormat::Jsonl)
+    } else if first.contains("TraceID") && first.contains("SpanID") {
+        Ok(DetectedFormat::Spans)
+    } else {
+        Err(DetectError::Unknown {
+            path: path.display().to_string(),
+            line: first.chars().take(60).collect(),
+        })
+    }
+}
+
 /// Reads one log file (plain, `.gz` or `.xz`) into records; problems go to `report`.
 /// A file that cannot be opened is reported as broken and yields nothing.
 pub fn read_log(path: &Path, format: LogFormat, report: &mut ReadReport) -> Vec<ExecutionRecord> {
