@@ -250,8 +250,13 @@ pub struct PredictArgs {
     #[command(flatten)]
     source: Source,
     /// The running task.
+    #[arg(long, required_unless_present = "set")]
+    from: Option<String>,
+    /// Instead of chains, the set of tasks a request on `--route` touches (each with the
+    /// probability that it runs at least once and its start offset), and the set baton
+    /// announces at entry.
     #[arg(long)]
-    from: String,
+    set: bool,
     /// How many chains.
     #[arg(short, long, default_value_t = 5)]
     n: usize,
@@ -287,9 +292,6 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         &source.model,
         &source.window,
     )?;
-    let from = snapshot
-        .task_id(&args.from)
-        .with_context(|| format!("unknown task `{}`: not in the learned graph", args.from))?;
     let route = match &args.route {
         Some(name) => Some(
             snapshot
@@ -307,6 +309,13 @@ pub fn predict(args: PredictArgs) -> Result<()> {
                 .with_context(|| format!("unknown task `{name}` in --prev"))?,
         ),
     };
+    if args.set {
+        return print_entry_set(&snapshot, args.route.as_deref(), route, args.json);
+    }
+    let from_name = args.from.as_deref().unwrap_or_default();
+    let from = snapshot
+        .task_id(from_name)
+        .with_context(|| format!("unknown task `{from_name}`: not in the learned graph"))?;
     let options = PredictOptions {
         n: args.n,
         max_depth: args.depth,
@@ -345,7 +354,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "from": args.from,
+                "from": from_name,
                 "graph_version": snapshot.version(),
                 "chains": chains,
             }))?
@@ -353,8 +362,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "chains from {} (graph version {})",
-        args.from,
+        "chains from {from_name} (graph version {})",
         snapshot.version()
     );
     if profiles.is_empty() {
@@ -374,7 +382,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
             profile.peak.total_cpu_millicores(),
         );
         if profile.steps.is_empty() {
-            println!("   (stops after {})", args.from);
+            println!("   (stops after {from_name})");
         }
         for (step, used) in profile.steps.iter().zip(&profile.chain.contexts) {
             println!(
@@ -388,6 +396,108 @@ pub fn predict(args: PredictArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn print_entry_set(
+    snapshot: &TdgSnapshot,
+    route_name: Option<&str>,
+    route: Option<baton_core::LabelId>,
+    json: bool,
+) -> Result<()> {
+    let (set, used_route) = snapshot.entry_set(route);
+    let announced = |task| set.best_set.contains(&task);
+    if json {
+        let tasks: Vec<_> = set
+            .tasks
+            .iter()
+            .map(|t| {
+                json!({
+                    "task": snapshot.task_name(t.task),
+                    "probability": t.probability,
+                    "offset_p10_us": t.offset_p10_us,
+                    "offset_p50_us": t.offset_p50_us,
+                    "announced": announced(t.task),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "route": route_name,
+                "used_route": used_route,
+                "requests": set.requests,
+                "expected_recall": set.best_set_recall,
+                "expected_precision": set.best_set_precision,
+                "tasks": tasks,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "tasks of a request on {} ({:.1} requests of history{})",
+        route_name.unwrap_or("any route"),
+        set.requests,
+        if used_route || route.is_none() {
+            ""
+        } else {
+            "; too little for this route, all routes shown"
+        }
+    );
+    println!(
+        "{:>6}  {:>9}  {:>9}  {:<9} task",
+        "p", "p10 ms", "p50 ms", "announced"
+    );
+    for task in &set.tasks {
+        println!(
+            "{:>6.3}  {:>9.2}  {:>9.2}  {:<9} {}",
+            task.probability,
+            task.offset_p10_us as f64 / 1000.0,
+            task.offset_p50_us as f64 / 1000.0,
+            if announced(task.task) { "yes" } else { "" },
+            snapshot.task_name(task.task)
+        );
+    }
+    println!(
+        "announced set: expected recall {:.3}, precision {:.3} on history",
+        set.best_set_recall, set.best_set_precision
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Logs to convert (plain, .gz or .xz).
+    #[arg(required = true)]
+    logs: Vec<PathBuf>,
+    /// Log format (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// Tasks are service:operation instead of service (span logs).
+    #[arg(long)]
+    operations: bool,
+    /// Write here instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let format = load::resolve_format(args.format, args.operations, &args.logs)?;
+    let (records, read) = load::read_logs(&args.logs, format);
+    load::print_read_report(&read);
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for record in &records {
+        record
+            .write_line(&mut out)
+            .context("cannot write the converted log")?;
+    }
+    out.flush().context("cannot write the converted log")?;
     Ok(())
 }
 

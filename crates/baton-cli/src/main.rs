@@ -1,5 +1,5 @@
-//! The `baton` command: learn a task dependency graph from logs, predict chains, export the
-//! graph and evaluate prediction on a later window.
+//! The `baton` command: learn a task dependency graph from logs, predict chains and request
+//! sets, export the graph, evaluate prediction on a later window, convert logs.
 
 mod commands;
 mod load;
@@ -28,6 +28,8 @@ enum Command {
     Graph(commands::GraphArgs),
     /// Learn on one window, measure prediction on the next.
     Eval(commands::EvalArgs),
+    /// Convert logs (e.g. span CSV) to execution-log schema v1 JSONL.
+    Convert(commands::ConvertArgs),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +39,6 @@ fn main() -> Result<()> {
         Command::Predict(args) => commands::predict(args),
         Command::Graph(args) => commands::graph(args),
         Command::Eval(args) => commands::eval(args),
+        Command::Convert(args) => commands::convert(args),
     }
 }

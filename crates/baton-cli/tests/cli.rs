@@ -263,3 +263,62 @@ fn unknown_names_and_missing_files_are_clear_errors() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("time `noon`"));
 }
+
+#[test]
+fn converted_spans_learn_the_same_graph_as_the_spans() {
+    let dir = temp_dir("convert");
+    let jsonl = dir.join("converted.jsonl");
+    let fixture = fixture();
+    let output = baton(&[
+        "convert",
+        fixture.to_str().unwrap(),
+        "-o",
+        jsonl.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let from_spans = ok_json(&["learn", fixture.to_str().unwrap(), "--json"]);
+    let from_jsonl = ok_json(&["learn", jsonl.to_str().unwrap(), "--json"]);
+    for field in [
+        "records",
+        "requests",
+        "tasks",
+        "edges",
+        "events",
+        "top_transitions",
+        "stop_probability",
+    ] {
+        assert_eq!(from_spans[field], from_jsonl[field], "{field}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn entry_set_of_a_route() {
+    let fixture = fixture();
+    let route = "/api/v1/travelservice/trips/left";
+    let set = ok_json(&[
+        "predict",
+        "--log",
+        fixture.to_str().unwrap(),
+        "--set",
+        "--route",
+        route,
+        "--json",
+    ]);
+    assert_eq!(set["route"], route);
+    assert_eq!(set["used_route"], true);
+    let tasks = set["tasks"].as_array().unwrap();
+    assert_eq!(tasks[0]["task"], "ts-travel-service");
+    assert_eq!(tasks[0]["probability"], 1.0);
+    assert_eq!(tasks[0]["announced"], true);
+    let probabilities: Vec<f64> = tasks
+        .iter()
+        .map(|t| t["probability"].as_f64().unwrap())
+        .collect();
+    assert!(probabilities.windows(2).all(|w| w[0] >= w[1]));
+    assert!(set["expected_recall"].as_f64().unwrap() > 0.5);
+}

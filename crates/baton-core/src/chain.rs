@@ -64,13 +64,14 @@ impl TdgSnapshot {
     pub fn chain_profile(&self, chain: &Chain, quantile: NeedQuantile) -> ChainProfile {
         let mut steps = Vec::with_capacity(chain.tasks.len().saturating_sub(1));
         let (mut offset, mut earliest, mut reach) = (0u64, 0u64, 1.0f64);
-        for pair in chain.tasks.windows(2) {
+        for (pair, step_probability) in chain.tasks.windows(2).zip(&chain.step_probabilities) {
             let (caller, callee) = (pair[0], pair[1]);
+            // Timing lives on the first-order edge; the probability is the chain's own step.
             let dist = self.first_order(caller);
             let edge = dist.targets.iter().find(|t| t.task == callee);
             offset += edge.map_or(0, |e| e.delay_mean_us);
             earliest += edge.map_or(0, |e| e.delay_p10_us);
-            reach *= edge.map_or(0.0, |e| e.probability);
+            reach *= step_probability;
             let duration_us = self
                 .profile(callee)
                 .and_then(|p| p.metric(Metric::WallUs))

@@ -88,6 +88,8 @@ pub struct Chain {
     pub ended: bool,
     /// The distribution each step used, one per step after the start.
     pub contexts: Vec<ContextUsed>,
+    /// The transition probability of each step (in that distribution).
+    pub step_probabilities: Vec<f64>,
 }
 
 impl Chain {
@@ -103,6 +105,7 @@ struct Node {
     parent: u32,
     depth: u16,
     context: ContextUsed,
+    probability: f64,
 }
 
 const NO_PARENT: u32 = u32::MAX;
@@ -157,22 +160,26 @@ fn step_context(nodes: &[Node], node: &Node, start: &PredictContext) -> CallCont
 fn chain_of(nodes: &[Node], node: u32, probability: f64, ended: bool) -> Chain {
     let mut tasks = Vec::new();
     let mut contexts = Vec::new();
+    let mut step_probabilities = Vec::new();
     let mut cursor = node;
     while cursor != NO_PARENT {
         let n = &nodes[cursor as usize];
         tasks.push(n.task);
         if n.parent != NO_PARENT {
             contexts.push(n.context);
+            step_probabilities.push(n.probability);
         }
         cursor = n.parent;
     }
     tasks.reverse();
     contexts.reverse();
+    step_probabilities.reverse();
     Chain {
         tasks,
         probability,
         ended,
         contexts,
+        step_probabilities,
     }
 }
 
@@ -212,6 +219,7 @@ impl TdgSnapshot {
             parent: NO_PARENT,
             depth: 0,
             context: ContextUsed::FirstOrder,
+            probability: 1.0,
         }];
         if options.max_depth == 0 {
             return vec![chain_of(&nodes, 0, 1.0, false)];
@@ -259,6 +267,7 @@ impl TdgSnapshot {
                     parent: item.node,
                     depth,
                     context: used,
+                    probability: target.probability,
                 });
                 heap.push(Item {
                     probability,
@@ -330,39 +339,50 @@ mod tests {
         fn walk(
             snapshot: &TdgSnapshot,
             path: &mut Vec<TaskId>,
+            steps: &mut Vec<f64>,
             probability: f64,
             options: &PredictOptions,
             out: &mut Vec<Chain>,
         ) {
-            let chain = |path: &Vec<TaskId>, probability, ended| Chain {
+            let chain = |path: &Vec<TaskId>, steps: &Vec<f64>, probability, ended| Chain {
                 tasks: path.clone(),
                 probability,
                 ended,
                 contexts: vec![ContextUsed::FirstOrder; path.len() - 1],
+                step_probabilities: steps.clone(),
             };
             if path.len() - 1 == options.max_depth {
                 if probability > 0.0 && probability >= options.min_probability {
-                    out.push(chain(path, probability, false));
+                    out.push(chain(path, steps, probability, false));
                 }
                 return;
             }
             let dist = snapshot.first_order(*path.last().unwrap());
             let end = probability * dist.stop_probability;
             if end > 0.0 && end >= options.min_probability {
-                out.push(chain(path, end, true));
+                out.push(chain(path, steps, end, true));
             }
             for target in &dist.targets {
                 let p = probability * target.probability;
                 let seen = path.iter().filter(|t| **t == target.task).count();
                 if p > 0.0 && p >= options.min_probability && seen < options.max_repeats {
                     path.push(target.task);
-                    walk(snapshot, path, p, options, out);
+                    steps.push(target.probability);
+                    walk(snapshot, path, steps, p, options, out);
                     path.pop();
+                    steps.pop();
                 }
             }
         }
         let mut out = Vec::new();
-        walk(snapshot, &mut vec![from], 1.0, options, &mut out);
+        walk(
+            snapshot,
+            &mut vec![from],
+            &mut Vec::new(),
+            1.0,
+            options,
+            &mut out,
+        );
         sort_chains(&mut out);
         out.truncate(options.n);
         out

@@ -660,6 +660,51 @@ mod tests {
     }
 
     #[test]
+    fn predictors_read_while_the_learner_writes() {
+        let mut tdg = Tdg::new(TdgConfig::default());
+        let a = tdg.intern_task("a");
+        let b = tdg.intern_task("b");
+        let cell = Arc::new(SnapshotCell::new(tdg.snapshot()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let cell = Arc::clone(&cell);
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let (mut last_version, mut reads) = (0, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                        let snapshot = cell.load();
+                        assert!(snapshot.version() >= last_version, "versions never go back");
+                        last_version = snapshot.version();
+                        let chains = snapshot.predict(
+                            a,
+                            &crate::PredictContext::default(),
+                            &crate::PredictOptions::default(),
+                        );
+                        let total: f64 = chains.iter().map(|c| c.probability).sum();
+                        assert!(total <= 1.0 + 1e-9);
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 0..2_000u64 {
+            let context = CallContext::first_order(a);
+            tdg.observe_call(&context, Some(b), 10, i);
+            tdg.observe_call(&context, None, 0, i);
+            if i % 100 == 0 {
+                cell.publish(tdg.snapshot());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.join().expect("reader thread") > 0);
+        }
+        assert_eq!(cell.load().version(), 21);
+    }
+
+    #[test]
     fn snapshot_cell_swaps_without_disturbing_readers() {
         let mut tdg = Tdg::new(TdgConfig::default());
         let cell = SnapshotCell::new(tdg.snapshot());

@@ -364,3 +364,27 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any line, even a near-miss of a valid record, parses or errs without panicking.
+        #[test]
+        fn parse_never_panics(line in ".{0,200}") {
+            let _ = ExecutionRecord::parse(&line);
+        }
+
+        #[test]
+        fn near_valid_records_never_panic(
+            ts in prop_oneof![Just("1".to_owned()), Just("\"2026-01-01T00:00:00Z\"".to_owned()), ".{0,12}"],
+            duration in prop_oneof![Just("5".to_owned()), Just("-1".to_owned()), Just("1e400".to_owned()), ".{0,8}"],
+            extra in ".{0,20}",
+        ) {
+            let line = format!(r#"{{"ts":{ts},"task":"a","invocation":"1","duration_us":{duration}{extra}}}"#);
+            let _ = ExecutionRecord::parse(&line);
+        }
+    }
+}

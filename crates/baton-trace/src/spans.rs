@@ -369,3 +369,34 @@ mod tests {
         assert_eq!(service_of_pod("a-b"), "a-b");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary rows under a valid header: read or skipped, never a panic, and every
+        /// record produced has a parent that is itself a record or none.
+        #[test]
+        fn arbitrary_rows_never_panic(rows in proptest::collection::vec(
+            (0u8..4, 0u8..12, prop_oneof![Just("root".to_owned()), (0u8..12).prop_map(|p| p.to_string()), ".{0,4}"],
+             0u8..4, ".{0,6}", ".{0,6}", ".{0,4}"),
+            0..40,
+        )) {
+            let mut log = String::from(
+                "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n",
+            );
+            for (trace, span, parent, pod, op, start, duration) in rows {
+                log.push_str(&format!("t{trace},{span},{parent},svc{pod}-a-b,{op},{start},0,{duration}\n"));
+            }
+            let mut report = ReadReport::default();
+            let records = read_spans("fuzz.csv", log.as_bytes(), SpanOptions::default(), &mut report);
+            for record in &records {
+                if let Some(parent) = &record.parent {
+                    prop_assert!(records.iter().any(|r| &r.invocation == parent));
+                }
+            }
+        }
+    }
+}
