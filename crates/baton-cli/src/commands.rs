@@ -622,6 +622,9 @@ pub struct EvalArgs {
     /// End of the training window = start of the test window.
     #[arg(long)]
     train_until: String,
+    /// Start of the test window (default: the end of the training window).
+    #[arg(long)]
+    test_since: Option<String>,
     /// End of the test window (default: end of the log).
     #[arg(long)]
     test_until: Option<String>,
@@ -649,7 +652,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     let day = load::first_ts(&records);
     let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
-    let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
+    let test_since = args.test_since.as_deref().unwrap_or(&args.train_until);
+    let test_window = load::window(Some(test_since), args.test_until.as_deref(), day)?;
+    if test_window.since_ns < train_window.until_ns {
+        bail!("the test window must start at or after the end of the training window");
+    }
     let mut tdg = baton_core::Tdg::new(args.model.config()?);
     let (train, train_report) = group_requests(&records, &mut tdg, train_window);
     let (test, _) = group_requests(&records, &mut tdg, test_window);
