@@ -130,25 +130,49 @@ impl Assembler {
         &self.config
     }
 
+    /// A step ready `lead_us` before its early offset and held `slack_us` past its
+    /// expected end, all relative to `now_us`.
+    #[allow(clippy::too_many_arguments)]
+    fn planned_step(
+        &self,
+        task: TaskId,
+        reach_probability: f64,
+        now_us: u64,
+        early_offset_us: u64,
+        expected_offset_us: u64,
+        duration_us: u64,
+        needs: ResourceVec,
+    ) -> PlannedStep {
+        let early = early_offset_us.min(expected_offset_us);
+        let ready_at_us = (now_us + early).saturating_sub(self.config.lead_us);
+        let end = now_us + expected_offset_us + duration_us + self.config.slack_us;
+        PlannedStep {
+            task,
+            reach_probability,
+            ready_at_us,
+            expected_start_us: now_us + expected_offset_us,
+            window: Window {
+                start_us: ready_at_us,
+                end_us: end.max(ready_at_us + 1),
+            },
+            needs,
+        }
+    }
+
     fn steps_of(&self, profile: &ChainProfile, now_us: u64) -> Vec<PlannedStep> {
         profile
             .steps
             .iter()
             .map(|step| {
-                let early = step.earliest_offset_us.min(step.start_offset_us);
-                let ready_at_us = (now_us + early).saturating_sub(self.config.lead_us);
-                let end = now_us + step.start_offset_us + step.duration_us + self.config.slack_us;
-                PlannedStep {
-                    task: step.task,
-                    reach_probability: step.reach_probability,
-                    ready_at_us,
-                    expected_start_us: now_us + step.start_offset_us,
-                    window: Window {
-                        start_us: ready_at_us,
-                        end_us: end.max(ready_at_us + 1),
-                    },
-                    needs: step.needs,
-                }
+                self.planned_step(
+                    step.task,
+                    step.reach_probability,
+                    now_us,
+                    step.earliest_offset_us,
+                    step.start_offset_us,
+                    step.duration_us,
+                    step.needs,
+                )
             })
             .collect()
     }
@@ -238,22 +262,16 @@ impl Assembler {
                     .and_then(|p| p.metric(Metric::WallUs))
                     .map_or(0, |q| q.at(self.config.quantile));
                 let benefit = t.probability * cold / needs.memory_mib.max(1) as f64;
-                let ready_at_us = (now_us + t.offset_p10_us).saturating_sub(self.config.lead_us);
-                let end = now_us + t.offset_p50_us + duration + self.config.slack_us;
-                (
-                    benefit,
-                    PlannedStep {
-                        task: t.task,
-                        reach_probability: t.probability,
-                        ready_at_us,
-                        expected_start_us: now_us + t.offset_p50_us,
-                        window: Window {
-                            start_us: ready_at_us,
-                            end_us: end.max(ready_at_us + 1),
-                        },
-                        needs,
-                    },
-                )
+                let step = self.planned_step(
+                    t.task,
+                    t.probability,
+                    now_us,
+                    t.offset_p10_us,
+                    t.offset_p50_us,
+                    duration,
+                    needs,
+                );
+                (benefit, step)
             })
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.task.cmp(&b.1.task)));

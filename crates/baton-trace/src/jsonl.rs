@@ -1,48 +1,28 @@
 //! Reading schema-v1 JSONL logs: bad lines are reported with their number and skipped; a
 //! stream that breaks off keeps what came before it.
 
-use crate::report::ReadReport;
+use crate::report::{for_each_line, ReadReport};
 use crate::schema::ExecutionRecord;
 use std::io::BufRead;
+use std::ops::ControlFlow;
 
 /// Reads every record of `reader` (named `source` in messages), calling `sink` for each.
 pub fn read_jsonl(
     source: &str,
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     mut sink: impl FnMut(ExecutionRecord),
 ) -> ReadReport {
     let mut report = ReadReport::default();
-    let mut buffer = Vec::new();
-    loop {
-        buffer.clear();
-        match reader.read_until(b'\n', &mut buffer) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(error) => {
-                report.broken.push(format!(
-                    "{source}: stream broke off after line {}: {error}",
-                    report.lines
-                ));
-                break;
-            }
-        }
-        report.lines += 1;
-        let Ok(line) = std::str::from_utf8(&buffer) else {
-            report.skip(source, report.lines, "not valid UTF-8");
-            continue;
-        };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        match ExecutionRecord::parse(line) {
+    for_each_line(source, reader, &mut report, |report, line_no, line| {
+        match ExecutionRecord::parse(line.trim()) {
             Ok(record) => {
                 report.records += 1;
                 sink(record);
             }
-            Err(error) => report.skip(source, report.lines, error.to_string()),
+            Err(error) => report.skip(source, line_no, error.to_string()),
         }
-    }
+        ControlFlow::Continue(())
+    });
     report
 }
 

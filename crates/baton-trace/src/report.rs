@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 use std::fmt;
+use std::io::BufRead;
+use std::ops::ControlFlow;
 
 /// How many problems are kept verbatim; the rest are only counted.
 pub const MAX_KEPT_ERRORS: usize = 50;
@@ -63,5 +65,45 @@ impl ReadReport {
         self.errors.extend(other.errors.into_iter().take(room));
         self.broken.extend(other.broken);
         self.notes.extend(other.notes);
+    }
+}
+
+/// Calls `visit(report, line_no, line)` for every non-empty line of `reader` (line ending
+/// removed), counting lines in `report`, skipping invalid UTF-8 with its line number, and
+/// recording a stream that breaks off (truncated compression, I/O error) with the last good
+/// line. `visit` returns `ControlFlow::Break(())` to stop reading.
+pub fn for_each_line(
+    source: &str,
+    mut reader: impl BufRead,
+    report: &mut ReadReport,
+    mut visit: impl FnMut(&mut ReadReport, u64, &str) -> ControlFlow<()>,
+) {
+    let mut buffer = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buffer.clear();
+        match reader.read_until(b'\n', &mut buffer) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) => {
+                report.broken.push(format!(
+                    "{source}: stream broke off after line {line_no}: {error}"
+                ));
+                return;
+            }
+        }
+        line_no += 1;
+        report.lines += 1;
+        let Ok(line) = std::str::from_utf8(&buffer) else {
+            report.skip(source, line_no, "not valid UTF-8");
+            continue;
+        };
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if visit(report, line_no, line).is_break() {
+            return;
+        }
     }
 }

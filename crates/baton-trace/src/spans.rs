@@ -8,10 +8,11 @@
 //! last two `-` segments (the Kubernetes replica-set and pod hashes). Columns are found by
 //! header name, so their order does not matter.
 
-use crate::report::ReadReport;
+use crate::report::{for_each_line, ReadReport};
 use crate::schema::ExecutionRecord;
 use rustc_hash::FxHashMap;
 use std::io::BufRead;
+use std::ops::ControlFlow;
 
 /// How spans become tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,7 +99,7 @@ const NONE: u32 = u32::MAX;
 /// as execution records, in start order. Bad rows are skipped and reported.
 pub fn read_spans(
     source: &str,
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     options: SpanOptions,
     report: &mut ReadReport,
 ) -> Vec<ExecutionRecord> {
@@ -109,30 +110,8 @@ pub fn read_spans(
     let mut spans: Vec<Span> = Vec::new();
     let mut columns: Option<[usize; 8]> = None;
     let mut fields = Vec::new();
-    let mut buffer = Vec::new();
-    let mut line_no = 0u64;
-    loop {
-        buffer.clear();
-        match reader.read_until(b'\n', &mut buffer) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(error) => {
-                report.broken.push(format!(
-                    "{source}: stream broke off after line {line_no}: {error}"
-                ));
-                break;
-            }
-        }
-        line_no += 1;
-        report.lines += 1;
-        let Ok(line) = std::str::from_utf8(&buffer) else {
-            report.skip(source, line_no, "not valid UTF-8");
-            continue;
-        };
-        let line = line.trim_end_matches(['\n', '\r']);
-        if line.is_empty() {
-            continue;
-        }
+    let mut header_error = None;
+    for_each_line(source, reader, report, |report, line_no, line| {
         split_csv(line, &mut fields);
         let Some(columns) = columns else {
             let mut found = [0usize; 8];
@@ -140,16 +119,16 @@ pub fn read_spans(
                 match fields.iter().position(|f| f.trim() == name) {
                     Some(i) => *slot = i,
                     None => {
-                        report.broken.push(format!(
+                        header_error = Some(format!(
                             "{source}:{line_no}: header lacks column `{name}` (need {})",
                             COLUMNS.join(",")
                         ));
-                        return Vec::new();
+                        return ControlFlow::Break(());
                     }
                 }
             }
             columns = Some(found);
-            continue;
+            return ControlFlow::Continue(());
         };
         if fields.len() <= columns.iter().copied().max().unwrap_or(0) {
             report.skip(
@@ -157,7 +136,7 @@ pub fn read_spans(
                 line_no,
                 format!("{} fields, expected {}", fields.len(), COLUMNS.len()),
             );
-            continue;
+            return ControlFlow::Continue(());
         }
         let field = |i: usize| fields[columns[i]].trim();
         let number = |i: usize| -> Result<u64, String> {
@@ -173,12 +152,12 @@ pub fn read_spans(
             (Ok(start), Ok(duration)) => (start, duration),
             (Err(message), _) | (_, Err(message)) => {
                 report.skip(source, line_no, message);
-                continue;
+                return ControlFlow::Continue(());
             }
         };
         if field(0).is_empty() || field(1).is_empty() || field(3).is_empty() {
             report.skip(source, line_no, "empty TraceID, SpanID or PodName");
-            continue;
+            return ControlFlow::Continue(());
         }
         let parent = match field(2) {
             "" | "root" => None,
@@ -193,6 +172,11 @@ pub fn read_spans(
             start_ns,
             duration_us,
         });
+        ControlFlow::Continue(())
+    });
+    if let Some(error) = header_error {
+        report.broken.push(error);
+        return Vec::new();
     }
 
     // Resolve span ids to rows; a repeated span id keeps its first row.
