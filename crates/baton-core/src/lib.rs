@@ -15,6 +15,7 @@ pub mod assembler;
 pub mod chain;
 pub mod clock;
 pub mod context;
+pub mod costs;
 pub mod decay;
 pub mod eval;
 pub mod histogram;
@@ -32,8 +33,9 @@ mod test_support;
 
 pub use assembler::{Assembler, AssemblerConfig, ChainPlan, PlannedStep, SetPlan};
 pub use context::{CallContext, ContextKind, Prev};
+pub use costs::Costs;
 pub use ids::{LabelId, TaskId};
-pub use policy::{Action, ChainPolicy, NextPolicy, Policy, PolicyEvent};
+pub use policy::{Action, ChainPolicy, ChainPolicyConfig, NextPolicy, Policy, PolicyEvent};
 pub use pool::{Reservation, ReservationKind, ReservationRequest, ResourcePool, Window};
 pub use predict::{Chain, PredictContext, PredictOptions};
 pub use request::{Invocation, Request, Usage};

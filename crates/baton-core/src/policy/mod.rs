@@ -6,7 +6,13 @@
 //! each step to be pre-warmed just before its expected start. [`NextPolicy`] is the single
 //! next-task behaviour of US 9,811,363, kept for comparison.
 
-use crate::assembler::{Assembler, ChainPlan};
+pub mod baselines;
+
+pub use baselines::{
+    GreedyDualPolicy, HistogramPolicy, MlpPolicy, NonePolicy, OraclePolicy, TtlPolicy,
+};
+
+use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
 use crate::ids::TaskId;
 use crate::pool::{Reservation, ResourcePool};
@@ -29,6 +35,9 @@ pub enum PolicyEvent {
         at_us: u64,
         /// What is known about its situation.
         context: PredictContext,
+        /// This start is the request's first call below its entry: the route (in `context`)
+        /// has just become known, and `entry_start_us` is when the request arrived.
+        reveals_route: Option<u64>,
     },
     /// An invocation ended.
     End {
@@ -42,6 +51,13 @@ pub enum PolicyEvent {
     /// Time passed.
     Tick {
         /// Now, µs.
+        at_us: u64,
+    },
+    /// An idle instance of `task` was evicted to make room.
+    Evicted {
+        /// The task.
+        task: TaskId,
+        /// When, µs.
         at_us: u64,
     },
 }
@@ -84,6 +100,12 @@ pub trait Policy: Send {
     fn name(&self) -> &str;
     /// Reacts to `event`, appending actions to `out`.
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>);
+    /// When memory runs short, idle instances are evicted lowest priority first. The
+    /// default is least recently used (`idle_since_us`, the time the instance went idle).
+    fn evict_priority(&self, task: TaskId, idle_since_us: u64) -> f64 {
+        let _ = task;
+        idle_since_us as f64
+    }
 }
 
 /// A plan being carried out: its steps' reservations, consumed as the steps start.
@@ -93,33 +115,55 @@ struct LivePlan {
     reservations: Vec<Option<Reservation>>,
 }
 
+/// Settings of the chain policy. Defaults: keep a finished instance 60 s; when a request's
+/// route becomes known, pre-warm the route's tasks of probability ≥ 0.5.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ChainPolicyConfig {
+    /// How long a finished instance is kept warm, µs.
+    pub keep_alive_us: u64,
+    /// Entry-set threshold: when a request's route becomes known, every task of the route's
+    /// set with at least this probability is planned (`None`: paths only).
+    pub set_threshold: Option<f64>,
+}
+
+impl Default for ChainPolicyConfig {
+    fn default() -> Self {
+        ChainPolicyConfig {
+            keep_alive_us: 60_000_000,
+            set_threshold: Some(0.5),
+        }
+    }
+}
+
 /// baton's policy. See the module docs.
 #[derive(Debug)]
 pub struct ChainPolicy {
     graph: Arc<SnapshotCell>,
     pool: ResourcePool,
     assembler: Assembler,
-    keep_alive_us: u64,
+    config: ChainPolicyConfig,
     live: BTreeMap<u64, LivePlan>,
     n_plans: u64,
+    next_set_plan: u64,
 }
 
 impl ChainPolicy {
-    /// A chain policy on the published graph and `pool`; finished instances are kept
-    /// `keep_alive_us`.
+    /// A chain policy on the published graph and `pool`.
     pub fn new(
         graph: Arc<SnapshotCell>,
         pool: ResourcePool,
         assembler: Assembler,
-        keep_alive_us: u64,
+        config: ChainPolicyConfig,
     ) -> ChainPolicy {
         ChainPolicy {
             graph,
             pool,
             assembler,
-            keep_alive_us,
+            config,
             live: BTreeMap::new(),
             n_plans: 0,
+            // Set plans get ids from the top of the range, apart from the assembler's.
+            next_set_plan: u64::MAX / 2,
         }
     }
 
@@ -133,11 +177,76 @@ impl ChainPolicy {
         self.live.len()
     }
 
+    /// Plans the route's task set when the route has just become known.
+    fn plan_set(
+        &mut self,
+        task: TaskId,
+        context: &PredictContext,
+        entry_start_us: u64,
+        threshold: f64,
+        out: &mut Vec<Action>,
+    ) {
+        let snapshot = self.graph.load();
+        let set = self.assembler.assemble_set(
+            context.route,
+            threshold,
+            &snapshot,
+            &self.pool,
+            entry_start_us,
+        );
+        let steps: Vec<PlannedStep> = set.steps.into_iter().filter(|s| s.task != task).collect();
+        if steps.is_empty() {
+            return;
+        }
+        let id = self.next_set_plan;
+        self.next_set_plan += 1;
+        let requests: Vec<_> = steps
+            .iter()
+            .map(|s| s.reservation_request(s.reach_probability, id))
+            .collect();
+        let Ok(reservations) = self.pool.try_reserve_all(&requests) else {
+            return;
+        };
+        self.n_plans += 1;
+        for step in &steps {
+            out.push(Action::PreWarm {
+                task: step.task,
+                at_us: step.ready_at_us,
+                until_us: step.window.end_us,
+                plan: Some(id),
+                probability: step.reach_probability,
+            });
+        }
+        let plan = ChainPlan {
+            id,
+            chain: crate::predict::Chain {
+                tasks: vec![task],
+                probability: 1.0,
+                ended: false,
+                contexts: Vec::new(),
+                step_probabilities: Vec::new(),
+            },
+            probability: 1.0,
+            truncated: false,
+            rank: 0,
+            steps,
+            graph_version: snapshot.version(),
+        };
+        self.live.insert(
+            id,
+            LivePlan {
+                reservations: reservations.into_iter().map(Some).collect(),
+                plan,
+            },
+        );
+    }
+
     fn on_start(
         &mut self,
         task: TaskId,
         at_us: u64,
         context: &PredictContext,
+        reveals_route: Option<u64>,
         out: &mut Vec<Action>,
     ) {
         // A step of a live plan starting: its reservation now backs running work.
@@ -154,6 +263,10 @@ impl ChainPolicy {
                 }
                 break;
             }
+        }
+        if let (Some(entry_start_us), Some(threshold)) = (reveals_route, self.config.set_threshold)
+        {
+            self.plan_set(task, context, entry_start_us, threshold, out);
         }
         let snapshot = self.graph.load();
         let Some(plan) = self
@@ -218,18 +331,20 @@ impl Policy for ChainPolicy {
                 task,
                 at_us,
                 ref context,
+                reveals_route,
                 ..
-            } => self.on_start(task, at_us, context, out),
+            } => self.on_start(task, at_us, context, reveals_route, out),
             PolicyEvent::End { task, at_us, .. } => {
-                if self.keep_alive_us > 0 {
+                if self.config.keep_alive_us > 0 {
                     out.push(Action::KeepAlive {
                         task,
-                        until_us: at_us + self.keep_alive_us,
+                        until_us: at_us + self.config.keep_alive_us,
                     });
                 }
                 self.on_tick(at_us, out);
             }
             PolicyEvent::Tick { at_us } => self.on_tick(at_us, out),
+            PolicyEvent::Evicted { .. } => {}
         }
     }
 }
@@ -280,7 +395,7 @@ impl Policy for NextPolicy {
                 task,
                 until_us: at_us + self.keep_us,
             }),
-            PolicyEvent::Tick { .. } => {}
+            PolicyEvent::Tick { .. } | PolicyEvent::Evicted { .. } => {}
         }
     }
 }
@@ -305,7 +420,10 @@ mod tests {
             graph,
             pool.clone(),
             Assembler::new(AssemblerConfig::default()),
-            0,
+            ChainPolicyConfig {
+                keep_alive_us: 0,
+                set_threshold: None,
+            },
         );
         let mut actions = Vec::new();
         policy.on_event(
@@ -314,6 +432,7 @@ mod tests {
                 invocation: 1,
                 at_us: 1_000_000,
                 context: PredictContext::default(),
+                reveals_route: None,
             },
             &mut actions,
         );
@@ -355,6 +474,7 @@ mod tests {
             invocation: 1,
             at_us: 0,
             context: PredictContext::default(),
+            reveals_route: None,
         };
         let mut actions = Vec::new();
         NextPolicy::new(Arc::clone(&graph), 0.5, 1_000).on_event(&start, &mut actions);
