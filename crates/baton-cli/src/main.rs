@@ -3,6 +3,7 @@
 
 mod commands;
 mod load;
+mod sim;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Convert logs (e.g. span CSV) to execution-log schema v1 JSONL.
     Convert(commands::ConvertArgs),
+    /// Replay a trace through every pre-warming policy and compare them.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         Command::Graph(args) => commands::graph(args),
         Command::Eval(args) => commands::eval(args),
         Command::Convert(args) => commands::convert(args),
+        Command::Sim(args) => sim::sim(args),
     }
 }

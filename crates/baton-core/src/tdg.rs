@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Learner settings. Defaults: half-life 1 h, a context needs 3 events of history, the
 /// default context kinds (route+call-order, call-order, route).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TdgConfig {
     /// Half-life of the exponential decay in µs; `None` disables decay.
     pub half_life_us: Option<u64>,
@@ -339,8 +339,9 @@ pub fn best_f1_set(sets: &[(Vec<TaskId>, f64)], ranked: &[TaskId]) -> (Vec<TaskI
     (best.0, best.1, best.2)
 }
 
-/// The learner. Single writer; see the module docs for how readers get at it.
-#[derive(Debug)]
+/// The learner. Single writer; see the module docs for how readers get at it. Cloning
+/// forks the learned state (the simulator starts every policy from the same training).
+#[derive(Debug, Clone)]
 pub struct Tdg {
     config: TdgConfig,
     decay: Decay,

@@ -258,12 +258,18 @@ impl Policy for GreedyDualPolicy {
 pub struct MlpPolicy {
     graph: Arc<SnapshotCell>,
     hold_us: u64,
+    keep_alive_us: u64,
 }
 
 impl MlpPolicy {
-    /// Pre-warmed steps are held `hold_us` past their expected start.
-    pub fn new(graph: Arc<SnapshotCell>, hold_us: u64) -> MlpPolicy {
-        MlpPolicy { graph, hold_us }
+    /// Pre-warmed steps are held `hold_us` past their expected start; finished instances
+    /// are kept `keep_alive_us` (the platform's keep-alive, as for the chain policy).
+    pub fn new(graph: Arc<SnapshotCell>, hold_us: u64, keep_alive_us: u64) -> MlpPolicy {
+        MlpPolicy {
+            graph,
+            hold_us,
+            keep_alive_us,
+        }
     }
 }
 
@@ -273,6 +279,15 @@ impl Policy for MlpPolicy {
     }
 
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+        if let PolicyEvent::End { task, at_us, .. } = *event {
+            if self.keep_alive_us > 0 {
+                out.push(Action::KeepAlive {
+                    task,
+                    until_us: at_us + self.keep_alive_us,
+                });
+            }
+            return;
+        }
         let PolicyEvent::Start { task, at_us, .. } = *event else {
             return;
         };

@@ -1,0 +1,280 @@
+//! `baton sim`: replay a trace through every pre-warming policy and compare them.
+
+use crate::load::{self, FormatArg};
+use anyhow::{bail, Context, Result};
+use baton_core::{Costs, Tdg, TdgConfig};
+use baton_sim::engine::SimConfig;
+use baton_sim::policies::POLICY_NAMES;
+use baton_sim::{report, PolicyResult, Simulation};
+use baton_trace::requests::group_requests;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The trace (plain, .gz or .xz).
+    #[arg(long, required = true, num_args = 1..)]
+    trace: Vec<PathBuf>,
+    /// Trace format (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// Tasks are service:operation instead of service (span logs).
+    #[arg(long)]
+    operations: bool,
+    /// Policies to run: `all` or a comma-separated list of none, ttl, histogram,
+    /// greedy-dual, next, mlp, chain, oracle.
+    #[arg(long, default_value = "all")]
+    policies: String,
+    /// Start of the training window (learning policies learn here; nothing is scored).
+    #[arg(long)]
+    train_since: Option<String>,
+    /// End of the training window and start of the replay.
+    #[arg(long)]
+    train_until: String,
+    /// End of the replay (default: end of the trace).
+    #[arg(long)]
+    test_until: Option<String>,
+    /// Node memory for instances, GiB.
+    #[arg(long, default_value_t = 8.0)]
+    memory_gib: f64,
+    /// Node cores (the chain policy's pool).
+    #[arg(long, default_value_t = 2)]
+    cores: u32,
+    /// Cold-start time of every function, ms. The default, 50, is baton's slow backend
+    /// class as measured on these machines (a Python worker's interpreter start, 11–55 ms;
+    /// a wasm compile is 12–17 ms); JVM services such as TrainTicket's take seconds.
+    #[arg(long, default_value_t = 50.0)]
+    cold_start_ms: f64,
+    /// Instance memory of a function with no memory figure in the data, MiB.
+    #[arg(long, default_value_t = 256)]
+    instance_mib: u64,
+    /// Per-service memory from a pod-metrics CSV (PodName, MemoryUsage(Mi); median per
+    /// service), e.g. shared/data/trainticket-nezha/pod_metrics_2023-01-30.csv.xz.
+    #[arg(long)]
+    memory_from: Option<PathBuf>,
+    /// Sweeps: `memory=2,4,8` (GiB) and/or `knob=0.25,1,4` (each policy's main setting
+    /// scaled); may be given twice.
+    #[arg(long)]
+    sweep: Vec<String>,
+    /// Freeze the graph after training (default: learning policies keep learning).
+    #[arg(long)]
+    offline: bool,
+    /// Where to write results.md, results.csv, results.json and pareto.svg.
+    #[arg(long, default_value = "sim-out")]
+    out: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_list(text: &str, what: &str) -> Result<Vec<f64>> {
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .with_context(|| format!("--sweep {what}: `{v}` is not a positive number"))
+        })
+        .collect()
+}
+
+/// Median memory per service from a pod-metrics CSV.
+fn pod_memory(path: &std::path::Path) -> Result<Vec<(String, u64)>> {
+    let reader = baton_trace::open::open_log(path)?;
+    let mut columns: Option<(usize, usize)> = None;
+    let mut by_service: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut fields = Vec::new();
+    for (n, line) in std::io::BufRead::lines(reader).enumerate() {
+        let line =
+            line.with_context(|| format!("{}: read failed after line {n}", path.display()))?;
+        baton_trace::spans::split_csv(&line, &mut fields);
+        let Some((pod, memory)) = columns else {
+            let find = |name: &str| fields.iter().position(|f| f.trim() == name);
+            match (find("PodName"), find("MemoryUsage(Mi)")) {
+                (Some(p), Some(m)) => columns = Some((p, m)),
+                _ => bail!(
+                    "{}: header lacks PodName or MemoryUsage(Mi)",
+                    path.display()
+                ),
+            }
+            continue;
+        };
+        let (Some(pod), Some(Ok(mib))) = (
+            fields.get(pod),
+            fields.get(memory).map(|m| m.trim().parse::<f64>()),
+        ) else {
+            continue;
+        };
+        if mib.is_finite() && mib > 0.0 {
+            by_service
+                .entry(baton_trace::spans::service_of_pod(pod.trim()).to_owned())
+                .or_default()
+                .push(mib);
+        }
+    }
+    Ok(by_service
+        .into_iter()
+        .map(|(service, mut values)| {
+            values.sort_by(f64::total_cmp);
+            (service, values[values.len() / 2].ceil() as u64)
+        })
+        .collect())
+}
+
+fn progress_bar(label: &str, done: usize, total: usize) {
+    use std::io::IsTerminal;
+    // On a terminal the bar redraws in place; in a log only the finished line is written.
+    if !std::io::stderr().is_terminal() && done < total {
+        return;
+    }
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    eprint!(
+        "\r{label:<36} [{}{}] {:>3}%",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        (done * 100).checked_div(total).unwrap_or(100)
+    );
+    if done >= total {
+        eprintln!();
+    }
+    let _ = std::io::stderr().flush();
+}
+
+pub fn sim(args: SimArgs) -> Result<()> {
+    let mut memories = vec![args.memory_gib];
+    let mut knobs = vec![1.0];
+    for sweep in &args.sweep {
+        match sweep.split_once('=') {
+            Some(("memory", list)) => memories = parse_list(list, "memory")?,
+            Some(("knob", list)) => knobs = parse_list(list, "knob")?,
+            _ => bail!("--sweep `{sweep}`: expected memory=LIST or knob=LIST"),
+        }
+    }
+    let policies: Vec<&str> = if args.policies == "all" {
+        POLICY_NAMES.to_vec()
+    } else {
+        let names: Vec<&str> = args.policies.split(',').map(str::trim).collect();
+        if let Some(bad) = names.iter().find(|n| !POLICY_NAMES.contains(n)) {
+            bail!("unknown policy `{bad}`; known: {}", POLICY_NAMES.join(", "));
+        }
+        names
+    };
+
+    let format = load::resolve_format(args.format, args.operations, &args.trace)?;
+    let (records, read) = load::read_logs(&args.trace, format);
+    load::print_read_report(&read);
+    if records.is_empty() {
+        bail!("no usable records in {}", load::describe_paths(&args.trace));
+    }
+    let day = load::first_ts(&records);
+    let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
+    let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
+    let mut tdg = Tdg::new(TdgConfig::default());
+    let (train, _) = group_requests(&records, &mut tdg, train_window);
+    let (test, _) = group_requests(&records, &mut tdg, test_window);
+    drop(records);
+    if test.is_empty() {
+        bail!("the replay window holds no request");
+    }
+    load::learn(&mut tdg, &train);
+
+    let mut costs = Costs::new((args.cold_start_ms * 1000.0) as u64, args.instance_mib);
+    let mut memory_note = format!("{} MiB for every function", args.instance_mib);
+    if let Some(path) = &args.memory_from {
+        let services = pod_memory(path)?;
+        for (service, mib) in &services {
+            for index in 0..tdg.tasks().len() as u32 {
+                let name = tdg.tasks().name(index);
+                if name == service || name.starts_with(&format!("{service}:")) {
+                    costs.set_memory_mib(baton_core::TaskId(index), *mib);
+                }
+            }
+        }
+        memory_note = format!(
+            "median pod memory for {} of {} functions from {}, {} MiB for the rest",
+            costs.n_with_memory(),
+            tdg.tasks().len(),
+            path.display(),
+            args.instance_mib
+        );
+    }
+    let mut simulation = Simulation::new(tdg, test, costs);
+    simulation.online = !args.offline;
+    simulation.cores = args.cores;
+    let header = format!(
+        "replay: {} requests, {} invocations, trained on {} requests; cold start {} ms for every function; instance memory: {}; learning policies {} during the replay",
+        simulation.arrivals().iter().map(|a| a.request).max().map_or(0, |m| m + 1),
+        simulation.arrivals().len(),
+        train.len(),
+        args.cold_start_ms,
+        memory_note,
+        if args.offline { "frozen" } else { "keep learning" },
+    );
+    eprintln!("{header}");
+
+    let mut results: Vec<PolicyResult> = Vec::new();
+    for &memory_gib in &memories {
+        for policy in &policies {
+            let policy_knobs: &[f64] = if matches!(*policy, "none" | "oracle") {
+                &[1.0]
+            } else {
+                &knobs
+            };
+            for &knob in policy_knobs {
+                let config = SimConfig {
+                    memory_mib: (memory_gib * 1024.0) as u64,
+                    ..SimConfig::default()
+                };
+                let label = format!("{policy} knob {knob} {memory_gib} GiB");
+                let result = simulation.run(policy, knob, &config, |done, total| {
+                    progress_bar(&label, done, total)
+                })?;
+                results.push(result);
+            }
+        }
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let markdown = format!("{header}\n\n{}", report::markdown(&results));
+    let write = |name: &str, text: &str| -> Result<()> {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("results.md", &markdown)?;
+    write("results.csv", &report::csv(&results))?;
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "header": header,
+        "results": results.iter().map(|r| {
+            let mut value = serde_json::to_value(r).unwrap_or_default();
+            if let Some(stats) = value.get_mut("stats").and_then(|s| s.as_object_mut()) {
+                // Per-request vectors are large; the summary figures carry them.
+                stats.remove("request_latency_us");
+                stats.remove("request_critical_cold");
+            }
+            value
+        }).collect::<Vec<_>>(),
+    }))?;
+    write("results.json", &json)?;
+    let title = format!(
+        "{} — cold starts vs idle memory",
+        args.trace
+            .first()
+            .and_then(|p| p.file_name())
+            .map_or("trace".into(), |n| n.to_string_lossy())
+    );
+    write("pareto.svg", &report::pareto_svg(&results, &title))?;
+    eprintln!(
+        "wrote results.md, results.csv, results.json and pareto.svg to {}",
+        args.out.display()
+    );
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{markdown}");
+    }
+    Ok(())
+}

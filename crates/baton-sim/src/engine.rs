@@ -1,0 +1,727 @@
+//! The discrete-event engine: a node with finite memory, instances that start, run, idle
+//! and expire, and a policy that is told what happens and answers with actions.
+//!
+//! The engine holds no policy logic. It replays arrivals at their recorded start times;
+//! an arrival takes an idle ready instance of its function (most recently used first), else
+//! waits for one that is still starting (a late pre-warm), else starts a cold one, evicting
+//! idle instances lowest [`Policy::evict_priority`] first when memory is short. A finished
+//! instance is released at once unless the policy keeps it alive. Pre-warms ask for an
+//! instance ready at a time; the engine starts it one cold-start earlier, if memory allows.
+//! Recorded timestamps are not shifted by the delays the simulation adds: each request's
+//! added latency is computed on its call tree instead (see [`added_latency`]).
+
+use baton_core::context::Prev;
+use baton_core::request::Request;
+use baton_core::{Action, Costs, Policy, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+/// The node and the engine's clockwork.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Node memory for instances, MiB.
+    pub memory_mib: u64,
+    /// Policy tick period, µs.
+    pub tick_us: u64,
+    /// With an online learner: how often the learner publishes a new snapshot, µs.
+    pub publish_every_us: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            memory_mib: 8 * 1024,
+            tick_us: 1_000_000,
+            publish_every_us: 60_000_000,
+        }
+    }
+}
+
+/// One invocation to replay, in start order; its index is its invocation id.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arrival {
+    /// The function.
+    pub task: TaskId,
+    /// Recorded start, µs.
+    pub start_us: u64,
+    /// Recorded run time, µs.
+    pub duration_us: u64,
+    /// Its request (index into the request list).
+    pub request: u32,
+    /// Its index inside the request.
+    pub index: u32,
+}
+
+/// Every reachable invocation of `requests`, sorted by start (ties: request, index).
+pub fn arrivals(requests: &[Request]) -> Vec<Arrival> {
+    let mut out = Vec::new();
+    for (r, request) in requests.iter().enumerate() {
+        for (i, invocation) in request.invocations().iter().enumerate() {
+            if request.is_reachable(i as u32) {
+                out.push(Arrival {
+                    task: invocation.task,
+                    start_us: invocation.start_us,
+                    duration_us: invocation.usage.wall_us,
+                    request: r as u32,
+                    index: i as u32,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|a| (a.start_us, a.request, a.index));
+    out
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Invocations replayed.
+    pub invocations: u64,
+    /// Invocations served (must equal `invocations`).
+    pub served: u64,
+    /// Invocations that started a new instance on arrival.
+    pub cold_starts: u64,
+    /// Invocations served by a pre-warmed instance (ready or still starting).
+    pub prewarm_hits: u64,
+    /// Of those, how many had to wait for it to finish starting.
+    pub late_prewarm_hits: u64,
+    /// Pre-warmed instances started.
+    pub prewarms_started: u64,
+    /// Pre-warms satisfied by extending an idle instance instead of starting one.
+    pub prewarms_extended: u64,
+    /// Pre-warms dropped for lack of memory.
+    pub prewarms_failed: u64,
+    /// Pre-warmed instances used at least once before release.
+    pub prewarms_used: u64,
+    /// Idle instances evicted to make room.
+    pub evictions: u64,
+    /// Cold starts admitted beyond node memory (nothing idle left to evict).
+    pub overcommits: u64,
+    /// Memory held by instances not running, MiB·µs.
+    pub idle_mib_us: f64,
+    /// Added latency per request (critical path), µs, in request order.
+    pub request_latency_us: Vec<u64>,
+    /// Cold starts on each request's critical path, in request order.
+    pub request_critical_cold: Vec<u32>,
+    /// Events handed to the policy.
+    pub policy_events: u64,
+    /// Time spent inside the policy, ns (wall clock of this process; not deterministic).
+    pub policy_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    task: TaskId,
+    memory_mib: u64,
+    ready_at_us: u64,
+    busy: bool,
+    idle_from_us: Option<u64>,
+    keep_until_us: u64,
+    generation: u32,
+    alive: bool,
+    last_idle_since_us: u64,
+    prewarm: Option<Option<u64>>,
+    used: bool,
+    /// A pre-warm request counts on this idle instance (until it next runs).
+    claimed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    End {
+        instance: u32,
+        arrival: u32,
+    },
+    Expire {
+        instance: u32,
+        generation: u32,
+    },
+    PrewarmStart {
+        task: TaskId,
+        ready_at_us: u64,
+        until_us: u64,
+        plan: Option<u64>,
+    },
+    Tick,
+    Learn {
+        request: u32,
+    },
+}
+
+struct Engine<'a> {
+    config: SimConfig,
+    costs: &'a Costs,
+    policy: &'a mut dyn Policy,
+    learner: Option<(&'a mut Tdg, &'a SnapshotCell)>,
+    requests: &'a [Request],
+    arrivals: &'a [Arrival],
+    instances: Vec<Instance>,
+    by_task: Vec<Vec<u32>>,
+    free_mib: i64,
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    now: u64,
+    stats: RunStats,
+    delay_us: Vec<u64>,
+    cold: Vec<bool>,
+    remaining: Vec<u32>,
+    /// Global arrival ids of each request.
+    of_request: Vec<Vec<u32>>,
+    actions: Vec<Action>,
+    last_finished: Vec<Option<u32>>,
+    learned_since_publish: bool,
+    last_publish_us: u64,
+}
+
+/// Runs `policy` over `requests` (sorted by start) on a node of `config`. With a learner,
+/// each request is learned when it ends and a snapshot is published every
+/// `config.publish_every_us`, as baton does live. `progress(done, total)` is called now
+/// and then with arrivals replayed.
+pub fn run(
+    requests: &[Request],
+    arrivals: &[Arrival],
+    costs: &Costs,
+    config: &SimConfig,
+    policy: &mut dyn Policy,
+    learner: Option<(&mut Tdg, &SnapshotCell)>,
+    mut progress: impl FnMut(usize, usize),
+) -> RunStats {
+    let mut remaining = vec![0u32; requests.len()];
+    let mut of_request = vec![Vec::new(); requests.len()];
+    for (global, arrival) in arrivals.iter().enumerate() {
+        remaining[arrival.request as usize] += 1;
+        of_request[arrival.request as usize].push(global as u32);
+    }
+    let mut engine = Engine {
+        config: *config,
+        costs,
+        policy,
+        learner,
+        requests,
+        arrivals,
+        instances: Vec::new(),
+        by_task: Vec::new(),
+        free_mib: i64::try_from(config.memory_mib).unwrap_or(i64::MAX),
+        queue: BinaryHeap::new(),
+        seq: 0,
+        now: arrivals.first().map_or(0, |a| a.start_us),
+        stats: RunStats {
+            invocations: arrivals.len() as u64,
+            request_latency_us: vec![0; requests.len()],
+            request_critical_cold: vec![0; requests.len()],
+            ..RunStats::default()
+        },
+        delay_us: vec![0; arrivals.len()],
+        cold: vec![false; arrivals.len()],
+        remaining,
+        of_request,
+        actions: Vec::new(),
+        last_finished: Vec::new(),
+        learned_since_publish: false,
+        last_publish_us: 0,
+    };
+    engine.last_publish_us = engine.now;
+    let start = engine.now;
+    engine.schedule(start, Event::Tick);
+    engine.tell(PolicyEvent::Tick { at_us: start });
+    let step = (arrivals.len() / 100).max(1);
+    let mut next = 0usize;
+    loop {
+        let next_arrival = arrivals.get(next).map(|a| a.start_us);
+        let next_event = engine.queue.peek().map(|Reverse((t, _, _))| *t);
+        // At equal times events go first (an instance that ends at t serves an arrival at
+        // t), except expiries: an instance kept "until t" still serves an arrival at t.
+        let expiry_first = matches!(
+            engine.queue.peek(),
+            Some(Reverse((_, _, Event::Expire { .. })))
+        );
+        match (next_arrival, next_event) {
+            (None, None) => break,
+            (Some(a), Some(e)) if e < a || (e == a && !expiry_first) => engine.pop_event(),
+            (None, Some(_)) => {
+                // Only ticks would remain forever: stop once nothing else is pending.
+                if engine
+                    .queue
+                    .iter()
+                    .all(|Reverse((_, _, e))| *e == Event::Tick)
+                {
+                    break;
+                }
+                engine.pop_event();
+            }
+            (Some(_), _) => {
+                engine.arrive(next as u32);
+                next += 1;
+                if next % step == 0 {
+                    progress(next, arrivals.len());
+                }
+            }
+        }
+    }
+    // Whatever is still alive is released at the end: its idle time counts up to now.
+    let now = engine.now;
+    for id in 0..engine.instances.len() as u32 {
+        if engine.instances[id as usize].alive {
+            engine.release(id, now);
+        }
+    }
+    progress(arrivals.len(), arrivals.len());
+    engine.stats
+}
+
+impl Engine<'_> {
+    fn schedule(&mut self, at_us: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_us, self.seq, event)));
+    }
+
+    fn tell(&mut self, event: PolicyEvent) {
+        let started = Instant::now();
+        self.policy.on_event(&event, &mut self.actions);
+        self.stats.policy_ns += started.elapsed().as_nanos() as u64;
+        self.stats.policy_events += 1;
+        let actions = std::mem::take(&mut self.actions);
+        for action in &actions {
+            self.apply(action);
+        }
+        self.actions = actions;
+        self.actions.clear();
+    }
+
+    fn task_instances(&mut self, task: TaskId) -> &mut Vec<u32> {
+        if self.by_task.len() <= task.index() {
+            self.by_task.resize(task.index() + 1, Vec::new());
+        }
+        &mut self.by_task[task.index()]
+    }
+
+    fn pop_event(&mut self) {
+        let Some(Reverse((at, _, event))) = self.queue.pop() else {
+            return;
+        };
+        self.now = self.now.max(at);
+        let now = self.now;
+        match event {
+            Event::End { instance, arrival } => self.end(instance, arrival),
+            Event::Expire {
+                instance,
+                generation,
+            } => {
+                let i = &self.instances[instance as usize];
+                if i.alive && !i.busy && i.generation == generation && i.keep_until_us <= now {
+                    self.release(instance, now);
+                }
+            }
+            Event::PrewarmStart {
+                task,
+                ready_at_us,
+                until_us,
+                plan,
+            } => self.start_prewarm(task, ready_at_us, until_us, plan),
+            Event::Tick => {
+                self.publish_if_due();
+                self.tell(PolicyEvent::Tick { at_us: now });
+                let tick = self.config.tick_us.max(1);
+                self.schedule(now + tick, Event::Tick);
+            }
+            Event::Learn { request } => {
+                if let Some((tdg, _)) = self.learner.as_mut() {
+                    tdg.observe_request(&self.requests[request as usize]);
+                    self.learned_since_publish = true;
+                }
+            }
+        }
+    }
+
+    fn publish_if_due(&mut self) {
+        if !self.learned_since_publish
+            || self.now < self.last_publish_us + self.config.publish_every_us
+        {
+            return;
+        }
+        if let Some((tdg, cell)) = self.learner.as_mut() {
+            cell.publish(tdg.snapshot());
+        }
+        self.learned_since_publish = false;
+        self.last_publish_us = self.now;
+    }
+
+    fn mark_busy(&mut self, id: u32, at_us: u64) {
+        let instance = &mut self.instances[id as usize];
+        if let Some(from) = instance.idle_from_us.take() {
+            self.stats.idle_mib_us +=
+                at_us.saturating_sub(from) as f64 * instance.memory_mib as f64;
+        }
+        instance.busy = true;
+        instance.claimed = false;
+        instance.generation += 1;
+        if instance.prewarm.is_some() && !instance.used {
+            self.stats.prewarms_used += 1;
+        }
+        instance.used = true;
+    }
+
+    fn release(&mut self, id: u32, at_us: u64) {
+        let instance = &mut self.instances[id as usize];
+        if !instance.alive {
+            return;
+        }
+        if let Some(from) = instance.idle_from_us.take() {
+            self.stats.idle_mib_us +=
+                at_us.saturating_sub(from) as f64 * instance.memory_mib as f64;
+        }
+        instance.alive = false;
+        self.free_mib += instance.memory_mib as i64;
+        let task = instance.task;
+        self.task_instances(task).retain(|&i| i != id);
+    }
+
+    /// Frees memory for `needed_mib` by evicting idle instances, lowest priority first.
+    fn make_room(&mut self, needed_mib: u64) -> bool {
+        if self.free_mib >= needed_mib as i64 {
+            return true;
+        }
+        let mut idle: Vec<(f64, u32)> = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.alive && !i.busy && i.ready_at_us <= self.now)
+            .map(|(id, i)| {
+                (
+                    self.policy.evict_priority(i.task, i.last_idle_since_us),
+                    id as u32,
+                )
+            })
+            .collect();
+        idle.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (_, id) in idle {
+            if self.free_mib >= needed_mib as i64 {
+                break;
+            }
+            let task = self.instances[id as usize].task;
+            let now = self.now;
+            self.release(id, now);
+            self.stats.evictions += 1;
+            self.tell(PolicyEvent::Evicted { task, at_us: now });
+        }
+        self.free_mib >= needed_mib as i64
+    }
+
+    fn new_instance(
+        &mut self,
+        task: TaskId,
+        ready_at_us: u64,
+        prewarm: Option<Option<u64>>,
+    ) -> u32 {
+        let memory_mib = self.costs.memory_mib(task);
+        self.free_mib -= memory_mib as i64;
+        let id = self.instances.len() as u32;
+        self.instances.push(Instance {
+            task,
+            memory_mib,
+            ready_at_us,
+            busy: false,
+            idle_from_us: Some(self.now),
+            keep_until_us: ready_at_us,
+            generation: 0,
+            alive: true,
+            last_idle_since_us: self.now,
+            prewarm,
+            used: false,
+            claimed: prewarm.is_some(),
+        });
+        self.task_instances(task).push(id);
+        id
+    }
+
+    fn arrive(&mut self, index: u32) {
+        let arrival = self.arrivals[index as usize];
+        self.now = self.now.max(arrival.start_us);
+        let now = self.now;
+        let task = arrival.task;
+        self.task_instances(task);
+        let (instances, candidates) = (&self.instances, &self.by_task[task.index()]);
+        let ready = candidates
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let instance = &instances[i as usize];
+                !instance.busy && instance.ready_at_us <= now
+            })
+            .max_by_key(|&i| (instances[i as usize].last_idle_since_us, i));
+        let starting = || {
+            candidates
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let instance = &instances[i as usize];
+                    !instance.busy && instance.ready_at_us > now
+                })
+                .min_by_key(|&i| (instances[i as usize].ready_at_us, i))
+        };
+        let (instance, delay) = match ready.or_else(starting) {
+            Some(id) => {
+                let instance = &self.instances[id as usize];
+                let delay = instance.ready_at_us.saturating_sub(now);
+                if instance.prewarm.is_some() && !instance.used {
+                    self.stats.prewarm_hits += 1;
+                    if delay > 0 {
+                        self.stats.late_prewarm_hits += 1;
+                    }
+                }
+                (id, delay)
+            }
+            None => {
+                let cold = self.costs.cold_start_us(task);
+                if !self.make_room(self.costs.memory_mib(task)) {
+                    self.stats.overcommits += 1;
+                }
+                self.stats.cold_starts += 1;
+                self.cold[index as usize] = true;
+                (self.new_instance(task, now + cold, None), cold)
+            }
+        };
+        self.mark_busy(instance, now);
+        self.stats.served += 1;
+        self.delay_us[index as usize] = delay;
+        let end = now + delay + arrival.duration_us;
+        self.schedule(
+            end,
+            Event::End {
+                instance,
+                arrival: index,
+            },
+        );
+        let request = &self.requests[arrival.request as usize];
+        let invocation = &request.invocations()[arrival.index as usize];
+        let grand_caller = invocation
+            .parent
+            .map(|p| request.invocations()[p as usize].task);
+        let reveals_route = request.entry().and_then(|entry| {
+            let first = *request.children(entry).first()?;
+            (first == arrival.index).then(|| request.invocations()[entry as usize].start_us)
+        });
+        self.tell(PolicyEvent::Start {
+            task,
+            invocation: u64::from(index),
+            at_us: now,
+            context: PredictContext {
+                route: request
+                    .route()
+                    .filter(|_| reveals_route.is_some() || Some(arrival.index) != request.entry()),
+                prev: Prev::Start,
+                grand_caller,
+                operation: Some(invocation.label),
+            },
+            reveals_route,
+        });
+    }
+
+    fn end(&mut self, id: u32, arrival: u32) {
+        let now = self.now;
+        let task = self.instances[id as usize].task;
+        {
+            let instance = &mut self.instances[id as usize];
+            instance.busy = false;
+            instance.idle_from_us = Some(now);
+            instance.last_idle_since_us = now;
+            instance.keep_until_us = now;
+        }
+        if self.last_finished.len() <= task.index() {
+            self.last_finished.resize(task.index() + 1, None);
+        }
+        self.last_finished[task.index()] = Some(id);
+        self.tell(PolicyEvent::End {
+            task,
+            invocation: u64::from(arrival),
+            at_us: now,
+        });
+        let instance = &self.instances[id as usize];
+        if instance.alive && !instance.busy {
+            if instance.keep_until_us <= now {
+                self.release(id, now);
+            } else {
+                let (until, generation) = (instance.keep_until_us, instance.generation);
+                self.schedule(
+                    until,
+                    Event::Expire {
+                        instance: id,
+                        generation,
+                    },
+                );
+            }
+        }
+        let request = self.arrivals[arrival as usize].request as usize;
+        self.remaining[request] -= 1;
+        if self.remaining[request] == 0 {
+            self.finish_request(request);
+            if self.learner.is_some() {
+                self.schedule(
+                    now,
+                    Event::Learn {
+                        request: request as u32,
+                    },
+                );
+            }
+        }
+    }
+
+    fn finish_request(&mut self, request: usize) {
+        let r = &self.requests[request];
+        // Per invocation of the request: its delay and whether it was cold.
+        let mut delay = vec![0u64; r.invocations().len()];
+        let mut cold = vec![false; r.invocations().len()];
+        for &global in &self.of_request[request] {
+            let index = self.arrivals[global as usize].index as usize;
+            delay[index] = self.delay_us[global as usize];
+            cold[index] = self.cold[global as usize];
+        }
+        let (latency, n_cold) = added_latency(r, &delay, &cold);
+        self.stats.request_latency_us[request] = latency;
+        self.stats.request_critical_cold[request] = n_cold;
+    }
+
+    fn start_prewarm(&mut self, task: TaskId, ready_at_us: u64, until_us: u64, plan: Option<u64>) {
+        let now = self.now;
+        let until_us = until_us.max(ready_at_us);
+        // An idle instance that no other pre-warm counts on serves: extend and claim it.
+        // Claims keep concurrent needs apart: two pre-warms of one task get two instances.
+        self.task_instances(task);
+        let instances = &self.instances;
+        let existing = self.by_task[task.index()].iter().copied().find(|&i| {
+            let instance = &instances[i as usize];
+            !instance.busy && !instance.claimed && instance.ready_at_us <= ready_at_us.max(now)
+        });
+        if let Some(id) = existing {
+            let instance = &mut self.instances[id as usize];
+            instance.claimed = true;
+            if instance.keep_until_us < until_us {
+                instance.keep_until_us = until_us;
+                let generation = instance.generation;
+                self.schedule(
+                    until_us,
+                    Event::Expire {
+                        instance: id,
+                        generation,
+                    },
+                );
+            }
+            self.stats.prewarms_extended += 1;
+            return;
+        }
+        if self.free_mib < self.costs.memory_mib(task) as i64 {
+            self.stats.prewarms_failed += 1;
+            return;
+        }
+        let id = self.new_instance(task, ready_at_us, Some(plan));
+        self.instances[id as usize].keep_until_us = until_us;
+        self.stats.prewarms_started += 1;
+        self.schedule(
+            until_us,
+            Event::Expire {
+                instance: id,
+                generation: 0,
+            },
+        );
+    }
+
+    fn apply(&mut self, action: &Action) {
+        let now = self.now;
+        match *action {
+            Action::PreWarm {
+                task,
+                at_us,
+                until_us,
+                plan,
+                ..
+            } => {
+                let cold = self.costs.cold_start_us(task);
+                let start_at = at_us.saturating_sub(cold).max(now);
+                let ready_at = (start_at + cold).max(at_us);
+                if start_at > now {
+                    self.schedule(
+                        start_at,
+                        Event::PrewarmStart {
+                            task,
+                            ready_at_us: ready_at,
+                            until_us,
+                            plan,
+                        },
+                    );
+                } else {
+                    self.start_prewarm(task, ready_at, until_us, plan);
+                }
+            }
+            Action::KeepAlive { task, until_us } => {
+                let Some(Some(id)) = self.last_finished.get(task.index()).copied() else {
+                    return;
+                };
+                let instance = &mut self.instances[id as usize];
+                if instance.alive && !instance.busy && until_us > instance.keep_until_us {
+                    instance.keep_until_us = until_us;
+                    let generation = instance.generation;
+                    self.schedule(
+                        until_us,
+                        Event::Expire {
+                            instance: id,
+                            generation,
+                        },
+                    );
+                }
+            }
+            Action::Release { task, plan } => {
+                self.task_instances(task);
+                let instances = &self.instances;
+                let unused: Vec<u32> = self.by_task[task.index()]
+                    .iter()
+                    .copied()
+                    .filter(|&id| {
+                        let instance = &instances[id as usize];
+                        !instance.busy && !instance.used && instance.prewarm == Some(plan)
+                    })
+                    .collect();
+                for id in unused {
+                    self.release(id, now);
+                }
+            }
+        }
+    }
+}
+
+/// A request's added latency from its invocations' delays, and the cold starts on that
+/// critical path. A caller waits for its calls: calls that overlap in time run in
+/// parallel (the slowest counts), calls one after the other add up; each invocation's own
+/// delay comes first.
+pub fn added_latency(request: &Request, delay_us: &[u64], cold: &[bool]) -> (u64, u32) {
+    fn walk(request: &Request, index: u32, delay_us: &[u64], cold: &[bool]) -> (u64, u32) {
+        let own = (delay_us[index as usize], u32::from(cold[index as usize]));
+        let mut total = own;
+        let mut group_end = 0u64;
+        let mut group_best = (0u64, 0u32);
+        let invocations = request.invocations();
+        for &child in request.children(index) {
+            let c = &invocations[child as usize];
+            let end = c.start_us + c.usage.wall_us;
+            let below = walk(request, child, delay_us, cold);
+            if c.start_us >= group_end {
+                total = (total.0 + group_best.0, total.1 + group_best.1);
+                group_best = below;
+                group_end = end;
+            } else {
+                if below.0 > group_best.0 {
+                    group_best = below;
+                }
+                group_end = group_end.max(end);
+            }
+        }
+        (total.0 + group_best.0, total.1 + group_best.1)
+    }
+    request
+        .roots()
+        .iter()
+        .map(|&root| walk(request, root, delay_us, cold))
+        .max()
+        .unwrap_or((0, 0))
+}
