@@ -8,7 +8,6 @@ use baton_core::eval::{evaluate, EvalMode, EvalReport};
 use baton_core::predict::{PredictContext, PredictOptions};
 use baton_core::profile::NeedQuantile;
 use baton_core::{Prev, TdgConfig, TdgSnapshot};
-use baton_trace::requests::group_requests;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
@@ -48,6 +47,8 @@ pub struct ModelArgs {
     /// Events a context needs before it is used.
     #[arg(long, default_value_t = 3.0)]
     min_context_count: f64,
+    #[command(flatten)]
+    trace: load::TraceArgs,
 }
 
 /// Which requests are learned.
@@ -102,6 +103,7 @@ fn snapshot_of(
                 logs,
                 format,
                 model.operations,
+                &model.trace,
                 window.since.as_deref(),
                 window.until.as_deref(),
                 model.config()?,
@@ -140,6 +142,7 @@ pub fn learn(args: LearnArgs) -> Result<()> {
         &args.logs,
         args.format,
         args.model.operations,
+        &args.model.trace,
         args.window.since.as_deref(),
         args.window.until.as_deref(),
         args.model.config()?,
@@ -167,9 +170,9 @@ pub fn learn(args: LearnArgs) -> Result<()> {
         "records": learned.read.records,
         "skipped": learned.read.skipped,
         "broken": learned.read.broken,
-        "requests": learned.grouped.requests,
-        "outside_window": learned.grouped.outside_window,
-        "missing_parents": learned.grouped.missing_parents,
+        "requests": learned.requests,
+        "outside_window": learned.outside_window,
+        "missing_parents": learned.missing_parents,
         "tasks": snapshot.n_tasks(),
         "edges": edges.len(),
         "events": learned.tdg.n_events(),
@@ -192,12 +195,12 @@ pub fn learn(args: LearnArgs) -> Result<()> {
     }
     println!(
         "learned {} requests: {} tasks, {} edges, {} events ({} requests outside the window, {} missing parents)",
-        learned.grouped.requests,
+        learned.requests,
         snapshot.n_tasks(),
         edges.len(),
         learned.tdg.n_events(),
-        learned.grouped.outside_window,
-        learned.grouped.missing_parents
+        learned.outside_window,
+        learned.missing_parents
     );
     println!("\ntop transitions (decayed weight)");
     println!(
@@ -644,22 +647,21 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let format = load::resolve_format(args.format, args.model.operations, &args.log)?;
-    let (records, read) = load::read_logs(&args.log, format);
-    load::print_read_report(&read);
-    if records.is_empty() {
-        bail!("no usable records in {}", load::describe_paths(&args.log));
-    }
-    let day = load::first_ts(&records);
+    let loaded = load::load(
+        &args.log,
+        args.format,
+        args.model.operations,
+        &args.model.trace,
+        args.model.config()?,
+    )?;
+    let day = loaded.day_ns();
     let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
     let test_since = args.test_since.as_deref().unwrap_or(&args.train_until);
     let test_window = load::window(Some(test_since), args.test_until.as_deref(), day)?;
     if test_window.since_ns < train_window.until_ns {
         bail!("the test window must start at or after the end of the training window");
     }
-    let mut tdg = baton_core::Tdg::new(args.model.config()?);
-    let (train, train_report) = group_requests(&records, &mut tdg, train_window);
-    let (test, _) = group_requests(&records, &mut tdg, test_window);
+    let (train, test) = (loaded.in_window(train_window), loaded.in_window(test_window));
     if train.is_empty() || test.is_empty() {
         bail!(
             "empty window: {} training and {} test requests",
@@ -667,6 +669,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             test.len()
         );
     }
+    let mut tdg = loaded.tdg.clone();
     let options = PredictOptions {
         n: args.n,
         max_depth: args.depth,
@@ -677,12 +680,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     } else {
         EvalMode::Offline
     };
-    let report = evaluate(&mut tdg, &train, &test, &options, mode);
+    let report = evaluate(&mut tdg, train, test, &options, mode);
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "train_requests": train_report.requests,
+                "train_requests": train.len(),
                 "test_requests": report.n_requests,
                 "report": report,
             }))?

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use baton_core::snapshot::SnapshotParts;
 use baton_core::{Request, Tdg, TdgConfig, TdgSnapshot};
 use baton_trace::report::ReadReport;
-use baton_trace::requests::{group_requests, GroupReport, TimeWindow};
+use baton_trace::requests::{group_requests, TimeWindow};
 use baton_trace::schema::{parse_rfc3339_ns, ExecutionRecord};
 use baton_trace::spans::SpanOptions;
 use baton_trace::LogFormat;
@@ -21,28 +21,156 @@ pub enum FormatArg {
     Jsonl,
     /// Span CSV (TraceID,SpanID,ParentID,PodName,OperationName,...).
     Spans,
+    /// Azure Functions 2019 per-minute invocation counts (durations and memory beside).
+    Azure2019,
+    /// Azure Functions 2021 per-invocation trace (app,func,end_timestamp,duration).
+    Azure2021,
 }
 
-/// The reader for `format`, detecting it from the first log when `auto`.
+/// Options of traces that are not execution logs (Azure).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Azure 2019 durations file (default: beside the invocations file, same prefix).
+    #[arg(long)]
+    pub durations: Option<PathBuf>,
+    /// Azure 2019 memory file (default: beside the invocations file, same prefix).
+    #[arg(long)]
+    pub memory: Option<PathBuf>,
+    /// Seed of the expansion of per-minute counts into arrivals (Azure 2019).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Where a trace names no callers (Azure): chain an invocation to the previous one of
+    /// the same app when it is another function starting within this many ms.
+    #[arg(long)]
+    pub infer_chains_ms: Option<f64>,
+}
+
+/// The format of `paths`, detected from the first when `auto`.
+fn concrete_format(format: FormatArg, paths: &[PathBuf]) -> Result<FormatArg> {
+    if format != FormatArg::Auto {
+        return Ok(format);
+    }
+    let Some(first) = paths.first() else {
+        bail!("no log given");
+    };
+    Ok(match baton_trace::detect_format(first)? {
+        baton_trace::DetectedFormat::Jsonl => FormatArg::Jsonl,
+        baton_trace::DetectedFormat::Spans => FormatArg::Spans,
+        baton_trace::DetectedFormat::Azure2019 => FormatArg::Azure2019,
+        baton_trace::DetectedFormat::Azure2021 => FormatArg::Azure2021,
+    })
+}
+
+/// The record reader for `format` (execution logs and spans only).
 pub fn resolve_format(
     format: FormatArg,
     operation_tasks: bool,
     paths: &[PathBuf],
 ) -> Result<LogFormat> {
-    let spans = LogFormat::Spans(SpanOptions { operation_tasks });
-    match format {
+    match concrete_format(format, paths)? {
         FormatArg::Jsonl => Ok(LogFormat::Jsonl),
-        FormatArg::Spans => Ok(spans),
-        FormatArg::Auto => {
-            let Some(first) = paths.first() else {
-                bail!("no log given");
-            };
-            match baton_trace::detect_format(first)? {
-                baton_trace::DetectedFormat::Jsonl => Ok(LogFormat::Jsonl),
-                baton_trace::DetectedFormat::Spans => Ok(spans),
+        FormatArg::Spans => Ok(LogFormat::Spans(SpanOptions { operation_tasks })),
+        other => bail!("{other:?} traces are not execution logs; learn, eval and sim read them directly, convert does not"),
+    }
+}
+
+/// A trace turned into requests, with what reading met.
+pub struct Loaded {
+    /// The learner, with every task interned (nothing learned yet).
+    pub tdg: Tdg,
+    /// Every request, sorted by start.
+    pub requests: Vec<Request>,
+    /// Per-function memory found in the trace, MiB.
+    pub memory_mib: Vec<(baton_core::TaskId, u64)>,
+    /// What reading met.
+    pub read: ReadReport,
+    /// Requests whose parent links were repaired.
+    pub missing_parents: u64,
+}
+
+impl Loaded {
+    /// Start of the first request, ns (the day `HH:MM` times refer to).
+    pub fn day_ns(&self) -> Option<u64> {
+        self.requests.first().and_then(|r| r.start_us()).map(|us| us * 1_000)
+    }
+
+    /// The requests starting inside `window` (a contiguous run: requests are sorted).
+    pub fn in_window(&self, window: TimeWindow) -> &[Request] {
+        let start = |r: &Request| r.start_us().unwrap_or(0).saturating_mul(1_000);
+        let from = self
+            .requests
+            .partition_point(|r| window.since_ns.is_some_and(|s| start(r) < s));
+        let to = self
+            .requests
+            .partition_point(|r| window.until_ns.is_none_or(|u| start(r) < u));
+        &self.requests[from..to.max(from)]
+    }
+}
+
+/// Reads any supported trace into requests; prints what reading met.
+pub fn load(
+    paths: &[PathBuf],
+    format: FormatArg,
+    operation_tasks: bool,
+    trace: &TraceArgs,
+    config: TdgConfig,
+) -> Result<Loaded> {
+    let mut tdg = Tdg::new(config);
+    let options = baton_trace::azure::AzureOptions {
+        seed: trace.seed,
+        infer_chains_us: trace.infer_chains_ms.map(|ms| (ms * 1000.0) as u64),
+        ..Default::default()
+    };
+    let mut read = ReadReport::default();
+    let loaded = match concrete_format(format, paths)? {
+        FormatArg::Azure2019 | FormatArg::Azure2021 => {
+            let azure2019 = concrete_format(format, paths)? == FormatArg::Azure2019;
+            let mut requests = Vec::new();
+            let mut memory_mib = Vec::new();
+            for path in paths {
+                let trace = if azure2019 {
+                    baton_trace::azure::read_azure2019(
+                        path,
+                        trace.durations.as_deref(),
+                        trace.memory.as_deref(),
+                        &options,
+                        &mut tdg,
+                        &mut read,
+                    )
+                } else {
+                    baton_trace::azure::read_azure2021(path, &options, &mut tdg, &mut read)
+                }?;
+                requests.extend(trace.requests);
+                memory_mib.extend(trace.memory_mib);
+            }
+            requests.sort_by_key(|r| r.start_us());
+            Loaded {
+                tdg,
+                requests,
+                memory_mib,
+                read,
+                missing_parents: 0,
             }
         }
+        _ => {
+            let format = resolve_format(format, operation_tasks, paths)?;
+            let (records, report) = read_logs(paths, format);
+            read = report;
+            let (requests, grouped) = group_requests(&records, &mut tdg, TimeWindow::default());
+            Loaded {
+                tdg,
+                requests,
+                memory_mib: Vec::new(),
+                read,
+                missing_parents: grouped.missing_parents,
+            }
+        }
+    };
+    print_read_report(&loaded.read);
+    if loaded.requests.is_empty() {
+        bail!("no usable records in {}", describe_paths(paths));
     }
+    Ok(loaded)
 }
 
 /// Every record of `paths`, with what reading met.
@@ -145,11 +273,6 @@ pub fn window(
     })
 }
 
-/// The earliest timestamp of `records`.
-pub fn first_ts(records: &[ExecutionRecord]) -> Option<u64> {
-    records.iter().map(|r| r.ts_ns).min()
-}
-
 /// Learns `requests` into `tdg`.
 pub fn learn(tdg: &mut Tdg, requests: &[Request]) {
     for request in requests {
@@ -159,31 +282,40 @@ pub fn learn(tdg: &mut Tdg, requests: &[Request]) {
 
 /// Everything `learn` produced from logs.
 pub struct Learned {
+    /// The learner.
     pub tdg: Tdg,
+    /// What reading met.
     pub read: ReadReport,
-    pub grouped: GroupReport,
+    /// Requests learned.
+    pub requests: u64,
+    /// Requests left out by the window.
+    pub outside_window: u64,
+    /// Records whose parent is not in the log.
+    pub missing_parents: u64,
 }
 
-/// Reads, groups and learns logs.
+/// Reads, groups and learns logs in the window `since`..`until`.
 pub fn learn_logs(
     paths: &[PathBuf],
     format: FormatArg,
     operation_tasks: bool,
+    trace: &TraceArgs,
     since: Option<&str>,
     until: Option<&str>,
     config: TdgConfig,
 ) -> Result<Learned> {
-    let format = resolve_format(format, operation_tasks, paths)?;
-    let (records, read) = read_logs(paths, format);
-    print_read_report(&read);
-    if records.is_empty() {
-        bail!("no usable records in {}", describe_paths(paths));
-    }
-    let window = window(since, until, first_ts(&records))?;
-    let mut tdg = Tdg::new(config);
-    let (requests, grouped) = group_requests(&records, &mut tdg, window);
-    learn(&mut tdg, &requests);
-    Ok(Learned { tdg, read, grouped })
+    let loaded = load(paths, format, operation_tasks, trace, config)?;
+    let window = window(since, until, loaded.day_ns())?;
+    let selected = loaded.in_window(window);
+    let mut tdg = loaded.tdg.clone();
+    learn(&mut tdg, selected);
+    Ok(Learned {
+        requests: selected.len() as u64,
+        outside_window: (loaded.requests.len() - selected.len()) as u64,
+        missing_parents: loaded.missing_parents,
+        read: loaded.read,
+        tdg,
+    })
 }
 
 pub fn describe_paths(paths: &[PathBuf]) -> String {

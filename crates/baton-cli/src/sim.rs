@@ -2,11 +2,10 @@
 
 use crate::load::{self, FormatArg};
 use anyhow::{bail, Context, Result};
-use baton_core::{Costs, Tdg, TdgConfig};
+use baton_core::{Costs, TdgConfig};
 use baton_sim::engine::SimConfig;
 use baton_sim::policies::POLICY_NAMES;
 use baton_sim::{report, PolicyResult, Simulation};
-use baton_trace::requests::group_requests;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +21,8 @@ pub struct SimArgs {
     /// Tasks are service:operation instead of service (span logs).
     #[arg(long)]
     operations: bool,
+    #[command(flatten)]
+    trace_args: load::TraceArgs,
     /// Policies to run: `all` or a comma-separated list of none, ttl, histogram,
     /// greedy-dual, next, mlp, chain, oracle.
     #[arg(long, default_value = "all")]
@@ -130,7 +131,10 @@ fn progress_bar(label: &str, done: usize, total: usize) {
         return;
     }
     let width = 30;
-    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     eprint!(
         "\r{label:<36} [{}{}] {:>3}%",
         "#".repeat(filled),
@@ -163,26 +167,38 @@ pub fn sim(args: SimArgs) -> Result<()> {
         names
     };
 
-    let format = load::resolve_format(args.format, args.operations, &args.trace)?;
-    let (records, read) = load::read_logs(&args.trace, format);
-    load::print_read_report(&read);
-    if records.is_empty() {
-        bail!("no usable records in {}", load::describe_paths(&args.trace));
-    }
-    let day = load::first_ts(&records);
+    let loaded = load::load(
+        &args.trace,
+        args.format,
+        args.operations,
+        &args.trace_args,
+        TdgConfig::default(),
+    )?;
+    let day = loaded.day_ns();
     let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
     let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
-    let mut tdg = Tdg::new(TdgConfig::default());
-    let (train, _) = group_requests(&records, &mut tdg, train_window);
-    let (test, _) = group_requests(&records, &mut tdg, test_window);
-    drop(records);
+    let train = loaded.in_window(train_window);
+    let test = loaded.in_window(test_window).to_vec();
     if test.is_empty() {
         bail!("the replay window holds no request");
     }
-    load::learn(&mut tdg, &train);
+    let mut tdg = loaded.tdg.clone();
+    load::learn(&mut tdg, train);
 
     let mut costs = Costs::new((args.cold_start_ms * 1000.0) as u64, args.instance_mib);
-    let mut memory_note = format!("{} MiB for every function", args.instance_mib);
+    for &(task, mib) in &loaded.memory_mib {
+        costs.set_memory_mib(task, mib);
+    }
+    let mut memory_note = if loaded.memory_mib.is_empty() {
+        format!("{} MiB for every function", args.instance_mib)
+    } else {
+        format!(
+            "from the trace for {} of {} functions, {} MiB for the rest",
+            costs.n_with_memory(),
+            tdg.tasks().len(),
+            args.instance_mib
+        )
+    };
     if let Some(path) = &args.memory_from {
         let services = pod_memory(path)?;
         for (service, mib) in &services {

@@ -6,6 +6,7 @@
 //! [`report::ReadReport`] says what was lost.
 #![deny(missing_docs)]
 
+pub mod azure;
 pub mod jsonl;
 pub mod open;
 pub mod report;
@@ -33,6 +34,10 @@ pub enum DetectedFormat {
     Jsonl,
     /// The first line is a span CSV header.
     Spans,
+    /// Azure Functions 2019 invocation counts (a `HashFunction` column and minute columns).
+    Azure2019,
+    /// Azure Functions 2021 invocations (`app,func,end_timestamp,duration`).
+    Azure2021,
 }
 
 /// Why a format could not be told.
@@ -83,6 +88,10 @@ pub fn detect_format(path: &Path) -> Result<DetectedFormat, DetectError> {
         Ok(DetectedFormat::Jsonl)
     } else if first.contains("TraceID") && first.contains("SpanID") {
         Ok(DetectedFormat::Spans)
+    } else if first.contains("HashFunction") {
+        Ok(DetectedFormat::Azure2019)
+    } else if first.starts_with("app,func,end_timestamp,duration") {
+        Ok(DetectedFormat::Azure2021)
     } else {
         Err(DetectError::Unknown {
             path: path.display().to_string(),
