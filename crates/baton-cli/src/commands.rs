@@ -661,7 +661,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     if test_window.since_ns < train_window.until_ns {
         bail!("the test window must start at or after the end of the training window");
     }
-    let (train, test) = (loaded.in_window(train_window), loaded.in_window(test_window));
+    let (train, test) = (
+        loaded.in_window(train_window),
+        loaded.in_window(test_window),
+    );
     if train.is_empty() || test.is_empty() {
         bail!(
             "empty window: {} training and {} test requests",

@@ -91,7 +91,10 @@ pub struct Loaded {
 impl Loaded {
     /// Start of the first request, ns (the day `HH:MM` times refer to).
     pub fn day_ns(&self) -> Option<u64> {
-        self.requests.first().and_then(|r| r.start_us()).map(|us| us * 1_000)
+        self.requests
+            .first()
+            .and_then(|r| r.start_us())
+            .map(|us| us * 1_000)
     }
 
     /// The requests starting inside `window` (a contiguous run: requests are sorted).

@@ -2,7 +2,8 @@
 //! and expire, and a policy that is told what happens and answers with actions.
 //!
 //! The engine holds no policy logic. It replays arrivals at their recorded start times;
-//! an arrival takes an idle ready instance of its function (most recently used first), else
+//! an arrival takes a ready pre-warmed instance of its function not used yet, else the most
+//! recently used idle one, else
 //! waits for one that is still starting (a late pre-warm), else starts a cold one, evicting
 //! idle instances lowest [`Policy::evict_priority`] first when memory is short. A finished
 //! instance is released at once unless the policy keeps it alive. Pre-warms ask for an
@@ -450,7 +451,16 @@ impl Engine<'_> {
                 let instance = &instances[i as usize];
                 !instance.busy && instance.ready_at_us <= now
             })
-            .max_by_key(|&i| (instances[i as usize].last_idle_since_us, i));
+            // The one due to expire first: instances kept longer stay for later arrivals,
+            // which is what keep-alive plans (and the oracle's) count on.
+            .min_by_key(|&i| {
+                let instance = &instances[i as usize];
+                (
+                    instance.keep_until_us,
+                    Reverse(instance.last_idle_since_us),
+                    i,
+                )
+            });
         let starting = || {
             candidates
                 .iter()

@@ -146,7 +146,7 @@ pub fn pareto_svg(results: &[PolicyResult], title: &str) -> String {
     }
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">idle memory, GB·s (log)</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">idle memory, GB·s (log; 0 drawn at the left edge)</text>"#,
         left + plot_w / 2.0,
         height - 12.0
     );

@@ -336,6 +336,10 @@ fn into_requests(mut raws: Vec<Raw>, options: &AzureOptions, tdg: &mut Tdg) -> V
         .collect()
 }
 
+/// Where the invocations file keeps things: the function column, the app column if any,
+/// and each minute column with its minute of the day.
+type InvocationsLayout = (usize, Option<usize>, Vec<(usize, u64)>);
+
 /// Reads an Azure Functions 2019 trace. `durations` and `memory` default to the files
 /// beside `invocations` with the same prefix; without durations every arrival takes
 /// `options.default_duration_ms`, noted in the report.
@@ -372,7 +376,7 @@ pub fn read_azure2019(
     let mut raws: Vec<Raw> = Vec::new();
     let mut apps: FxHashMap<String, u32> = FxHashMap::default();
     let mut memory_mib: Vec<(TaskId, u64)> = Vec::new();
-    let mut layout: Option<(usize, Option<usize>, Vec<(usize, u64)>)> = None;
+    let mut layout: Option<InvocationsLayout> = None;
     let mut header_error = None;
     let mut no_duration = 0u64;
     let mut n_functions = 0usize;

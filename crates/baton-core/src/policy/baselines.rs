@@ -10,8 +10,7 @@
 //!   Greedy-Dual-Size-Frequency priority `clock + frequency × cold cost ÷ size` under pressure.
 //! - [`MlpPolicy`]: Xanadu (Middleware'20): pre-warm the single most likely path, each step
 //!   just in time, no resource check.
-//! - [`OraclePolicy`]: knows every arrival; each instance is either kept for its next use
-//!   (when the gap is shorter than a cold start) or released and re-warmed just in time.
+//! - [`OraclePolicy`]: knows every arrival and has an instance ready exactly at each one.
 
 use super::{Action, Policy, PolicyEvent};
 use crate::costs::Costs;
@@ -19,7 +18,6 @@ use crate::ids::TaskId;
 use crate::predict::{PredictContext, PredictOptions};
 use crate::profile::NeedQuantile;
 use crate::tdg::SnapshotCell;
-use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 /// No keep-alive at all.
@@ -320,12 +318,13 @@ impl Policy for MlpPolicy {
 /// One arrival as the oracle sees it: (task, start µs, duration µs), indexed by invocation id.
 pub type Arrival = (TaskId, u64, u64);
 
-/// The clairvoyant policy. See the module docs. Invocation ids in events must be indices
-/// into the arrival list it was built from.
+/// The clairvoyant policy. See the module docs. Every arrival gets its own instance, made
+/// ready exactly at its start and released when it ends: no cold start while memory allows,
+/// and the idle memory of one cold-start window per invocation. (Keeping an instance for a
+/// next use closer than a cold start would idle a little less; planning such reuse on the
+/// recorded times breaks as soon as one delay shifts an end, so the oracle does not.)
 #[derive(Debug)]
 pub struct OraclePolicy {
-    /// Keep-alive deadline per invocation (the next use of its instance), if reused.
-    keep_until: Vec<Option<u64>>,
     /// Just-in-time pre-warms still to announce: (ready at, task), earliest first.
     prewarms: Vec<(u64, TaskId)>,
     next_prewarm: usize,
@@ -333,44 +332,22 @@ pub struct OraclePolicy {
 }
 
 impl OraclePolicy {
-    /// Plans every arrival of `arrivals` (sorted by start) with `costs`.
+    /// Plans every arrival of `arrivals` with `costs`.
     pub fn new(arrivals: &[Arrival], costs: &Costs) -> OraclePolicy {
-        let mut keep_until = vec![None; arrivals.len()];
-        let mut prewarms = Vec::new();
-        // Per task: instances free from their end time on, as (end, invocation), latest end
-        // on top.
-        let mut free: BTreeMap<TaskId, BinaryHeap<(u64, usize)>> = BTreeMap::new();
-        let mut ends: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = BinaryHeap::new();
-        let mut max_cold = 0;
-        for (index, &(task, start, duration)) in arrivals.iter().enumerate() {
-            // Instances that ended by now become free for reuse.
-            while let Some(&std::cmp::Reverse((end, done))) = ends.peek() {
-                if end > start {
-                    break;
-                }
-                ends.pop();
-                free.entry(arrivals[done].0).or_default().push((end, done));
-            }
-            let cold = costs.cold_start_us(task);
-            max_cold = max_cold.max(cold);
-            let reused = free.get_mut(&task).and_then(|heap| {
-                let &(end, previous) = heap.peek()?;
-                (start - end <= cold).then(|| {
-                    heap.pop();
-                    previous
-                })
-            });
-            match reused {
-                Some(previous) => keep_until[previous] = Some(start),
-                None => prewarms.push((start, task)),
-            }
-            ends.push(std::cmp::Reverse((start + duration, index)));
-        }
+        let mut prewarms: Vec<(u64, TaskId)> = arrivals
+            .iter()
+            .map(|&(task, start, _)| (start, task))
+            .collect();
         prewarms.sort();
+        let max_cold = arrivals
+            .iter()
+            .map(|&(task, _, _)| costs.cold_start_us(task))
+            .max()
+            .unwrap_or(0);
         OraclePolicy {
-            keep_until,
             prewarms,
             next_prewarm: 0,
+            // Announce early enough that every instance starts a full cold start ahead.
             horizon_us: max_cold + 2_000_000,
         }
     }
@@ -398,25 +375,11 @@ impl Policy for OraclePolicy {
     }
 
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
-        match *event {
-            PolicyEvent::Tick { at_us } | PolicyEvent::Evicted { at_us, .. } => {
-                self.announce(at_us, out)
-            }
-            PolicyEvent::Start { at_us, .. } => self.announce(at_us, out),
-            PolicyEvent::End {
-                task,
-                invocation,
-                at_us,
-            } => {
-                if let Some(Some(until_us)) = self.keep_until.get(invocation as usize) {
-                    out.push(Action::KeepAlive {
-                        task,
-                        until_us: (*until_us).max(at_us),
-                    });
-                }
-                self.announce(at_us, out);
-            }
-        }
+        let (PolicyEvent::Tick { at_us }
+        | PolicyEvent::Evicted { at_us, .. }
+        | PolicyEvent::Start { at_us, .. }
+        | PolicyEvent::End { at_us, .. }) = *event;
+        self.announce(at_us, out);
     }
 }
 
@@ -526,35 +489,29 @@ mod tests {
     }
 
     #[test]
-    fn oracle_reuses_short_gaps_and_rewarms_long_ones() {
+    fn oracle_prewarms_every_arrival_just_in_time() {
         let costs = Costs::new(100, 10);
         let a = TaskId(0);
-        // Gap 50 (< cold 100): keep. Gap 1000: release and re-warm just in time.
-        let arrivals = [(a, 0, 10), (a, 60, 10), (a, 1_070, 10)];
+        let arrivals = [(a, 0, 10), (a, 60, 10), (a, 5_000_000, 10)];
         let mut policy = OraclePolicy::new(&arrivals, &costs);
         let mut out = Vec::new();
         policy.on_event(&PolicyEvent::Tick { at_us: 0 }, &mut out);
-        assert!(out.contains(&Action::PreWarm {
-            task: a,
-            at_us: 0,
-            until_us: 1,
-            plan: None,
-            probability: 1.0
-        }));
-        assert!(out
+        let announced: Vec<u64> = out
             .iter()
-            .any(|x| matches!(x, Action::PreWarm { at_us: 1_070, .. })));
+            .map(|x| match x {
+                Action::PreWarm {
+                    at_us, until_us, ..
+                } => {
+                    assert_eq!(*until_us, at_us + 1);
+                    *at_us
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(announced, [0, 60], "the far arrival waits for its horizon");
         out.clear();
-        policy.on_event(&end(0, 0, 10), &mut out);
-        assert_eq!(
-            out,
-            [Action::KeepAlive {
-                task: a,
-                until_us: 60
-            }]
-        );
-        out.clear();
-        policy.on_event(&end(0, 1, 70), &mut out);
+        policy.on_event(&end(0, 1, 3_000_000), &mut out);
+        assert_eq!(out.len(), 1, "announced once it is within the horizon");
         assert!(out.iter().all(|x| !matches!(x, Action::KeepAlive { .. })));
     }
 }

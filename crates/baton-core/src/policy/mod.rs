@@ -113,14 +113,20 @@ pub trait Policy: Send {
 struct LivePlan {
     plan: ChainPlan,
     reservations: Vec<Option<Reservation>>,
+    /// Steps whose task has started since.
+    consumed: Vec<bool>,
 }
 
-/// Settings of the chain policy. Defaults: keep a finished instance 60 s; when a request's
-/// route becomes known, pre-warm the route's tasks of probability ≥ 0.5.
+/// Settings of the chain policy. Defaults: keep a finished instance 60 s, or 10 min for a
+/// task that starts requests (nothing predicts those: only their own arrival pattern);
+/// when a request's route becomes known, pre-warm the route's tasks of probability ≥ 0.5.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ChainPolicyConfig {
     /// How long a finished instance is kept warm, µs.
     pub keep_alive_us: u64,
+    /// How long a finished instance of an entry task (one seen starting a request: no
+    /// caller) is kept warm, µs.
+    pub entry_keep_alive_us: u64,
     /// Entry-set threshold: when a request's route becomes known, every task of the route's
     /// set with at least this probability is planned (`None`: paths only).
     pub set_threshold: Option<f64>,
@@ -130,6 +136,7 @@ impl Default for ChainPolicyConfig {
     fn default() -> Self {
         ChainPolicyConfig {
             keep_alive_us: 60_000_000,
+            entry_keep_alive_us: 600_000_000,
             set_threshold: Some(0.5),
         }
     }
@@ -145,6 +152,7 @@ pub struct ChainPolicy {
     live: BTreeMap<u64, LivePlan>,
     n_plans: u64,
     next_set_plan: u64,
+    entry_tasks: std::collections::BTreeSet<TaskId>,
 }
 
 impl ChainPolicy {
@@ -164,6 +172,7 @@ impl ChainPolicy {
             n_plans: 0,
             // Set plans get ids from the top of the range, apart from the assembler's.
             next_set_plan: u64::MAX / 2,
+            entry_tasks: std::collections::BTreeSet::new(),
         }
     }
 
@@ -194,7 +203,11 @@ impl ChainPolicy {
             &self.pool,
             entry_start_us,
         );
-        let steps: Vec<PlannedStep> = set.steps.into_iter().filter(|s| s.task != task).collect();
+        let steps: Vec<PlannedStep> = set
+            .steps
+            .into_iter()
+            .filter(|s| s.task != task && !self.covered(s))
+            .collect();
         if steps.is_empty() {
             return;
         }
@@ -235,10 +248,28 @@ impl ChainPolicy {
         self.live.insert(
             id,
             LivePlan {
+                consumed: vec![false; plan.steps.len()],
                 reservations: reservations.into_iter().map(Some).collect(),
                 plan,
             },
         );
+    }
+
+    /// Whether a live plan already has an unused step of the same task whose window
+    /// covers `step`'s expected start (a new plan would pre-warm it twice).
+    fn covered(&self, step: &PlannedStep) -> bool {
+        self.live.values().any(|live| {
+            live.plan
+                .steps
+                .iter()
+                .zip(&live.consumed)
+                .any(|(other, &consumed)| {
+                    !consumed
+                        && other.task == step.task
+                        && other.window.start_us <= step.expected_start_us
+                        && step.expected_start_us < other.window.end_us
+                })
+        })
     }
 
     fn on_start(
@@ -249,15 +280,15 @@ impl ChainPolicy {
         reveals_route: Option<u64>,
         out: &mut Vec<Action>,
     ) {
+        if context.grand_caller.is_none() {
+            self.entry_tasks.insert(task);
+        }
         // A step of a live plan starting: its reservation now backs running work.
         for live in self.live.values_mut() {
-            if let Some(index) = live
-                .plan
-                .steps
-                .iter()
-                .zip(&live.reservations)
-                .position(|(step, r)| step.task == task && r.is_some())
+            if let Some(index) = (0..live.plan.steps.len())
+                .find(|&i| live.plan.steps[i].task == task && !live.consumed[i])
             {
+                live.consumed[index] = true;
                 if let Some(reservation) = live.reservations[index].as_mut() {
                     reservation.commit();
                 }
@@ -269,12 +300,17 @@ impl ChainPolicy {
             self.plan_set(task, context, entry_start_us, threshold, out);
         }
         let snapshot = self.graph.load();
-        let Some(plan) = self
+        let Some(mut plan) = self
             .assembler
             .assemble(task, context, &snapshot, &self.pool, at_us)
         else {
             return;
         };
+        let steps = std::mem::take(&mut plan.steps);
+        plan.steps = steps.into_iter().filter(|s| !self.covered(s)).collect();
+        if plan.steps.is_empty() {
+            return;
+        }
         let Ok(reservations) = self.pool.try_reserve_all(&plan.reservation_requests()) else {
             // Someone took the room between the fit check and now: skip this plan.
             return;
@@ -292,6 +328,7 @@ impl ChainPolicy {
         self.live.insert(
             plan.id,
             LivePlan {
+                consumed: vec![false; plan.steps.len()],
                 reservations: reservations.into_iter().map(Some).collect(),
                 plan,
             },
@@ -335,10 +372,15 @@ impl Policy for ChainPolicy {
                 ..
             } => self.on_start(task, at_us, context, reveals_route, out),
             PolicyEvent::End { task, at_us, .. } => {
-                if self.config.keep_alive_us > 0 {
+                let keep = if self.entry_tasks.contains(&task) {
+                    self.config.entry_keep_alive_us
+                } else {
+                    self.config.keep_alive_us
+                };
+                if keep > 0 {
                     out.push(Action::KeepAlive {
                         task,
-                        until_us: at_us + self.config.keep_alive_us,
+                        until_us: at_us + keep,
                     });
                 }
                 self.on_tick(at_us, out);
@@ -422,6 +464,7 @@ mod tests {
             Assembler::new(AssemblerConfig::default()),
             ChainPolicyConfig {
                 keep_alive_us: 0,
+                entry_keep_alive_us: 0,
                 set_threshold: None,
             },
         );

@@ -1,0 +1,261 @@
+//! The simulator on small hand-built traces with known answers, and its invariants on
+//! random ones: every arrival served exactly once, the same input gives the same table,
+//! the oracle is never worse than another policy at the same memory.
+
+use baton_core::request::{Invocation, Request, Usage};
+use baton_core::{Costs, LabelId, Tdg, TdgConfig};
+use baton_sim::engine::SimConfig;
+use baton_sim::policies::POLICY_NAMES;
+use baton_sim::{PolicyResult, Simulation};
+use proptest::prelude::*;
+
+/// A request: start µs and its calls as (task, parent index, offset µs, duration µs).
+type Spec = (u64, Vec<(u32, Option<u32>, u64, u64)>);
+
+const SECOND: u64 = 1_000_000;
+const MINUTE: u64 = 60 * SECOND;
+
+/// Requests from (start µs, [(task, parent, offset µs, duration µs)]); tasks interned as
+/// `t<n>`.
+fn requests(tdg: &mut Tdg, specs: &[Spec]) -> Vec<Request> {
+    let mut out: Vec<Request> = specs
+        .iter()
+        .map(|(start, calls)| {
+            let invocations = calls
+                .iter()
+                .map(|&(task, parent, offset, duration)| {
+                    let id = tdg.intern_task(&format!("t{task}"));
+                    Invocation {
+                        task: id,
+                        label: LabelId(tdg.intern_label(&format!("t{task}")).0),
+                        parent,
+                        start_us: start + offset,
+                        usage: Usage {
+                            wall_us: duration,
+                            ..Usage::default()
+                        },
+                    }
+                })
+                .collect();
+            Request::build(invocations).0
+        })
+        .collect();
+    out.sort_by_key(|r| r.start_us());
+    out
+}
+
+fn simulation(specs: &[Spec], train: &[Spec]) -> Simulation {
+    let mut tdg = Tdg::new(TdgConfig::default());
+    for request in requests(&mut tdg, train) {
+        tdg.observe_request(&request);
+    }
+    let test = requests(&mut tdg, specs);
+    Simulation::new(tdg, test, Costs::new(100_000, 100))
+}
+
+fn run(sim: &Simulation, policy: &str, knob: f64, memory_mib: u64) -> PolicyResult {
+    let config = SimConfig {
+        memory_mib,
+        ..SimConfig::default()
+    };
+    sim.run(policy, knob, &config, |_, _| {})
+        .expect("known policy")
+}
+
+/// One function invoked alone at the given times (1 ms runs).
+fn single(times: &[u64]) -> Vec<Spec> {
+    times
+        .iter()
+        .map(|&t| (t, vec![(0, None, 0, 1_000)]))
+        .collect()
+}
+
+#[test]
+fn none_is_always_cold() {
+    let sim = simulation(&single(&[0, SECOND, 2 * SECOND, 3 * SECOND]), &[]);
+    let result = run(&sim, "none", 1.0, 1 << 20);
+    assert_eq!(result.stats.cold_starts, 4);
+    assert_eq!(result.cold_start_ratio, 1.0);
+    assert_eq!(result.idle_gb_s, 0.0, "released as soon as it ends");
+    assert_eq!(
+        result.latency_p50_ms, 100.0,
+        "each request pays one 100 ms cold start"
+    );
+}
+
+#[test]
+fn ttl_is_cold_exactly_after_gaps_longer_than_its_keep_alive() {
+    // Keep-alive 10 min × knob 0.1 = 60 s. Gaps: 30 s (warm), 90 s (cold), 59 s (warm),
+    // 61 s (cold). The first arrival is cold too.
+    let mut t = 0;
+    let mut times = vec![t];
+    for gap in [30, 90, 59, 61] {
+        t += gap * SECOND;
+        times.push(t);
+    }
+    let sim = simulation(&single(&times), &[]);
+    let result = run(&sim, "ttl", 0.1, 1 << 20);
+    assert_eq!(result.stats.cold_starts, 3);
+    // Idle time: kept 60 s after each run, cut short by the next use. Runs last 1 ms, plus
+    // 100 ms when cold: 0→0.101 (cold), idle to 30; 30.001, idle 60 s, expires; 120→120.101
+    // (cold), idle to 179; 179.001, idle 60 s; 240 (cold), idle 60 s.
+    let idle_s = (30.0 - 0.101) + 60.0 + (179.0 - 120.101) + 60.0 + 60.0;
+    let expected_gb_s = idle_s * 100.0 / 1024.0;
+    assert!(
+        (result.idle_gb_s - expected_gb_s).abs() < 0.01,
+        "{} vs {expected_gb_s}",
+        result.idle_gb_s
+    );
+}
+
+#[test]
+fn cascading_cold_starts_add_up_on_the_critical_path() {
+    // a calls b, then c one after the other; b calls d. With no keep-alive, all four are
+    // cold: a, then b and d in sequence, then c: 4 cold starts on the critical path.
+    let chain = vec![
+        (0, None, 0, 100_000),
+        (1, Some(0), 1_000, 30_000),
+        (3, Some(1), 2_000, 10_000),
+        (2, Some(0), 40_000, 30_000),
+    ];
+    let sim = simulation(&[(0, chain.clone())], &[]);
+    let result = run(&sim, "none", 1.0, 1 << 20);
+    assert_eq!(result.stats.request_critical_cold, vec![4]);
+    assert_eq!(result.stats.request_latency_us, vec![400_000]);
+    // Overlapping siblings run in parallel: only the slower branch counts.
+    let parallel = vec![
+        (0, None, 0, 100_000),
+        (1, Some(0), 1_000, 30_000),
+        (2, Some(0), 2_000, 30_000),
+    ];
+    let sim = simulation(&[(0, parallel)], &[]);
+    let result = run(&sim, "none", 1.0, 1 << 20);
+    assert_eq!(result.stats.request_critical_cold, vec![2]);
+}
+
+#[test]
+fn chain_prewarms_a_learned_chain_before_it_is_called() {
+    // a → b → c, every 11 minutes (longer than any keep-alive here), b starts 300 ms after
+    // a, c 300 ms after b.
+    let request = |t| {
+        (
+            t,
+            vec![
+                (0, None, 0, 900_000),
+                (1, Some(0), 300_000, 500_000),
+                (2, Some(1), 600_000, 100_000),
+            ],
+        )
+    };
+    let train: Vec<_> = (0..20).map(|i| request(i * 11 * MINUTE)).collect();
+    let test: Vec<_> = (20..30).map(|i| request(i * 11 * MINUTE)).collect();
+    let sim = simulation(&test, &train);
+    let none = run(&sim, "none", 1.0, 1 << 20);
+    let chain = run(&sim, "chain", 1.0, 1 << 20);
+    assert_eq!(none.stats.cold_starts, 30);
+    // Only the chain heads (a) are cold: b and c were pre-warmed in time.
+    assert_eq!(chain.stats.cold_starts, 10, "{:?}", chain.stats);
+    assert_eq!(chain.stats.prewarm_hits, 20);
+    assert_eq!(chain.stats.late_prewarm_hits, 0);
+    assert_eq!(chain.prewarm_precision, Some(1.0));
+    let ttl = run(&sim, "ttl", 1.0, 1 << 20);
+    assert_eq!(
+        ttl.stats.cold_starts, 30,
+        "11-minute gaps outlast a 10-minute keep-alive"
+    );
+}
+
+#[test]
+fn memory_pressure_evicts_and_is_counted() {
+    // Two functions alternate; room for one instance only.
+    let specs: Vec<_> = (0..6)
+        .map(|i| (i * SECOND, vec![(i as u32 % 2, None, 0, 1_000)]))
+        .collect();
+    let sim = simulation(&specs, &[]);
+    let result = run(&sim, "ttl", 1.0, 100);
+    assert_eq!(result.stats.cold_starts, 6);
+    assert_eq!(result.stats.evictions, 5);
+    let roomy = run(&sim, "ttl", 1.0, 200);
+    assert_eq!(roomy.stats.cold_starts, 2);
+}
+
+#[test]
+fn unknown_policy_is_an_error() {
+    let sim = simulation(&single(&[0]), &[]);
+    let error = sim
+        .run("lru", 1.0, &SimConfig::default(), |_, _| {})
+        .unwrap_err();
+    assert!(error.to_string().contains("unknown policy `lru`"));
+}
+
+fn random_specs() -> impl Strategy<Value = Vec<Spec>> {
+    proptest::collection::vec(
+        (
+            0u64..600,
+            proptest::collection::vec((0u32..5, 0u64..2_000, 1u64..3_000), 1..5),
+        ),
+        1..25,
+    )
+    .prop_map(|requests| {
+        requests
+            .into_iter()
+            .map(|(start_s, calls)| {
+                let calls = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (task, offset_ms, duration_ms))| {
+                        let parent = (i > 0).then_some(0);
+                        let offset = if i == 0 { 0 } else { offset_ms * 1_000 };
+                        (task, parent, offset, duration_ms * 1_000)
+                    })
+                    .collect();
+                (start_s * SECOND, calls)
+            })
+            .collect()
+    })
+}
+
+fn table(results: &[PolicyResult]) -> Vec<String> {
+    // Everything but the policy's own CPU time, which is wall clock.
+    results
+        .iter()
+        .map(|r| {
+            let mut stats = r.stats.clone();
+            stats.policy_ns = 0;
+            format!(
+                "{} {} {:?} {} {:?}",
+                r.policy, r.cold_start_ratio, r.prewarm_precision, r.idle_gb_s, stats
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn every_arrival_is_served_once_and_runs_repeat(specs in random_specs(), memory in 100u64..1_000) {
+        let train = specs.clone();
+        let sim = simulation(&specs, &train);
+        let first: Vec<PolicyResult> = POLICY_NAMES.iter().map(|p| run(&sim, p, 1.0, memory)).collect();
+        for result in &first {
+            prop_assert_eq!(result.stats.served, result.stats.invocations, "{}", result.policy);
+            prop_assert_eq!(result.stats.invocations as usize, sim.arrivals().len());
+            prop_assert!(result.stats.cold_starts <= result.stats.invocations);
+        }
+        let again: Vec<PolicyResult> = POLICY_NAMES.iter().map(|p| run(&sim, p, 1.0, memory)).collect();
+        prop_assert_eq!(table(&first), table(&again));
+    }
+
+    #[test]
+    fn the_oracle_is_never_worse_with_room_for_everything(specs in random_specs()) {
+        let sim = simulation(&specs, &specs);
+        let memory = 1 << 20;
+        let oracle = run(&sim, "oracle", 1.0, memory);
+        prop_assert_eq!(oracle.stats.cold_starts, 0);
+        for policy in POLICY_NAMES {
+            let other = run(&sim, policy, 1.0, memory);
+            prop_assert!(oracle.stats.cold_starts <= other.stats.cold_starts, "{}", policy);
+        }
+    }
+}
