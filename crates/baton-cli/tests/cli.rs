@@ -322,3 +322,53 @@ fn entry_set_of_a_route() {
     assert!(probabilities.windows(2).all(|w| w[0] >= w[1]));
     assert!(set["expected_recall"].as_f64().unwrap() > 0.5);
 }
+
+#[test]
+fn sim_compares_every_policy_and_writes_its_reports() {
+    let dir = temp_dir("sim");
+    let fixture = fixture();
+    let report = ok_json(&[
+        "sim",
+        "--trace",
+        fixture.to_str().unwrap(),
+        "--train-until",
+        "11:39:20",
+        "--memory-gib",
+        "64",
+        "--sweep",
+        "knob=0.1,1",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let results = report["results"].as_array().unwrap();
+    // none and oracle have no knob: 6 policies × 2 knobs + 2.
+    assert_eq!(results.len(), 14);
+    let by = |name: &str| results.iter().find(|r| r["policy"] == name).unwrap();
+    assert_eq!(by("none")["cold_start_ratio"], 1.0);
+    assert_eq!(by("oracle")["cold_start_ratio"], 0.0, "room for everything");
+    for result in results {
+        assert_eq!(result["stats"]["served"], result["stats"]["invocations"]);
+    }
+    for file in ["results.md", "results.csv", "results.json", "pareto.svg"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(!text.is_empty(), "{file}");
+    }
+    let svg = std::fs::read_to_string(dir.join("pareto.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("chain") && svg.trim_end().ends_with("</svg>"));
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 15, "header + one row per run");
+
+    let bad = baton(&[
+        "sim",
+        "--trace",
+        fixture.to_str().unwrap(),
+        "--train-until",
+        "11:39:20",
+        "--policies",
+        "lru",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown policy `lru`"));
+    std::fs::remove_dir_all(dir).ok();
+}
