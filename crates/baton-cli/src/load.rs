@@ -25,6 +25,10 @@ pub enum FormatArg {
     Azure2019,
     /// Azure Functions 2021 per-invocation trace (app,func,end_timestamp,duration).
     Azure2021,
+    /// OpenTelemetry OTLP/JSON spans.
+    Otlp,
+    /// Alibaba microservice call graphs (2021 or 2022 layout).
+    Alibaba,
 }
 
 /// Options of traces that are not execution logs (Azure).
@@ -58,6 +62,8 @@ fn concrete_format(format: FormatArg, paths: &[PathBuf]) -> Result<FormatArg> {
         baton_trace::DetectedFormat::Spans => FormatArg::Spans,
         baton_trace::DetectedFormat::Azure2019 => FormatArg::Azure2019,
         baton_trace::DetectedFormat::Azure2021 => FormatArg::Azure2021,
+        baton_trace::DetectedFormat::Otlp => FormatArg::Otlp,
+        baton_trace::DetectedFormat::Alibaba => FormatArg::Alibaba,
     })
 }
 
@@ -70,6 +76,8 @@ pub fn resolve_format(
     match concrete_format(format, paths)? {
         FormatArg::Jsonl => Ok(LogFormat::Jsonl),
         FormatArg::Spans => Ok(LogFormat::Spans(SpanOptions { operation_tasks })),
+        FormatArg::Otlp => Ok(LogFormat::Otlp(SpanOptions { operation_tasks })),
+        FormatArg::Alibaba => Ok(LogFormat::Alibaba),
         other => bail!("{other:?} traces are not execution logs; learn, eval and sim read them directly, convert does not"),
     }
 }

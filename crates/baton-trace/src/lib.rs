@@ -6,9 +6,11 @@
 //! [`report::ReadReport`] says what was lost.
 #![deny(missing_docs)]
 
+pub mod alibaba;
 pub mod azure;
 pub mod jsonl;
 pub mod open;
+pub mod otlp;
 pub mod report;
 pub mod requests;
 pub mod schema;
@@ -25,6 +27,10 @@ pub enum LogFormat {
     Jsonl,
     /// Span CSV (TrainTicket / Nezha layout).
     Spans(spans::SpanOptions),
+    /// OTLP/JSON spans.
+    Otlp(spans::SpanOptions),
+    /// Alibaba microservice call graphs (2021 or 2022 layout).
+    Alibaba,
 }
 
 /// A format told from a file's first line.
@@ -38,6 +44,10 @@ pub enum DetectedFormat {
     Azure2019,
     /// Azure Functions 2021 invocations (`app,func,end_timestamp,duration`).
     Azure2021,
+    /// OTLP/JSON (a JSON object with `resourceSpans`).
+    Otlp,
+    /// Alibaba call graphs (a header with `traceid`, `rpcid` or `rpc_id`, `um`, `dm`).
+    Alibaba,
 }
 
 /// Why a format could not be told.
@@ -84,8 +94,12 @@ pub fn detect_format(path: &Path) -> Result<DetectedFormat, DetectError> {
         }
     }
     let first = line.trim();
-    if first.starts_with('{') {
+    if first.starts_with('{') && first.contains("\"resourceSpans\"") {
+        Ok(DetectedFormat::Otlp)
+    } else if first.starts_with('{') {
         Ok(DetectedFormat::Jsonl)
+    } else if first.contains("traceid") && (first.contains("rpcid") || first.contains("rpc_id")) {
+        Ok(DetectedFormat::Alibaba)
     } else if first.contains("TraceID") && first.contains("SpanID") {
         Ok(DetectedFormat::Spans)
     } else if first.contains("HashFunction") {
@@ -119,5 +133,7 @@ pub fn read_log(path: &Path, format: LogFormat, report: &mut ReadReport) -> Vec<
             records
         }
         LogFormat::Spans(options) => spans::read_spans(&source, reader, options, report),
+        LogFormat::Otlp(options) => otlp::read_otlp(&source, reader, options, report),
+        LogFormat::Alibaba => alibaba::read_alibaba(&source, reader, report),
     }
 }

@@ -95,6 +95,54 @@ struct Span {
 
 const NONE: u32 = u32::MAX;
 
+/// Spans collected from any source (CSV rows, OTLP documents), resolved into invocations
+/// by [`SpanTable::into_records`].
+#[derive(Debug, Default)]
+pub struct SpanTable {
+    traces: Names,
+    span_ids: Names,
+    services: Names,
+    operations: Names,
+    spans: Vec<Span>,
+}
+
+impl SpanTable {
+    /// Adds one span; `parent` is `None` for a root.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        trace: &str,
+        span: &str,
+        parent: Option<&str>,
+        service: &str,
+        operation: &str,
+        start_ns: u64,
+        duration_us: u64,
+    ) {
+        let parent = parent.map(|p| self.span_ids.intern(p));
+        let span = Span {
+            trace: self.traces.intern(trace),
+            id: self.span_ids.intern(span),
+            parent,
+            service: self.services.intern(service),
+            operation: self.operations.intern(operation),
+            start_ns,
+            duration_us,
+        };
+        self.spans.push(span);
+    }
+
+    /// Number of spans added.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether no span was added.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
 /// Reads span rows from `reader` (named `source` in messages) and returns the invocations
 /// as execution records, in start order. Bad rows are skipped and reported.
 pub fn read_spans(
@@ -103,11 +151,7 @@ pub fn read_spans(
     options: SpanOptions,
     report: &mut ReadReport,
 ) -> Vec<ExecutionRecord> {
-    let mut traces = Names::default();
-    let mut span_ids = Names::default();
-    let mut services = Names::default();
-    let mut operations = Names::default();
-    let mut spans: Vec<Span> = Vec::new();
+    let mut table = SpanTable::default();
     let mut columns: Option<[usize; 8]> = None;
     let mut fields = Vec::new();
     let mut header_error = None;
@@ -161,114 +205,134 @@ pub fn read_spans(
         }
         let parent = match field(2) {
             "" | "root" => None,
-            id => Some(span_ids.intern(id)),
+            id => Some(id),
         };
-        spans.push(Span {
-            trace: traces.intern(field(0)),
-            id: span_ids.intern(field(1)),
+        table.push(
+            field(0),
+            field(1),
             parent,
-            service: services.intern(service_of_pod(field(3))),
-            operation: operations.intern(field(4)),
+            service_of_pod(field(3)),
+            field(4),
             start_ns,
             duration_us,
-        });
+        );
         ControlFlow::Continue(())
     });
     if let Some(error) = header_error {
         report.broken.push(error);
         return Vec::new();
     }
+    table.into_records(source, options, report)
+}
 
-    // Resolve span ids to rows; a repeated span id keeps its first row.
-    let mut row_of_id = vec![NONE; span_ids.names.len()];
-    let mut duplicates = 0u64;
-    let mut keep = vec![true; spans.len()];
-    for (row, span) in spans.iter().enumerate() {
-        if row_of_id[span.id as usize] == NONE {
-            row_of_id[span.id as usize] = row as u32;
-        } else {
-            keep[row] = false;
-            duplicates += 1;
-        }
-    }
-    if duplicates > 0 {
-        report.skipped += duplicates;
-        report.notes.push(format!(
-            "{source}: {duplicates} rows repeat an earlier span id and were skipped"
-        ));
-    }
-    let parent_row = |span: &Span| -> Option<u32> {
-        span.parent
-            .map(|p| row_of_id[p as usize])
-            .filter(|&r| r != NONE)
-    };
-    let n = spans.len();
-    let mut orphans = 0u64;
-    let is_invocation: Vec<bool> = spans
-        .iter()
-        .map(|span| match parent_row(span) {
-            None => {
-                orphans += u64::from(span.parent.is_some());
-                true
+impl SpanTable {
+    /// Resolves the spans into invocations (see the module docs), in start order; repeated
+    /// span ids and missing parents are counted in `report`.
+    pub fn into_records(
+        self,
+        source: &str,
+        options: SpanOptions,
+        report: &mut ReadReport,
+    ) -> Vec<ExecutionRecord> {
+        let SpanTable {
+            traces,
+            span_ids,
+            services,
+            operations,
+            spans,
+        } = self;
+
+        // Resolve span ids to rows; a repeated span id keeps its first row.
+        let mut row_of_id = vec![NONE; span_ids.names.len()];
+        let mut duplicates = 0u64;
+        let mut keep = vec![true; spans.len()];
+        for (row, span) in spans.iter().enumerate() {
+            if row_of_id[span.id as usize] == NONE {
+                row_of_id[span.id as usize] = row as u32;
+            } else {
+                keep[row] = false;
+                duplicates += 1;
             }
-            Some(p) => spans[p as usize].service != span.service,
-        })
-        .collect();
-    if orphans > 0 {
-        report.notes.push(format!(
+        }
+        if duplicates > 0 {
+            report.skipped += duplicates;
+            report.notes.push(format!(
+                "{source}: {duplicates} rows repeat an earlier span id and were skipped"
+            ));
+        }
+        let parent_row = |span: &Span| -> Option<u32> {
+            span.parent
+                .map(|p| row_of_id[p as usize])
+                .filter(|&r| r != NONE)
+        };
+        let n = spans.len();
+        let mut orphans = 0u64;
+        let is_invocation: Vec<bool> = spans
+            .iter()
+            .map(|span| match parent_row(span) {
+                None => {
+                    orphans += u64::from(span.parent.is_some());
+                    true
+                }
+                Some(p) => spans[p as usize].service != span.service,
+            })
+            .collect();
+        if orphans > 0 {
+            report.notes.push(format!(
             "{source}: {orphans} spans name a parent missing from the log; each starts a request of its own"
         ));
-    }
-    // The invocation containing each span: itself, or its parent's (walk up, bounded).
-    let mut invocation_of = vec![NONE; n];
-    for row in 0..n {
-        let mut cursor = row as u32;
-        let mut steps = 0;
-        while !is_invocation[cursor as usize] && steps < 10_000 {
-            if invocation_of[cursor as usize] != NONE {
-                break;
-            }
-            match parent_row(&spans[cursor as usize]) {
-                Some(p) => cursor = p,
-                None => break,
-            }
-            steps += 1;
         }
-        invocation_of[row] = if is_invocation[cursor as usize] {
-            cursor
-        } else {
-            invocation_of[cursor as usize]
-        };
-    }
-    let mut records: Vec<ExecutionRecord> = Vec::new();
-    for (row, span) in spans.iter().enumerate() {
-        if !keep[row] || !is_invocation[row] {
-            continue;
+        // The invocation containing each span: itself, or its parent's (walk up, bounded).
+        let mut invocation_of = vec![NONE; n];
+        for row in 0..n {
+            let mut cursor = row as u32;
+            let mut steps = 0;
+            while !is_invocation[cursor as usize] && steps < 10_000 {
+                if invocation_of[cursor as usize] != NONE {
+                    break;
+                }
+                match parent_row(&spans[cursor as usize]) {
+                    Some(p) => cursor = p,
+                    None => break,
+                }
+                steps += 1;
+            }
+            invocation_of[row] = if is_invocation[cursor as usize] {
+                cursor
+            } else {
+                invocation_of[cursor as usize]
+            };
         }
-        let caller = parent_row(span)
-            .map(|p| invocation_of[p as usize])
-            .filter(|&i| i != NONE);
-        let service = &services.names[span.service as usize];
-        let operation = &operations.names[span.operation as usize];
-        let task = if options.operation_tasks {
-            format!("{service}:{operation}")
-        } else {
-            service.clone()
-        };
-        records.push(ExecutionRecord {
-            ts_ns: span.start_ns,
-            task,
-            invocation: span_ids.names[span.id as usize].clone(),
-            duration_us: span.duration_us,
-            parent: caller.map(|c| span_ids.names[spans[c as usize].id as usize].clone()),
-            trace: Some(traces.names[span.trace as usize].clone()),
-            operation: Some(operation.clone()),
-            ..ExecutionRecord::default()
-        });
+        let mut records: Vec<ExecutionRecord> = Vec::new();
+        for (row, span) in spans.iter().enumerate() {
+            if !keep[row] || !is_invocation[row] {
+                continue;
+            }
+            let caller = parent_row(span)
+                .map(|p| invocation_of[p as usize])
+                .filter(|&i| i != NONE);
+            let service = &services.names[span.service as usize];
+            let operation = &operations.names[span.operation as usize];
+            let task = if options.operation_tasks {
+                format!("{service}:{operation}")
+            } else {
+                service.clone()
+            };
+            records.push(ExecutionRecord {
+                ts_ns: span.start_ns,
+                task,
+                invocation: span_ids.names[span.id as usize].clone(),
+                duration_us: span.duration_us,
+                parent: caller.map(|c| span_ids.names[spans[c as usize].id as usize].clone()),
+                trace: Some(traces.names[span.trace as usize].clone()),
+                operation: Some(operation.clone()),
+                ..ExecutionRecord::default()
+            });
+        }
+        records.sort_by_key(|r| r.ts_ns);
+        report.records += records.len() as u64;
+        records
     }
-    records.sort_by_key(|r| r.ts_ns);
-    report.records += records.len() as u64;
-    records
 }
 
 #[cfg(test)]
