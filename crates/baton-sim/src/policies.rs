@@ -9,7 +9,7 @@
 //! | `greedy-dual` | longest keep-alive | 24 h (in effect: until evicted) |
 //! | `next` | how long the pre-load and a finished instance are kept | 10 min |
 //! | `mlp` | keep-alive of a finished instance (pre-warmed steps are held 1 s) | 60 s |
-//! | `chain` | keep-alive of a finished instance of a predicted task (entry tasks: 10 min) | 60 s |
+//! | `chain` | keep-alive of a finished instance (entry tasks: 10 min × knob) | 60 s |
 //! | `oracle` | nothing | — |
 
 use crate::engine::Arrival;
@@ -100,7 +100,7 @@ pub fn build(
             Assembler::new(AssemblerConfig::default()),
             ChainPolicyConfig {
                 keep_alive_us: scaled(MINUTE_US),
-                entry_keep_alive_us: (10.0 * MINUTE_US) as u64,
+                entry_keep_alive_us: scaled(10.0 * MINUTE_US),
                 set_threshold: Some(0.5),
             },
         )),
