@@ -85,9 +85,21 @@ pub fn pareto_svg(results: &[PolicyResult], title: &str) -> String {
     let (left, right, top, bottom) = (70.0, 170.0, 40.0, 50.0);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
+    // Zero idle memory (no keep-alive) cannot sit on a log axis: it is drawn on the left
+    // edge, a decade below the smallest positive value.
+    let smallest = results
+        .iter()
+        .map(|r| r.idle_gb_s)
+        .filter(|&x| x > 0.0)
+        .fold(f64::MAX, f64::min);
+    let floor = if smallest == f64::MAX {
+        1.0
+    } else {
+        smallest / 10.0
+    };
     let xs: Vec<f64> = results
         .iter()
-        .map(|r| r.idle_gb_s.max(1e-3).log10())
+        .map(|r| r.idle_gb_s.max(floor).log10())
         .collect();
     let (x_min, x_max) = xs
         .iter()
