@@ -75,8 +75,8 @@ fn parse_list(text: &str, what: &str) -> Result<Vec<f64>> {
             v.trim()
                 .parse::<f64>()
                 .ok()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .with_context(|| format!("--sweep {what}: `{v}` is not a positive number"))
+                .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1e6)
+                .with_context(|| format!("--sweep {what}: `{v}` is not a number in (0, 1e6]"))
         })
         .collect()
 }

@@ -41,9 +41,21 @@ pub struct Invocation {
     pub usage: Usage,
 }
 
+/// Longest run time taken as given, µs (about 11.6 days); longer is clamped to it.
+pub const MAX_WALL_US: u64 = 1_000_000_000_000;
+
+/// Latest start time taken as given, µs since the epoch (about year 2116); later is clamped.
+/// Together with [`MAX_WALL_US`] this keeps every time sum far from `u64` overflow.
+pub const MAX_START_US: u64 = 1 << 62 >> 10;
+
 /// Something wrong with one request's links, reported and worked around.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum RequestIssue {
+    /// A start or run time beyond [`MAX_START_US`] / [`MAX_WALL_US`] was clamped.
+    Implausible {
+        /// Index of the invocation.
+        invocation: u32,
+    },
     /// The parent index points outside the request; the invocation became a root.
     DanglingParent {
         /// Index of the invocation.
@@ -87,9 +99,18 @@ pub struct CallEvent {
 
 impl Request {
     /// Builds the tree; returns the request and the link problems met.
-    pub fn build(invocations: Vec<Invocation>) -> (Request, Vec<RequestIssue>) {
+    pub fn build(mut invocations: Vec<Invocation>) -> (Request, Vec<RequestIssue>) {
         let n = invocations.len();
         let mut issues = Vec::new();
+        for (index, invocation) in invocations.iter_mut().enumerate() {
+            if invocation.start_us > MAX_START_US || invocation.usage.wall_us > MAX_WALL_US {
+                invocation.start_us = invocation.start_us.min(MAX_START_US);
+                invocation.usage.wall_us = invocation.usage.wall_us.min(MAX_WALL_US);
+                issues.push(RequestIssue::Implausible {
+                    invocation: index as u32,
+                });
+            }
+        }
         let mut children = vec![Vec::new(); n];
         let mut roots = Vec::new();
         for (index, invocation) in invocations.iter().enumerate() {
@@ -301,6 +322,16 @@ mod tests {
             request.downstream_tasks(),
             vec![(TaskId(1), 10), (TaskId(2), 30), (TaskId(3), 15)]
         );
+    }
+
+    #[test]
+    fn absurd_times_are_clamped_and_reported() {
+        let mut absurd = call(0, 0, None, u64::MAX);
+        absurd.usage.wall_us = u64::MAX;
+        let (request, issues) = Request::build(vec![absurd]);
+        assert_eq!(issues, vec![RequestIssue::Implausible { invocation: 0 }]);
+        assert_eq!(request.invocations()[0].usage.wall_us, MAX_WALL_US);
+        assert!(request.end_us().is_some());
     }
 
     #[test]

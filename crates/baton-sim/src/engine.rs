@@ -699,33 +699,40 @@ impl Engine<'_> {
 /// parallel (the slowest counts), calls one after the other add up; each invocation's own
 /// delay comes first.
 pub fn added_latency(request: &Request, delay_us: &[u64], cold: &[bool]) -> (u64, u32) {
-    fn walk(request: &Request, index: u32, delay_us: &[u64], cold: &[bool]) -> (u64, u32) {
-        let own = (delay_us[index as usize], u32::from(cold[index as usize]));
-        let mut total = own;
+    // Post-order without recursion: a logged call chain may be arbitrarily deep.
+    let invocations = request.invocations();
+    let mut below = vec![(0u64, 0u32); invocations.len()];
+    let mut stack: Vec<(u32, bool)> = request.roots().iter().map(|&r| (r, false)).collect();
+    while let Some((index, children_done)) = stack.pop() {
+        if !children_done {
+            stack.push((index, true));
+            stack.extend(request.children(index).iter().map(|&c| (c, false)));
+            continue;
+        }
+        let mut total = (delay_us[index as usize], u32::from(cold[index as usize]));
         let mut group_end = 0u64;
         let mut group_best = (0u64, 0u32);
-        let invocations = request.invocations();
         for &child in request.children(index) {
             let c = &invocations[child as usize];
-            let end = c.start_us + c.usage.wall_us;
-            let below = walk(request, child, delay_us, cold);
+            let end = c.start_us.saturating_add(c.usage.wall_us);
+            let branch = below[child as usize];
             if c.start_us >= group_end {
                 total = (total.0 + group_best.0, total.1 + group_best.1);
-                group_best = below;
+                group_best = branch;
                 group_end = end;
             } else {
-                if below.0 > group_best.0 {
-                    group_best = below;
+                if branch.0 > group_best.0 {
+                    group_best = branch;
                 }
                 group_end = group_end.max(end);
             }
         }
-        (total.0 + group_best.0, total.1 + group_best.1)
+        below[index as usize] = (total.0 + group_best.0, total.1 + group_best.1);
     }
     request
         .roots()
         .iter()
-        .map(|&root| walk(request, root, delay_us, cold))
+        .map(|&root| below[root as usize])
         .max()
         .unwrap_or((0, 0))
 }

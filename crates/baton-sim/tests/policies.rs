@@ -259,3 +259,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_very_deep_call_chain_does_not_overflow_the_stack() {
+    let depth = 200_000u32;
+    // Calls spaced beyond the 100 ms cold start, so instances do not pile up.
+    let calls: Vec<_> = (0..depth)
+        .map(|i| (i % 3, i.checked_sub(1), u64::from(i) * 200_000, 5))
+        .collect();
+    let sim = simulation(&[(0, calls)], &[]);
+    let result = run(&sim, "none", 1.0, 1 << 30);
+    assert_eq!(result.stats.request_critical_cold, vec![depth]);
+}

@@ -448,7 +448,9 @@ pub fn read_azure2019(
             }
             let mut rng = Rng::new(function_seed ^ minute.wrapping_mul(0x9E37_79B9));
             for _ in 0..count {
-                let start_us = minute * 60_000_000 + (rng.unit() * 60e6) as u64;
+                let start_us = minute
+                    .saturating_mul(60_000_000)
+                    .saturating_add((rng.unit() * 60e6) as u64);
                 let duration_ms = percentiles.map_or(options.default_duration_ms as f64, |p| {
                     draw_duration(p, rng.unit())
                 });

@@ -37,6 +37,8 @@ pub struct GroupReport {
     pub missing_parents: u64,
     /// Records dropped because their parent links form a cycle.
     pub cycles: u64,
+    /// Records whose start or run time was beyond belief and clamped.
+    pub clamped: u64,
 }
 
 fn usage_of(record: &ExecutionRecord) -> Usage {
@@ -123,10 +125,13 @@ pub fn group_requests(
             })
             .collect();
         let (request, issues) = Request::build(invocations);
-        report.cycles += issues
-            .iter()
-            .filter(|i| matches!(i, RequestIssue::Cycle { .. }))
-            .count() as u64;
+        for issue in &issues {
+            match issue {
+                RequestIssue::Cycle { .. } => report.cycles += 1,
+                RequestIssue::Implausible { .. } => report.clamped += 1,
+                RequestIssue::DanglingParent { .. } => {}
+            }
+        }
         match request.start_us() {
             Some(start) if window.contains(start.saturating_mul(1_000)) => requests.push(request),
             _ => report.outside_window += 1,
