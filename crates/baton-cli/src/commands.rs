@@ -176,6 +176,8 @@ pub fn learn(args: LearnArgs) -> Result<()> {
         "tasks": snapshot.n_tasks(),
         "edges": edges.len(),
         "events": learned.tdg.n_events(),
+        "learn_seconds": learned.learn_seconds,
+        "events_per_second": learned.tdg.n_events() as f64 / learned.learn_seconds.max(1e-9),
         "top_transitions": edges.iter().take(args.top).map(|(from, t, weight)| json!({
             "from": snapshot.task_name(*from),
             "to": snapshot.task_name(t.task),
@@ -194,11 +196,13 @@ pub fn learn(args: LearnArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "learned {} requests: {} tasks, {} edges, {} events ({} requests outside the window, {} missing parents)",
+        "learned {} requests: {} tasks, {} edges, {} events in {:.1} ms ({:.2} M events/s, usage and entry sets included; {} requests outside the window, {} missing parents)",
         learned.requests,
         snapshot.n_tasks(),
         edges.len(),
         learned.tdg.n_events(),
+        learned.learn_seconds * 1e3,
+        learned.tdg.n_events() as f64 / learned.learn_seconds.max(1e-9) / 1e6,
         learned.outside_window,
         learned.missing_parents
     );

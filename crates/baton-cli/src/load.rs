@@ -303,6 +303,8 @@ pub struct Learned {
     pub outside_window: u64,
     /// Records whose parent is not in the log.
     pub missing_parents: u64,
+    /// Time spent learning (not reading), seconds.
+    pub learn_seconds: f64,
 }
 
 /// Reads, groups and learns logs in the window `since`..`until`.
@@ -319,8 +321,11 @@ pub fn learn_logs(
     let window = window(since, until, loaded.day_ns())?;
     let selected = loaded.in_window(window);
     let mut tdg = loaded.tdg.clone();
+    let started = std::time::Instant::now();
     learn(&mut tdg, selected);
+    let learn_seconds = started.elapsed().as_secs_f64();
     Ok(Learned {
+        learn_seconds,
         requests: selected.len() as u64,
         outside_window: (loaded.requests.len() - selected.len()) as u64,
         missing_parents: loaded.missing_parents,
