@@ -195,3 +195,29 @@ mod tests {
         assert!(report.broken[0].contains("header needs traceid"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary rows under a valid header never panic, and every parent link points at
+        /// a record that exists.
+        #[test]
+        fn arbitrary_rows_never_panic(rows in proptest::collection::vec(
+            ("[t]{0,1}[0-9]", ".{0,6}", "[0-9.]{0,6}", ".{0,4}", ".{0,5}"), 0..30)) {
+            let mut log = String::from("traceid,timestamp,rpcid,um,rpctype,dm,interface,rt\n");
+            for (trace, ts, rpcid, dm, rt) in rows {
+                log.push_str(&format!("{trace},{ts},{rpcid},u,rpc,{dm},i,{rt}\n"));
+            }
+            let mut report = ReadReport::default();
+            let records = read_alibaba("f.csv", log.as_bytes(), &mut report);
+            for record in &records {
+                if let Some(parent) = &record.parent {
+                    prop_assert!(records.iter().any(|r| &r.invocation == parent));
+                }
+            }
+        }
+    }
+}

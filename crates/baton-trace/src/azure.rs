@@ -336,6 +336,10 @@ fn into_requests(mut raws: Vec<Raw>, options: &AzureOptions, tdg: &mut Tdg) -> V
         .collect()
 }
 
+/// Per-minute counts above this are refused as corrupt (the busiest Azure function of 2019
+/// saw well under a million a minute).
+pub const MAX_COUNT_PER_MINUTE: u64 = 10_000_000;
+
 /// Where the invocations file keeps things: the function column, the app column if any,
 /// and each minute column with its minute of the day.
 type InvocationsLayout = (usize, Option<usize>, Vec<(usize, u64)>);
@@ -432,6 +436,14 @@ pub fn read_azure2019(
         let function_seed = options.seed ^ hash_name(function);
         for &(col, minute) in minutes.iter() {
             let count = match fields.get(col).map(|f| f.trim().parse::<u64>()) {
+                Some(Ok(count)) if count > MAX_COUNT_PER_MINUTE => {
+                    report.skip(
+                        &source,
+                        line_no,
+                        format!("minute column {}: {count} invocations in a minute is beyond belief (limit {MAX_COUNT_PER_MINUTE})", names[col]),
+                    );
+                    return;
+                }
                 Some(Ok(count)) => count,
                 Some(Err(_)) => {
                     report.skip(
@@ -683,5 +695,41 @@ mod tests {
         assert_eq!(draw_duration(&p, 0.0), 0.0);
         assert_eq!(draw_duration(&p, 1.0), 100.0);
         assert!((draw_duration(&p, 0.6) - 60.0).abs() < 1e-9);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use baton_core::TdgConfig;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Arbitrary 2021 rows and 2019 counts never panic (huge minutes and counts too).
+        #[test]
+        fn arbitrary_rows_never_panic(
+            rows in proptest::collection::vec((".{0,4}", ".{0,4}", ".{0,8}", ".{0,8}"), 0..20),
+            minute in prop_oneof![Just("480".to_owned()), Just("18446744073709551615".to_owned()), "[0-9]{1,3}_minute"],
+            count in prop_oneof![Just("3".to_owned()), Just("-1".to_owned()), Just("x".to_owned()), Just("999999999999999".to_owned())],
+        ) {
+            let dir = std::env::temp_dir().join(format!("baton-azure-fuzz-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut text = String::from("app,func,end_timestamp,duration\n");
+            for (app, func, end, duration) in rows {
+                text.push_str(&format!("{app},{func},{end},{duration}\n"));
+            }
+            let path = dir.join("t2021.csv");
+            std::fs::write(&path, text).unwrap();
+            let mut tdg = Tdg::new(TdgConfig::default());
+            let mut report = ReadReport::default();
+            let _ = read_azure2021(&path, &AzureOptions::default(), &mut tdg, &mut report);
+            let path = dir.join("x_invocations.csv");
+            std::fs::write(&path, format!("HashOwner,HashApp,HashFunction,Trigger,{minute}\no,a,f,http,{count}\n")).unwrap();
+            let mut report = ReadReport::default();
+            let _ = read_azure2019(&path, None, None, &AzureOptions::default(), &mut tdg, &mut report);
+            std::fs::remove_dir_all(&dir).ok();
+        }
     }
 }

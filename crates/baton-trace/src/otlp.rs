@@ -213,3 +213,23 @@ mod tests {
         assert_eq!(records[0].task, "svc:op");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, and near-valid documents with broken fields, read without panicking.
+        #[test]
+        fn arbitrary_input_never_panics(text in ".{0,300}", start in ".{0,6}", end in ".{0,6}", parent in ".{0,3}") {
+            let mut report = ReadReport::default();
+            let _ = read_otlp("f.json", text.as_bytes(), SpanOptions::default(), &mut report);
+            let document = format!(
+                r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"t","spanId":"s","parentSpanId":"{parent}","startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"}}]}}]}}]}}"#
+            );
+            let mut report = ReadReport::default();
+            let _ = read_otlp("f.json", document.as_bytes(), SpanOptions::default(), &mut report);
+        }
+    }
+}
