@@ -33,6 +33,8 @@ enum Command {
     Convert(commands::ConvertArgs),
     /// Replay a trace through every pre-warming policy and compare them.
     Sim(sim::SimArgs),
+    /// Report what this machine offers baton: the resource-limit mechanism for workers.
+    Doctor,
 }
 
 fn main() -> Result<()> {
@@ -44,5 +46,9 @@ fn main() -> Result<()> {
         Command::Eval(args) => commands::eval(args),
         Command::Convert(args) => commands::convert(args),
         Command::Sim(args) => sim::sim(args),
+        Command::Doctor => {
+            print!("{}", baton_runtime::limits::detect());
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,288 @@
+//! Function manifests: TOML read into a wire struct that refuses unknown fields, then
+//! validated into a [`FunctionSpec`]. Every problem names the field.
+//!
+//! ```toml
+//! name = "price"
+//! kind = "process"              # or "wasm"
+//! command = ["python3", "-u", "examples/python/price.py"]   # process
+//! # module = "examples/wasm/price.wasm"                     # wasm
+//! memory_mib = 128
+//! cpu_millicores = 500
+//! net_mbps = 10
+//! gpu_units = 0
+//! timeout_ms = 5000
+//! pure = true                   # safe to run speculatively
+//! services = ["cache"]          # auxiliary services it needs
+//! [env]
+//! LEVEL = "info"
+//! ```
+
+use baton_core::ResourceVec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// What a manifest says, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestWire {
+    name: String,
+    kind: String,
+    command: Option<Vec<String>>,
+    module: Option<PathBuf>,
+    memory_mib: Option<u64>,
+    cpu_millicores: Option<u64>,
+    net_mbps: Option<u64>,
+    gpu_units: Option<u32>,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    pure: bool,
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// How a function runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// A long-lived worker process speaking the framed protocol.
+    Process {
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+    /// A WebAssembly module (WASI preview 1).
+    Wasm {
+        /// The module file.
+        module: PathBuf,
+    },
+}
+
+/// A validated function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    /// Its name.
+    pub name: String,
+    /// How it runs.
+    pub kind: FunctionKind,
+    /// Declared limits (memory, CPU, network, GPU).
+    pub limits: ResourceVec,
+    /// Longest run allowed, ms.
+    pub timeout_ms: u64,
+    /// Whether it may run speculatively.
+    pub pure: bool,
+    /// Auxiliary services it needs.
+    pub services: Vec<String>,
+    /// Environment of its instances.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Defaults: 128 MiB, 1000 millicores, no network or GPU, 30 s timeout.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Default CPU share, millicores.
+pub const DEFAULT_CPU_MILLICORES: u64 = 1000;
+/// Default timeout, ms.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// Why a manifest was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ManifestError {
+    /// Not TOML, an unknown field, or a wrong type (the message names it and its place).
+    #[error("manifest: {0}")]
+    Syntax(String),
+    /// A field holds a value baton cannot use.
+    #[error("manifest field `{field}`: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ManifestError {
+    ManifestError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+impl FunctionSpec {
+    /// Parses and validates a TOML manifest.
+    pub fn from_toml(text: &str) -> Result<FunctionSpec, ManifestError> {
+        let wire: ManifestWire = toml::from_str(text)
+            .map_err(|e| ManifestError::Syntax(e.to_string().trim().to_owned()))?;
+        let name_ok = !wire.name.is_empty()
+            && wire.name.len() <= 64
+            && wire
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?}: 1–64 characters of a-z, A-Z, 0-9, `-`, `_`, `.`",
+                    wire.name
+                ),
+            ));
+        }
+        let kind = match (wire.kind.as_str(), wire.command, wire.module) {
+            ("process", Some(command), None) => {
+                if command.is_empty() || command[0].is_empty() {
+                    return Err(invalid("command", "needs at least the program"));
+                }
+                FunctionKind::Process { command }
+            }
+            ("process", None, _) => {
+                return Err(invalid("command", "a process function needs `command`"))
+            }
+            ("process", Some(_), Some(_)) => {
+                return Err(invalid(
+                    "module",
+                    "a process function takes `command`, not `module`",
+                ))
+            }
+            ("wasm", None, Some(module)) => FunctionKind::Wasm { module },
+            ("wasm", _, None) => return Err(invalid("module", "a wasm function needs `module`")),
+            ("wasm", Some(_), Some(_)) => {
+                return Err(invalid(
+                    "command",
+                    "a wasm function takes `module`, not `command`",
+                ))
+            }
+            (other, _, _) => {
+                return Err(invalid(
+                    "kind",
+                    format!("{other:?}: expected \"process\" or \"wasm\""),
+                ))
+            }
+        };
+        let memory_mib = wire.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if !(1..=1 << 20).contains(&memory_mib) {
+            return Err(invalid(
+                "memory_mib",
+                format!("{memory_mib}: expected 1 to 1048576"),
+            ));
+        }
+        let cpu_millicores = wire.cpu_millicores.unwrap_or(DEFAULT_CPU_MILLICORES);
+        if !(1..=1_000_000).contains(&cpu_millicores) {
+            return Err(invalid(
+                "cpu_millicores",
+                format!("{cpu_millicores}: expected 1 to 1000000"),
+            ));
+        }
+        let timeout_ms = wire.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=86_400_000).contains(&timeout_ms) {
+            return Err(invalid(
+                "timeout_ms",
+                format!("{timeout_ms}: expected 1 ms to 24 h"),
+            ));
+        }
+        if let Some(service) = wire.services.iter().find(|s| s.is_empty()) {
+            return Err(invalid(
+                "services",
+                format!("{service:?}: empty service name"),
+            ));
+        }
+        if let Some(key) = wire.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(invalid("env", format!("{key:?}: not a variable name")));
+        }
+        Ok(FunctionSpec {
+            name: wire.name,
+            kind,
+            limits: ResourceVec {
+                cpu_millicores,
+                cores: 0,
+                memory_mib,
+                net_mbps: wire.net_mbps.unwrap_or(0),
+                gpu_units: wire.gpu_units.unwrap_or(0),
+            },
+            timeout_ms,
+            pure: wire.pure,
+            services: wire.services,
+            env: wire.env,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_process_manifest() {
+        let spec = FunctionSpec::from_toml(
+            r#"
+            name = "price"
+            kind = "process"
+            command = ["python3", "-u", "price.py"]
+            memory_mib = 64
+            timeout_ms = 500
+            pure = true
+            services = ["cache"]
+            [env]
+            LEVEL = "info"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(spec.limits.memory_mib, 64);
+        assert_eq!(spec.limits.cpu_millicores, DEFAULT_CPU_MILLICORES);
+        assert_eq!(spec.timeout_ms, 500);
+        assert!(spec.pure);
+        assert_eq!(spec.env["LEVEL"], "info");
+        assert!(
+            matches!(spec.kind, FunctionKind::Process { ref command } if command[0] == "python3")
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases = [
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = [\"x\"]\ncolour = 1",
+                "unknown field `colour`",
+            ),
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = [\"x\"]\nmemory_mib = \"lots\"",
+                "memory_mib",
+            ),
+            (
+                "name = \"a b\"\nkind = \"process\"\ncommand = [\"x\"]",
+                "manifest field `name`",
+            ),
+            (
+                "name = \"a\"\nkind = \"lambda\"\ncommand = [\"x\"]",
+                "manifest field `kind`",
+            ),
+            (
+                "name = \"a\"\nkind = \"process\"",
+                "manifest field `command`",
+            ),
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = []",
+                "manifest field `command`",
+            ),
+            ("name = \"a\"\nkind = \"wasm\"", "manifest field `module`"),
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = [\"x\"]\nmemory_mib = 0",
+                "manifest field `memory_mib`",
+            ),
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = [\"x\"]\ntimeout_ms = 0",
+                "manifest field `timeout_ms`",
+            ),
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = [\"x\"]\n[env]\n\"A=B\" = \"c\"",
+                "manifest field `env`",
+            ),
+            ("kind = \"process\"", "missing field `name`"),
+            ("this is not toml", "manifest:"),
+        ];
+        for (text, expected) in cases {
+            let message = FunctionSpec::from_toml(text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text:?}: {message}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Warm worker processes: spawned ahead of time (a pre-warm), ready once they say so, then
+//! invoked over the framed protocol. A worker that overruns its timeout is killed; one that
+//! dies (crash, out of memory) is reported with the reason, and the caller replaces it.
+
+use crate::limits::{self, LimitGuard, Mechanism};
+use crate::manifest::{FunctionKind, FunctionSpec};
+use crate::protocol::{read_frame, write_frame, FrameKind};
+use std::io::BufReader;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a worker could not start or serve.
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    /// The manifest is not a process function.
+    #[error("function `{0}` is not a process function")]
+    NotProcess(String),
+    /// The program could not be started.
+    #[error("function `{function}`: cannot start {program:?}: {source}")]
+    Spawn {
+        /// The function.
+        function: String,
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Limits could not be applied (the worker was killed).
+    #[error("function `{function}`: cannot apply limits: {message}")]
+    Limits {
+        /// The function.
+        function: String,
+        /// What failed.
+        message: String,
+    },
+    /// No ready frame in time.
+    #[error("function `{function}`: worker not ready after {waited_ms} ms")]
+    NotReady {
+        /// The function.
+        function: String,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The invocation overran the timeout; the worker was killed.
+    #[error("function `{function}`: timed out after {timeout_ms} ms; worker killed")]
+    Timeout {
+        /// The function.
+        function: String,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The worker was killed for memory.
+    #[error("function `{function}`: out of memory (limit {limit_mib} MiB); worker killed")]
+    OutOfMemory {
+        /// The function.
+        function: String,
+        /// The limit.
+        limit_mib: u64,
+    },
+    /// The worker died.
+    #[error("function `{function}`: worker died ({status})")]
+    Crashed {
+        /// The function.
+        function: String,
+        /// Its exit status.
+        status: String,
+    },
+    /// The function raised or returned an error; the worker lives on.
+    #[error("function `{function}` failed: {message}")]
+    Function {
+        /// The function.
+        function: String,
+        /// Its message.
+        message: String,
+    },
+    /// The worker broke the protocol (it was killed).
+    #[error("function `{function}`: protocol error: {message}")]
+    Protocol {
+        /// The function.
+        function: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl WorkerError {
+    /// The execution-record status word for this error.
+    pub fn status(&self) -> &'static str {
+        match self {
+            WorkerError::Timeout { .. } => "timeout",
+            WorkerError::OutOfMemory { .. } => "oom",
+            _ => "error",
+        }
+    }
+
+    /// Whether the worker is gone and must be replaced.
+    pub fn worker_lost(&self) -> bool {
+        !matches!(self, WorkerError::Function { .. })
+    }
+}
+
+type Frame = Result<(FrameKind, Vec<u8>), String>;
+
+/// One warm worker process.
+#[derive(Debug)]
+pub struct Worker {
+    function: String,
+    timeout: Duration,
+    memory_mib: u64,
+    child: Child,
+    stdin: ChildStdin,
+    frames: Receiver<Frame>,
+    limits: LimitGuard,
+    ready_after: Duration,
+    alive: bool,
+}
+
+impl Worker {
+    /// Starts a worker for `spec` under `mechanism` and waits (up to the function's
+    /// timeout) for its ready frame. The wait is the cold start.
+    pub fn spawn(spec: &FunctionSpec, mechanism: &Mechanism) -> Result<Worker, WorkerError> {
+        let FunctionKind::Process { command } = &spec.kind else {
+            return Err(WorkerError::NotProcess(spec.name.clone()));
+        };
+        let started = Instant::now();
+        let mut child = Command::new(&command[0])
+            .args(&command[1..])
+            .envs(&spec.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| WorkerError::Spawn {
+                function: spec.name.clone(),
+                program: command[0].clone(),
+                source,
+            })?;
+        let limits = match limits::apply(
+            mechanism,
+            child.id(),
+            spec.limits.memory_mib,
+            spec.limits.cpu_millicores,
+        ) {
+            Ok(limits) => limits,
+            Err(message) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Limits {
+                    function: spec.name.clone(),
+                    message,
+                });
+            }
+        };
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(WorkerError::Protocol {
+                function: spec.name.clone(),
+                message: "no pipes to the worker".into(),
+            });
+        };
+        let (sender, frames) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("baton-worker-{}", spec.name))
+            .spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                loop {
+                    let frame = match read_frame(&mut reader) {
+                        Ok(Some(frame)) => Ok(frame),
+                        Ok(None) => break,
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let stop = frame.is_err();
+                    if sender.send(frame).is_err() || stop {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| WorkerError::Spawn {
+                function: spec.name.clone(),
+                program: "reader thread".into(),
+                source,
+            })?;
+        let mut worker = Worker {
+            function: spec.name.clone(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            memory_mib: spec.limits.memory_mib,
+            child,
+            stdin,
+            frames,
+            limits,
+            ready_after: Duration::ZERO,
+            alive: true,
+        };
+        match worker.frames.recv_timeout(worker.timeout) {
+            Ok(Ok((FrameKind::Ready, _))) => {
+                worker.ready_after = started.elapsed();
+                Ok(worker)
+            }
+            Ok(Ok((kind, _))) => Err(worker.fail_protocol(format!("expected ready, got {kind:?}"))),
+            Ok(Err(message)) => Err(worker.fail_protocol(message)),
+            Err(RecvTimeoutError::Timeout) => {
+                worker.kill();
+                Err(WorkerError::NotReady {
+                    function: worker.function.clone(),
+                    waited_ms: worker.timeout.as_millis() as u64,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(worker.lost()),
+        }
+    }
+
+    /// How long the worker took to become ready (its cold start).
+    pub fn cold_start(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How limits were applied.
+    pub fn limits(&self) -> &str {
+        &self.limits.how
+    }
+
+    /// Whether the worker can still serve.
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.alive = false;
+    }
+
+    fn fail_protocol(&mut self, message: String) -> WorkerError {
+        self.kill();
+        WorkerError::Protocol {
+            function: self.function.clone(),
+            message,
+        }
+    }
+
+    /// The worker is gone: reap it and say why.
+    fn lost(&mut self) -> WorkerError {
+        let status = self
+            .child
+            .wait()
+            .map_or("unknown".to_owned(), |s| s.to_string());
+        self.alive = false;
+        if self.limits.oom_killed() {
+            WorkerError::OutOfMemory {
+                function: self.function.clone(),
+                limit_mib: self.memory_mib,
+            }
+        } else {
+            WorkerError::Crashed {
+                function: self.function.clone(),
+                status,
+            }
+        }
+    }
+
+    /// Runs one invocation with `payload`.
+    pub fn invoke(&mut self, payload: &[u8]) -> Result<Vec<u8>, WorkerError> {
+        if !self.alive {
+            return Err(WorkerError::Crashed {
+                function: self.function.clone(),
+                status: "already dead".into(),
+            });
+        }
+        if let Err(error) = write_frame(&mut self.stdin, FrameKind::Invoke, payload) {
+            if let crate::protocol::ProtocolError::TooLarge(n) = error {
+                return Err(WorkerError::Function {
+                    function: self.function.clone(),
+                    message: format!("payload of {n} bytes is over the frame limit"),
+                });
+            }
+            return Err(self.lost());
+        }
+        match self.frames.recv_timeout(self.timeout) {
+            Ok(Ok((FrameKind::Ok, result))) => Ok(result),
+            Ok(Ok((FrameKind::Error, message))) => Err(WorkerError::Function {
+                function: self.function.clone(),
+                message: String::from_utf8_lossy(&message).into_owned(),
+            }),
+            Ok(Ok((kind, _))) => {
+                Err(self.fail_protocol(format!("expected a result, got {kind:?}")))
+            }
+            Ok(Err(message)) => Err(self.fail_protocol(message)),
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err(WorkerError::Timeout {
+                    function: self.function.clone(),
+                    timeout_ms: self.timeout.as_millis() as u64,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.lost()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.alive {
+            self.kill();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Real worker processes: the Python example worker under this machine's limits.
+//! Which limit mechanism ran is printed (`cargo test -- --nocapture` shows it).
+
+use baton_runtime::limits::{self, Mechanism};
+use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::process::{Worker, WorkerError};
+use std::path::Path;
+use std::process::Command;
+
+/// The real interpreter, not a version-manager shim (a shim adds its own start-up time).
+fn python() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is installed (the .ci/run script checks)");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionSpec {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python")
+        .join(script);
+    FunctionSpec::from_toml(&format!(
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\nmemory_mib = {memory_mib}\ntimeout_ms = {timeout_ms}\n",
+        python(),
+        script.display().to_string()
+    ))
+    .unwrap()
+}
+
+fn mechanism() -> Mechanism {
+    let detection = limits::detect();
+    eprint!("{detection}");
+    detection.mechanism
+}
+
+#[test]
+fn a_warm_worker_serves_and_survives_function_errors() {
+    let mechanism = mechanism();
+    let mut worker = Worker::spawn(&spec("upper", 256, 10_000, "upper.py"), &mechanism).unwrap();
+    assert!(worker.cold_start().as_micros() > 0);
+    eprintln!(
+        "cold start {:?}, limits: {}",
+        worker.cold_start(),
+        worker.limits()
+    );
+    assert_eq!(worker.invoke(b"abc").unwrap(), b"ABC");
+    let error = worker.invoke(b"fail").unwrap_err();
+    assert!(
+        error.to_string().contains("ValueError: asked to fail"),
+        "{error}"
+    );
+    assert!(!error.worker_lost());
+    assert_eq!(worker.invoke(b"again").unwrap(), b"AGAIN");
+    let big = vec![b'x'; 1 << 20];
+    assert_eq!(worker.invoke(&big).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn a_timeout_kills_the_worker() {
+    let mut worker = Worker::spawn(&spec("sleepy", 256, 500, "upper.py"), &mechanism()).unwrap();
+    let error = worker.invoke(b"sleep:10").unwrap_err();
+    assert!(
+        matches!(
+            error,
+            WorkerError::Timeout {
+                timeout_ms: 500,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(error.status(), "timeout");
+    assert!(!worker.is_alive());
+}
+
+#[test]
+fn a_crashed_worker_is_reported_and_replaced() {
+    let spec = spec("crashy", 256, 10_000, "upper.py");
+    let mechanism = mechanism();
+    let mut worker = Worker::spawn(&spec, &mechanism).unwrap();
+    let error = worker.invoke(b"crash").unwrap_err();
+    assert!(matches!(error, WorkerError::Crashed { .. }), "{error}");
+    assert!(error.to_string().contains("exit status: 3"), "{error}");
+    assert!(error.worker_lost());
+    let mut replacement = Worker::spawn(&spec, &mechanism).unwrap();
+    assert_eq!(replacement.invoke(b"ok").unwrap(), b"OK");
+}
+
+#[test]
+fn memory_beyond_the_limit_fails_and_the_host_survives() {
+    let mechanism = mechanism();
+    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &mechanism).unwrap();
+    let error = worker.invoke(b"alloc:800").unwrap_err();
+    match mechanism {
+        Mechanism::CgroupV1 { .. } => {
+            eprintln!("path: cgroup v1 memory limit -> {error}");
+            assert!(
+                matches!(error, WorkerError::OutOfMemory { limit_mib: 64, .. }),
+                "{error}"
+            );
+            assert_eq!(error.status(), "oom");
+        }
+        Mechanism::Rlimit => {
+            eprintln!("path: rlimit fallback -> {error}");
+            assert!(error.to_string().contains("MemoryError"), "{error}");
+        }
+        Mechanism::None => eprintln!("path: no limits on this machine -> {error:?}"),
+    }
+    // A small allocation in a fresh worker still works.
+    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &mechanism).unwrap();
+    assert_eq!(worker.invoke(b"alloc:8").unwrap(), b"allocated 8 MiB");
+}
+
+#[test]
+fn start_failures_are_named() {
+    let never_ready = FunctionSpec::from_toml(&format!(
+        "name = \"mute\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", \"import time; time.sleep(30)\"]\ntimeout_ms = 300\n",
+        python()
+    ))
+    .unwrap();
+    let error = Worker::spawn(&never_ready, &mechanism()).unwrap_err();
+    assert!(
+        matches!(error, WorkerError::NotReady { waited_ms: 300, .. }),
+        "{error}"
+    );
+    let missing = FunctionSpec::from_toml(
+        "name = \"ghost\"\nkind = \"process\"\ncommand = [\"/nonexistent/program\"]\n",
+    )
+    .unwrap();
+    let error = Worker::spawn(&missing, &mechanism()).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot start \"/nonexistent/program\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_rlimit_fallback_limits_memory_too() {
+    // Forced, so the fallback is exercised even where cgroups are writable.
+    let prlimit = Command::new("prlimit").arg("--version").output();
+    if !prlimit.is_ok_and(|o| o.status.success()) {
+        eprintln!("path: prlimit missing, rlimit fallback not testable here");
+        return;
+    }
+    let mut worker =
+        Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &Mechanism::Rlimit).unwrap();
+    assert!(worker.limits().starts_with("rlimit"), "{}", worker.limits());
+    let error = worker.invoke(b"alloc:2000").unwrap_err();
+    eprintln!("path: rlimit forced -> {error}");
+    assert!(error.to_string().contains("MemoryError"), "{error}");
+    assert_eq!(worker.invoke(b"still alive").unwrap(), b"STILL ALIVE");
+}
