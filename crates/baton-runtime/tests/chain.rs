@@ -1,0 +1,132 @@
+//! The director running a branching chain of real Python workers: the first request is
+//! cold; once learned, the predicted steps are pre-warmed and start warm; a mispredicted
+//! branch falls back to a cold start and is recorded as such; reservations are released.
+
+use baton_core::{
+    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
+    SnapshotCell, Tdg, TdgConfig,
+};
+use baton_runtime::director::Director;
+use baton_runtime::limits;
+use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::pool::WarmPool;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+fn python() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is installed");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn step(name: &str, next: &str, next_alt: &str) -> FunctionSpec {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/step.py");
+    FunctionSpec::from_toml(&format!(
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\nmemory_mib = 128\ntimeout_ms = 10000\npure = true\n[env]\nNEXT = \"{next}\"\nNEXT_ALT = \"{next_alt}\"\n",
+        python(),
+        script.display().to_string()
+    ))
+    .unwrap()
+}
+
+#[test]
+fn learned_chains_start_warm_and_mispredictions_start_cold() {
+    let detection = limits::detect();
+    eprint!("{detection}");
+    // validate → price → (reserve | reject on "alt") → notify
+    let functions = vec![
+        step("validate", "price", ""),
+        step("price", "reserve", "reject"),
+        step("reserve", "notify", ""),
+        step("reject", "notify", ""),
+        step("notify", "", ""),
+    ];
+    let pool = WarmPool::new(functions, detection.mechanism);
+    let mut tdg = Tdg::new(TdgConfig {
+        half_life_us: None,
+        ..TdgConfig::default()
+    });
+    let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+    let reservations = ResourcePool::new(ResourceVec {
+        cpu_millicores: 8_000,
+        cores: 0,
+        memory_mib: 4_096,
+        net_mbps: 1_000,
+        gpu_units: 0,
+    });
+    // No keep-alive at all: anything warm was predicted.
+    let policy = ChainPolicy::new(
+        Arc::clone(&graph),
+        reservations.clone(),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 0,
+            entry_keep_alive_us: 0,
+            set_threshold: None,
+        },
+    );
+    let director = Director::new(
+        pool,
+        std::mem::replace(&mut tdg, Tdg::new(TdgConfig::default())),
+        graph,
+        Box::new(policy),
+    );
+
+    let first = director.invoke("validate", b"order-1").unwrap();
+    assert_eq!(first.output, b"ORDER-1");
+    let path: Vec<&str> = first.records.iter().map(|r| r.task.as_str()).collect();
+    assert_eq!(path, ["validate", "price", "reserve", "notify"]);
+    assert!(
+        first.records.iter().all(|r| r.cold == Some(true)),
+        "nothing learned yet"
+    );
+    assert!(first.records[1..].iter().all(|r| r.parent.is_some()));
+
+    for i in 2..5 {
+        let outcome = director
+            .invoke("validate", format!("order-{i}").as_bytes())
+            .unwrap();
+        let cold: Vec<(&str, bool)> = outcome
+            .records
+            .iter()
+            .map(|r| (r.task.as_str(), r.cold == Some(true)))
+            .collect();
+        eprintln!("request {i}: {cold:?}");
+        assert_eq!(
+            cold[0],
+            ("validate", true),
+            "the chain head is not predicted"
+        );
+        assert!(
+            outcome.records[1..]
+                .iter()
+                .all(|r| r.cold == Some(false) && r.chain.as_deref() == Some("prewarmed")),
+            "every predicted step pre-warmed: {cold:?}"
+        );
+    }
+
+    // The branch the graph has never seen: reject is cold, and recorded as cold.
+    let branch = director.invoke("validate", b"alt-order").unwrap();
+    let path: Vec<(&str, bool)> = branch
+        .records
+        .iter()
+        .map(|r| (r.task.as_str(), r.cold == Some(true)))
+        .collect();
+    eprintln!("mispredicted: {path:?}");
+    assert_eq!(path[2], ("reject", true));
+    assert_eq!(branch.records.len(), 4);
+
+    let counters = &director.pool().counters;
+    let used = counters
+        .prewarms_used
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(used >= 9, "3 requests × 3 predicted steps, got {used}");
+    assert_eq!(director.records().len(), 4 * 5);
+    // The policy's plans hold their reservations as guards: dropping the director (and so
+    // the policy) releases every one.
+    drop(director);
+    assert!(reservations.is_empty(), "{:?}", reservations.reservations());
+}
