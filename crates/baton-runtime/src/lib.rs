@@ -12,3 +12,4 @@ pub mod manifest;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+pub mod wasm;
