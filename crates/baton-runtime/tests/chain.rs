@@ -2,6 +2,7 @@
 //! cold; once learned, the predicted steps are pre-warmed and start warm; a mispredicted
 //! branch falls back to a cold start and is recorded as such; reservations are released.
 
+mod common;
 use baton_core::{
     Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
     SnapshotCell, Tdg, TdgConfig,
@@ -10,17 +11,9 @@ use baton_runtime::director::Director;
 use baton_runtime::limits;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::pool::WarmPool;
+use common::python;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
-
-fn python() -> String {
-    let output = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is installed");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
 
 fn step(name: &str, next: &str, next_alt: &str) -> FunctionSpec {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/step.py");

@@ -1,20 +1,13 @@
 //! Real worker processes: the Python example worker under this machine's limits.
 //! Which limit mechanism ran is printed (`cargo test -- --nocapture` shows it).
 
+mod common;
 use baton_runtime::limits::{self, Mechanism};
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::process::{Worker, WorkerError};
+use common::python;
 use std::path::Path;
 use std::process::Command;
-
-/// The real interpreter, not a version-manager shim (a shim adds its own start-up time).
-fn python() -> String {
-    let output = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is installed (the .ci/run script checks)");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
 
 fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionSpec {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
