@@ -9,8 +9,10 @@
 //! So far pre-warms start as soon as the policy asks (not at the planned instant): early
 //! costs idle memory only, never a cold start.
 
+use crate::manifest::FunctionKind;
 use crate::pool::{Lease, WarmPool, Warmth};
 use crate::process::WorkerError;
+use crate::wasm::{WasmEngine, WasmError, WasmFunction};
 use baton_core::context::Prev;
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{Action, Policy, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
@@ -24,6 +26,45 @@ use thiserror::Error;
 /// Longest chain the director follows before refusing (a loop in the envelopes).
 pub const MAX_HOPS: usize = 64;
 
+/// Why one step failed, by backend.
+#[derive(Debug, Error)]
+pub enum StepError {
+    /// A worker process.
+    #[error(transparent)]
+    Process(#[from] WorkerError),
+    /// A wasm function.
+    #[error(transparent)]
+    Wasm(#[from] WasmError),
+    /// A wasm function without a wasm engine in this director.
+    #[error("function `{0}` is wasm but this director has no wasm engine")]
+    NoWasmEngine(String),
+}
+
+impl StepError {
+    fn status(&self) -> Status {
+        let word = match self {
+            StepError::Process(e) => e.status(),
+            StepError::Wasm(e) => e.status(),
+            StepError::NoWasmEngine(_) => "error",
+        };
+        match word {
+            "timeout" => Status::Timeout,
+            "oom" => Status::Oom,
+            _ => Status::Error,
+        }
+    }
+}
+
+/// Pre-linked wasm functions by name, each flagged when a pre-warm loaded it and no call
+/// has used it yet.
+type LoadedWasm = HashMap<String, (Arc<WasmFunction>, bool)>;
+
+/// A step's instance while it runs.
+enum Running {
+    Process(Lease),
+    Wasm(Arc<WasmFunction>),
+}
+
 /// Why an invocation failed; the records of the steps that ran are kept.
 #[derive(Debug, Error)]
 pub enum DirectorError {
@@ -32,8 +73,8 @@ pub enum DirectorError {
     Step {
         /// Its index in the chain.
         step: usize,
-        /// The worker's error.
-        source: WorkerError,
+        /// The backend's error.
+        source: StepError,
         /// Records of every step that ran, the failed one included.
         records: Vec<ExecutionRecord>,
     },
@@ -68,6 +109,9 @@ pub struct Director {
     origin: (Instant, u64),
     next_id: AtomicU64,
     log: Mutex<Vec<ExecutionRecord>>,
+    wasm: Option<Arc<WasmEngine>>,
+    /// Pre-linked wasm functions, and whether each was loaded by a pre-warm and not used yet.
+    wasm_loaded: Arc<Mutex<LoadedWasm>>,
 }
 
 impl std::fmt::Debug for Director {
@@ -99,7 +143,76 @@ impl Director {
             origin: (Instant::now(), epoch_us),
             next_id: AtomicU64::new(1),
             log: Mutex::new(Vec::new()),
+            wasm: None,
+            wasm_loaded: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Lets the director run wasm functions on `engine`.
+    pub fn with_wasm(mut self, engine: Arc<WasmEngine>) -> Director {
+        self.wasm = Some(engine);
+        self
+    }
+
+    fn is_wasm(&self, name: &str) -> bool {
+        self.pool
+            .spec(name)
+            .is_some_and(|s| matches!(s.kind, FunctionKind::Wasm { .. }))
+    }
+
+    /// Compiles (or loads from the cache) and pre-links a wasm function in the background.
+    fn prewarm_wasm(&self, name: &str) {
+        let (Some(engine), Some(spec)) = (self.wasm.clone(), self.pool.spec(name).cloned()) else {
+            return;
+        };
+        if lock(&self.wasm_loaded).contains_key(name) {
+            return;
+        }
+        let loaded = Arc::clone(&self.wasm_loaded);
+        let name = name.to_owned();
+        let _ = std::thread::Builder::new()
+            .name(format!("baton-prewarm-{name}"))
+            .spawn(move || {
+                if let Ok(function) = engine.load(&spec) {
+                    lock(&loaded)
+                        .entry(name)
+                        .or_insert((Arc::new(function), true));
+                }
+            });
+    }
+
+    /// The instance for a step: a pooled worker, or a pre-linked wasm function.
+    fn acquire(&self, name: &str) -> Result<(Running, Warmth, u64), StepError> {
+        if !self.is_wasm(name) {
+            let lease = self.pool.take(name)?;
+            let (warmth, wait_us) = (lease.warmth, lease.wait_us);
+            return Ok((Running::Process(lease), warmth, wait_us));
+        }
+        let engine = self
+            .wasm
+            .as_ref()
+            .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
+        if let Some((function, prewarmed)) = lock(&self.wasm_loaded).get_mut(name) {
+            let warmth = if *prewarmed {
+                Warmth::Prewarmed
+            } else {
+                Warmth::Warm
+            };
+            *prewarmed = false;
+            return Ok((Running::Wasm(Arc::clone(function)), warmth, 0));
+        }
+        let started = Instant::now();
+        let spec = self
+            .pool
+            .spec(name)
+            .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
+        let function = Arc::new(engine.load(spec)?);
+        lock(&self.wasm_loaded).insert(name.to_owned(), (Arc::clone(&function), false));
+        Ok((
+            Running::Wasm(function),
+            Warmth::Cold,
+            started.elapsed().as_micros() as u64,
+        ))
     }
 
     /// Declares a sequence: invoking `name` runs `steps` in order.
@@ -143,7 +256,11 @@ impl Director {
             match action {
                 Action::PreWarm { task, until_us, .. } => {
                     let name = self.task_name(task);
-                    self.pool.prewarm(&name, self.instant_of(until_us));
+                    if self.is_wasm(&name) {
+                        self.prewarm_wasm(&name);
+                    } else {
+                        self.pool.prewarm(&name, self.instant_of(until_us));
+                    }
                 }
                 Action::KeepAlive { task, until_us } if Some(task) == finished => {
                     keep = Some(until_us);
@@ -170,7 +287,7 @@ impl Director {
         for step in 0..MAX_HOPS {
             let task = self.task(&current);
             let start_us = self.now_us();
-            let lease = self.pool.take(&current);
+            let acquired = self.acquire(&current);
             let invocation = format!("{trace}.{step}");
             let mut record = ExecutionRecord {
                 ts_ns: start_us * 1_000,
@@ -180,12 +297,8 @@ impl Director {
                 trace: Some(trace.clone()),
                 ..ExecutionRecord::default()
             };
-            let Lease {
-                mut worker,
-                warmth,
-                wait_us,
-            } = match lease {
-                Ok(lease) => lease,
+            let (mut running, warmth, wait_us) = match acquired {
+                Ok(acquired) => acquired,
                 Err(source) => {
                     record.status = Some(Status::Error);
                     record.cold = Some(true);
@@ -209,7 +322,14 @@ impl Director {
                 None,
             );
             let ran = Instant::now();
-            let result = worker.invoke(&input);
+            let result: Result<Vec<u8>, StepError> = match &mut running {
+                Running::Process(lease) => lease.worker.invoke(&input).map_err(StepError::from),
+                Running::Wasm(function) => self
+                    .wasm
+                    .as_ref()
+                    .ok_or_else(|| StepError::NoWasmEngine(current.clone()))
+                    .and_then(|engine| engine.invoke(function, &input).map_err(StepError::from)),
+            };
             let end_us = self.now_us();
             record.duration_us = wait_us + ran.elapsed().as_micros() as u64;
             record.cold = Some(warmth == Warmth::Cold);
@@ -227,18 +347,14 @@ impl Director {
                 },
                 Some(task),
             );
-            if let Some(until) = keep {
+            if let (Some(until), Running::Process(lease)) = (keep, running) {
                 self.pool
-                    .give_back(&current, worker, self.instant_of(until));
+                    .give_back(&current, lease.worker, self.instant_of(until));
             }
             let output = match result {
                 Ok(output) => output,
                 Err(source) => {
-                    record.status = Some(match source.status() {
-                        "timeout" => Status::Timeout,
-                        "oom" => Status::Oom,
-                        _ => Status::Error,
-                    });
+                    record.status = Some(source.status());
                     records.push(record);
                     return Err(self.fail(step, source, records));
                 }
@@ -266,12 +382,7 @@ impl Director {
         Err(DirectorError::TooLong { records })
     }
 
-    fn fail(
-        &self,
-        step: usize,
-        source: WorkerError,
-        records: Vec<ExecutionRecord>,
-    ) -> DirectorError {
+    fn fail(&self, step: usize, source: StepError, records: Vec<ExecutionRecord>) -> DirectorError {
         self.finish(&records);
         DirectorError::Step {
             step,

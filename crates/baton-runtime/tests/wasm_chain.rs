@@ -1,0 +1,109 @@
+//! The director running wasm steps: the first use of a function compiles and links it
+//! (cold), later uses instantiate the pre-linked module (warm), and a learned chain's next
+//! wasm step is pre-linked in the background when its predecessor starts.
+
+use baton_core::request::{Invocation, Request, Usage};
+use baton_core::{
+    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
+    SnapshotCell, Tdg, TdgConfig,
+};
+use baton_runtime::director::Director;
+use baton_runtime::limits::Mechanism;
+use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::pool::WarmPool;
+use baton_runtime::wasm::WasmEngine;
+use std::path::Path;
+use std::sync::Arc;
+
+fn wasm_spec(name: &str) -> FunctionSpec {
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wat/upper.wat");
+    FunctionSpec::from_toml(&format!(
+        "name = \"{name}\"\nkind = \"wasm\"\nmodule = {:?}\nmemory_mib = 16\ntimeout_ms = 2000\n",
+        module.display().to_string()
+    ))
+    .unwrap()
+}
+
+#[test]
+fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Arc::new(WasmEngine::new(cache.path(), 16, 64).unwrap());
+    let pool = WarmPool::new(
+        vec![wasm_spec("first"), wasm_spec("second"), wasm_spec("third")],
+        Mechanism::None,
+    );
+    // The graph already knows that "third" follows "first" (as if learned from earlier logs);
+    // "third" is never called before the end, so only a prediction can load it early.
+    let mut tdg = Tdg::new(TdgConfig {
+        half_life_us: None,
+        ..TdgConfig::default()
+    });
+    for i in 0..2u64 {
+        let (first, third) = (tdg.intern_task("first"), tdg.intern_task("third"));
+        let label = tdg.intern_label("first");
+        let call = |task, parent, start_us| Invocation {
+            task,
+            label,
+            parent,
+            start_us,
+            usage: Usage {
+                wall_us: 10,
+                ..Usage::default()
+            },
+        };
+        let request = Request::build(vec![
+            call(first, None, i * 1_000),
+            call(third, Some(0), i * 1_000 + 20),
+        ])
+        .0;
+        tdg.observe_request(&request);
+    }
+    let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+    let policy = ChainPolicy::new(
+        Arc::clone(&graph),
+        ResourcePool::new(ResourceVec {
+            cpu_millicores: 4_000,
+            cores: 0,
+            memory_mib: 1_024,
+            net_mbps: 100,
+            gpu_units: 0,
+        }),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 0,
+            entry_keep_alive_us: 0,
+            set_threshold: None,
+        },
+    );
+    let mut director = Director::new(pool, tdg, graph, Box::new(policy)).with_wasm(engine);
+    director.declare_sequence("pipeline", vec!["first".into(), "second".into()]);
+
+    let outcome = director.invoke("pipeline", b"hello").unwrap();
+    assert_eq!(outcome.output, b"HELLO");
+    let cold: Vec<bool> = outcome
+        .records
+        .iter()
+        .map(|r| r.cold == Some(true))
+        .collect();
+    assert_eq!(cold, [true, true], "first use compiles and links");
+    assert!(outcome
+        .records
+        .iter()
+        .all(|r| r.cold_start_us.unwrap_or(0) > 0));
+
+    let outcome = director.invoke("pipeline", b"again").unwrap();
+    assert!(
+        outcome.records.iter().all(|r| r.cold == Some(false)),
+        "pre-linked: warm"
+    );
+
+    // Starting "first" makes the policy predict "third"; the director pre-links it in the
+    // background, so the next call of "third" finds it ready and records it as pre-warmed.
+    let _ = director.invoke("first", b"alone").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let third = director.invoke("third", b"z").unwrap();
+    assert_eq!(third.output, b"Z");
+    assert_eq!(third.records[0].cold, Some(false), "{:?}", third.records[0]);
+    assert_eq!(third.records[0].chain.as_deref(), Some("prewarmed"));
+    assert_eq!(director.records().len(), 2 + 2 + 1 + 1);
+}
