@@ -746,9 +746,8 @@ fn print_eval(report: &EvalReport, n_train: usize, n_tasks: usize, mode: EvalMod
         "\ninner = calls below the route (all but each entry's first call, which defines the route)"
     );
     println!(
-        "tree thresholds (best F1 on the training window): global {:.2}, own threshold for {} routes",
-        report.tree_thresholds.global,
-        report.tree_thresholds.per_route.len()
+        "tree-global threshold {:.2} (best F1 on the training window); tree announces each route's set with the best expected F1",
+        report.tree_threshold
     );
     let total: u64 = report.context_use.iter().map(|(_, n)| n).sum();
     let used: Vec<String> = report

@@ -133,9 +133,11 @@ pub fn load(
         ..Default::default()
     };
     let mut read = ReadReport::default();
-    let loaded = match concrete_format(format, paths)? {
+    // Told once: `auto` reads the first line of the first file.
+    let format = concrete_format(format, paths)?;
+    let loaded = match format {
         FormatArg::Azure2019 | FormatArg::Azure2021 => {
-            let azure2019 = concrete_format(format, paths)? == FormatArg::Azure2019;
+            let azure2019 = format == FormatArg::Azure2019;
             let mut requests = Vec::new();
             let mut memory_mib = Vec::new();
             for path in paths {

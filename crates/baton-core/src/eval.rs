@@ -50,8 +50,9 @@ pub struct EvalReport {
     pub n_calls: u64,
     /// Requests scored at entry.
     pub n_requests: u64,
-    /// Probability thresholds of the `tree` predictors (chosen for F1 on the training window).
-    pub tree_thresholds: TreeThresholds,
+    /// Probability threshold of the `tree-global` predictor (chosen for F1 on the training
+    /// window).
+    pub tree_threshold: f64,
     /// How often the `chain` predictor's next-callee step used each distribution.
     pub context_use: Vec<(String, u64)>,
 }
@@ -132,50 +133,6 @@ fn entry_of(request: &Request) -> Option<(TaskId, Option<LabelId>)> {
     Some((request.invocations()[entry as usize].task, request.route()))
 }
 
-/// Entry-set thresholds: one per route with enough training requests, a global one else.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TreeThresholds {
-    /// For routes without their own.
-    pub global: f64,
-    /// Per route, chosen for F1 on that route's training requests.
-    pub per_route: Vec<(LabelId, f64)>,
-}
-
-impl TreeThresholds {
-    /// The threshold for `route`.
-    pub fn for_route(&self, route: Option<LabelId>) -> f64 {
-        route
-            .and_then(|r| {
-                self.per_route
-                    .binary_search_by_key(&r, |&(label, _)| label)
-                    .ok()
-                    .map(|i| self.per_route[i].1)
-            })
-            .unwrap_or(self.global)
-    }
-}
-
-/// Training requests a route needs before it gets a threshold of its own.
-pub const MIN_ROUTE_REQUESTS_FOR_THRESHOLD: usize = 20;
-
-/// Chooses the global and per-route entry-set thresholds for F1 on `requests`.
-pub fn best_tree_thresholds(snapshot: &TdgSnapshot, requests: &[Request]) -> TreeThresholds {
-    let global = best_tree_threshold(snapshot, requests);
-    let mut by_route: FxHashMap<LabelId, Vec<&Request>> = FxHashMap::default();
-    for request in requests {
-        if let Some(route) = request.route() {
-            by_route.entry(route).or_default().push(request);
-        }
-    }
-    let mut per_route: Vec<(LabelId, f64)> = by_route
-        .into_iter()
-        .filter(|(_, members)| members.len() >= MIN_ROUTE_REQUESTS_FOR_THRESHOLD)
-        .map(|(route, members)| (route, best_threshold_over(snapshot, members.into_iter())))
-        .collect();
-    per_route.sort_by_key(|&(route, _)| route);
-    TreeThresholds { global, per_route }
-}
-
 fn tree_set(snapshot: &TdgSnapshot, route: Option<LabelId>, threshold: f64) -> Vec<TaskId> {
     snapshot
         .entry_set(route)
@@ -189,18 +146,11 @@ fn tree_set(snapshot: &TdgSnapshot, route: Option<LabelId>, threshold: f64) -> V
 
 /// The entry-set threshold that maximises F1 over `requests` (steps of 0.02).
 pub fn best_tree_threshold(snapshot: &TdgSnapshot, requests: &[Request]) -> f64 {
-    best_threshold_over(snapshot, requests.iter())
-}
-
-fn best_threshold_over<'a>(
-    snapshot: &TdgSnapshot,
-    requests: impl Iterator<Item = &'a Request> + Clone,
-) -> f64 {
     let mut best = (f64::MIN, 0.5);
     for step in 1..50 {
         let threshold = f64::from(step) * 0.02;
         let mut score = SetScore::default();
-        for request in requests.clone() {
+        for request in requests {
             if let Some((_, route)) = entry_of(request) {
                 score.add(
                     &tree_set(snapshot, route, threshold),
@@ -300,7 +250,7 @@ pub fn evaluate(
     let frequent: Vec<TaskId> = by_frequency.iter().map(|&(t, _)| t).collect();
     let mean_set = (set_sizes as f64 / train.len().max(1) as f64).round() as usize;
     let frequent_set: Vec<TaskId> = frequent.iter().copied().take(mean_set.max(1)).collect();
-    let thresholds = best_tree_thresholds(&snapshot, train);
+    let tree_threshold = best_tree_threshold(&snapshot, train);
     // Test requests waiting to end before the online learner may see them: (end, index).
     let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
         std::collections::BinaryHeap::new();
@@ -388,7 +338,7 @@ pub fn evaluate(
         let chain1 = snapshot.predict(entry_task, &PredictContext::default(), &first_order);
         sets[1].add(&union_of_steps(&chain1), &actual);
         sets[2].add(&snapshot.entry_set(route).0.best_set, &actual);
-        sets[5].add(&tree_set(snapshot, route, thresholds.global), &actual);
+        sets[5].add(&tree_set(snapshot, route, tree_threshold), &actual);
         let next: Vec<TaskId> = snapshot
             .first_order(entry_task)
             .targets
@@ -438,7 +388,7 @@ pub fn evaluate(
         ],
         n_calls: chain_calls[0].n,
         n_requests: sets[0].n,
-        tree_thresholds: thresholds,
+        tree_threshold,
         context_use,
     }
 }

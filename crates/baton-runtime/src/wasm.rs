@@ -13,7 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
@@ -313,7 +313,6 @@ impl WasmEngine {
         let start = instance
             .get_typed_func::<(), ()>(&mut store, "_start")
             .map_err(|e| failed(format!("no `_start`: {e:#}")))?;
-        let started = Instant::now();
         match start.call(&mut store, ()) {
             Ok(()) => {}
             Err(error) => {
@@ -327,7 +326,6 @@ impl WasmEngine {
                         limit_mib: function.limit_mib,
                     });
                 } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    let _ = started;
                     return Err(WasmError::Timeout {
                         function: function.name.clone(),
                         timeout_ms: function.timeout_ms,
