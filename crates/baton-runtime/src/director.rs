@@ -1,30 +1,58 @@
 //! The execution director: runs an invocation and hands each output straight to the next
-//! step's worker on the same thread (a function call and a pipe write, no HTTP), tells the
-//! policy what starts and ends and carries out its pre-warms and keep-alives, writes an
-//! execution record for every step, and feeds each finished chain to the learner.
+//! step's instance on the same thread (a function call, or a pipe write to a warm worker;
+//! no HTTP), tells the policy what starts and ends and carries out what it asks through the
+//! proactive allocator, writes an execution record for every step (kept, appended to the
+//! log file, and learned when the request ends).
 //!
 //! The next step is named by a declared sequence, or by the output itself: an output that
-//! begins with `@next NAME\n` continues at `NAME` with the rest as its payload.
+//! begins with `@next NAME\n` continues at `NAME` with the rest as its payload. A wasm
+//! guest may also call another function synchronously with the `baton.invoke` import: a
+//! nested call, recorded as a child of the caller.
 //!
-//! So far pre-warms start as soon as the policy asks (not at the planned instant): early
-//! costs idle memory only, never a cold start.
+//! Pre-warms are carried out at their planned instant (ready just before the step's
+//! expected start, see [`crate::alloc`]), on the cores the step's reservation named, after
+//! the auxiliary services the function needs are ready. A step nobody planned for takes a
+//! committed reservation, which preempts speculative ones when the pool is full.
 
-use crate::manifest::FunctionKind;
+use crate::alloc::{start_instant, PrewarmJob, Scheduler};
+use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::pool::{Lease, WarmPool, Warmth};
-use crate::process::WorkerError;
-use crate::wasm::{WasmEngine, WasmError, WasmFunction};
+use crate::process::{Placement, WorkerError};
+use crate::services::{ServiceError, Services};
+use crate::wasm::{NestedCall, WasmEngine, WasmError, WasmFunction};
 use baton_core::context::Prev;
+use baton_core::pool::{ReservationKind, ReservationRequest, Window};
 use baton_core::request::{Invocation, Request, Usage};
-use baton_core::{Action, Policy, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
+use baton_core::{
+    Action, Policy, PolicyEvent, PredictContext, ResourcePool, SnapshotCell, TaskId, Tdg,
+};
 use baton_trace::schema::{ExecutionRecord, Status};
-use std::collections::HashMap;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
-/// Longest chain the director follows before refusing (a loop in the envelopes).
+/// Longest chain (and deepest nesting) the director follows before refusing.
 pub const MAX_HOPS: usize = 64;
+
+/// Records kept in memory (the log file keeps all).
+pub const MAX_KEPT_RECORDS: usize = 100_000;
+
+/// Hop latencies kept for reports.
+const HOP_SAMPLES: usize = 4096;
+
+/// How often the allocator thread expires idle instances and ticks the policy.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+
+/// Cold start assumed for a function never started yet.
+const DEFAULT_COLD_PROCESS: Duration = Duration::from_millis(150);
+/// Compile-or-load time assumed for a wasm function never loaded yet.
+const DEFAULT_COLD_WASM: Duration = Duration::from_millis(20);
 
 /// Why one step failed, by backend.
 #[derive(Debug, Error)]
@@ -35,9 +63,18 @@ pub enum StepError {
     /// A wasm function.
     #[error(transparent)]
     Wasm(#[from] WasmError),
+    /// An auxiliary service it needs.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// A wasm function without a wasm engine in this director.
     #[error("function `{0}` is wasm but this director has no wasm engine")]
     NoWasmEngine(String),
+    /// Nobody deployed a function of that name.
+    #[error("unknown function `{0}`")]
+    Unknown(String),
+    /// Nested calls went deeper than [`MAX_HOPS`].
+    #[error("nested calls deeper than {MAX_HOPS}")]
+    TooDeep,
 }
 
 impl StepError {
@@ -45,7 +82,7 @@ impl StepError {
         let word = match self {
             StepError::Process(e) => e.status(),
             StepError::Wasm(e) => e.status(),
-            StepError::NoWasmEngine(_) => "error",
+            _ => "error",
         };
         match word {
             "timeout" => Status::Timeout,
@@ -55,9 +92,21 @@ impl StepError {
     }
 }
 
-/// Pre-linked wasm functions by name, each flagged when a pre-warm loaded it and no call
-/// has used it yet.
-type LoadedWasm = HashMap<String, (Arc<WasmFunction>, bool)>;
+/// A pre-linked wasm function and, while unused, the plan that pre-warmed it.
+struct LoadedWasm {
+    function: Arc<WasmFunction>,
+    prewarmed: Option<Option<u64>>,
+}
+
+/// How a step's instance was obtained, beyond [`Warmth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Obtained {
+    warmth: Warmth,
+    /// Waiting for services, a cold start, or a pre-warm still starting, µs.
+    wait_us: u64,
+    plan: Option<u64>,
+    late: bool,
+}
 
 /// A step's instance while it runs.
 enum Running {
@@ -86,65 +135,133 @@ pub enum DirectorError {
     },
 }
 
+impl DirectorError {
+    /// The records of the steps that ran.
+    pub fn records(&self) -> &[ExecutionRecord] {
+        match self {
+            DirectorError::Step { records, .. } | DirectorError::TooLong { records } => records,
+        }
+    }
+}
+
 /// What one invocation produced.
 #[derive(Debug)]
 pub struct Outcome {
     /// The last step's output.
     pub output: Vec<u8>,
-    /// One record per step, in order.
+    /// One record per step (nested calls included), in start order.
     pub records: Vec<ExecutionRecord>,
+}
+
+/// Counts of the director's work.
+#[derive(Debug, Default)]
+pub struct DirectorCounters {
+    /// Invocations (requests) run.
+    pub invocations: AtomicU64,
+    /// Steps run, nested ones included.
+    pub steps: AtomicU64,
+    /// Steps that started cold.
+    pub cold_steps: AtomicU64,
+    /// Steps served by an instance a pre-warm made.
+    pub prewarmed_steps: AtomicU64,
+    /// Of those, steps that had to wait for their pre-warm to finish (it started late).
+    pub late_prewarms: AtomicU64,
+    /// Steps that failed.
+    pub failed_steps: AtomicU64,
+    /// Pre-warms carried out (process and wasm).
+    pub prewarms: AtomicU64,
+    /// Committed reservations that preempted speculative ones.
+    pub preemptions: AtomicU64,
+}
+
+/// The records of one request while it runs.
+struct RequestState {
+    trace: String,
+    records: Vec<ExecutionRecord>,
+    parents: Vec<Option<usize>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs chains; share it behind an `Arc`.
+/// Execution records: the last [`MAX_KEPT_RECORDS`] in memory, all in the log file.
+struct RecordLog {
+    kept: VecDeque<ExecutionRecord>,
+    file: Option<BufWriter<File>>,
+    write_errors: u64,
+}
+
+/// Runs chains. Build it, then [`Director::into_shared`] to start the allocator's clock
+/// and allow nested calls.
 pub struct Director {
     pool: Arc<WarmPool>,
-    sequences: HashMap<String, Vec<String>>,
+    sequences: RwLock<HashMap<String, Vec<String>>>,
     learner: Mutex<Tdg>,
     graph: Arc<SnapshotCell>,
     policy: Mutex<Box<dyn Policy>>,
+    reservations: Option<ResourcePool>,
+    services: Option<Arc<Services>>,
+    scheduler: Option<Scheduler>,
     origin: (Instant, u64),
     next_id: AtomicU64,
-    log: Mutex<Vec<ExecutionRecord>>,
+    log: Mutex<RecordLog>,
+    hops: Mutex<VecDeque<u64>>,
     wasm: Option<Arc<WasmEngine>>,
-    /// Pre-linked wasm functions, and whether each was loaded by a pre-warm and not used yet.
-    wasm_loaded: Arc<Mutex<LoadedWasm>>,
+    wasm_loaded: Arc<Mutex<HashMap<String, LoadedWasm>>>,
+    wasm_load_us: Mutex<HashMap<String, u64>>,
+    me: Weak<Director>,
+    /// The counts.
+    pub counters: DirectorCounters,
 }
 
 impl std::fmt::Debug for Director {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Director")
-            .field("sequences", &self.sequences)
+            .field("pool", &self.pool)
+            .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
 }
 
 impl Director {
     /// A director over `pool`, learning into `learner` (published through `graph`, which
-    /// `policy` reads).
+    /// `policy` reads). Each function's declared limits are told to the learner.
     pub fn new(
         pool: Arc<WarmPool>,
-        learner: Tdg,
+        mut learner: Tdg,
         graph: Arc<SnapshotCell>,
         policy: Box<dyn Policy>,
     ) -> Director {
+        for spec in pool.functions() {
+            let task = learner.intern_task(&spec.name);
+            learner.declare(task, spec.limits);
+        }
         let epoch_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         Director {
             pool,
-            sequences: HashMap::new(),
+            sequences: RwLock::new(HashMap::new()),
             learner: Mutex::new(learner),
             graph,
             policy: Mutex::new(policy),
+            reservations: None,
+            services: None,
+            scheduler: None,
             origin: (Instant::now(), epoch_us),
             next_id: AtomicU64::new(1),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(RecordLog {
+                kept: VecDeque::new(),
+                file: None,
+                write_errors: 0,
+            }),
+            hops: Mutex::new(VecDeque::new()),
             wasm: None,
             wasm_loaded: Arc::new(Mutex::new(HashMap::new())),
+            wasm_load_us: Mutex::new(HashMap::new()),
+            me: Weak::new(),
+            counters: DirectorCounters::default(),
         }
     }
 
@@ -154,70 +271,75 @@ impl Director {
         self
     }
 
-    fn is_wasm(&self, name: &str) -> bool {
-        self.pool
-            .spec(name)
-            .is_some_and(|s| matches!(s.kind, FunctionKind::Wasm { .. }))
+    /// The resource pool the policy reserves in: pre-warmed workers run on the cores their
+    /// reservation named, and unplanned steps take committed reservations in it.
+    pub fn with_reservations(mut self, reservations: ResourcePool) -> Director {
+        self.reservations = Some(reservations);
+        self
     }
 
-    /// Compiles (or loads from the cache) and pre-links a wasm function in the background.
-    fn prewarm_wasm(&self, name: &str) {
-        let (Some(engine), Some(spec)) = (self.wasm.clone(), self.pool.spec(name).cloned()) else {
-            return;
-        };
-        if lock(&self.wasm_loaded).contains_key(name) {
-            return;
-        }
-        let loaded = Arc::clone(&self.wasm_loaded);
-        let name = name.to_owned();
-        let _ = std::thread::Builder::new()
-            .name(format!("baton-prewarm-{name}"))
-            .spawn(move || {
-                if let Ok(function) = engine.load(&spec) {
-                    lock(&loaded)
-                        .entry(name)
-                        .or_insert((Arc::new(function), true));
-                }
-            });
+    /// The auxiliary services functions may need.
+    pub fn with_services(mut self, services: Services) -> Director {
+        self.services = Some(Arc::new(services));
+        self
     }
 
-    /// The instance for a step: a pooled worker, or a pre-linked wasm function.
-    fn acquire(&self, name: &str) -> Result<(Running, Warmth, u64), StepError> {
-        if !self.is_wasm(name) {
-            let lease = self.pool.take(name)?;
-            let (warmth, wait_us) = (lease.warmth, lease.wait_us);
-            return Ok((Running::Process(lease), warmth, wait_us));
-        }
-        let engine = self
-            .wasm
-            .as_ref()
-            .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
-        if let Some((function, prewarmed)) = lock(&self.wasm_loaded).get_mut(name) {
-            let warmth = if *prewarmed {
-                Warmth::Prewarmed
-            } else {
-                Warmth::Warm
-            };
-            *prewarmed = false;
-            return Ok((Running::Wasm(Arc::clone(function)), warmth, 0));
-        }
-        let started = Instant::now();
-        let spec = self
-            .pool
-            .spec(name)
-            .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
-        let function = Arc::new(engine.load(spec)?);
-        lock(&self.wasm_loaded).insert(name.to_owned(), (Arc::clone(&function), false));
-        Ok((
-            Running::Wasm(function),
-            Warmth::Cold,
-            started.elapsed().as_micros() as u64,
-        ))
+    /// Appends every execution record to `path` (schema v1 JSONL).
+    pub fn with_log(self, path: &Path) -> std::io::Result<Director> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        lock(&self.log).file = Some(BufWriter::new(file));
+        Ok(self)
+    }
+
+    /// Shares the director and starts the allocator's clock (pre-warms at their planned
+    /// instant, housekeeping). Without it pre-warms start at once and guests cannot make
+    /// nested calls.
+    pub fn into_shared(self) -> std::io::Result<Arc<Director>> {
+        let mut started: std::io::Result<()> = Ok(());
+        let director = Arc::new_cyclic(|me: &Weak<Director>| {
+            let mut director = self;
+            director.me = me.clone();
+            let (run, keep) = (me.clone(), me.clone());
+            match Scheduler::start(
+                HOUSEKEEPING,
+                Box::new(move |job| {
+                    if let Some(director) = run.upgrade() {
+                        director.carry_out(job);
+                    }
+                }),
+                Box::new(move |now| {
+                    if let Some(director) = keep.upgrade() {
+                        director.housekeeping(now);
+                    }
+                }),
+            ) {
+                Ok(scheduler) => director.scheduler = Some(scheduler),
+                Err(error) => started = Err(error),
+            }
+            director
+        });
+        started.map(|()| director)
+    }
+
+    /// The allocator's clock, when shared.
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        self.scheduler.as_ref()
+    }
+
+    /// The auxiliary services.
+    pub fn services(&self) -> Option<&Arc<Services>> {
+        self.services.as_ref()
     }
 
     /// Declares a sequence: invoking `name` runs `steps` in order.
-    pub fn declare_sequence(&mut self, name: &str, steps: Vec<String>) {
-        self.sequences.insert(name.to_owned(), steps);
+    pub fn declare_sequence(&self, name: &str, steps: Vec<String>) {
+        self.sequences
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), steps);
     }
 
     /// The pool.
@@ -225,12 +347,23 @@ impl Director {
         &self.pool
     }
 
-    /// Every record so far.
+    /// The records kept in memory, oldest first.
     pub fn records(&self) -> Vec<ExecutionRecord> {
-        lock(&self.log).clone()
+        lock(&self.log).kept.iter().cloned().collect()
     }
 
-    fn now_us(&self) -> u64 {
+    /// Records that could not be written to the log file.
+    pub fn log_write_errors(&self) -> u64 {
+        lock(&self.log).write_errors
+    }
+
+    /// The last hop latencies (previous output to the next step holding its input), µs.
+    pub fn hop_samples(&self) -> Vec<u64> {
+        lock(&self.hops).iter().copied().collect()
+    }
+
+    /// The clock records and the policy use, µs since the epoch.
+    pub fn now_us(&self) -> u64 {
         self.origin.1 + self.origin.0.elapsed().as_micros() as u64
     }
 
@@ -246,6 +379,181 @@ impl Director {
         lock(&self.learner).tasks().name(task.0).to_owned()
     }
 
+    fn is_wasm(&self, name: &str) -> bool {
+        self.pool
+            .spec(name)
+            .is_some_and(|s| matches!(s.kind, FunctionKind::Wasm { .. }))
+    }
+
+    /// Starts the services `spec` needs; returns the time waited.
+    fn ensure_services(services: Option<&Services>, spec: &FunctionSpec) -> Result<u64, StepError> {
+        let mut waited = Duration::ZERO;
+        for name in &spec.services {
+            let services = services.ok_or_else(|| ServiceError::Unknown(name.clone()))?;
+            waited += services.ensure(name)?;
+        }
+        Ok(waited.as_micros() as u64)
+    }
+
+    /// Compiles (or loads from the cache) and pre-links a wasm function in the background.
+    fn prewarm_wasm(&self, name: &str, plan: Option<u64>) {
+        let (Some(engine), Some(spec)) = (self.wasm.clone(), self.pool.spec(name).cloned()) else {
+            return;
+        };
+        if lock(&self.wasm_loaded).contains_key(name) {
+            return;
+        }
+        let loaded = Arc::clone(&self.wasm_loaded);
+        let services = self.services.clone();
+        let me = self.me.clone();
+        let name = name.to_owned();
+        let _ = std::thread::Builder::new()
+            .name(format!("baton-prewarm-{name}"))
+            .spawn(move || {
+                if Director::ensure_services(services.as_deref(), &spec).is_err() {
+                    return;
+                }
+                let started = Instant::now();
+                if let Ok(function) = engine.load(&spec) {
+                    if let Some(director) = me.upgrade() {
+                        director.note_wasm_load(&name, started.elapsed());
+                    }
+                    lock(&loaded).entry(name).or_insert(LoadedWasm {
+                        function: Arc::new(function),
+                        prewarmed: Some(plan),
+                    });
+                }
+            });
+    }
+
+    fn note_wasm_load(&self, name: &str, took: Duration) {
+        lock(&self.wasm_load_us).insert(name.to_owned(), took.as_micros() as u64);
+    }
+
+    /// The instance for a step: a pooled worker, or a pre-linked wasm function; with how it
+    /// was obtained, the wait, and the plan that pre-warmed it.
+    fn acquire(&self, name: &str) -> Result<(Running, Obtained), StepError> {
+        let spec = self
+            .pool
+            .spec(name)
+            .ok_or_else(|| StepError::Unknown(name.to_owned()))?;
+        let service_wait = Director::ensure_services(self.services.as_deref(), spec)?;
+        if !self.is_wasm(name) {
+            let lease = self.pool.take(name)?;
+            let obtained = Obtained {
+                warmth: lease.warmth,
+                wait_us: lease.wait_us + service_wait,
+                plan: lease.plan,
+                late: lease.waited_for_prewarm,
+            };
+            return Ok((Running::Process(lease), obtained));
+        }
+        let engine = self
+            .wasm
+            .as_ref()
+            .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
+        if let Some(loaded) = lock(&self.wasm_loaded).get_mut(name) {
+            let (warmth, plan) = match loaded.prewarmed.take() {
+                Some(plan) => (Warmth::Prewarmed, plan),
+                None => (Warmth::Warm, None),
+            };
+            return Ok((
+                Running::Wasm(Arc::clone(&loaded.function)),
+                Obtained {
+                    warmth,
+                    wait_us: service_wait,
+                    plan,
+                    late: false,
+                },
+            ));
+        }
+        let started = Instant::now();
+        let function = Arc::new(engine.load(spec)?);
+        self.note_wasm_load(name, started.elapsed());
+        lock(&self.wasm_loaded).insert(
+            name.to_owned(),
+            LoadedWasm {
+                function: Arc::clone(&function),
+                prewarmed: None,
+            },
+        );
+        Ok((
+            Running::Wasm(function),
+            Obtained {
+                warmth: Warmth::Cold,
+                wait_us: service_wait + started.elapsed().as_micros() as u64,
+                plan: None,
+                late: false,
+            },
+        ))
+    }
+
+    /// How long `name` takes to get ready from nothing, as measured (or assumed).
+    fn cold_estimate(&self, name: &str) -> Duration {
+        if self.is_wasm(name) {
+            lock(&self.wasm_load_us)
+                .get(name)
+                .map_or(DEFAULT_COLD_WASM, |&us| Duration::from_micros(us))
+        } else {
+            self.pool
+                .cold_start_estimate(name)
+                .unwrap_or(DEFAULT_COLD_PROCESS)
+        }
+    }
+
+    /// The cores and GPU units the plan's reservation for the step ready at `at_us` holds.
+    fn placement(&self, plan: Option<u64>, at_us: u64) -> Placement {
+        let (Some(reservations), Some(plan)) = (&self.reservations, plan) else {
+            return Placement::default();
+        };
+        reservations
+            .reservations()
+            .into_iter()
+            .find(|r| r.request.plan == Some(plan) && r.request.window.start_us == at_us)
+            .map(|r| Placement {
+                cores: r.cores,
+                gpu_units: r.request.needs.gpu_units,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Carries out a pre-warm now.
+    fn carry_out(&self, job: PrewarmJob) {
+        self.counters.prewarms.fetch_add(1, Ordering::Relaxed);
+        if self.is_wasm(&job.function) {
+            self.prewarm_wasm(&job.function, job.plan);
+            return;
+        }
+        let services = self.services.clone();
+        let Some(spec) = self.pool.spec(&job.function).cloned() else {
+            return;
+        };
+        self.pool.prewarm_with(
+            &job.function,
+            job.until,
+            job.plan,
+            job.placement,
+            move || {
+                Director::ensure_services(services.as_deref(), &spec)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
+    }
+
+    fn housekeeping(&self, now: Instant) {
+        self.pool.expire(now);
+        if let Some(services) = &self.services {
+            services.stop_idle(now);
+        }
+        self.tell(
+            PolicyEvent::Tick {
+                at_us: self.now_us(),
+            },
+            None,
+        );
+    }
+
     /// Tells the policy `event` and carries out what it asks; returns the keep-alive it set
     /// for `finished`, if any.
     fn tell(&self, event: PolicyEvent, finished: Option<TaskId>) -> Option<u64> {
@@ -254,16 +562,45 @@ impl Director {
         let mut keep = None;
         for action in actions {
             match action {
-                Action::PreWarm { task, until_us, .. } => {
-                    let name = self.task_name(task);
-                    if self.is_wasm(&name) {
-                        self.prewarm_wasm(&name);
-                    } else {
-                        self.pool.prewarm(&name, self.instant_of(until_us));
+                Action::PreWarm {
+                    task,
+                    at_us,
+                    until_us,
+                    plan,
+                    probability,
+                } => {
+                    let function = self.task_name(task);
+                    if self.pool.spec(&function).is_none() {
+                        continue; // learned from a foreign log: nothing to start here
+                    }
+                    let ready_at = self.instant_of(at_us);
+                    let job = PrewarmJob {
+                        placement: self.placement(plan, at_us),
+                        function,
+                        ready_at,
+                        until: self.instant_of(until_us),
+                        plan,
+                        probability,
+                    };
+                    let now = Instant::now();
+                    let start = start_instant(ready_at, self.cold_estimate(&job.function), now);
+                    match &self.scheduler {
+                        Some(scheduler) if start > now => scheduler.schedule(start, job),
+                        _ => self.carry_out(job),
                     }
                 }
                 Action::KeepAlive { task, until_us } if Some(task) == finished => {
                     keep = Some(until_us);
+                }
+                Action::Release {
+                    task,
+                    plan: Some(plan),
+                } => {
+                    let function = self.task_name(task);
+                    if let Some(scheduler) = &self.scheduler {
+                        scheduler.cancel(&function, Some(plan));
+                    }
+                    self.pool.release_plan(&function, plan);
                 }
                 Action::KeepAlive { .. } | Action::Release { .. } => {}
             }
@@ -273,96 +610,41 @@ impl Director {
 
     /// Runs `name` with `payload`, following the chain to its end.
     pub fn invoke(&self, name: &str, payload: &[u8]) -> Result<Outcome, DirectorError> {
-        self.pool.expire(Instant::now());
+        self.counters.invocations.fetch_add(1, Ordering::Relaxed);
         let trace = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let steps: Vec<String> = self
             .sequences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
             .unwrap_or_else(|| vec![name.to_owned()]);
-        let mut records: Vec<ExecutionRecord> = Vec::new();
+        let state = Arc::new(Mutex::new(RequestState {
+            trace,
+            records: Vec::new(),
+            parents: Vec::new(),
+        }));
         let mut current = steps[0].clone();
         let mut input = payload.to_vec();
-        let mut caller: Option<TaskId> = None;
-        for step in 0..MAX_HOPS {
-            let task = self.task(&current);
-            let start_us = self.now_us();
-            let acquired = self.acquire(&current);
-            let invocation = format!("{trace}.{step}");
-            let mut record = ExecutionRecord {
-                ts_ns: start_us * 1_000,
-                task: current.clone(),
-                invocation: invocation.clone(),
-                parent: records.last().map(|r| r.invocation.clone()),
-                trace: Some(trace.clone()),
-                ..ExecutionRecord::default()
-            };
-            let (mut running, warmth, wait_us) = match acquired {
-                Ok(acquired) => acquired,
-                Err(source) => {
-                    record.status = Some(Status::Error);
-                    record.cold = Some(true);
-                    records.push(record);
-                    return Err(self.fail(step, source, records));
-                }
-            };
-            self.tell(
-                PolicyEvent::Start {
-                    task,
-                    invocation: self.next_id.fetch_add(1, Ordering::Relaxed),
-                    at_us: start_us,
-                    context: PredictContext {
-                        route: None,
-                        prev: Prev::Start,
-                        grand_caller: caller,
-                        operation: None,
-                    },
-                    reveals_route: None,
-                },
-                None,
-            );
-            let ran = Instant::now();
-            let result: Result<Vec<u8>, StepError> = match &mut running {
-                Running::Process(lease) => lease.worker.invoke(&input).map_err(StepError::from),
-                Running::Wasm(function) => self
-                    .wasm
-                    .as_ref()
-                    .ok_or_else(|| StepError::NoWasmEngine(current.clone()))
-                    .and_then(|engine| engine.invoke(function, &input).map_err(StepError::from)),
-            };
-            let end_us = self.now_us();
-            record.duration_us = wait_us + ran.elapsed().as_micros() as u64;
-            record.cold = Some(warmth == Warmth::Cold);
-            if warmth == Warmth::Cold {
-                record.cold_start_us = Some(wait_us);
-            }
-            if warmth == Warmth::Prewarmed {
-                record.chain = Some("prewarmed".into());
-            }
-            let keep = self.tell(
-                PolicyEvent::End {
-                    task,
-                    invocation: step as u64,
-                    at_us: end_us,
-                },
-                Some(task),
-            );
-            if let (Some(until), Running::Process(lease)) = (keep, running) {
-                self.pool
-                    .give_back(&current, lease.worker, self.instant_of(until));
-            }
+        let mut parent: Option<(usize, TaskId)> = None;
+        let mut handed_at: Option<Instant> = None;
+        for hop in 0..MAX_HOPS {
+            let (index, task, result) =
+                self.run_step(&state, &current, &input, parent, handed_at, 0);
             let output = match result {
                 Ok(output) => output,
                 Err(source) => {
-                    record.status = Some(source.status());
-                    records.push(record);
-                    return Err(self.fail(step, source, records));
+                    let records = self.finish(&state);
+                    return Err(DirectorError::Step {
+                        step: hop,
+                        source,
+                        records,
+                    });
                 }
             };
-            record.status = Some(Status::Ok);
-            records.push(record);
-            caller = Some(task);
-            let next = if let Some(next) = steps.get(step + 1) {
+            handed_at = Some(Instant::now());
+            parent = Some((index, task));
+            let next = if let Some(next) = steps.get(hop + 1) {
                 Some((next.clone(), output.clone()))
             } else {
                 parse_envelope(&output)
@@ -373,41 +655,292 @@ impl Director {
                     input = payload;
                 }
                 None => {
-                    self.finish(&records);
+                    let records = self.finish(&state);
                     return Ok(Outcome { output, records });
                 }
             }
         }
-        self.finish(&records);
+        let records = self.finish(&state);
         Err(DirectorError::TooLong { records })
     }
 
-    fn fail(&self, step: usize, source: StepError, records: Vec<ExecutionRecord>) -> DirectorError {
-        self.finish(&records);
-        DirectorError::Step {
-            step,
-            source,
-            records,
+    /// A nested call from a guest: runs `name` as a child of record `parent`.
+    fn nested(
+        &self,
+        state: &Arc<Mutex<RequestState>>,
+        parent: (usize, TaskId),
+        depth: usize,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        if depth >= MAX_HOPS {
+            return Err(StepError::TooDeep.to_string());
         }
+        let (_, _, result) = self.run_step(
+            state,
+            name,
+            payload,
+            Some(parent),
+            Some(Instant::now()),
+            depth,
+        );
+        result.map_err(|e| e.to_string())
     }
 
-    /// Logs the chain's records and learns the chain, then publishes the graph.
-    fn finish(&self, records: &[ExecutionRecord]) {
-        lock(&self.log).extend(records.iter().cloned());
+    /// A committed reservation for a step nobody planned, preempting speculative ones when
+    /// the pool is full. `None` when there is no pool or even preemption cannot make room
+    /// (the step then runs unreserved).
+    fn reserve_unplanned(&self, spec: &FunctionSpec) -> Option<baton_core::Reservation> {
+        let reservations = self.reservations.as_ref()?;
+        let now = self.now_us();
+        let request = ReservationRequest {
+            needs: spec.limits,
+            window: Window {
+                start_us: now,
+                end_us: now + spec.timeout_ms * 1000,
+            },
+            kind: ReservationKind::Committed,
+            probability: 1.0,
+            plan: None,
+        };
+        let (reservation, preempted) = reservations.reserve_committed(request).ok()?;
+        self.counters
+            .preemptions
+            .fetch_add(preempted.len() as u64, Ordering::Relaxed);
+        Some(reservation)
+    }
+
+    /// Runs one step; returns its record's index, its task and its output.
+    fn run_step(
+        &self,
+        state: &Arc<Mutex<RequestState>>,
+        name: &str,
+        input: &[u8],
+        parent: Option<(usize, TaskId)>,
+        handed_at: Option<Instant>,
+        depth: usize,
+    ) -> (usize, TaskId, Result<Vec<u8>, StepError>) {
+        self.counters.steps.fetch_add(1, Ordering::Relaxed);
+        let task = self.task(name);
+        let start_us = self.now_us();
+        let index = {
+            let mut request = lock(state);
+            let index = request.records.len();
+            let record = ExecutionRecord {
+                ts_ns: start_us * 1_000,
+                task: name.to_owned(),
+                invocation: format!("{}.{index}", request.trace),
+                parent: parent.map(|(p, _)| request.records[p].invocation.clone()),
+                trace: Some(request.trace.clone()),
+                ..ExecutionRecord::default()
+            };
+            request.records.push(record);
+            request.parents.push(parent.map(|(p, _)| p));
+            index
+        };
+        let finish = |record: &mut ExecutionRecord| {
+            let mut request = lock(state);
+            let slot = &mut request.records[index];
+            record.ts_ns = slot.ts_ns;
+            record.task = std::mem::take(&mut slot.task);
+            record.invocation = std::mem::take(&mut slot.invocation);
+            record.parent = slot.parent.take();
+            record.trace = slot.trace.take();
+            *slot = std::mem::take(record);
+        };
+        let mut record = ExecutionRecord::default();
+        let (running, obtained) = match self.acquire(name) {
+            Ok(acquired) => acquired,
+            Err(source) => {
+                self.counters.failed_steps.fetch_add(1, Ordering::Relaxed);
+                record.status = Some(Status::Error);
+                record.cold = Some(true);
+                finish(&mut record);
+                return (index, task, Err(source));
+            }
+        };
+        let Obtained {
+            warmth,
+            wait_us,
+            plan,
+            late,
+        } = obtained;
+        let _committed = match (warmth, self.pool.spec(name)) {
+            (Warmth::Prewarmed, _) | (_, None) => None,
+            (_, Some(spec)) => self.reserve_unplanned(spec),
+        };
+        self.tell(
+            PolicyEvent::Start {
+                task,
+                invocation: self.next_id.fetch_add(1, Ordering::Relaxed),
+                at_us: start_us,
+                context: PredictContext {
+                    route: None,
+                    prev: Prev::Start,
+                    grand_caller: parent.map(|(_, t)| t),
+                    operation: None,
+                },
+                reveals_route: None,
+            },
+            None,
+        );
+        let ran = Instant::now();
+        let mut running = running;
+        let mut hop_us = None;
+        let result: Result<Vec<u8>, StepError> = match &mut running {
+            Running::Process(lease) => {
+                let before = lease.worker.usage();
+                if let Some(handed) = handed_at {
+                    hop_us = Some(handed.elapsed().as_micros() as u64);
+                }
+                let result = lease.worker.invoke(input).map_err(StepError::from);
+                let after = lease.worker.usage();
+                if let (Some(a), Some(b)) = (after.cpu_ns, before.cpu_ns) {
+                    record.cpu_ms = Some(a.saturating_sub(b) as f64 / 1e6);
+                }
+                record.mem_peak_mib = after.peak_bytes.map(|b| b as f64 / (1 << 20) as f64);
+                if let Ok(output) = &result {
+                    record.net_bytes = Some((input.len() + output.len()) as u64);
+                }
+                result
+            }
+            Running::Wasm(function) => {
+                let nested: Option<NestedCall> = self.me.upgrade().map(|me| {
+                    let state = Arc::clone(state);
+                    let call: NestedCall = Arc::new(move |callee: &str, payload: &[u8]| {
+                        me.nested(&state, (index, task), depth + 1, callee, payload)
+                    });
+                    call
+                });
+                match self.wasm.as_ref() {
+                    None => Err(StepError::NoWasmEngine(name.to_owned())),
+                    Some(engine) => match engine.run(function, input, nested) {
+                        Ok(run) => {
+                            if let (Some(handed), Some(taken)) = (handed_at, run.input_taken) {
+                                hop_us = Some(
+                                    taken.saturating_duration_since(handed).as_micros() as u64
+                                );
+                            }
+                            record.mem_peak_mib = Some(run.memory_bytes as f64 / (1 << 20) as f64);
+                            record.net_bytes =
+                                Some((input.len() + run.output.len()) as u64 + run.moved_bytes);
+                            Ok(run.output)
+                        }
+                        Err(error) => Err(error.into()),
+                    },
+                }
+            }
+        };
+        let end_us = self.now_us();
+        record.duration_us = wait_us + ran.elapsed().as_micros() as u64;
+        record.cold = Some(warmth == Warmth::Cold);
+        if warmth == Warmth::Cold {
+            record.cold_start_us = Some(wait_us);
+            self.counters.cold_steps.fetch_add(1, Ordering::Relaxed);
+        }
+        if warmth == Warmth::Prewarmed {
+            self.counters
+                .prewarmed_steps
+                .fetch_add(1, Ordering::Relaxed);
+            record.chain = Some(plan.map_or("prewarmed".to_owned(), |p| format!("plan-{p}")));
+        }
+        let warmth_word = match warmth {
+            Warmth::Cold => "cold",
+            Warmth::Warm => "warm",
+            Warmth::Prewarmed if late => "prewarm-late",
+            Warmth::Prewarmed => "prewarmed",
+        };
+        if warmth == Warmth::Prewarmed && late {
+            self.counters.late_prewarms.fetch_add(1, Ordering::Relaxed);
+        }
+        record
+            .extra
+            .insert("warmth".into(), Value::from(warmth_word));
+        record
+            .extra
+            .insert("ready_wait_us".into(), Value::from(wait_us));
+        if let Some(hop) = hop_us {
+            record.extra.insert("hop_us".into(), Value::from(hop));
+            let mut hops = lock(&self.hops);
+            if hops.len() == HOP_SAMPLES {
+                hops.pop_front();
+            }
+            hops.push_back(hop);
+        }
+        let keep = self.tell(
+            PolicyEvent::End {
+                task,
+                invocation: index as u64,
+                at_us: end_us,
+            },
+            Some(task),
+        );
+        if let (Some(until), Running::Process(lease)) = (keep, running) {
+            self.pool
+                .give_back(name, lease.worker, self.instant_of(until));
+        }
+        record.status = Some(match &result {
+            Ok(_) => Status::Ok,
+            Err(source) => {
+                self.counters.failed_steps.fetch_add(1, Ordering::Relaxed);
+                source.status()
+            }
+        });
+        if let Err(source) = &result {
+            record
+                .extra
+                .insert("error".into(), Value::from(source.to_string()));
+        }
+        finish(&mut record);
+        (index, task, result)
+    }
+
+    /// Logs the request's records and learns it, then publishes the graph.
+    fn finish(&self, state: &Arc<Mutex<RequestState>>) -> Vec<ExecutionRecord> {
+        let (records, parents) = {
+            let mut request = lock(state);
+            (
+                std::mem::take(&mut request.records),
+                std::mem::take(&mut request.parents),
+            )
+        };
+        {
+            let mut log = lock(&self.log);
+            let log = &mut *log;
+            for record in &records {
+                if log.kept.len() == MAX_KEPT_RECORDS {
+                    log.kept.pop_front();
+                }
+                log.kept.push_back(record.clone());
+                if let Some(file) = log.file.as_mut() {
+                    if record.write_line(file).is_err() {
+                        log.write_errors += 1;
+                    }
+                }
+            }
+            if let Some(file) = log.file.as_mut() {
+                if file.flush().is_err() {
+                    log.write_errors += 1;
+                }
+            }
+        }
         let mut learner = lock(&self.learner);
         let invocations: Vec<Invocation> = records
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
+            .zip(&parents)
+            .map(|(r, parent)| {
                 let task = learner.intern_task(&r.task);
                 let label = learner.intern_label(&r.task);
                 Invocation {
                     task,
                     label,
-                    parent: (i > 0).then(|| i as u32 - 1),
+                    parent: parent.map(|p| p as u32),
                     start_us: r.ts_ns / 1_000,
                     usage: Usage {
                         wall_us: r.duration_us,
+                        cpu_us: r.cpu_ms.map(|ms| (ms * 1000.0) as u64),
+                        mem_peak_mib: r.mem_peak_mib.map(|m| m.ceil() as u64),
+                        net_bytes: r.net_bytes,
                         cold_start_us: r.cold_start_us,
                         ..Usage::default()
                     },
@@ -418,6 +951,7 @@ impl Director {
         let snapshot = learner.snapshot();
         drop(learner);
         self.graph.publish(snapshot);
+        records
     }
 }
 

@@ -6,10 +6,13 @@
 //! per step window, cores, bandwidth, auxiliary services) and the benches.
 #![deny(missing_docs)]
 
+pub mod alloc;
+pub mod bucket;
 pub mod director;
 pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+pub mod services;
 pub mod wasm;

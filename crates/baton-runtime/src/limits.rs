@@ -1,11 +1,11 @@
 //! Resource limits for worker processes: which mechanism this machine offers, detected at
 //! start and reported (`baton doctor`), never assumed.
 //!
-//! Preferred: cgroup v1 (memory limit, CPU quota) in child groups created under the
-//! process's own memory and cpu groups, which is writable as root on this kind of machine;
-//! then cgroup v2 when its controllers are enabled; otherwise `prlimit` on the address
-//! space (util-linux), applied right after spawn. Each worker gets its own groups, removed
-//! when it ends.
+//! Preferred: cgroup v1 (memory limit, CPU quota, cpuset pinning to the reserved cores) in
+//! child groups created under the process's own memory, cpu and cpuset groups, which is
+//! writable as root on this kind of machine; then cgroup v2 when its controllers are
+//! enabled; otherwise `prlimit` on the address space (util-linux), applied right after
+//! spawn, with `taskset` for pinning. Each worker gets its own groups, removed when it ends.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub enum Mechanism {
         memory: PathBuf,
         /// Parent cpu group directory, when writable.
         cpu: Option<PathBuf>,
+        /// Parent cpuset group directory, when writable.
+        cpuset: Option<PathBuf>,
     },
     /// Address-space rlimit through `prlimit`.
     Rlimit,
@@ -40,15 +42,24 @@ pub struct Detection {
 impl std::fmt::Display for Detection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.mechanism {
-            Mechanism::CgroupV1 { memory, cpu } => writeln!(
-                f,
-                "limits: cgroup v1 (memory under {}, cpu {})",
-                memory.display(),
-                cpu.as_ref().map_or("not available".to_owned(), |c| format!(
-                    "under {}",
-                    c.display()
-                ))
-            )?,
+            Mechanism::CgroupV1 {
+                memory,
+                cpu,
+                cpuset,
+            } => {
+                let under = |p: &Option<PathBuf>| {
+                    p.as_ref().map_or("not available".to_owned(), |c| {
+                        format!("under {}", c.display())
+                    })
+                };
+                writeln!(
+                    f,
+                    "limits: cgroup v1 (memory under {}, cpu {}, cpuset {})",
+                    memory.display(),
+                    under(cpu),
+                    under(cpuset)
+                )?
+            }
             Mechanism::Rlimit => writeln!(f, "limits: rlimit (prlimit --as), no CPU quota")?,
             Mechanism::None => writeln!(f, "limits: none available, limits are NOT enforced")?,
         }
@@ -103,12 +114,30 @@ pub fn detect() -> Detection {
                         None
                     }
                 };
+                let cpuset = own_group("cpuset")
+                    .map(|p| Path::new("/sys/fs/cgroup/cpuset").join(p.trim_start_matches('/')))
+                    .filter(|p| p.join("cpuset.cpus").exists());
+                let cpuset = match cpuset.map(|c| (probe_writable(&c), c)) {
+                    Some((Ok(()), c)) => Some(c),
+                    Some((Err(e), _)) => {
+                        notes.push(format!("cgroup v1 cpuset: {e}; pinning with taskset"));
+                        None
+                    }
+                    None => {
+                        notes.push("cgroup v1 cpuset not mounted; pinning with taskset".into());
+                        None
+                    }
+                };
                 notes.push(format!(
                     "cgroup v1 memory group {} is writable",
                     memory.display()
                 ));
                 return Detection {
-                    mechanism: Mechanism::CgroupV1 { memory, cpu },
+                    mechanism: Mechanism::CgroupV1 {
+                        memory,
+                        cpu,
+                        cpuset,
+                    },
                     notes,
                 };
             }
@@ -193,16 +222,48 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("cannot write {value} to {}: {e}", path.display()))
 }
 
-/// Applies `memory_mib` and `cpu_millicores` to process `pid` with `mechanism`.
+/// `[0, 2, 3]` → `"0,2,3"`, the kernel's list format.
+fn core_list(cores: &[u32]) -> String {
+    cores
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Pins `pid` to `cores` with `taskset` (all its threads).
+fn taskset(pid: u32, cores: &[u32]) -> Result<(), String> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &core_list(cores), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "taskset -p -c {} {pid} failed: {status}",
+            core_list(cores)
+        ))
+    }
+}
+
+/// Applies `memory_mib` and `cpu_millicores` to process `pid` with `mechanism`, and pins it
+/// to `cores` when any are given (the cores its reservation named).
 pub fn apply(
     mechanism: &Mechanism,
     pid: u32,
     memory_mib: u64,
     cpu_millicores: u64,
+    cores: &[u32],
 ) -> Result<LimitGuard, String> {
     let mut guard = LimitGuard::default();
     match mechanism {
-        Mechanism::CgroupV1 { memory, cpu } => {
+        Mechanism::CgroupV1 {
+            memory,
+            cpu,
+            cpuset,
+        } => {
             let name = format!(
                 "baton-{}-{}",
                 std::process::id(),
@@ -238,6 +299,30 @@ pub fn apply(
                     .how
                     .push_str(&format!(", cpu {cpu_millicores} millicores"));
             }
+            if !cores.is_empty() {
+                match cpuset {
+                    Some(parent) => {
+                        let group = parent.join(&name);
+                        fs::create_dir(&group)
+                            .map_err(|e| format!("cannot create {}: {e}", group.display()))?;
+                        guard.groups.push(group.clone());
+                        write(&group.join("cpuset.cpus"), &core_list(cores))?;
+                        let mems = fs::read_to_string(parent.join("cpuset.mems"))
+                            .map_err(|e| format!("cannot read cpuset.mems: {e}"))?;
+                        write(&group.join("cpuset.mems"), mems.trim())?;
+                        write(&group.join("cgroup.procs"), &pid.to_string())?;
+                        guard
+                            .how
+                            .push_str(&format!(", cpuset {}", core_list(cores)));
+                    }
+                    None => {
+                        taskset(pid, cores)?;
+                        guard
+                            .how
+                            .push_str(&format!(", taskset {}", core_list(cores)));
+                    }
+                }
+            }
         }
         Mechanism::Rlimit => {
             // Address space, not resident memory: interpreters map more than they touch, so
@@ -251,8 +336,21 @@ pub fn apply(
                 return Err(format!("prlimit --pid {pid} failed: {status}"));
             }
             guard.how = format!("rlimit address space {} MiB", memory_mib + 512);
+            if !cores.is_empty() {
+                taskset(pid, cores)?;
+                guard
+                    .how
+                    .push_str(&format!(", taskset {}", core_list(cores)));
+            }
         }
-        Mechanism::None => guard.how = "no limits (none available)".into(),
+        Mechanism::None => {
+            guard.how = "no limits (none available)".into();
+            if !cores.is_empty() && taskset(pid, cores).is_ok() {
+                guard
+                    .how
+                    .push_str(&format!(", taskset {}", core_list(cores)));
+            }
+        }
     }
     Ok(guard)
 }

@@ -8,6 +8,7 @@
 //! # module = "examples/wasm/price.wasm"                     # wasm
 //! memory_mib = 128
 //! cpu_millicores = 500
+//! cores = 1                     # dedicated cores to pin its workers to (default 0)
 //! net_mbps = 10
 //! gpu_units = 0
 //! timeout_ms = 5000
@@ -20,7 +21,7 @@
 use baton_core::ResourceVec;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// What a manifest says, as written.
@@ -33,6 +34,7 @@ struct ManifestWire {
     module: Option<PathBuf>,
     memory_mib: Option<u64>,
     cpu_millicores: Option<u64>,
+    cores: Option<u32>,
     net_mbps: Option<u64>,
     gpu_units: Option<u32>,
     timeout_ms: Option<u64>,
@@ -76,6 +78,8 @@ pub struct FunctionSpec {
     pub services: Vec<String>,
     /// Environment of its instances.
     pub env: BTreeMap<String, String>,
+    /// Directory a process function runs in (the manifest's own, when read from a file).
+    pub workdir: Option<PathBuf>,
 }
 
 /// Defaults: 128 MiB, 1000 millicores, no network or GPU, 30 s timeout.
@@ -91,6 +95,14 @@ pub enum ManifestError {
     /// Not TOML, an unknown field, or a wrong type (the message names it and its place).
     #[error("manifest: {0}")]
     Syntax(String),
+    /// The manifest file could not be read.
+    #[error("manifest {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// A field holds a value baton cannot use.
     #[error("manifest field `{field}`: {message}")]
     Invalid {
@@ -173,6 +185,9 @@ impl FunctionSpec {
                 format!("{cpu_millicores}: expected 1 to 1000000"),
             ));
         }
+        if wire.cores.is_some_and(|c| c > 1024) {
+            return Err(invalid("cores", "expected 0 to 1024"));
+        }
         let timeout_ms = wire.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if !(1..=86_400_000).contains(&timeout_ms) {
             return Err(invalid(
@@ -194,7 +209,7 @@ impl FunctionSpec {
             kind,
             limits: ResourceVec {
                 cpu_millicores,
-                cores: 0,
+                cores: wire.cores.unwrap_or(0),
                 memory_mib,
                 net_mbps: wire.net_mbps.unwrap_or(0),
                 gpu_units: wire.gpu_units.unwrap_or(0),
@@ -203,7 +218,50 @@ impl FunctionSpec {
             pure: wire.pure,
             services: wire.services,
             env: wire.env,
+            workdir: None,
         })
+    }
+
+    /// Reads a manifest file: a relative `module` is taken from the manifest's directory,
+    /// and a process function runs in that directory.
+    pub fn from_file(path: &Path) -> Result<FunctionSpec, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut spec = FunctionSpec::from_toml(&text).map_err(|e| match e {
+            ManifestError::Syntax(message) => ManifestError::Read {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        if let FunctionKind::Wasm { module } = &mut spec.kind {
+            if module.is_relative() {
+                *module = dir.join(&*module);
+            }
+        }
+        spec.workdir = Some(dir);
+        Ok(spec)
+    }
+
+    /// Reads every `*.toml` manifest in `dir`, sorted by file name.
+    pub fn from_dir(dir: &Path) -> Result<Vec<FunctionSpec>, ManifestError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| ManifestError::Read {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| FunctionSpec::from_file(p)).collect()
     }
 }
 

@@ -5,10 +5,14 @@
 //! same function waits for it instead of starting a duplicate (the wait is shorter than a
 //! cold start, since the pre-warm began earlier). Workers are only ever handed to one
 //! caller at a time.
+//!
+//! With an idle-memory budget, an idle worker that would exceed it makes room by evicting
+//! idle workers lowest priority first, as the policy ranks them (least recently used by
+//! default).
 
 use crate::limits::Mechanism;
 use crate::manifest::FunctionSpec;
-use crate::process::{Worker, WorkerError};
+use crate::process::{Placement, Worker, WorkerError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,19 +33,45 @@ pub struct PoolCounters {
     pub prewarms_wasted: AtomicU64,
     /// Pre-warms that failed to start.
     pub prewarms_failed: AtomicU64,
+    /// Idle workers evicted to stay within the idle-memory budget.
+    pub evictions: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Idle {
     worker: Worker,
     until: Instant,
-    prewarmed: bool,
+    since: Instant,
+    /// The plan that pre-warmed it, while unused.
+    prewarmed: Option<Option<u64>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     idle: HashMap<String, Vec<Idle>>,
     starting: HashMap<String, usize>,
+    /// Measured cold starts per function (exponentially weighted), µs.
+    cold_us: HashMap<String, f64>,
+}
+
+/// Ranks an idle worker for eviction, lowest first: (function, idle since).
+pub type EvictPriority = Box<dyn Fn(&str, Instant) -> f64 + Send + Sync>;
+
+/// One idle worker, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleInfo {
+    /// Its function.
+    pub function: String,
+    /// Its process.
+    pub pid: u32,
+    /// Its memory limit, MiB.
+    pub memory_mib: u64,
+    /// The plan that pre-warmed it, when unused yet.
+    pub plan: Option<u64>,
+    /// Whether a pre-warm started it and nobody used it yet.
+    pub prewarmed: bool,
+    /// Kept until.
+    pub until: Instant,
 }
 
 /// How a worker was obtained.
@@ -64,17 +94,33 @@ pub struct Lease {
     pub warmth: Warmth,
     /// Time spent waiting for it (cold start, or the rest of a pre-warm), µs.
     pub wait_us: u64,
+    /// The plan that pre-warmed it.
+    pub plan: Option<u64>,
+    /// Whether the request waited for a pre-warm still starting (it came late).
+    pub waited_for_prewarm: bool,
 }
 
 /// Idle workers per function. Cheap to share: clone the `Arc`.
-#[derive(Debug)]
 pub struct WarmPool {
     functions: HashMap<String, FunctionSpec>,
     mechanism: Mechanism,
     state: Mutex<State>,
     started: Condvar,
+    idle_budget_mib: Option<u64>,
+    evict_priority: Mutex<Option<EvictPriority>>,
     /// The counts.
     pub counters: PoolCounters,
+}
+
+impl std::fmt::Debug for WarmPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmPool")
+            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .field("mechanism", &self.mechanism)
+            .field("idle_budget_mib", &self.idle_budget_mib)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -85,13 +131,146 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl WarmPool {
     /// A pool for `functions` whose workers run under `mechanism`.
     pub fn new(functions: Vec<FunctionSpec>, mechanism: Mechanism) -> Arc<WarmPool> {
+        WarmPool::with_budget(functions, mechanism, None)
+    }
+
+    /// A pool that keeps at most `idle_budget_mib` of declared memory in idle workers.
+    pub fn with_budget(
+        functions: Vec<FunctionSpec>,
+        mechanism: Mechanism,
+        idle_budget_mib: Option<u64>,
+    ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
             functions: functions.into_iter().map(|f| (f.name.clone(), f)).collect(),
             mechanism,
             state: Mutex::new(State::default()),
             started: Condvar::new(),
+            idle_budget_mib,
+            evict_priority: Mutex::new(None),
             counters: PoolCounters::default(),
         })
+    }
+
+    /// Sets how idle workers are ranked for eviction (default: least recently used).
+    pub fn set_evict_priority(&self, priority: EvictPriority) {
+        *self
+            .evict_priority
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(priority);
+    }
+
+    /// The functions, by name.
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
+        self.functions.values()
+    }
+
+    /// The mechanism workers run under.
+    pub fn mechanism(&self) -> &Mechanism {
+        &self.mechanism
+    }
+
+    /// The measured cold start of `name` (weighted towards recent ones), if any.
+    pub fn cold_start_estimate(&self, name: &str) -> Option<Duration> {
+        lock(&self.state)
+            .cold_us
+            .get(name)
+            .map(|&us| Duration::from_micros(us as u64))
+    }
+
+    fn note_cold_start(state: &mut State, name: &str, took: Duration) {
+        let us = took.as_micros() as f64;
+        state
+            .cold_us
+            .entry(name.to_owned())
+            .and_modify(|e| *e = 0.7 * *e + 0.3 * us)
+            .or_insert(us);
+    }
+
+    /// Every idle worker.
+    pub fn idle(&self) -> Vec<IdleInfo> {
+        let state = lock(&self.state);
+        let mut all: Vec<IdleInfo> = state
+            .idle
+            .iter()
+            .flat_map(|(name, list)| {
+                list.iter().map(move |i| IdleInfo {
+                    function: name.clone(),
+                    pid: i.worker.pid(),
+                    memory_mib: i.worker.memory_mib(),
+                    plan: i.prewarmed.flatten(),
+                    prewarmed: i.prewarmed.is_some(),
+                    until: i.until,
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.function, a.pid).cmp(&(&b.function, b.pid)));
+        all
+    }
+
+    /// Declared memory of the idle workers, MiB.
+    pub fn idle_memory_mib(&self) -> u64 {
+        lock(&self.state)
+            .idle
+            .values()
+            .flatten()
+            .map(|i| i.worker.memory_mib())
+            .sum()
+    }
+
+    /// Adds an idle worker, evicting others (lowest priority first) while the idle memory
+    /// would exceed the budget; a worker larger than the whole budget is not kept.
+    fn add_idle(&self, state: &mut State, name: String, idle: Idle) {
+        if let Some(budget) = self.idle_budget_mib {
+            let needed = idle.worker.memory_mib();
+            if needed > budget {
+                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let mut used: u64 = state
+                .idle
+                .values()
+                .flatten()
+                .map(|i| i.worker.memory_mib())
+                .sum();
+            if used + needed > budget {
+                let ranking = self
+                    .evict_priority
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let mut candidates: Vec<(f64, String, u32)> = state
+                    .idle
+                    .iter()
+                    .flat_map(|(n, list)| list.iter().map(move |i| (n, i)))
+                    .map(|(n, i)| {
+                        let priority = ranking.as_ref().map_or_else(
+                            || i.since.elapsed().as_secs_f64() * -1.0,
+                            |rank| rank(n, i.since),
+                        );
+                        (priority, n.clone(), i.worker.pid())
+                    })
+                    .collect();
+                drop(ranking);
+                candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+                for (_, victim, pid) in candidates {
+                    if used + needed <= budget {
+                        break;
+                    }
+                    if let Some(list) = state.idle.get_mut(&victim) {
+                        if let Some(at) = list.iter().position(|i| i.worker.pid() == pid) {
+                            let evicted = list.swap_remove(at);
+                            used -= evicted.worker.memory_mib();
+                            if evicted.prewarmed.is_some() {
+                                self.counters
+                                    .prewarms_wasted
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        state.idle.entry(name).or_default().push(idle);
     }
 
     /// The spec of `name`.
@@ -115,17 +294,18 @@ impl WarmPool {
                 message: "unknown function".into(),
             })?;
         let asked = Instant::now();
+        let mut waited = false;
         let mut state = lock(&self.state);
         loop {
             if let Some(list) = state.idle.get_mut(name) {
                 // Pre-warmed ones were made for this; otherwise the most recently used.
                 let position = list
                     .iter()
-                    .rposition(|i| i.prewarmed)
+                    .rposition(|i| i.prewarmed.is_some())
                     .or_else(|| list.len().checked_sub(1));
                 if let Some(position) = position {
                     let idle = list.remove(position);
-                    let warmth = if idle.prewarmed {
+                    let warmth = if idle.prewarmed.is_some() {
                         self.counters.prewarms_used.fetch_add(1, Ordering::Relaxed);
                         Warmth::Prewarmed
                     } else {
@@ -136,12 +316,15 @@ impl WarmPool {
                         worker: idle.worker,
                         warmth,
                         wait_us: asked.elapsed().as_micros() as u64,
+                        plan: idle.prewarmed.flatten(),
+                        waited_for_prewarm: waited,
                     });
                 }
             }
             if state.starting.get(name).copied().unwrap_or(0) == 0 {
                 break;
             }
+            waited = true;
             state = self
                 .started
                 .wait_timeout(state, Duration::from_millis(spec.timeout_ms))
@@ -151,10 +334,13 @@ impl WarmPool {
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         let worker = Worker::spawn(spec, &self.mechanism)?;
+        WarmPool::note_cold_start(&mut lock(&self.state), name, worker.cold_start());
         Ok(Lease {
             worker,
             warmth: Warmth::Cold,
             wait_us: asked.elapsed().as_micros() as u64,
+            plan: None,
+            waited_for_prewarm: waited,
         })
     }
 
@@ -163,19 +349,35 @@ impl WarmPool {
         if !worker.is_alive() || keep_until <= Instant::now() {
             return;
         }
-        lock(&self.state)
-            .idle
-            .entry(name.to_owned())
-            .or_default()
-            .push(Idle {
+        let mut state = lock(&self.state);
+        self.add_idle(
+            &mut state,
+            name.to_owned(),
+            Idle {
                 worker,
                 until: keep_until,
-                prewarmed: false,
-            });
+                since: Instant::now(),
+                prewarmed: None,
+            },
+        );
     }
 
     /// Starts a worker for `name` in the background, kept until `until` if unused.
     pub fn prewarm(self: &Arc<Self>, name: &str, until: Instant) {
+        self.prewarm_with(name, until, None, Placement::default(), || Ok(()));
+    }
+
+    /// Starts a worker for `name` for `plan` on `placement` in the background, after
+    /// `before` (which starts the services it needs) succeeds; kept until `until` if
+    /// unused. A request for `name` meanwhile waits for it rather than starting another.
+    pub fn prewarm_with(
+        self: &Arc<Self>,
+        name: &str,
+        until: Instant,
+        plan: Option<u64>,
+        placement: Placement,
+        before: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) {
         let Some(spec) = self.functions.get(name).cloned() else {
             return;
         };
@@ -190,17 +392,27 @@ impl WarmPool {
             .name(format!("baton-prewarm-{name}"))
             .spawn(move || {
                 let name = owned;
-                let worker = Worker::spawn(&spec, &pool.mechanism);
+                let worker = before().and_then(|()| {
+                    Worker::spawn_on(&spec, &pool.mechanism, &placement).map_err(|e| e.to_string())
+                });
                 let mut state = lock(&pool.state);
                 if let Some(count) = state.starting.get_mut(&name) {
                     *count = count.saturating_sub(1);
                 }
                 match worker {
-                    Ok(worker) => state.idle.entry(name).or_default().push(Idle {
-                        worker,
-                        until,
-                        prewarmed: true,
-                    }),
+                    Ok(worker) => {
+                        WarmPool::note_cold_start(&mut state, &name, worker.cold_start());
+                        pool.add_idle(
+                            &mut state,
+                            name,
+                            Idle {
+                                worker,
+                                until,
+                                since: Instant::now(),
+                                prewarmed: Some(plan),
+                            },
+                        );
+                    }
                     Err(_) => {
                         pool.counters
                             .prewarms_failed
@@ -220,6 +432,25 @@ impl WarmPool {
         }
     }
 
+    /// Releases the unused idle workers of `name` that `plan` pre-warmed; returns how many.
+    pub fn release_plan(&self, name: &str, plan: u64) -> usize {
+        let released: Vec<Idle> = {
+            let mut state = lock(&self.state);
+            let Some(list) = state.idle.get_mut(name) else {
+                return 0;
+            };
+            let (gone, kept) = std::mem::take(list)
+                .into_iter()
+                .partition(|i| i.prewarmed == Some(Some(plan)));
+            *list = kept;
+            gone
+        };
+        self.counters
+            .prewarms_wasted
+            .fetch_add(released.len() as u64, Ordering::Relaxed);
+        released.len()
+    }
+
     /// Releases idle workers whose deadline has passed; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let mut expired = Vec::new();
@@ -237,7 +468,7 @@ impl WarmPool {
             }
         }
         for idle in &expired {
-            if idle.prewarmed {
+            if idle.prewarmed.is_some() {
                 self.counters
                     .prewarms_wasted
                     .fetch_add(1, Ordering::Relaxed);

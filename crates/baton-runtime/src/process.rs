@@ -1,13 +1,19 @@
 //! Warm worker processes: spawned ahead of time (a pre-warm), ready once they say so, then
 //! invoked over the framed protocol. A worker that overruns its timeout is killed; one that
 //! dies (crash, out of memory) is reported with the reason, and the caller replaces it.
+//!
+//! A bare `python3`/`python` program is resolved once to the real interpreter
+//! (`sys.executable`), so a version-manager shim (a shell script) never sits in the cold
+//! start. A worker started for a planned step runs on the step's reserved cores.
 
 use crate::limits::{self, LimitGuard, Mechanism};
 use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::protocol::{read_frame, write_frame, FrameKind};
+use std::collections::HashMap;
 use std::io::BufReader;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -117,31 +123,92 @@ pub struct Worker {
     alive: bool,
 }
 
+/// The program to start for `program`: a bare `python3`/`python` becomes the interpreter's
+/// real path (asked once, then cached), everything else is kept.
+pub fn resolve_program(program: &str) -> String {
+    static RESOLVED: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    if !matches!(program, "python3" | "python") {
+        return program.to_owned();
+    }
+    let cache = RESOLVED.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache
+        .entry(program.to_owned())
+        .or_insert_with(|| {
+            Command::new(program)
+                .args(["-c", "import sys; print(sys.executable)"])
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| program.to_owned())
+        })
+        .clone()
+}
+
+/// Where a worker runs: the cores its reservation named (none: anywhere) and the GPU units
+/// it holds (told to it as `BATON_GPU_UNITS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Cores to pin to.
+    pub cores: Vec<u32>,
+    /// GPU units reserved for it.
+    pub gpu_units: u32,
+}
+
+/// What a worker process has used so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    /// CPU time of its main thread, ns (`/proc/PID/schedstat`).
+    pub cpu_ns: Option<u64>,
+    /// Peak memory, bytes (its memory group's peak, else `VmHWM`).
+    pub peak_bytes: Option<u64>,
+}
+
 impl Worker {
     /// Starts a worker for `spec` under `mechanism` and waits (up to the function's
     /// timeout) for its ready frame. The wait is the cold start.
     pub fn spawn(spec: &FunctionSpec, mechanism: &Mechanism) -> Result<Worker, WorkerError> {
+        Worker::spawn_on(spec, mechanism, &Placement::default())
+    }
+
+    /// [`Worker::spawn`] on `placement`'s cores.
+    pub fn spawn_on(
+        spec: &FunctionSpec,
+        mechanism: &Mechanism,
+        placement: &Placement,
+    ) -> Result<Worker, WorkerError> {
         let FunctionKind::Process { command } = &spec.kind else {
             return Err(WorkerError::NotProcess(spec.name.clone()));
         };
         let started = Instant::now();
-        let mut child = Command::new(&command[0])
+        let program = resolve_program(&command[0]);
+        let mut builder = Command::new(&program);
+        builder
             .args(&command[1..])
             .envs(&spec.env)
+            .env("BATON_FUNCTION", &spec.name)
+            .env("BATON_GPU_UNITS", placement.gpu_units.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|source| WorkerError::Spawn {
-                function: spec.name.clone(),
-                program: command[0].clone(),
-                source,
-            })?;
+            .stderr(Stdio::inherit());
+        if let Some(dir) = &spec.workdir {
+            builder.current_dir(dir);
+        }
+        let mut child = builder.spawn().map_err(|source| WorkerError::Spawn {
+            function: spec.name.clone(),
+            program: program.clone(),
+            source,
+        })?;
         let limits = match limits::apply(
             mechanism,
             child.id(),
             spec.limits.memory_mib,
             spec.limits.cpu_millicores,
+            &placement.cores,
         ) {
             Ok(limits) => limits,
             Err(message) => {
@@ -230,6 +297,36 @@ impl Worker {
     /// Whether the worker can still serve.
     pub fn is_alive(&self) -> bool {
         self.alive
+    }
+
+    /// The function it serves.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// Its memory limit, MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.memory_mib
+    }
+
+    /// CPU time and peak memory so far (read from `/proc` and its memory group).
+    pub fn usage(&self) -> ProcessUsage {
+        let pid = self.child.id();
+        let cpu_ns = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok());
+        let peak_bytes = self
+            .limits
+            .memory_group()
+            .and_then(|g| std::fs::read_to_string(g.join("memory.max_usage_in_bytes")).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .or_else(|| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib << 10)
+            });
+        ProcessUsage { cpu_ns, peak_bytes }
     }
 
     fn kill(&mut self) {

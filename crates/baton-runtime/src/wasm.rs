@@ -4,19 +4,31 @@
 //! stdout, a per-instance memory limit, and an epoch-based timeout. Guests get no
 //! filesystem, network, arguments or environment.
 //!
+//! Host imports (module `baton`), for guests that want them:
+//! - `input_len() -> i32`, `input(ptr, cap) -> i32`: the payload, without WASI;
+//! - `output(ptr, len)`: appends to the result, without WASI;
+//! - `invoke(name_ptr, name_len, payload_ptr, payload_len) -> i32`: a nested synchronous
+//!   call of another function through the director; returns the result's length, or -1
+//!   (the error text is then the result); `result(ptr, cap) -> i32` copies it out.
+//!
+//! The WASI context is built on a guest's first WASI call, so a guest that speaks only the
+//! `baton` imports skips it (the cheapest hop). Bytes moved through `invoke` are charged to
+//! the instance's token bucket when its function reserves bandwidth.
+//!
 //! Warmth tiers: compiled (a `Module`), pre-linked (a [`WasmFunction`] holding the
 //! `InstancePre`), instantiated (a store per invocation: the pooling allocator makes that
 //! about a microsecond).
 
+use crate::bucket::TokenBucket;
 use crate::manifest::{FunctionKind, FunctionSpec};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -93,11 +105,169 @@ impl WasmError {
     }
 }
 
-/// Per-invocation host state: WASI and the memory limiter.
+/// A nested call from a guest: runs function `name` with the payload, returns its output
+/// or the error's text.
+pub type NestedCall = Arc<dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Per-invocation host state: the payload, WASI (built on first use), the output, the
+/// memory limiter, nested calls and the bandwidth bucket.
 struct Host {
-    wasi: WasiP1Ctx,
+    wasi: Option<WasiP1Ctx>,
+    stdout: Option<MemoryOutputPipe>,
+    input: Vec<u8>,
+    /// When the guest first took its input (the hop's end).
+    input_taken: Option<Instant>,
+    output: Vec<u8>,
     limit_bytes: usize,
     denied: bool,
+    nested: Option<NestedCall>,
+    /// Result of the last nested call.
+    result: Vec<u8>,
+    bucket: Option<TokenBucket>,
+    /// Bytes moved through host calls.
+    moved: u64,
+}
+
+impl Host {
+    /// The WASI context, built on the first WASI call with the payload as stdin.
+    fn wasi(&mut self) -> &mut WasiP1Ctx {
+        if self.wasi.is_none() {
+            self.input_taken.get_or_insert_with(Instant::now);
+            let stdout = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
+            self.wasi = Some(
+                WasiCtxBuilder::new()
+                    .stdin(MemoryInputPipe::new(std::mem::take(&mut self.input)))
+                    .stdout(stdout.clone())
+                    .build_p1(),
+            );
+            self.stdout = Some(stdout);
+        }
+        self.wasi
+            .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
+    }
+
+    /// Charges `bytes` to the bucket and waits as long as it says.
+    fn charge(&mut self, bytes: u64) {
+        self.moved += bytes;
+        if let Some(bucket) = self.bucket.as_mut() {
+            let wait = bucket.take(bytes, Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// Reads `len` bytes at `ptr` of the caller's memory.
+fn read_guest(caller: &mut Caller<'_, Host>, ptr: i32, len: i32) -> Option<Vec<u8>> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let (start, len) = (usize::try_from(ptr).ok()?, usize::try_from(len).ok()?);
+    memory
+        .data(&caller)
+        .get(start..start.checked_add(len)?)
+        .map(<[u8]>::to_vec)
+}
+
+/// Copies `bytes` (cut to `cap`) to `ptr` of the caller's memory; returns the count or -1.
+fn write_guest(caller: &mut Caller<'_, Host>, ptr: i32, cap: i32, bytes: &[u8]) -> i32 {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return -1;
+    };
+    let (Ok(start), Ok(cap)) = (usize::try_from(ptr), usize::try_from(cap)) else {
+        return -1;
+    };
+    let n = bytes.len().min(cap);
+    match memory.write(caller, start, &bytes[..n]) {
+        Ok(()) => n as i32,
+        Err(_) => -1,
+    }
+}
+
+fn add_baton_imports(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    linker.func_wrap("baton", "input_len", |caller: Caller<'_, Host>| -> i32 {
+        caller.data().input.len().min(i32::MAX as usize) as i32
+    })?;
+    linker.func_wrap(
+        "baton",
+        "input",
+        |mut caller: Caller<'_, Host>, ptr: i32, cap: i32| -> i32 {
+            caller
+                .data_mut()
+                .input_taken
+                .get_or_insert_with(Instant::now);
+            let input = std::mem::take(&mut caller.data_mut().input);
+            let n = write_guest(&mut caller, ptr, cap, &input);
+            caller.data_mut().input = input;
+            n
+        },
+    )?;
+    linker.func_wrap(
+        "baton",
+        "output",
+        |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> i32 {
+            match read_guest(&mut caller, ptr, len) {
+                Some(bytes) if caller.data().output.len() + bytes.len() <= MAX_OUTPUT_BYTES => {
+                    caller.data_mut().output.extend_from_slice(&bytes);
+                    bytes.len() as i32
+                }
+                _ => -1,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "baton",
+        "invoke",
+        |mut caller: Caller<'_, Host>, name_ptr: i32, name_len: i32, ptr: i32, len: i32| -> i32 {
+            let name =
+                read_guest(&mut caller, name_ptr, name_len).and_then(|n| String::from_utf8(n).ok());
+            let payload = read_guest(&mut caller, ptr, len);
+            let (Some(name), Some(payload)) = (name, payload) else {
+                caller.data_mut().result = b"bad name or payload pointer".to_vec();
+                return -1;
+            };
+            let Some(nested) = caller.data().nested.clone() else {
+                caller.data_mut().result = b"nested calls are not available here".to_vec();
+                return -1;
+            };
+            caller.data_mut().charge(payload.len() as u64);
+            let (result, code) = match nested(&name, &payload) {
+                Ok(output) => {
+                    let n = output.len().min(i32::MAX as usize) as i32;
+                    (output, n)
+                }
+                Err(message) => (message.into_bytes(), -1),
+            };
+            caller.data_mut().charge(result.len() as u64);
+            caller.data_mut().result = result;
+            code
+        },
+    )?;
+    linker.func_wrap(
+        "baton",
+        "result",
+        |mut caller: Caller<'_, Host>, ptr: i32, cap: i32| -> i32 {
+            let result = std::mem::take(&mut caller.data_mut().result);
+            let n = write_guest(&mut caller, ptr, cap, &result);
+            caller.data_mut().result = result;
+            n
+        },
+    )?;
+    Ok(())
+}
+
+/// What one run produced besides its output.
+#[derive(Debug, Clone, Default)]
+pub struct WasmRun {
+    /// The output (WASI stdout, then anything written with `baton.output`).
+    pub output: Vec<u8>,
+    /// The instance's linear memory at the end (it only grows: its peak), bytes.
+    pub memory_bytes: u64,
+    /// When the guest first took its payload (`baton.input` or its first WASI call).
+    pub input_taken: Option<Instant>,
+    /// Bytes moved through nested calls.
+    pub moved_bytes: u64,
 }
 
 impl ResourceLimiter for Host {
@@ -148,8 +318,11 @@ impl Drop for WasmEngine {
 pub struct WasmFunction {
     name: String,
     pre: InstancePre<Host>,
+    /// The export run: `handle` when the module has one, else `_start`.
+    entry: &'static str,
     limit_mib: u64,
     timeout_ms: u64,
+    net_mbps: u64,
     /// Whether the compiled module came from the disk cache.
     pub from_cache: bool,
 }
@@ -193,8 +366,9 @@ impl WasmEngine {
             .epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let mut linker: Linker<Host> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut Host| &mut host.wasi)
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, Host::wasi)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        add_baton_imports(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         std::fs::create_dir_all(cache_dir).map_err(|e| {
             WasmError::Engine(format!("cannot create cache {}: {e}", cache_dir.display()))
         })?;
@@ -263,12 +437,24 @@ impl WasmEngine {
                 module
             }
         };
+        let entry = if compiled.get_export("handle").is_some() {
+            "handle"
+        } else if compiled.get_export("_start").is_some() {
+            "_start"
+        } else {
+            return Err(WasmError::Invalid {
+                function: spec.name.clone(),
+                message: "exports neither `handle` nor `_start`".into(),
+            });
+        };
         let pre = self.linker.instantiate_pre(&compiled).map_err(invalid)?;
         Ok(WasmFunction {
             name: spec.name.clone(),
             pre,
+            entry,
             limit_mib: spec.limits.memory_mib,
             timeout_ms: spec.timeout_ms,
+            net_mbps: spec.limits.net_mbps,
             from_cache,
         })
     }
@@ -286,17 +472,31 @@ impl WasmEngine {
 
     /// Runs `function` once with `payload` on stdin; returns its stdout.
     pub fn invoke(&self, function: &WasmFunction, payload: &[u8]) -> Result<Vec<u8>, WasmError> {
-        let stdout = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
-        let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(payload.to_vec()))
-            .stdout(stdout.clone())
-            .build_p1();
+        self.run(function, payload, None).map(|run| run.output)
+    }
+
+    /// Runs `function` once with `payload`, nested calls going to `nested`.
+    pub fn run(
+        &self,
+        function: &WasmFunction,
+        payload: &[u8],
+        nested: Option<NestedCall>,
+    ) -> Result<WasmRun, WasmError> {
         let mut store = Store::new(
             &self.engine,
             Host {
-                wasi,
+                wasi: None,
+                stdout: None,
+                input: payload.to_vec(),
+                input_taken: None,
+                output: Vec::new(),
                 limit_bytes: (function.limit_mib << 20) as usize,
                 denied: false,
+                nested,
+                result: Vec::new(),
+                bucket: (function.net_mbps > 0)
+                    .then(|| TokenBucket::new(function.net_mbps, Instant::now())),
+                moved: 0,
             },
         );
         store.limiter(|host| host);
@@ -311,8 +511,8 @@ impl WasmEngine {
             .instantiate(&mut store)
             .map_err(|e| failed(format!("instantiation: {e:#}")))?;
         let start = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(|e| failed(format!("no `_start`: {e:#}")))?;
+            .get_typed_func::<(), ()>(&mut store, function.entry)
+            .map_err(|e| failed(format!("`{}`: {e:#}", function.entry)))?;
         match start.call(&mut store, ()) {
             Ok(()) => {}
             Err(error) => {
@@ -335,7 +535,20 @@ impl WasmEngine {
                 }
             }
         }
-        drop(store);
-        Ok(stdout.contents().to_vec())
+        let memory_bytes = instance
+            .get_memory(&mut store, "memory")
+            .map_or(0, |m| m.data_size(&store) as u64);
+        let host = store.into_data();
+        let mut output = host
+            .stdout
+            .map(|pipe| pipe.contents().to_vec())
+            .unwrap_or_default();
+        output.extend_from_slice(&host.output);
+        Ok(WasmRun {
+            output,
+            memory_bytes,
+            input_taken: host.input_taken,
+            moved_bytes: host.moved,
+        })
     }
 }

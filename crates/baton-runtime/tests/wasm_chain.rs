@@ -75,7 +75,7 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
             set_threshold: None,
         },
     );
-    let mut director = Director::new(pool, tdg, graph, Box::new(policy)).with_wasm(engine);
+    let director = Director::new(pool, tdg, graph, Box::new(policy)).with_wasm(engine);
     director.declare_sequence("pipeline", vec!["first".into(), "second".into()]);
 
     let outcome = director.invoke("pipeline", b"hello").unwrap();
@@ -104,6 +104,9 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
     let third = director.invoke("third", b"z").unwrap();
     assert_eq!(third.output, b"Z");
     assert_eq!(third.records[0].cold, Some(false), "{:?}", third.records[0]);
-    assert_eq!(third.records[0].chain.as_deref(), Some("prewarmed"));
+    assert!(third.records[0]
+        .chain
+        .as_deref()
+        .is_some_and(|c| c.starts_with("plan-")));
     assert_eq!(director.records().len(), 2 + 2 + 1 + 1);
 }
