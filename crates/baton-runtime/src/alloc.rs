@@ -178,6 +178,17 @@ impl Scheduler {
         before - queue.jobs.len()
     }
 
+    /// Drops the earliest job of `function` that has not started; returns whether one was.
+    pub fn cancel_one(&self, function: &str) -> bool {
+        let mut queue = lock(&self.shared);
+        let key = queue
+            .jobs
+            .iter()
+            .find(|(_, (job, _))| job.function == function)
+            .map(|(key, _)| *key);
+        key.is_some_and(|key| queue.jobs.remove(&key).is_some())
+    }
+
     /// Jobs waiting for their instant.
     pub fn pending(&self) -> usize {
         lock(&self.shared).jobs.len()

@@ -302,7 +302,14 @@ impl Director {
         let director = Arc::new_cyclic(|me: &Weak<Director>| {
             let mut director = self;
             director.me = me.clone();
-            let (run, keep) = (me.clone(), me.clone());
+            let (run, keep, rank) = (me.clone(), me.clone(), me.clone());
+            // Idle workers over the pool's memory budget go lowest policy priority first.
+            director
+                .pool
+                .set_evict_priority(Box::new(move |function: &str, since: Instant| {
+                    rank.upgrade()
+                        .map_or(0.0, |director| director.evict_priority(function, since))
+                }));
             match Scheduler::start(
                 HOUSEKEEPING,
                 Box::new(move |job| {
@@ -322,6 +329,14 @@ impl Director {
             director
         });
         started.map(|()| director)
+    }
+
+    /// The policy's eviction priority of an idle worker of `function` idle since `since`.
+    fn evict_priority(&self, function: &str, since: Instant) -> f64 {
+        let task = self.task(function);
+        let since_us =
+            self.origin.1 + since.saturating_duration_since(self.origin.0).as_micros() as u64;
+        lock(&self.policy).evict_priority(task, since_us)
     }
 
     /// The allocator's clock, when shared.
@@ -439,6 +454,13 @@ impl Director {
             .ok_or_else(|| StepError::Unknown(name.to_owned()))?;
         let service_wait = Director::ensure_services(self.services.as_deref(), spec)?;
         if !self.is_wasm(name) {
+            if self.pool.idle_count(name) == 0 {
+                // Needed before its planned instant: a pre-warm still waiting on the clock
+                // would only be wasted now; the step starts its own instance.
+                if let Some(scheduler) = &self.scheduler {
+                    scheduler.cancel_one(name);
+                }
+            }
             let lease = self.pool.take(name)?;
             let obtained = Obtained {
                 warmth: lease.warmth,
@@ -596,11 +618,13 @@ impl Director {
                     task,
                     plan: Some(plan),
                 } => {
+                    // The plan's windows are over: drop what has not started yet. Workers
+                    // already started stay until their own deadline (a late pre-warm is
+                    // still the best instance for its step).
                     let function = self.task_name(task);
                     if let Some(scheduler) = &self.scheduler {
                         scheduler.cancel(&function, Some(plan));
                     }
-                    self.pool.release_plan(&function, plan);
                 }
                 Action::KeepAlive { .. } | Action::Release { .. } => {}
             }
@@ -611,6 +635,9 @@ impl Director {
     /// Runs `name` with `payload`, following the chain to its end.
     pub fn invoke(&self, name: &str, payload: &[u8]) -> Result<Outcome, DirectorError> {
         self.counters.invocations.fetch_add(1, Ordering::Relaxed);
+        if self.scheduler.is_none() {
+            self.pool.expire(Instant::now());
+        }
         let trace = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let steps: Vec<String> = self
             .sequences
@@ -789,6 +816,9 @@ impl Director {
         let mut hop_us = None;
         let result: Result<Vec<u8>, StepError> = match &mut running {
             Running::Process(lease) => {
+                record
+                    .extra
+                    .insert("limits".into(), Value::from(lease.worker.limits()));
                 let before = lease.worker.usage();
                 if let Some(handed) = handed_at {
                     hop_us = Some(handed.elapsed().as_micros() as u64);
@@ -924,20 +954,33 @@ impl Director {
                 }
             }
         }
+        // Steps run one after another on this thread, so every wait (a cold start, a late
+        // pre-warm) delays all later steps. The graph learns the warm timing: each start
+        // without the waits before it, each run without its own wait; cold starts are
+        // learned separately. Otherwise one cold request would teach the allocator to
+        // pre-warm its successors a cold start too late.
         let mut learner = lock(&self.learner);
+        let mut waited_before = 0u64;
         let invocations: Vec<Invocation> = records
             .iter()
             .zip(&parents)
             .map(|(r, parent)| {
                 let task = learner.intern_task(&r.task);
                 let label = learner.intern_label(&r.task);
+                let wait = r
+                    .extra
+                    .get("ready_wait_us")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let start_us = (r.ts_ns / 1_000).saturating_sub(waited_before);
+                waited_before += wait;
                 Invocation {
                     task,
                     label,
                     parent: parent.map(|p| p as u32),
-                    start_us: r.ts_ns / 1_000,
+                    start_us,
                     usage: Usage {
-                        wall_us: r.duration_us,
+                        wall_us: r.duration_us.saturating_sub(wait).max(1),
                         cpu_us: r.cpu_ms.map(|ms| (ms * 1000.0) as u64),
                         mem_peak_mib: r.mem_peak_mib.map(|m| m.ceil() as u64),
                         net_bytes: r.net_bytes,

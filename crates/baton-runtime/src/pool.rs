@@ -54,6 +54,10 @@ struct State {
     cold_us: HashMap<String, f64>,
 }
 
+/// A pre-warmed worker that became ready after (or just before) the end of the window it
+/// was planned for is kept this long, so the step it was made for can still use it.
+pub const PREWARM_GRACE: Duration = Duration::from_millis(500);
+
 /// Ranks an idle worker for eviction, lowest first: (function, idle since).
 pub type EvictPriority = Box<dyn Fn(&str, Instant) -> f64 + Send + Sync>;
 
@@ -243,7 +247,7 @@ impl WarmPool {
                     .flat_map(|(n, list)| list.iter().map(move |i| (n, i)))
                     .map(|(n, i)| {
                         let priority = ranking.as_ref().map_or_else(
-                            || i.since.elapsed().as_secs_f64() * -1.0,
+                            || -i.since.elapsed().as_secs_f64(),
                             |rank| rank(n, i.since),
                         );
                         (priority, n.clone(), i.worker.pid())
@@ -407,7 +411,7 @@ impl WarmPool {
                             name,
                             Idle {
                                 worker,
-                                until,
+                                until: until.max(Instant::now() + PREWARM_GRACE),
                                 since: Instant::now(),
                                 prewarmed: Some(plan),
                             },

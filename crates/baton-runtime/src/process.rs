@@ -164,7 +164,7 @@ pub struct Placement {
 pub struct ProcessUsage {
     /// CPU time of its main thread, ns (`/proc/PID/schedstat`).
     pub cpu_ns: Option<u64>,
-    /// Peak memory, bytes (its memory group's peak, else `VmHWM`).
+    /// Peak memory, bytes (`VmHWM`, else its memory group's peak).
     pub peak_bytes: Option<u64>,
 }
 
@@ -315,16 +315,20 @@ impl Worker {
         let cpu_ns = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
             .ok()
             .and_then(|t| t.split_whitespace().next()?.parse().ok());
-        let peak_bytes = self
-            .limits
-            .memory_group()
-            .and_then(|g| std::fs::read_to_string(g.join("memory.max_usage_in_bytes")).ok())
-            .and_then(|t| t.trim().parse().ok())
-            .or_else(|| {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        // The process's own peak resident set; its memory group's peak misses what it
+        // allocated before it was moved into the group.
+        let peak_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
                 let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
                 let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
                 Some(kib << 10)
+            })
+            .or_else(|| {
+                self.limits
+                    .memory_group()
+                    .and_then(|g| std::fs::read_to_string(g.join("memory.max_usage_in_bytes")).ok())
+                    .and_then(|t| t.trim().parse().ok())
             });
         ProcessUsage { cpu_ns, peak_bytes }
     }

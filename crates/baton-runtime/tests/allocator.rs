@@ -1,0 +1,258 @@
+//! The proactive allocator for real: pre-warms start at their planned instant (not all at
+//! the plan's start) on the cores their reservation named; auxiliary services start before
+//! the step that needs them and stop when idle; a guest's nested calls run through the
+//! director and move their bytes at the reserved bandwidth; idle workers over the memory
+//! budget are evicted in the policy's order.
+
+mod common;
+use baton_core::policy::TtlPolicy;
+use baton_core::{
+    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
+    SnapshotCell, Tdg, TdgConfig,
+};
+use baton_runtime::director::Director;
+use baton_runtime::limits;
+use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::pool::WarmPool;
+use baton_runtime::services::{ServiceSpec, Services};
+use baton_runtime::wasm::WasmEngine;
+use common::{process_spec, python, wasm_spec};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn chain_director(functions: Vec<FunctionSpec>, cores: u32) -> (Director, ResourcePool) {
+    let detection = limits::detect();
+    eprint!("{detection}");
+    let pool = WarmPool::new(functions, detection.mechanism);
+    let tdg = Tdg::new(TdgConfig {
+        half_life_us: None,
+        ..TdgConfig::default()
+    });
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let reservations = ResourcePool::new(ResourceVec {
+        cpu_millicores: 4_000,
+        cores,
+        memory_mib: 2_048,
+        net_mbps: 1_000,
+        gpu_units: 0,
+    });
+    let policy = ChainPolicy::new(
+        Arc::clone(&graph),
+        reservations.clone(),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 0,
+            entry_keep_alive_us: 0,
+            set_threshold: None,
+        },
+    );
+    let director =
+        Director::new(pool, tdg, graph, Box::new(policy)).with_reservations(reservations.clone());
+    (director, reservations)
+}
+
+#[test]
+fn a_prewarm_starts_just_before_its_step_on_the_reserved_core() {
+    // slow (600 ms of work) → fast; fast asks for a dedicated core.
+    let (director, reservations) = chain_director(
+        vec![
+            process_spec(
+                "slow",
+                "step.py",
+                "timeout_ms = 10000\n[env]\nNEXT = \"fast\"\nSLEEP_MS = \"600\"",
+            ),
+            process_spec("fast", "step.py", "cores = 1\ntimeout_ms = 10000"),
+        ],
+        2,
+    );
+    let director = director.into_shared().unwrap();
+    let first = director.invoke("slow", b"x").unwrap();
+    assert!(first.records.iter().all(|r| r.cold == Some(true)));
+
+    let asked = Instant::now();
+    let second = director.invoke("slow", b"y").unwrap();
+    let fast = &second.records[1];
+    eprintln!("fast: {fast:?}");
+    assert_eq!(fast.task, "fast");
+    assert_eq!(
+        fast.extra["warmth"], "prewarmed",
+        "ready before it was needed"
+    );
+    let scheduler = director.scheduler().unwrap();
+    let job = scheduler
+        .history()
+        .into_iter()
+        .find(|s| s.job.function == "fast" && s.scheduled >= asked)
+        .expect("fast was pre-warmed by the clock");
+    let held_back = job.started - job.scheduled;
+    eprintln!(
+        "fast: planned when slow started, started {held_back:?} later (step expected ~600 ms in)"
+    );
+    assert!(
+        held_back >= Duration::from_millis(200),
+        "started on its planned instant, not at the plan's start: {held_back:?}"
+    );
+    assert_eq!(job.job.placement.cores.len(), 1, "one reserved core");
+    let limits = fast.extra["limits"].as_str().unwrap();
+    eprintln!("fast ran under: {limits}");
+    match director.pool().mechanism() {
+        limits::Mechanism::CgroupV1 {
+            cpuset: Some(_), ..
+        } => {
+            eprintln!("path: cgroup v1 cpuset pinning");
+            assert!(limits.contains("cpuset"), "{limits}");
+        }
+        _ => {
+            eprintln!("path: taskset pinning (no writable cpuset)");
+            assert!(limits.contains("taskset"), "{limits}");
+        }
+    }
+    drop(director);
+    assert!(reservations.is_empty(), "{:?}", reservations.reservations());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_service_starts_before_its_step_and_stops_when_idle() {
+    let port = free_port();
+    let service = ServiceSpec::from_toml(&format!(
+        "name = \"cache\"\ncommand = [{:?}, \"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]\nready_tcp = \"127.0.0.1:{port}\"\nidle_stop_ms = 300\n",
+        python()
+    ))
+    .unwrap();
+    let pool = WarmPool::new(
+        vec![process_spec("cached", "upper.py", "services = [\"cache\"]")],
+        limits::detect().mechanism,
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(60_000_000)))
+        .with_services(Services::new(vec![service]))
+        .into_shared()
+        .unwrap();
+    let outcome = director.invoke("cached", b"hi").unwrap();
+    assert_eq!(outcome.output, b"HI");
+    let services = director.services().unwrap();
+    assert!(services.is_running("cache"));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "ready means accepting"
+    );
+    let wait = outcome.records[0].extra["ready_wait_us"].as_u64().unwrap();
+    eprintln!("first call waited {wait} µs for the service and the worker");
+    // Used again: the service is already up.
+    director.invoke("cached", b"again").unwrap();
+    assert_eq!(services.counters.starts.load(Ordering::Relaxed), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while services.is_running("cache") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!services.is_running("cache"), "stopped after 300 ms idle");
+    assert_eq!(services.counters.idle_stops.load(Ordering::Relaxed), 1);
+
+    // A function needing a service nobody declared fails clearly.
+    let pool = WarmPool::new(
+        vec![process_spec("orphan", "upper.py", "services = [\"queue\"]")],
+        limits::Mechanism::None,
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(0)));
+    let error = director.invoke("orphan", b"x").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("service `queue` is not declared"),
+        "{error}"
+    );
+}
+
+#[test]
+fn nested_calls_are_children_and_move_at_the_reserved_bandwidth() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Arc::new(WasmEngine::new(cache.path(), 16, 64).unwrap());
+    let pool = WarmPool::new(
+        vec![
+            wasm_spec("audit", "wasm/audit.wasm", "memory_mib = 16"),
+            wasm_spec(
+                "audit-slow",
+                "wasm/audit.wasm",
+                "memory_mib = 16\nnet_mbps = 8",
+            ),
+            wasm_spec("upper", "wat/upper.wat", "memory_mib = 16"),
+        ],
+        limits::Mechanism::None,
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(0)))
+        .with_wasm(engine)
+        .into_shared()
+        .unwrap();
+    let outcome = director.invoke("audit", b"hello").unwrap();
+    assert_eq!(outcome.output, b"audit:HELLO");
+    let tasks: Vec<&str> = outcome.records.iter().map(|r| r.task.as_str()).collect();
+    assert_eq!(tasks, ["audit", "upper"]);
+    assert_eq!(
+        outcome.records[1].parent.as_deref(),
+        Some(outcome.records[0].invocation.as_str()),
+        "the nested call is the caller's child"
+    );
+
+    // 200 KB out and 200 KB back through baton.invoke at 8 Mbit/s (1 MB/s, 100 KB burst):
+    // at least 0.3 s of waiting, which the unlimited function does not do.
+    let big = vec![b'a'; 200_000];
+    let started = Instant::now();
+    let limited = director.invoke("audit-slow", &big).unwrap();
+    let took = started.elapsed();
+    assert_eq!(limited.output.len(), 6 + 200_000);
+    assert!(limited.output[6..].iter().all(|&b| b == b'A'));
+    eprintln!("400 KB through a 8 Mbit/s bucket: {took:?}");
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    let moved = limited.records[0].net_bytes.unwrap();
+    assert!(moved >= 600_000, "input, output and nested bytes: {moved}");
+}
+
+#[test]
+fn idle_workers_over_the_budget_go_in_the_policys_order() {
+    let pool = WarmPool::with_budget(
+        vec![
+            process_spec("a", "upper.py", "memory_mib = 100"),
+            process_spec("b", "upper.py", "memory_mib = 100"),
+        ],
+        limits::detect().mechanism,
+        Some(150),
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(60_000_000)))
+        .into_shared()
+        .unwrap();
+    director.invoke("a", b"1").unwrap();
+    assert_eq!(director.pool().idle_memory_mib(), 100);
+    director.invoke("b", b"2").unwrap();
+    let idle: Vec<String> = director
+        .pool()
+        .idle()
+        .into_iter()
+        .map(|i| i.function)
+        .collect();
+    assert_eq!(
+        idle,
+        ["b"],
+        "a was idle longest: least recently used goes first"
+    );
+    assert_eq!(
+        director.pool().counters.evictions.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(director.pool().idle_memory_mib(), 100);
+}

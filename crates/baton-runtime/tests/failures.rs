@@ -1,0 +1,83 @@
+//! Failures through the director: a guest that loops forever is stopped by its timeout, one
+//! that grows past its memory limit fails with `oom`, a worker that crashes is replaced;
+//! each is recorded with its status and reason, and the host keeps serving.
+
+mod common;
+use baton_core::policy::TtlPolicy;
+use baton_core::{SnapshotCell, Tdg, TdgConfig};
+use baton_runtime::director::{Director, DirectorError};
+use baton_runtime::limits;
+use baton_runtime::pool::WarmPool;
+use baton_runtime::wasm::WasmEngine;
+use baton_trace::schema::Status;
+use common::{process_spec, wasm_spec};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+#[test]
+fn timeouts_ooms_and_crashes_are_recorded_and_the_host_survives() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Arc::new(WasmEngine::new(cache.path(), 16, 64).unwrap());
+    let pool = WarmPool::new(
+        vec![
+            wasm_spec("spin", "wat/spin.wat", "timeout_ms = 200"),
+            wasm_spec("hog", "wat/hog.wat", "memory_mib = 8"),
+            process_spec("fragile", "upper.py", "timeout_ms = 5000"),
+        ],
+        limits::detect().mechanism,
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(60_000_000)))
+        .with_wasm(engine)
+        .into_shared()
+        .unwrap();
+
+    let status_of = |error: DirectorError| {
+        eprintln!("{error}");
+        let record = error.records().last().cloned().unwrap();
+        (
+            record.status,
+            record.extra["error"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (status, why) = status_of(director.invoke("spin", b"").unwrap_err());
+    assert_eq!(status, Some(Status::Timeout));
+    assert!(why.contains("timed out after 200 ms"), "{why}");
+
+    let (status, why) = status_of(director.invoke("hog", b"").unwrap_err());
+    assert_eq!(status, Some(Status::Oom));
+    assert!(why.contains("out of memory (limit 8 MiB)"), "{why}");
+
+    assert_eq!(director.invoke("fragile", b"warm").unwrap().output, b"WARM");
+    let (status, why) = status_of(director.invoke("fragile", b"crash").unwrap_err());
+    assert_eq!(status, Some(Status::Error));
+    assert!(why.contains("exit status: 3"), "{why}");
+    // The dead worker was not kept: the next call starts a replacement.
+    let replaced = director.invoke("fragile", b"again").unwrap();
+    assert_eq!(replaced.output, b"AGAIN");
+    assert_eq!(replaced.records[0].cold, Some(true), "a new worker");
+    // A function error is not a crash: the worker lives on and stays warm.
+    let (status, why) = status_of(director.invoke("fragile", b"fail").unwrap_err());
+    assert_eq!(status, Some(Status::Error));
+    assert!(why.contains("ValueError: asked to fail"), "{why}");
+    assert_eq!(
+        director.invoke("fragile", b"ok").unwrap().records[0].cold,
+        Some(false)
+    );
+
+    // Unknown functions are named, and nothing else is lost.
+    let error = director.invoke("nope", b"").unwrap_err();
+    assert!(
+        error.to_string().contains("unknown function `nope`"),
+        "{error}"
+    );
+    let statuses: Vec<Option<Status>> = director.records().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.len(), 8);
+    assert_eq!(director.counters.failed_steps.load(Ordering::Relaxed), 5);
+    // And the wasm guests still run after their failures.
+    assert!(matches!(
+        director.invoke("spin", b"").unwrap_err(),
+        DirectorError::Step { .. }
+    ));
+}

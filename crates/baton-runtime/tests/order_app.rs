@@ -1,0 +1,175 @@
+//! The example order pipeline (`examples/order`: C guests compiled to wasm and Python
+//! workers) run for real through the director: validate → price → (reserve | reject) →
+//! notify. The first request is cold; once learned, the predicted path runs without a cold
+//! start; a branch never seen falls back to a cold start and is recorded as such; every
+//! record reaches the log file; every reservation is released afterwards.
+
+use baton_core::{
+    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
+    SnapshotCell, Tdg, TdgConfig,
+};
+use baton_runtime::director::Director;
+use baton_runtime::limits;
+use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::pool::WarmPool;
+use baton_runtime::wasm::WasmEngine;
+use baton_trace::schema::{ExecutionRecord, Status};
+use std::path::Path;
+use std::sync::Arc;
+
+fn order(id: u32, item: &str, qty: u32, credit: u32) -> Vec<u8> {
+    format!(r#"{{"order":{id},"item":"{item}","qty":{qty},"credit":{credit}}}"#).into_bytes()
+}
+
+fn path_of(records: &[ExecutionRecord]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r.task.clone(),
+                r.extra["warmth"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() {
+    let detection = limits::detect();
+    eprint!("{detection}");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/order");
+    let functions = FunctionSpec::from_dir(&examples).unwrap();
+    assert_eq!(functions.len(), 5);
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Arc::new(WasmEngine::new(cache.path(), 32, 64).unwrap());
+    let pool = WarmPool::new(functions, detection.mechanism);
+    let tdg = Tdg::new(TdgConfig {
+        half_life_us: None,
+        ..TdgConfig::default()
+    });
+    let mut seed = tdg.clone();
+    let graph = Arc::new(SnapshotCell::new(seed.snapshot()));
+    let reservations = ResourcePool::new(ResourceVec {
+        cpu_millicores: 4_000,
+        cores: 2,
+        memory_mib: 2_048,
+        net_mbps: 1_000,
+        gpu_units: 0,
+    });
+    // No keep-alive: any process worker found warm was started by a prediction.
+    let policy = ChainPolicy::new(
+        Arc::clone(&graph),
+        reservations.clone(),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 0,
+            entry_keep_alive_us: 0,
+            set_threshold: None,
+        },
+    );
+    let log = cache.path().join("records.jsonl");
+    let director = Director::new(pool, tdg, graph, Box::new(policy))
+        .with_wasm(engine)
+        .with_reservations(reservations.clone())
+        .with_log(&log)
+        .unwrap()
+        .into_shared()
+        .unwrap();
+
+    let first = director
+        .invoke("validate", &order(1, "book", 2, 100))
+        .unwrap();
+    let text = String::from_utf8(first.output.clone()).unwrap();
+    assert!(text.contains(r#""status":"reserved""#), "{text}");
+    assert!(text.contains(r#""notified":true"#), "{text}");
+    assert!(text.contains(r#""total":"25.00""#), "{text}");
+    let path = path_of(&first.records);
+    eprintln!("request 1: {path:?}");
+    let tasks: Vec<&str> = path.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tasks, ["validate", "price", "reserve", "notify"]);
+    assert!(first.records.iter().all(|r| r.cold == Some(true)));
+
+    let mut late = 0;
+    for id in 2..6 {
+        let outcome = director
+            .invoke("validate", &order(id, "lamp", 1, 100))
+            .unwrap();
+        let path = path_of(&outcome.records);
+        eprintln!("request {id}: {path:?}");
+        assert!(
+            outcome.records.iter().all(|r| r.cold == Some(false)),
+            "no cold start on the predicted path: {path:?}"
+        );
+        for record in &outcome.records[1..] {
+            let warmth = record.extra["warmth"].as_str().unwrap();
+            if record.task == "price" || record.task == "notify" {
+                // Python workers are never kept alive here: only a prediction starts them.
+                assert!(warmth.starts_with("prewarm"), "{}: {warmth}", record.task);
+                assert!(
+                    record
+                        .chain
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with("plan-")),
+                    "the plan is named: {record:?}"
+                );
+                late += usize::from(warmth == "prewarm-late");
+            }
+        }
+        // Let the background pre-warms of this request settle before the next one.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("pre-warms that came late (the request waited for the rest of them): {late} of 8");
+
+    // Over the customer's credit: price branches to reject, never seen before.
+    let refused = director
+        .invoke("validate", &order(9, "desk", 3, 100))
+        .unwrap();
+    let text = String::from_utf8(refused.output.clone()).unwrap();
+    assert!(text.contains(r#""status":"rejected""#), "{text}");
+    let path = path_of(&refused.records);
+    eprintln!("mispredicted: {path:?}");
+    assert_eq!(path[2], ("reject".to_owned(), "cold".to_owned()));
+    assert_eq!(refused.records[2].cold, Some(true));
+    assert!(refused.records[2].cold_start_us.is_some());
+
+    // An invalid order ends at validate.
+    let invalid = director
+        .invoke("validate", br#"{"order":10,"qty":0}"#)
+        .unwrap();
+    assert_eq!(invalid.output, br#"{"order":10,"status":"invalid"}"#);
+    assert_eq!(invalid.records.len(), 1);
+
+    // Records: measured, complete, and all in the log file.
+    let records = director.records();
+    assert_eq!(records.len(), 4 * 5 + 4 + 1);
+    assert!(records.iter().all(|r| r.status == Some(Status::Ok)));
+    for record in records.iter().filter(|r| r.task == "price") {
+        assert!(record.cpu_ms.is_some() && record.mem_peak_mib.unwrap_or(0.0) > 1.0);
+    }
+    for record in records.iter().filter(|r| r.task == "validate") {
+        assert!(record.mem_peak_mib.unwrap_or(0.0) > 0.0 && record.net_bytes.unwrap() > 0);
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let parsed: Vec<ExecutionRecord> = logged
+        .lines()
+        .map(|l| ExecutionRecord::parse(l).unwrap())
+        .collect();
+    assert_eq!(parsed.len(), records.len());
+    assert_eq!(parsed[0].task, "validate");
+
+    // The graph learned both branches of price.
+    let counters = &director.counters;
+    eprintln!("{counters:?}");
+    assert!(
+        counters
+            .prewarmed_steps
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 8
+    );
+    drop(director);
+    assert!(
+        reservations.is_empty(),
+        "every reservation released: {:?}",
+        reservations.reservations()
+    );
+}
