@@ -1,6 +1,8 @@
 //! The `baton` command: learn a task dependency graph from logs, predict chains and request
-//! sets, export the graph, evaluate prediction on a later window, convert logs.
+//! sets, export the graph, evaluate prediction on a later window, convert logs, replay
+//! traces through the pre-warming policies, and measure hops and cold starts.
 
+mod bench;
 mod commands;
 mod load;
 mod sim;
@@ -35,6 +37,9 @@ enum Command {
     Sim(sim::SimArgs),
     /// Report what this machine offers baton: the resource-limit mechanism for workers.
     Doctor,
+    /// Measure hops and cold starts on this machine.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +51,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => commands::eval(args),
         Command::Convert(args) => commands::convert(args),
         Command::Sim(args) => sim::sim(args),
+        Command::Bench(command) => bench::run(command),
         Command::Doctor => {
             print!("{}", baton_runtime::limits::detect());
             Ok(())

@@ -372,3 +372,66 @@ fn sim_compares_every_policy_and_writes_its_reports() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown policy `lru`"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+fn examples() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn bench_hop_and_coldstart_print_their_figures() {
+    // Few iterations: this checks the harness and its output, not the figures (the release
+    // build measures those: `cargo run --release -- bench hop`).
+    let hop = ok_json(&[
+        "bench",
+        "hop",
+        "--iterations",
+        "200",
+        "--examples",
+        &examples(),
+        "--json",
+    ]);
+    assert_eq!(hop["handoff"]["n"], 200);
+    for field in ["handoff", "http", "handoff_with_result", "http_with_result"] {
+        assert!(
+            hop[field]["p50_us"].as_f64().unwrap() > 0.0,
+            "{field}: {hop}"
+        );
+    }
+    assert!(hop["ratio_p50"].as_f64().unwrap() > 0.0);
+
+    let cold = ok_json(&[
+        "bench",
+        "coldstart",
+        "--runs",
+        "1",
+        "--examples",
+        &examples(),
+        "--json",
+    ]);
+    let rows = cold["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert!(
+            row["cold"]["p50_us"].as_f64().unwrap() > row["warm"]["p50_us"].as_f64().unwrap(),
+            "{row}"
+        );
+    }
+
+    let output = baton(&["bench", "hop", "--payload", "0"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--payload"));
+    let output = baton(&[
+        "bench",
+        "hop",
+        "--iterations",
+        "5",
+        "--examples",
+        "/nonexistent",
+    ]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("/nonexistent"), "{message}");
+}

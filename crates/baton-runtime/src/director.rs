@@ -43,7 +43,7 @@ pub const MAX_HOPS: usize = 64;
 /// Records kept in memory (the log file keeps all).
 pub const MAX_KEPT_RECORDS: usize = 100_000;
 
-/// Hop latencies kept for reports.
+/// Hop latencies kept for reports (ns).
 const HOP_SAMPLES: usize = 4096;
 
 /// How often the allocator thread expires idle instances and ticks the policy.
@@ -372,7 +372,7 @@ impl Director {
         lock(&self.log).write_errors
     }
 
-    /// The last hop latencies (previous output to the next step holding its input), µs.
+    /// The last hop latencies (previous output to the next step holding its input), ns.
     pub fn hop_samples(&self) -> Vec<u64> {
         lock(&self.hops).iter().copied().collect()
     }
@@ -813,7 +813,7 @@ impl Director {
         );
         let ran = Instant::now();
         let mut running = running;
-        let mut hop_us = None;
+        let mut hop_ns = None;
         let result: Result<Vec<u8>, StepError> = match &mut running {
             Running::Process(lease) => {
                 record
@@ -821,7 +821,7 @@ impl Director {
                     .insert("limits".into(), Value::from(lease.worker.limits()));
                 let before = lease.worker.usage();
                 if let Some(handed) = handed_at {
-                    hop_us = Some(handed.elapsed().as_micros() as u64);
+                    hop_ns = Some(handed.elapsed().as_nanos() as u64);
                 }
                 let result = lease.worker.invoke(input).map_err(StepError::from);
                 let after = lease.worker.usage();
@@ -847,9 +847,8 @@ impl Director {
                     Some(engine) => match engine.run(function, input, nested) {
                         Ok(run) => {
                             if let (Some(handed), Some(taken)) = (handed_at, run.input_taken) {
-                                hop_us = Some(
-                                    taken.saturating_duration_since(handed).as_micros() as u64
-                                );
+                                hop_ns =
+                                    Some(taken.saturating_duration_since(handed).as_nanos() as u64);
                             }
                             record.mem_peak_mib = Some(run.memory_bytes as f64 / (1 << 20) as f64);
                             record.net_bytes =
@@ -861,6 +860,7 @@ impl Director {
                 }
             }
         };
+        let result_ns = handed_at.map(|handed| handed.elapsed().as_nanos() as u64);
         let end_us = self.now_us();
         record.duration_us = wait_us + ran.elapsed().as_micros() as u64;
         record.cold = Some(warmth == Warmth::Cold);
@@ -889,8 +889,11 @@ impl Director {
         record
             .extra
             .insert("ready_wait_us".into(), Value::from(wait_us));
-        if let Some(hop) = hop_us {
-            record.extra.insert("hop_us".into(), Value::from(hop));
+        if let (Some(hop), Some(with_result)) = (hop_ns, result_ns) {
+            record.extra.insert("hop_ns".into(), Value::from(hop));
+            record
+                .extra
+                .insert("hop_result_ns".into(), Value::from(with_result));
             let mut hops = lock(&self.hops);
             if hops.len() == HOP_SAMPLES {
                 hops.pop_front();

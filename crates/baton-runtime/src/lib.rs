@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod alloc;
+pub mod bench;
 pub mod bucket;
 pub mod director;
 pub mod limits;

@@ -1,0 +1,444 @@
+//! What a hop and a cold start cost on this machine, measured in one run (`baton bench hop`,
+//! `baton bench coldstart`).
+//!
+//! Hop: a two-step sequence `a → b` of the same tiny guest. The director hands `a`'s
+//! output to `b`'s pre-linked instance; the same hop over HTTP sends `a`'s output in a
+//! loopback HTTP/1.1 request to a server thread in this process that runs `b` on the same
+//! engine and answers with its output. Both are timed from `a`'s output being ready to `b`
+//! holding its input (the hand-off), and to `b`'s output being back with the caller (the
+//! hop with its result). The HTTP side is a minimal keep-alive server and client over
+//! `TCP_NODELAY` sockets without any framework: a lower bound on a real gateway hop.
+//!
+//! Cold start: pre-warmed versus cold for a C guest compiled to wasm (compile not cached,
+//! then cached on disk) and for a Python worker that imports heavy standard modules.
+
+use crate::director::Director;
+use crate::limits;
+use crate::manifest::FunctionSpec;
+use crate::pool::WarmPool;
+use crate::process::Worker;
+use crate::wasm::{WasmEngine, WasmFunction};
+use baton_core::policy::NonePolicy;
+use baton_core::{SnapshotCell, Tdg, TdgConfig};
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a bench could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Setting up or running a function failed.
+    #[error("{0}")]
+    Setup(String),
+    /// The loopback HTTP side failed.
+    #[error("loopback HTTP: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
+/// Median and tail of a set of samples, µs.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Summary {
+    /// Samples.
+    pub n: usize,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+}
+
+impl Summary {
+    /// Summarizes `samples` (ns).
+    pub fn of(mut samples: Vec<u64>) -> Summary {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            samples
+                .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+                .map_or(0.0, |&ns| ns as f64 / 1e3)
+        };
+        Summary {
+            n: samples.len(),
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+        }
+    }
+}
+
+/// `baton bench hop`'s figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct HopReport {
+    /// Payload size, bytes.
+    pub payload_bytes: usize,
+    /// Director hand-off: `a`'s output ready → `b` holding its input.
+    pub handoff: Summary,
+    /// Director hop with its result: `a`'s output ready → `b`'s output back.
+    pub handoff_with_result: Summary,
+    /// Loopback HTTP: `a`'s output ready → `b` holding its input in the server.
+    pub http: Summary,
+    /// Loopback HTTP with the response: `a`'s output ready → `b`'s output at the client.
+    pub http_with_result: Summary,
+    /// `http.p50 / handoff.p50`.
+    pub ratio_p50: f64,
+    /// `http_with_result.p50 / handoff_with_result.p50`.
+    pub ratio_with_result_p50: f64,
+    /// The guest.
+    pub guest: String,
+}
+
+/// One pre-warmed-versus-cold comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdRow {
+    /// What is compared.
+    pub case: String,
+    /// Pre-warmed invocation.
+    pub warm: Summary,
+    /// Cold invocation (start + invocation).
+    pub cold: Summary,
+    /// `cold.p50 / warm.p50`.
+    pub ratio_p50: f64,
+}
+
+/// `baton bench coldstart`'s figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdReport {
+    /// One row per backend and cache state.
+    pub rows: Vec<ColdRow>,
+    /// How worker limits were applied.
+    pub limits: String,
+}
+
+fn spec(text: &str) -> Result<FunctionSpec, BenchError> {
+    FunctionSpec::from_toml(text).map_err(setup("manifest"))
+}
+
+fn wasm_spec(name: &str, module: &Path) -> Result<FunctionSpec, BenchError> {
+    spec(&format!(
+        "name = \"{name}\"\nkind = \"wasm\"\nmodule = {:?}\nmemory_mib = 16\ntimeout_ms = 5000\n",
+        module.display().to_string()
+    ))
+}
+
+/// A minimal HTTP/1.1 request or response head: returns the body length it announces.
+fn read_head(reader: &mut impl BufRead, line: &mut String) -> std::io::Result<Option<usize>> {
+    let mut length = 0;
+    let mut first = true;
+    loop {
+        line.clear();
+        if reader.read_line(line)? == 0 {
+            return Ok(None);
+        }
+        if line == "\r\n" {
+            return Ok(Some(length));
+        }
+        if first {
+            first = false;
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad content-length")
+                })?;
+            }
+        }
+    }
+}
+
+/// Serves `function` over keep-alive HTTP on `listener` until the client hangs up; each
+/// run's input-taken instant goes to `taken`.
+fn serve(
+    listener: TcpListener,
+    engine: Arc<WasmEngine>,
+    function: Arc<WasmFunction>,
+    taken: Arc<Mutex<Option<Instant>>>,
+) -> std::io::Result<()> {
+    let (stream, _) = listener.accept()?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut body = Vec::new();
+    while let Some(length) = read_head(&mut reader, &mut line)? {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+        let run = engine
+            .run(&function, &body, None)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        *taken.lock().unwrap_or_else(|p| p.into_inner()) = run.input_taken;
+        let mut response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            run.output.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&run.output);
+        writer.write_all(&response)?;
+    }
+    Ok(())
+}
+
+/// Measures the hop (see the module docs) over `iterations` hops of `payload_bytes`.
+pub fn hop(
+    examples: &Path,
+    iterations: usize,
+    payload_bytes: usize,
+) -> Result<HopReport, BenchError> {
+    let guest = examples.join("wat/upper_native.wat");
+    let cache = tempfile_dir("hop")?;
+    let engine = Arc::new(WasmEngine::new(&cache, 16, 64).map_err(setup("wasm engine"))?);
+    let pool = WarmPool::new(
+        vec![wasm_spec("a", &guest)?, wasm_spec("b", &guest)?],
+        limits::Mechanism::None,
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Director::new(pool, tdg, graph, Box::new(NonePolicy))
+        .with_wasm(Arc::clone(&engine))
+        .into_shared()
+        .map_err(setup("director"))?;
+    director.declare_sequence("ab", vec!["a".into(), "b".into()]);
+    let payload: Vec<u8> = (0..payload_bytes).map(|i| b'a' + (i % 26) as u8).collect();
+
+    // HTTP side: b served by a thread of this process.
+    let b = Arc::new(
+        engine
+            .load(&wasm_spec("b", &guest)?)
+            .map_err(setup("loading the guest"))?,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let taken = Arc::new(Mutex::new(None));
+    let server = {
+        let (engine, b, taken) = (Arc::clone(&engine), Arc::clone(&b), Arc::clone(&taken));
+        std::thread::Builder::new()
+            .name("baton-bench-http".into())
+            .spawn(move || serve(listener, engine, b, taken))?
+    };
+    let client = TcpStream::connect(address)?;
+    client.set_nodelay(true)?;
+    client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = client.try_clone()?;
+    let mut reader = BufReader::new(client);
+    let mut line = String::new();
+    let mut response = Vec::new();
+    let a = engine
+        .load(&wasm_spec("a", &guest)?)
+        .map_err(setup("loading the guest"))?;
+
+    let mut handoff = Vec::with_capacity(iterations);
+    let mut handoff_result = Vec::with_capacity(iterations);
+    let mut http = Vec::with_capacity(iterations);
+    let mut http_result = Vec::with_capacity(iterations);
+    let warmup = iterations / 10 + 10;
+    // Interleaved, so both sides see the same machine.
+    for i in 0..warmup + iterations {
+        let outcome = director
+            .invoke("ab", &payload)
+            .map_err(setup("director hop"))?;
+        if outcome.output.len() != payload.len() {
+            return Err(BenchError::Setup("director hop: wrong output".into()));
+        }
+        let hop_ns = outcome.records[1]
+            .extra
+            .get("hop_ns")
+            .and_then(serde_json::Value::as_u64);
+        let result_ns = outcome.records[1]
+            .extra
+            .get("hop_result_ns")
+            .and_then(serde_json::Value::as_u64);
+
+        // a runs here, then its output goes over HTTP to b.
+        let a_output = engine.invoke(&a, &payload).map_err(setup("guest a"))?;
+        let ready = Instant::now();
+        let mut request = format!(
+            "POST /v1/functions/b/invoke HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            a_output.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&a_output);
+        writer.write_all(&request)?;
+        let length = read_head(&mut reader, &mut line)?
+            .ok_or_else(|| std::io::Error::other("server closed"))?;
+        response.resize(length, 0);
+        reader.read_exact(&mut response)?;
+        let back = ready.elapsed();
+        let input_at = taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| std::io::Error::other("no input instant"))?;
+        if i >= warmup {
+            if let (Some(hop_ns), Some(result_ns)) = (hop_ns, result_ns) {
+                handoff.push(hop_ns);
+                handoff_result.push(result_ns);
+            }
+            http.push(input_at.saturating_duration_since(ready).as_nanos() as u64);
+            http_result.push(back.as_nanos() as u64);
+        }
+    }
+    drop(writer);
+    drop(reader);
+    let _ = server.join();
+    drop(director);
+    let _ = std::fs::remove_dir_all(&cache);
+    if handoff.is_empty() {
+        return Err(BenchError::Setup("the director measured no hops".into()));
+    }
+    let (handoff, handoff_with_result) = (Summary::of(handoff), Summary::of(handoff_result));
+    let (http, http_with_result) = (Summary::of(http), Summary::of(http_result));
+    Ok(HopReport {
+        payload_bytes,
+        ratio_p50: http.p50_us / handoff.p50_us.max(1e-3),
+        ratio_with_result_p50: http_with_result.p50_us / handoff_with_result.p50_us.max(1e-3),
+        handoff,
+        handoff_with_result,
+        http,
+        http_with_result,
+        guest: "examples/wat/upper_native.wat (baton imports, no WASI)".into(),
+    })
+}
+
+fn tempfile_dir(what: &str) -> Result<PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!(
+        "baton-bench-{what}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(setup("temporary directory"))?;
+    Ok(dir)
+}
+
+fn time_ns(f: impl FnOnce() -> Result<(), BenchError>) -> Result<u64, BenchError> {
+    let started = Instant::now();
+    f()?;
+    Ok(started.elapsed().as_nanos() as u64)
+}
+
+fn row(case: &str, warm: Vec<u64>, cold: Vec<u64>) -> ColdRow {
+    let (warm, cold) = (Summary::of(warm), Summary::of(cold));
+    ColdRow {
+        case: case.into(),
+        ratio_p50: cold.p50_us / warm.p50_us.max(1e-3),
+        warm,
+        cold,
+    }
+}
+
+/// Measures pre-warmed versus cold invocations: the C guest `validate.wasm` (compile not
+/// cached; cached on disk) and the Python worker `price.py` (heavy imports), `cold_runs`
+/// cold starts each.
+pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchError> {
+    let payload = br#"{"order":7,"item":"lamp","qty":2,"credit":500}"#;
+    let guest = wasm_spec("validate", &examples.join("wasm/validate.wasm"))?;
+    let mut rows = Vec::new();
+
+    // wasm, pre-linked: instantiate + run.
+    let cache = tempfile_dir("cold")?;
+    let engine = WasmEngine::new(&cache, 8, 64).map_err(setup("wasm engine"))?;
+    let warm_fn = engine.load(&guest).map_err(setup("validate.wasm"))?;
+    let mut warm = Vec::new();
+    for _ in 0..(cold_runs * 20).max(200) {
+        warm.push(time_ns(|| {
+            engine
+                .invoke(&warm_fn, payload)
+                .map(drop)
+                .map_err(setup("validate.wasm"))
+        })?);
+    }
+    // Cold, on the same long-lived engine as the runtime uses: the module is not in
+    // memory, and either not in the disk cache (compile + link + run) or in it (load +
+    // link + run).
+    let mut uncached = Vec::new();
+    let mut cached = Vec::new();
+    for _ in 0..cold_runs {
+        engine
+            .evict_cached(&guest)
+            .map_err(setup("validate.wasm"))?;
+        uncached.push(time_ns(|| {
+            let function = engine.load(&guest).map_err(setup("validate.wasm"))?;
+            if function.from_cache {
+                return Err(BenchError::Setup("expected a compile".into()));
+            }
+            engine
+                .invoke(&function, payload)
+                .map(drop)
+                .map_err(setup("validate.wasm"))
+        })?);
+        cached.push(time_ns(|| {
+            let function = engine.load(&guest).map_err(setup("validate.wasm"))?;
+            if !function.from_cache {
+                return Err(BenchError::Setup("expected the disk cache".into()));
+            }
+            engine
+                .invoke(&function, payload)
+                .map(drop)
+                .map_err(setup("validate.wasm"))
+        })?);
+    }
+    rows.push(row(
+        "wasm C guest, compile not cached",
+        warm.clone(),
+        uncached,
+    ));
+    rows.push(row("wasm C guest, compile cached on disk", warm, cached));
+    let _ = std::fs::remove_dir_all(&cache);
+
+    // Python worker with heavy imports: spawn → ready → first invoke, against a warm one.
+    let detection = limits::detect();
+    let price = spec(&format!(
+        "name = \"price\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", {:?}]\nmemory_mib = 256\ntimeout_ms = 20000\n",
+        examples.join("python/price.py").display().to_string()
+    ))?;
+    let mut worker = Worker::spawn(&price, &detection.mechanism).map_err(setup("price.py"))?;
+    let limits = worker.limits().to_owned();
+    let mut warm = Vec::new();
+    for _ in 0..(cold_runs * 20).max(200) {
+        warm.push(time_ns(|| {
+            worker.invoke(payload).map(drop).map_err(setup("price.py"))
+        })?);
+    }
+    let mut cold = Vec::new();
+    for _ in 0..cold_runs {
+        cold.push(time_ns(|| {
+            let mut worker =
+                Worker::spawn(&price, &detection.mechanism).map_err(setup("price.py"))?;
+            worker.invoke(payload).map(drop).map_err(setup("price.py"))
+        })?);
+    }
+    rows.push(row("python worker (heavy imports)", warm, cold));
+    Ok(ColdReport { rows, limits })
+}
+
+/// The examples directory: `dir` if given, else `./examples`, else the one this crate was
+/// built from.
+pub fn examples_dir(dir: Option<&Path>) -> PathBuf {
+    if let Some(dir) = dir {
+        return dir.to_owned();
+    }
+    let local = Path::new("examples");
+    if local.join("wat/upper_native.wat").exists() {
+        return local.to_owned();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_pick_the_median_and_the_tail() {
+        let s = Summary::of((1..=100).map(|us| us * 1_000).collect());
+        assert_eq!(s.n, 100);
+        assert_eq!(s.p50_us, 51.0);
+        assert_eq!(s.p99_us, 99.0);
+        assert_eq!(Summary::of(Vec::new()).p50_us, 0.0);
+    }
+}
