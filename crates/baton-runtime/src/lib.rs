@@ -1,9 +1,7 @@
-//! baton's real execution (first part): function manifests, the worker protocol, warm
-//! worker processes under the resource-limit mechanism this machine offers, the warm pool,
-//! and the execution director that hands each output to the next step's worker.
-//!
-//! Still to come (issue 3): the wasm backend, the time-phased allocator (reservations
-//! per step window, cores, bandwidth, auxiliary services) and the benches.
+//! baton's real execution: function manifests, the worker protocol, warm worker processes
+//! under the resource-limit mechanism this machine offers, the wasm backend, the warm pool,
+//! the proactive allocator's clock, auxiliary services, and the execution director that
+//! hands each output to the next step's instance. See ARCHITECTURE.md.
 #![deny(missing_docs)]
 
 pub mod alloc;
