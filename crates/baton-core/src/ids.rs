@@ -28,11 +28,30 @@ impl fmt::Display for TaskId {
 }
 
 /// Maps names to dense ids and back. Ids are handed out in first-seen order and never reused.
+/// Deserialising rebuilds the name index.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "InternerWire")]
 pub struct Interner {
     names: Vec<String>,
     #[serde(skip)]
     index: FxHashMap<String, u32>,
+}
+
+/// An interner as stored: its names in id order.
+#[derive(Deserialize)]
+struct InternerWire {
+    names: Vec<String>,
+}
+
+impl From<InternerWire> for Interner {
+    fn from(wire: InternerWire) -> Interner {
+        let mut interner = Interner {
+            names: wire.names,
+            index: FxHashMap::default(),
+        };
+        interner.rebuild_index();
+        interner
+    }
 }
 
 impl Interner {

@@ -41,4 +41,4 @@ pub use predict::{Chain, PredictContext, PredictOptions};
 pub use request::{Invocation, Request, Usage};
 pub use resources::ResourceVec;
 pub use snapshot::TdgSnapshot;
-pub use tdg::{SnapshotCell, Tdg, TdgConfig};
+pub use tdg::{SnapshotCell, Tdg, TdgConfig, TdgState};

@@ -15,7 +15,59 @@ use crate::resources::ResourceVec;
 use crate::snapshot::{FrozenDist, FrozenEntrySet, FrozenTarget, TdgSnapshot};
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Hash maps (de)serialized as lists of pairs, so keys need not be strings.
+mod pairs {
+    use rustc_hash::FxHashMap;
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::hash::Hash;
+
+    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        map: &FxHashMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        // Sorted, so equal maps give equal bytes.
+        let mut pairs: Vec<(&K, &V)> = map.iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        pairs.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<FxHashMap<K, V>, D::Error>
+    where
+        K: DeserializeOwned + Eq + Hash,
+        V: DeserializeOwned,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+/// Everything a [`Tdg`] has learned (its settings excepted): saved by the store, restored
+/// with [`Tdg::from_state`]; learning then goes on exactly as if it had never stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TdgState {
+    decay: Decay,
+    tasks: Interner,
+    labels: Interner,
+    first_order: Vec<Dist<Edge>>,
+    #[serde(with = "pairs")]
+    contexts: FxHashMap<(u16, u64, u32), Dist<Weighted>>,
+    profiles: Vec<ResourceProfile>,
+    declared: Vec<Option<ResourceVec>>,
+    #[serde(with = "pairs")]
+    entry_by_route: FxHashMap<LabelId, EntryStats>,
+    entry_any: EntryStats,
+    now_us: u64,
+    n_events: u64,
+    version: u64,
+    /// Names of the context kinds it was learned with, most specific first.
+    context_kinds: Vec<String>,
+}
 
 /// Learner settings. Defaults: half-life 1 h, a context needs 3 events of history, the
 /// default context kinds (route+call-order, call-order, route).
@@ -59,7 +111,7 @@ pub(crate) trait Outcome: Default {
 }
 
 /// A first-order edge: weight and the delay histogram (start of caller → start of callee).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Edge {
     task: TaskId,
     weight: f64,
@@ -100,7 +152,7 @@ impl Outcome for Edge {
 
 /// A context outcome: weight only (16 bytes), since contexts are many and delays are read
 /// from the first-order edge.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(crate) struct Weighted {
     task: TaskId,
     weight: f64,
@@ -138,7 +190,7 @@ impl Outcome for Weighted {
 /// Targets are a self-organising list: an increment swaps a target one place towards the
 /// front when it overtakes its neighbour, so the frequent targets are found in the first
 /// slots and an update is O(1) amortised for the skewed distributions seen in practice.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Dist<T> {
     targets: Vec<T>,
     stop: f64,
@@ -203,9 +255,10 @@ const MAX_SETS_PER_ROUTE: usize = 64;
 /// Per-route set statistics: how often each task appears at least once in a request, and
 /// how often each whole set of tasks appears (tasks are correlated: a request takes one of
 /// a few paths, so the set is chosen from whole sets, not task by task).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct EntryStats {
     requests: f64,
+    #[serde(with = "pairs")]
     tasks: FxHashMap<TaskId, (f64, LogHistogram)>,
     sets: Vec<(Vec<TaskId>, f64)>,
 }
@@ -376,6 +429,55 @@ impl Tdg {
             n_events: 0,
             version: 0,
         }
+    }
+
+    /// A copy of what has been learned.
+    pub fn state(&self) -> TdgState {
+        TdgState {
+            decay: self.decay,
+            tasks: self.tasks.clone(),
+            labels: self.labels.clone(),
+            first_order: self.first_order.clone(),
+            contexts: self.contexts.clone(),
+            profiles: self.profiles.clone(),
+            declared: self.declared.clone(),
+            entry_by_route: self.entry_by_route.clone(),
+            entry_any: self.entry_any.clone(),
+            now_us: self.now_us,
+            n_events: self.n_events,
+            version: self.version,
+            context_kinds: self
+                .config
+                .contexts
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        }
+    }
+
+    /// A learner that goes on from `state` with `config`; `None` when `config` has other
+    /// context kinds than the state was learned with (its context tables would be read
+    /// wrongly).
+    pub fn from_state(config: TdgConfig, state: TdgState) -> Option<Tdg> {
+        let kinds: Vec<&str> = config.contexts.iter().map(|c| c.name()).collect();
+        if kinds != state.context_kinds {
+            return None;
+        }
+        Some(Tdg {
+            config,
+            decay: state.decay,
+            tasks: state.tasks,
+            labels: state.labels,
+            first_order: state.first_order,
+            contexts: state.contexts,
+            profiles: state.profiles,
+            declared: state.declared,
+            entry_by_route: state.entry_by_route,
+            entry_any: state.entry_any,
+            now_us: state.now_us,
+            n_events: state.n_events,
+            version: state.version,
+        })
     }
 
     /// The settings.
@@ -764,5 +866,63 @@ mod properties {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::request::Invocation;
+
+    fn request(tdg: &mut Tdg, names: &[&str], at_us: u64) -> Request {
+        let label = tdg.intern_label(names[0]);
+        let calls = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Invocation {
+                task: tdg.intern_task(name),
+                label,
+                parent: (i > 0).then(|| i as u32 - 1),
+                start_us: at_us + i as u64 * 1_000,
+                usage: Usage {
+                    wall_us: 500,
+                    ..Usage::default()
+                },
+            })
+            .collect();
+        Request::build(calls).0
+    }
+
+    #[test]
+    fn a_restored_learner_goes_on_as_if_it_never_stopped() {
+        let paths: [&[&str]; 3] = [&["a", "b", "c"], &["a", "b", "d"], &["x", "b", "c"]];
+        let mut straight = Tdg::new(TdgConfig::default());
+        let mut first_half = Tdg::new(TdgConfig::default());
+        for i in 0..40u64 {
+            let path = paths[(i % 3) as usize];
+            let r = request(&mut straight, path, i * 60_000_000);
+            straight.observe_request(&r);
+            if i < 20 {
+                let r = request(&mut first_half, path, i * 60_000_000);
+                first_half.observe_request(&r);
+            }
+        }
+        let saved = serde_json::to_string(&first_half.state()).unwrap();
+        let state: TdgState = serde_json::from_str(&saved).unwrap();
+        let mut restored = Tdg::from_state(TdgConfig::default(), state).unwrap();
+        for i in 20..40u64 {
+            let r = request(&mut restored, paths[(i % 3) as usize], i * 60_000_000);
+            restored.observe_request(&r);
+        }
+        let a = serde_json::to_string(straight.snapshot().parts()).unwrap();
+        let b = serde_json::to_string(restored.snapshot().parts()).unwrap();
+        assert_eq!(a, b);
+
+        // Other context kinds: refused rather than misread.
+        let other = TdgConfig {
+            contexts: Vec::new(),
+            ..TdgConfig::default()
+        };
+        assert!(Tdg::from_state(other, first_half.state()).is_none());
     }
 }
