@@ -125,3 +125,16 @@ mod tests {
         assert_eq!(loaded.get("b"), Some(1));
     }
 }
+
+/// A stable 128-bit content key of `bytes` (two SipHash passes with different prefixes,
+/// then the length): names compiled modules in caches and module blobs in the store.
+pub fn content_key(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut hasher);
+        bytes.hash(&mut hasher);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}-{}", half(1), half(2), bytes.len())
+}

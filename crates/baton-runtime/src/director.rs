@@ -192,6 +192,11 @@ struct RecordLog {
     write_errors: u64,
 }
 
+/// Receives every finished request's records while the learner is locked, so whatever it
+/// persists is exactly what the learner has seen (a snapshot taken with
+/// [`Director::with_learner`] matches the records persisted before it).
+pub type RecordSink = Box<dyn Fn(&[ExecutionRecord]) + Send + Sync>;
+
 /// Runs chains. Build it, then [`Director::into_shared`] to start the allocator's clock
 /// and allow nested calls.
 pub struct Director {
@@ -211,6 +216,7 @@ pub struct Director {
     wasm_loaded: Arc<Mutex<HashMap<String, LoadedWasm>>>,
     wasm_load_us: Mutex<HashMap<String, u64>>,
     me: Weak<Director>,
+    sink: Option<RecordSink>,
     /// The counts.
     pub counters: DirectorCounters,
 }
@@ -261,6 +267,7 @@ impl Director {
             wasm_loaded: Arc::new(Mutex::new(HashMap::new())),
             wasm_load_us: Mutex::new(HashMap::new()),
             me: Weak::new(),
+            sink: None,
             counters: DirectorCounters::default(),
         }
     }
@@ -292,6 +299,95 @@ impl Director {
             .open(path)?;
         lock(&self.log).file = Some(BufWriter::new(file));
         Ok(self)
+    }
+
+    /// Hands every finished request's records to `sink` (see [`RecordSink`]).
+    pub fn with_sink(mut self, sink: RecordSink) -> Director {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Adds or replaces a function (a replaced wasm module is loaded anew).
+    pub fn deploy(&self, spec: FunctionSpec) {
+        {
+            let mut learner = lock(&self.learner);
+            let task = learner.intern_task(&spec.name);
+            learner.declare(task, spec.limits);
+        }
+        lock(&self.wasm_loaded).remove(&spec.name);
+        self.pool.deploy(spec);
+    }
+
+    /// Removes a function; returns whether it existed.
+    pub fn undeploy(&self, name: &str) -> bool {
+        lock(&self.wasm_loaded).remove(name);
+        self.pool.remove(name)
+    }
+
+    /// The declared sequences, sorted by name.
+    pub fn sequences(&self) -> Vec<(String, Vec<String>)> {
+        let mut all: Vec<(String, Vec<String>)> = self
+            .sequences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Removes a sequence; returns whether it existed.
+    pub fn remove_sequence(&self, name: &str) -> bool {
+        self.sequences
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    /// Whether `name` is a sequence.
+    pub fn is_sequence(&self, name: &str) -> bool {
+        self.sequences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    /// The published graph.
+    pub fn graph(&self) -> &Arc<SnapshotCell> {
+        &self.graph
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> String {
+        lock(&self.policy).name().to_owned()
+    }
+
+    /// Runs `f` on the learner while no request can be learned (for consistent snapshots).
+    pub fn with_learner<T>(&self, f: impl FnOnce(&Tdg) -> T) -> T {
+        f(&lock(&self.learner))
+    }
+
+    /// Learns foreign execution records (grouped into requests by trace and parent links),
+    /// hands them to the sink, and publishes the graph; returns how many requests.
+    pub fn learn_records(&self, records: &[ExecutionRecord]) -> u64 {
+        let mut learner = lock(&self.learner);
+        let (requests, report) = baton_trace::requests::group_requests(
+            records,
+            &mut learner,
+            baton_trace::requests::TimeWindow::default(),
+        );
+        for request in &requests {
+            learner.observe_request(request);
+        }
+        if let Some(sink) = &self.sink {
+            sink(records);
+        }
+        let snapshot = learner.snapshot();
+        drop(learner);
+        self.graph.publish(snapshot);
+        report.requests
     }
 
     /// Shares the director and starts the allocator's clock (pre-warms at their planned
@@ -412,7 +508,7 @@ impl Director {
 
     /// Compiles (or loads from the cache) and pre-links a wasm function in the background.
     fn prewarm_wasm(&self, name: &str, plan: Option<u64>) {
-        let (Some(engine), Some(spec)) = (self.wasm.clone(), self.pool.spec(name).cloned()) else {
+        let (Some(engine), Some(spec)) = (self.wasm.clone(), self.pool.spec(name)) else {
             return;
         };
         if lock(&self.wasm_loaded).contains_key(name) {
@@ -452,7 +548,7 @@ impl Director {
             .pool
             .spec(name)
             .ok_or_else(|| StepError::Unknown(name.to_owned()))?;
-        let service_wait = Director::ensure_services(self.services.as_deref(), spec)?;
+        let service_wait = Director::ensure_services(self.services.as_deref(), &spec)?;
         if !self.is_wasm(name) {
             if self.pool.idle_count(name) == 0 {
                 // Needed before its planned instant: a pre-warm still waiting on the clock
@@ -490,7 +586,7 @@ impl Director {
             ));
         }
         let started = Instant::now();
-        let function = Arc::new(engine.load(spec)?);
+        let function = Arc::new(engine.load(&spec)?);
         self.note_wasm_load(name, started.elapsed());
         lock(&self.wasm_loaded).insert(
             name.to_owned(),
@@ -547,7 +643,7 @@ impl Director {
             return;
         }
         let services = self.services.clone();
-        let Some(spec) = self.pool.spec(&job.function).cloned() else {
+        let Some(spec) = self.pool.spec(&job.function) else {
             return;
         };
         self.pool.prewarm_with(
@@ -794,7 +890,7 @@ impl Director {
         } = obtained;
         let _committed = match (warmth, self.pool.spec(name)) {
             (Warmth::Prewarmed, _) | (_, None) => None,
-            (_, Some(spec)) => self.reserve_unplanned(spec),
+            (_, Some(spec)) => self.reserve_unplanned(&spec),
         };
         self.tell(
             PolicyEvent::Start {
@@ -994,6 +1090,9 @@ impl Director {
             })
             .collect();
         learner.observe_request(&Request::build(invocations).0);
+        if let Some(sink) = &self.sink {
+            sink(&records);
+        }
         let snapshot = learner.snapshot();
         drop(learner);
         self.graph.publish(snapshot);

@@ -106,7 +106,7 @@ pub struct Lease {
 
 /// Idle workers per function. Cheap to share: clone the `Arc`.
 pub struct WarmPool {
-    functions: HashMap<String, FunctionSpec>,
+    functions: std::sync::RwLock<HashMap<String, Arc<FunctionSpec>>>,
     mechanism: Mechanism,
     state: Mutex<State>,
     started: Condvar,
@@ -119,7 +119,7 @@ pub struct WarmPool {
 impl std::fmt::Debug for WarmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WarmPool")
-            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .field("functions", &self.functions().len())
             .field("mechanism", &self.mechanism)
             .field("idle_budget_mib", &self.idle_budget_mib)
             .field("counters", &self.counters)
@@ -145,7 +145,12 @@ impl WarmPool {
         idle_budget_mib: Option<u64>,
     ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
-            functions: functions.into_iter().map(|f| (f.name.clone(), f)).collect(),
+            functions: std::sync::RwLock::new(
+                functions
+                    .into_iter()
+                    .map(|f| (f.name.clone(), Arc::new(f)))
+                    .collect(),
+            ),
             mechanism,
             state: Mutex::new(State::default()),
             started: Condvar::new(),
@@ -163,9 +168,43 @@ impl WarmPool {
             .unwrap_or_else(|p| p.into_inner()) = Some(priority);
     }
 
-    /// The functions, by name.
-    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
-        self.functions.values()
+    /// The functions, sorted by name.
+    pub fn functions(&self) -> Vec<Arc<FunctionSpec>> {
+        let mut all: Vec<Arc<FunctionSpec>> = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Adds or replaces a function; the idle workers of a replaced version are released.
+    pub fn deploy(&self, spec: FunctionSpec) {
+        let name = spec.name.clone();
+        let replaced = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), Arc::new(spec))
+            .is_some();
+        if replaced {
+            lock(&self.state).idle.remove(&name);
+        }
+    }
+
+    /// Removes a function and its idle workers; returns whether it existed.
+    pub fn remove(&self, name: &str) -> bool {
+        let existed = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some();
+        lock(&self.state).idle.remove(name);
+        existed
     }
 
     /// The mechanism workers run under.
@@ -278,8 +317,12 @@ impl WarmPool {
     }
 
     /// The spec of `name`.
-    pub fn spec(&self, name: &str) -> Option<&FunctionSpec> {
-        self.functions.get(name)
+    pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Idle workers of `name`.
@@ -290,13 +333,10 @@ impl WarmPool {
     /// A worker for `name`: an idle one (pre-warmed first), else one still being pre-warmed
     /// (waited for), else a cold start.
     pub fn take(&self, name: &str) -> Result<Lease, WorkerError> {
-        let spec = self
-            .functions
-            .get(name)
-            .ok_or_else(|| WorkerError::Function {
-                function: name.to_owned(),
-                message: "unknown function".into(),
-            })?;
+        let spec = self.spec(name).ok_or_else(|| WorkerError::Function {
+            function: name.to_owned(),
+            message: "unknown function".into(),
+        })?;
         let asked = Instant::now();
         let mut waited = false;
         let mut state = lock(&self.state);
@@ -337,7 +377,7 @@ impl WarmPool {
         }
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
-        let worker = Worker::spawn(spec, &self.mechanism)?;
+        let worker = Worker::spawn(&spec, &self.mechanism)?;
         WarmPool::note_cold_start(&mut lock(&self.state), name, worker.cold_start());
         Ok(Lease {
             worker,
@@ -382,7 +422,7 @@ impl WarmPool {
         placement: Placement,
         before: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) {
-        let Some(spec) = self.functions.get(name).cloned() else {
+        let Some(spec) = self.spec(name) else {
             return;
         };
         *lock(&self.state)

@@ -21,6 +21,7 @@
 
 use crate::bucket::TokenBucket;
 use crate::manifest::{FunctionKind, FunctionSpec};
+use baton_core::ids::content_key;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -338,17 +339,6 @@ impl std::fmt::Debug for WasmFunction {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
-}
-
-/// A stable 128-bit content key (two SipHash passes with different prefixes).
-fn content_key(bytes: &[u8]) -> String {
-    let half = |salt: u8| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut hasher);
-        bytes.hash(&mut hasher);
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}-{}", half(1), half(2), bytes.len())
 }
 
 impl WasmEngine {
