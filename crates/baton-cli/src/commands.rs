@@ -537,10 +537,6 @@ pub struct GraphArgs {
     min_probability: f64,
 }
 
-fn dot_escape(name: &str) -> String {
-    name.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
 pub fn graph(args: GraphArgs) -> Result<()> {
     let snapshot = snapshot_of(
         args.state.as_ref(),
@@ -549,66 +545,18 @@ pub fn graph(args: GraphArgs) -> Result<()> {
         &args.model,
         &args.window,
     )?;
-    let edges: Vec<_> = snapshot
-        .edges()
-        .filter(|(_, t)| t.probability >= args.min_probability)
-        .collect();
     match args.format {
-        GraphFormat::Json => {
-            let nodes: Vec<_> = (0..snapshot.n_tasks() as u32)
-                .map(|i| {
-                    let task = baton_core::TaskId(i);
-                    json!({
-                        "task": snapshot.task_name(task),
-                        "stop_probability": snapshot.first_order(task).stop_probability,
-                        "weight": snapshot.first_order(task).count,
-                    })
-                })
-                .collect();
-            let edges: Vec<_> = edges
-                .iter()
-                .map(|(from, t)| {
-                    json!({
-                        "from": snapshot.task_name(*from),
-                        "to": snapshot.task_name(t.task),
-                        "probability": t.probability,
-                        "delay_mean_us": t.delay_mean_us,
-                        "delay_p10_us": t.delay_p10_us,
-                        "delay_p90_us": t.delay_p90_us,
-                    })
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "version": snapshot.version(),
-                    "nodes": nodes,
-                    "edges": edges,
-                }))?
-            );
-        }
-        GraphFormat::Dot => {
-            println!("digraph tdg {{");
-            println!("  rankdir=LR; node [shape=box, fontsize=10];");
-            for i in 0..snapshot.n_tasks() as u32 {
-                let task = baton_core::TaskId(i);
-                println!(
-                    "  n{i} [label=\"{}\\nstop {:.2}\"];",
-                    dot_escape(snapshot.task_name(task)),
-                    snapshot.first_order(task).stop_probability
-                );
-            }
-            for (from, target) in edges {
-                println!(
-                    "  n{} -> n{} [penwidth={:.2}, label=\"{:.2}\"];",
-                    from.0,
-                    target.task.0,
-                    0.5 + 5.0 * target.probability,
-                    target.probability
-                );
-            }
-            println!("}}");
-        }
+        GraphFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&baton_trace::render::graph_json(
+                &snapshot,
+                args.min_probability
+            ))?
+        ),
+        GraphFormat::Dot => print!(
+            "{}",
+            baton_trace::render::graph_dot(&snapshot, args.min_probability)
+        ),
     }
     Ok(())
 }

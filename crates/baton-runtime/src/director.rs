@@ -195,7 +195,26 @@ struct RecordLog {
 /// Receives every finished request's records while the learner is locked, so whatever it
 /// persists is exactly what the learner has seen (a snapshot taken with
 /// [`Director::with_learner`] matches the records persisted before it).
-pub type RecordSink = Box<dyn Fn(&[ExecutionRecord]) + Send + Sync>;
+pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource) + Send + Sync>;
+
+/// Where records came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordSource {
+    /// Executions this director ran.
+    Baton,
+    /// Foreign logs it learned.
+    Ingested,
+}
+
+impl RecordSource {
+    /// Its name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordSource::Baton => "baton",
+            RecordSource::Ingested => "ingested",
+        }
+    }
+}
 
 /// Runs chains. Build it, then [`Director::into_shared`] to start the allocator's clock
 /// and allow nested calls.
@@ -382,7 +401,7 @@ impl Director {
             learner.observe_request(request);
         }
         if let Some(sink) = &self.sink {
-            sink(records);
+            sink(records, RecordSource::Ingested);
         }
         let snapshot = learner.snapshot();
         drop(learner);
@@ -1091,7 +1110,7 @@ impl Director {
             .collect();
         learner.observe_request(&Request::build(invocations).0);
         if let Some(sink) = &self.sink {
-            sink(&records);
+            sink(&records, RecordSource::Baton);
         }
         let snapshot = learner.snapshot();
         drop(learner);
