@@ -5,6 +5,7 @@ length, payload): it sends R (ready) once the importing module is loaded, then a
 each I (invoke) with O (the result) or E (the exception). print() goes to stderr, so
 nothing but frames ever reaches stdout.
 """
+import os
 import struct
 import sys
 
@@ -30,6 +31,14 @@ def _read_exact(n: int) -> bytes:
 
 
 def serve(handle) -> None:
+    try:
+        _serve(handle)
+    except BrokenPipeError:
+        # The host went away (it stopped, or dropped this worker): nothing to answer.
+        os._exit(0)
+
+
+def _serve(handle) -> None:
     _write(b"R", b"")
     while True:
         try:

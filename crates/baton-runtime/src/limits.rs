@@ -85,7 +85,11 @@ fn own_group(controller: &str) -> Option<String> {
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
 fn probe_writable(parent: &Path) -> Result<(), String> {
-    let probe = parent.join(format!("baton-probe-{}", std::process::id()));
+    let probe = parent.join(format!(
+        "baton-probe-{}-{}",
+        std::process::id(),
+        NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
+    ));
     fs::create_dir(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
     fs::remove_dir(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()))
 }

@@ -1,0 +1,781 @@
+//! The routes (listed in [`ROUTES`] and in `docs/openapi.json`) and their handlers.
+
+use crate::{materialize, AppState, PolicyKind};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine as _;
+use baton_core::context::Prev;
+use baton_core::{PredictContext, PredictOptions};
+use baton_runtime::director::{DirectorError, Outcome};
+use baton_runtime::manifest::{FunctionKind, FunctionSpec};
+use baton_trace::schema::ExecutionRecord;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Every route: (method, path). A test checks them against `docs/openapi.json`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/functions"),
+    ("PUT", "/v1/functions/{name}"),
+    ("GET", "/v1/functions/{name}"),
+    ("DELETE", "/v1/functions/{name}"),
+    ("POST", "/v1/functions/{name}/invoke"),
+    ("GET", "/v1/invocations/{id}"),
+    ("POST", "/v1/sequences/{name}"),
+    ("GET", "/v1/sequences"),
+    ("POST", "/v1/logs"),
+    ("GET", "/v1/graph"),
+    ("GET", "/v1/predictions"),
+    ("GET", "/v1/pool"),
+];
+
+type Shared = Arc<AppState>;
+
+/// A JSON error: `{"error": message}` with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn internal(message: impl std::fmt::Display) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+}
+
+pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/functions", get(list_functions))
+        .route(
+            "/v1/functions/{name}",
+            put(put_function).get(get_function).delete(delete_function),
+        )
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/invocations/{id}", get(get_invocation))
+        .route("/v1/sequences", get(list_sequences))
+        .route("/v1/sequences/{name}", post(put_sequence))
+        .route("/v1/logs", post(ingest_logs))
+        .route("/v1/graph", get(graph))
+        .route("/v1/predictions", get(predictions))
+        .route("/v1/pool", get(pool))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Requires `Authorization: Bearer <token>` when the server has a token.
+async fn auth(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// What `PUT /v1/functions/{name}` accepts as JSON (raw TOML is accepted too).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    manifest: String,
+    /// The wasm module, base64.
+    module_base64: Option<String>,
+}
+
+async fn put_function(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (manifest, module) = if is_json {
+        let body: DeployBody = match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        };
+        let module = match body
+            .module_base64
+            .map(|m| base64::engine::general_purpose::STANDARD.decode(m.trim()))
+        {
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("module_base64: {e}")),
+            None => None,
+        };
+        (body.manifest, module)
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => (text, None),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the manifest is not UTF-8 TOML"),
+        }
+    };
+    let spec = match FunctionSpec::from_toml(&manifest) {
+        Ok(spec) => spec,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if spec.name != name {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the manifest names `{}` but the path names `{name}`",
+                spec.name
+            ),
+        );
+    }
+    if module.is_some() && !matches!(spec.kind, FunctionKind::Wasm { .. }) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a module was uploaded for a process function",
+        );
+    }
+    let state2 = Arc::clone(&state);
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<(StatusCode, Value), Box<Response>> {
+            let state = state2;
+            // A module must compile before it is stored: a broken one is a 400, not a
+            // failure at the first invocation.
+            let hash = module.as_deref().map(baton_core::ids::content_key);
+            if let Some(bytes) = &module {
+                let path = state
+                    .modules_dir
+                    .join(format!("{}.wasm", hash.as_deref().unwrap_or("module")));
+                std::fs::write(&path, bytes).map_err(|e| Box::new(internal(e)))?;
+            }
+            let mut candidate = spec.clone();
+            if let (FunctionKind::Wasm { module: path }, Some(hash)) = (&mut candidate.kind, &hash)
+            {
+                *path = state.modules_dir.join(format!("{hash}.wasm"));
+            }
+            if matches!(candidate.kind, FunctionKind::Wasm { .. }) {
+                state
+                    .engine
+                    .load(&candidate)
+                    .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
+            }
+            let existed = state.director.pool().spec(&name).is_some();
+            state
+                .store
+                .put_function(&name, &manifest, module.as_deref())
+                .map_err(|e| Box::new(internal(e)))?;
+            let spec = materialize(&state.store, &state.modules_dir, &manifest, hash.as_deref())
+                .map_err(|e| Box::new(internal(e)))?;
+            state.director.deploy(spec);
+            let status = if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((
+                status,
+                json!({ "name": name, "module_hash": hash, "replaced": existed }),
+            ))
+        })
+        .await;
+    match result {
+        Ok(Ok((status, body))) => (status, Json(body)).into_response(),
+        Ok(Err(response)) => *response,
+        Err(e) => internal(e),
+    }
+}
+
+fn describe(spec: &FunctionSpec, manifest: Option<String>) -> Value {
+    let (kind, target) = match &spec.kind {
+        FunctionKind::Wasm { module } => ("wasm", module.display().to_string()),
+        FunctionKind::Process { command } => ("process", command.join(" ")),
+    };
+    json!({
+        "name": spec.name,
+        "kind": kind,
+        "target": target,
+        "memory_mib": spec.limits.memory_mib,
+        "cpu_millicores": spec.limits.cpu_millicores,
+        "cores": spec.limits.cores,
+        "net_mbps": spec.limits.net_mbps,
+        "gpu_units": spec.limits.gpu_units,
+        "timeout_ms": spec.timeout_ms,
+        "pure": spec.pure,
+        "services": spec.services,
+        "manifest": manifest,
+    })
+}
+
+async fn list_functions(State(state): State<Shared>) -> Response {
+    let functions: Vec<Value> = state
+        .director
+        .pool()
+        .functions()
+        .iter()
+        .map(|spec| describe(spec, None))
+        .collect();
+    Json(json!({ "functions": functions })).into_response()
+}
+
+async fn get_function(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    let Some(spec) = state.director.pool().spec(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
+    };
+    let manifest = state
+        .store
+        .function(&name)
+        .ok()
+        .flatten()
+        .map(|f| f.manifest);
+    Json(describe(&spec, manifest)).into_response()
+}
+
+async fn delete_function(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    if !state.director.undeploy(&name) {
+        return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
+    }
+    match state.store.delete_function(&name) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InvokeQuery {
+    #[serde(default)]
+    r#async: bool,
+}
+
+/// A place in `function`'s queue, released when dropped.
+struct QueueSlot {
+    state: Shared,
+    function: String,
+}
+
+impl QueueSlot {
+    fn take(state: &Shared, function: &str) -> Option<QueueSlot> {
+        let mut queues = state.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let used = queues.entry(function.to_owned()).or_default();
+        if *used >= state.queue_depth {
+            return None;
+        }
+        *used += 1;
+        Some(QueueSlot {
+            state: Arc::clone(state),
+            function: function.to_owned(),
+        })
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        let mut queues = self.state.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(used) = queues.get_mut(&self.function) {
+            *used = used.saturating_sub(1);
+        }
+    }
+}
+
+fn step_json(record: &ExecutionRecord) -> Value {
+    json!({
+        "task": record.task,
+        "invocation": record.invocation,
+        "parent": record.parent,
+        "cold": record.cold,
+        "warmth": record.extra.get("warmth"),
+        "plan": record.chain,
+        "status": record.status.map(|s| s.as_str()),
+        "duration_us": record.duration_us,
+        "ready_wait_us": record.extra.get("ready_wait_us"),
+        "hop_ns": record.extra.get("hop_ns"),
+        "error": record.extra.get("error"),
+    })
+}
+
+/// The response document of an invocation.
+fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (StatusCode, Value) {
+    let (records, output, failure) = match result {
+        Ok(outcome) => (&outcome.records[..], Some(&outcome.output), None),
+        Err(e) => (e.records(), None, Some(e.to_string())),
+    };
+    let plan = records.iter().find_map(|r| r.chain.clone());
+    let mut body = json!({
+        "cold": records.iter().any(|r| r.cold == Some(true)),
+        "cold_steps": records.iter().filter(|r| r.cold == Some(true)).count(),
+        "plan": plan,
+        "timings": { "total_us": total_us },
+        "steps": records.iter().map(step_json).collect::<Vec<_>>(),
+    });
+    if let Some(output) = output {
+        match std::str::from_utf8(output) {
+            Ok(text) => body["output"] = Value::from(text),
+            Err(_) => {
+                body["output_base64"] =
+                    Value::from(base64::engine::general_purpose::STANDARD.encode(output))
+            }
+        }
+    }
+    let status = match (&failure, result) {
+        (None, _) => StatusCode::OK,
+        (
+            Some(_),
+            Err(DirectorError::Step {
+                source: baton_runtime::director::StepError::Unknown(_),
+                ..
+            }),
+        ) => StatusCode::NOT_FOUND,
+        (Some(_), _) => StatusCode::BAD_GATEWAY,
+    };
+    if let Some(failure) = failure {
+        body["error"] = Value::from(failure);
+    }
+    (status, body)
+}
+
+fn known(state: &AppState, name: &str) -> bool {
+    state.director.pool().spec(name).is_some() || state.director.is_sequence(name)
+}
+
+fn run_invocation(state: &AppState, name: &str, payload: &[u8]) -> (StatusCode, Value) {
+    let started = Instant::now();
+    let result = state.director.invoke(name, payload);
+    let records = match &result {
+        Ok(outcome) => &outcome.records[..],
+        Err(e) => e.records(),
+    };
+    state.metrics.observe(records);
+    outcome_json(&result, started.elapsed().as_micros() as u64)
+}
+
+/// Runs an accepted asynchronous invocation to its end (blocking) and stores the outcome.
+fn complete_async(state: &AppState, id: &str, function: &str, payload: &[u8]) {
+    let _ = state.store.set_invocation(id, "running", None, None);
+    let (status, body) = run_invocation(state, function, payload);
+    let (outcome, error) = if status == StatusCode::OK {
+        ("succeeded", None)
+    } else {
+        ("failed", body["error"].as_str().map(str::to_owned))
+    };
+    let _ = state
+        .store
+        .set_invocation(id, outcome, Some(&body.to_string()), error.as_deref());
+}
+
+/// Runs an accepted asynchronous invocation on a blocking thread of `runtime`.
+pub(crate) fn run_async(
+    state: Shared,
+    id: String,
+    function: String,
+    payload: Vec<u8>,
+    runtime: &tokio::runtime::Handle,
+) {
+    runtime.spawn_blocking(move || complete_async(&state, &id, &function, &payload));
+}
+
+async fn invoke(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    Query(query): Query<InvokeQuery>,
+    body: Bytes,
+) -> Response {
+    if !known(&state, &name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown function or sequence `{name}`"),
+        );
+    }
+    let Some(slot) = QueueSlot::take(&state, &name) else {
+        state.metrics.rejected();
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the queue of `{name}` is full ({} waiting or running)",
+                state.queue_depth
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    if query.r#async {
+        let id = format!(
+            "inv-{}-{}",
+            std::process::id(),
+            state.next_async.fetch_add(1, Ordering::Relaxed)
+        );
+        let pure = state.director.pool().spec(&name).is_some_and(|s| s.pure);
+        if let Err(e) = state.store.put_invocation(&id, &name, &body, pure) {
+            return internal(e);
+        }
+        let state2 = Arc::clone(&state);
+        let (id2, payload) = (id.clone(), body.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            complete_async(&state2, &id2, &name, &payload);
+        });
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id, "state": "queued" })),
+        )
+            .into_response();
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
+    let state2 = Arc::clone(&state);
+    let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        run_invocation(&state2, &name, &body)
+    })
+    .await;
+    match result {
+        Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match state.store.invocation(&id) {
+        Ok(Some(stored)) => {
+            let response: Value = stored
+                .response
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null);
+            Json(json!({
+                "id": stored.id,
+                "function": stored.function,
+                "state": stored.state,
+                "error": stored.error,
+                "response": response,
+            }))
+            .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown invocation `{id}`")),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceBody {
+    steps: Vec<String>,
+}
+
+async fn put_sequence(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: SequenceBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    if body.steps.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "`steps` is empty");
+    }
+    if let Some(unknown) = body
+        .steps
+        .iter()
+        .find(|s| state.director.pool().spec(s).is_none())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("step `{unknown}` is not a deployed function"),
+        );
+    }
+    if state.director.pool().spec(&name).is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("`{name}` is already a function"),
+        );
+    }
+    if let Err(e) = state.store.put_sequence(&name, &body.steps) {
+        return internal(e);
+    }
+    state.director.declare_sequence(&name, body.steps.clone());
+    (
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "steps": body.steps })),
+    )
+        .into_response()
+}
+
+async fn list_sequences(State(state): State<Shared>) -> Response {
+    let sequences: Vec<Value> = state
+        .director
+        .sequences()
+        .into_iter()
+        .map(|(name, steps)| json!({ "name": name, "steps": steps }))
+        .collect();
+    Json(json!({ "sequences": sequences })).into_response()
+}
+
+async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {
+    let result = tokio::task::spawn_blocking(move || {
+        let mut report = baton_trace::report::ReadReport::default();
+        let text = body.trim_ascii_start();
+        let is_otlp =
+            text.starts_with(b"{") && text.windows(13).take(4096).any(|w| w == b"resourceSpans");
+        let records = if is_otlp {
+            baton_trace::otlp::read_otlp(
+                "body",
+                &body[..],
+                baton_trace::spans::SpanOptions::default(),
+                &mut report,
+            )
+        } else {
+            let mut records = Vec::new();
+            report = baton_trace::jsonl::read_jsonl("body", &body[..], |r| records.push(r));
+            records
+        };
+        if records.is_empty() {
+            let first = report
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .or_else(|| report.broken.first().cloned())
+                .unwrap_or_else(|| "no records".into());
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("nothing to learn: {first}") }),
+            );
+        }
+        let requests = state.director.learn_records(&records);
+        (
+            StatusCode::OK,
+            json!({
+                "format": if is_otlp { "otlp" } else { "jsonl" },
+                "records": records.len(),
+                "requests": requests,
+                "skipped": report.skipped,
+                "errors": report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        )
+    })
+    .await;
+    match result {
+        Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct GraphQuery {
+    format: Option<String>,
+    min_probability: Option<f64>,
+}
+
+async fn graph(State(state): State<Shared>, Query(query): Query<GraphQuery>) -> Response {
+    let snapshot = state.director.graph().load();
+    let min = query.min_probability.unwrap_or(0.0);
+    match query.format.as_deref() {
+        None | Some("json") => {
+            Json(baton_trace::render::graph_json(&snapshot, min)).into_response()
+        }
+        Some("dot") => (
+            [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+            baton_trace::render::graph_dot(&snapshot, min),
+        )
+            .into_response(),
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: expected json or dot"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictQuery {
+    from: String,
+    n: Option<usize>,
+    depth: Option<usize>,
+}
+
+async fn predictions(State(state): State<Shared>, Query(query): Query<PredictQuery>) -> Response {
+    let snapshot = state.director.graph().load();
+    let Some(task) = snapshot.task_id(&query.from) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("task `{}` is not in the graph", query.from),
+        );
+    };
+    let options = PredictOptions {
+        n: query.n.unwrap_or(5).clamp(1, 100),
+        max_depth: query.depth.unwrap_or(5).clamp(1, 64),
+        ..PredictOptions::default()
+    };
+    let context = PredictContext {
+        route: None,
+        prev: Prev::Start,
+        grand_caller: None,
+        operation: None,
+    };
+    let chains: Vec<Value> = snapshot
+        .predict(task, &context, &options)
+        .iter()
+        .map(|chain| {
+            json!({
+                "tasks": chain.tasks.iter().map(|t| snapshot.task_name(*t)).collect::<Vec<_>>(),
+                "probability": chain.probability,
+                "ended": chain.ended,
+            })
+        })
+        .collect();
+    Json(json!({
+        "from": query.from,
+        "graph_version": snapshot.version(),
+        "chains": chains,
+    }))
+    .into_response()
+}
+
+async fn pool(State(state): State<Shared>) -> Response {
+    let capacity = state.reservations.capacity();
+    let mut by_plan: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for info in state.reservations.reservations() {
+        let plan = info
+            .request
+            .plan
+            .map_or("unplanned".to_owned(), |p| format!("plan-{p}"));
+        by_plan.entry(plan).or_default().push(json!({
+            "id": info.id,
+            "kind": format!("{:?}", info.request.kind).to_lowercase(),
+            "probability": info.request.probability,
+            "window_us": [info.request.window.start_us, info.request.window.end_us],
+            "memory_mib": info.request.needs.memory_mib,
+            "cpu_millicores": info.request.needs.cpu_millicores,
+            "cores": info.cores,
+            "gpu_units": info.request.needs.gpu_units,
+        }));
+    }
+    let now = Instant::now();
+    let warm: Vec<Value> = state
+        .director
+        .pool()
+        .idle()
+        .into_iter()
+        .map(|idle| {
+            json!({
+                "function": idle.function,
+                "pid": idle.pid,
+                "memory_mib": idle.memory_mib,
+                "prewarmed": idle.prewarmed,
+                "plan": idle.plan.map(|p| format!("plan-{p}")),
+                "expires_in_ms": idle.until.saturating_duration_since(now).as_millis() as u64,
+            })
+        })
+        .collect();
+    let counters = &state.director.pool().counters;
+    let director = &state.director.counters;
+    Json(json!({
+        "policy": policy_name(state.policy),
+        "limits": state.detection.to_string().lines().next().unwrap_or(""),
+        "capacity": capacity,
+        "reservations": by_plan,
+        "warm_instances": warm,
+        "idle_memory_mib": state.director.pool().idle_memory_mib(),
+        "counters": {
+            "hits": counters.hits.load(Ordering::Relaxed),
+            "cold_starts": counters.cold_starts.load(Ordering::Relaxed),
+            "prewarms": director.prewarms.load(Ordering::Relaxed),
+            "prewarmed_steps": director.prewarmed_steps.load(Ordering::Relaxed),
+            "late_prewarms": director.late_prewarms.load(Ordering::Relaxed),
+            "prewarms_wasted": counters.prewarms_wasted.load(Ordering::Relaxed),
+            "evictions": counters.evictions.load(Ordering::Relaxed),
+            "preemptions": director.preemptions.load(Ordering::Relaxed),
+            "steps": director.steps.load(Ordering::Relaxed),
+            "cold_steps": director.cold_steps.load(Ordering::Relaxed),
+        },
+        "prediction_hit_ratio": state.metrics.prediction_hit_rate(),
+    }))
+    .into_response()
+}
+
+fn policy_name(policy: PolicyKind) -> &'static str {
+    match policy {
+        PolicyKind::None => "none",
+        PolicyKind::Ttl => "ttl",
+        PolicyKind::Next => "next",
+        PolicyKind::Chain => "chain",
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let mut out = String::new();
+    state.metrics.render(&mut out);
+    let director = &state.director.counters;
+    let pool = &state.director.pool().counters;
+    let gauges: [(&str, &str, &str, u64); 6] = [
+        (
+            "baton_reservations",
+            "gauge",
+            "Reservations held in the resource pool.",
+            state.reservations.len() as u64,
+        ),
+        (
+            "baton_preemptions_total",
+            "counter",
+            "Speculative reservations preempted by committed demand.",
+            state.reservations.n_preemptions(),
+        ),
+        (
+            "baton_prewarms_total",
+            "counter",
+            "Pre-warms carried out.",
+            director.prewarms.load(Ordering::Relaxed),
+        ),
+        (
+            "baton_prewarms_wasted_total",
+            "counter",
+            "Pre-warmed instances released unused.",
+            pool.prewarms_wasted.load(Ordering::Relaxed),
+        ),
+        (
+            "baton_warm_instances",
+            "gauge",
+            "Idle warm worker processes.",
+            state.director.pool().idle().len() as u64,
+        ),
+        (
+            "baton_idle_memory_mib",
+            "gauge",
+            "Declared memory of idle warm workers, MiB.",
+            state.director.pool().idle_memory_mib(),
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,501 @@
+//! `baton serve`: the HTTP API over the runtime (axum on tokio; invocations run on blocking
+//! threads, since a chain's hops stay on one thread), with the learned state, functions and
+//! sequences kept in the embedded store and restored on start: the last snapshot of the
+//! learner plus the execution log after it. See `docs/openapi.json` for the routes.
+//!
+//! A bearer token is required unless the server listens on loopback with auth explicitly
+//! off. Bodies are capped; each function has a bounded queue (429 with `Retry-After` when
+//! it is full). Asynchronous invocations are stored before they are accepted, so one
+//! interrupted by a crash is re-run on restart when its function is pure, and reported
+//! failed otherwise: never silently lost.
+
+mod api;
+pub mod client;
+pub mod metrics;
+
+pub use api::ROUTES;
+
+use baton_core::policy::{NonePolicy, TtlPolicy};
+use baton_core::{
+    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, NextPolicy, Policy, ResourcePool,
+    ResourceVec, SnapshotCell, Tdg, TdgConfig,
+};
+use baton_runtime::director::{Director, RecordSource};
+use baton_runtime::limits::{self, Detection};
+use baton_runtime::manifest::{FunctionKind, FunctionSpec};
+use baton_runtime::pool::WarmPool;
+use baton_runtime::wasm::WasmEngine;
+use baton_store::{Store, StoreError};
+use metrics::Metrics;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Which pre-warming policy the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// No pre-warming and no keep-alive: every step starts cold.
+    None,
+    /// Keep an instance 10 minutes after use (what most platforms do).
+    Ttl,
+    /// Pre-warm the single most likely next task (US 9,811,363), keep 60 s.
+    Next,
+    /// baton: pre-warm the most probable chain that fits, each step at its planned instant.
+    Chain,
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PolicyKind, String> {
+        match s {
+            "none" => Ok(PolicyKind::None),
+            "ttl" => Ok(PolicyKind::Ttl),
+            "next" => Ok(PolicyKind::Next),
+            "chain" => Ok(PolicyKind::Chain),
+            other => Err(format!(
+                "unknown policy {other:?}: expected none, ttl, next or chain"
+            )),
+        }
+    }
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where the store, uploaded modules and the compiled-module cache live.
+    pub data_dir: PathBuf,
+    /// The bearer token; `None` turns auth off, which is only allowed on loopback.
+    pub token: Option<String>,
+    /// The pre-warming policy.
+    pub policy: PolicyKind,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Requests waiting or running per function before 429.
+    pub queue_depth: usize,
+    /// How often the learner is snapshotted into the store.
+    pub snapshot_every: Duration,
+    /// Keep-alive of the `ttl` policy (and of finished instances under `chain`), µs.
+    pub keep_alive_us: u64,
+}
+
+impl ServerConfig {
+    /// Defaults: loopback port 8080, `./baton-data`, token required, chain policy, 16 MiB
+    /// bodies, 64 queued per function, a snapshot every 30 s, 10-minute keep-alive.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen,
+            data_dir,
+            token: None,
+            policy: PolicyKind::Chain,
+            max_body_bytes: 16 << 20,
+            queue_depth: 64,
+            snapshot_every: Duration::from_secs(30),
+            keep_alive_us: 600_000_000,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Auth off on a non-loopback address.
+    #[error("--no-auth is only allowed on a loopback address, not {0}")]
+    AuthRequired(SocketAddr),
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file or socket problem.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The wasm engine could not start.
+    #[error("wasm engine: {0}")]
+    Wasm(String),
+    /// The stored state does not load.
+    #[error("restoring: {0}")]
+    Restore(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// What a restart found, for the log and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Functions deployed again.
+    pub functions: usize,
+    /// Sequences declared again.
+    pub sequences: usize,
+    /// Whether a learner snapshot was loaded.
+    pub snapshot: bool,
+    /// Execution records learned again from the log after the snapshot.
+    pub replayed_records: usize,
+    /// Asynchronous invocations found unfinished and run again (pure functions).
+    pub rerun: usize,
+    /// Asynchronous invocations found unfinished and marked failed.
+    pub failed: usize,
+}
+
+/// Shared by every handler.
+pub(crate) struct AppState {
+    pub(crate) director: Arc<Director>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) engine: Arc<WasmEngine>,
+    pub(crate) reservations: ResourcePool,
+    pub(crate) modules_dir: PathBuf,
+    pub(crate) token: Option<String>,
+    pub(crate) queue_depth: usize,
+    pub(crate) queues: Mutex<HashMap<String, usize>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) next_async: AtomicU64,
+    pub(crate) detection: Detection,
+    pub(crate) policy: PolicyKind,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// A running server; [`RunningServer::stop`] (or dropping it) shuts it down and saves a
+/// last snapshot.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// What the start restored.
+    pub restored: Restored,
+    /// How worker limits are applied on this machine.
+    pub detection: String,
+    state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// This machine's capacity for reservations: its cores, 3/4 of its memory.
+fn machine_capacity() -> ResourceVec {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(4_096, |kib| kib / 1024 * 3 / 4);
+    ResourceVec {
+        cpu_millicores: u64::from(cores) * 1000,
+        cores,
+        memory_mib,
+        net_mbps: 10_000,
+        gpu_units: 0,
+    }
+}
+
+fn build_policy(
+    kind: PolicyKind,
+    graph: &Arc<SnapshotCell>,
+    reservations: &ResourcePool,
+    keep_alive_us: u64,
+) -> Box<dyn Policy> {
+    match kind {
+        PolicyKind::None => Box::new(NonePolicy),
+        PolicyKind::Ttl => Box::new(TtlPolicy::new(keep_alive_us)),
+        PolicyKind::Next => Box::new(NextPolicy::new(Arc::clone(graph), 0.3, 60_000_000)),
+        PolicyKind::Chain => Box::new(ChainPolicy::new(
+            Arc::clone(graph),
+            reservations.clone(),
+            Assembler::new(AssemblerConfig::default()),
+            ChainPolicyConfig {
+                keep_alive_us,
+                entry_keep_alive_us: keep_alive_us,
+                ..ChainPolicyConfig::default()
+            },
+        )),
+    }
+}
+
+/// A stored manifest made runnable: an uploaded module is written to `modules_dir` (if
+/// missing) and the spec points at it.
+pub(crate) fn materialize(
+    store: &Store,
+    modules_dir: &Path,
+    manifest: &str,
+    module_hash: Option<&str>,
+) -> Result<FunctionSpec, String> {
+    let mut spec = FunctionSpec::from_toml(manifest).map_err(|e| e.to_string())?;
+    if let (FunctionKind::Wasm { module }, Some(hash)) = (&mut spec.kind, module_hash) {
+        let path = modules_dir.join(format!("{hash}.wasm"));
+        if !path.exists() {
+            let bytes = store
+                .module(hash)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("module {hash} missing from the store"))?;
+            std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        *module = path;
+    }
+    Ok(spec)
+}
+
+/// Restores the learner: the last snapshot, then every record after it.
+fn restore_learner(store: &Store, restored: &mut Restored) -> Result<Tdg, ServerError> {
+    let config = TdgConfig::default();
+    let (mut tdg, after) = match store.last_snapshot()? {
+        Some((last, state)) => {
+            let state: baton_core::TdgState = serde_json::from_str(&state)
+                .map_err(|e| ServerError::Restore(format!("snapshot: {e}")))?;
+            match Tdg::from_state(config.clone(), state) {
+                Some(tdg) => {
+                    restored.snapshot = true;
+                    (tdg, last)
+                }
+                // Learned with other context kinds: learn everything again.
+                None => (Tdg::new(config), 0),
+            }
+        }
+        None => (Tdg::new(config), 0),
+    };
+    let records: Vec<_> = store
+        .executions_after(after, usize::MAX >> 1)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    restored.replayed_records = records.len();
+    let (requests, _) = baton_trace::requests::group_requests(
+        &records,
+        &mut tdg,
+        baton_trace::requests::TimeWindow::default(),
+    );
+    for request in &requests {
+        tdg.observe_request(request);
+    }
+    Ok(tdg)
+}
+
+/// Saves a snapshot of the learner consistent with the execution log.
+pub(crate) fn snapshot(director: &Director, store: &Store) -> Result<(), String> {
+    director.with_learner(|tdg| {
+        let last = store.last_execution_id().map_err(|e| e.to_string())?;
+        let state = serde_json::to_string(&tdg.state()).map_err(|e| e.to_string())?;
+        store
+            .save_snapshot(last, &state)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
+impl RunningServer {
+    /// Opens the store in `config.data_dir`, restores functions, sequences and the learned
+    /// graph, and starts serving on a background thread.
+    pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+        if config.token.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServerError::AuthRequired(config.listen));
+        }
+        let data_dir = &config.data_dir;
+        let modules_dir = data_dir.join("modules");
+        std::fs::create_dir_all(&modules_dir)
+            .map_err(io(format!("cannot create {}", modules_dir.display())))?;
+        let store = Arc::new(Store::open(&data_dir.join("baton.db"))?);
+        let mut restored = Restored::default();
+        let tdg = restore_learner(&store, &mut restored)?;
+
+        let mut functions = Vec::new();
+        for stored in store.functions()? {
+            let spec = materialize(
+                &store,
+                &modules_dir,
+                &stored.manifest,
+                stored.module_hash.as_deref(),
+            )
+            .map_err(|e| ServerError::Restore(format!("function `{}`: {e}", stored.name)))?;
+            functions.push(spec);
+        }
+        restored.functions = functions.len();
+        let detection = limits::detect();
+        let pool = WarmPool::new(functions, detection.mechanism.clone());
+        let engine = Arc::new(
+            WasmEngine::new(&data_dir.join("cache"), 256, 512)
+                .map_err(|e| ServerError::Wasm(e.to_string()))?,
+        );
+        let mut seed = tdg.clone();
+        let graph = Arc::new(SnapshotCell::new(seed.snapshot()));
+        let reservations = ResourcePool::new(machine_capacity());
+        let policy = build_policy(config.policy, &graph, &reservations, config.keep_alive_us);
+        let sink_store = Arc::clone(&store);
+        let director = Director::new(pool, tdg, graph, policy)
+            .with_wasm(Arc::clone(&engine))
+            .with_reservations(reservations.clone())
+            .with_sink(Box::new(move |records, source: RecordSource| {
+                if let Err(error) = sink_store.append(records, source.as_str()) {
+                    eprintln!("baton: cannot append {} records: {error}", records.len());
+                }
+            }))
+            .into_shared()
+            .map_err(io("cannot start the allocator"))?;
+        for (name, steps) in store.sequences()? {
+            director.declare_sequence(&name, steps);
+            restored.sequences += 1;
+        }
+
+        let state = Arc::new(AppState {
+            director,
+            store,
+            engine,
+            reservations,
+            modules_dir,
+            token: config.token.clone(),
+            queue_depth: config.queue_depth.max(1),
+            queues: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            next_async: AtomicU64::new(0),
+            detection: detection.clone(),
+            policy: config.policy,
+        });
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("baton-http")
+            .build()
+            .map_err(io("cannot start the HTTP runtime"))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.listen))
+            .map_err(io(format!("cannot listen on {}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("cannot read the listening address"))?;
+
+        // Asynchronous invocations a crash interrupted.
+        for pending in state.store.unfinished_invocations()? {
+            if pending.pure {
+                restored.rerun += 1;
+                api::run_async(
+                    Arc::clone(&state),
+                    pending.id,
+                    pending.function,
+                    pending.payload,
+                    runtime.handle(),
+                );
+            } else {
+                restored.failed += 1;
+                let _ = state.store.set_invocation(
+                    &pending.id,
+                    "failed",
+                    None,
+                    Some("interrupted by a server restart; not re-run because the function is not pure"),
+                );
+            }
+        }
+
+        let router = api::router(Arc::clone(&state), config.max_body_bytes);
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let snapshot_state = Arc::clone(&state);
+        let every = config.snapshot_every;
+        let thread = std::thread::Builder::new()
+            .name("baton-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let snapshots = tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(every);
+                        tick.tick().await;
+                        loop {
+                            tick.tick().await;
+                            let state = Arc::clone(&snapshot_state);
+                            let _ = tokio::task::spawn_blocking(move || {
+                                if let Err(error) = snapshot(&state.director, &state.store) {
+                                    eprintln!("baton: snapshot failed: {error}");
+                                }
+                            })
+                            .await;
+                        }
+                    });
+                    let served = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    snapshots.abort();
+                    if let Err(error) = served {
+                        eprintln!("baton: server stopped: {error}");
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })
+            .map_err(io("cannot start the server thread"))?;
+        Ok(RunningServer {
+            addr,
+            restored,
+            detection: detection.to_string(),
+            state,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The director (tests and the demo read its counters).
+    pub fn director(&self) -> &Arc<Director> {
+        &self.state.director
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// Saves a snapshot of the learner now.
+    pub fn snapshot(&self) -> Result<(), String> {
+        snapshot(&self.state.director, &self.state.store)
+    }
+
+    /// Waits until the server stops (it stops when [`RunningServer::stop`] is called from
+    /// elsewhere, or the process ends).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+            if let Err(error) = self.snapshot() {
+                eprintln!("baton: last snapshot failed: {error}");
+            }
+        }
+    }
+
+    /// Stops serving, waits for the server thread, and saves a last snapshot.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+            if let Err(error) = self.snapshot() {
+                eprintln!("baton: last snapshot failed: {error}");
+            }
+        }
+    }
+
+    /// A handle that stops the server from another thread (e.g. on Ctrl-C).
+    pub fn stopper(&mut self) -> Option<tokio::sync::oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}

@@ -1,0 +1,411 @@
+//! Black-box tests through the HTTP API on loopback: deploy, invoke (sync and async),
+//! sequences, log ingestion, graph and predictions, metrics, and every kind of bad input.
+
+use base64::Engine as _;
+use baton_server::client::{Client, Response};
+use baton_server::{PolicyKind, RunningServer, ServerConfig, ROUTES};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "s3cret";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn start(dir: &Path, configure: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
+    config.token = Some(TOKEN.into());
+    configure(&mut config);
+    RunningServer::start(config).unwrap()
+}
+
+fn client(server: &RunningServer) -> Client {
+    Client::new(&format!("http://{}", server.addr), Some(TOKEN.into())).unwrap()
+}
+
+fn wasm_deploy(client: &Client, name: &str, module: &str) -> Response {
+    let bytes = std::fs::read(examples().join(module)).unwrap();
+    let body = json!({
+        "manifest": format!("name = \"{name}\"\nkind = \"wasm\"\nmodule = \"uploaded.wasm\"\nmemory_mib = 16\ntimeout_ms = 2000\npure = true\n"),
+        "module_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    client
+        .request(
+            "PUT",
+            &format!("/v1/functions/{name}"),
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+}
+
+fn python_manifest(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\nmemory_mib = 128\ntimeout_ms = 10000\n{extra}",
+        python(),
+        examples().join("python").join(script).display().to_string()
+    )
+}
+
+fn put_toml(client: &Client, name: &str, manifest: &str) -> Response {
+    client
+        .request(
+            "PUT",
+            &format!("/v1/functions/{name}"),
+            "application/toml",
+            manifest.as_bytes(),
+        )
+        .unwrap()
+}
+
+fn invoke(client: &Client, name: &str, payload: &str) -> Response {
+    client
+        .request(
+            "POST",
+            &format!("/v1/functions/{name}/invoke"),
+            "application/octet-stream",
+            payload.as_bytes(),
+        )
+        .unwrap()
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start} in\n{text}"))
+}
+
+/// Deploys the order pipeline: C guests uploaded as modules, Python workers by command.
+pub fn deploy_order_app(client: &Client) {
+    for name in ["validate", "reserve", "reject"] {
+        let response = wasm_deploy(client, name, &format!("wasm/{name}.wasm"));
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+    for (name, script) in [("price", "price.py"), ("notify", "notify.py")] {
+        let response = put_toml(client, name, &python_manifest(name, script, "pure = true"));
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+}
+
+#[test]
+fn the_api_deploys_invokes_learns_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| c.policy = PolicyKind::Chain);
+    eprint!("{}", server.detection);
+    let api = client(&server);
+
+    // Auth.
+    assert_eq!(api.get("/healthz").unwrap().status, 200);
+    let anonymous = Client::new(&format!("http://{}", server.addr), None).unwrap();
+    assert_eq!(anonymous.get("/v1/functions").unwrap().status, 401);
+    let wrong = Client::new(&format!("http://{}", server.addr), Some("nope".into())).unwrap();
+    let response = wrong.get("/metrics").unwrap();
+    assert_eq!(response.status, 401);
+    assert!(response.text().contains("bearer token"));
+
+    deploy_order_app(&api);
+    let listed = api.get("/v1/functions").unwrap().json();
+    assert_eq!(listed["functions"].as_array().unwrap().len(), 5);
+
+    // Bad manifests and modules: 400 with the reason.
+    let response = put_toml(
+        &api,
+        "bad",
+        "name = \"bad\"\nkind = \"lambda\"\ncommand = [\"x\"]",
+    );
+    assert_eq!(response.status, 400);
+    assert!(
+        response.text().contains("manifest field `kind`"),
+        "{}",
+        response.text()
+    );
+    let response = put_toml(&api, "other", &python_manifest("mismatch", "upper.py", ""));
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("path names `other`"));
+    let body = json!({
+        "manifest": "name = \"broken\"\nkind = \"wasm\"\nmodule = \"x.wasm\"\n",
+        "module_base64": base64::engine::general_purpose::STANDARD.encode(b"not a module"),
+    });
+    let response = api
+        .request(
+            "PUT",
+            "/v1/functions/broken",
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(response.status, 400);
+    assert!(
+        response.text().contains("invalid module"),
+        "{}",
+        response.text()
+    );
+
+    // Invoke: the first request is cold, later ones warm or pre-warmed.
+    let order = r#"{"order":1,"item":"book","qty":2,"credit":100}"#;
+    let first = invoke(&api, "validate", order).json();
+    assert_eq!(first["cold"], true, "{first}");
+    assert!(first["output"]
+        .as_str()
+        .unwrap()
+        .contains(r#""notified":true"#));
+    assert_eq!(first["steps"].as_array().unwrap().len(), 4);
+    for _ in 0..3 {
+        let again = invoke(&api, "validate", order).json();
+        assert_eq!(again["cold"], false, "{again}");
+    }
+    let missing = invoke(&api, "nobody", "x");
+    assert_eq!(missing.status, 404);
+    assert!(missing
+        .text()
+        .contains("unknown function or sequence `nobody`"));
+
+    // Metrics count cold starts and hits per function.
+    let metrics = api.get("/metrics").unwrap().text();
+    assert_eq!(
+        metric(&metrics, "baton_invocations_total{function=\"price\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric(&metrics, "baton_cold_starts_total{function=\"price\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "baton_cold_starts_total{function=\"validate\"}"),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "baton_hop_latency_us_count"), 12.0);
+    assert!(metrics.contains("baton_reservations "));
+
+    // Async: 202, then the stored outcome.
+    let accepted = api
+        .request(
+            "POST",
+            "/v1/functions/validate/invoke?async=true",
+            "application/octet-stream",
+            order.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(accepted.status, 202);
+    let location = accepted.header("location").unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let state = api.get(&location).unwrap().json();
+        if state["state"] == "succeeded" || Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["response"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("reserved"));
+    assert_eq!(api.get("/v1/invocations/nope").unwrap().status, 404);
+
+    // Sequences.
+    assert_eq!(
+        wasm_deploy(&api, "upper", "../examples/wat/upper.wat").status,
+        201
+    );
+    let response = api
+        .request(
+            "POST",
+            "/v1/sequences/shout",
+            "application/json",
+            br#"{"steps":["upper","upper"]}"#,
+        )
+        .unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let shouted = invoke(&api, "shout", "hey").json();
+    assert_eq!(shouted["output"], "HEY");
+    assert_eq!(shouted["steps"].as_array().unwrap().len(), 2);
+    let response = api
+        .request(
+            "POST",
+            "/v1/sequences/bad",
+            "application/json",
+            br#"{"steps":["ghost"]}"#,
+        )
+        .unwrap();
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("`ghost`"));
+
+    // Foreign logs change the graph and the predictions.
+    let mut log = String::new();
+    // Recent timestamps: the graph decays (half-life 1 h), so years-old records would
+    // weigh nothing next to the live ones.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for i in 0..6 {
+        let ts = now_ns - 60_000_000_000 + i * 1_000_000_000;
+        log.push_str(&format!("{{\"ts\":{ts},\"task\":\"cart\",\"invocation\":\"c{i}\",\"trace\":\"t{i}\",\"duration_us\":900}}\n"));
+        log.push_str(&format!("{{\"ts\":{},\"task\":\"checkout\",\"invocation\":\"k{i}\",\"parent\":\"c{i}\",\"trace\":\"t{i}\",\"duration_us\":300}}\n", ts + 100_000));
+    }
+    log.push_str("this line is broken\n");
+    let response = api
+        .request("POST", "/v1/logs", "application/x-ndjson", log.as_bytes())
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let report = response.json();
+    assert_eq!(report["records"], 12);
+    assert_eq!(report["skipped"], 1);
+    assert!(
+        report["errors"][0].as_str().unwrap().contains("body:13"),
+        "{report}"
+    );
+    let predicted = api.get("/v1/predictions?from=cart&n=3").unwrap().json();
+    assert_eq!(
+        predicted["chains"][0]["tasks"],
+        json!(["cart", "checkout"]),
+        "{predicted}"
+    );
+    assert_eq!(api.get("/v1/predictions?from=ghost").unwrap().status, 404);
+    let graph = api.get("/v1/graph").unwrap().json();
+    let names: Vec<&str> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["task"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"cart") && names.contains(&"price"),
+        "{names:?}"
+    );
+    let dot = api.get("/v1/graph?format=dot").unwrap().text();
+    assert!(dot.starts_with("digraph tdg"));
+    let response = api
+        .request("POST", "/v1/logs", "application/x-ndjson", b"garbage\n")
+        .unwrap();
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("nothing to learn"));
+
+    let pool = api.get("/v1/pool").unwrap().json();
+    assert_eq!(pool["policy"], "chain");
+    assert!(pool["capacity"]["cores"].as_u64().unwrap() >= 1);
+
+    // Delete.
+    let response = api
+        .request("DELETE", "/v1/functions/upper", "text/plain", b"")
+        .unwrap();
+    assert_eq!(response.status, 204);
+    assert_eq!(api.get("/v1/functions/upper").unwrap().status, 404);
+    server.stop();
+}
+
+#[test]
+fn oversized_bodies_and_full_queues_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.max_body_bytes = 64 << 10;
+        c.queue_depth = 1;
+        c.policy = PolicyKind::Ttl;
+    });
+    let api = client(&server);
+    let response = put_toml(&api, "slow", &python_manifest("slow", "upper.py", ""));
+    assert_eq!(response.status, 201, "{}", response.text());
+    let big = vec![b'x'; 100 << 10];
+    let response = api
+        .request(
+            "POST",
+            "/v1/functions/slow/invoke",
+            "application/octet-stream",
+            &big,
+        )
+        .unwrap();
+    assert_eq!(response.status, 413);
+
+    // One request holds the only slot; the next is refused with Retry-After.
+    let accepted = api
+        .request(
+            "POST",
+            "/v1/functions/slow/invoke?async=true",
+            "application/octet-stream",
+            b"sleep:1.5",
+        )
+        .unwrap();
+    assert_eq!(accepted.status, 202);
+    std::thread::sleep(Duration::from_millis(100));
+    let refused = invoke(&api, "slow", "now");
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let metrics = api.get("/metrics").unwrap().text();
+    assert_eq!(metric(&metrics, "baton_requests_rejected_total"), 1.0);
+    server.stop();
+}
+
+#[test]
+fn auth_off_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::new("0.0.0.0:0".parse().unwrap(), dir.path().to_owned());
+    let error = RunningServer::start(config).unwrap_err().to_string();
+    assert!(
+        error.contains("only allowed on a loopback address"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json"),
+    )
+    .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let mut routed: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    routed.sort();
+    assert_eq!(documented, routed);
+    // And every route answers (not 404/405) on a live server.
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {});
+    let api = client(&server);
+    for (method, path) in ROUTES {
+        let path = path.replace("{name}", "x").replace("{id}", "x");
+        let path = if path == "/v1/predictions" {
+            "/v1/predictions?from=x".into()
+        } else {
+            path
+        };
+        let response = api
+            .request(method, &path, "application/json", b"{}")
+            .unwrap();
+        assert_ne!(response.status, 405, "{method} {path}");
+        if response.status == 404 {
+            assert!(
+                response.json()["error"].is_string(),
+                "{method} {path}: a route's own 404"
+            );
+        }
+    }
+    server.stop();
+}
