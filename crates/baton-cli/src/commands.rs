@@ -535,9 +535,34 @@ pub struct GraphArgs {
     /// Leave out edges below this probability.
     #[arg(long, default_value_t = 0.0)]
     min_probability: f64,
+    /// Ask a running server for its graph instead (http://HOST:PORT).
+    #[arg(long, conflicts_with_all = ["state", "log"])]
+    server: Option<String>,
+    /// Bearer token for --server (env BATON_TOKEN).
+    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 pub fn graph(args: GraphArgs) -> Result<()> {
+    if let Some(server) = &args.server {
+        let client = baton_server::client::Client::new(server, args.token.clone())?;
+        let format = match args.format {
+            GraphFormat::Json => "json",
+            GraphFormat::Dot => "dot",
+        };
+        let response = client.get(&format!(
+            "/v1/graph?format={format}&min_probability={}",
+            args.min_probability
+        ))?;
+        anyhow::ensure!(
+            response.status == 200,
+            "{server}: HTTP {}: {}",
+            response.status,
+            response.text()
+        );
+        print!("{}", response.text());
+        return Ok(());
+    }
     let snapshot = snapshot_of(
         args.state.as_ref(),
         &args.log,

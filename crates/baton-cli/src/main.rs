@@ -1,10 +1,13 @@
 //! The `baton` command: learn a task dependency graph from logs, predict chains and request
 //! sets, export the graph, evaluate prediction on a later window, convert logs, replay
-//! traces through the pre-warming policies, and measure hops and cold starts.
+//! traces through the pre-warming policies, measure hops and cold starts, serve functions
+//! over HTTP and talk to a server, and run the demo.
 
 mod bench;
 mod commands;
+mod demo;
 mod load;
+mod server;
 mod sim;
 
 use anyhow::Result;
@@ -37,6 +40,18 @@ enum Command {
     Sim(sim::SimArgs),
     /// Report what this machine offers baton: the resource-limit mechanism for workers.
     Doctor,
+    /// Run the server: the HTTP API over the runtime, state kept in --data-dir.
+    Serve(server::ServeArgs),
+    /// Deploy functions from their manifests to a server.
+    Deploy(server::DeployArgs),
+    /// Invoke a function or sequence on a server.
+    Invoke(server::InvokeArgs),
+    /// Show a server's latest execution records, or send it logs to learn.
+    Logs(server::LogsArgs),
+    /// Live view of a server's warm instances, reservations and hit rate.
+    Top(server::TopArgs),
+    /// Run the example order pipeline on an in-process server, pre-warming off then on.
+    Demo(demo::DemoArgs),
     /// Measure hops and cold starts on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +67,12 @@ fn main() -> Result<()> {
         Command::Convert(args) => commands::convert(args),
         Command::Sim(args) => sim::sim(args),
         Command::Bench(command) => bench::run(command),
+        Command::Serve(args) => server::serve(args),
+        Command::Deploy(args) => server::deploy(args),
+        Command::Invoke(args) => server::invoke(args),
+        Command::Logs(args) => server::logs(args),
+        Command::Top(args) => server::top(args),
+        Command::Demo(args) => demo::demo(args),
         Command::Doctor => {
             print!("{}", baton_runtime::limits::detect());
             Ok(())

@@ -170,6 +170,8 @@ pub struct DirectorCounters {
     pub failed_steps: AtomicU64,
     /// Pre-warms carried out (process and wasm).
     pub prewarms: AtomicU64,
+    /// Of those, pre-warms an idle worker already covered (its deadline was extended).
+    pub prewarms_covered: AtomicU64,
     /// Committed reservations that preempted speculative ones.
     pub preemptions: AtomicU64,
 }
@@ -659,6 +661,13 @@ impl Director {
         self.counters.prewarms.fetch_add(1, Ordering::Relaxed);
         if self.is_wasm(&job.function) {
             self.prewarm_wasm(&job.function, job.plan);
+            return;
+        }
+        // An idle worker is already there: keep it for the step instead of starting another.
+        if self.pool.extend_idle(&job.function, job.until) {
+            self.counters
+                .prewarms_covered
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         let services = self.services.clone();

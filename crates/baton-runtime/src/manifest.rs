@@ -14,6 +14,7 @@
 //! timeout_ms = 5000
 //! pure = true                   # safe to run speculatively
 //! services = ["cache"]          # auxiliary services it needs
+//! workdir = "/srv/fns"          # where a process runs (default: the manifest's directory)
 //! [env]
 //! LEVEL = "info"
 //! ```
@@ -44,6 +45,7 @@ struct ManifestWire {
     services: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    workdir: Option<PathBuf>,
 }
 
 /// How a function runs.
@@ -218,7 +220,7 @@ impl FunctionSpec {
             pure: wire.pure,
             services: wire.services,
             env: wire.env,
-            workdir: None,
+            workdir: wire.workdir,
         })
     }
 
@@ -246,7 +248,11 @@ impl FunctionSpec {
                 *module = dir.join(&*module);
             }
         }
-        spec.workdir = Some(dir);
+        spec.workdir = Some(match spec.workdir.take() {
+            Some(workdir) if workdir.is_relative() => dir.join(workdir),
+            Some(workdir) => workdir,
+            None => dir,
+        });
         Ok(spec)
     }
 

@@ -476,6 +476,18 @@ impl WarmPool {
         }
     }
 
+    /// Keeps an idle worker of `name` until at least `until` instead of starting another:
+    /// returns whether there was one. A pre-warm for a function with an idle worker needs
+    /// no new process.
+    pub fn extend_idle(&self, name: &str, until: Instant) -> bool {
+        let mut state = lock(&self.state);
+        let Some(idle) = state.idle.get_mut(name).and_then(|list| list.last_mut()) else {
+            return false;
+        };
+        idle.until = idle.until.max(until);
+        true
+    }
+
     /// Releases the unused idle workers of `name` that `plan` pre-warmed; returns how many.
     pub fn release_plan(&self, name: &str, plan: u64) -> usize {
         let released: Vec<Idle> = {

@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sequences/{name}"),
     ("GET", "/v1/sequences"),
     ("POST", "/v1/logs"),
+    ("GET", "/v1/logs"),
     ("GET", "/v1/graph"),
     ("GET", "/v1/predictions"),
     ("GET", "/v1/pool"),
@@ -62,7 +63,7 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/v1/invocations/{id}", get(get_invocation))
         .route("/v1/sequences", get(list_sequences))
         .route("/v1/sequences/{name}", post(put_sequence))
-        .route("/v1/logs", post(ingest_logs))
+        .route("/v1/logs", post(ingest_logs).get(recent_logs))
         .route("/v1/graph", get(graph))
         .route("/v1/predictions", get(predictions))
         .route("/v1/pool", get(pool))
@@ -577,6 +578,26 @@ async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {
     .await;
     match result {
         Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TailQuery {
+    tail: Option<usize>,
+}
+
+/// The last execution records (default 20, at most 10,000) as schema-v1 JSONL.
+async fn recent_logs(State(state): State<Shared>, Query(query): Query<TailQuery>) -> Response {
+    let n = query.tail.unwrap_or(20).min(10_000);
+    match state.store.tail(n) {
+        Ok(records) => {
+            let mut out = Vec::new();
+            for record in &records {
+                let _ = record.write_line(&mut out);
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+        }
         Err(e) => internal(e),
     }
 }

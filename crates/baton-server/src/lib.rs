@@ -488,6 +488,26 @@ impl RunningServer {
         }
     }
 
+    /// Serves until SIGINT or SIGTERM, then stops (saving a last snapshot).
+    pub fn serve_until_signal(self) -> Result<(), ServerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("cannot wait for signals"))?;
+        runtime.block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(io("cannot wait for SIGTERM"))?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            Ok::<(), ServerError>(())
+        })?;
+        self.stop();
+        Ok(())
+    }
+
     /// A handle that stops the server from another thread (e.g. on Ctrl-C).
     pub fn stopper(&mut self) -> Option<tokio::sync::oneshot::Sender<()>> {
         self.shutdown.take()

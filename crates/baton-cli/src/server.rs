@@ -1,0 +1,358 @@
+//! `baton serve` and the commands that talk to a running server: `deploy`, `invoke`,
+//! `logs`, `top`.
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use baton_server::client::{Client, Response};
+use baton_server::{PolicyKind, RunningServer, ServerConfig};
+use clap::Args;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The server (env BATON_SERVER).
+    #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The bearer token (env BATON_TOKEN).
+    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::new(&self.server, self.token.clone())?)
+    }
+}
+
+/// Fails with the server's own error message unless the status is a success.
+fn checked(response: Response, what: &str) -> Result<Response> {
+    if (200..300).contains(&response.status) {
+        return Ok(response);
+    }
+    let message = response.json()["error"]
+        .as_str()
+        .map_or_else(|| response.text(), str::to_owned);
+    bail!("{what}: HTTP {}: {message}", response.status)
+}
+
+/// `baton serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the store, uploaded modules and compiled modules live.
+    #[arg(long, default_value = "baton-data")]
+    data_dir: PathBuf,
+    /// Bearer token clients must send (env BATON_TOKEN).
+    #[arg(
+        long,
+        env = "BATON_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "no_auth"
+    )]
+    token: Option<String>,
+    /// Serve without a token (loopback addresses only).
+    #[arg(long)]
+    no_auth: bool,
+    /// Pre-warming policy: none, ttl, next or chain.
+    #[arg(long, default_value = "chain")]
+    policy: PolicyKind,
+    /// Requests waiting or running per function before 429.
+    #[arg(long, default_value_t = 64)]
+    queue_depth: usize,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Seconds between snapshots of the learned graph.
+    #[arg(long, default_value_t = 30)]
+    snapshot_secs: u64,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    if args.token.is_none() && !args.no_auth {
+        bail!("give --token T (or BATON_TOKEN), or --no-auth on a loopback address");
+    }
+    let mut config = ServerConfig::new(args.listen, args.data_dir.clone());
+    config.token = args.token;
+    config.policy = args.policy;
+    config.queue_depth = args.queue_depth;
+    config.max_body_bytes = args.max_body_mib << 20;
+    config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));
+    let server = RunningServer::start(config)
+        .with_context(|| format!("starting the server in {}", args.data_dir.display()))?;
+    eprint!("{}", server.detection);
+    let r = &server.restored;
+    eprintln!(
+        "restored from {}: {} functions, {} sequences, {} (+{} records replayed), async: {} re-run, {} failed",
+        args.data_dir.display(),
+        r.functions,
+        r.sequences,
+        if r.snapshot { "a graph snapshot" } else { "no snapshot" },
+        r.replayed_records,
+        r.rerun,
+        r.failed
+    );
+    eprintln!(
+        "baton listening on http://{} (policy {:?})",
+        server.addr, args.policy
+    );
+    server.serve_until_signal()?;
+    Ok(())
+}
+
+/// `baton deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Manifest files (TOML); a wasm function's module is uploaded with it, and a process
+    /// function runs in its manifest's directory.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// The request body deploying `path`.
+pub fn deploy_body(path: &Path) -> Result<Value> {
+    let spec = baton_runtime::manifest::FunctionSpec::from_file(path)?;
+    let mut manifest = std::fs::read_to_string(path)?;
+    let mut body = json!({});
+    match &spec.kind {
+        baton_runtime::manifest::FunctionKind::Wasm { module } => {
+            let bytes = std::fs::read(module)
+                .with_context(|| format!("reading the module {}", module.display()))?;
+            body["module_base64"] =
+                Value::from(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        baton_runtime::manifest::FunctionKind::Process { .. } => {
+            let has_workdir = manifest
+                .lines()
+                .any(|l| l.trim_start().starts_with("workdir"));
+            if let (false, Some(dir)) = (has_workdir, &spec.workdir) {
+                manifest = format!("workdir = {:?}\n{manifest}", dir.display().to_string());
+            }
+        }
+    }
+    body["manifest"] = Value::from(manifest);
+    Ok(body)
+}
+
+pub fn deploy(args: DeployArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    for path in &args.manifests {
+        let body = deploy_body(path).with_context(|| format!("{}", path.display()))?;
+        let name = baton_runtime::manifest::FunctionSpec::from_file(path)?.name;
+        let response = client.request(
+            "PUT",
+            &format!("/v1/functions/{name}"),
+            "application/json",
+            body.to_string().as_bytes(),
+        )?;
+        let response = checked(response, &format!("deploying {}", path.display()))?;
+        let verb = if response.status == 201 {
+            "deployed"
+        } else {
+            "replaced"
+        };
+        println!("{verb} {name}");
+    }
+    Ok(())
+}
+
+/// `baton invoke`.
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// The function or sequence.
+    name: String,
+    /// The payload: text, or @FILE.
+    #[arg(long, default_value = "")]
+    data: String,
+    /// Return at once with an invocation id.
+    #[arg(long)]
+    r#async: bool,
+    /// Print the whole response document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub fn invoke(args: InvokeArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    let payload = match args.data.strip_prefix('@') {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        None => args.data.into_bytes(),
+    };
+    let path = format!(
+        "/v1/functions/{}/invoke{}",
+        args.name,
+        if args.r#async { "?async=true" } else { "" }
+    );
+    let response = client.request("POST", &path, "application/octet-stream", &payload)?;
+    let document = response.json();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return checked(response, "invoke").map(drop);
+    }
+    let response = checked(response, &format!("invoking {}", args.name))?;
+    if args.r#async {
+        println!("{}", document["id"].as_str().unwrap_or(""));
+        return Ok(());
+    }
+    let _ = response;
+    if let Some(text) = document["output"].as_str() {
+        println!("{text}");
+    } else if let Some(encoded) = document["output_base64"].as_str() {
+        println!("(binary, base64) {encoded}");
+    }
+    let steps = document["steps"].as_array().cloned().unwrap_or_default();
+    let path: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} ({}, {} µs)",
+                s["task"].as_str().unwrap_or("?"),
+                s["warmth"].as_str().unwrap_or("?"),
+                s["duration_us"]
+            )
+        })
+        .collect();
+    eprintln!(
+        "{} in {} µs: {}",
+        if document["cold"] == true {
+            "cold"
+        } else {
+            "warm"
+        },
+        document["timings"]["total_us"],
+        path.join(" → ")
+    );
+    Ok(())
+}
+
+/// `baton logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// How many of the last records to show.
+    #[arg(long, default_value_t = 20)]
+    tail: usize,
+    /// Instead, send these log files (schema v1 JSONL or OTLP/JSON) for the graph to learn.
+    #[arg(long, num_args = 1..)]
+    ingest: Vec<PathBuf>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub fn logs(args: LogsArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    if !args.ingest.is_empty() {
+        for path in &args.ingest {
+            let body =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let response = client.request("POST", "/v1/logs", "application/x-ndjson", &body)?;
+            let report = checked(response, &format!("ingesting {}", path.display()))?.json();
+            println!(
+                "{}: {} records, {} requests learned, {} lines skipped",
+                path.display(),
+                report["records"],
+                report["requests"],
+                report["skipped"]
+            );
+            for error in report["errors"].as_array().into_iter().flatten() {
+                eprintln!("  {}", error.as_str().unwrap_or(""));
+            }
+        }
+        return Ok(());
+    }
+    let response = checked(client.get(&format!("/v1/logs?tail={}", args.tail))?, "logs")?;
+    print!("{}", response.text());
+    Ok(())
+}
+
+/// `baton top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one view and exit.
+    #[arg(long)]
+    once: bool,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+pub fn top(args: TopArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    loop {
+        let pool = checked(client.get("/v1/pool")?, "pool")?.json();
+        let counters = &pool["counters"];
+        let steps = counters["steps"].as_u64().unwrap_or(0);
+        let hits = counters["prewarmed_steps"].as_u64().unwrap_or(0)
+            + counters["hits"].as_u64().unwrap_or(0);
+        if !args.once {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!(
+            "baton at {}  policy {}  {}",
+            client.url(),
+            pool["policy"].as_str().unwrap_or("?"),
+            pool["limits"].as_str().unwrap_or("")
+        );
+        println!(
+            "steps {steps}  cold {}  pre-warmed {} (late {})  warm-pool hits {}  hit rate {:.1}%  prediction hit ratio {:.2}",
+            counters["cold_steps"],
+            counters["prewarmed_steps"],
+            counters["late_prewarms"],
+            counters["hits"],
+            100.0 * hits as f64 / steps.max(1) as f64,
+            pool["prediction_hit_ratio"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "pre-warms {}  wasted {}  evictions {}  preemptions {}  idle memory {} MiB",
+            counters["prewarms"],
+            counters["prewarms_wasted"],
+            counters["evictions"],
+            counters["preemptions"],
+            pool["idle_memory_mib"]
+        );
+        println!("\nwarm instances:");
+        for instance in pool["warm_instances"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<20} pid {:<8} {:>5} MiB  {:<10} expires in {} ms",
+                instance["function"].as_str().unwrap_or("?"),
+                instance["pid"],
+                instance["memory_mib"],
+                instance["plan"]
+                    .as_str()
+                    .unwrap_or(if instance["prewarmed"] == true {
+                        "prewarmed"
+                    } else {
+                        "kept"
+                    }),
+                instance["expires_in_ms"]
+            );
+        }
+        println!("\nreservations:");
+        for (plan, list) in pool["reservations"].as_object().into_iter().flatten() {
+            for r in list.as_array().into_iter().flatten() {
+                println!(
+                    "  {plan:<12} {:<11} p={:.2} {} MiB {} mcpu cores {}",
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["probability"].as_f64().unwrap_or(0.0),
+                    r["memory_mib"],
+                    r["cpu_millicores"],
+                    r["cores"]
+                );
+            }
+        }
+        if args.once {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.1)));
+    }
+}
