@@ -97,6 +97,19 @@ impl Interner {
     }
 }
 
+/// A stable 128-bit content key of `bytes` (two SipHash passes with different prefixes,
+/// then the length): names compiled modules in caches and module blobs in the store.
+pub fn content_key(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut hasher);
+        bytes.hash(&mut hasher);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}-{}", half(1), half(2), bytes.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,15 +139,3 @@ mod tests {
     }
 }
 
-/// A stable 128-bit content key of `bytes` (two SipHash passes with different prefixes,
-/// then the length): names compiled modules in caches and module blobs in the store.
-pub fn content_key(bytes: &[u8]) -> String {
-    use std::hash::{Hash, Hasher};
-    let half = |salt: u8| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut hasher);
-        bytes.hash(&mut hasher);
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}-{}", half(1), half(2), bytes.len())
-}

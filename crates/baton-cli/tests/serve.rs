@@ -1,0 +1,234 @@
+//! `baton serve` as a real process, driven by the CLI's own client commands; then killed
+//! with SIGKILL and started again on the same data directory: functions, sequences and the
+//! learned graph come back, the next chain is pre-warmed without relearning, and the
+//! asynchronous invocations accepted before the kill are completed (pure functions) or
+//! reported failed, never lost.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn baton(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .output()
+        .expect("the baton binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = baton(args);
+    assert!(
+        output.status.success(),
+        "baton {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Starts `baton serve` and waits for its "listening" line; returns the child and URL.
+fn serve(data: &Path) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data.display().to_string(),
+            "--no-auth",
+            "--snapshot-secs",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server says where it listens")
+            .unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.strip_prefix("baton listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining its stderr so it never blocks.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url, log)
+}
+
+fn get(url: &str, path: &str) -> Value {
+    let client = baton_client(url);
+    client.get(path).unwrap().json()
+}
+
+fn baton_client(url: &str) -> baton_server::client::Client {
+    baton_server::client::Client::new(url, None).unwrap()
+}
+
+#[test]
+fn a_killed_server_comes_back_with_what_it_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, url, _) = serve(&data);
+
+    // Deploy with the CLI: the order pipeline and two slow functions, one pure.
+    let mut manifests: Vec<String> = std::fs::read_dir(examples().join("order"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    manifests.sort();
+    let mut args = vec!["deploy", "--server", &url];
+    args.extend(manifests.iter().map(String::as_str));
+    let deployed = ok(&args);
+    assert_eq!(deployed.lines().count(), 5, "{deployed}");
+    let slow = dir.path().join("slow.toml");
+    let python = String::from_utf8(
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let script = examples().join("python/upper.py").display().to_string();
+    for (name, pure) in [("slow-pure", true), ("slow-impure", false)] {
+        std::fs::write(
+            &slow,
+            format!(
+                "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {script:?}]\npure = {pure}\n",
+                python.trim()
+            ),
+        )
+        .unwrap();
+        ok(&["deploy", "--server", &url, &slow.display().to_string()]);
+    }
+
+    // Learn the pipeline through the CLI.
+    let order = r#"{"order":1,"item":"book","qty":1,"credit":100}"#;
+    for _ in 0..4 {
+        let out = ok(&["invoke", "validate", "--data", order, "--server", &url]);
+        assert!(out.contains(r#""status":"reserved""#), "{out}");
+    }
+    let logs = ok(&["logs", "--tail", "4", "--server", &url]);
+    assert_eq!(logs.lines().count(), 4);
+    let top = ok(&["top", "--once", "--server", &url]);
+    assert!(top.contains("policy chain"), "{top}");
+    let dot = ok(&["graph", "--server", &url]);
+    assert!(dot.contains("digraph"));
+
+    // Accepted, then the server dies mid-way.
+    let pure = ok(&[
+        "invoke",
+        "slow-pure",
+        "--data",
+        "sleep:2",
+        "--async",
+        "--server",
+        &url,
+    ]);
+    let impure = ok(&[
+        "invoke",
+        "slow-impure",
+        "--data",
+        "sleep:2",
+        "--async",
+        "--server",
+        &url,
+    ]);
+    std::thread::sleep(Duration::from_millis(1_500)); // a snapshot is taken every second
+    server.kill().unwrap(); // SIGKILL: no shutdown, no last snapshot
+    server.wait().unwrap();
+
+    let (mut server, url, log) = serve(&data);
+    eprint!("{log}");
+    assert!(log.contains("7 functions"), "{log}");
+    assert!(log.contains("a graph snapshot"), "{log}");
+    assert!(log.contains("async: 1 re-run, 1 failed"), "{log}");
+
+    // The graph is back: the chain from validate is predicted before any new request.
+    let predicted = get(&url, "/v1/predictions?from=validate&n=1");
+    let tasks = predicted["chains"][0]["tasks"].to_string();
+    assert!(
+        tasks.contains("price") && tasks.contains("notify"),
+        "{predicted}"
+    );
+
+    // And acted on: the next request's Python steps come from pre-warms.
+    let response = baton_client(&url)
+        .request(
+            "POST",
+            "/v1/functions/validate/invoke",
+            "application/json",
+            order.as_bytes(),
+        )
+        .unwrap()
+        .json();
+    let warmth: Vec<(String, String)> = response["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["task"].as_str().unwrap().to_owned(),
+                s["warmth"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    eprintln!("first request after the restart: {warmth:?}");
+    for (task, how) in &warmth {
+        if task == "price" || task == "notify" {
+            assert!(how.starts_with("prewarm"), "{task} was {how}: {warmth:?}");
+        }
+    }
+
+    // The async invocations: the pure one completed, the other reported failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pure_state = loop {
+        let state = get(&url, &format!("/v1/invocations/{}", pure.trim()));
+        if state["state"] == "succeeded" || Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(pure_state["state"], "succeeded", "{pure_state}");
+    let impure_state = get(&url, &format!("/v1/invocations/{}", impure.trim()));
+    assert_eq!(impure_state["state"], "failed");
+    assert!(impure_state["error"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted by a server restart"));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn serve_refuses_no_auth_off_loopback_and_clients_name_the_server() {
+    let output = baton(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--no-auth",
+        "--data-dir",
+        "/tmp/baton-never",
+    ]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("only allowed on a loopback address"),
+        "{message}"
+    );
+    let output = baton(&["invoke", "x", "--server", "http://127.0.0.1:1"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));
+    let output = baton(&["invoke", "x", "--server", "ftp://nowhere"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected http://HOST:PORT"));
+}
