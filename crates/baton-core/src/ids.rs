@@ -138,4 +138,3 @@ mod tests {
         assert_eq!(loaded.get("b"), Some(1));
     }
 }
-
