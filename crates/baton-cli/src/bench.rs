@@ -13,6 +13,8 @@ pub enum BenchCommand {
     Hop(HopArgs),
     /// Pre-warmed versus cold invocations: wasm (compile not cached, cached) and Python.
     Coldstart(ColdArgs),
+    /// The same three-step chain on baton and on serverless-offline and functions-framework.
+    Peers(crate::peers::PeersArgs),
 }
 
 /// `baton bench hop`.
@@ -64,6 +66,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 print_hop(&report);
             }
         }
+        BenchCommand::Peers(args) => crate::peers::run(args)?,
         BenchCommand::Coldstart(args) => {
             anyhow::ensure!(args.runs > 0, "--runs must be positive");
             let examples = bench::examples_dir(args.examples.as_deref());

@@ -7,6 +7,7 @@ mod bench;
 mod commands;
 mod demo;
 mod load;
+mod peers;
 mod server;
 mod sim;
 

@@ -435,3 +435,37 @@ fn bench_hop_and_coldstart_print_their_figures() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("/nonexistent"), "{message}");
 }
+
+#[test]
+fn bench_peers_runs_baton_alone_when_every_peer_is_skipped() {
+    let report = ok_json(&[
+        "bench",
+        "peers",
+        "--skip-peer",
+        "serverless-offline",
+        "--skip-peer",
+        "functions-framework",
+        "--skip-peer",
+        "wasmtime",
+        "--requests",
+        "5",
+        "--cold-runs",
+        "1",
+        "--idle-secs",
+        "1",
+        "--throughput-secs",
+        "0.5",
+        "--json",
+    ]);
+    let cells = report["cells"].as_array().unwrap();
+    // 2 baton systems × 4 scenarios.
+    assert_eq!(cells.len(), 8, "{report}");
+    assert!(
+        cells.iter().all(|c| c["p50"].as_f64().unwrap() > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["skipped"].as_array().unwrap().len(), 3);
+    let output = baton(&["bench", "peers", "--skip-peer", "lambda"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected one of"));
+}
