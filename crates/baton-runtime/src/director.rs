@@ -46,6 +46,10 @@ pub const MAX_KEPT_RECORDS: usize = 100_000;
 /// Hop latencies kept for reports (ns).
 const HOP_SAMPLES: usize = 4096;
 
+/// At most one graph snapshot is published per this interval while requests stream in; the
+/// allocator's clock publishes what is left (a snapshot costs time in the graph's size).
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
 /// How often the allocator thread expires idle instances and ticks the policy.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 
@@ -238,6 +242,8 @@ pub struct Director {
     wasm_load_us: Mutex<HashMap<String, u64>>,
     me: Weak<Director>,
     sink: Option<RecordSink>,
+    /// When the graph was last published, and whether the learner has learned since.
+    published: Mutex<(Option<Instant>, bool)>,
     /// The counts.
     pub counters: DirectorCounters,
 }
@@ -289,6 +295,7 @@ impl Director {
             wasm_load_us: Mutex::new(HashMap::new()),
             me: Weak::new(),
             sink: None,
+            published: Mutex::new((None, false)),
             counters: DirectorCounters::default(),
         }
     }
@@ -405,9 +412,7 @@ impl Director {
         if let Some(sink) = &self.sink {
             sink(records, RecordSource::Ingested);
         }
-        let snapshot = learner.snapshot();
-        drop(learner);
-        self.graph.publish(snapshot);
+        self.publish(learner);
         report.requests
     }
 
@@ -687,7 +692,19 @@ impl Director {
         );
     }
 
+    /// Publishes the learner's graph now.
+    fn publish(&self, learner: MutexGuard<'_, Tdg>) {
+        let mut learner = learner;
+        let snapshot = learner.snapshot();
+        *lock(&self.published) = (Some(Instant::now()), false);
+        drop(learner);
+        self.graph.publish(snapshot);
+    }
+
     fn housekeeping(&self, now: Instant) {
+        if lock(&self.published).1 {
+            self.publish(lock(&self.learner));
+        }
         self.pool.expire(now);
         if let Some(services) = &self.services {
             services.stop_idle(now);
@@ -1121,9 +1138,16 @@ impl Director {
         if let Some(sink) = &self.sink {
             sink(&records, RecordSource::Baton);
         }
-        let snapshot = learner.snapshot();
-        drop(learner);
-        self.graph.publish(snapshot);
+        // Publish now unless a snapshot went out moments ago; then the clock does it.
+        let recent = self.scheduler.is_some()
+            && lock(&self.published)
+                .0
+                .is_some_and(|at| at.elapsed() < PUBLISH_EVERY);
+        if recent {
+            lock(&self.published).1 = true;
+        } else {
+            self.publish(learner);
+        }
         records
     }
 }

@@ -590,14 +590,20 @@ struct TailQuery {
 /// The last execution records (default 20, at most 10,000) as schema-v1 JSONL.
 async fn recent_logs(State(state): State<Shared>, Query(query): Query<TailQuery>) -> Response {
     let n = query.tail.unwrap_or(20).min(10_000);
-    match state.store.tail(n) {
-        Ok(records) => {
+    let tail = tokio::task::spawn_blocking(move || {
+        state.writer.flush();
+        state.store.tail(n)
+    })
+    .await;
+    match tail {
+        Ok(Ok(records)) => {
             let mut out = Vec::new();
             for record in &records {
                 let _ = record.write_line(&mut out);
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
         }
+        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
