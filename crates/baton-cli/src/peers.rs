@@ -16,7 +16,8 @@ use baton_server::client::Client;
 use baton_server::{PolicyKind, RunningServer, ServerConfig};
 use clap::Args;
 use serde::Serialize;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -118,22 +119,123 @@ struct System {
 
 const PAYLOAD: &[u8] = br#"{"order":42,"items":["a","b"],"total":12.5}"#;
 
-fn call(target: &(Client, String)) -> Result<Duration> {
-    let started = Instant::now();
-    let response = target
-        .0
-        .request("POST", &target.1, "application/json", PAYLOAD)?;
-    let took = started.elapsed();
-    if response.status != 200 {
-        bail!(
-            "{}{}: HTTP {}: {}",
-            target.0.url(),
-            target.1,
-            response.status,
-            response.text()
-        );
+/// A keep-alive HTTP/1.1 connection to one target, as a real client holds one; it
+/// reconnects (inside the timed call) when the server closed it.
+struct Conn {
+    addr: String,
+    path: String,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    fn new(target: &(Client, String)) -> Conn {
+        Conn {
+            addr: target.0.url().trim_start_matches("http://").to_owned(),
+            path: target.1.clone(),
+            stream: None,
+        }
     }
-    Ok(took)
+
+    fn exchange(&mut self) -> std::io::Result<(u16, Vec<u8>, bool)> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(&self.addr)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            self.stream = Some(BufReader::new(stream));
+        }
+        let Some(reader) = self.stream.as_mut() else {
+            return Err(std::io::Error::other("no connection"));
+        };
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.path,
+            self.addr,
+            PAYLOAD.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(PAYLOAD);
+        reader.get_mut().write_all(&request)?;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("status line {line:?}")))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().ok();
+            }
+            chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+            close |= lower.starts_with("connection:") && lower.contains("close");
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk"))?;
+                let start = body.len();
+                body.resize(start + size, 0);
+                reader.read_exact(&mut body[start..])?;
+                line.clear();
+                reader.read_line(&mut line)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(length) = length {
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        } else {
+            reader.read_to_end(&mut body)?;
+            close = true;
+        }
+        Ok((status, body, close))
+    }
+
+    /// One request; its latency (including a reconnect if the server had closed).
+    fn call(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let result = match self.exchange() {
+            Ok(ok) => Ok(ok),
+            Err(_) => {
+                self.stream = None;
+                self.exchange()
+            }
+        };
+        let (status, body, close) =
+            result.with_context(|| format!("{}{}", self.addr, self.path))?;
+        let took = started.elapsed();
+        if close {
+            self.stream = None;
+        }
+        if status != 200 {
+            bail!(
+                "{}{}: HTTP {status}: {}",
+                self.addr,
+                self.path,
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(took)
+    }
+}
+
+fn call(target: &(Client, String)) -> Result<Duration> {
+    Conn::new(target).call()
 }
 
 /// Waits until `target` answers 200 (or fails after `limit`).
@@ -362,8 +464,9 @@ fn throughput(target: &(Client, String), concurrency: usize, secs: f64) -> Resul
                 (target.0.clone(), target.1.clone()),
             );
             std::thread::spawn(move || {
+                let mut conn = Conn::new(&target);
                 while !stop.load(Ordering::Relaxed) {
-                    match call(&target) {
+                    match conn.call() {
                         Ok(_) => done.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                     };
@@ -461,18 +564,22 @@ pub fn run(args: PeersArgs) -> Result<()> {
     let progress = !args.json;
     let mut cells = Vec::new();
 
-    // (a), (b): warm, interleaved request by request.
+    // (a), (b): warm, interleaved request by request, each system on its own keep-alive
+    // connection (as a real client holds one).
     for (scenario, chain) in [("warm single", false), ("warm chain", true)] {
+        let mut conns: Vec<Conn> = systems
+            .iter()
+            .map(|s| Conn::new(if chain { &s.chain } else { &s.single }))
+            .collect();
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
         for _ in 0..args.requests / 10 + 5 {
-            for system in &systems {
-                call(if chain { &system.chain } else { &system.single })?;
+            for conn in &mut conns {
+                conn.call()?;
             }
         }
         for i in 0..args.requests {
-            for (k, system) in systems.iter().enumerate() {
-                let took = call(if chain { &system.chain } else { &system.single })?;
-                samples[k].push(took.as_secs_f64() * 1e3);
+            for (k, conn) in conns.iter_mut().enumerate() {
+                samples[k].push(conn.call()?.as_secs_f64() * 1e3);
             }
             if progress && i % 20 == 0 {
                 eprint!("\r{scenario}: {i}/{}   ", args.requests);

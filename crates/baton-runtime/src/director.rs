@@ -960,16 +960,13 @@ impl Director {
                 record
                     .extra
                     .insert("limits".into(), Value::from(lease.worker.limits()));
-                let before = lease.worker.usage();
                 if let Some(handed) = handed_at {
                     hop_ns = Some(handed.elapsed().as_nanos() as u64);
                 }
                 let result = lease.worker.invoke(input).map_err(StepError::from);
-                let after = lease.worker.usage();
-                if let (Some(a), Some(b)) = (after.cpu_ns, before.cpu_ns) {
-                    record.cpu_ms = Some(a.saturating_sub(b) as f64 / 1e6);
-                }
-                record.mem_peak_mib = after.peak_bytes.map(|b| b as f64 / (1 << 20) as f64);
+                let (cpu_ms, peak_bytes) = lease.worker.usage_of_last_invocation();
+                record.cpu_ms = cpu_ms;
+                record.mem_peak_mib = peak_bytes.map(|b| b as f64 / (1 << 20) as f64);
                 if let Ok(output) = &result {
                     record.net_bytes = Some((input.len() + output.len()) as u64);
                 }

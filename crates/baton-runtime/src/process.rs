@@ -121,6 +121,9 @@ pub struct Worker {
     limits: LimitGuard,
     ready_after: Duration,
     alive: bool,
+    /// CPU time and peak memory as last read, and invocations since the peak was read.
+    last_usage: ProcessUsage,
+    since_peak_read: u32,
 }
 
 /// The program to start for `program`: a bare `python3`/`python` becomes the interpreter's
@@ -260,10 +263,13 @@ impl Worker {
             limits,
             ready_after: Duration::ZERO,
             alive: true,
+            last_usage: ProcessUsage::default(),
+            since_peak_read: u32::MAX,
         };
         match worker.frames.recv_timeout(worker.timeout) {
             Ok(Ok((FrameKind::Ready, _))) => {
                 worker.ready_after = started.elapsed();
+                worker.last_usage.cpu_ns = read_cpu_ns(worker.child.id());
                 Ok(worker)
             }
             Ok(Ok((kind, _))) => Err(worker.fail_protocol(format!("expected ready, got {kind:?}"))),
@@ -312,12 +318,16 @@ impl Worker {
     /// CPU time and peak memory so far (read from `/proc` and its memory group).
     pub fn usage(&self) -> ProcessUsage {
         let pid = self.child.id();
-        let cpu_ns = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-            .ok()
-            .and_then(|t| t.split_whitespace().next()?.parse().ok());
+        ProcessUsage {
+            cpu_ns: read_cpu_ns(pid),
+            peak_bytes: self.read_peak(pid),
+        }
+    }
+
+    fn read_peak(&self, pid: u32) -> Option<u64> {
         // The process's own peak resident set; its memory group's peak misses what it
         // allocated before it was moved into the group.
-        let peak_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|status| {
                 let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -329,8 +339,27 @@ impl Worker {
                     .memory_group()
                     .and_then(|g| std::fs::read_to_string(g.join("memory.max_usage_in_bytes")).ok())
                     .and_then(|t| t.trim().parse().ok())
-            });
-        ProcessUsage { cpu_ns, peak_bytes }
+            })
+    }
+
+    /// The CPU time of the last invocation (ms) and the peak memory (bytes), read once after
+    /// it: CPU against the reading after the previous invocation (an idle worker burns
+    /// none), the peak every 8th invocation (it only grows, and reading it costs more than
+    /// a hop).
+    pub fn usage_of_last_invocation(&mut self) -> (Option<f64>, Option<u64>) {
+        let pid = self.child.id();
+        let cpu_ns = read_cpu_ns(pid);
+        let cpu_ms = match (cpu_ns, self.last_usage.cpu_ns) {
+            (Some(now), Some(before)) => Some(now.saturating_sub(before) as f64 / 1e6),
+            _ => None,
+        };
+        self.since_peak_read = self.since_peak_read.saturating_add(1);
+        if self.since_peak_read >= 8 {
+            self.last_usage.peak_bytes = self.read_peak(pid);
+            self.since_peak_read = 0;
+        }
+        self.last_usage.cpu_ns = cpu_ns;
+        (cpu_ms, self.last_usage.peak_bytes)
     }
 
     fn kill(&mut self) {
@@ -404,6 +433,13 @@ impl Worker {
             Err(RecvTimeoutError::Disconnected) => Err(self.lost()),
         }
     }
+}
+
+/// CPU time of `pid`'s main thread, ns (`/proc/PID/schedstat`).
+fn read_cpu_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
 }
 
 impl Drop for Worker {

@@ -444,16 +444,13 @@ async fn invoke(
         }
         return response;
     }
-    let state2 = Arc::clone(&state);
-    let result = tokio::task::spawn_blocking(move || {
+    // The chain runs on this worker thread (tokio moves its other tasks elsewhere): no
+    // hand-off to a blocking thread and back on the request path.
+    let (status, body) = tokio::task::block_in_place(|| {
         let _slot = slot;
-        run_invocation(&state2, &name, &body)
-    })
-    .await;
-    match result {
-        Ok((status, body)) => (status, Json(body)).into_response(),
-        Err(e) => internal(e),
-    }
+        run_invocation(&state, &name, &body)
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> Response {
