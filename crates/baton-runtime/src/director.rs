@@ -114,7 +114,7 @@ struct Obtained {
 
 /// A step's instance while it runs.
 enum Running {
-    Process(Lease),
+    Process(Box<Lease>),
     Wasm(Arc<WasmFunction>),
 }
 
@@ -590,7 +590,7 @@ impl Director {
                 plan: lease.plan,
                 late: lease.waited_for_prewarm,
             };
-            return Ok((Running::Process(lease), obtained));
+            return Ok((Running::Process(Box::new(lease)), obtained));
         }
         let engine = self
             .wasm
