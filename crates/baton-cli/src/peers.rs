@@ -290,7 +290,10 @@ fn baton_system(server: &RunningServer, kind: &str, prefix: &str) -> System {
         name: format!("baton ({kind})"),
         single: (client.clone(), format!("/v1/functions/{prefix}c/invoke")),
         chain: (client, format!("/v1/functions/{prefix}a/invoke")),
-        note: "chained by the director; entered through baton's HTTP API".into(),
+        note: format!(
+            "baton {}, chained by the director, entered through baton's HTTP API",
+            env!("CARGO_PKG_VERSION")
+        ),
     }
 }
 
@@ -362,6 +365,37 @@ fn setup_peers(bench: &Path, peers_dir: &Path, skip: &[String]) -> Result<PathBu
     ))
 }
 
+/// The version an npm package installed under `peers` says it is.
+fn npm_version(peers: &Path, package: &str) -> String {
+    std::fs::read_to_string(peers.join(format!("node/node_modules/{package}/package.json")))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json["version"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The first line a program prints for `args`, or "?".
+fn version_of(program: &Path, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("?")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
 fn start_sls(
     bench: &Path,
     peers: &Path,
@@ -407,7 +441,10 @@ fn start_sls(
         single: (client.clone(), "/c".into()),
         chain: (client, "/a".into()),
         note: format!(
-            "serverless@3 + serverless-offline@13, idle Lambdas terminated after {idle} s"
+            "serverless {} + serverless-offline {} on node {}, idle Lambdas terminated after {idle} s",
+            npm_version(peers, "serverless"),
+            npm_version(peers, "serverless-offline"),
+            version_of(Path::new("node"), &["--version"])
         ),
     };
     wait_ready("serverless-offline", &system.chain, Duration::from_secs(90))?;
@@ -441,7 +478,17 @@ fn start_ff(bench: &Path, peers: &Path, procs: &mut Vec<Proc>) -> Result<System>
         name: "functions-framework".into(),
         single: (client(ports[2])?, "/".into()),
         chain: (client(ports[0])?, "/".into()),
-        note: "one always-on process per function (no idle expiry)".into(),
+        note: format!(
+            "functions-framework {} on {}, one always-on process per function (no idle expiry)",
+            version_of(
+                &peers.join("venv/bin/python"),
+                &[
+                    "-c",
+                    "import importlib.metadata as m; print(m.version('functions-framework'))"
+                ]
+            ),
+            version_of(&peers.join("venv/bin/python"), &["--version"])
+        ),
     };
     wait_ready(
         "functions-framework",
