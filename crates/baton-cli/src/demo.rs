@@ -4,7 +4,7 @@
 //! warm for a fixed time after use, as most platforms do) and on (baton's chain policy,
 //! same keep-alive). Prints cold starts, latency per request and idle warm memory.
 
-use crate::server::deploy_body;
+use crate::server::deploy_file;
 use anyhow::{Context, Result};
 use baton_server::client::Client;
 use baton_server::{PolicyKind, RunningServer, ServerConfig};
@@ -154,20 +154,7 @@ fn run_phase(
         .collect();
     manifests.sort();
     for path in &manifests {
-        let body = deploy_body(path)?;
-        let name = baton_runtime::manifest::FunctionSpec::from_file(path)?.name;
-        let response = client.request(
-            "PUT",
-            &format!("/v1/functions/{name}"),
-            "application/json",
-            body.to_string().as_bytes(),
-        )?;
-        anyhow::ensure!(
-            response.status < 300,
-            "deploying {}: {}",
-            path.display(),
-            response.text()
-        );
+        deploy_file(&client, path)?;
     }
 
     // Idle warm memory, sampled every 20 ms.

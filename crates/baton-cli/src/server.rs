@@ -141,18 +141,25 @@ pub fn deploy_body(path: &Path) -> Result<Value> {
     Ok(body)
 }
 
+/// Deploys the manifest at `path` to the server of `client`; returns the function's name
+/// and the server's response (2xx, else an error with the server's reason).
+pub fn deploy_file(client: &Client, path: &Path) -> Result<(String, Response)> {
+    let body = deploy_body(path).with_context(|| format!("{}", path.display()))?;
+    let name = baton_runtime::manifest::FunctionSpec::from_file(path)?.name;
+    let response = client.request(
+        "PUT",
+        &format!("/v1/functions/{name}"),
+        "application/json",
+        body.to_string().as_bytes(),
+    )?;
+    let response = checked(response, &format!("deploying {}", path.display()))?;
+    Ok((name, response))
+}
+
 pub fn deploy(args: DeployArgs) -> Result<()> {
     let client = args.remote.client()?;
     for path in &args.manifests {
-        let body = deploy_body(path).with_context(|| format!("{}", path.display()))?;
-        let name = baton_runtime::manifest::FunctionSpec::from_file(path)?.name;
-        let response = client.request(
-            "PUT",
-            &format!("/v1/functions/{name}"),
-            "application/json",
-            body.to_string().as_bytes(),
-        )?;
-        let response = checked(response, &format!("deploying {}", path.display()))?;
+        let (name, response) = deploy_file(&client, path)?;
         let verb = if response.status == 201 {
             "deployed"
         } else {

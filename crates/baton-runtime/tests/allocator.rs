@@ -6,10 +6,7 @@
 
 mod common;
 use baton_core::policy::TtlPolicy;
-use baton_core::{
-    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
-    SnapshotCell, Tdg, TdgConfig,
-};
+use baton_core::{ResourcePool, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
 use baton_runtime::limits;
 use baton_runtime::manifest::FunctionSpec;
@@ -24,32 +21,7 @@ use std::time::{Duration, Instant};
 fn chain_director(functions: Vec<FunctionSpec>, cores: u32) -> (Director, ResourcePool) {
     let detection = limits::detect();
     eprint!("{detection}");
-    let pool = WarmPool::new(functions, detection.mechanism);
-    let tdg = Tdg::new(TdgConfig {
-        half_life_us: None,
-        ..TdgConfig::default()
-    });
-    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
-    let reservations = ResourcePool::new(ResourceVec {
-        cpu_millicores: 4_000,
-        cores,
-        memory_mib: 2_048,
-        net_mbps: 1_000,
-        gpu_units: 0,
-    });
-    let policy = ChainPolicy::new(
-        Arc::clone(&graph),
-        reservations.clone(),
-        Assembler::new(AssemblerConfig::default()),
-        ChainPolicyConfig {
-            keep_alive_us: 0,
-            entry_keep_alive_us: 0,
-            set_threshold: None,
-        },
-    );
-    let director =
-        Director::new(pool, tdg, graph, Box::new(policy)).with_reservations(reservations.clone());
-    (director, reservations)
+    common::predicting_director(functions, detection.mechanism, cores)
 }
 
 #[test]

@@ -3,17 +3,10 @@
 //! branch falls back to a cold start and is recorded as such; reservations are released.
 
 mod common;
-use baton_core::{
-    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
-    SnapshotCell, Tdg, TdgConfig,
-};
-use baton_runtime::director::Director;
 use baton_runtime::limits;
 use baton_runtime::manifest::FunctionSpec;
-use baton_runtime::pool::WarmPool;
 use common::python;
 use std::path::Path;
-use std::sync::Arc;
 
 fn step(name: &str, next: &str, next_alt: &str) -> FunctionSpec {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/step.py");
@@ -37,36 +30,8 @@ fn learned_chains_start_warm_and_mispredictions_start_cold() {
         step("reject", "notify", ""),
         step("notify", "", ""),
     ];
-    let pool = WarmPool::new(functions, detection.mechanism);
-    let mut tdg = Tdg::new(TdgConfig {
-        half_life_us: None,
-        ..TdgConfig::default()
-    });
-    let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
-    let reservations = ResourcePool::new(ResourceVec {
-        cpu_millicores: 8_000,
-        cores: 0,
-        memory_mib: 4_096,
-        net_mbps: 1_000,
-        gpu_units: 0,
-    });
     // No keep-alive at all: anything warm was predicted.
-    let policy = ChainPolicy::new(
-        Arc::clone(&graph),
-        reservations.clone(),
-        Assembler::new(AssemblerConfig::default()),
-        ChainPolicyConfig {
-            keep_alive_us: 0,
-            entry_keep_alive_us: 0,
-            set_threshold: None,
-        },
-    );
-    let director = Director::new(
-        pool,
-        std::mem::replace(&mut tdg, Tdg::new(TdgConfig::default())),
-        graph,
-        Box::new(policy),
-    );
+    let (director, reservations) = common::predicting_director(functions, detection.mechanism, 0);
 
     let first = director.invoke("validate", b"order-1").unwrap();
     assert_eq!(first.output, b"ORDER-1");

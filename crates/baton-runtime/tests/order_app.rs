@@ -4,14 +4,9 @@
 //! start; a branch never seen falls back to a cold start and is recorded as such; every
 //! record reaches the log file; every reservation is released afterwards.
 
-use baton_core::{
-    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
-    SnapshotCell, Tdg, TdgConfig,
-};
-use baton_runtime::director::Director;
+mod common;
 use baton_runtime::limits;
 use baton_runtime::manifest::FunctionSpec;
-use baton_runtime::pool::WarmPool;
 use baton_runtime::wasm::WasmEngine;
 use baton_trace::schema::{ExecutionRecord, Status};
 use std::path::Path;
@@ -42,35 +37,11 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     assert_eq!(functions.len(), 5);
     let cache = tempfile::tempdir().unwrap();
     let engine = Arc::new(WasmEngine::new(cache.path(), 32, 64).unwrap());
-    let pool = WarmPool::new(functions, detection.mechanism);
-    let tdg = Tdg::new(TdgConfig {
-        half_life_us: None,
-        ..TdgConfig::default()
-    });
-    let mut seed = tdg.clone();
-    let graph = Arc::new(SnapshotCell::new(seed.snapshot()));
-    let reservations = ResourcePool::new(ResourceVec {
-        cpu_millicores: 4_000,
-        cores: 2,
-        memory_mib: 2_048,
-        net_mbps: 1_000,
-        gpu_units: 0,
-    });
     // No keep-alive: any process worker found warm was started by a prediction.
-    let policy = ChainPolicy::new(
-        Arc::clone(&graph),
-        reservations.clone(),
-        Assembler::new(AssemblerConfig::default()),
-        ChainPolicyConfig {
-            keep_alive_us: 0,
-            entry_keep_alive_us: 0,
-            set_threshold: None,
-        },
-    );
+    let (director, reservations) = common::predicting_director(functions, detection.mechanism, 2);
     let log = cache.path().join("records.jsonl");
-    let director = Director::new(pool, tdg, graph, Box::new(policy))
+    let director = director
         .with_wasm(engine)
-        .with_reservations(reservations.clone())
         .with_log(&log)
         .unwrap()
         .into_shared()

@@ -49,3 +49,45 @@ pub fn wasm_spec(name: &str, module: &str, extra: &str) -> baton_runtime::manife
     ))
     .unwrap()
 }
+
+/// A director over `functions` whose only way to have a warm instance is a prediction: the
+/// chain policy with no keep-alive, reserving in a pool of 4 CPUs' millicores, `cores`
+/// named cores and 2 GiB; returns it (not yet shared) and the pool.
+#[allow(dead_code)]
+pub fn predicting_director(
+    functions: Vec<baton_runtime::manifest::FunctionSpec>,
+    mechanism: baton_runtime::limits::Mechanism,
+    cores: u32,
+) -> (baton_runtime::director::Director, baton_core::ResourcePool) {
+    use baton_core::{
+        Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, ResourcePool, ResourceVec,
+        SnapshotCell, Tdg, TdgConfig,
+    };
+    use std::sync::Arc;
+    let pool = baton_runtime::pool::WarmPool::new(functions, mechanism);
+    let tdg = Tdg::new(TdgConfig {
+        half_life_us: None,
+        ..TdgConfig::default()
+    });
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let reservations = ResourcePool::new(ResourceVec {
+        cpu_millicores: 4_000,
+        cores,
+        memory_mib: 2_048,
+        net_mbps: 1_000,
+        gpu_units: 0,
+    });
+    let policy = ChainPolicy::new(
+        Arc::clone(&graph),
+        reservations.clone(),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 0,
+            entry_keep_alive_us: 0,
+            set_threshold: None,
+        },
+    );
+    let director = baton_runtime::director::Director::new(pool, tdg, graph, Box::new(policy))
+        .with_reservations(reservations.clone());
+    (director, reservations)
+}
