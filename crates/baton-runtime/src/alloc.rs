@@ -205,7 +205,11 @@ impl Drop for Scheduler {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // The last owner of what holds this scheduler may be dropped on the scheduler's
+            // own thread (a job was running): it ends by itself then, joining would deadlock.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
