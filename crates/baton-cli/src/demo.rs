@@ -136,12 +136,7 @@ fn run_phase(
     keep_alive: f64,
     progress: bool,
 ) -> Result<Phase> {
-    let data = std::env::temp_dir().join(format!(
-        "baton-demo-{}-{name}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&data);
+    let data = baton_runtime::bench::tempfile_dir(&format!("demo-{}", policy_word(policy)))?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data.clone());
     config.policy = policy;
     config.keep_alive_us = (keep_alive * 1e6) as u64;
@@ -227,7 +222,7 @@ fn run_phase(
     sorted.sort_by(f64::total_cmp);
     Ok(Phase {
         name: name.into(),
-        policy: format!("{policy:?}").to_lowercase(),
+        policy: policy_word(policy),
         requests: plan.len(),
         cold_starts: cold,
         prewarmed_steps: prewarmed,
@@ -239,6 +234,10 @@ fn run_phase(
         mean_idle_mib: idle_mib_s / sampled.max(1e-9),
         seconds,
     })
+}
+
+fn policy_word(policy: PolicyKind) -> String {
+    format!("{policy:?}").to_lowercase()
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {

@@ -297,10 +297,14 @@ fn baton_system(server: &RunningServer, kind: &str, prefix: &str) -> System {
     }
 }
 
-fn start_baton(bench: &Path, examples: &Path, keep_alive: Duration) -> Result<RunningServer> {
-    let data = std::env::temp_dir().join(format!("baton-bench-peers-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data);
+/// Starts baton on a fresh data directory (returned, for removal) with both chains deployed.
+fn start_baton(
+    bench: &Path,
+    examples: &Path,
+    keep_alive: Duration,
+) -> Result<(RunningServer, PathBuf)> {
+    let data = baton_runtime::bench::tempfile_dir("peers")?;
+    let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data.clone());
     config.policy = PolicyKind::Chain;
     config.keep_alive_us = keep_alive.as_micros() as u64;
     let server = RunningServer::start(config)?;
@@ -333,7 +337,7 @@ fn start_baton(bench: &Path, examples: &Path, keep_alive: Duration) -> Result<Ru
             }
         }
     }
-    Ok(server)
+    Ok((server, data))
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
@@ -578,7 +582,7 @@ pub fn run(args: PeersArgs) -> Result<()> {
 
     let mut procs: Vec<Proc> = Vec::new();
     let mut systems: Vec<System> = Vec::new();
-    let server = start_baton(&bench, &examples, keep_alive)?;
+    let (server, baton_data) = start_baton(&bench, &examples, keep_alive)?;
     systems.push(baton_system(&server, "wasm", "w"));
     systems.push(baton_system(&server, "python", "p"));
     if wants("serverless-offline") || wants("functions-framework") {
@@ -691,6 +695,7 @@ pub fn run(args: PeersArgs) -> Result<()> {
     };
     drop(procs);
     server.stop();
+    let _ = std::fs::remove_dir_all(&baton_data);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -304,11 +304,13 @@ pub fn hop(
     })
 }
 
-fn tempfile_dir(what: &str) -> Result<PathBuf, BenchError> {
+/// A fresh, empty temporary directory named after `what`, this process and a counter.
+pub fn tempfile_dir(what: &str) -> Result<PathBuf, BenchError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "baton-bench-{what}-{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(setup("temporary directory"))?;

@@ -103,8 +103,10 @@ struct LoadedWasm {
 }
 
 /// How a step's instance was obtained, beyond [`Warmth`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Obtained {
+    /// The function's spec, looked up once per step.
+    spec: Arc<FunctionSpec>,
     warmth: Warmth,
     /// Waiting for services, a cold start, or a pre-warm still starting, µs.
     wait_us: u64,
@@ -575,7 +577,7 @@ impl Director {
             .spec(name)
             .ok_or_else(|| StepError::Unknown(name.to_owned()))?;
         let service_wait = Director::ensure_services(self.services.as_deref(), &spec)?;
-        if !self.is_wasm(name) {
+        if !matches!(spec.kind, FunctionKind::Wasm { .. }) {
             if self.pool.idle_count(name) == 0 {
                 // Needed before its planned instant: a pre-warm still waiting on the clock
                 // would only be wasted now; the step starts its own instance.
@@ -585,6 +587,7 @@ impl Director {
             }
             let lease = self.pool.take(name)?;
             let obtained = Obtained {
+                spec,
                 warmth: lease.warmth,
                 wait_us: lease.wait_us + service_wait,
                 plan: lease.plan,
@@ -604,6 +607,7 @@ impl Director {
             return Ok((
                 Running::Wasm(Arc::clone(&loaded.function)),
                 Obtained {
+                    spec,
                     warmth,
                     wait_us: service_wait,
                     plan,
@@ -624,6 +628,7 @@ impl Director {
         Ok((
             Running::Wasm(function),
             Obtained {
+                spec,
                 warmth: Warmth::Cold,
                 wait_us: service_wait + started.elapsed().as_micros() as u64,
                 plan: None,
@@ -928,15 +933,16 @@ impl Director {
             }
         };
         let Obtained {
+            spec,
             warmth,
             wait_us,
             plan,
             late,
         } = obtained;
-        let _committed = match (warmth, self.pool.spec(name)) {
-            (Warmth::Prewarmed, _) | (_, None) => None,
-            (_, Some(spec)) => self.reserve_unplanned(&spec),
-        };
+        // A step nobody planned for takes a committed reservation (preempting speculation).
+        let _committed = (warmth != Warmth::Prewarmed)
+            .then(|| self.reserve_unplanned(&spec))
+            .flatten();
         self.tell(
             PolicyEvent::Start {
                 task,

@@ -488,25 +488,6 @@ impl WarmPool {
         true
     }
 
-    /// Releases the unused idle workers of `name` that `plan` pre-warmed; returns how many.
-    pub fn release_plan(&self, name: &str, plan: u64) -> usize {
-        let released: Vec<Idle> = {
-            let mut state = lock(&self.state);
-            let Some(list) = state.idle.get_mut(name) else {
-                return 0;
-            };
-            let (gone, kept) = std::mem::take(list)
-                .into_iter()
-                .partition(|i| i.prewarmed == Some(Some(plan)));
-            *list = kept;
-            gone
-        };
-        self.counters
-            .prewarms_wasted
-            .fetch_add(released.len() as u64, Ordering::Relaxed);
-        released.len()
-    }
-
     /// Releases idle workers whose deadline has passed; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let mut expired = Vec::new();

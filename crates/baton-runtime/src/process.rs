@@ -315,15 +315,6 @@ impl Worker {
         self.memory_mib
     }
 
-    /// CPU time and peak memory so far (read from `/proc` and its memory group).
-    pub fn usage(&self) -> ProcessUsage {
-        let pid = self.child.id();
-        ProcessUsage {
-            cpu_ns: read_cpu_ns(pid),
-            peak_bytes: self.read_peak(pid),
-        }
-    }
-
     fn read_peak(&self, pid: u32) -> Option<u64> {
         // The process's own peak resident set; its memory group's peak misses what it
         // allocated before it was moved into the group.
