@@ -140,6 +140,8 @@ fn run_phase(
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data.clone());
     config.policy = policy;
     config.keep_alive_us = (keep_alive * 1e6) as u64;
+    // The order pipeline has Python steps; they run in the sandbox like any upload.
+    config.allow_process_functions = true;
     let server = RunningServer::start(config).context("starting the demo server")?;
     let client = Client::new(&format!("http://{}", server.addr), None)?;
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(examples.join("order"))

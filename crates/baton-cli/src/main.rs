@@ -75,7 +75,7 @@ fn main() -> Result<()> {
         Command::Top(args) => server::top(args),
         Command::Demo(args) => demo::demo(args),
         Command::Doctor => {
-            print!("{}", baton_runtime::limits::detect());
+            print!("{}", baton_runtime::isolation::detect());
             Ok(())
         }
     }

@@ -307,10 +307,10 @@ fn start_baton(
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data.clone());
     config.policy = PolicyKind::Chain;
     config.keep_alive_us = keep_alive.as_micros() as u64;
+    config.allow_process_functions = true;
     let server = RunningServer::start(config)?;
     let client = Client::new(&format!("http://{}", server.addr), None)?;
-    let python = baton_runtime::process::resolve_program("python3");
-    let step = examples.join("python/step.py").display().to_string();
+    let code = base64_encode(&baton_runtime::code::pack_dir(&examples.join("python"))?);
     for (name, next) in [("a", "b"), ("b", "c"), ("c", "")] {
         let module = std::fs::read(bench.join(format!("baton/{name}.wat")))
             .with_context(|| format!("reading bench/peers/baton/{name}.wat"))?;
@@ -318,13 +318,16 @@ fn start_baton(
             "manifest": format!("name = \"w{name}\"\nkind = \"wasm\"\nmodule = \"{name}.wat\"\nmemory_mib = 16\npure = true\n"),
             "module_base64": base64_encode(&module),
         });
-        let manifest = format!(
-            "name = \"p{name}\"\nkind = \"process\"\ncommand = [{python:?}, \"-u\", {step:?}]\nmemory_mib = 64\npure = true\n[env]\nNEXT = \"{}\"\n",
-            if next.is_empty() { String::new() } else { format!("p{next}") }
-        );
+        let python = serde_json::json!({
+            "manifest": format!(
+                "name = \"p{name}\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", \"step.py\"]\nmemory_mib = 64\npure = true\n[env]\nNEXT = \"{}\"\n",
+                if next.is_empty() { String::new() } else { format!("p{next}") }
+            ),
+            "code_base64": code,
+        });
         for (fname, body, kind) in [
             (format!("w{name}"), wasm.to_string(), "application/json"),
-            (format!("p{name}"), manifest, "application/toml"),
+            (format!("p{name}"), python.to_string(), "application/json"),
         ] {
             let response = client.request(
                 "PUT",

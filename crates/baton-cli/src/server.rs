@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Seconds between snapshots of the learned graph.
     #[arg(long, default_value_t = 30)]
     snapshot_secs: u64,
+    /// Accept process functions over HTTP: their code (a tar.gz) runs in the sandbox as
+    /// an unprivileged user. Without it, only wasm functions are deployed.
+    #[arg(long)]
+    allow_process_functions: bool,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -83,6 +87,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.queue_depth = args.queue_depth;
     config.max_body_bytes = args.max_body_mib << 20;
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));
+    config.allow_process_functions = args.allow_process_functions;
     let server = RunningServer::start(config)
         .with_context(|| format!("starting the server in {}", args.data_dir.display()))?;
     eprint!("{}", server.detection);
@@ -97,6 +102,21 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         r.rerun,
         r.failed
     );
+    if r.reclaimed_groups > 0 {
+        eprintln!(
+            "removed {} worker groups left by a killed predecessor",
+            r.reclaimed_groups
+        );
+    }
+    for skipped in &r.skipped {
+        eprintln!("not restored: {skipped}");
+    }
+    if args.allow_process_functions && !server.sandboxed {
+        eprintln!(
+            "WARNING: --allow-process-functions without a sandbox (see above): uploaded \
+             code runs as this server's user"
+        );
+    }
     eprintln!(
         "baton listening on http://{} (policy {:?})",
         server.addr, args.policy
@@ -116,28 +136,26 @@ pub struct DeployArgs {
     remote: Remote,
 }
 
-/// The request body deploying `path`.
+/// The request body deploying `path`: the manifest as written, with what the function
+/// runs from: a wasm function's module, or a process function's directory (its `workdir`,
+/// by default the manifest's own) packed as a tar.gz. The server opens no path of ours.
 pub fn deploy_body(path: &Path) -> Result<Value> {
     let spec = baton_runtime::manifest::FunctionSpec::from_file(path)?;
-    let mut manifest = std::fs::read_to_string(path)?;
-    let mut body = json!({});
+    let manifest = std::fs::read_to_string(path)?;
+    let mut body = json!({ "manifest": manifest });
+    let engine = &base64::engine::general_purpose::STANDARD;
     match &spec.kind {
         baton_runtime::manifest::FunctionKind::Wasm { module } => {
             let bytes = std::fs::read(module)
                 .with_context(|| format!("reading the module {}", module.display()))?;
-            body["module_base64"] =
-                Value::from(base64::engine::general_purpose::STANDARD.encode(bytes));
+            body["module_base64"] = Value::from(engine.encode(bytes));
         }
         baton_runtime::manifest::FunctionKind::Process { .. } => {
-            let has_workdir = manifest
-                .lines()
-                .any(|l| l.trim_start().starts_with("workdir"));
-            if let (false, Some(dir)) = (has_workdir, &spec.workdir) {
-                manifest = format!("workdir = {:?}\n{manifest}", dir.display().to_string());
-            }
+            let dir = spec.workdir.as_deref().unwrap_or(Path::new("."));
+            let archive = baton_runtime::code::pack_dir(dir)?;
+            body["code_base64"] = Value::from(engine.encode(archive));
         }
     }
-    body["manifest"] = Value::from(manifest);
     Ok(body)
 }
 

@@ -41,6 +41,7 @@ fn serve(data: &Path) -> (Child, String, String) {
             "--data-dir",
             &data.display().to_string(),
             "--no-auth",
+            "--allow-process-functions",
             "--snapshot-secs",
             "1",
         ])
@@ -91,21 +92,12 @@ fn a_killed_server_comes_back_with_what_it_learned() {
     let deployed = ok(&args);
     assert_eq!(deployed.lines().count(), 5, "{deployed}");
     let slow = dir.path().join("slow.toml");
-    let python = String::from_utf8(
-        Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let script = examples().join("python/upper.py").display().to_string();
+    let code = examples().join("python").display().to_string();
     for (name, pure) in [("slow-pure", true), ("slow-impure", false)] {
         std::fs::write(
             &slow,
             format!(
-                "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {script:?}]\npure = {pure}\n",
-                python.trim()
+                "name = \"{name}\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", \"upper.py\"]\nworkdir = {code:?}\npure = {pure}\n"
             ),
         )
         .unwrap();

@@ -13,7 +13,6 @@
 //! then cached on disk) and for a Python worker that imports heavy standard modules.
 
 use crate::director::Director;
-use crate::limits;
 use crate::manifest::FunctionSpec;
 use crate::pool::WarmPool;
 use crate::process::Worker;
@@ -194,7 +193,7 @@ pub fn hop(
     let engine = Arc::new(WasmEngine::new(&cache, 16, 64).map_err(setup("wasm engine"))?);
     let pool = WarmPool::new(
         vec![wasm_spec("a", &guest)?, wasm_spec("b", &guest)?],
-        limits::Mechanism::None,
+        crate::isolation::Isolation::none(),
     );
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
@@ -393,12 +392,12 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
     let _ = std::fs::remove_dir_all(&cache);
 
     // Python worker with heavy imports: spawn → ready → first invoke, against a warm one.
-    let detection = limits::detect();
+    let isolation = crate::isolation::detect().isolation();
     let price = spec(&format!(
-        "name = \"price\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", {:?}]\nmemory_mib = 256\ntimeout_ms = 20000\n",
-        examples.join("python/price.py").display().to_string()
+        "name = \"price\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", \"price.py\"]\nworkdir = {:?}\nmemory_mib = 256\ntimeout_ms = 20000\n",
+        examples.join("python").display().to_string()
     ))?;
-    let mut worker = Worker::spawn(&price, &detection.mechanism).map_err(setup("price.py"))?;
+    let mut worker = Worker::spawn(&price, &isolation).map_err(setup("price.py"))?;
     let limits = worker.limits().to_owned();
     let mut warm = Vec::new();
     for _ in 0..(cold_runs * 20).max(200) {
@@ -409,8 +408,7 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
     let mut cold = Vec::new();
     for _ in 0..cold_runs {
         cold.push(time_ns(|| {
-            let mut worker =
-                Worker::spawn(&price, &detection.mechanism).map_err(setup("price.py"))?;
+            let mut worker = Worker::spawn(&price, &isolation).map_err(setup("price.py"))?;
             worker.invoke(payload).map(drop).map_err(setup("price.py"))
         })?);
     }

@@ -7,11 +7,14 @@
 pub mod alloc;
 pub mod bench;
 pub mod bucket;
+pub mod code;
 pub mod director;
+pub mod isolation;
 pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+pub mod sandbox;
 pub mod services;
 pub mod wasm;

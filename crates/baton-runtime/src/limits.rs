@@ -1,21 +1,26 @@
 //! Resource limits for worker processes: which mechanism this machine offers, detected at
 //! start and reported (`baton doctor`), never assumed.
 //!
-//! Preferred: cgroup v1 (memory limit, CPU quota, cpuset pinning to the reserved cores) in
-//! child groups created under the process's own memory, cpu and cpuset groups, which is
-//! writable as root on this kind of machine; then cgroup v2 when its controllers are
-//! enabled; otherwise `prlimit` on the address space (util-linux), applied right after
-//! spawn, with `taskset` for pinning. Each worker gets its own groups, removed when it ends.
+//! Preferred: cgroup v1 (memory limit, CPU quota, cpuset pinning to the reserved cores, a
+//! pids limit) in child groups created under the process's own memory, cpu, cpuset and pids
+//! groups, which is writable as root on this kind of machine; otherwise an address-space
+//! rlimit and `sched_setaffinity` for pinning. Either way the limits are in
+//! place before the worker's program runs: the spawned child joins its groups and sets its
+//! rlimits between fork and exec, so nothing it forks escapes them. Each worker gets its own
+//! groups; they are emptied (every process in them killed) and removed when it ends, and a
+//! start removes what a killed predecessor left ([`reclaim_stale`]).
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The mechanism in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mechanism {
-    /// cgroup v1: child groups under these parents (cpu may be missing).
+    /// cgroup v1: child groups under these parents (cpu, cpuset and pids may be missing).
     CgroupV1 {
         /// Parent memory group directory.
         memory: PathBuf,
@@ -23,8 +28,10 @@ pub enum Mechanism {
         cpu: Option<PathBuf>,
         /// Parent cpuset group directory, when writable.
         cpuset: Option<PathBuf>,
+        /// Parent pids group directory, when writable.
+        pids: Option<PathBuf>,
     },
-    /// Address-space rlimit through `prlimit`.
+    /// An address-space rlimit (no CPU quota, no process limit).
     Rlimit,
     /// Nothing available: limits are not enforced.
     None,
@@ -46,6 +53,7 @@ impl std::fmt::Display for Detection {
                 memory,
                 cpu,
                 cpuset,
+                pids,
             } => {
                 let under = |p: &Option<PathBuf>| {
                     p.as_ref().map_or("not available".to_owned(), |c| {
@@ -54,13 +62,17 @@ impl std::fmt::Display for Detection {
                 };
                 writeln!(
                     f,
-                    "limits: cgroup v1 (memory under {}, cpu {}, cpuset {})",
+                    "limits: cgroup v1 (memory under {}, cpu {}, cpuset {}, pids {})",
                     memory.display(),
                     under(cpu),
-                    under(cpuset)
+                    under(cpuset),
+                    under(pids)
                 )?
             }
-            Mechanism::Rlimit => writeln!(f, "limits: rlimit (prlimit --as), no CPU quota")?,
+            Mechanism::Rlimit => writeln!(
+                f,
+                "limits: rlimit (address space); no CPU quota, NO process limit"
+            )?,
             Mechanism::None => writeln!(f, "limits: none available, limits are NOT enforced")?,
         }
         for note in &self.notes {
@@ -84,14 +96,61 @@ fn own_group(controller: &str) -> Option<String> {
 
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
+/// This process's start time (clock ticks since boot, `/proc/PID/stat` field 22): with the
+/// PID it names a process uniquely, even across PID reuse.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The prefix of every group this process creates: `baton-<pid>-<start time>-`.
+fn own_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let pid = std::process::id();
+        format!("baton-{pid}-{}-", start_time(pid).unwrap_or(0))
+    })
+}
+
 fn probe_writable(parent: &Path) -> Result<(), String> {
     let probe = parent.join(format!(
-        "baton-probe-{}-{}",
-        std::process::id(),
+        "{}probe{}",
+        own_prefix(),
         NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
     ));
     fs::create_dir(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
     fs::remove_dir(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()))
+}
+
+/// A controller's own group directory, when mounted and writable; `why` gets the reason
+/// when not.
+fn writable_group(
+    controller: &str,
+    marker: &str,
+    notes: &mut Vec<String>,
+    fallback: &str,
+) -> Option<PathBuf> {
+    let group = own_group(controller)
+        .map(|p| {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(p.trim_start_matches('/'))
+        })
+        .filter(|p| p.join(marker).exists());
+    match group {
+        Some(group) => match probe_writable(&group) {
+            Ok(()) => Some(group),
+            Err(e) => {
+                notes.push(format!("cgroup v1 {controller}: {e}; {fallback}"));
+                None
+            }
+        },
+        None => {
+            notes.push(format!("cgroup v1 {controller} not mounted; {fallback}"));
+            None
+        }
+    }
 }
 
 /// Detects the mechanism.
@@ -102,36 +161,20 @@ pub fn detect() -> Detection {
     if let Some(memory) = v1_memory.filter(|p| p.join("memory.limit_in_bytes").exists()) {
         match probe_writable(&memory) {
             Ok(()) => {
-                let cpu = own_group("cpu")
-                    .map(|p| Path::new("/sys/fs/cgroup/cpu").join(p.trim_start_matches('/')))
-                    .filter(|p| p.join("cpu.cfs_quota_us").exists());
-                let cpu = match cpu {
-                    Some(cpu) => match probe_writable(&cpu) {
-                        Ok(()) => Some(cpu),
-                        Err(e) => {
-                            notes.push(format!("cgroup v1 cpu: {e}; no CPU quota"));
-                            None
-                        }
-                    },
-                    None => {
-                        notes.push("cgroup v1 cpu controller not mounted; no CPU quota".into());
-                        None
-                    }
-                };
-                let cpuset = own_group("cpuset")
-                    .map(|p| Path::new("/sys/fs/cgroup/cpuset").join(p.trim_start_matches('/')))
-                    .filter(|p| p.join("cpuset.cpus").exists());
-                let cpuset = match cpuset.map(|c| (probe_writable(&c), c)) {
-                    Some((Ok(()), c)) => Some(c),
-                    Some((Err(e), _)) => {
-                        notes.push(format!("cgroup v1 cpuset: {e}; pinning with taskset"));
-                        None
-                    }
-                    None => {
-                        notes.push("cgroup v1 cpuset not mounted; pinning with taskset".into());
-                        None
-                    }
-                };
+                let cpu = writable_group("cpu", "cpu.cfs_quota_us", &mut notes, "no CPU quota");
+                let cpuset = writable_group(
+                    "cpuset",
+                    "cpuset.cpus",
+                    &mut notes,
+                    "pinning with sched_setaffinity",
+                );
+                let pids = writable_group(
+                    "pids",
+                    // The hierarchy's root has no pids.max; every group has cgroup.procs.
+                    "cgroup.procs",
+                    &mut notes,
+                    "NO per-worker process limit (RLIMIT_NPROC counts per user, not per worker)",
+                );
                 notes.push(format!(
                     "cgroup v1 memory group {} is writable",
                     memory.display()
@@ -141,6 +184,7 @@ pub fn detect() -> Detection {
                         memory,
                         cpu,
                         cpuset,
+                        pids,
                     },
                     notes,
                 };
@@ -160,29 +204,68 @@ pub fn detect() -> Detection {
     } else {
         notes.push("cgroup v2: no controllers enabled".into());
     }
-    let prlimit = Command::new("prlimit").arg("--version").output();
-    if prlimit.is_ok_and(|o| o.status.success()) {
-        notes.push("prlimit found: address-space limit per worker".into());
-        Detection {
-            mechanism: Mechanism::Rlimit,
-            notes,
-        }
-    } else {
-        notes.push("prlimit not found".into());
-        Detection {
-            mechanism: Mechanism::None,
-            notes,
-        }
+    notes.push("rlimit: address space per worker".into());
+    Detection {
+        mechanism: Mechanism::Rlimit,
+        notes,
     }
 }
 
-/// Limits applied to one worker; its groups are removed when this is dropped (after the
-/// worker was killed).
+/// What one worker is limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits<'a> {
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// CPU quota, millicores.
+    pub cpu_millicores: u64,
+    /// Cores to pin to (none: anywhere).
+    pub cores: &'a [u32],
+    /// Processes (and threads) at once in the worker's tree.
+    pub max_processes: u32,
+}
+
+/// Limits applied to one worker; its groups are emptied and removed when this is dropped.
 #[derive(Debug, Default)]
 pub struct LimitGuard {
     groups: Vec<PathBuf>,
     /// How the limits were applied, for records and errors.
     pub how: String,
+}
+
+/// The processes in `group` (its `cgroup.procs`).
+fn group_procs(group: &Path) -> Vec<u32> {
+    fs::read_to_string(group.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Kills every process in `groups` until they are empty (or `patience` runs out), then
+/// removes them. Returns whether every group is gone.
+fn empty_and_remove(groups: &[PathBuf], patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        let mut busy = false;
+        for group in groups {
+            for pid in group_procs(group) {
+                busy = true;
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        if !busy {
+            // Empty: a directory that is already gone is fine.
+            return groups
+                .iter()
+                .all(|g| fs::remove_dir(g).is_ok() || !g.exists());
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 impl LimitGuard {
@@ -192,6 +275,16 @@ impl LimitGuard {
             .iter()
             .find(|g| g.join("memory.limit_in_bytes").exists())
             .map(PathBuf::as_path)
+    }
+
+    /// The worker's groups (one per controller), removed when this drops.
+    pub fn groups(&self) -> &[PathBuf] {
+        &self.groups
+    }
+
+    /// The processes of the worker's tree, when it has a group to list them.
+    pub fn processes(&self) -> Option<Vec<u32>> {
+        self.groups.first().map(|g| group_procs(g))
     }
 
     /// Whether the kernel killed something in this worker's memory group for memory.
@@ -215,11 +308,50 @@ impl LimitGuard {
 
 impl Drop for LimitGuard {
     fn drop(&mut self) {
-        for group in &self.groups {
-            // The worker is dead by now; its group is empty and can go.
-            let _ = fs::remove_dir(group);
+        // Whatever the worker left (children that outlived it) is killed with it.
+        empty_and_remove(&self.groups, Duration::from_secs(2));
+    }
+}
+
+/// Removes the groups left by baton processes that are gone (killed with SIGKILL, say),
+/// killing whatever still runs in them. Groups of live baton processes are left alone.
+/// Returns how many were removed.
+pub fn reclaim_stale(mechanism: &Mechanism) -> usize {
+    let Mechanism::CgroupV1 {
+        memory,
+        cpu,
+        cpuset,
+        pids,
+    } = mechanism
+    else {
+        return 0;
+    };
+    let parents = [Some(memory), cpu.as_ref(), cpuset.as_ref(), pids.as_ref()];
+    let mut removed = 0;
+    for parent in parents.into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name.strip_prefix("baton-") else {
+                continue;
+            };
+            let mut parts = owner.splitn(3, '-');
+            let (Some(pid), Some(started)) = (
+                parts.next().and_then(|p| p.parse::<u32>().ok()),
+                parts.next().and_then(|s| s.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            let own = name.starts_with(own_prefix());
+            let owner_alive = !own && start_time(pid) == Some(started);
+            if !own && !owner_alive && empty_and_remove(&[entry.path()], Duration::from_secs(2)) {
+                removed += 1;
+            }
         }
     }
+    removed
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
@@ -235,48 +367,102 @@ fn core_list(cores: &[u32]) -> String {
         .join(",")
 }
 
-/// Pins `pid` to `cores` with `taskset` (all its threads).
-fn taskset(pid: u32, cores: &[u32]) -> Result<(), String> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", &core_list(cores), &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("taskset: {e}"))?;
-    if status.success() {
+/// What the child does between fork and exec: join its groups, set its rlimits, pin itself.
+#[derive(Debug, Default)]
+struct PreExec {
+    /// `cgroup.procs` of each group, opened by the parent.
+    procs: Vec<OwnedFd>,
+    address_space: Option<u64>,
+    affinity: Option<rustix::thread::CpuSet>,
+}
+
+impl PreExec {
+    /// Runs in the forked child: only system calls on what the parent prepared, nothing that
+    /// allocates or locks (async-signal-safe).
+    fn run(&self) -> std::io::Result<()> {
+        use rustix::process::{setrlimit, Resource, Rlimit};
+        for procs in &self.procs {
+            // "0" moves the writing process itself; its later children follow it.
+            rustix::io::write(procs, b"0")?;
+        }
+        if let Some(bytes) = self.address_space {
+            let limit = Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            setrlimit(Resource::As, limit)?;
+        }
+        if let Some(cores) = &self.affinity {
+            rustix::thread::sched_setaffinity(None, cores)?;
+        }
         Ok(())
-    } else {
-        Err(format!(
-            "taskset -p -c {} {pid} failed: {status}",
-            core_list(cores)
-        ))
+    }
+
+    fn install(self, command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        #[allow(unsafe_code)]
+        // SAFETY: `pre_exec` runs the closure in the forked child before exec; `run` only
+        // makes system calls (write, setrlimit, sched_setaffinity) on memory prepared by
+        // the parent, allocates nothing and takes no lock, so it is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || self.run());
+        }
     }
 }
 
-/// Applies `memory_mib` and `cpu_millicores` to process `pid` with `mechanism`, and pins it
-/// to `cores` when any are given (the cores its reservation named).
+fn cpu_set(cores: &[u32]) -> rustix::thread::CpuSet {
+    let mut set = rustix::thread::CpuSet::new();
+    for &core in cores {
+        if (core as usize) < rustix::thread::CpuSet::MAX_CPU {
+            set.set(core as usize);
+        }
+    }
+    set
+}
+
+fn create_group(parent: &Path, name: &str, guard: &mut LimitGuard) -> Result<PathBuf, String> {
+    let group = parent.join(name);
+    fs::create_dir(&group).map_err(|e| format!("cannot create {}: {e}", group.display()))?;
+    guard.groups.push(group.clone());
+    Ok(group)
+}
+
+fn open_procs(group: &Path) -> Result<OwnedFd, String> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(group.join("cgroup.procs"))
+        .map(OwnedFd::from)
+        .map_err(|e| format!("cannot open {}/cgroup.procs: {e}", group.display()))
+}
+
+/// Prepares `limits` with `mechanism` and arranges for the process `command` starts to be
+/// under them before its program runs. The returned guard owns the worker's groups.
 pub fn apply(
     mechanism: &Mechanism,
-    pid: u32,
-    memory_mib: u64,
-    cpu_millicores: u64,
-    cores: &[u32],
+    limits: &WorkerLimits<'_>,
+    command: &mut Command,
 ) -> Result<LimitGuard, String> {
     let mut guard = LimitGuard::default();
+    let mut pre_exec = PreExec::default();
+    let WorkerLimits {
+        memory_mib,
+        cpu_millicores,
+        cores,
+        max_processes,
+    } = *limits;
     match mechanism {
         Mechanism::CgroupV1 {
             memory,
             cpu,
             cpuset,
+            pids,
         } => {
             let name = format!(
-                "baton-{}-{}",
-                std::process::id(),
+                "{}{}",
+                own_prefix(),
                 NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
             );
-            let group = memory.join(&name);
-            fs::create_dir(&group)
-                .map_err(|e| format!("cannot create {}: {e}", group.display()))?;
-            guard.groups.push(group.clone());
+            let group = create_group(memory, &name, &mut guard)?;
             write(
                 &group.join("memory.limit_in_bytes"),
                 &(memory_mib << 20).to_string(),
@@ -286,44 +472,46 @@ pub fn apply(
             if memsw.exists() {
                 write(&memsw, &(memory_mib << 20).to_string())?;
             }
-            write(&group.join("cgroup.procs"), &pid.to_string())?;
+            pre_exec.procs.push(open_procs(&group)?);
             guard.how = format!("cgroup v1 memory {memory_mib} MiB");
             if let Some(cpu) = cpu {
-                let group = cpu.join(&name);
-                fs::create_dir(&group)
-                    .map_err(|e| format!("cannot create {}: {e}", group.display()))?;
-                guard.groups.push(group.clone());
+                let group = create_group(cpu, &name, &mut guard)?;
                 write(&group.join("cpu.cfs_period_us"), "100000")?;
                 write(
                     &group.join("cpu.cfs_quota_us"),
                     &(cpu_millicores * 100).max(1000).to_string(),
                 )?;
-                write(&group.join("cgroup.procs"), &pid.to_string())?;
+                pre_exec.procs.push(open_procs(&group)?);
                 guard
                     .how
                     .push_str(&format!(", cpu {cpu_millicores} millicores"));
             }
+            if let Some(pids) = pids {
+                let group = create_group(pids, &name, &mut guard)?;
+                write(&group.join("pids.max"), &max_processes.to_string())?;
+                pre_exec.procs.push(open_procs(&group)?);
+                guard.how.push_str(&format!(", pids {max_processes}"));
+            } else {
+                guard.how.push_str(", no process limit");
+            }
             if !cores.is_empty() {
                 match cpuset {
                     Some(parent) => {
-                        let group = parent.join(&name);
-                        fs::create_dir(&group)
-                            .map_err(|e| format!("cannot create {}: {e}", group.display()))?;
-                        guard.groups.push(group.clone());
+                        let group = create_group(parent, &name, &mut guard)?;
                         write(&group.join("cpuset.cpus"), &core_list(cores))?;
                         let mems = fs::read_to_string(parent.join("cpuset.mems"))
                             .map_err(|e| format!("cannot read cpuset.mems: {e}"))?;
                         write(&group.join("cpuset.mems"), mems.trim())?;
-                        write(&group.join("cgroup.procs"), &pid.to_string())?;
+                        pre_exec.procs.push(open_procs(&group)?);
                         guard
                             .how
                             .push_str(&format!(", cpuset {}", core_list(cores)));
                     }
                     None => {
-                        taskset(pid, cores)?;
+                        pre_exec.affinity = Some(cpu_set(cores));
                         guard
                             .how
-                            .push_str(&format!(", taskset {}", core_list(cores)));
+                            .push_str(&format!(", affinity {}", core_list(cores)));
                     }
                 }
             }
@@ -331,30 +519,28 @@ pub fn apply(
         Mechanism::Rlimit => {
             // Address space, not resident memory: interpreters map more than they touch, so
             // leave room above the declared memory.
-            let bytes = (memory_mib + 512) << 20;
-            let status = Command::new("prlimit")
-                .args(["--pid", &pid.to_string(), &format!("--as={bytes}")])
-                .status()
-                .map_err(|e| format!("prlimit: {e}"))?;
-            if !status.success() {
-                return Err(format!("prlimit --pid {pid} failed: {status}"));
-            }
-            guard.how = format!("rlimit address space {} MiB", memory_mib + 512);
+            pre_exec.address_space = Some((memory_mib + 512) << 20);
+            guard.how = format!(
+                "rlimit address space {} MiB, no process limit",
+                memory_mib + 512
+            );
             if !cores.is_empty() {
-                taskset(pid, cores)?;
+                pre_exec.affinity = Some(cpu_set(cores));
                 guard
                     .how
-                    .push_str(&format!(", taskset {}", core_list(cores)));
+                    .push_str(&format!(", affinity {}", core_list(cores)));
             }
         }
         Mechanism::None => {
             guard.how = "no limits (none available)".into();
-            if !cores.is_empty() && taskset(pid, cores).is_ok() {
+            if !cores.is_empty() {
+                pre_exec.affinity = Some(cpu_set(cores));
                 guard
                     .how
-                    .push_str(&format!(", taskset {}", core_list(cores)));
+                    .push_str(&format!(", affinity {}", core_list(cores)));
             }
         }
     }
+    pre_exec.install(command);
     Ok(guard)
 }

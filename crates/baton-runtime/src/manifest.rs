@@ -12,6 +12,7 @@
 //! net_mbps = 10
 //! gpu_units = 0
 //! timeout_ms = 5000
+//! max_processes = 64            # processes and threads of one worker at once
 //! pure = true                   # safe to run speculatively
 //! services = ["cache"]          # auxiliary services it needs
 //! workdir = "/srv/fns"          # where a process runs (default: the manifest's directory)
@@ -39,6 +40,7 @@ struct ManifestWire {
     net_mbps: Option<u64>,
     gpu_units: Option<u32>,
     timeout_ms: Option<u64>,
+    max_processes: Option<u32>,
     #[serde(default)]
     pure: bool,
     #[serde(default)]
@@ -74,6 +76,8 @@ pub struct FunctionSpec {
     pub limits: ResourceVec,
     /// Longest run allowed, ms.
     pub timeout_ms: u64,
+    /// Processes and threads one worker may have at once.
+    pub max_processes: u32,
     /// Whether it may run speculatively.
     pub pure: bool,
     /// Auxiliary services it needs.
@@ -90,6 +94,10 @@ pub const DEFAULT_MEMORY_MIB: u64 = 128;
 pub const DEFAULT_CPU_MILLICORES: u64 = 1000;
 /// Default timeout, ms.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Default processes and threads per worker.
+pub const DEFAULT_MAX_PROCESSES: u32 = 64;
+/// Most processes and threads a manifest may ask for per worker.
+pub const MAX_PROCESSES: u32 = 4096;
 
 /// Why a manifest was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -115,6 +123,23 @@ pub enum ManifestError {
     },
 }
 
+/// What a function name may be, in words.
+pub const NAME_RULE: &str =
+    "1–64 characters of a-z, A-Z, 0-9, `-`, `_`, `.`, starting with a letter or digit";
+
+/// Whether `name` is a valid function (or sequence) name: safe in a path, a URL and a
+/// metric label; never `.` or `..`.
+pub fn is_valid_name(name: &str) -> bool {
+    name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> ManifestError {
     ManifestError::Invalid {
         field,
@@ -127,20 +152,8 @@ impl FunctionSpec {
     pub fn from_toml(text: &str) -> Result<FunctionSpec, ManifestError> {
         let wire: ManifestWire = toml::from_str(text)
             .map_err(|e| ManifestError::Syntax(e.to_string().trim().to_owned()))?;
-        let name_ok = !wire.name.is_empty()
-            && wire.name.len() <= 64
-            && wire
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !name_ok {
-            return Err(invalid(
-                "name",
-                format!(
-                    "{:?}: 1–64 characters of a-z, A-Z, 0-9, `-`, `_`, `.`",
-                    wire.name
-                ),
-            ));
+        if !is_valid_name(&wire.name) {
+            return Err(invalid("name", format!("{:?}: {NAME_RULE}", wire.name)));
         }
         let kind = match (wire.kind.as_str(), wire.command, wire.module) {
             ("process", Some(command), None) => {
@@ -197,6 +210,13 @@ impl FunctionSpec {
                 format!("{timeout_ms}: expected 1 ms to 24 h"),
             ));
         }
+        let max_processes = wire.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES);
+        if !(1..=MAX_PROCESSES).contains(&max_processes) {
+            return Err(invalid(
+                "max_processes",
+                format!("{max_processes}: expected 1 to {MAX_PROCESSES}"),
+            ));
+        }
         if let Some(service) = wire.services.iter().find(|s| s.is_empty()) {
             return Err(invalid(
                 "services",
@@ -217,6 +237,7 @@ impl FunctionSpec {
                 gpu_units: wire.gpu_units.unwrap_or(0),
             },
             timeout_ms,
+            max_processes,
             pure: wire.pure,
             services: wire.services,
             env: wire.env,
@@ -315,6 +336,14 @@ mod tests {
             (
                 "name = \"a b\"\nkind = \"process\"\ncommand = [\"x\"]",
                 "manifest field `name`",
+            ),
+            (
+                "name = \"..\"\nkind = \"process\"\ncommand = [\"x\"]",
+                "manifest field `name`",
+            ),
+            (
+                "name = \"a\"\nkind = \"process\"\ncommand = [\"x\"]\nmax_processes = 0",
+                "manifest field `max_processes`",
             ),
             (
                 "name = \"a\"\nkind = \"lambda\"\ncommand = [\"x\"]",

@@ -10,7 +10,7 @@
 //! idle workers lowest priority first, as the policy ranks them (least recently used by
 //! default).
 
-use crate::limits::Mechanism;
+use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
 use std::collections::HashMap;
@@ -107,7 +107,7 @@ pub struct Lease {
 /// Idle workers per function. Cheap to share: clone the `Arc`.
 pub struct WarmPool {
     functions: std::sync::RwLock<HashMap<String, Arc<FunctionSpec>>>,
-    mechanism: Mechanism,
+    isolation: Isolation,
     state: Mutex<State>,
     started: Condvar,
     idle_budget_mib: Option<u64>,
@@ -120,7 +120,7 @@ impl std::fmt::Debug for WarmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WarmPool")
             .field("functions", &self.functions().len())
-            .field("mechanism", &self.mechanism)
+            .field("isolation", &self.isolation)
             .field("idle_budget_mib", &self.idle_budget_mib)
             .field("counters", &self.counters)
             .finish_non_exhaustive()
@@ -133,15 +133,15 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl WarmPool {
-    /// A pool for `functions` whose workers run under `mechanism`.
-    pub fn new(functions: Vec<FunctionSpec>, mechanism: Mechanism) -> Arc<WarmPool> {
-        WarmPool::with_budget(functions, mechanism, None)
+    /// A pool for `functions` whose workers run with `isolation`.
+    pub fn new(functions: Vec<FunctionSpec>, isolation: Isolation) -> Arc<WarmPool> {
+        WarmPool::with_budget(functions, isolation, None)
     }
 
     /// A pool that keeps at most `idle_budget_mib` of declared memory in idle workers.
     pub fn with_budget(
         functions: Vec<FunctionSpec>,
-        mechanism: Mechanism,
+        isolation: Isolation,
         idle_budget_mib: Option<u64>,
     ) -> Arc<WarmPool> {
         Arc::new(WarmPool {
@@ -151,7 +151,7 @@ impl WarmPool {
                     .map(|f| (f.name.clone(), Arc::new(f)))
                     .collect(),
             ),
-            mechanism,
+            isolation,
             state: Mutex::new(State::default()),
             started: Condvar::new(),
             idle_budget_mib,
@@ -207,9 +207,9 @@ impl WarmPool {
         existed
     }
 
-    /// The mechanism workers run under.
-    pub fn mechanism(&self) -> &Mechanism {
-        &self.mechanism
+    /// The isolation workers run with.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     /// The measured cold start of `name` (weighted towards recent ones), if any.
@@ -377,7 +377,7 @@ impl WarmPool {
         }
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
-        let worker = Worker::spawn(&spec, &self.mechanism)?;
+        let worker = Worker::spawn(&spec, &self.isolation)?;
         WarmPool::note_cold_start(&mut lock(&self.state), name, worker.cold_start());
         Ok(Lease {
             worker,
@@ -437,7 +437,7 @@ impl WarmPool {
             .spawn(move || {
                 let name = owned;
                 let worker = before().and_then(|()| {
-                    Worker::spawn_on(&spec, &pool.mechanism, &placement).map_err(|e| e.to_string())
+                    Worker::spawn_on(&spec, &pool.isolation, &placement).map_err(|e| e.to_string())
                 });
                 let mut state = lock(&pool.state);
                 if let Some(count) = state.starting.get_mut(&name) {

@@ -2,13 +2,18 @@
 //! invoked over the framed protocol. A worker that overruns its timeout is killed; one that
 //! dies (crash, out of memory) is reported with the reason, and the caller replaces it.
 //!
-//! A bare `python3`/`python` program is resolved once to the real interpreter
+//! Every worker runs in the machine's jail ([`crate::sandbox`]) under its limits
+//! ([`crate::limits`]), both in place before its program runs; a kill ends its whole process
+//! tree. A bare `python3`/`python` program is resolved once to the real interpreter
 //! (`sys.executable`), so a version-manager shim (a shell script) never sits in the cold
-//! start. A worker started for a planned step runs on the step's reserved cores.
+//! start; another bare name is resolved on the server's `PATH`. A worker started for a
+//! planned step runs on the step's reserved cores.
 
-use crate::limits::{self, LimitGuard, Mechanism};
+use crate::isolation::Isolation;
+use crate::limits::{self, LimitGuard, WorkerLimits};
 use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::protocol::{read_frame, write_frame, FrameKind};
+use crate::sandbox::Jail;
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -116,6 +121,11 @@ pub struct Worker {
     timeout: Duration,
     memory_mib: u64,
     child: Child,
+    /// The function's own process (outside PID) and, when jailed, the jail's init, whose
+    /// death ends every process of the jail.
+    main_pid: u32,
+    jail_init: Option<u32>,
+    jailed: bool,
     stdin: ChildStdin,
     frames: Receiver<Frame>,
     limits: LimitGuard,
@@ -127,10 +137,11 @@ pub struct Worker {
 }
 
 /// The program to start for `program`: a bare `python3`/`python` becomes the interpreter's
-/// real path (asked once, then cached), everything else is kept.
+/// real path (asked once, then cached), another bare name its path on the server's `PATH`;
+/// a path is kept (a relative one is taken from the function's directory).
 pub fn resolve_program(program: &str) -> String {
     static RESOLVED: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    if !matches!(program, "python3" | "python") {
+    if program.contains('/') {
         return program.to_owned();
     }
     let cache = RESOLVED.get_or_init(|| Mutex::new(HashMap::new()));
@@ -138,15 +149,27 @@ pub fn resolve_program(program: &str) -> String {
     cache
         .entry(program.to_owned())
         .or_insert_with(|| {
-            Command::new(program)
-                .args(["-c", "import sys; print(sys.executable)"])
-                .stderr(Stdio::null())
-                .output()
-                .ok()
+            let interpreter = matches!(program, "python3" | "python")
+                .then(|| {
+                    Command::new(program)
+                        .args(["-c", "import sys; print(sys.executable)"])
+                        .stderr(Stdio::null())
+                        .output()
+                        .ok()
+                })
+                .flatten()
                 .filter(|o| o.status.success())
                 .and_then(|o| String::from_utf8(o.stdout).ok())
                 .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.is_empty());
+            interpreter
+                .or_else(|| {
+                    let path = std::env::var_os("PATH")?;
+                    std::env::split_paths(&path)
+                        .map(|dir| dir.join(program))
+                        .find(|candidate| candidate.is_file())
+                        .map(|found| found.display().to_string())
+                })
                 .unwrap_or_else(|| program.to_owned())
         })
         .clone()
@@ -172,57 +195,71 @@ pub struct ProcessUsage {
 }
 
 impl Worker {
-    /// Starts a worker for `spec` under `mechanism` and waits (up to the function's
+    /// Starts a worker for `spec` with `isolation` and waits (up to the function's
     /// timeout) for its ready frame. The wait is the cold start.
-    pub fn spawn(spec: &FunctionSpec, mechanism: &Mechanism) -> Result<Worker, WorkerError> {
-        Worker::spawn_on(spec, mechanism, &Placement::default())
+    pub fn spawn(spec: &FunctionSpec, isolation: &Isolation) -> Result<Worker, WorkerError> {
+        Worker::spawn_on(spec, isolation, &Placement::default())
     }
 
     /// [`Worker::spawn`] on `placement`'s cores.
     pub fn spawn_on(
         spec: &FunctionSpec,
-        mechanism: &Mechanism,
+        isolation: &Isolation,
         placement: &Placement,
     ) -> Result<Worker, WorkerError> {
         let FunctionKind::Process { command } = &spec.kind else {
             return Err(WorkerError::NotProcess(spec.name.clone()));
         };
         let started = Instant::now();
-        let program = resolve_program(&command[0]);
-        let mut builder = Command::new(&program);
+        let mut program = std::path::PathBuf::from(resolve_program(&command[0]));
+        if program.is_relative() {
+            if let Some(dir) = &spec.workdir {
+                program = dir.join(program);
+            }
+        }
+        if program.is_absolute() && !program.is_file() {
+            return Err(WorkerError::Spawn {
+                function: spec.name.clone(),
+                program: program.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let jail = Jail {
+            program: &program,
+            args: &command[1..],
+            workdir: spec.workdir.as_deref(),
+            // Bandwidth reserved, or services to talk to: the host's network.
+            network: spec.limits.net_mbps > 0 || !spec.services.is_empty(),
+            tmp_bytes: spec.limits.memory_mib << 20,
+        };
+        let mut builder = isolation.sandbox.command(&jail);
         builder
-            .args(&command[1..])
             .envs(&spec.env)
             .env("BATON_FUNCTION", &spec.name)
             .env("BATON_GPU_UNITS", placement.gpu_units.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(dir) = &spec.workdir {
-            builder.current_dir(dir);
-        }
-        let mut child = builder.spawn().map_err(|source| WorkerError::Spawn {
+        let limits = limits::apply(
+            &isolation.limits,
+            &WorkerLimits {
+                memory_mib: spec.limits.memory_mib,
+                cpu_millicores: spec.limits.cpu_millicores,
+                cores: &placement.cores,
+                max_processes: spec.max_processes,
+            },
+            &mut builder,
+        )
+        .map_err(|message| WorkerError::Limits {
             function: spec.name.clone(),
-            program: program.clone(),
+            message,
+        })?;
+        let mut child = launch(builder).map_err(|source| WorkerError::Spawn {
+            function: spec.name.clone(),
+            program: program.display().to_string(),
             source,
         })?;
-        let limits = match limits::apply(
-            mechanism,
-            child.id(),
-            spec.limits.memory_mib,
-            spec.limits.cpu_millicores,
-            &placement.cores,
-        ) {
-            Ok(limits) => limits,
-            Err(message) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(WorkerError::Limits {
-                    function: spec.name.clone(),
-                    message,
-                });
-            }
-        };
+        let jailed = isolation.sandbox.is_jailed();
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -257,6 +294,9 @@ impl Worker {
             function: spec.name.clone(),
             timeout: Duration::from_millis(spec.timeout_ms),
             memory_mib: spec.limits.memory_mib,
+            main_pid: child.id(),
+            jail_init: None,
+            jailed,
             child,
             stdin,
             frames,
@@ -269,7 +309,17 @@ impl Worker {
         match worker.frames.recv_timeout(worker.timeout) {
             Ok(Ok((FrameKind::Ready, _))) => {
                 worker.ready_after = started.elapsed();
-                worker.last_usage.cpu_ns = read_cpu_ns(worker.child.id());
+                if jailed {
+                    // bwrap → the jail's init → the function's process.
+                    let candidates = worker.limits.processes();
+                    worker.jail_init = first_child(worker.child.id(), candidates.as_deref());
+                    if let Some(init) = worker.jail_init {
+                        if let Some(main) = first_child(init, candidates.as_deref()) {
+                            worker.main_pid = main;
+                        }
+                    }
+                }
+                worker.last_usage.cpu_ns = read_cpu_ns(worker.main_pid);
                 Ok(worker)
             }
             Ok(Ok((kind, _))) => Err(worker.fail_protocol(format!("expected ready, got {kind:?}"))),
@@ -290,14 +340,19 @@ impl Worker {
         self.ready_after
     }
 
-    /// The process id.
+    /// The function's own process id (outside the jail's PID namespace).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.main_pid
     }
 
     /// How limits were applied.
     pub fn limits(&self) -> &str {
         &self.limits.how
+    }
+
+    /// The worker's cgroups (empty without cgroups); gone once the worker is dropped.
+    pub fn limit_groups(&self) -> &[std::path::PathBuf] {
+        self.limits.groups()
     }
 
     /// Whether the worker can still serve.
@@ -338,7 +393,7 @@ impl Worker {
     /// none), the peak every 8th invocation (it only grows, and reading it costs more than
     /// a hop).
     pub fn usage_of_last_invocation(&mut self) -> (Option<f64>, Option<u64>) {
-        let pid = self.child.id();
+        let pid = self.main_pid;
         let cpu_ns = read_cpu_ns(pid);
         let cpu_ms = match (cpu_ns, self.last_usage.cpu_ns) {
             (Some(now), Some(before)) => Some(now.saturating_sub(before) as f64 / 1e6),
@@ -353,7 +408,22 @@ impl Worker {
         (cpu_ms, self.last_usage.peak_bytes)
     }
 
+    /// Kills the worker's whole tree: the jail's init (the kernel then kills every process
+    /// of its PID namespace) or, unjailed, the worker's process group; then bwrap itself.
+    /// Whatever is left in its groups is killed when the limit guard drops.
     fn kill(&mut self) {
+        use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+        let own = Pid::from_raw(self.child.id() as i32);
+        if self.jailed {
+            let init = self
+                .jail_init
+                .or_else(|| first_child(self.child.id(), self.limits.processes().as_deref()));
+            if let Some(init) = init.and_then(|p| Pid::from_raw(p as i32)) {
+                let _ = kill_process(init, Signal::KILL);
+            }
+        } else if let Some(group) = own {
+            let _ = kill_process_group(group, Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.alive = false;
@@ -424,6 +494,70 @@ impl Worker {
             Err(RecvTimeoutError::Disconnected) => Err(self.lost()),
         }
     }
+}
+
+type Launch = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `command` from the launcher, one thread that lives as long as the process: a
+/// jailed worker dies with the thread that started it (bwrap's `--die-with-parent` is a
+/// parent-death signal, which Linux sends when that *thread* ends), and pre-warm and
+/// request threads come and go. So workers die with the server, and only with it.
+fn launch(command: Command) -> std::io::Result<Child> {
+    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Launch>>> = OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
+        let (sender, requests) = mpsc::channel::<Launch>();
+        let started = std::thread::Builder::new()
+            .name("baton-launcher".into())
+            .spawn(move || {
+                for (mut command, reply) in requests {
+                    let _ = reply.send(command.spawn());
+                }
+            });
+        if let Err(e) = started {
+            // Without a launcher thread every launch reports this.
+            eprintln!("baton: cannot start the launcher thread: {e}");
+        }
+        Mutex::new(sender)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = launcher
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((command, reply));
+    if sent.is_err() {
+        return Err(std::io::Error::other("the launcher thread is gone"));
+    }
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the launcher thread is gone")))
+}
+
+/// The oldest child of `parent`, looked for among `candidates` (the worker's group) when
+/// given, else among every process.
+fn first_child(parent: u32, candidates: Option<&[u32]>) -> Option<u32> {
+    let all: Vec<u32>;
+    let pids = match candidates {
+        Some(pids) => pids,
+        None => {
+            all = std::fs::read_dir("/proc")
+                .ok()?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
+            &all
+        }
+    };
+    pids.iter()
+        .copied()
+        .filter(|&pid| parent_of(pid) == Some(parent))
+        .min()
+}
+
+/// The parent of `pid` (`/proc/PID/stat` field 4).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU time of `pid`'s main thread, ns (`/proc/PID/schedstat`).

@@ -8,6 +8,7 @@ mod common;
 use baton_core::policy::TtlPolicy;
 use baton_core::{ResourcePool, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
+use baton_runtime::isolation::{self, Isolation};
 use baton_runtime::limits;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::pool::WarmPool;
@@ -19,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn chain_director(functions: Vec<FunctionSpec>, cores: u32) -> (Director, ResourcePool) {
-    let detection = limits::detect();
+    let detection = isolation::detect();
     eprint!("{detection}");
-    common::predicting_director(functions, detection.mechanism, cores)
+    common::predicting_director(functions, detection.isolation(), cores)
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn a_prewarm_starts_just_before_its_step_on_the_reserved_core() {
     assert_eq!(job.job.placement.cores.len(), 1, "one reserved core");
     let limits = fast.extra["limits"].as_str().unwrap();
     eprintln!("fast ran under: {limits}");
-    match director.pool().mechanism() {
+    match &director.pool().isolation().limits {
         limits::Mechanism::CgroupV1 {
             cpuset: Some(_), ..
         } => {
@@ -76,8 +77,8 @@ fn a_prewarm_starts_just_before_its_step_on_the_reserved_core() {
             assert!(limits.contains("cpuset"), "{limits}");
         }
         _ => {
-            eprintln!("path: taskset pinning (no writable cpuset)");
-            assert!(limits.contains("taskset"), "{limits}");
+            eprintln!("path: sched_setaffinity pinning (no writable cpuset)");
+            assert!(limits.contains("affinity"), "{limits}");
         }
     }
     drop(director);
@@ -102,7 +103,7 @@ fn a_service_starts_before_its_step_and_stops_when_idle() {
     .unwrap();
     let pool = WarmPool::new(
         vec![process_spec("cached", "upper.py", "services = [\"cache\"]")],
-        limits::detect().mechanism,
+        isolation::detect().isolation(),
     );
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
@@ -133,7 +134,7 @@ fn a_service_starts_before_its_step_and_stops_when_idle() {
     // A function needing a service nobody declared fails clearly.
     let pool = WarmPool::new(
         vec![process_spec("orphan", "upper.py", "services = [\"queue\"]")],
-        limits::Mechanism::None,
+        Isolation::none(),
     );
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
@@ -161,7 +162,7 @@ fn nested_calls_are_children_and_move_at_the_reserved_bandwidth() {
             ),
             wasm_spec("upper", "wat/upper.wat", "memory_mib = 16"),
         ],
-        limits::Mechanism::None,
+        Isolation::none(),
     );
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
@@ -200,7 +201,7 @@ fn idle_workers_over_the_budget_go_in_the_policys_order() {
             process_spec("a", "upper.py", "memory_mib = 100"),
             process_spec("b", "upper.py", "memory_mib = 100"),
         ],
-        limits::detect().mechanism,
+        isolation::detect().isolation(),
         Some(150),
     );
     let tdg = Tdg::new(TdgConfig::default());

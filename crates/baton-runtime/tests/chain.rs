@@ -3,24 +3,24 @@
 //! branch falls back to a cold start and is recorded as such; reservations are released.
 
 mod common;
-use baton_runtime::limits;
+use baton_runtime::isolation;
 use baton_runtime::manifest::FunctionSpec;
 use common::python;
 use std::path::Path;
 
 fn step(name: &str, next: &str, next_alt: &str) -> FunctionSpec {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/step.py");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python");
     FunctionSpec::from_toml(&format!(
-        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\nmemory_mib = 128\ntimeout_ms = 10000\npure = true\n[env]\nNEXT = \"{next}\"\nNEXT_ALT = \"{next_alt}\"\n",
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", \"step.py\"]\nworkdir = {:?}\nmemory_mib = 128\ntimeout_ms = 10000\npure = true\n[env]\nNEXT = \"{next}\"\nNEXT_ALT = \"{next_alt}\"\n",
         python(),
-        script.display().to_string()
+        dir.display().to_string()
     ))
     .unwrap()
 }
 
 #[test]
 fn learned_chains_start_warm_and_mispredictions_start_cold() {
-    let detection = limits::detect();
+    let detection = isolation::detect();
     eprint!("{detection}");
     // validate → price → (reserve | reject on "alt") → notify
     let functions = vec![
@@ -31,7 +31,7 @@ fn learned_chains_start_warm_and_mispredictions_start_cold() {
         step("notify", "", ""),
     ];
     // No keep-alive at all: anything warm was predicted.
-    let (director, reservations) = common::predicting_director(functions, detection.mechanism, 0);
+    let (director, reservations) = common::predicting_director(functions, detection.isolation(), 0);
 
     let first = director.invoke("validate", b"order-1").unwrap();
     assert_eq!(first.output, b"ORDER-1");

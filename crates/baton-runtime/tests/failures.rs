@@ -6,7 +6,7 @@ mod common;
 use baton_core::policy::TtlPolicy;
 use baton_core::{SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::{Director, DirectorError};
-use baton_runtime::limits;
+use baton_runtime::isolation;
 use baton_runtime::pool::WarmPool;
 use baton_runtime::wasm::WasmEngine;
 use baton_trace::schema::Status;
@@ -24,7 +24,7 @@ fn timeouts_ooms_and_crashes_are_recorded_and_the_host_survives() {
             wasm_spec("hog", "wat/hog.wat", "memory_mib = 8"),
             process_spec("fragile", "upper.py", "timeout_ms = 5000"),
         ],
-        limits::detect().mechanism,
+        isolation::detect().isolation(),
     );
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));

@@ -5,7 +5,7 @@
 //! record reaches the log file; every reservation is released afterwards.
 
 mod common;
-use baton_runtime::limits;
+use baton_runtime::isolation;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::wasm::WasmEngine;
 use baton_trace::schema::{ExecutionRecord, Status};
@@ -30,7 +30,7 @@ fn path_of(records: &[ExecutionRecord]) -> Vec<(String, String)> {
 
 #[test]
 fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() {
-    let detection = limits::detect();
+    let detection = isolation::detect();
     eprint!("{detection}");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/order");
     let functions = FunctionSpec::from_dir(&examples).unwrap();
@@ -38,7 +38,7 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     let cache = tempfile::tempdir().unwrap();
     let engine = Arc::new(WasmEngine::new(cache.path(), 32, 64).unwrap());
     // No keep-alive: any process worker found warm was started by a prediction.
-    let (director, reservations) = common::predicting_director(functions, detection.mechanism, 2);
+    let (director, reservations) = common::predicting_director(functions, detection.isolation(), 2);
     let log = cache.path().join("records.jsonl");
     let director = director
         .with_wasm(engine)

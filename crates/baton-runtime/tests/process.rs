@@ -2,35 +2,33 @@
 //! Which limit mechanism ran is printed (`cargo test -- --nocapture` shows it).
 
 mod common;
-use baton_runtime::limits::{self, Mechanism};
+use baton_runtime::isolation::{self, Isolation};
+use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::process::{Worker, WorkerError};
 use common::python;
 use std::path::Path;
-use std::process::Command;
 
 fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionSpec {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/python")
-        .join(script);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python");
     FunctionSpec::from_toml(&format!(
-        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\nmemory_mib = {memory_mib}\ntimeout_ms = {timeout_ms}\n",
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {script:?}]\nworkdir = {:?}\nmemory_mib = {memory_mib}\ntimeout_ms = {timeout_ms}\n",
         python(),
-        script.display().to_string()
+        dir.display().to_string()
     ))
     .unwrap()
 }
 
-fn mechanism() -> Mechanism {
-    let detection = limits::detect();
+fn isolation() -> Isolation {
+    let detection = isolation::detect();
     eprint!("{detection}");
-    detection.mechanism
+    detection.isolation()
 }
 
 #[test]
 fn a_warm_worker_serves_and_survives_function_errors() {
-    let mechanism = mechanism();
-    let mut worker = Worker::spawn(&spec("upper", 256, 10_000, "upper.py"), &mechanism).unwrap();
+    let isolation = isolation();
+    let mut worker = Worker::spawn(&spec("upper", 256, 10_000, "upper.py"), &isolation).unwrap();
     assert!(worker.cold_start().as_micros() > 0);
     eprintln!(
         "cold start {:?}, limits: {}",
@@ -51,7 +49,7 @@ fn a_warm_worker_serves_and_survives_function_errors() {
 
 #[test]
 fn a_timeout_kills_the_worker() {
-    let mut worker = Worker::spawn(&spec("sleepy", 256, 500, "upper.py"), &mechanism()).unwrap();
+    let mut worker = Worker::spawn(&spec("sleepy", 256, 500, "upper.py"), &isolation()).unwrap();
     let error = worker.invoke(b"sleep:10").unwrap_err();
     assert!(
         matches!(
@@ -70,22 +68,22 @@ fn a_timeout_kills_the_worker() {
 #[test]
 fn a_crashed_worker_is_reported_and_replaced() {
     let spec = spec("crashy", 256, 10_000, "upper.py");
-    let mechanism = mechanism();
-    let mut worker = Worker::spawn(&spec, &mechanism).unwrap();
+    let isolation = isolation();
+    let mut worker = Worker::spawn(&spec, &isolation).unwrap();
     let error = worker.invoke(b"crash").unwrap_err();
     assert!(matches!(error, WorkerError::Crashed { .. }), "{error}");
     assert!(error.to_string().contains("exit status: 3"), "{error}");
     assert!(error.worker_lost());
-    let mut replacement = Worker::spawn(&spec, &mechanism).unwrap();
+    let mut replacement = Worker::spawn(&spec, &isolation).unwrap();
     assert_eq!(replacement.invoke(b"ok").unwrap(), b"OK");
 }
 
 #[test]
 fn memory_beyond_the_limit_fails_and_the_host_survives() {
-    let mechanism = mechanism();
-    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &mechanism).unwrap();
+    let isolation = isolation();
+    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &isolation).unwrap();
     let error = worker.invoke(b"alloc:800").unwrap_err();
-    match mechanism {
+    match &isolation.limits {
         Mechanism::CgroupV1 { .. } => {
             eprintln!("path: cgroup v1 memory limit -> {error}");
             assert!(
@@ -101,7 +99,7 @@ fn memory_beyond_the_limit_fails_and_the_host_survives() {
         Mechanism::None => eprintln!("path: no limits on this machine -> {error:?}"),
     }
     // A small allocation in a fresh worker still works.
-    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &mechanism).unwrap();
+    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &isolation).unwrap();
     assert_eq!(worker.invoke(b"alloc:8").unwrap(), b"allocated 8 MiB");
 }
 
@@ -112,7 +110,7 @@ fn start_failures_are_named() {
         python()
     ))
     .unwrap();
-    let error = Worker::spawn(&never_ready, &mechanism()).unwrap_err();
+    let error = Worker::spawn(&never_ready, &isolation()).unwrap_err();
     assert!(
         matches!(error, WorkerError::NotReady { waited_ms: 300, .. }),
         "{error}"
@@ -121,7 +119,7 @@ fn start_failures_are_named() {
         "name = \"ghost\"\nkind = \"process\"\ncommand = [\"/nonexistent/program\"]\n",
     )
     .unwrap();
-    let error = Worker::spawn(&missing, &mechanism()).unwrap_err();
+    let error = Worker::spawn(&missing, &isolation()).unwrap_err();
     assert!(
         error
             .to_string()
@@ -133,13 +131,11 @@ fn start_failures_are_named() {
 #[test]
 fn the_rlimit_fallback_limits_memory_too() {
     // Forced, so the fallback is exercised even where cgroups are writable.
-    let prlimit = Command::new("prlimit").arg("--version").output();
-    if !prlimit.is_ok_and(|o| o.status.success()) {
-        eprintln!("path: prlimit missing, rlimit fallback not testable here");
-        return;
-    }
-    let mut worker =
-        Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &Mechanism::Rlimit).unwrap();
+    let forced = Isolation {
+        limits: Mechanism::Rlimit,
+        sandbox: isolation().sandbox,
+    };
+    let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &forced).unwrap();
     assert!(worker.limits().starts_with("rlimit"), "{}", worker.limits());
     let error = worker.invoke(b"alloc:2000").unwrap_err();
     eprintln!("path: rlimit forced -> {error}");

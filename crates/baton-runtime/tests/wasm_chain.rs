@@ -8,7 +8,7 @@ use baton_core::{
     SnapshotCell, Tdg, TdgConfig,
 };
 use baton_runtime::director::Director;
-use baton_runtime::limits::Mechanism;
+use baton_runtime::isolation::Isolation;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::pool::WarmPool;
 use baton_runtime::wasm::WasmEngine;
@@ -30,7 +30,7 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
     let engine = Arc::new(WasmEngine::new(cache.path(), 16, 64).unwrap());
     let pool = WarmPool::new(
         vec![wasm_spec("first"), wasm_spec("second"), wasm_spec("third")],
-        Mechanism::None,
+        Isolation::none(),
     );
     // The graph already knows that "third" follows "first" (as if learned from earlier logs);
     // "third" is never called before the end, so only a prediction can load it early.

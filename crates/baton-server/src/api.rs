@@ -97,13 +97,74 @@ async fn auth(State(state): State<Shared>, request: Request, next: Next) -> Resp
     next.run(request).await
 }
 
-/// What `PUT /v1/functions/{name}` accepts as JSON (raw TOML is accepted too).
+/// What `PUT /v1/functions/{name}` accepts as JSON (raw TOML is accepted too, and then
+/// refused for want of an upload).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     manifest: String,
-    /// The wasm module, base64.
+    /// A wasm function's module, base64.
     module_base64: Option<String>,
+    /// A process function's directory as a tar.gz, base64.
+    code_base64: Option<String>,
+}
+
+/// A request refused: the status and the message of its JSON error body.
+type Refusal = (StatusCode, String);
+
+fn decode_base64(field: &str, value: Option<String>) -> Result<Option<Vec<u8>>, Refusal> {
+    value
+        .map(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()))
+        .transpose()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{field}: {e}")))
+}
+
+/// What a deploy uploads: the bytes the function runs from. Paths in a manifest (`module`,
+/// `workdir`) name files on the client's machine; the server never opens them.
+fn deploy_upload(
+    state: &AppState,
+    spec: &FunctionSpec,
+    module: Option<Vec<u8>>,
+    code: Option<Vec<u8>>,
+) -> Result<Vec<u8>, Refusal> {
+    let bad = |message: &str| Err((StatusCode::BAD_REQUEST, message.to_owned()));
+    match (&spec.kind, module, code) {
+        (FunctionKind::Wasm { .. }, Some(module), None) => Ok(module),
+        (FunctionKind::Wasm { .. }, _, Some(_)) => {
+            bad("`code_base64` is for process functions; a wasm function uploads `module_base64`")
+        }
+        (FunctionKind::Wasm { .. }, None, None) => bad(
+            "a wasm function needs `module_base64`, the module's bytes: the server opens no \
+             path a request names",
+        ),
+        (FunctionKind::Process { .. }, _, _) if !state.allow_process_functions => Err((
+            StatusCode::FORBIDDEN,
+            "process functions are disabled on this server (start it with \
+             --allow-process-functions); wasm functions are always accepted"
+                .to_owned(),
+        )),
+        (FunctionKind::Process { .. }, Some(_), _) => {
+            bad("a module was uploaded for a process function; it uploads `code_base64`")
+        }
+        (FunctionKind::Process { command }, None, Some(code)) => {
+            let program = std::path::Path::new(&command[0]);
+            let inside = program.is_relative()
+                && program
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return bad(
+                    "`command`'s program must be a name on the server's PATH (`python3`) or a \
+                     path inside the uploaded code, not an absolute path or one with `..`",
+                );
+            }
+            Ok(code)
+        }
+        (FunctionKind::Process { .. }, None, None) => bad(
+            "a process function needs `code_base64`, a tar.gz of its directory (`baton \
+             deploy` packs it): the server opens no path a request names",
+        ),
+    }
 }
 
 async fn put_function(
@@ -116,23 +177,20 @@ async fn put_function(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let (manifest, module) = if is_json {
+    let (manifest, module, code) = if is_json {
         let body: DeployBody = match serde_json::from_slice(&body) {
             Ok(body) => body,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
         };
-        let module = match body
-            .module_base64
-            .map(|m| base64::engine::general_purpose::STANDARD.decode(m.trim()))
-        {
-            Some(Ok(bytes)) => Some(bytes),
-            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("module_base64: {e}")),
-            None => None,
-        };
-        (body.manifest, module)
+        let decoded = decode_base64("module_base64", body.module_base64)
+            .and_then(|module| Ok((module, decode_base64("code_base64", body.code_base64)?)));
+        match decoded {
+            Ok((module, code)) => (body.manifest, module, code),
+            Err((status, message)) => return error(status, message),
+        }
     } else {
         match String::from_utf8(body.to_vec()) {
-            Ok(text) => (text, None),
+            Ok(text) => (text, None, None),
             Err(_) => return error(StatusCode::BAD_REQUEST, "the manifest is not UTF-8 TOML"),
         }
     };
@@ -149,42 +207,44 @@ async fn put_function(
             ),
         );
     }
-    if module.is_some() && !matches!(spec.kind, FunctionKind::Wasm { .. }) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "a module was uploaded for a process function",
-        );
-    }
+    let upload = match deploy_upload(&state, &spec, module, code) {
+        Ok(upload) => upload,
+        Err((status, message)) => return error(status, message),
+    };
     let state2 = Arc::clone(&state);
     let result =
         tokio::task::spawn_blocking(move || -> Result<(StatusCode, Value), Box<Response>> {
             let state = state2;
-            // A module must compile before it is stored: a broken one is a 400, not a
-            // failure at the first invocation.
-            let hash = module.as_deref().map(baton_core::ids::content_key);
-            if let Some(bytes) = &module {
-                let path = state
-                    .modules_dir
-                    .join(format!("{}.wasm", hash.as_deref().unwrap_or("module")));
-                std::fs::write(&path, bytes).map_err(|e| Box::new(internal(e)))?;
-            }
-            let mut candidate = spec.clone();
-            if let (FunctionKind::Wasm { module: path }, Some(hash)) = (&mut candidate.kind, &hash)
-            {
-                *path = state.modules_dir.join(format!("{hash}.wasm"));
-            }
-            if matches!(candidate.kind, FunctionKind::Wasm { .. }) {
-                state
-                    .engine
-                    .load(&candidate)
-                    .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
+            let hash = baton_core::ids::content_key(&upload);
+            // What is uploaded must be usable before it is stored: a broken module or
+            // archive is a 400, not a failure at the first invocation.
+            match &spec.kind {
+                FunctionKind::Wasm { .. } => {
+                    let path = state.dirs.modules.join(format!("{hash}.wasm"));
+                    std::fs::write(&path, &upload).map_err(|e| Box::new(internal(e)))?;
+                    let mut candidate = spec.clone();
+                    candidate.kind = FunctionKind::Wasm { module: path };
+                    state
+                        .engine
+                        .load(&candidate)
+                        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
+                }
+                FunctionKind::Process { .. } => {
+                    let dir = state.dirs.code.join(&hash);
+                    baton_runtime::code::unpack(&upload, &dir).map_err(|e| {
+                        Box::new(match e {
+                            baton_runtime::code::CodeError::Io { .. } => internal(e),
+                            refused => error(StatusCode::BAD_REQUEST, refused.to_string()),
+                        })
+                    })?;
+                }
             }
             let existed = state.director.pool().spec(&name).is_some();
             state
                 .store
-                .put_function(&name, &manifest, module.as_deref())
+                .put_function(&name, &manifest, Some(&upload))
                 .map_err(|e| Box::new(internal(e)))?;
-            let spec = materialize(&state.store, &state.modules_dir, &manifest, hash.as_deref())
+            let spec = materialize(&state.store, &state.dirs, &manifest, Some(&hash))
                 .map_err(|e| Box::new(internal(e)))?;
             state.director.deploy(spec);
             let status = if existed {
@@ -715,7 +775,8 @@ async fn pool(State(state): State<Shared>) -> Response {
     let director = &state.director.counters;
     Json(json!({
         "policy": policy_name(state.policy),
-        "limits": state.detection.to_string().lines().next().unwrap_or(""),
+        "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
+        "limits": state.detection.limits.to_string().lines().next().unwrap_or(""),
         "capacity": capacity,
         "reservations": by_plan,
         "warm_instances": warm,

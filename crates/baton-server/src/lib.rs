@@ -21,7 +21,8 @@ use baton_core::{
     ResourceVec, SnapshotCell, Tdg, TdgConfig,
 };
 use baton_runtime::director::{Director, RecordSource};
-use baton_runtime::limits::{self, Detection};
+use baton_runtime::isolation::{self, IsolationDetection};
+use baton_runtime::limits;
 use baton_runtime::manifest::{FunctionKind, FunctionSpec};
 use baton_runtime::pool::WarmPool;
 use baton_runtime::wasm::WasmEngine;
@@ -29,7 +30,7 @@ use baton_store::{Store, StoreError};
 use metrics::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,11 +83,15 @@ pub struct ServerConfig {
     pub snapshot_every: Duration,
     /// Keep-alive of the `ttl` policy (and of finished instances under `chain`), µs.
     pub keep_alive_us: u64,
+    /// Whether process functions may be deployed over HTTP (their code then arrives as a
+    /// tar.gz and runs in the sandbox). Off by default: wasm guests only.
+    pub allow_process_functions: bool,
 }
 
 impl ServerConfig {
     /// Defaults: loopback port 8080, `./baton-data`, token required, chain policy, 16 MiB
-    /// bodies, 64 queued per function, a snapshot every 30 s, 10-minute keep-alive.
+    /// bodies, 64 queued per function, a snapshot every 30 s, 10-minute keep-alive, no
+    /// process functions over HTTP.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             listen,
@@ -97,6 +102,7 @@ impl ServerConfig {
             queue_depth: 64,
             snapshot_every: Duration::from_secs(30),
             keep_alive_us: 600_000_000,
+            allow_process_functions: false,
         }
     }
 }
@@ -146,6 +152,10 @@ pub struct Restored {
     pub rerun: usize,
     /// Asynchronous invocations found unfinished and marked failed.
     pub failed: usize,
+    /// Worker groups left by a killed predecessor, emptied and removed.
+    pub reclaimed_groups: usize,
+    /// Functions that could not be restored, with the reason.
+    pub skipped: Vec<String>,
 }
 
 /// Shared by every handler.
@@ -155,13 +165,14 @@ pub(crate) struct AppState {
     pub(crate) writer: Writer,
     pub(crate) engine: Arc<WasmEngine>,
     pub(crate) reservations: ResourcePool,
-    pub(crate) modules_dir: PathBuf,
+    pub(crate) dirs: UploadDirs,
+    pub(crate) allow_process_functions: bool,
     pub(crate) token: Option<String>,
     pub(crate) queue_depth: usize,
     pub(crate) queues: Mutex<HashMap<String, usize>>,
     pub(crate) metrics: Metrics,
     pub(crate) next_async: AtomicU64,
-    pub(crate) detection: Detection,
+    pub(crate) detection: IsolationDetection,
     pub(crate) policy: PolicyKind,
 }
 
@@ -179,8 +190,10 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// What the start restored.
     pub restored: Restored,
-    /// How worker limits are applied on this machine.
+    /// How workers are jailed and limited on this machine.
     pub detection: String,
+    /// Whether worker processes run in the sandbox.
+    pub sandboxed: bool,
     state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -228,25 +241,51 @@ fn build_policy(
     }
 }
 
-/// A stored manifest made runnable: an uploaded module is written to `modules_dir` (if
-/// missing) and the spec points at it.
+/// Where uploaded things live in the data directory: wasm modules and unpacked code.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadDirs {
+    pub(crate) modules: PathBuf,
+    pub(crate) code: PathBuf,
+}
+
+/// A stored manifest made runnable from its upload (never from a path the manifest names):
+/// a wasm module is written to the modules directory, a process function's code archive
+/// unpacked into the code directory (each only if missing), and the spec points there.
 pub(crate) fn materialize(
     store: &Store,
-    modules_dir: &Path,
+    dirs: &UploadDirs,
     manifest: &str,
-    module_hash: Option<&str>,
+    upload_hash: Option<&str>,
 ) -> Result<FunctionSpec, String> {
     let mut spec = FunctionSpec::from_toml(manifest).map_err(|e| e.to_string())?;
-    if let (FunctionKind::Wasm { module }, Some(hash)) = (&mut spec.kind, module_hash) {
-        let path = modules_dir.join(format!("{hash}.wasm"));
-        if !path.exists() {
-            let bytes = store
-                .module(hash)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("module {hash} missing from the store"))?;
-            std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let Some(hash) = upload_hash else {
+        return Err(
+            "no uploaded module or code (deployed by an older baton with a server \
+                    path): deploy it again"
+                .into(),
+        );
+    };
+    let upload = || -> Result<Vec<u8>, String> {
+        store
+            .module(hash)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("upload {hash} missing from the store"))
+    };
+    match &mut spec.kind {
+        FunctionKind::Wasm { module } => {
+            let path = dirs.modules.join(format!("{hash}.wasm"));
+            if !path.exists() {
+                std::fs::write(&path, upload()?).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            *module = path;
         }
-        *module = path;
+        FunctionKind::Process { .. } => {
+            let dir = dirs.code.join(hash);
+            if !dir.is_dir() {
+                baton_runtime::code::unpack(&upload()?, &dir).map_err(|e| e.to_string())?;
+            }
+            spec.workdir = Some(dir);
+        }
     }
     Ok(spec)
 }
@@ -397,27 +436,37 @@ impl RunningServer {
             return Err(ServerError::AuthRequired(config.listen));
         }
         let data_dir = &config.data_dir;
-        let modules_dir = data_dir.join("modules");
-        std::fs::create_dir_all(&modules_dir)
-            .map_err(io(format!("cannot create {}", modules_dir.display())))?;
+        let dirs = UploadDirs {
+            modules: data_dir.join("modules"),
+            code: data_dir.join("code"),
+        };
+        for dir in [&dirs.modules, &dirs.code] {
+            std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        }
         let store = Arc::new(Store::open(&data_dir.join("baton.db"))?);
         let mut restored = Restored::default();
         let tdg = restore_learner(&store, &mut restored)?;
 
         let mut functions = Vec::new();
         for stored in store.functions()? {
-            let spec = materialize(
+            match materialize(
                 &store,
-                &modules_dir,
+                &dirs,
                 &stored.manifest,
                 stored.module_hash.as_deref(),
-            )
-            .map_err(|e| ServerError::Restore(format!("function `{}`: {e}", stored.name)))?;
-            functions.push(spec);
+            ) {
+                Ok(spec) => functions.push(spec),
+                // One function that cannot come back does not keep the others down.
+                Err(e) => restored
+                    .skipped
+                    .push(format!("function `{}`: {e}", stored.name)),
+            }
         }
         restored.functions = functions.len();
-        let detection = limits::detect();
-        let pool = WarmPool::new(functions, detection.mechanism.clone());
+        let detection = isolation::detect();
+        let isolation = detection.isolation();
+        restored.reclaimed_groups = limits::reclaim_stale(&isolation.limits);
+        let pool = WarmPool::new(functions, isolation);
         let engine = Arc::new(
             WasmEngine::new(&data_dir.join("cache"), 256, 512)
                 .map_err(|e| ServerError::Wasm(e.to_string()))?,
@@ -448,7 +497,8 @@ impl RunningServer {
             writer,
             engine,
             reservations,
-            modules_dir,
+            dirs,
+            allow_process_functions: config.allow_process_functions,
             token: config.token.clone(),
             queue_depth: config.queue_depth.max(1),
             queues: Mutex::new(HashMap::new()),
@@ -532,6 +582,7 @@ impl RunningServer {
             addr,
             restored,
             detection: detection.to_string(),
+            sandboxed: detection.sandbox.sandbox.is_jailed(),
             state,
             shutdown: Some(shutdown),
             thread: Some(thread),

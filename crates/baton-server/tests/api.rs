@@ -15,17 +15,10 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn start(dir: &Path, configure: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
     config.token = Some(TOKEN.into());
+    config.allow_process_functions = true;
     configure(&mut config);
     RunningServer::start(config).unwrap()
 }
@@ -52,10 +45,26 @@ fn wasm_deploy(client: &Client, name: &str, module: &str) -> Response {
 
 fn python_manifest(name: &str, script: &str, extra: &str) -> String {
     format!(
-        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\nmemory_mib = 128\ntimeout_ms = 10000\n{extra}",
-        python(),
-        examples().join("python").join(script).display().to_string()
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", {script:?}]\nmemory_mib = 128\ntimeout_ms = 10000\n{extra}"
     )
+}
+
+/// Deploys a process function whose code is `examples/python`, packed as `baton deploy`
+/// packs it.
+fn put_python(client: &Client, name: &str, manifest: &str) -> Response {
+    let code = baton_runtime::code::pack_dir(&examples().join("python")).unwrap();
+    let body = json!({
+        "manifest": manifest,
+        "code_base64": base64::engine::general_purpose::STANDARD.encode(code),
+    });
+    client
+        .request(
+            "PUT",
+            &format!("/v1/functions/{name}"),
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
 }
 
 fn put_toml(client: &Client, name: &str, manifest: &str) -> Response {
@@ -88,14 +97,14 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {line_start} in\n{text}"))
 }
 
-/// Deploys the order pipeline: C guests uploaded as modules, Python workers by command.
+/// Deploys the order pipeline: C guests uploaded as modules, Python workers as code.
 pub fn deploy_order_app(client: &Client) {
     for name in ["validate", "reserve", "reject"] {
         let response = wasm_deploy(client, name, &format!("wasm/{name}.wasm"));
         assert_eq!(response.status, 201, "{}", response.text());
     }
     for (name, script) in [("price", "price.py"), ("notify", "notify.py")] {
-        let response = put_toml(client, name, &python_manifest(name, script, "pure = true"));
+        let response = put_python(client, name, &python_manifest(name, script, "pure = true"));
         assert_eq!(response.status, 201, "{}", response.text());
     }
 }
@@ -317,7 +326,7 @@ fn oversized_bodies_and_full_queues_are_refused() {
         c.policy = PolicyKind::Ttl;
     });
     let api = client(&server);
-    let response = put_toml(&api, "slow", &python_manifest("slow", "upper.py", ""));
+    let response = put_python(&api, "slow", &python_manifest("slow", "upper.py", ""));
     assert_eq!(response.status, 201, "{}", response.text());
     let big = vec![b'x'; 100 << 10];
     let response = api
@@ -408,4 +417,132 @@ fn the_openapi_document_lists_exactly_the_routes() {
         }
     }
     server.stop();
+}
+
+/// A deploy request carrying `body` as JSON.
+fn put_json(client: &Client, name: &str, body: &Value) -> Response {
+    client
+        .request(
+            "PUT",
+            &format!("/v1/functions/{name}"),
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_deploy_never_opens_a_path_the_request_names() {
+    let dir = tempfile::tempdir().unwrap();
+    // A secret file, and a FIFO: opening the FIFO for reading would block the server's
+    // deploy until a writer comes, which never happens, so a prompt answer proves the
+    // server did not open it.
+    let secret = dir.path().join("secret.wat");
+    std::fs::write(&secret, "(module) ;; TOP-SECRET-LINE").unwrap();
+    let fifo = dir.path().join("fifo.wasm");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let data = dir.path().join("data");
+    let server = start(&data, |_| {});
+    let api = client(&server);
+    for path in [
+        &secret,
+        &fifo,
+        &PathBuf::from("/etc/shadow"),
+        &PathBuf::from("../../etc/hostname"),
+    ] {
+        let manifest = format!(
+            "name = \"peek\"\nkind = \"wasm\"\nmodule = {:?}\n",
+            path.display().to_string()
+        );
+        let started = Instant::now();
+        for response in [
+            put_toml(&api, "peek", &manifest),
+            put_json(&api, "peek", &json!({ "manifest": manifest })),
+        ] {
+            assert_eq!(response.status, 400, "{}", response.text());
+            assert!(
+                response.text().contains("module_base64"),
+                "{}",
+                response.text()
+            );
+            assert!(
+                !response.text().contains("TOP-SECRET"),
+                "{}",
+                response.text()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} was opened",
+            path.display()
+        );
+    }
+    // A process function's workdir is never opened either: its code must come along.
+    let manifest = format!(
+        "name = \"peek\"\nkind = \"process\"\ncommand = [\"python3\", \"x.py\"]\nworkdir = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let response = put_toml(&api, "peek", &manifest);
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("code_base64"),
+        "{}",
+        response.text()
+    );
+    // An absolute program, or one climbing out of the uploaded code, is refused.
+    for program in ["/bin/sh", "../bin/sh"] {
+        let manifest = format!("name = \"peek\"\nkind = \"process\"\ncommand = [{program:?}]\n");
+        let response = put_python(&api, "peek", &manifest);
+        assert_eq!(response.status, 400, "{program}: {}", response.text());
+        assert!(response.text().contains("`command`"), "{}", response.text());
+    }
+    assert_eq!(api.get("/v1/functions/peek").unwrap().status, 404);
+}
+
+#[test]
+fn process_functions_over_http_are_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| c.allow_process_functions = false);
+    let api = client(&server);
+    let response = put_python(&api, "upper", &python_manifest("upper", "upper.py", ""));
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(
+        response.text().contains("--allow-process-functions"),
+        "{}",
+        response.text()
+    );
+    // Wasm still deploys.
+    let response = wasm_deploy(&api, "validate", "wasm/validate.wasm");
+    assert_eq!(response.status, 201, "{}", response.text());
+}
+
+#[test]
+fn uploaded_code_runs_and_a_hostile_archive_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {});
+    let api = client(&server);
+    let response = put_python(&api, "upper", &python_manifest("upper", "upper.py", ""));
+    assert_eq!(response.status, 201, "{}", response.text());
+    let response = api
+        .request(
+            "POST",
+            "/v1/functions/upper/invoke",
+            "application/octet-stream",
+            b"jailed",
+        )
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["output"], "JAILED");
+    let body = json!({
+        "manifest": python_manifest("evil", "upper.py", ""),
+        "code_base64": base64::engine::general_purpose::STANDARD.encode(b"not a tar.gz"),
+    });
+    let response = put_json(&api, "evil", &body);
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("code archive"),
+        "{}",
+        response.text()
+    );
 }

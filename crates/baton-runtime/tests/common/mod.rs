@@ -25,7 +25,8 @@ pub fn example(path: &str) -> String {
         .to_string()
 }
 
-/// A Python process function running `examples/python/<script>`, with `extra` TOML lines.
+/// A Python process function running `examples/python/<script>` in that directory, with
+/// `extra` TOML lines.
 #[allow(dead_code)]
 pub fn process_spec(
     name: &str,
@@ -33,9 +34,9 @@ pub fn process_spec(
     extra: &str,
 ) -> baton_runtime::manifest::FunctionSpec {
     baton_runtime::manifest::FunctionSpec::from_toml(&format!(
-        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {:?}]\n{extra}\n",
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", {script:?}]\nworkdir = {:?}\n{extra}\n",
         python(),
-        example(&format!("python/{script}"))
+        example("python")
     ))
     .unwrap()
 }
@@ -56,7 +57,7 @@ pub fn wasm_spec(name: &str, module: &str, extra: &str) -> baton_runtime::manife
 #[allow(dead_code)]
 pub fn predicting_director(
     functions: Vec<baton_runtime::manifest::FunctionSpec>,
-    mechanism: baton_runtime::limits::Mechanism,
+    isolation: baton_runtime::isolation::Isolation,
     cores: u32,
 ) -> (baton_runtime::director::Director, baton_core::ResourcePool) {
     use baton_core::{
@@ -64,7 +65,7 @@ pub fn predicting_director(
         SnapshotCell, Tdg, TdgConfig,
     };
     use std::sync::Arc;
-    let pool = baton_runtime::pool::WarmPool::new(functions, mechanism);
+    let pool = baton_runtime::pool::WarmPool::new(functions, isolation);
     let tdg = Tdg::new(TdgConfig {
         half_life_us: None,
         ..TdgConfig::default()

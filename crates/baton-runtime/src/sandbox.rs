@@ -1,0 +1,347 @@
+//! The jail every worker process runs in: bubblewrap (Debian's `bubblewrap`) builds the
+//! namespaces and the file system, `setpriv` (util-linux) drops to an unprivileged uid.
+//!
+//! A jailed worker gets its own PID, mount, IPC and UTS namespaces (and a network namespace
+//! with nothing in it unless its manifest reserves bandwidth); a root file system made of the
+//! host's `/usr` and a few files of `/etc`, read-only; its own directory read-only at the
+//! same path; a private `/tmp` (tmpfs, charged to its memory group); a fresh `/proc` and a
+//! minimal `/dev`; no environment but what baton sets; user and group 65534 with no
+//! capabilities and `no_new_privs`. Nothing of the server's data directory is visible but the
+//! function's own directory. When bubblewrap is missing or cannot build namespaces here, the
+//! fallback (no jail) is named by [`SandboxDetection`] and `baton doctor`, loudly.
+//!
+//! The process tree is `bwrap` (outside) → bwrap's init (PID 1 inside, a reaper) → the
+//! command (PID 2 inside). Killing the inner PID 1 makes the kernel kill every process of
+//! the namespace, so a timeout or a drop ends the whole tree, however much it forked.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The unprivileged user and group jailed workers run as (`nobody`/`nogroup`).
+pub const SANDBOX_UID: u32 = 65534;
+
+/// What `PATH` a jailed worker sees.
+const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Files and directories of `/etc` a program may need (dynamic loader, time zone,
+/// certificates); each is bound read-only when it exists. Nothing else of `/etc` is visible.
+const ETC_ENTRIES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "mime.types",
+];
+
+/// More of `/etc` for a worker with network.
+const ETC_NETWORK_ENTRIES: &[&str] = &["resolv.conf", "hosts", "nsswitch.conf", "gai.conf"];
+
+/// The top-level entries that make up a Debian root: `/usr`, and `/bin`, `/lib`… which are
+/// either links into it (merged `/usr`) or directories of their own.
+const ROOT_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// The jail in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// bubblewrap plus setpriv.
+    Bubblewrap {
+        /// The `bwrap` binary.
+        bwrap: PathBuf,
+        /// The `setpriv` binary.
+        setpriv: PathBuf,
+    },
+    /// No jail: workers run as the server's own user (printed loudly).
+    None,
+}
+
+/// What detection found, for the report.
+#[derive(Debug, Clone)]
+pub struct SandboxDetection {
+    /// The jail chosen.
+    pub sandbox: Sandbox,
+    /// What was tried and why it was or was not chosen.
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Display for SandboxDetection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sandbox {
+            Sandbox::Bubblewrap { bwrap, .. } => writeln!(
+                f,
+                "sandbox: bubblewrap ({}): uid {SANDBOX_UID}, own PID/mount/IPC/UTS namespaces, \
+                 no network unless reserved, read-only root, private /tmp",
+                bwrap.display()
+            )?,
+            Sandbox::None => writeln!(
+                f,
+                "sandbox: NONE. WARNING: worker processes run unjailed as this server's user"
+            )?,
+        }
+        for note in &self.notes {
+            writeln!(f, "  {note}")?;
+        }
+        Ok(())
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from(SANDBOX_PATH));
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/bin".into()])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Detects the jail: both programs present, and a probe (`true` inside a full jail) passes.
+pub fn detect() -> SandboxDetection {
+    let mut notes = Vec::new();
+    let (Some(bwrap), Some(setpriv)) = (find_on_path("bwrap"), find_on_path("setpriv")) else {
+        notes
+            .push("bwrap or setpriv not found (install Debian's bubblewrap and util-linux)".into());
+        return SandboxDetection {
+            sandbox: Sandbox::None,
+            notes,
+        };
+    };
+    let sandbox = Sandbox::Bubblewrap { bwrap, setpriv };
+    let Some(probe_program) = find_on_path("true") else {
+        notes.push("no `true` program to probe the jail with".into());
+        return SandboxDetection {
+            sandbox: Sandbox::None,
+            notes,
+        };
+    };
+    let jail = Jail {
+        program: &probe_program,
+        args: &[],
+        workdir: None,
+        network: false,
+        tmp_bytes: 1 << 20,
+    };
+    let probe = sandbox
+        .command(&jail)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match probe {
+        Ok(output) if output.status.success() => {
+            notes.push("probe: a jailed `true` ran".into());
+            SandboxDetection { sandbox, notes }
+        }
+        Ok(output) => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            notes.push(format!(
+                "probe failed ({}): {}",
+                output.status,
+                stderr.lines().next().unwrap_or("").trim()
+            ));
+            SandboxDetection {
+                sandbox: Sandbox::None,
+                notes,
+            }
+        }
+        Err(e) => {
+            notes.push(format!("probe could not start bwrap: {e}"));
+            SandboxDetection {
+                sandbox: Sandbox::None,
+                notes,
+            }
+        }
+    }
+}
+
+/// One program to jail.
+#[derive(Debug, Clone, Copy)]
+pub struct Jail<'a> {
+    /// The program, an absolute path (already resolved on the server's `PATH`).
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// The function's directory: bound read-only at the same path, and the working directory.
+    pub workdir: Option<&'a Path>,
+    /// Whether it gets the host's network.
+    pub network: bool,
+    /// Size of its private `/tmp`.
+    pub tmp_bytes: u64,
+}
+
+/// The directory to bind so that `program` runs inside the jail: nothing when it lies under
+/// the system directories every jail has; otherwise its installation prefix (the parent of
+/// its `bin` directory, as for a pyenv or /opt interpreter). A program outside any `bin`
+/// directory gets nothing: it must then live in the function's own directory.
+fn program_prefix(program: &Path) -> Option<&Path> {
+    let system = ROOT_ENTRIES
+        .iter()
+        .any(|entry| program.starts_with(Path::new("/").join(entry)));
+    if system {
+        return None;
+    }
+    let bin = program.parent()?;
+    if bin.file_name().is_some_and(|name| name == "bin") {
+        bin.parent().filter(|prefix| prefix != &Path::new("/"))
+    } else {
+        None
+    }
+}
+
+/// Makes every parent of `path` inside the jail, open (0755) as on the host: directories
+/// bwrap makes on its own for a bind's parents are closed to others. `made` lists what
+/// exists already.
+fn make_parents(command: &mut Command, made: &mut Vec<PathBuf>, path: &Path) {
+    let mut ancestors: Vec<&Path> = path
+        .ancestors()
+        .skip(1)
+        .filter(|a| a.parent().is_some())
+        .collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        if !made.iter().any(|m| m == dir) {
+            command.args(["--perms", "0755", "--dir"]).arg(dir);
+            made.push(dir.to_owned());
+        }
+    }
+}
+
+impl Sandbox {
+    /// The command that runs `jail` inside the sandbox (or bare, without one). Its
+    /// environment is empty but for `PATH`, `HOME=/tmp` and `LANG`; the caller adds the
+    /// function's own variables.
+    pub fn command(&self, jail: &Jail<'_>) -> Command {
+        let mut command = match self {
+            Sandbox::None => {
+                let mut command = Command::new(jail.program);
+                command.args(jail.args);
+                if let Some(dir) = jail.workdir {
+                    command.current_dir(dir);
+                }
+                // Its own process group, so that a kill reaches what it forked.
+                std::os::unix::process::CommandExt::process_group(&mut command, 0);
+                command
+            }
+            Sandbox::Bubblewrap { bwrap, setpriv } => {
+                let mut command = Command::new(bwrap);
+                command.args([
+                    "--die-with-parent",
+                    "--new-session",
+                    "--unshare-pid",
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                    "--unshare-cgroup-try",
+                    "--hostname",
+                    "baton",
+                ]);
+                if !jail.network {
+                    command.arg("--unshare-net");
+                }
+                let root = Path::new("/");
+                for entry in ROOT_ENTRIES {
+                    let path = root.join(entry);
+                    match std::fs::read_link(&path) {
+                        Ok(target) => {
+                            command.arg("--symlink").arg(target).arg(&path);
+                        }
+                        Err(_) if path.is_dir() => {
+                            command.arg("--ro-bind").arg(&path).arg(&path);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                // Directories bwrap makes on its own for a bind's parents are closed to
+                // others; make every parent first, open (0755), as on the host.
+                // "/" exists; /tmp becomes a tmpfs of its own below.
+                let mut made: Vec<PathBuf> = Vec::new();
+                let etc = Path::new("/etc");
+                make_parents(&mut command, &mut made, &etc.join("x"));
+                let network_entries = if jail.network {
+                    ETC_NETWORK_ENTRIES
+                } else {
+                    &[]
+                };
+                for entry in ETC_ENTRIES.iter().chain(network_entries) {
+                    let path = etc.join(entry);
+                    if path.exists() {
+                        command.arg("--ro-bind").arg(&path).arg(&path);
+                    }
+                }
+                if let Some(prefix) = program_prefix(jail.program) {
+                    make_parents(&mut command, &mut made, prefix);
+                    command.arg("--ro-bind").arg(prefix).arg(prefix);
+                }
+                command
+                    .args([
+                        "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size",
+                    ])
+                    .arg(jail.tmp_bytes.max(1 << 20).to_string())
+                    .args(["--tmpfs", "/tmp"]);
+                made.push(PathBuf::from("/tmp"));
+                match jail.workdir {
+                    Some(dir) => {
+                        make_parents(&mut command, &mut made, dir);
+                        command
+                            .arg("--ro-bind")
+                            .arg(dir)
+                            .arg(dir)
+                            .arg("--chdir")
+                            .arg(dir);
+                    }
+                    None => {
+                        command.args(["--chdir", "/tmp"]);
+                    }
+                }
+                let id = SANDBOX_UID.to_string();
+                command
+                    .arg("--")
+                    .arg(setpriv)
+                    .arg(format!("--reuid={id}"))
+                    .arg(format!("--regid={id}"))
+                    .args([
+                        "--clear-groups",
+                        "--inh-caps=-all",
+                        "--bounding-set=-all",
+                        "--no-new-privs",
+                        "--",
+                    ])
+                    .arg(jail.program)
+                    .args(jail.args);
+                command
+            }
+        };
+        command
+            .env_clear()
+            .env("PATH", SANDBOX_PATH)
+            .env("HOME", "/tmp")
+            .env("LANG", "C.UTF-8");
+        command
+    }
+
+    /// Whether workers run jailed.
+    pub fn is_jailed(&self) -> bool {
+        matches!(self, Sandbox::Bubblewrap { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_outside_the_system_binds_its_prefix_only() {
+        assert_eq!(program_prefix(Path::new("/usr/bin/python3")), None);
+        assert_eq!(
+            program_prefix(Path::new("/root/.pyenv/versions/3.11.7/bin/python3")),
+            Some(Path::new("/root/.pyenv/versions/3.11.7"))
+        );
+        // Never the whole root, nor a directory that is not an installation.
+        assert_eq!(program_prefix(Path::new("/bin2/x")), None);
+        assert_eq!(program_prefix(Path::new("/etc/passwd")), None);
+        assert_eq!(
+            program_prefix(Path::new("/opt/bin/x")),
+            Some(Path::new("/opt"))
+        );
+    }
+}

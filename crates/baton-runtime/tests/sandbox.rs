@@ -1,0 +1,279 @@
+//! Escape attempts from a jailed process worker (`tests/guests/escape.py`), each of which
+//! must fail, and a worker whose 200 children outlive its timeout: nothing may be left.
+//! Which jail and which limits ran is printed; without bubblewrap the jail assertions are
+//! replaced by a loud note (CI installs it, so there the jail is what runs).
+
+mod common;
+use baton_runtime::isolation::{self, Isolation};
+use baton_runtime::limits::Mechanism;
+use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::process::{Worker, WorkerError};
+use baton_runtime::sandbox::Sandbox;
+use common::{example, python};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A function directory holding the escape worker and the worker helper, beside a sibling
+/// directory with a secret in it; both readable by everyone, as a deployed function's are.
+fn function_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = root.path().join("function");
+    let secrets = root.path().join("secrets");
+    for d in [&dir, &secrets] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+    std::fs::copy(guests.join("escape.py"), dir.join("escape.py")).unwrap();
+    std::fs::copy(
+        example("python/baton_worker.py"),
+        dir.join("baton_worker.py"),
+    )
+    .unwrap();
+    let secret = secrets.join("token");
+    std::fs::write(&secret, "s3cret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (root, dir, secret)
+}
+
+fn escape_spec(name: &str, dir: &Path, extra: &str) -> FunctionSpec {
+    let mut extra = extra.to_owned();
+    if !extra.contains("timeout_ms") {
+        extra.push_str("\ntimeout_ms = 10000");
+    }
+    if !extra.contains("memory_mib") {
+        extra.push_str("\nmemory_mib = 128");
+    }
+    FunctionSpec::from_toml(&format!(
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", \"escape.py\"]\nworkdir = {:?}\n{extra}\n",
+        python(),
+        dir.display().to_string()
+    ))
+    .unwrap()
+}
+
+fn isolation() -> Isolation {
+    let detection = isolation::detect();
+    eprint!("{detection}");
+    detection.isolation()
+}
+
+fn ask(worker: &mut Worker, payload: &str) -> String {
+    let answer = worker.invoke(payload.as_bytes()).unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    eprintln!("{payload} -> {answer}");
+    answer
+}
+
+#[test]
+fn every_escape_attempt_fails() {
+    let isolation = isolation();
+    let (_root, dir, secret) = function_dir();
+    let mut worker = Worker::spawn(&escape_spec("escape", &dir, ""), &isolation).unwrap();
+    if !isolation.sandbox.is_jailed() {
+        eprintln!("path: NO SANDBOX on this machine (bubblewrap missing): escapes not refused");
+        assert!(ask(&mut worker, &format!("read:{}", secret.display())).starts_with("ok"));
+        return;
+    }
+    eprintln!("path: bubblewrap jail");
+    // Its own files are readable, and it runs as nobody.
+    assert_eq!(ask(&mut worker, "read:escape.py"), "ok read");
+    assert_eq!(ask(&mut worker, "uid"), "65534 65534");
+    // Files outside its directory: a sibling's secret, the repository, the host's /etc.
+    for path in [
+        secret.display().to_string(),
+        example("python/upper.py"),
+        "/etc/shadow".to_owned(),
+        "/etc/hostname".to_owned(),
+        "/root/.bashrc".to_owned(),
+    ] {
+        assert!(
+            ask(&mut worker, &format!("read:{path}")).starts_with("denied"),
+            "{path} is readable from the jail"
+        );
+    }
+    // Writes: nowhere but /tmp.
+    for path in [
+        dir.join("planted.py").display().to_string(),
+        "/usr/planted".into(),
+        "/planted".into(),
+    ] {
+        assert!(
+            ask(&mut worker, &format!("write:{path}")).starts_with("denied"),
+            "{path} is writable from the jail"
+        );
+    }
+    assert!(!dir.join("planted.py").exists());
+    assert_eq!(ask(&mut worker, "write:/tmp/scratch"), "ok wrote");
+    // Other processes: not visible, not signalable.
+    let procs = ask(&mut worker, "procs");
+    let visible: Vec<u32> = procs
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(visible.len() <= 3, "sees {visible:?}");
+    assert!(!visible.contains(&std::process::id()) || std::process::id() <= 3);
+    assert!(ask(&mut worker, &format!("signal:{}", std::process::id())).starts_with("denied"));
+    assert_eq!(
+        ask(&mut worker, "signal:1"),
+        "denied EPERM",
+        "the jail's init is not its own"
+    );
+    // No network without a reservation: the host's loopback listener is out of reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(ask(&mut worker, &format!("connect:{port}")).starts_with("denied"));
+    drop(worker);
+    let mut networked =
+        Worker::spawn(&escape_spec("networked", &dir, "net_mbps = 1"), &isolation).unwrap();
+    assert_eq!(
+        ask(&mut networked, &format!("connect:{port}")),
+        "ok connected",
+        "a function that reserves bandwidth has the network"
+    );
+}
+
+#[test]
+fn a_worker_cannot_fork_past_its_process_limit() {
+    let isolation = isolation();
+    let (_root, dir, _) = function_dir();
+    let mut worker = Worker::spawn(
+        &escape_spec("forky", &dir, "max_processes = 16"),
+        &isolation,
+    )
+    .unwrap();
+    eprintln!("limits: {}", worker.limits());
+    let answer = ask(&mut worker, "fork:40");
+    let forked: u32 = answer.trim_start_matches("forked ").parse().unwrap();
+    match &isolation.limits {
+        Mechanism::CgroupV1 { pids: Some(_), .. } => {
+            eprintln!("path: cgroup v1 pids limit");
+            assert!(
+                forked > 0 && forked < 16,
+                "forked {forked} under pids.max 16"
+            );
+        }
+        _ => eprintln!("path: NO per-worker process limit on this machine (forked {forked})"),
+    }
+}
+
+/// Processes whose environment names `function` (every process of its worker tree but
+/// bwrap itself).
+fn processes_of(function: &str) -> usize {
+    let marker = format!("BATON_FUNCTION={function}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == marker.as_bytes()))
+        })
+        .count()
+}
+
+/// Spawns a worker with `isolation` that forks 200 children and outlives its timeout;
+/// asserts the children existed, then that nothing of it is left once it is dropped.
+fn two_hundred_children_die_with_their_worker(isolation: &Isolation, path: &str) {
+    let (_root, dir, _) = function_dir();
+    let name = format!("fork200-{path}-{}", std::process::id());
+    let spec = escape_spec(
+        &name,
+        &dir,
+        "max_processes = 256\ntimeout_ms = 4000\nmemory_mib = 1024",
+    );
+    let mut worker = Worker::spawn(&spec, isolation).unwrap();
+    let groups = worker.limit_groups().to_vec();
+    let counter = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            processes_of(&name)
+        })
+    };
+    let error = worker.invoke(b"forkwait:200:60").unwrap_err();
+    assert!(matches!(error, WorkerError::Timeout { .. }), "{error}");
+    let during = counter.join().unwrap();
+    assert!(during > 200, "{path}: only {during} processes while it ran");
+    drop(worker);
+    // The kill is synchronous; the kernel tears a PID namespace down right after. Give it
+    // a moment, no more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_of(&name) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        processes_of(&name),
+        0,
+        "{path}: processes outlived their worker"
+    );
+    for group in &groups {
+        assert!(!group.exists(), "{path}: {} left behind", group.display());
+    }
+    eprintln!(
+        "path: {path}: {during} processes while running, none after; {} groups removed",
+        groups.len()
+    );
+}
+
+#[test]
+fn a_timed_out_worker_leaves_no_process_and_no_group_behind() {
+    let isolation = isolation();
+    if isolation.sandbox.is_jailed() {
+        two_hundred_children_die_with_their_worker(&isolation, "jail");
+    } else {
+        eprintln!("path: NO SANDBOX on this machine; only the unjailed path is tested");
+    }
+    let unjailed = Isolation {
+        sandbox: Sandbox::None,
+        ..isolation
+    };
+    two_hundred_children_die_with_their_worker(&unjailed, "unjailed");
+}
+
+#[test]
+fn a_worker_outlives_the_thread_that_started_it() {
+    // Pre-warms start workers on threads that end; the jail must not tie its life to them.
+    let isolation = isolation();
+    let (_root, dir, _) = function_dir();
+    let spec = escape_spec("orphaned", &dir, "");
+    let mut worker = std::thread::spawn(move || Worker::spawn(&spec, &isolation).unwrap())
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ask(&mut worker, "uid").split(' ').count(), 2);
+}
+
+#[test]
+fn a_start_removes_the_groups_a_killed_predecessor_left() {
+    let detection = baton_runtime::limits::detect();
+    let Mechanism::CgroupV1 { memory, .. } = &detection.mechanism else {
+        eprintln!("path: no cgroups on this machine, nothing to reclaim");
+        return;
+    };
+    // A group named like one of a baton process that is gone (no process has PID 2^22+1
+    // with that start time), with a process still in it.
+    let stale = memory.join(format!("baton-{}-1-0", (1u32 << 22) + 1));
+    std::fs::create_dir(&stale).unwrap();
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(stale.join("cgroup.procs"), orphan.id().to_string()).unwrap();
+    // A group of this (live) process is not touched.
+    let reclaimed = baton_runtime::limits::reclaim_stale(&detection.mechanism);
+    eprintln!("path: cgroup v1, reclaimed {reclaimed} stale groups");
+    assert!(reclaimed >= 1);
+    assert!(!stale.exists(), "the stale group is gone");
+    let status = orphan.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the process left in it was killed: {status}"
+    );
+}
