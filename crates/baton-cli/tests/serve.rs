@@ -31,9 +31,43 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Starts `baton serve` and waits for its "listening" line; returns the child and URL.
-fn serve(data: &Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+/// A running `baton serve`, killed (SIGKILL) when dropped, so that a failing test leaves
+/// no server behind.
+struct Served(Child);
+
+impl Served {
+    /// SIGKILL: no shutdown, no last snapshot.
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `baton serve` and waits for its "listening" line; returns the server, its URL
+/// and what it printed.
+fn serve(data: &Path) -> (Served, String, String) {
+    serve_under(&[], data)
+}
+
+/// [`serve`] with `wrapper` (a program and its arguments) in front of the binary.
+fn serve_under(wrapper: &[&str], data: &Path) -> (Served, String, String) {
+    let baton = env!("CARGO_BIN_EXE_baton");
+    let (program, wrapped) = match wrapper.split_first() {
+        Some((program, rest)) => (*program, [rest, &[baton]].concat()),
+        None => (baton, Vec::new()),
+    };
+    let mut child = Command::new(program)
+        .args(&wrapped)
         .args([
             "serve",
             "--listen",
@@ -63,7 +97,7 @@ fn serve(data: &Path) -> (Child, String, String) {
     };
     // Keep draining its stderr so it never blocks.
     std::thread::spawn(move || for _ in lines {});
-    (child, url, log)
+    (Served(child), url, log)
 }
 
 fn get(url: &str, path: &str) -> Value {
@@ -223,4 +257,80 @@ fn serve_refuses_no_auth_off_loopback_and_clients_name_the_server() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));
     let output = baton(&["invoke", "x", "--server", "ftp://nowhere"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected http://HOST:PORT"));
+}
+
+#[test]
+fn ids_stay_unique_when_the_server_restarts_as_pid_1() {
+    // In a container the server is PID 1 at every start: ids derived from the PID collide.
+    let wrapper: &[&str] = &["unshare", "--pid", "--fork", "--kill-child"];
+    let pid_namespaces = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let wrapper = if pid_namespaces {
+        eprintln!("path: each start as PID 1 of a new PID namespace");
+        wrapper
+    } else {
+        eprintln!("path: unshare --pid not permitted here; plain restarts only");
+        &[]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut async_ids = std::collections::HashSet::new();
+    let mut traces = std::collections::HashSet::new();
+    for life in 0..2 {
+        let (mut child, url, _) = serve_under(wrapper, &data);
+        if life == 0 {
+            let manifest = dir.path().join("upper.toml");
+            let module = examples().join("wat/upper.wat");
+            std::fs::write(
+                &manifest,
+                format!(
+                    "name = \"upper\"\nkind = \"wasm\"\nmodule = {:?}\n",
+                    module.display().to_string()
+                ),
+            )
+            .unwrap();
+            ok(&["deploy", "--server", &url, &manifest.display().to_string()]);
+        }
+        let client = baton_client(&url);
+        let order = b"unique";
+        for _ in 0..3 {
+            let accepted = client
+                .request(
+                    "POST",
+                    "/v1/functions/upper/invoke?async=true",
+                    "application/json",
+                    order,
+                )
+                .unwrap();
+            assert_eq!(accepted.status, 202, "life {life}: {}", accepted.text());
+            let id = accepted.json()["id"].as_str().unwrap().to_owned();
+            assert!(
+                async_ids.insert(id.clone()),
+                "life {life}: async id {id} seen before"
+            );
+            let done = client
+                .request(
+                    "POST",
+                    "/v1/functions/upper/invoke",
+                    "application/json",
+                    order,
+                )
+                .unwrap();
+            assert_eq!(done.status, 200, "{}", done.text());
+            let trace = done.json()["trace"].as_str().unwrap().to_owned();
+            assert!(
+                traces.insert(trace.clone()),
+                "life {life}: trace {trace} seen before"
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    eprintln!(
+        "{} async ids and {} traces over two lives, all distinct",
+        async_ids.len(),
+        traces.len()
+    );
 }

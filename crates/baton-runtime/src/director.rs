@@ -19,6 +19,7 @@ use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::pool::{Lease, WarmPool, Warmth};
 use crate::process::{Placement, WorkerError};
 use crate::services::{ServiceError, Services};
+use crate::trace_context::{SpanId, TraceId, TraceParent};
 use crate::wasm::{NestedCall, WasmEngine, WasmError, WasmFunction};
 use baton_core::context::Prev;
 use baton_core::pool::{ReservationKind, ReservationRequest, Window};
@@ -778,13 +779,26 @@ impl Director {
         keep
     }
 
-    /// Runs `name` with `payload`, following the chain to its end.
+    /// Runs `name` with `payload`, following the chain to its end, as a new trace.
     pub fn invoke(&self, name: &str, payload: &[u8]) -> Result<Outcome, DirectorError> {
+        self.invoke_traced(name, payload, None)
+    }
+
+    /// [`Director::invoke`] continuing the caller's trace when `caller` is given: the
+    /// records carry its trace id; each step gets a fresh span id.
+    pub fn invoke_traced(
+        &self,
+        name: &str,
+        payload: &[u8],
+        caller: Option<TraceParent>,
+    ) -> Result<Outcome, DirectorError> {
         self.counters.invocations.fetch_add(1, Ordering::Relaxed);
         if self.scheduler.is_none() {
             self.pool.expire(Instant::now());
         }
-        let trace = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let trace = caller
+            .map_or_else(TraceId::random, |caller| caller.trace)
+            .to_string();
         let steps: Vec<String> = self
             .sequences
             .read()
@@ -902,7 +916,7 @@ impl Director {
             let record = ExecutionRecord {
                 ts_ns: start_us * 1_000,
                 task: name.to_owned(),
-                invocation: format!("{}.{index}", request.trace),
+                invocation: SpanId::random().to_string(),
                 parent: parent.map(|(p, _)| request.records[p].invocation.clone()),
                 trace: Some(request.trace.clone()),
                 ..ExecutionRecord::default()

@@ -17,4 +17,5 @@ pub mod process;
 pub mod protocol;
 pub mod sandbox;
 pub mod services;
+pub mod trace_context;
 pub mod wasm;

@@ -13,6 +13,7 @@
 //! gpu_units = 0
 //! timeout_ms = 5000
 //! max_processes = 64            # processes and threads of one worker at once
+//! max_instances = 8             # workers of this function at once (idle, busy, starting)
 //! pure = true                   # safe to run speculatively
 //! services = ["cache"]          # auxiliary services it needs
 //! workdir = "/srv/fns"          # where a process runs (default: the manifest's directory)
@@ -41,6 +42,7 @@ struct ManifestWire {
     gpu_units: Option<u32>,
     timeout_ms: Option<u64>,
     max_processes: Option<u32>,
+    max_instances: Option<u32>,
     #[serde(default)]
     pure: bool,
     #[serde(default)]
@@ -78,6 +80,8 @@ pub struct FunctionSpec {
     pub timeout_ms: u64,
     /// Processes and threads one worker may have at once.
     pub max_processes: u32,
+    /// Workers of this function at once (idle, busy or starting).
+    pub max_instances: u32,
     /// Whether it may run speculatively.
     pub pure: bool,
     /// Auxiliary services it needs.
@@ -98,6 +102,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_PROCESSES: u32 = 64;
 /// Most processes and threads a manifest may ask for per worker.
 pub const MAX_PROCESSES: u32 = 4096;
+/// Default workers per function at once.
+pub const DEFAULT_MAX_INSTANCES: u32 = 8;
+/// Most workers per function a manifest may ask for.
+pub const MAX_INSTANCES: u32 = 1024;
 
 /// Why a manifest was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -217,6 +225,13 @@ impl FunctionSpec {
                 format!("{max_processes}: expected 1 to {MAX_PROCESSES}"),
             ));
         }
+        let max_instances = wire.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+        if !(1..=MAX_INSTANCES).contains(&max_instances) {
+            return Err(invalid(
+                "max_instances",
+                format!("{max_instances}: expected 1 to {MAX_INSTANCES}"),
+            ));
+        }
         if let Some(service) = wire.services.iter().find(|s| s.is_empty()) {
             return Err(invalid(
                 "services",
@@ -238,6 +253,7 @@ impl FunctionSpec {
             },
             timeout_ms,
             max_processes,
+            max_instances,
             pure: wire.pure,
             services: wire.services,
             env: wire.env,

@@ -6,6 +6,11 @@
 //! cold start, since the pre-warm began earlier). Workers are only ever handed to one
 //! caller at a time.
 //!
+//! Instances are bounded: a function has at most its manifest's `max_instances` workers
+//! (idle, busy or starting), and at most [`WarmPool::max_cold_starts`] cold starts run at
+//! once on the node. A request beyond either waits for a worker to come back rather than
+//! starting a storm of cold ones (a delayed warm start beats a cold start, CIDRE's point).
+//!
 //! With an idle-memory budget, an idle worker that would exceed it makes room by evicting
 //! idle workers lowest priority first, as the policy ranks them (least recently used by
 //! default).
@@ -35,6 +40,8 @@ pub struct PoolCounters {
     pub prewarms_failed: AtomicU64,
     /// Idle workers evicted to stay within the idle-memory budget.
     pub evictions: AtomicU64,
+    /// Requests that waited for an instance because of a cap.
+    pub capped_waits: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -49,7 +56,13 @@ struct Idle {
 #[derive(Debug, Default)]
 struct State {
     idle: HashMap<String, Vec<Idle>>,
+    /// Pre-warms under way per function.
     starting: HashMap<String, usize>,
+    /// Cold starts under way per function, and in all.
+    cold: HashMap<String, usize>,
+    cold_total: usize,
+    /// Workers lent out per function.
+    busy: HashMap<String, usize>,
     /// Measured cold starts per function (exponentially weighted), µs.
     cold_us: HashMap<String, f64>,
 }
@@ -102,7 +115,30 @@ pub struct Lease {
     pub plan: Option<u64>,
     /// Whether the request waited for a pre-warm still starting (it came late).
     pub waited_for_prewarm: bool,
+    /// Counts the worker as busy until the lease is gone.
+    _busy: BusySlot,
 }
+
+/// One busy worker of a function, counted against its instance cap until dropped.
+#[derive(Debug)]
+struct BusySlot {
+    pool: Arc<WarmPool>,
+    function: String,
+}
+
+impl Drop for BusySlot {
+    fn drop(&mut self) {
+        let mut state = lock(&self.pool.state);
+        if let Some(busy) = state.busy.get_mut(&self.function) {
+            *busy = busy.saturating_sub(1);
+        }
+        drop(state);
+        self.pool.started.notify_all();
+    }
+}
+
+/// How long a request waits for a capped instance before giving up.
+pub const CAP_WAIT: Duration = Duration::from_secs(60);
 
 /// Idle workers per function. Cheap to share: clone the `Arc`.
 pub struct WarmPool {
@@ -112,6 +148,7 @@ pub struct WarmPool {
     started: Condvar,
     idle_budget_mib: Option<u64>,
     evict_priority: Mutex<Option<EvictPriority>>,
+    max_cold_starts: usize,
     /// The counts.
     pub counters: PoolCounters,
 }
@@ -156,6 +193,9 @@ impl WarmPool {
             started: Condvar::new(),
             idle_budget_mib,
             evict_priority: Mutex::new(None),
+            // Each cold start is mostly CPU (an interpreter importing): more at once than
+            // cores only makes each slower.
+            max_cold_starts: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             counters: PoolCounters::default(),
         })
     }
@@ -330,15 +370,27 @@ impl WarmPool {
         lock(&self.state).idle.get(name).map_or(0, Vec::len)
     }
 
+    /// Cold starts allowed at once on this node.
+    pub fn max_cold_starts(&self) -> usize {
+        self.max_cold_starts
+    }
+
     /// A worker for `name`: an idle one (pre-warmed first), else one still being pre-warmed
-    /// (waited for), else a cold start.
-    pub fn take(&self, name: &str) -> Result<Lease, WorkerError> {
+    /// (waited for), else a cold start, unless the function is at its instance cap or the
+    /// node at its cold-start bound: then it waits for a worker to come back or a start to
+    /// finish (at most [`CAP_WAIT`]).
+    pub fn take(self: &Arc<Self>, name: &str) -> Result<Lease, WorkerError> {
         let spec = self.spec(name).ok_or_else(|| WorkerError::Function {
             function: name.to_owned(),
             message: "unknown function".into(),
         })?;
         let asked = Instant::now();
         let mut waited = false;
+        let mut capped = false;
+        let busy = || BusySlot {
+            pool: Arc::clone(self),
+            function: name.to_owned(),
+        };
         let mut state = lock(&self.state);
         loop {
             if let Some(list) = state.idle.get_mut(name) {
@@ -356,35 +408,87 @@ impl WarmPool {
                         Warmth::Warm
                     };
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    *state.busy.entry(name.to_owned()).or_default() += 1;
                     return Ok(Lease {
                         worker: idle.worker,
                         warmth,
                         wait_us: asked.elapsed().as_micros() as u64,
                         plan: idle.prewarmed.flatten(),
-                        waited_for_prewarm: waited,
+                        waited_for_prewarm: waited && !capped,
+                        _busy: busy(),
                     });
                 }
             }
-            if state.starting.get(name).copied().unwrap_or(0) == 0 {
+            let count = |map: &HashMap<String, usize>| map.get(name).copied().unwrap_or(0);
+            let prewarming = count(&state.starting);
+            let live = prewarming + count(&state.cold) + count(&state.busy);
+            let at_cap = live >= spec.max_instances as usize;
+            let node_busy = state.cold_total >= self.max_cold_starts;
+            if prewarming == 0 && !at_cap && !node_busy {
                 break;
             }
+            if at_cap || node_busy {
+                if !capped {
+                    self.counters.capped_waits.fetch_add(1, Ordering::Relaxed);
+                }
+                capped = true;
+            }
             waited = true;
-            state = self
+            let left = CAP_WAIT.saturating_sub(asked.elapsed());
+            if left.is_zero() {
+                return Err(WorkerError::Saturated {
+                    function: name.to_owned(),
+                    waited_ms: CAP_WAIT.as_millis() as u64,
+                });
+            }
+            let patience = if prewarming > 0 && !at_cap && !node_busy {
+                Duration::from_millis(spec.timeout_ms).min(left)
+            } else {
+                left
+            };
+            let (guard, timed_out) = self
                 .started
-                .wait_timeout(state, Duration::from_millis(spec.timeout_ms))
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
+                .wait_timeout(state, patience)
+                .map(|(guard, timeout)| (guard, timeout.timed_out()))
+                .unwrap_or_else(|p| {
+                    let (guard, timeout) = p.into_inner();
+                    (guard, timeout.timed_out())
+                });
+            state = guard;
+            if timed_out && prewarming > 0 && !at_cap && !node_busy {
+                // The pre-warm never came: start one.
+                break;
+            }
         }
+        *state.cold.entry(name.to_owned()).or_default() += 1;
+        state.cold_total += 1;
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
-        let worker = Worker::spawn(&spec, &self.isolation)?;
-        WarmPool::note_cold_start(&mut lock(&self.state), name, worker.cold_start());
+        let worker = Worker::spawn(&spec, &self.isolation);
+        let mut state = lock(&self.state);
+        if let Some(cold) = state.cold.get_mut(name) {
+            *cold = cold.saturating_sub(1);
+        }
+        state.cold_total = state.cold_total.saturating_sub(1);
+        let worker = match worker {
+            Ok(worker) => worker,
+            Err(e) => {
+                drop(state);
+                self.started.notify_all();
+                return Err(e);
+            }
+        };
+        *state.busy.entry(name.to_owned()).or_default() += 1;
+        WarmPool::note_cold_start(&mut state, name, worker.cold_start());
+        drop(state);
+        self.started.notify_all();
         Ok(Lease {
             worker,
             warmth: Warmth::Cold,
             wait_us: asked.elapsed().as_micros() as u64,
             plan: None,
-            waited_for_prewarm: waited,
+            waited_for_prewarm: waited && !capped,
+            _busy: busy(),
         })
     }
 
@@ -404,6 +508,9 @@ impl WarmPool {
                 prewarmed: None,
             },
         );
+        drop(state);
+        // A request waiting at the function's cap can take it now.
+        self.started.notify_all();
     }
 
     /// Starts a worker for `name` in the background, kept until `until` if unused.

@@ -86,6 +86,15 @@ pub enum WorkerError {
         /// Its message.
         message: String,
     },
+    /// Every instance of the function stayed busy (or the node kept starting others) for
+    /// the whole wait.
+    #[error("function `{function}`: no instance free after {waited_ms} ms (at its instance cap or the node's cold-start bound)")]
+    Saturated {
+        /// The function.
+        function: String,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
     /// The worker broke the protocol (it was killed).
     #[error("function `{function}`: protocol error: {message}")]
     Protocol {
@@ -108,7 +117,10 @@ impl WorkerError {
 
     /// Whether the worker is gone and must be replaced.
     pub fn worker_lost(&self) -> bool {
-        !matches!(self, WorkerError::Function { .. })
+        !matches!(
+            self,
+            WorkerError::Function { .. } | WorkerError::Saturated { .. }
+        )
     }
 }
 

@@ -13,6 +13,7 @@ use baton_core::context::Prev;
 use baton_core::{PredictContext, PredictOptions};
 use baton_runtime::director::{DirectorError, Outcome};
 use baton_runtime::manifest::{FunctionKind, FunctionSpec};
+use baton_runtime::trace_context::{self, TraceParent};
 use baton_trace::schema::ExecutionRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -383,6 +384,7 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
         "cold": records.iter().any(|r| r.cold == Some(true)),
         "cold_steps": records.iter().filter(|r| r.cold == Some(true)).count(),
         "plan": plan,
+        "trace": records.first().and_then(|r| r.trace.clone()),
         "timings": { "total_us": total_us },
         "steps": records.iter().map(step_json).collect::<Vec<_>>(),
     });
@@ -404,6 +406,16 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
                 ..
             }),
         ) => StatusCode::NOT_FOUND,
+        (
+            Some(_),
+            Err(DirectorError::Step {
+                source:
+                    baton_runtime::director::StepError::Process(
+                        baton_runtime::process::WorkerError::Saturated { .. },
+                    ),
+                ..
+            }),
+        ) => StatusCode::SERVICE_UNAVAILABLE,
         (Some(_), _) => StatusCode::BAD_GATEWAY,
     };
     if let Some(failure) = failure {
@@ -416,9 +428,21 @@ fn known(state: &AppState, name: &str) -> bool {
     state.director.pool().spec(name).is_some() || state.director.is_sequence(name)
 }
 
-fn run_invocation(state: &AppState, name: &str, payload: &[u8]) -> (StatusCode, Value) {
+/// The caller's trace from a `traceparent` header; a malformed one is ignored and the
+/// invocation starts a trace of its own, as W3C trace context asks.
+fn caller_trace(headers: &HeaderMap) -> Option<TraceParent> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    TraceParent::parse(value).ok()
+}
+
+fn run_invocation(
+    state: &AppState,
+    name: &str,
+    payload: &[u8],
+    caller: Option<TraceParent>,
+) -> (StatusCode, Value) {
     let started = Instant::now();
-    let result = state.director.invoke(name, payload);
+    let result = state.director.invoke_traced(name, payload, caller);
     let records = match &result {
         Ok(outcome) => &outcome.records[..],
         Err(e) => e.records(),
@@ -428,9 +452,15 @@ fn run_invocation(state: &AppState, name: &str, payload: &[u8]) -> (StatusCode, 
 }
 
 /// Runs an accepted asynchronous invocation to its end (blocking) and stores the outcome.
-fn complete_async(state: &AppState, id: &str, function: &str, payload: &[u8]) {
+fn complete_async(
+    state: &AppState,
+    id: &str,
+    function: &str,
+    payload: &[u8],
+    caller: Option<TraceParent>,
+) {
     let _ = state.store.set_invocation(id, "running", None, None);
-    let (status, body) = run_invocation(state, function, payload);
+    let (status, body) = run_invocation(state, function, payload, caller);
     let (outcome, error) = if status == StatusCode::OK {
         ("succeeded", None)
     } else {
@@ -449,15 +479,17 @@ pub(crate) fn run_async(
     payload: Vec<u8>,
     runtime: &tokio::runtime::Handle,
 ) {
-    runtime.spawn_blocking(move || complete_async(&state, &id, &function, &payload));
+    runtime.spawn_blocking(move || complete_async(&state, &id, &function, &payload, None));
 }
 
 async fn invoke(
     State(state): State<Shared>,
     Path(name): Path<String>,
     Query(query): Query<InvokeQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let caller = caller_trace(&headers);
     if !known(&state, &name) {
         return error(
             StatusCode::NOT_FOUND,
@@ -479,11 +511,7 @@ async fn invoke(
         return response;
     };
     if query.r#async {
-        let id = format!(
-            "inv-{}-{}",
-            std::process::id(),
-            state.next_async.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = trace_context::invocation_id();
         let pure = state.director.pool().spec(&name).is_some_and(|s| s.pure);
         if let Err(e) = state.store.put_invocation(&id, &name, &body, pure) {
             return internal(e);
@@ -492,7 +520,7 @@ async fn invoke(
         let (id2, payload) = (id.clone(), body.to_vec());
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            complete_async(&state2, &id2, &name, &payload);
+            complete_async(&state2, &id2, &name, &payload, caller);
         });
         let mut response = (
             StatusCode::ACCEPTED,
@@ -508,9 +536,19 @@ async fn invoke(
     // hand-off to a blocking thread and back on the request path.
     let (status, body) = tokio::task::block_in_place(|| {
         let _slot = slot;
-        run_invocation(&state, &name, &body)
+        run_invocation(&state, &name, &body, caller)
     });
-    (status, Json(body)).into_response()
+    // The trace continues at the chain's first step.
+    let traceparent = body["trace"]
+        .as_str()
+        .zip(body["steps"][0]["invocation"].as_str())
+        .map(|(trace, span)| format!("00-{trace}-{span}-01"))
+        .and_then(|value| HeaderValue::from_str(&value).ok());
+    let mut response = (status, Json(body)).into_response();
+    if let Some(value) = traceparent {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
 }
 
 async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> Response {

@@ -104,6 +104,27 @@ impl Client {
         content_type: &str,
         body: &[u8],
     ) -> Result<Response, ClientError> {
+        self.request_with_headers(method, path, content_type, &[], body)
+    }
+
+    /// [`Client::request`] with `extra` headers (name, value).
+    pub fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, ClientError> {
+        if let Some((name, _)) = extra
+            .iter()
+            .find(|(n, v)| n.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']))
+        {
+            return Err(ClientError::Protocol {
+                url: self.url.clone(),
+                message: format!("header {name:?}: a line break or colon in a header"),
+            });
+        }
         let io = |source| ClientError::Io {
             url: self.url.clone(),
             source,
@@ -119,6 +140,9 @@ impl Client {
         );
         if let Some(token) = &self.token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).map_err(io)?;

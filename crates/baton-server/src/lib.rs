@@ -31,7 +31,7 @@ use metrics::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -171,7 +171,6 @@ pub(crate) struct AppState {
     pub(crate) queue_depth: usize,
     pub(crate) queues: Mutex<HashMap<String, usize>>,
     pub(crate) metrics: Metrics,
-    pub(crate) next_async: AtomicU64,
     pub(crate) detection: IsolationDetection,
     pub(crate) policy: PolicyKind,
 }
@@ -503,7 +502,6 @@ impl RunningServer {
             queue_depth: config.queue_depth.max(1),
             queues: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            next_async: AtomicU64::new(0),
             detection: detection.clone(),
             policy: config.policy,
         });

@@ -546,3 +546,44 @@ fn uploaded_code_runs_and_a_hostile_archive_is_refused() {
         response.text()
     );
 }
+
+#[test]
+fn an_invocation_continues_the_callers_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {});
+    let api = client(&server);
+    assert_eq!(wasm_deploy(&api, "upper", "wat/upper.wat").status, 201);
+    let order = b"trace me";
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = api
+        .request_with_headers(
+            "POST",
+            "/v1/functions/upper/invoke",
+            "application/json",
+            &[("traceparent", caller)],
+            order,
+        )
+        .unwrap();
+    assert_eq!(traced.status, 200, "{}", traced.text());
+    let body = traced.json();
+    assert_eq!(body["trace"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let span = body["steps"][0]["invocation"].as_str().unwrap();
+    assert_eq!(span.len(), 16);
+    assert_eq!(
+        traced.header("traceparent"),
+        Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span}-01").as_str())
+    );
+    // A malformed header starts a trace of its own.
+    let fresh = api
+        .request_with_headers(
+            "POST",
+            "/v1/functions/upper/invoke",
+            "application/json",
+            &[("traceparent", "00-zz-00f067aa0ba902b7-01")],
+            order,
+        )
+        .unwrap();
+    let trace = fresh.json()["trace"].as_str().unwrap().to_owned();
+    assert_eq!(trace.len(), 32);
+    assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+}
