@@ -72,8 +72,49 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route (see docs/openapi.json)",
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Every 4xx and 5xx answers one JSON body, `{"error": message}`: the framework's own
+/// rejections (body too large, bad query string, wrong method) are plain text, and are
+/// rewritten here with their text as the message. Their headers (Allow, Retry-After,
+/// WWW-Authenticate) are kept.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The framework's messages are short; anything longer is cut.
+    let bytes = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut rebuilt = error(status, message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt
 }
 
 /// Requires `Authorization: Bearer <token>` when the server has a token.
@@ -205,6 +246,17 @@ async fn put_function(
             format!(
                 "the manifest names `{}` but the path names `{name}`",
                 spec.name
+            ),
+        );
+    }
+    let node_mib = state.reservations.capacity().memory_mib;
+    if spec.limits.memory_mib > node_mib {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "manifest field `memory_mib`: {} MiB is more than this node gives functions \
+                 ({node_mib} MiB)",
+                spec.limits.memory_mib
             ),
         );
     }

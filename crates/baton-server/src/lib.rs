@@ -113,6 +113,9 @@ pub enum ServerError {
     /// Auth off on a non-loopback address.
     #[error("--no-auth is only allowed on a loopback address, not {0}")]
     AuthRequired(SocketAddr),
+    /// A token that is empty or only white space would let anyone in.
+    #[error("the bearer token is empty: give a real one, or --no-auth on loopback")]
+    EmptyToken,
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -433,6 +436,9 @@ impl RunningServer {
     pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         if config.token.is_none() && !config.listen.ip().is_loopback() {
             return Err(ServerError::AuthRequired(config.listen));
+        }
+        if config.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ServerError::EmptyToken);
         }
         let data_dir = &config.data_dir;
         let dirs = UploadDirs {

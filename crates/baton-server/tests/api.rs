@@ -338,6 +338,7 @@ fn oversized_bodies_and_full_queues_are_refused() {
         )
         .unwrap();
     assert_eq!(response.status, 413);
+    assert!(response.json()["error"].is_string(), "{}", response.text());
 
     // One request holds the only slot; the next is refused with Retry-After.
     let accepted = api
@@ -586,4 +587,69 @@ fn an_invocation_continues_the_callers_trace() {
     let trace = fresh.json()["trace"].as_str().unwrap().to_owned();
     assert_eq!(trace.len(), 32);
     assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+}
+
+#[test]
+fn every_error_is_one_json_body_and_bounds_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {});
+    let api = client(&server);
+    let cases: [(&str, &str, u16); 4] = [
+        ("GET", "/no/such/route", 404),
+        ("DELETE", "/v1/logs", 405),
+        ("GET", "/v1/predictions?from=x&n=abc", 400),
+        ("GET", "/v1/predictions", 400),
+    ];
+    for (method, path, status) in cases {
+        let response = api.request(method, path, "application/json", b"").unwrap();
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path}: {}",
+            response.text()
+        );
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "{method} {path}: {:?}",
+            response.headers
+        );
+        let message = response.json()["error"].as_str().unwrap_or("").to_owned();
+        assert!(!message.is_empty(), "{method} {path}: {}", response.text());
+    }
+    let wrong_method = api
+        .request("DELETE", "/v1/logs", "application/json", b"")
+        .unwrap();
+    assert!(
+        wrong_method.header("allow").is_some(),
+        "405 keeps its Allow header"
+    );
+    // A function may not ask for more memory than the node has.
+    let huge = "name = \"huge\"\nkind = \"wasm\"\nmodule = \"x.wasm\"\nmemory_mib = 1048576\n";
+    let response = put_json(
+        &api,
+        "huge",
+        &json!({ "manifest": huge, "module_base64": "AA==" }),
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("memory_mib"),
+        "{}",
+        response.text()
+    );
+    // A name that is not a safe identifier is refused.
+    let dots = "name = \"..\"\nkind = \"wasm\"\nmodule = \"x.wasm\"\n";
+    let response = put_json(
+        &api,
+        "..",
+        &json!({ "manifest": dots, "module_base64": "AA==" }),
+    );
+    assert!(response.status >= 400, "{}", response.text());
+    // An empty token is no token.
+    let empty = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), empty.path().to_owned());
+    config.token = Some("  ".into());
+    let error = RunningServer::start(config).unwrap_err().to_string();
+    assert!(error.contains("token is empty"), "{error}");
 }
