@@ -984,6 +984,18 @@ impl Director {
                     hop_ns = Some(handed.elapsed().as_nanos() as u64);
                 }
                 let result = lease.worker.invoke(input).map_err(StepError::from);
+                let output = lease.worker.take_output();
+                if !output.text.is_empty() {
+                    record
+                        .extra
+                        .insert("stderr".into(), Value::from(output.text));
+                }
+                if output.dropped_bytes > 0 {
+                    record.extra.insert(
+                        "stderr_dropped_bytes".into(),
+                        Value::from(output.dropped_bytes),
+                    );
+                }
                 let (cpu_ms, peak_bytes) = lease.worker.usage_of_last_invocation();
                 record.cpu_ms = cpu_ms;
                 record.mem_peak_mib = peak_bytes.map(|b| b as f64 / (1 << 20) as f64);

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io::BufReader;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -47,12 +47,17 @@ pub enum WorkerError {
         message: String,
     },
     /// No ready frame in time.
-    #[error("function `{function}`: worker not ready after {waited_ms} ms")]
+    #[error(
+        "function `{function}`: worker not ready after {waited_ms} ms (a worker must \
+             speak baton's protocol, e.g. through examples/python/baton_worker.py){stderr}"
+    )]
     NotReady {
         /// The function.
         function: String,
         /// How long we waited.
         waited_ms: u64,
+        /// The end of what it wrote on stderr, as `; stderr: …`, or empty.
+        stderr: String,
     },
     /// The invocation overran the timeout; the worker was killed.
     #[error("function `{function}`: timed out after {timeout_ms} ms; worker killed")]
@@ -126,6 +131,41 @@ impl WorkerError {
 
 type Frame = Result<(FrameKind, Vec<u8>), String>;
 
+/// Most bytes of a worker's stderr kept per invocation; the rest is counted, not kept.
+pub const OUTPUT_CAP: usize = 64 << 10;
+
+/// What a worker wrote on stderr since the last [`Worker::take_output`], within the cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapturedOutput {
+    /// The bytes kept, as text (invalid UTF-8 replaced).
+    pub text: String,
+    /// Bytes written beyond [`OUTPUT_CAP`], dropped.
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+/// Reads a worker's stderr into `captured` until it closes, keeping at most [`OUTPUT_CAP`]
+/// bytes between two takes.
+fn capture_stderr(mut stderr: std::process::ChildStderr, captured: Arc<Mutex<Captured>>) {
+    use std::io::Read;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match stderr.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut captured = captured.lock().unwrap_or_else(|p| p.into_inner());
+        let room = OUTPUT_CAP.saturating_sub(captured.bytes.len()).min(n);
+        captured.bytes.extend_from_slice(&chunk[..room]);
+        captured.dropped += (n - room) as u64;
+    }
+}
+
 /// One warm worker process.
 #[derive(Debug)]
 pub struct Worker {
@@ -140,6 +180,9 @@ pub struct Worker {
     jailed: bool,
     stdin: ChildStdin,
     frames: Receiver<Frame>,
+    /// Its stderr as captured, and the pipe's read end to see what is still in flight.
+    output: Arc<Mutex<Captured>>,
+    stderr_pipe: Option<std::os::fd::OwnedFd>,
     limits: LimitGuard,
     ready_after: Duration,
     alive: bool,
@@ -251,7 +294,8 @@ impl Worker {
             .env("BATON_GPU_UNITS", placement.gpu_units.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            // Captured per invocation, bounded: never into the server's own log.
+            .stderr(Stdio::piped());
         let limits = limits::apply(
             &isolation.limits,
             &WorkerLimits {
@@ -280,6 +324,25 @@ impl Worker {
                 message: "no pipes to the worker".into(),
             });
         };
+        let output = Arc::new(Mutex::new(Captured::default()));
+        let mut stderr_pipe = None;
+        if let Some(stderr) = child.stderr.take() {
+            use std::os::fd::AsFd;
+            stderr_pipe = stderr.as_fd().try_clone_to_owned().ok();
+            let captured = Arc::clone(&output);
+            let reader = std::thread::Builder::new()
+                .name(format!("baton-stderr-{}", spec.name))
+                .spawn(move || capture_stderr(stderr, captured));
+            if let Err(source) = reader {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Spawn {
+                    function: spec.name.clone(),
+                    program: "stderr reader thread".into(),
+                    source,
+                });
+            }
+        }
         let (sender, frames) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("baton-worker-{}", spec.name))
@@ -312,6 +375,8 @@ impl Worker {
             child,
             stdin,
             frames,
+            output,
+            stderr_pipe,
             limits,
             ready_after: Duration::ZERO,
             alive: true,
@@ -341,6 +406,7 @@ impl Worker {
                 Err(WorkerError::NotReady {
                     function: worker.function.clone(),
                     waited_ms: worker.timeout.as_millis() as u64,
+                    stderr: worker.stderr_tail(),
                 })
             }
             Err(RecvTimeoutError::Disconnected) => Err(worker.lost()),
@@ -454,7 +520,8 @@ impl Worker {
         let status = self
             .child
             .wait()
-            .map_or("unknown".to_owned(), |s| s.to_string());
+            .map_or("unknown".to_owned(), |s| s.to_string())
+            + &self.stderr_tail();
         self.alive = false;
         if self.limits.oom_killed() {
             WorkerError::OutOfMemory {
@@ -466,6 +533,40 @@ impl Worker {
                 function: self.function.clone(),
                 status,
             }
+        }
+    }
+
+    /// The last lines of what the worker wrote on stderr (at most 500 bytes), as
+    /// `; stderr: …`, for the error that ends it; empty when it wrote nothing.
+    fn stderr_tail(&mut self) -> String {
+        let output = self.take_output();
+        let text = output.text.trim_end();
+        if text.is_empty() {
+            return String::new();
+        }
+        let mut start = text.len().saturating_sub(500);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        format!("; stderr: {}", &text[start..])
+    }
+
+    /// What the worker wrote on stderr since the last take (its cold start's output goes
+    /// with its first invocation). Waits briefly for what is still in the pipe, so that a
+    /// line written just before the result is not left for the next invocation.
+    pub fn take_output(&mut self) -> CapturedOutput {
+        if let Some(pipe) = &self.stderr_pipe {
+            let deadline = Instant::now() + Duration::from_millis(5);
+            while rustix::io::ioctl_fionread(pipe).is_ok_and(|n| n > 0) && Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
+        }
+        let mut captured = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = std::mem::take(&mut captured.bytes);
+        CapturedOutput {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            dropped_bytes: std::mem::take(&mut captured.dropped),
         }
     }
 

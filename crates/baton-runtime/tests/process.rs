@@ -106,13 +106,19 @@ fn memory_beyond_the_limit_fails_and_the_host_survives() {
 #[test]
 fn start_failures_are_named() {
     let never_ready = FunctionSpec::from_toml(&format!(
-        "name = \"mute\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", \"import time; time.sleep(30)\"]\ntimeout_ms = 300\n",
+        "name = \"mute\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", \"import sys, time; print('a plain script', file=sys.stderr, flush=True); time.sleep(30)\"]\ntimeout_ms = 300\n",
         python()
     ))
     .unwrap();
     let error = Worker::spawn(&never_ready, &isolation()).unwrap_err();
     assert!(
         matches!(error, WorkerError::NotReady { waited_ms: 300, .. }),
+        "{error}"
+    );
+    // The hint, and what the worker said, are in the error.
+    assert!(error.to_string().contains("baton_worker.py"), "{error}");
+    assert!(
+        error.to_string().ends_with("stderr: a plain script"),
         "{error}"
     );
     let missing = FunctionSpec::from_toml(

@@ -277,3 +277,22 @@ fn a_start_removes_the_groups_a_killed_predecessor_left() {
         "the process left in it was killed: {status}"
     );
 }
+
+#[test]
+fn a_workers_output_is_captured_per_invocation_within_a_cap() {
+    let isolation = isolation();
+    let (_root, dir, _) = function_dir();
+    let mut worker = Worker::spawn(&escape_spec("chatty", &dir, ""), &isolation).unwrap();
+    let _ = worker.take_output();
+    assert_eq!(ask(&mut worker, "flood:200000"), "flooded");
+    let flooded = worker.take_output();
+    assert_eq!(flooded.text.len(), baton_runtime::process::OUTPUT_CAP);
+    assert_eq!(
+        flooded.dropped_bytes,
+        200_000 - baton_runtime::process::OUTPUT_CAP as u64
+    );
+    assert_eq!(ask(&mut worker, "say:hello"), "said");
+    let said = worker.take_output();
+    assert_eq!(said.text, "hello\n", "each invocation gets its own output");
+    assert_eq!(said.dropped_bytes, 0);
+}

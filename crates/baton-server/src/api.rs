@@ -422,6 +422,8 @@ fn step_json(record: &ExecutionRecord) -> Value {
         "ready_wait_us": record.extra.get("ready_wait_us"),
         "hop_ns": record.extra.get("hop_ns"),
         "error": record.extra.get("error"),
+        "stderr": record.extra.get("stderr"),
+        "stderr_dropped_bytes": record.extra.get("stderr_dropped_bytes"),
     })
 }
 

@@ -2,6 +2,7 @@
 "ok ..." when it worked and "denied <errno name>" when it did not.
 
 read:PATH  write:PATH  procs  signal:PID  connect:PORT  fork:N  forkwait:N:SECONDS  uid
+flood:BYTES (that many bytes on stderr)  say:TEXT (one line on stderr)
 """
 import errno
 import os
@@ -57,6 +58,13 @@ def handle(payload: bytes) -> bytes:
             made = spawn_children(int(n), 600)
             time.sleep(float(seconds))
             return b"forked %d" % made
+        if verb == "flood":
+            sys.stderr.write("x" * int(arg))
+            sys.stderr.flush()
+            return b"flooded"
+        if verb == "say":
+            print(arg, file=sys.stderr, flush=True)
+            return b"said"
         if verb == "uid":
             return b"%d %d" % (os.getuid(), os.getgid())
     except OSError as e:
