@@ -94,6 +94,10 @@ pub struct Loaded {
     pub read: ReadReport,
     /// Requests whose parent links were repaired.
     pub missing_parents: u64,
+    /// Records dropped in parent cycles, and requests dropped whole for having no root.
+    pub cycles: u64,
+    /// Requests dropped whole: every record in a parent cycle.
+    pub rootless: u64,
 }
 
 impl Loaded {
@@ -163,6 +167,8 @@ pub fn load(
                 memory_mib,
                 read,
                 missing_parents: 0,
+                cycles: 0,
+                rootless: 0,
             }
         }
         _ => {
@@ -176,10 +182,18 @@ pub fn load(
                 memory_mib: Vec::new(),
                 read,
                 missing_parents: grouped.missing_parents,
+                cycles: grouped.cycles,
+                rootless: grouped.rootless,
             }
         }
     };
     print_read_report(&loaded.read);
+    if loaded.cycles > 0 {
+        eprintln!(
+            "  dropped {} records caught in parent cycles ({} requests had no root left)",
+            loaded.cycles, loaded.rootless
+        );
+    }
     if loaded.requests.is_empty() {
         bail!("no usable records in {}", describe_paths(paths));
     }

@@ -57,14 +57,6 @@ pub enum DetectError {
     /// The file could not be opened or read.
     #[error(transparent)]
     Open(#[from] open::OpenError),
-    /// Reading failed.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// The first line is neither.
     #[error(
         "{path}: cannot tell the log format from its first line {line:?}; name it with --format"
@@ -79,21 +71,8 @@ pub enum DetectError {
 
 /// Tells the format of `path` from its first non-empty line (after decompression).
 pub fn detect_format(path: &Path) -> Result<DetectedFormat, DetectError> {
-    use std::io::BufRead;
-    let mut reader = open::open_log(path)?;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|source| DetectError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-        if n == 0 || !line.trim().is_empty() {
-            break;
-        }
-    }
+    // A pipe is read once: the peek keeps what it read for the reader that follows.
+    let line = open::peek_first_line(path)?;
     let first = line.trim();
     if first.starts_with('{') && first.contains("\"resourceSpans\"") {
         Ok(DetectedFormat::Otlp)

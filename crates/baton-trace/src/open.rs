@@ -5,6 +5,7 @@ use flate2::read::MultiGzDecoder;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use thiserror::Error;
 use xz2::read::XzDecoder;
 
@@ -44,7 +45,7 @@ pub fn detect(head: &[u8]) -> Compression {
 }
 
 /// Wraps `reader` in the decompressor its first bytes call for.
-pub fn decompress<R: Read + 'static>(reader: R) -> io::Result<Box<dyn BufRead>> {
+pub fn decompress<R: Read + Send + 'static>(reader: R) -> io::Result<Box<dyn BufRead + Send>> {
     let mut buffered = BufReader::with_capacity(1 << 16, reader);
     let head = buffered.fill_buf()?.to_vec();
     Ok(match detect(&head) {
@@ -57,8 +58,23 @@ pub fn decompress<R: Read + 'static>(reader: R) -> io::Result<Box<dyn BufRead>> 
     })
 }
 
-/// Opens `path` for line reading, decompressing when needed.
-pub fn open_log(path: &Path) -> Result<Box<dyn BufRead>, OpenError> {
+/// A log reader.
+pub type LogReader = Box<dyn BufRead + Send>;
+
+/// Streams (pipes, FIFOs, `/dev/stdin`) can be read only once: what a look at their first
+/// line ([`peek_first_line`]) opened and read is kept here, and the next [`open_log`] of
+/// the same path goes on with it, first line included.
+static PENDING: Mutex<Vec<(PathBuf, LogReader)>> = Mutex::new(Vec::new());
+
+/// Opens `path` for line reading, decompressing when needed (or takes the stream a peek
+/// left open).
+pub fn open_log(path: &Path) -> Result<LogReader, OpenError> {
+    {
+        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = pending.iter().position(|(p, _)| p == path) {
+            return Ok(pending.swap_remove(at).1);
+        }
+    }
     let io_error = |source| OpenError::Io {
         path: path.to_owned(),
         source,
@@ -67,10 +83,76 @@ pub fn open_log(path: &Path) -> Result<Box<dyn BufRead>, OpenError> {
     decompress(file).map_err(io_error)
 }
 
+/// The first non-empty line of `path` (decompressed), without losing it for a stream: a
+/// pipe's reader is kept, with the bytes read so far put back in front, for the next
+/// [`open_log`] of `path`.
+pub fn peek_first_line(path: &Path) -> Result<String, OpenError> {
+    let io_error = |source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = open_log(path)?;
+    let mut consumed = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(io_error)?;
+        consumed.extend_from_slice(line.as_bytes());
+        if n == 0 || !line.trim().is_empty() {
+            break;
+        }
+    }
+    let is_stream = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if is_stream {
+        let replay: LogReader = Box::new(io::Cursor::new(consumed).chain(reader));
+        PENDING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.to_owned(), replay));
+    }
+    Ok(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_pipe_peeked_at_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut out = File::create(&fifo).unwrap();
+                writeln!(out).unwrap();
+                for i in 0..2000 {
+                    writeln!(
+                        out,
+                        "{{\"line\": {i}, \"padding\": \"{}\"}}",
+                        "x".repeat(60)
+                    )
+                    .unwrap();
+                }
+            })
+        };
+        let first = peek_first_line(&fifo).unwrap();
+        assert!(first.starts_with("{\"line\": 0,"), "{first}");
+        let mut all = String::new();
+        open_log(&fifo).unwrap().read_to_string(&mut all).unwrap();
+        writer.join().unwrap();
+        assert_eq!(
+            all.lines().filter(|l| !l.is_empty()).count(),
+            2000,
+            "every line read"
+        );
+    }
 
     #[test]
     fn gzip_and_plain_read_the_same() {

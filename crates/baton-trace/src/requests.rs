@@ -37,6 +37,8 @@ pub struct GroupReport {
     pub missing_parents: u64,
     /// Records dropped because their parent links form a cycle.
     pub cycles: u64,
+    /// Requests dropped whole: every record in a parent cycle, no root to start from.
+    pub rootless: u64,
     /// Records whose start or run time was beyond belief and clamped.
     pub clamped: u64,
 }
@@ -134,7 +136,8 @@ pub fn group_requests(
         }
         match request.start_us() {
             Some(start) if window.contains(start.saturating_mul(1_000)) => requests.push(request),
-            _ => report.outside_window += 1,
+            Some(_) => report.outside_window += 1,
+            None => report.rootless += 1,
         }
     }
     requests.sort_by_key(|r| r.start_us());
@@ -183,5 +186,24 @@ mod tests {
         );
         assert_eq!(windowed.len(), 1);
         assert_eq!(report.outside_window, 2);
+    }
+
+    #[test]
+    fn a_request_caught_in_a_parent_cycle_is_counted_not_lost() {
+        let mut cyclic = vec![
+            record("a", "1", Some("2"), 1_000),
+            record("b", "2", Some("1"), 2_000),
+            record("c", "3", None, 3_000),
+        ];
+        for r in &mut cyclic[..2] {
+            r.trace = Some("t1".into());
+        }
+        cyclic[2].trace = Some("t2".into());
+        let mut tdg = Tdg::new(TdgConfig::default());
+        let (requests, report) = group_requests(&cyclic, &mut tdg, TimeWindow::default());
+        assert_eq!(requests.len(), 1);
+        assert_eq!(report.cycles, 2);
+        assert_eq!(report.rootless, 1);
+        assert_eq!(report.outside_window, 0);
     }
 }
