@@ -1,6 +1,8 @@
 //! Simulator throughput per policy, in replayed invocations per second, on a synthetic
 //! workload of 100,000 requests (about 200,000 invocations) over 50 functions, each request
-//! a short chain. Run: `cargo bench -p baton-sim --bench sim`.
+//! a short chain; and one request that is a chain 10,000 and 40,000 calls deep (each call
+//! waits for the next), whose time per invocation must not grow with the depth (it did:
+//! every arrival scanned the busy callers). Run: `cargo bench -p baton-sim --bench sim`.
 
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{Costs, LabelId, Tdg, TdgConfig};
@@ -85,5 +87,42 @@ fn simulate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, simulate);
+/// One request: a chain `depth` calls deep over 10 functions, each call inside its caller.
+fn deep_chain(depth: u32) -> (Tdg, Request) {
+    let mut tdg = Tdg::new(TdgConfig::default());
+    let tasks: Vec<_> = (0..10).map(|i| tdg.intern_task(&format!("f{i}"))).collect();
+    let invocations = (0..depth)
+        .map(|i| Invocation {
+            task: tasks[(i % 10) as usize],
+            label: LabelId(0),
+            parent: i.checked_sub(1),
+            start_us: u64::from(i),
+            usage: Usage {
+                wall_us: 1,
+                ..Usage::default()
+            },
+        })
+        .collect();
+    (tdg, Request::build(invocations).0)
+}
+
+fn deep(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sim_deep_chain");
+    group.sample_size(10);
+    for depth in [10_000u32, 40_000] {
+        let (tdg, request) = deep_chain(depth);
+        let simulation = Simulation::new(tdg, vec![request], Costs::new(50_000, 128));
+        group.throughput(Throughput::Elements(u64::from(depth)));
+        group.bench_function(BenchmarkId::new("chain", depth), |b| {
+            b.iter(|| {
+                simulation
+                    .run("chain", 1.0, &SimConfig::default(), |_, _| {})
+                    .expect("known policy")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, simulate, deep);
 criterion_main!(benches);

@@ -164,6 +164,9 @@ struct Engine<'a> {
     requests: &'a [Request],
     arrivals: &'a [Arrival],
     instances: Vec<Instance>,
+    /// Live instances that are not busy (idle or starting), per task: what an arrival or a
+    /// pre-warm can use. Busy ones are left out, so a deep chain whose callers all wait for
+    /// their callees costs nothing per arrival (the engine stays linear in chain depth).
     by_task: Vec<Vec<u32>>,
     free_mib: i64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
@@ -268,7 +271,9 @@ pub fn run(
     }
     // Whatever is still alive is released at the end: its idle time counts up to now.
     let now = engine.now;
-    let alive: Vec<u32> = engine.by_task.iter().flatten().copied().collect();
+    let alive: Vec<u32> = (0..engine.instances.len() as u32)
+        .filter(|&id| engine.instances[id as usize].alive)
+        .collect();
     for id in alive {
         engine.release(id, now);
     }
@@ -375,6 +380,11 @@ impl Engine<'_> {
     }
 
     fn mark_busy(&mut self, id: u32, at_us: u64) {
+        let task = self.instances[id as usize].task;
+        let free = self.task_instances(task);
+        if let Some(at) = free.iter().position(|&i| i == id) {
+            free.swap_remove(at);
+        }
         let instance = &mut self.instances[id as usize];
         if let Some(from) = instance.idle_from_us.take() {
             self.stats.idle_mib_us +=
@@ -408,7 +418,7 @@ impl Engine<'_> {
         if self.free_mib >= needed_mib as i64 {
             return true;
         }
-        // Alive instances are exactly those in the per-task lists.
+        // Idle and starting instances are exactly those in the per-task lists.
         let mut idle: Vec<(f64, u32)> = self
             .by_task
             .iter()
@@ -560,6 +570,9 @@ impl Engine<'_> {
             instance.last_idle_since_us = now;
             instance.keep_until_us = now;
         }
+        if self.instances[id as usize].alive {
+            self.task_instances(task).push(id);
+        }
         if self.last_finished.len() <= task.index() {
             self.last_finished.resize(task.index() + 1, None);
         }
@@ -614,10 +627,15 @@ impl Engine<'_> {
         // Claims keep concurrent needs apart: two pre-warms of one task get two instances.
         self.task_instances(task);
         let instances = &self.instances;
-        let existing = self.by_task[task.index()].iter().copied().find(|&i| {
-            let instance = &instances[i as usize];
-            !instance.busy && !instance.claimed && instance.ready_at_us <= ready_at_us.max(now)
-        });
+        // The oldest such instance (lowest id), whatever the list's order.
+        let existing = self.by_task[task.index()]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let instance = &instances[i as usize];
+                !instance.busy && !instance.claimed && instance.ready_at_us <= ready_at_us.max(now)
+            })
+            .min();
         if let Some(id) = existing {
             let instance = &mut self.instances[id as usize];
             instance.claimed = true;
@@ -678,7 +696,7 @@ impl Engine<'_> {
             Action::Release { task, plan } => {
                 self.task_instances(task);
                 let instances = &self.instances;
-                let unused: Vec<u32> = self.by_task[task.index()]
+                let mut unused: Vec<u32> = self.by_task[task.index()]
                     .iter()
                     .copied()
                     .filter(|&id| {
@@ -686,6 +704,8 @@ impl Engine<'_> {
                         !instance.busy && !instance.used && instance.prewarm == Some(plan)
                     })
                     .collect();
+                // Oldest first, whatever the list's order: the run stays the same.
+                unused.sort_unstable();
                 for id in unused {
                     self.release(id, now);
                 }
