@@ -42,6 +42,9 @@ pub struct PoolCounters {
     pub evictions: AtomicU64,
     /// Requests that waited for an instance because of a cap.
     pub capped_waits: AtomicU64,
+    /// Pre-warms not started: the function at its instance cap, or the node at its
+    /// cold-start bound (a speculation never crowds out what runs).
+    pub prewarms_capped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -532,10 +535,22 @@ impl WarmPool {
         let Some(spec) = self.spec(name) else {
             return;
         };
-        *lock(&self.state)
-            .starting
-            .entry(name.to_owned())
-            .or_default() += 1;
+        {
+            let mut state = lock(&self.state);
+            let count = |map: &HashMap<String, usize>| map.get(name).copied().unwrap_or(0);
+            let live = count(&state.starting)
+                + count(&state.cold)
+                + count(&state.busy)
+                + state.idle.get(name).map_or(0, Vec::len);
+            let starts: usize = state.cold_total + state.starting.values().sum::<usize>();
+            if live >= spec.max_instances as usize || starts >= self.max_cold_starts {
+                self.counters
+                    .prewarms_capped
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            *state.starting.entry(name.to_owned()).or_default() += 1;
+        }
         self.counters.prewarms.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
         let owned = name.to_owned();

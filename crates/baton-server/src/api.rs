@@ -880,6 +880,8 @@ async fn pool(State(state): State<Shared>) -> Response {
             "prewarmed_steps": director.prewarmed_steps.load(Ordering::Relaxed),
             "late_prewarms": director.late_prewarms.load(Ordering::Relaxed),
             "prewarms_wasted": counters.prewarms_wasted.load(Ordering::Relaxed),
+            "prewarms_capped": counters.prewarms_capped.load(Ordering::Relaxed),
+            "capped_waits": counters.capped_waits.load(Ordering::Relaxed),
             "evictions": counters.evictions.load(Ordering::Relaxed),
             "preemptions": director.preemptions.load(Ordering::Relaxed),
             "steps": director.steps.load(Ordering::Relaxed),
