@@ -405,14 +405,28 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
             worker.invoke(payload).map(drop).map_err(setup("price.py"))
         })?);
     }
-    let mut cold = Vec::new();
+    // The same cold start jailed and bare, interleaved, so that the jail's cost is read
+    // off one run.
+    let bare = crate::isolation::Isolation {
+        sandbox: crate::sandbox::Sandbox::None,
+        ..isolation.clone()
+    };
+    let (mut cold, mut cold_bare) = (Vec::new(), Vec::new());
     for _ in 0..cold_runs {
-        cold.push(time_ns(|| {
-            let mut worker = Worker::spawn(&price, &isolation).map_err(setup("price.py"))?;
-            worker.invoke(payload).map(drop).map_err(setup("price.py"))
-        })?);
+        for (isolation, samples) in [(&isolation, &mut cold), (&bare, &mut cold_bare)] {
+            samples.push(time_ns(|| {
+                let mut worker = Worker::spawn(&price, isolation).map_err(setup("price.py"))?;
+                worker.invoke(payload).map(drop).map_err(setup("price.py"))
+            })?);
+        }
     }
-    rows.push(row("python worker (heavy imports)", warm, cold));
+    let jailed = if isolation.sandbox.is_jailed() {
+        "python worker (heavy imports), sandboxed"
+    } else {
+        "python worker (heavy imports), NO sandbox here"
+    };
+    rows.push(row(jailed, warm.clone(), cold));
+    rows.push(row("python worker (heavy imports), bare", warm, cold_bare));
     Ok(ColdReport { rows, limits })
 }
 
