@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use baton_core::snapshot::SnapshotParts;
 use baton_core::{Request, Tdg, TdgConfig, TdgSnapshot};
 use baton_trace::report::ReadReport;
-use baton_trace::requests::{group_requests, TimeWindow};
+use baton_trace::requests::{RequestGrouper, TimeWindow};
 use baton_trace::schema::{parse_rfc3339_ns, ExecutionRecord};
 use baton_trace::spans::SpanOptions;
 use baton_trace::LogFormat;
@@ -173,9 +173,14 @@ pub fn load(
         }
         _ => {
             let format = resolve_format(format, operation_tasks, paths)?;
-            let (records, report) = read_logs(paths, format);
-            read = report;
-            let (requests, grouped) = group_requests(&records, &mut tdg, TimeWindow::default());
+            // Records are grouped as they are read: none is kept whole.
+            let mut grouper = RequestGrouper::new();
+            for path in paths {
+                baton_trace::read_log_each(path, format, &mut read, |record| {
+                    grouper.push(&record, &mut tdg)
+                });
+            }
+            let (requests, grouped) = grouper.finish(TimeWindow::default());
             Loaded {
                 tdg,
                 requests,

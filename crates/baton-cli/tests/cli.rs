@@ -412,7 +412,11 @@ fn bench_hop_and_coldstart_print_their_figures() {
         "--json",
     ]);
     let rows = cold["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows.len(),
+        4,
+        "wasm uncached, wasm cached, python sandboxed, python bare"
+    );
     for row in rows {
         assert!(
             row["cold"]["p50_us"].as_f64().unwrap() > row["warm"]["p50_us"].as_f64().unwrap(),

@@ -97,23 +97,44 @@ pub fn detect_format(path: &Path) -> Result<DetectedFormat, DetectError> {
 /// Reads one log file (plain, `.gz` or `.xz`) into records; problems go to `report`.
 /// A file that cannot be opened is reported as broken and yields nothing.
 pub fn read_log(path: &Path, format: LogFormat, report: &mut ReadReport) -> Vec<ExecutionRecord> {
+    let mut records = Vec::new();
+    read_log_each(path, format, report, |r| records.push(r));
+    records
+}
+
+/// [`read_log`], handing each record to `each` as it is read: an execution log (JSONL) is
+/// never held whole in memory.
+pub fn read_log_each(
+    path: &Path,
+    format: LogFormat,
+    report: &mut ReadReport,
+    each: impl FnMut(ExecutionRecord),
+) {
     let source = path.display().to_string();
     let reader = match open::open_log(path) {
         Ok(reader) => reader,
         Err(error) => {
             report.broken.push(error.to_string());
-            return Vec::new();
+            return;
         }
     };
     match format {
         LogFormat::Jsonl => {
-            let mut records = Vec::new();
-            let part = jsonl::read_jsonl(&source, reader, |r| records.push(r));
+            let part = jsonl::read_jsonl(&source, reader, each);
             report.merge(part);
-            records
         }
-        LogFormat::Spans(options) => spans::read_spans(&source, reader, options, report),
-        LogFormat::Otlp(options) => otlp::read_otlp(&source, reader, options, report),
-        LogFormat::Alibaba => alibaba::read_alibaba(&source, reader, report),
+        LogFormat::Spans(options) => {
+            spans::read_spans(&source, reader, options, report)
+                .into_iter()
+                .for_each(each);
+        }
+        LogFormat::Otlp(options) => {
+            otlp::read_otlp(&source, reader, options, report)
+                .into_iter()
+                .for_each(each);
+        }
+        LogFormat::Alibaba => alibaba::read_alibaba(&source, reader, report)
+            .into_iter()
+            .for_each(each),
     }
 }

@@ -55,94 +55,165 @@ fn usage_of(record: &ExecutionRecord) -> Usage {
     }
 }
 
+/// A 128-bit key for an id string: ids are compared by key, so a record costs a few dozen
+/// bytes instead of its strings (two independent 64-bit hashes: a collision among even
+/// billions of ids is beyond belief).
+fn key_of(id: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut low = rustc_hash::FxHasher::default();
+    id.hash(&mut low);
+    let mut high = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut high);
+    (u128::from(high.finish()) << 64) | u128::from(low.finish())
+}
+
+/// One record as grouping needs it.
+#[derive(Debug, Clone)]
+struct Compact {
+    invocation: u128,
+    parent: Option<u128>,
+    trace: Option<u128>,
+    invocation_of: Invocation,
+}
+
+/// Groups records into requests as they stream in, keeping only what grouping needs of each
+/// (ids as keys, interned names, usage): memory grows with the records' count, not with
+/// their text. [`group_requests`] is this over a slice.
+#[derive(Debug, Default)]
+pub struct RequestGrouper {
+    records: Vec<Compact>,
+}
+
+impl RequestGrouper {
+    /// An empty grouper.
+    pub fn new() -> RequestGrouper {
+        RequestGrouper::default()
+    }
+
+    /// Adds one record, interning its task and operation names into `tdg`.
+    pub fn push(&mut self, record: &ExecutionRecord, tdg: &mut Tdg) {
+        let task = tdg.intern_task(&record.task);
+        let label = tdg.intern_label(record.operation.as_deref().unwrap_or(&record.task));
+        self.records.push(Compact {
+            invocation: key_of(&record.invocation),
+            parent: record.parent.as_deref().map(key_of),
+            trace: record.trace.as_deref().map(key_of),
+            invocation_of: Invocation {
+                task,
+                label,
+                parent: None,
+                start_us: record.ts_ns / 1_000,
+                usage: usage_of(record),
+            },
+        });
+    }
+
+    /// Records added so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record was added.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The requests whose entry starts inside `window`, in start order.
+    pub fn finish(self, window: TimeWindow) -> (Vec<Request>, GroupReport) {
+        let records = self.records;
+        let mut report = GroupReport::default();
+        let by_invocation: FxHashMap<u128, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.invocation, i))
+            .collect();
+        // Group key: the trace, else the root reached through parent links (tagged apart,
+        // so a trace key never meets an invocation key).
+        let mut groups: FxHashMap<(bool, u128), Vec<usize>> = FxHashMap::default();
+        let mut order: Vec<(bool, u128)> = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let key = match record.trace {
+                Some(trace) => (true, trace),
+                None => {
+                    let mut cursor = index;
+                    for _ in 0..1_000 {
+                        match records[cursor].parent.and_then(|p| by_invocation.get(&p)) {
+                            Some(&parent) if parent != cursor => cursor = parent,
+                            _ => break,
+                        }
+                    }
+                    (false, records[cursor].invocation)
+                }
+            };
+            groups
+                .entry(key)
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push(index);
+        }
+        drop(by_invocation);
+        let mut requests = Vec::with_capacity(order.len());
+        for key in order {
+            let Some(members) = groups.remove(&key) else {
+                continue;
+            };
+            let local: FxHashMap<u128, u32> = members
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| (records[r].invocation, i as u32))
+                .collect();
+            let invocations: Vec<Invocation> = members
+                .iter()
+                .map(|&r| {
+                    let record = &records[r];
+                    let parent = record.parent.and_then(|p| {
+                        let found = local.get(&p).copied();
+                        if found.is_none() {
+                            report.missing_parents += 1;
+                        }
+                        found
+                    });
+                    Invocation {
+                        parent,
+                        ..record.invocation_of
+                    }
+                })
+                .collect();
+            let (request, issues) = Request::build(invocations);
+            for issue in &issues {
+                match issue {
+                    RequestIssue::Cycle { .. } => report.cycles += 1,
+                    RequestIssue::Implausible { .. } => report.clamped += 1,
+                    RequestIssue::DanglingParent { .. } => {}
+                }
+            }
+            match request.start_us() {
+                Some(start) if window.contains(start.saturating_mul(1_000)) => {
+                    requests.push(request)
+                }
+                Some(_) => report.outside_window += 1,
+                None => report.rootless += 1,
+            }
+        }
+        requests.sort_by_key(|r| r.start_us());
+        report.requests = requests.len() as u64;
+        (requests, report)
+    }
+}
+
 /// Groups `records` into requests, interning task and operation names into `tdg`.
 pub fn group_requests(
     records: &[ExecutionRecord],
     tdg: &mut Tdg,
     window: TimeWindow,
 ) -> (Vec<Request>, GroupReport) {
-    let mut report = GroupReport::default();
-    let by_invocation: FxHashMap<&str, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.invocation.as_str(), i))
-        .collect();
-    // Group key: the trace, else the root reached through parent links.
-    let mut groups: FxHashMap<&str, Vec<usize>> = FxHashMap::default();
-    let mut order: Vec<&str> = Vec::new();
-    for (index, record) in records.iter().enumerate() {
-        let key = match &record.trace {
-            Some(trace) => trace.as_str(),
-            None => {
-                let mut cursor = index;
-                for _ in 0..1_000 {
-                    match records[cursor]
-                        .parent
-                        .as_deref()
-                        .and_then(|p| by_invocation.get(p))
-                    {
-                        Some(&parent) if parent != cursor => cursor = parent,
-                        _ => break,
-                    }
-                }
-                records[cursor].invocation.as_str()
-            }
-        };
-        groups
-            .entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            })
-            .push(index);
+    let mut grouper = RequestGrouper::new();
+    for record in records {
+        grouper.push(record, tdg);
     }
-    let mut requests = Vec::with_capacity(order.len());
-    for key in order {
-        let members = &groups[key];
-        let local: FxHashMap<&str, u32> = members
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| (records[r].invocation.as_str(), i as u32))
-            .collect();
-        let invocations: Vec<Invocation> = members
-            .iter()
-            .map(|&r| {
-                let record = &records[r];
-                let parent = record.parent.as_deref().and_then(|p| {
-                    let found = local.get(p).copied();
-                    if found.is_none() {
-                        report.missing_parents += 1;
-                    }
-                    found
-                });
-                let task = tdg.intern_task(&record.task);
-                let label = tdg.intern_label(record.operation.as_deref().unwrap_or(&record.task));
-                Invocation {
-                    task,
-                    label,
-                    parent,
-                    start_us: record.ts_ns / 1_000,
-                    usage: usage_of(record),
-                }
-            })
-            .collect();
-        let (request, issues) = Request::build(invocations);
-        for issue in &issues {
-            match issue {
-                RequestIssue::Cycle { .. } => report.cycles += 1,
-                RequestIssue::Implausible { .. } => report.clamped += 1,
-                RequestIssue::DanglingParent { .. } => {}
-            }
-        }
-        match request.start_us() {
-            Some(start) if window.contains(start.saturating_mul(1_000)) => requests.push(request),
-            Some(_) => report.outside_window += 1,
-            None => report.rootless += 1,
-        }
-    }
-    requests.sort_by_key(|r| r.start_us());
-    report.requests = requests.len() as u64;
-    (requests, report)
+    grouper.finish(window)
 }
 
 #[cfg(test)]
