@@ -67,13 +67,13 @@ fn key_of(id: &str) -> u128 {
     (u128::from(high.finish()) << 64) | u128::from(low.finish())
 }
 
-/// One record as grouping needs it.
-#[derive(Debug, Clone)]
-struct Compact {
+/// The ids of one record, as keys: needed to group and link, dropped before requests are
+/// built.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
     invocation: u128,
     parent: Option<u128>,
     trace: Option<u128>,
-    invocation_of: Invocation,
 }
 
 /// Groups records into requests as they stream in, keeping only what grouping needs of each
@@ -81,7 +81,8 @@ struct Compact {
 /// their text. [`group_requests`] is this over a slice.
 #[derive(Debug, Default)]
 pub struct RequestGrouper {
-    records: Vec<Compact>,
+    keys: Vec<Keys>,
+    invocations: Vec<Invocation>,
 }
 
 impl RequestGrouper {
@@ -94,94 +95,115 @@ impl RequestGrouper {
     pub fn push(&mut self, record: &ExecutionRecord, tdg: &mut Tdg) {
         let task = tdg.intern_task(&record.task);
         let label = tdg.intern_label(record.operation.as_deref().unwrap_or(&record.task));
-        self.records.push(Compact {
+        self.keys.push(Keys {
             invocation: key_of(&record.invocation),
             parent: record.parent.as_deref().map(key_of),
             trace: record.trace.as_deref().map(key_of),
-            invocation_of: Invocation {
-                task,
-                label,
-                parent: None,
-                start_us: record.ts_ns / 1_000,
-                usage: usage_of(record),
-            },
+        });
+        self.invocations.push(Invocation {
+            task,
+            label,
+            parent: None,
+            start_us: record.ts_ns / 1_000,
+            usage: usage_of(record),
         });
     }
 
     /// Records added so far.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.keys.len()
     }
 
     /// Whether no record was added.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.keys.is_empty()
     }
 
     /// The requests whose entry starts inside `window`, in start order.
     pub fn finish(self, window: TimeWindow) -> (Vec<Request>, GroupReport) {
-        let records = self.records;
+        let RequestGrouper {
+            keys,
+            mut invocations,
+        } = self;
         let mut report = GroupReport::default();
-        let by_invocation: FxHashMap<u128, usize> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.invocation, i))
-            .collect();
-        // Group key: the trace, else the root reached through parent links (tagged apart,
-        // so a trace key never meets an invocation key).
-        let mut groups: FxHashMap<(bool, u128), Vec<usize>> = FxHashMap::default();
-        let mut order: Vec<(bool, u128)> = Vec::new();
-        for (index, record) in records.iter().enumerate() {
-            let key = match record.trace {
-                Some(trace) => (true, trace),
-                None => {
-                    let mut cursor = index;
-                    for _ in 0..1_000 {
-                        match records[cursor].parent.and_then(|p| by_invocation.get(&p)) {
-                            Some(&parent) if parent != cursor => cursor = parent,
-                            _ => break,
+        // Each record's group: its trace, else the root reached through parent links
+        // (tagged apart, so a trace key never meets an invocation key). Groups are numbered
+        // in order of first appearance.
+        let mut group_of: Vec<u32> = Vec::with_capacity(keys.len());
+        let mut n_groups = 0u32;
+        {
+            let untraced = keys.iter().any(|k| k.trace.is_none());
+            let by_invocation: FxHashMap<u128, usize> = if untraced {
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.invocation, i))
+                    .collect()
+            } else {
+                FxHashMap::default()
+            };
+            let mut numbers: FxHashMap<(bool, u128), u32> = FxHashMap::default();
+            for (index, key) in keys.iter().enumerate() {
+                let group = match key.trace {
+                    Some(trace) => (true, trace),
+                    None => {
+                        let mut cursor = index;
+                        for _ in 0..1_000 {
+                            match keys[cursor].parent.and_then(|p| by_invocation.get(&p)) {
+                                Some(&parent) if parent != cursor => cursor = parent,
+                                _ => break,
+                            }
                         }
+                        (false, keys[cursor].invocation)
                     }
-                    (false, records[cursor].invocation)
-                }
-            };
-            groups
-                .entry(key)
-                .or_insert_with(|| {
-                    order.push(key);
-                    Vec::new()
-                })
-                .push(index);
+                };
+                let number = *numbers.entry(group).or_insert_with(|| {
+                    n_groups += 1;
+                    n_groups - 1
+                });
+                group_of.push(number);
+            }
         }
-        drop(by_invocation);
-        let mut requests = Vec::with_capacity(order.len());
-        for key in order {
-            let Some(members) = groups.remove(&key) else {
-                continue;
-            };
-            let local: FxHashMap<u128, u32> = members
+        // Members of each group, in record order (a counting sort).
+        let mut starts = vec![0u32; n_groups as usize + 1];
+        for &group in &group_of {
+            starts[group as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut members = vec![0u32; keys.len()];
+        {
+            let mut next = starts.clone();
+            for (index, &group) in group_of.iter().enumerate() {
+                members[next[group as usize] as usize] = index as u32;
+                next[group as usize] += 1;
+            }
+        }
+        drop(group_of);
+        // Parents, each looked up among its own request's records.
+        for group in 0..n_groups as usize {
+            let span = &members[starts[group] as usize..starts[group + 1] as usize];
+            let local: FxHashMap<u128, u32> = span
                 .iter()
                 .enumerate()
-                .map(|(i, &r)| (records[r].invocation, i as u32))
+                .map(|(i, &r)| (keys[r as usize].invocation, i as u32))
                 .collect();
-            let invocations: Vec<Invocation> = members
-                .iter()
-                .map(|&r| {
-                    let record = &records[r];
-                    let parent = record.parent.and_then(|p| {
-                        let found = local.get(&p).copied();
-                        if found.is_none() {
-                            report.missing_parents += 1;
-                        }
-                        found
-                    });
-                    Invocation {
-                        parent,
-                        ..record.invocation_of
+            for &r in span {
+                invocations[r as usize].parent = keys[r as usize].parent.and_then(|p| {
+                    let found = local.get(&p).copied();
+                    if found.is_none() {
+                        report.missing_parents += 1;
                     }
-                })
-                .collect();
-            let (request, issues) = Request::build(invocations);
+                    found
+                });
+            }
+        }
+        drop(keys);
+        let mut requests = Vec::with_capacity(n_groups as usize);
+        for group in 0..n_groups as usize {
+            let span = &members[starts[group] as usize..starts[group + 1] as usize];
+            let (request, issues) =
+                Request::build(span.iter().map(|&r| invocations[r as usize]).collect());
             for issue in &issues {
                 match issue {
                     RequestIssue::Cycle { .. } => report.cycles += 1,
