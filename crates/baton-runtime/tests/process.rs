@@ -2,11 +2,11 @@
 //! Which limit mechanism ran is printed (`cargo test -- --nocapture` shows it).
 
 mod common;
-use baton_runtime::isolation::{self, Isolation};
+use baton_runtime::isolation::Isolation;
 use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::process::{Worker, WorkerError};
-use common::python;
+use common::{isolation, python};
 use std::path::Path;
 
 fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionSpec {
@@ -17,12 +17,6 @@ fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionS
         dir.display().to_string()
     ))
     .unwrap()
-}
-
-fn isolation() -> Isolation {
-    let detection = isolation::detect();
-    eprint!("{detection}");
-    detection.isolation()
 }
 
 #[test]

@@ -4,12 +4,12 @@
 //! replaced by a loud note (CI installs it, so there the jail is what runs).
 
 mod common;
-use baton_runtime::isolation::{self, Isolation};
+use baton_runtime::isolation::Isolation;
 use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::process::{Worker, WorkerError};
 use baton_runtime::sandbox::Sandbox;
-use common::{example, python};
+use common::{example, isolation, python};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,12 +52,6 @@ fn escape_spec(name: &str, dir: &Path, extra: &str) -> FunctionSpec {
         dir.display().to_string()
     ))
     .unwrap()
-}
-
-fn isolation() -> Isolation {
-    let detection = isolation::detect();
-    eprint!("{detection}");
-    detection.isolation()
 }
 
 fn ask(worker: &mut Worker, payload: &str) -> String {

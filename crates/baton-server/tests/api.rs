@@ -33,14 +33,7 @@ fn wasm_deploy(client: &Client, name: &str, module: &str) -> Response {
         "manifest": format!("name = \"{name}\"\nkind = \"wasm\"\nmodule = \"uploaded.wasm\"\nmemory_mib = 16\ntimeout_ms = 2000\npure = true\n"),
         "module_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
     });
-    client
-        .request(
-            "PUT",
-            &format!("/v1/functions/{name}"),
-            "application/json",
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
+    put_json(client, name, &body)
 }
 
 fn python_manifest(name: &str, script: &str, extra: &str) -> String {
@@ -57,14 +50,7 @@ fn put_python(client: &Client, name: &str, manifest: &str) -> Response {
         "manifest": manifest,
         "code_base64": base64::engine::general_purpose::STANDARD.encode(code),
     });
-    client
-        .request(
-            "PUT",
-            &format!("/v1/functions/{name}"),
-            "application/json",
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
+    put_json(client, name, &body)
 }
 
 fn put_toml(client: &Client, name: &str, manifest: &str) -> Response {

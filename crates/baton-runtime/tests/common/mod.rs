@@ -15,6 +15,15 @@ pub fn python() -> String {
         .to_owned()
 }
 
+/// This machine's isolation for workers, with what was detected printed (`--nocapture`
+/// shows which jail and limits ran).
+#[allow(dead_code)]
+pub fn isolation() -> baton_runtime::isolation::Isolation {
+    let detection = baton_runtime::isolation::detect();
+    eprint!("{detection}");
+    detection.isolation()
+}
+
 /// A file under the repository's `examples/`.
 #[allow(dead_code)]
 pub fn example(path: &str) -> String {
