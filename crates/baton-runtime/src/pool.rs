@@ -234,7 +234,9 @@ impl WarmPool {
             .insert(name.clone(), Arc::new(spec))
             .is_some();
         if replaced {
-            lock(&self.state).idle.remove(&name);
+            // Dropped after the lock: a worker's drop kills its tree and empties its groups.
+            let stale = lock(&self.state).idle.remove(&name);
+            drop(stale);
         }
     }
 
@@ -246,7 +248,8 @@ impl WarmPool {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .is_some();
-        lock(&self.state).idle.remove(name);
+        let stale = lock(&self.state).idle.remove(name);
+        drop(stale);
         existed
     }
 
