@@ -23,7 +23,6 @@ use crate::trace_context::{SpanId, TraceId, TraceParent};
 use crate::wasm::{NestedCall, WasmEngine, WasmError, WasmFunction};
 use baton_core::context::Prev;
 use baton_core::pool::{ReservationKind, ReservationRequest, Window};
-use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{
     Action, Policy, PolicyEvent, PredictContext, ResourcePool, SnapshotCell, TaskId, Tdg,
 };
@@ -187,7 +186,6 @@ pub struct DirectorCounters {
 struct RequestState {
     trace: String,
     records: Vec<ExecutionRecord>,
-    parents: Vec<Option<usize>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -809,7 +807,6 @@ impl Director {
         let state = Arc::new(Mutex::new(RequestState {
             trace,
             records: Vec::new(),
-            parents: Vec::new(),
         }));
         let mut current = steps[0].clone();
         let mut input = payload.to_vec();
@@ -922,7 +919,6 @@ impl Director {
                 ..ExecutionRecord::default()
             };
             request.records.push(record);
-            request.parents.push(parent.map(|(p, _)| p));
             index
         };
         let finish = |record: &mut ExecutionRecord| {
@@ -1100,13 +1096,7 @@ impl Director {
 
     /// Logs the request's records and learns it, then publishes the graph.
     fn finish(&self, state: &Arc<Mutex<RequestState>>) -> Vec<ExecutionRecord> {
-        let (records, parents) = {
-            let mut request = lock(state);
-            (
-                std::mem::take(&mut request.records),
-                std::mem::take(&mut request.parents),
-            )
-        };
+        let records = std::mem::take(&mut lock(state).records);
         {
             let mut log = lock(&self.log);
             let log = &mut *log;
@@ -1127,43 +1117,17 @@ impl Director {
                 }
             }
         }
-        // Steps run one after another on this thread, so every wait (a cold start, a late
-        // pre-warm) delays all later steps. The graph learns the warm timing: each start
-        // without the waits before it, each run without its own wait; cold starts are
-        // learned separately. Otherwise one cold request would teach the allocator to
-        // pre-warm its successors a cold start too late.
+        // The same conversion a restarted server replays its log through (warm timing:
+        // waits removed), so a restored graph equals one that never stopped.
         let mut learner = lock(&self.learner);
-        let mut waited_before = 0u64;
-        let invocations: Vec<Invocation> = records
-            .iter()
-            .zip(&parents)
-            .map(|(r, parent)| {
-                let task = learner.intern_task(&r.task);
-                let label = learner.intern_label(&r.task);
-                let wait = r
-                    .extra
-                    .get("ready_wait_us")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                let start_us = (r.ts_ns / 1_000).saturating_sub(waited_before);
-                waited_before += wait;
-                Invocation {
-                    task,
-                    label,
-                    parent: parent.map(|p| p as u32),
-                    start_us,
-                    usage: Usage {
-                        wall_us: r.duration_us.saturating_sub(wait).max(1),
-                        cpu_us: r.cpu_ms.map(|ms| (ms * 1000.0) as u64),
-                        mem_peak_mib: r.mem_peak_mib.map(|m| m.ceil() as u64),
-                        net_bytes: r.net_bytes,
-                        cold_start_us: r.cold_start_us,
-                        ..Usage::default()
-                    },
-                }
-            })
-            .collect();
-        learner.observe_request(&Request::build(invocations).0);
+        let mut grouper = baton_trace::requests::RequestGrouper::new();
+        for record in &records {
+            grouper.push(record, &mut learner);
+        }
+        let (requests, _) = grouper.finish(baton_trace::requests::TimeWindow::default());
+        for request in &requests {
+            learner.observe_request(request);
+        }
         if let Some(sink) = &self.sink {
             sink(&records, RecordSource::Baton);
         }

@@ -1,7 +1,9 @@
 //! Grouping execution records into requests for the learner.
 //!
 //! Records group by `trace`; a record without one joins the request of its root caller
-//! (found through `parent` links). A parent id missing from the log makes its record a root
+//! (found through `parent` links). This is the one conversion from execution records to
+//! the learner's input: the director learns its requests live through it and a restarted
+//! server replays its log through it, so both learn the same warm timing. A parent id missing from the log makes its record a root
 //! of the same request (counted). Requests are kept when their entry starts inside the
 //! window, and come back in start order, so decay sees time move forward.
 
@@ -74,6 +76,18 @@ struct Keys {
     invocation: u128,
     parent: Option<u128>,
     trace: Option<u128>,
+    /// How long the step waited for its instance (`ready_wait_us`, baton's own records).
+    wait_us: u64,
+}
+
+/// How long a step of baton's own waited for its instance (a cold start, the rest of a
+/// late pre-warm): `ready_wait_us` in its record; 0 for foreign records.
+fn wait_of(record: &ExecutionRecord) -> u64 {
+    record
+        .extra
+        .get("ready_wait_us")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// Groups records into requests as they stream in, keeping only what grouping needs of each
@@ -95,17 +109,23 @@ impl RequestGrouper {
     pub fn push(&mut self, record: &ExecutionRecord, tdg: &mut Tdg) {
         let task = tdg.intern_task(&record.task);
         let label = tdg.intern_label(record.operation.as_deref().unwrap_or(&record.task));
+        let wait_us = wait_of(record);
         self.keys.push(Keys {
             invocation: key_of(&record.invocation),
             parent: record.parent.as_deref().map(key_of),
             trace: record.trace.as_deref().map(key_of),
+            wait_us,
         });
+        let mut usage = usage_of(record);
+        if wait_us > 0 {
+            usage.wall_us = usage.wall_us.saturating_sub(wait_us).max(1);
+        }
         self.invocations.push(Invocation {
             task,
             label,
             parent: None,
             start_us: record.ts_ns / 1_000,
-            usage: usage_of(record),
+            usage,
         });
     }
 
@@ -180,7 +200,11 @@ impl RequestGrouper {
             }
         }
         drop(group_of);
-        // Parents, each looked up among its own request's records.
+        // Parents, each looked up among its own request's records; and warm timing: a
+        // request's steps run one after another, so every wait (a cold start, a late
+        // pre-warm) delays all later steps. The graph learns each start without the waits
+        // before it (and each run without its own, above); cold starts are learned apart.
+        // Otherwise one cold request would teach pre-warms to come a cold start too late.
         for group in 0..n_groups as usize {
             let span = &members[starts[group] as usize..starts[group + 1] as usize];
             let local: FxHashMap<u128, u32> = span
@@ -188,8 +212,12 @@ impl RequestGrouper {
                 .enumerate()
                 .map(|(i, &r)| (keys[r as usize].invocation, i as u32))
                 .collect();
+            let mut waited_before = 0u64;
             for &r in span {
-                invocations[r as usize].parent = keys[r as usize].parent.and_then(|p| {
+                let invocation = &mut invocations[r as usize];
+                invocation.start_us = invocation.start_us.saturating_sub(waited_before);
+                waited_before += keys[r as usize].wait_us;
+                invocation.parent = keys[r as usize].parent.and_then(|p| {
                     let found = local.get(&p).copied();
                     if found.is_none() {
                         report.missing_parents += 1;

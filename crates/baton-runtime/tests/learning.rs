@@ -1,0 +1,67 @@
+//! One conversion from execution records to the learner's input: the graph a director
+//! learns live equals the graph learned by replaying its records (what a restarted server
+//! does with its log), delays included, even when cold starts made the steps wait.
+
+mod common;
+use baton_core::{Tdg, TdgConfig};
+use baton_trace::requests::{group_requests, TimeWindow};
+use baton_trace::schema::ExecutionRecord;
+use common::{isolation, process_spec};
+use serde_json::Value;
+
+/// The graph by names (node and edge order depends on interning order, which may differ).
+fn by_names(tdg: &Tdg) -> (Vec<Value>, Vec<Value>) {
+    let graph = baton_trace::render::graph_json(&tdg.clone().snapshot(), 0.0);
+    let sorted = |key: &str| {
+        let mut items = graph[key].as_array().unwrap().clone();
+        items.sort_by_key(|v| v.to_string());
+        items
+    };
+    (sorted("nodes"), sorted("edges"))
+}
+
+#[test]
+fn a_replayed_log_teaches_the_graph_learned_live() {
+    let functions = ["a", "b", "c"]
+        .map(|name| process_spec(name, "upper.py", "pure = true\ntimeout_ms = 10000"))
+        .to_vec();
+    let (director, _) = common::predicting_director(functions, isolation(), 0);
+    director.declare_sequence("flow", vec!["a".into(), "b".into(), "c".into()]);
+    let mut records: Vec<ExecutionRecord> = Vec::new();
+    for payload in ["one", "two", "three"] {
+        let outcome = director.invoke("flow", payload.as_bytes()).unwrap();
+        records.extend(outcome.records);
+    }
+    let waited: u64 = records
+        .iter()
+        .filter_map(|r| r.extra.get("ready_wait_us").and_then(Value::as_u64))
+        .sum();
+    assert!(waited > 0, "cold starts made steps wait");
+    let live = director.with_learner(by_names);
+    let mut replay = Tdg::new(TdgConfig {
+        half_life_us: None,
+        ..TdgConfig::default()
+    });
+    let (requests, _) = group_requests(&records, &mut replay, TimeWindow::default());
+    assert_eq!(requests.len(), 3);
+    for request in &requests {
+        replay.observe_request(request);
+    }
+    let replayed = by_names(&replay);
+    assert!(!live.1.is_empty(), "edges were learned");
+    assert_eq!(live, replayed, "waits of {waited} µs in the log");
+    // And the timing learned is the warm one: no delay carries a cold start's wait.
+    let shortest_wait = records
+        .iter()
+        .filter_map(|r| r.extra.get("ready_wait_us").and_then(Value::as_u64))
+        .filter(|&w| w > 5_000)
+        .min()
+        .expect("a Python cold start waits milliseconds");
+    for edge in &live.1 {
+        let delay = edge["delay_mean_us"].as_f64().unwrap();
+        assert!(
+            delay < shortest_wait as f64 / 2.0,
+            "{edge} carries a wait (shortest cold wait {shortest_wait} µs)"
+        );
+    }
+}
