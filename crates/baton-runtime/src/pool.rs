@@ -10,6 +10,7 @@
 //! (idle, busy or starting), and at most [`WarmPool::max_cold_starts`] cold starts run at
 //! once on the node. A request beyond either waits for a worker to come back rather than
 //! starting a storm of cold ones (a delayed warm start beats a cold start, CIDRE's point).
+//! A pre-warm past the instance cap is skipped; past the start bound it waits for a slot.
 //!
 //! With an idle-memory budget, an idle worker that would exceed it makes room by evicting
 //! idle workers lowest priority first, as the policy ranks them (least recently used by
@@ -42,8 +43,7 @@ pub struct PoolCounters {
     pub evictions: AtomicU64,
     /// Requests that waited for an instance because of a cap.
     pub capped_waits: AtomicU64,
-    /// Pre-warms not started: the function at its instance cap, or the node at its
-    /// cold-start bound (a speculation never crowds out what runs).
+    /// Pre-warms not started: the function was at its instance cap.
     pub prewarms_capped: AtomicU64,
 }
 
@@ -61,9 +61,11 @@ struct State {
     idle: HashMap<String, Vec<Idle>>,
     /// Pre-warms under way per function.
     starting: HashMap<String, usize>,
-    /// Cold starts under way per function, and in all.
+    /// Cold starts under way per function.
     cold: HashMap<String, usize>,
-    cold_total: usize,
+    /// Processes being started on the node now: cold starts and pre-warms past their wait
+    /// for a start slot.
+    spawning: usize,
     /// Workers lent out per function.
     busy: HashMap<String, usize>,
     /// Measured cold starts per function (exponentially weighted), µs.
@@ -381,6 +383,25 @@ impl WarmPool {
         self.max_cold_starts
     }
 
+    /// Waits until fewer than [`WarmPool::max_cold_starts`] processes are being started,
+    /// then counts one more. Every slot taken is given back after its start (which has a
+    /// timeout), so the wait ends.
+    fn take_start_slot(&self) {
+        let mut state = lock(&self.state);
+        while state.spawning >= self.max_cold_starts {
+            state = self.started.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.spawning += 1;
+    }
+
+    /// Gives a start slot back.
+    fn give_start_slot(&self) {
+        let mut state = lock(&self.state);
+        state.spawning = state.spawning.saturating_sub(1);
+        drop(state);
+        self.started.notify_all();
+    }
+
     /// A worker for `name`: an idle one (pre-warmed first), else one still being pre-warmed
     /// (waited for), else a cold start, unless the function is at its instance cap or the
     /// node at its cold-start bound: then it waits for a worker to come back or a start to
@@ -429,7 +450,7 @@ impl WarmPool {
             let prewarming = count(&state.starting);
             let live = prewarming + count(&state.cold) + count(&state.busy);
             let at_cap = live >= spec.max_instances as usize;
-            let node_busy = state.cold_total >= self.max_cold_starts;
+            let node_busy = state.spawning >= self.max_cold_starts;
             if prewarming == 0 && !at_cap && !node_busy {
                 break;
             }
@@ -467,7 +488,7 @@ impl WarmPool {
             }
         }
         *state.cold.entry(name.to_owned()).or_default() += 1;
-        state.cold_total += 1;
+        state.spawning += 1;
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         let worker = Worker::spawn(&spec, &self.isolation);
@@ -475,7 +496,7 @@ impl WarmPool {
         if let Some(cold) = state.cold.get_mut(name) {
             *cold = cold.saturating_sub(1);
         }
-        state.cold_total = state.cold_total.saturating_sub(1);
+        state.spawning = state.spawning.saturating_sub(1);
         let worker = match worker {
             Ok(worker) => worker,
             Err(e) => {
@@ -545,8 +566,7 @@ impl WarmPool {
                 + count(&state.cold)
                 + count(&state.busy)
                 + state.idle.get(name).map_or(0, Vec::len);
-            let starts: usize = state.cold_total + state.starting.values().sum::<usize>();
-            if live >= spec.max_instances as usize || starts >= self.max_cold_starts {
+            if live >= spec.max_instances as usize {
                 self.counters
                     .prewarms_capped
                     .fetch_add(1, Ordering::Relaxed);
@@ -562,7 +582,12 @@ impl WarmPool {
             .spawn(move || {
                 let name = owned;
                 let worker = before().and_then(|()| {
-                    Worker::spawn_on(&spec, &pool.isolation, &placement).map_err(|e| e.to_string())
+                    // Past the node's start bound, a pre-warm waits for a slot on its own
+                    // thread (a request meanwhile waits for it, or starts its own).
+                    pool.take_start_slot();
+                    let worker = Worker::spawn_on(&spec, &pool.isolation, &placement);
+                    pool.give_start_slot();
+                    worker.map_err(|e| e.to_string())
                 });
                 let mut state = lock(&pool.state);
                 if let Some(count) = state.starting.get_mut(&name) {
