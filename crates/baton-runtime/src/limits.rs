@@ -96,12 +96,22 @@ fn own_group(controller: &str) -> Option<String> {
 
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
-/// This process's start time (clock ticks since boot, `/proc/PID/stat` field 22): with the
-/// PID it names a process uniquely, even across PID reuse.
-fn start_time(pid: u32) -> Option<u64> {
+/// Field `field` (numbered from 1, as in proc(5)) of `/proc/PID/stat`, for fields after
+/// the command name (which may hold spaces and parentheses).
+pub(crate) fn stat_field(pid: u32, field: usize) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    after_name
+        .split_whitespace()
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// A process's start time (clock ticks since boot, field 22): with the PID it names a
+/// process uniquely, even across PID reuse.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
 }
 
 /// The prefix of every group this process creates: `baton-<pid>-<start time>-`.

@@ -668,9 +668,7 @@ fn first_child(parent: u32, candidates: Option<&[u32]>) -> Option<u32> {
 
 /// The parent of `pid` (`/proc/PID/stat` field 4).
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    limits::stat_field(pid, 4).and_then(|ppid| u32::try_from(ppid).ok())
 }
 
 /// CPU time of `pid`'s main thread, ns (`/proc/PID/schedstat`).

@@ -129,16 +129,6 @@ impl RequestGrouper {
         });
     }
 
-    /// Records added so far.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether no record was added.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// The requests whose entry starts inside `window`, in start order.
     pub fn finish(self, window: TimeWindow) -> (Vec<Request>, GroupReport) {
         let RequestGrouper {
