@@ -6,8 +6,9 @@
 
 use crate::server::deploy_file;
 use anyhow::{Context, Result};
+use baton_core::policy::spec::{PolicyName, PolicySpec};
 use baton_server::client::Client;
-use baton_server::{PolicyKind, RunningServer, ServerConfig};
+use baton_server::{RunningServer, ServerConfig};
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;
@@ -130,7 +131,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn run_phase(
     name: &str,
-    policy: PolicyKind,
+    policy: PolicyName,
     plan: &[Planned],
     examples: &Path,
     keep_alive: f64,
@@ -138,8 +139,11 @@ fn run_phase(
 ) -> Result<Phase> {
     let data = baton_runtime::bench::tempfile_dir(&format!("demo-{}", policy_word(policy)))?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data.clone());
-    config.policy = policy;
-    config.keep_alive_us = (keep_alive * 1e6) as u64;
+    // Both phases keep a finished instance equally long: the difference is prediction.
+    config.policy = PolicySpec {
+        keep_alive_us: Some((keep_alive * 1e6) as u64),
+        ..PolicySpec::new(policy)
+    };
     // The order pipeline has Python steps; they run in the sandbox like any upload.
     config.allow_process_functions = true;
     let server = RunningServer::start(config).context("starting the demo server")?;
@@ -224,7 +228,7 @@ fn run_phase(
     sorted.sort_by(f64::total_cmp);
     Ok(Phase {
         name: name.into(),
-        policy: policy_word(policy),
+        policy: policy_word(policy).to_owned(),
         requests: plan.len(),
         cold_starts: cold,
         prewarmed_steps: prewarmed,
@@ -238,8 +242,8 @@ fn run_phase(
     })
 }
 
-fn policy_word(policy: PolicyKind) -> String {
-    format!("{policy:?}").to_lowercase()
+fn policy_word(policy: PolicyName) -> &'static str {
+    policy.as_str()
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {
@@ -265,7 +269,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     }
     let off = run_phase(
         "pre-warming off (ttl)",
-        PolicyKind::Ttl,
+        PolicyName::Ttl,
         &plan,
         &examples,
         args.keep_alive_secs,
@@ -273,7 +277,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     )?;
     let on = run_phase(
         "pre-warming on (chain)",
-        PolicyKind::Chain,
+        PolicyName::Chain,
         &plan,
         &examples,
         args.keep_alive_secs,

@@ -12,8 +12,9 @@
 //! started is stopped by its process group at the end, on failure too.
 
 use anyhow::{bail, Context, Result};
+use baton_core::policy::spec::{PolicyName, PolicySpec};
 use baton_server::client::Client;
-use baton_server::{PolicyKind, RunningServer, ServerConfig};
+use baton_server::{RunningServer, ServerConfig};
 use clap::Args;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -305,8 +306,10 @@ fn start_baton(
 ) -> Result<(RunningServer, PathBuf)> {
     let data = baton_runtime::bench::tempfile_dir("peers")?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, data.clone());
-    config.policy = PolicyKind::Chain;
-    config.keep_alive_us = keep_alive.as_micros() as u64;
+    config.policy = PolicySpec {
+        keep_alive_us: Some(keep_alive.as_micros() as u64),
+        ..PolicySpec::new(PolicyName::Chain)
+    };
     config.allow_process_functions = true;
     let server = RunningServer::start(config)?;
     let client = Client::new(&format!("http://{}", server.addr), None)?;

@@ -3,8 +3,9 @@
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
+use baton_core::policy::spec::{PolicyName, PolicySpec};
 use baton_server::client::{Client, Response};
-use baton_server::{PolicyKind, RunningServer, ServerConfig};
+use baton_server::{RunningServer, ServerConfig};
 use clap::Args;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -59,9 +60,13 @@ pub struct ServeArgs {
     /// Serve without a token (loopback addresses only).
     #[arg(long)]
     no_auth: bool,
-    /// Pre-warming policy: none, ttl, next or chain.
+    /// Pre-warming policy: none, ttl, histogram, greedy-dual, next, mlp or chain (as
+    /// `baton sim` runs them).
     #[arg(long, default_value = "chain")]
-    policy: PolicyKind,
+    policy: PolicyName,
+    /// The policy's knob: multiplies its main setting (see `baton sim --help`).
+    #[arg(long, default_value_t = 1.0)]
+    policy_knob: f64,
     /// Requests waiting or running per function before 429.
     #[arg(long, default_value_t = 64)]
     queue_depth: usize,
@@ -83,7 +88,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     let mut config = ServerConfig::new(args.listen, args.data_dir.clone());
     config.token = args.token;
-    config.policy = args.policy;
+    config.policy = PolicySpec::with_knob(args.policy, args.policy_knob)?;
     config.queue_depth = args.queue_depth;
     config.max_body_bytes = args.max_body_mib << 20;
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));

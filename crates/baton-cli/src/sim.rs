@@ -2,9 +2,9 @@
 
 use crate::load::{self, FormatArg};
 use anyhow::{bail, Context, Result};
+use baton_core::policy::spec::PolicyName;
 use baton_core::{Costs, TdgConfig};
 use baton_sim::engine::SimConfig;
-use baton_sim::policies::POLICY_NAMES;
 use baton_sim::{report, PolicyResult, Simulation};
 use clap::Args;
 use std::io::Write;
@@ -158,11 +158,11 @@ pub fn sim(args: SimArgs) -> Result<()> {
         }
     }
     let policies: Vec<&str> = if args.policies == "all" {
-        POLICY_NAMES.to_vec()
+        PolicyName::ALL.iter().map(|p| p.as_str()).collect()
     } else {
         let names: Vec<&str> = args.policies.split(',').map(str::trim).collect();
-        if let Some(bad) = names.iter().find(|n| !POLICY_NAMES.contains(n)) {
-            bail!("unknown policy `{bad}`; known: {}", POLICY_NAMES.join(", "));
+        for name in &names {
+            name.parse::<PolicyName>()?;
         }
         names
     };

@@ -18,6 +18,7 @@ pub mod context;
 pub mod costs;
 pub mod decay;
 pub mod eval;
+pub mod exec;
 pub mod histogram;
 pub mod ids;
 pub mod policy;

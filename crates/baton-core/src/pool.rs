@@ -400,6 +400,15 @@ impl ResourcePool {
             .collect()
     }
 
+    /// The live reservation `id`, if any.
+    pub fn get(&self, id: u64) -> Option<ReservationInfo> {
+        lock(&self.state).entries.get(&id).map(|e| ReservationInfo {
+            id,
+            request: e.request,
+            cores: e.cores.clone(),
+        })
+    }
+
     /// Number of live reservations.
     pub fn len(&self) -> usize {
         lock(&self.state).entries.len()

@@ -1,62 +1,44 @@
 //! The execution director: runs an invocation and hands each output straight to the next
 //! step's instance on the same thread (a function call, or a pipe write to a warm worker;
-//! no HTTP), tells the policy what starts and ends and carries out what it asks through the
-//! proactive allocator, writes an execution record for every step (kept, appended to the
-//! log file, and learned when the request ends).
+//! no HTTP), and writes an execution record for every step.
 //!
 //! The next step is named by a declared sequence, or by the output itself: an output that
 //! begins with `@next NAME\n` continues at `NAME` with the rest as its payload. A wasm
 //! guest may also call another function synchronously with the `baton.invoke` import: a
 //! nested call, recorded as a child of the caller.
 //!
-//! Pre-warms are carried out at their planned instant (ready just before the step's
-//! expected start, see [`crate::alloc`]), on the cores the step's reservation named, after
-//! the auxiliary services the function needs are ready. A step nobody planned for takes a
-//! committed reservation, which preempts speculative ones when the pool is full.
+//! The request path carries no control plane: each step tells the planner
+//! ([`crate::planner`]) that it started and ended (with the context the simulator gives the
+//! policy: the caller, the operation, and the request's route once its entry's first call
+//! reveals it) and hands it the finished request's records; the planner decides, reserves,
+//! pre-warms, settles keep-alives, logs and learns on its own thread. Function ids are
+//! read from an immutable map, not the learner.
 
-use crate::alloc::{start_instant, PrewarmJob, Scheduler};
 use crate::manifest::{FunctionKind, FunctionSpec};
+use crate::planner::{lock, LoadedWasm, Msg, Node, Planner, Started, CATCH_UP, PROVISIONAL_KEEP};
+pub use crate::planner::{DirectorCounters, RecordSink, RecordSource};
 use crate::pool::{Lease, WarmPool, Warmth};
-use crate::process::{Placement, WorkerError};
+use crate::process::WorkerError;
 use crate::services::{ServiceError, Services};
 use crate::trace_context::{SpanId, TraceId, TraceParent};
 use crate::wasm::{NestedCall, WasmEngine, WasmError, WasmFunction};
+use baton_core::clock::Clock;
 use baton_core::context::Prev;
-use baton_core::pool::{ReservationKind, ReservationRequest, Window};
-use baton_core::{
-    Action, Policy, PolicyEvent, PredictContext, ResourcePool, SnapshotCell, TaskId, Tdg,
-};
+use baton_core::exec::Executor;
+use baton_core::{LabelId, Policy, PredictContext, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::{ExecutionRecord, Status};
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
 use thiserror::Error;
 
 /// Longest chain (and deepest nesting) the director follows before refusing.
 pub const MAX_HOPS: usize = 64;
-
-/// Records kept in memory (the log file keeps all).
-pub const MAX_KEPT_RECORDS: usize = 100_000;
-
-/// Hop latencies kept for reports (ns).
-const HOP_SAMPLES: usize = 4096;
-
-/// At most one graph snapshot is published per this interval while requests stream in; the
-/// allocator's clock publishes what is left (a snapshot costs time in the graph's size).
-const PUBLISH_EVERY: Duration = Duration::from_millis(20);
-
-/// How often the allocator thread expires idle instances and ticks the policy.
-const HOUSEKEEPING: Duration = Duration::from_millis(50);
-
-/// Cold start assumed for a function never started yet.
-const DEFAULT_COLD_PROCESS: Duration = Duration::from_millis(150);
-/// Compile-or-load time assumed for a wasm function never loaded yet.
-const DEFAULT_COLD_WASM: Duration = Duration::from_millis(20);
 
 /// Why one step failed, by backend.
 #[derive(Debug, Error)]
@@ -94,12 +76,6 @@ impl StepError {
             _ => Status::Error,
         }
     }
-}
-
-/// A pre-linked wasm function and, while unused, the plan that pre-warmed it.
-struct LoadedWasm {
-    function: Arc<WasmFunction>,
-    prewarmed: Option<Option<u64>>,
 }
 
 /// How a step's instance was obtained, beyond [`Warmth`].
@@ -159,102 +135,48 @@ pub struct Outcome {
     pub records: Vec<ExecutionRecord>,
 }
 
-/// Counts of the director's work.
-#[derive(Debug, Default)]
-pub struct DirectorCounters {
-    /// Invocations (requests) run.
-    pub invocations: AtomicU64,
-    /// Steps run, nested ones included.
-    pub steps: AtomicU64,
-    /// Steps that started cold.
-    pub cold_steps: AtomicU64,
-    /// Steps served by an instance a pre-warm made.
-    pub prewarmed_steps: AtomicU64,
-    /// Of those, steps that had to wait for their pre-warm to finish (it started late).
-    pub late_prewarms: AtomicU64,
-    /// Steps that failed.
-    pub failed_steps: AtomicU64,
-    /// Pre-warms carried out (process and wasm).
-    pub prewarms: AtomicU64,
-    /// Of those, pre-warms an idle worker already covered (its deadline was extended).
-    pub prewarms_covered: AtomicU64,
-    /// Committed reservations that preempted speculative ones.
-    pub preemptions: AtomicU64,
-}
-
-/// The records of one request while it runs.
+/// The records of one request while it runs, and its route once known.
 struct RequestState {
     trace: String,
     records: Vec<ExecutionRecord>,
+    route: Option<LabelId>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+/// What the planner is built from, until the director is shared (or first used unshared).
+struct Setup {
+    policy: Box<dyn Policy>,
+    log: Option<BufWriter<File>>,
 }
 
-/// Execution records: the last [`MAX_KEPT_RECORDS`] in memory, all in the log file.
-struct RecordLog {
-    kept: VecDeque<ExecutionRecord>,
-    file: Option<BufWriter<File>>,
-    write_errors: u64,
-}
-
-/// Receives every finished request's records while the learner is locked, so whatever it
-/// persists is exactly what the learner has seen (a snapshot taken with
-/// [`Director::with_learner`] matches the records persisted before it).
-pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource) + Send + Sync>;
-
-/// Where records came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordSource {
-    /// Executions this director ran.
-    Baton,
-    /// Foreign logs it learned.
-    Ingested,
-}
-
-impl RecordSource {
-    /// Its name in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordSource::Baton => "baton",
-            RecordSource::Ingested => "ingested",
-        }
-    }
-}
-
-/// Runs chains. Build it, then [`Director::into_shared`] to start the allocator's clock
-/// and allow nested calls.
+/// Runs chains. Build it, then [`Director::into_shared`] to start the planner's thread and
+/// allow nested calls (unshared, the planner runs on the caller's thread and pre-warms
+/// start at once).
 pub struct Director {
-    pool: Arc<WarmPool>,
+    node: Arc<Node>,
     sequences: RwLock<HashMap<String, Vec<String>>>,
-    learner: Mutex<Tdg>,
-    graph: Arc<SnapshotCell>,
-    policy: Mutex<Box<dyn Policy>>,
-    reservations: Option<ResourcePool>,
-    services: Option<Arc<Services>>,
-    scheduler: Option<Scheduler>,
-    origin: (Instant, u64),
     next_id: AtomicU64,
-    log: Mutex<RecordLog>,
-    hops: Mutex<VecDeque<u64>>,
-    wasm: Option<Arc<WasmEngine>>,
-    wasm_loaded: Arc<Mutex<HashMap<String, LoadedWasm>>>,
-    wasm_load_us: Mutex<HashMap<String, u64>>,
     me: Weak<Director>,
-    sink: Option<RecordSink>,
-    /// When the graph was last published, and whether the learner has learned since.
-    published: Mutex<(Option<Instant>, bool)>,
-    /// The counts.
-    pub counters: DirectorCounters,
+    setup: Mutex<Option<Setup>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Director {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Director")
-            .field("pool", &self.pool)
-            .field("counters", &self.counters)
+            .field("pool", &self.node.pool)
+            .field("counters", &self.node.counters)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        self.node.stop();
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -263,94 +185,84 @@ impl Director {
     /// `policy` reads). Each function's declared limits are told to the learner.
     pub fn new(
         pool: Arc<WarmPool>,
-        mut learner: Tdg,
+        learner: Tdg,
         graph: Arc<SnapshotCell>,
         policy: Box<dyn Policy>,
     ) -> Director {
-        for spec in pool.functions() {
-            let task = learner.intern_task(&spec.name);
-            learner.declare(task, spec.limits);
-        }
-        let epoch_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        Director {
-            pool,
+        let functions = pool.functions();
+        let director = Director {
+            node: Arc::new(Node::new(pool, learner, graph)),
             sequences: RwLock::new(HashMap::new()),
-            learner: Mutex::new(learner),
-            graph,
-            policy: Mutex::new(policy),
-            reservations: None,
-            services: None,
-            scheduler: None,
-            origin: (Instant::now(), epoch_us),
             next_id: AtomicU64::new(1),
-            log: Mutex::new(RecordLog {
-                kept: VecDeque::new(),
-                file: None,
-                write_errors: 0,
-            }),
-            hops: Mutex::new(VecDeque::new()),
-            wasm: None,
-            wasm_loaded: Arc::new(Mutex::new(HashMap::new())),
-            wasm_load_us: Mutex::new(HashMap::new()),
             me: Weak::new(),
-            sink: None,
-            published: Mutex::new((None, false)),
-            counters: DirectorCounters::default(),
+            setup: Mutex::new(Some(Setup { policy, log: None })),
+            thread: None,
+        };
+        for spec in functions {
+            director.register(&spec);
         }
+        director
+    }
+
+    /// The node, while nothing else holds it (building).
+    fn node_mut(&mut self) -> &mut Node {
+        Arc::get_mut(&mut self.node).expect("the node is shared only once the planner is built")
     }
 
     /// Lets the director run wasm functions on `engine`.
     pub fn with_wasm(mut self, engine: Arc<WasmEngine>) -> Director {
-        self.wasm = Some(engine);
+        self.node_mut().wasm = Some(engine);
         self
     }
 
     /// The resource pool the policy reserves in: pre-warmed workers run on the cores their
     /// reservation named, and unplanned steps take committed reservations in it.
     pub fn with_reservations(mut self, reservations: ResourcePool) -> Director {
-        self.reservations = Some(reservations);
+        self.node_mut().reservations = Some(reservations);
         self
     }
 
     /// The auxiliary services functions may need.
     pub fn with_services(mut self, services: Services) -> Director {
-        self.services = Some(Arc::new(services));
+        self.node_mut().services = Some(Arc::new(services));
         self
     }
 
-    /// Appends every execution record to `path` (schema v1 JSONL).
+    /// Appends every execution record to `path` (schema v1 JSONL), from the planner.
     pub fn with_log(self, path: &Path) -> std::io::Result<Director> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        lock(&self.log).file = Some(BufWriter::new(file));
+        if let Some(setup) = lock(&self.setup).as_mut() {
+            setup.log = Some(BufWriter::new(file));
+        }
         Ok(self)
     }
 
     /// Hands every finished request's records to `sink` (see [`RecordSink`]).
     pub fn with_sink(mut self, sink: RecordSink) -> Director {
-        self.sink = Some(sink);
+        self.node_mut().sink = Some(sink);
         self
+    }
+
+    /// Tells the learner about `spec` and notes its ids.
+    fn register(&self, spec: &FunctionSpec) {
+        let ids = self.node.ids(&spec.name);
+        lock(&self.node.learner).declare(ids.task, spec.limits);
     }
 
     /// Adds or replaces a function (a replaced wasm module is loaded anew).
     pub fn deploy(&self, spec: FunctionSpec) {
-        {
-            let mut learner = lock(&self.learner);
-            let task = learner.intern_task(&spec.name);
-            learner.declare(task, spec.limits);
-        }
-        lock(&self.wasm_loaded).remove(&spec.name);
-        self.pool.deploy(spec);
+        self.register(&spec);
+        lock(&self.node.wasm_loaded).remove(&spec.name);
+        self.node.pool.deploy(spec);
     }
 
     /// Removes a function; returns whether it existed.
     pub fn undeploy(&self, name: &str) -> bool {
-        lock(&self.wasm_loaded).remove(name);
-        self.pool.remove(name)
+        lock(&self.node.wasm_loaded).remove(name);
+        self.node.pool.remove(name)
     }
 
     /// The declared sequences, sorted by name.
@@ -383,95 +295,6 @@ impl Director {
             .contains_key(name)
     }
 
-    /// The published graph.
-    pub fn graph(&self) -> &Arc<SnapshotCell> {
-        &self.graph
-    }
-
-    /// The policy's name.
-    pub fn policy_name(&self) -> String {
-        lock(&self.policy).name().to_owned()
-    }
-
-    /// Runs `f` on the learner while no request can be learned (for consistent snapshots).
-    pub fn with_learner<T>(&self, f: impl FnOnce(&Tdg) -> T) -> T {
-        f(&lock(&self.learner))
-    }
-
-    /// Learns foreign execution records (grouped into requests by trace and parent links),
-    /// hands them to the sink, and publishes the graph; returns how many requests.
-    pub fn learn_records(&self, records: &[ExecutionRecord]) -> u64 {
-        let mut learner = lock(&self.learner);
-        let (requests, report) = baton_trace::requests::group_requests(
-            records,
-            &mut learner,
-            baton_trace::requests::TimeWindow::default(),
-        );
-        for request in &requests {
-            learner.observe_request(request);
-        }
-        if let Some(sink) = &self.sink {
-            sink(records, RecordSource::Ingested);
-        }
-        self.publish(learner);
-        report.requests
-    }
-
-    /// Shares the director and starts the allocator's clock (pre-warms at their planned
-    /// instant, housekeeping). Without it pre-warms start at once and guests cannot make
-    /// nested calls.
-    pub fn into_shared(self) -> std::io::Result<Arc<Director>> {
-        let mut started: std::io::Result<()> = Ok(());
-        let director = Arc::new_cyclic(|me: &Weak<Director>| {
-            let mut director = self;
-            director.me = me.clone();
-            let (run, keep, rank) = (me.clone(), me.clone(), me.clone());
-            // Idle workers over the pool's memory budget go lowest policy priority first.
-            director
-                .pool
-                .set_evict_priority(Box::new(move |function: &str, since: Instant| {
-                    rank.upgrade()
-                        .map_or(0.0, |director| director.evict_priority(function, since))
-                }));
-            match Scheduler::start(
-                HOUSEKEEPING,
-                Box::new(move |job| {
-                    if let Some(director) = run.upgrade() {
-                        director.carry_out(job);
-                    }
-                }),
-                Box::new(move |now| {
-                    if let Some(director) = keep.upgrade() {
-                        director.housekeeping(now);
-                    }
-                }),
-            ) {
-                Ok(scheduler) => director.scheduler = Some(scheduler),
-                Err(error) => started = Err(error),
-            }
-            director
-        });
-        started.map(|()| director)
-    }
-
-    /// The policy's eviction priority of an idle worker of `function` idle since `since`.
-    fn evict_priority(&self, function: &str, since: Instant) -> f64 {
-        let task = self.task(function);
-        let since_us =
-            self.origin.1 + since.saturating_duration_since(self.origin.0).as_micros() as u64;
-        lock(&self.policy).evict_priority(task, since_us)
-    }
-
-    /// The allocator's clock, when shared.
-    pub fn scheduler(&self) -> Option<&Scheduler> {
-        self.scheduler.as_ref()
-    }
-
-    /// The auxiliary services.
-    pub fn services(&self) -> Option<&Arc<Services>> {
-        self.services.as_ref()
-    }
-
     /// Declares a sequence: invoking `name` runs `steps` in order.
     pub fn declare_sequence(&self, name: &str, steps: Vec<String>) {
         self.sequences
@@ -480,111 +303,136 @@ impl Director {
             .insert(name.to_owned(), steps);
     }
 
+    /// The published graph.
+    pub fn graph(&self) -> &Arc<SnapshotCell> {
+        &self.node.graph
+    }
+
     /// The pool.
     pub fn pool(&self) -> &Arc<WarmPool> {
-        &self.pool
+        &self.node.pool
     }
 
-    /// The records kept in memory, oldest first.
-    pub fn records(&self) -> Vec<ExecutionRecord> {
-        lock(&self.log).kept.iter().cloned().collect()
+    /// The auxiliary services.
+    pub fn services(&self) -> Option<&Arc<Services>> {
+        self.node.services.as_ref()
     }
 
-    /// Records that could not be written to the log file.
-    pub fn log_write_errors(&self) -> u64 {
-        lock(&self.log).write_errors
+    /// The counts.
+    pub fn counters(&self) -> &DirectorCounters {
+        &self.node.counters
     }
 
-    /// The last hop latencies (previous output to the next step holding its input), ns.
-    pub fn hop_samples(&self) -> Vec<u64> {
-        lock(&self.hops).iter().copied().collect()
+    /// The last pre-warm jobs started, oldest first.
+    pub fn prewarm_history(&self) -> Vec<Started> {
+        lock(&self.node.history).iter().cloned().collect()
+    }
+
+    /// Pre-warm jobs waiting for their instant.
+    pub fn pending_prewarms(&self) -> usize {
+        self.node.pending.load(Ordering::Relaxed)
     }
 
     /// The clock records and the policy use, µs since the epoch.
     pub fn now_us(&self) -> u64 {
-        self.origin.1 + self.origin.0.elapsed().as_micros() as u64
+        self.node.clock.now_us()
     }
 
-    fn instant_of(&self, us: u64) -> Instant {
-        self.origin.0 + Duration::from_micros(us.saturating_sub(self.origin.1))
+    /// Runs `f` on the learner once it has learned every request finished before the call,
+    /// while no request can be learned (for consistent snapshots).
+    pub fn with_learner<T>(&self, f: impl FnOnce(&Tdg) -> T) -> T {
+        self.sync();
+        f(&lock(&self.node.learner))
     }
 
-    fn task(&self, name: &str) -> TaskId {
-        lock(&self.learner).intern_task(name)
+    /// Waits until the planner has handled everything sent before (steps, finished
+    /// requests).
+    pub fn sync(&self) {
+        self.ensure_inline_planner();
+        self.node.sync();
     }
 
-    fn task_name(&self, task: TaskId) -> String {
-        lock(&self.learner).tasks().name(task.0).to_owned()
-    }
-
-    fn is_wasm(&self, name: &str) -> bool {
-        self.pool
-            .spec(name)
-            .is_some_and(|s| matches!(s.kind, FunctionKind::Wasm { .. }))
-    }
-
-    /// Starts the services `spec` needs; returns the time waited.
-    fn ensure_services(services: Option<&Services>, spec: &FunctionSpec) -> Result<u64, StepError> {
-        let mut waited = Duration::ZERO;
-        for name in &spec.services {
-            let services = services.ok_or_else(|| ServiceError::Unknown(name.clone()))?;
-            waited += services.ensure(name)?;
+    /// Learns foreign execution records (grouped into requests by trace and parent links),
+    /// hands them to the sink, and publishes the graph; returns how many requests.
+    pub fn learn_records(&self, records: &[ExecutionRecord]) -> u64 {
+        let mut learner = lock(&self.node.learner);
+        let (requests, report) = baton_trace::requests::group_requests(
+            records,
+            &mut learner,
+            baton_trace::requests::TimeWindow::default(),
+        );
+        for request in &requests {
+            learner.observe_request(request);
         }
-        Ok(waited.as_micros() as u64)
-    }
-
-    /// Compiles (or loads from the cache) and pre-links a wasm function in the background.
-    fn prewarm_wasm(&self, name: &str, plan: Option<u64>) {
-        let (Some(engine), Some(spec)) = (self.wasm.clone(), self.pool.spec(name)) else {
-            return;
-        };
-        if lock(&self.wasm_loaded).contains_key(name) {
-            return;
+        if let Some(sink) = &self.node.sink {
+            sink(records, RecordSource::Ingested);
         }
-        let loaded = Arc::clone(&self.wasm_loaded);
-        let services = self.services.clone();
-        let me = self.me.clone();
-        let name = name.to_owned();
-        let _ = std::thread::Builder::new()
-            .name(format!("baton-prewarm-{name}"))
-            .spawn(move || {
-                if Director::ensure_services(services.as_deref(), &spec).is_err() {
-                    return;
-                }
-                let started = Instant::now();
-                if let Ok(function) = engine.load(&spec) {
-                    if let Some(director) = me.upgrade() {
-                        director.note_wasm_load(&name, started.elapsed());
-                    }
-                    lock(&loaded).entry(name).or_insert(LoadedWasm {
-                        function: Arc::new(function),
-                        prewarmed: Some(plan),
-                    });
-                }
-            });
+        self.node.publish(learner);
+        report.requests
     }
 
-    fn note_wasm_load(&self, name: &str, took: Duration) {
-        lock(&self.wasm_load_us).insert(name.to_owned(), took.as_micros() as u64);
+    /// Shares the director and starts the planner's thread (pre-warms at their planned
+    /// instant, housekeeping).
+    pub fn into_shared(self) -> std::io::Result<Arc<Director>> {
+        let setup = lock(&self.setup).take();
+        let mut started: std::io::Result<()> = Ok(());
+        let director = Arc::new_cyclic(|me: &Weak<Director>| {
+            let mut director = self;
+            director.me = me.clone();
+            if let Some(setup) = setup {
+                let planner = Planner::new(
+                    Arc::clone(&director.node),
+                    Executor::new(setup.policy),
+                    setup.log,
+                );
+                match planner.spawn() {
+                    Ok(thread) => director.thread = Some(thread),
+                    Err(error) => started = Err(error),
+                }
+            }
+            director
+        });
+        started.map(|()| director)
+    }
+
+    /// An unshared director builds its planner on first use (it runs inline).
+    fn ensure_inline_planner(&self) {
+        if let Some(setup) = lock(&self.setup).take() {
+            *lock(&self.node.inline) = Some(Planner::new(
+                Arc::clone(&self.node),
+                Executor::new(setup.policy),
+                setup.log,
+            ));
+        }
+    }
+
+    /// Lets the planner catch up before a step starts an instance itself (see
+    /// [`Msg::Needed`]): only on the path that would otherwise start cold.
+    fn catch_up(&self, name: &str) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.send(Msg::Needed(name.to_owned(), done));
+        let _ = wait.recv_timeout(CATCH_UP);
+    }
+
+    fn send(&self, message: Msg) {
+        self.ensure_inline_planner();
+        self.node.send(message);
     }
 
     /// The instance for a step: a pooled worker, or a pre-linked wasm function; with how it
     /// was obtained, the wait, and the plan that pre-warmed it.
     fn acquire(&self, name: &str) -> Result<(Running, Obtained), StepError> {
         let spec = self
+            .node
             .pool
             .spec(name)
             .ok_or_else(|| StepError::Unknown(name.to_owned()))?;
-        let service_wait = Director::ensure_services(self.services.as_deref(), &spec)?;
+        let service_wait = Node::ensure_services(self.node.services.as_deref(), &spec)?;
         if !matches!(spec.kind, FunctionKind::Wasm { .. }) {
-            if self.pool.idle_count(name) == 0 {
-                // Needed before its planned instant: a pre-warm still waiting on the clock
-                // would only be wasted now; the step starts its own instance.
-                if let Some(scheduler) = &self.scheduler {
-                    scheduler.cancel_one(name);
-                }
+            if self.node.pool.idle_count(name) == 0 {
+                self.catch_up(name);
             }
-            let lease = self.pool.take(name)?;
+            let lease = self.node.pool.take(name)?;
             let obtained = Obtained {
                 spec,
                 warmth: lease.warmth,
@@ -595,29 +443,35 @@ impl Director {
             return Ok((Running::Process(Box::new(lease)), obtained));
         }
         let engine = self
+            .node
             .wasm
             .as_ref()
             .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
-        if let Some(loaded) = lock(&self.wasm_loaded).get_mut(name) {
-            let (warmth, plan) = match loaded.prewarmed.take() {
-                Some(plan) => (Warmth::Prewarmed, plan),
-                None => (Warmth::Warm, None),
-            };
-            return Ok((
-                Running::Wasm(Arc::clone(&loaded.function)),
-                Obtained {
-                    spec,
-                    warmth,
-                    wait_us: service_wait,
-                    plan,
-                    late: false,
-                },
-            ));
+        for attempt in 0..2 {
+            if let Some(loaded) = lock(&self.node.wasm_loaded).get_mut(name) {
+                let (warmth, plan) = match loaded.prewarmed.take() {
+                    Some(plan) => (Warmth::Prewarmed, plan),
+                    None => (Warmth::Warm, None),
+                };
+                return Ok((
+                    Running::Wasm(Arc::clone(&loaded.function)),
+                    Obtained {
+                        spec,
+                        warmth,
+                        wait_us: service_wait,
+                        plan,
+                        late: false,
+                    },
+                ));
+            }
+            if attempt == 0 {
+                self.catch_up(name);
+            }
         }
         let started = Instant::now();
         let function = Arc::new(engine.load(&spec)?);
-        self.note_wasm_load(name, started.elapsed());
-        lock(&self.wasm_loaded).insert(
+        self.node.pool.note_cold_start(name, started.elapsed());
+        lock(&self.node.wasm_loaded).insert(
             name.to_owned(),
             LoadedWasm {
                 function: Arc::clone(&function),
@@ -636,147 +490,6 @@ impl Director {
         ))
     }
 
-    /// How long `name` takes to get ready from nothing, as measured (or assumed).
-    fn cold_estimate(&self, name: &str) -> Duration {
-        if self.is_wasm(name) {
-            lock(&self.wasm_load_us)
-                .get(name)
-                .map_or(DEFAULT_COLD_WASM, |&us| Duration::from_micros(us))
-        } else {
-            self.pool
-                .cold_start_estimate(name)
-                .unwrap_or(DEFAULT_COLD_PROCESS)
-        }
-    }
-
-    /// The cores and GPU units the plan's reservation for the step ready at `at_us` holds.
-    fn placement(&self, plan: Option<u64>, at_us: u64) -> Placement {
-        let (Some(reservations), Some(plan)) = (&self.reservations, plan) else {
-            return Placement::default();
-        };
-        reservations
-            .reservations()
-            .into_iter()
-            .find(|r| r.request.plan == Some(plan) && r.request.window.start_us == at_us)
-            .map(|r| Placement {
-                cores: r.cores,
-                gpu_units: r.request.needs.gpu_units,
-            })
-            .unwrap_or_default()
-    }
-
-    /// Carries out a pre-warm now.
-    fn carry_out(&self, job: PrewarmJob) {
-        self.counters.prewarms.fetch_add(1, Ordering::Relaxed);
-        if self.is_wasm(&job.function) {
-            self.prewarm_wasm(&job.function, job.plan);
-            return;
-        }
-        // An idle worker is already there: keep it for the step instead of starting another.
-        if self.pool.extend_idle(&job.function, job.until) {
-            self.counters
-                .prewarms_covered
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let services = self.services.clone();
-        let Some(spec) = self.pool.spec(&job.function) else {
-            return;
-        };
-        self.pool.prewarm_with(
-            &job.function,
-            job.until,
-            job.plan,
-            job.placement,
-            move || {
-                Director::ensure_services(services.as_deref(), &spec)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
-        );
-    }
-
-    /// Publishes the learner's graph now.
-    fn publish(&self, learner: MutexGuard<'_, Tdg>) {
-        let mut learner = learner;
-        let snapshot = learner.snapshot();
-        *lock(&self.published) = (Some(Instant::now()), false);
-        drop(learner);
-        self.graph.publish(snapshot);
-    }
-
-    fn housekeeping(&self, now: Instant) {
-        if lock(&self.published).1 {
-            self.publish(lock(&self.learner));
-        }
-        self.pool.expire(now);
-        if let Some(services) = &self.services {
-            services.stop_idle(now);
-        }
-        self.tell(
-            PolicyEvent::Tick {
-                at_us: self.now_us(),
-            },
-            None,
-        );
-    }
-
-    /// Tells the policy `event` and carries out what it asks; returns the keep-alive it set
-    /// for `finished`, if any.
-    fn tell(&self, event: PolicyEvent, finished: Option<TaskId>) -> Option<u64> {
-        let mut actions = Vec::new();
-        lock(&self.policy).on_event(&event, &mut actions);
-        let mut keep = None;
-        for action in actions {
-            match action {
-                Action::PreWarm {
-                    task,
-                    at_us,
-                    until_us,
-                    plan,
-                    probability,
-                } => {
-                    let function = self.task_name(task);
-                    if self.pool.spec(&function).is_none() {
-                        continue; // learned from a foreign log: nothing to start here
-                    }
-                    let ready_at = self.instant_of(at_us);
-                    let job = PrewarmJob {
-                        placement: self.placement(plan, at_us),
-                        function,
-                        ready_at,
-                        until: self.instant_of(until_us),
-                        plan,
-                        probability,
-                    };
-                    let now = Instant::now();
-                    let start = start_instant(ready_at, self.cold_estimate(&job.function), now);
-                    match &self.scheduler {
-                        Some(scheduler) if start > now => scheduler.schedule(start, job),
-                        _ => self.carry_out(job),
-                    }
-                }
-                Action::KeepAlive { task, until_us } if Some(task) == finished => {
-                    keep = Some(until_us);
-                }
-                Action::Release {
-                    task,
-                    plan: Some(plan),
-                } => {
-                    // The plan's windows are over: drop what has not started yet. Workers
-                    // already started stay until their own deadline (a late pre-warm is
-                    // still the best instance for its step).
-                    let function = self.task_name(task);
-                    if let Some(scheduler) = &self.scheduler {
-                        scheduler.cancel(&function, Some(plan));
-                    }
-                }
-                Action::KeepAlive { .. } | Action::Release { .. } => {}
-            }
-        }
-        keep
-    }
-
     /// Runs `name` with `payload`, following the chain to its end, as a new trace.
     pub fn invoke(&self, name: &str, payload: &[u8]) -> Result<Outcome, DirectorError> {
         self.invoke_traced(name, payload, None)
@@ -790,9 +503,12 @@ impl Director {
         payload: &[u8],
         caller: Option<TraceParent>,
     ) -> Result<Outcome, DirectorError> {
-        self.counters.invocations.fetch_add(1, Ordering::Relaxed);
-        if self.scheduler.is_none() {
-            self.pool.expire(Instant::now());
+        self.node
+            .counters
+            .invocations
+            .fetch_add(1, Ordering::Relaxed);
+        if self.thread.is_none() {
+            self.node.pool.expire(Instant::now());
         }
         let trace = caller
             .map_or_else(TraceId::random, |caller| caller.trace)
@@ -807,6 +523,7 @@ impl Director {
         let state = Arc::new(Mutex::new(RequestState {
             trace,
             records: Vec::new(),
+            route: None,
         }));
         let mut current = steps[0].clone();
         let mut input = payload.to_vec();
@@ -871,29 +588,6 @@ impl Director {
         result.map_err(|e| e.to_string())
     }
 
-    /// A committed reservation for a step nobody planned, preempting speculative ones when
-    /// the pool is full. `None` when there is no pool or even preemption cannot make room
-    /// (the step then runs unreserved).
-    fn reserve_unplanned(&self, spec: &FunctionSpec) -> Option<baton_core::Reservation> {
-        let reservations = self.reservations.as_ref()?;
-        let now = self.now_us();
-        let request = ReservationRequest {
-            needs: spec.limits,
-            window: Window {
-                start_us: now,
-                end_us: now + spec.timeout_ms * 1000,
-            },
-            kind: ReservationKind::Committed,
-            probability: 1.0,
-            plan: None,
-        };
-        let (reservation, preempted) = reservations.reserve_committed(request).ok()?;
-        self.counters
-            .preemptions
-            .fetch_add(preempted.len() as u64, Ordering::Relaxed);
-        Some(reservation)
-    }
-
     /// Runs one step; returns its record's index, its task and its output.
     fn run_step(
         &self,
@@ -904,12 +598,29 @@ impl Director {
         handed_at: Option<Instant>,
         depth: usize,
     ) -> (usize, TaskId, Result<Vec<u8>, StepError>) {
-        self.counters.steps.fetch_add(1, Ordering::Relaxed);
-        let task = self.task(name);
+        let counters = &self.node.counters;
+        counters.steps.fetch_add(1, Ordering::Relaxed);
+        let ids = self.node.ids(name);
+        let task = ids.task;
         let start_us = self.now_us();
-        let index = {
+        let (index, context, reveals_route) = {
             let mut request = lock(state);
             let index = request.records.len();
+            // As the simulator tells it: the entry knows no route; the entry's first call
+            // reveals it (its label) and every later step carries it.
+            let reveals_route = match parent {
+                Some((0, _)) if request.route.is_none() => {
+                    request.route = Some(ids.label);
+                    request.records.first().map(|entry| entry.ts_ns / 1_000)
+                }
+                _ => None,
+            };
+            let context = PredictContext {
+                route: parent.and(request.route),
+                prev: Prev::Start,
+                grand_caller: parent.map(|(_, t)| t),
+                operation: Some(ids.label),
+            };
             let record = ExecutionRecord {
                 ts_ns: start_us * 1_000,
                 task: name.to_owned(),
@@ -919,7 +630,7 @@ impl Director {
                 ..ExecutionRecord::default()
             };
             request.records.push(record);
-            index
+            (index, context, reveals_route)
         };
         let finish = |record: &mut ExecutionRecord| {
             let mut request = lock(state);
@@ -935,7 +646,7 @@ impl Director {
         let (running, obtained) = match self.acquire(name) {
             Ok(acquired) => acquired,
             Err(source) => {
-                self.counters.failed_steps.fetch_add(1, Ordering::Relaxed);
+                counters.failed_steps.fetch_add(1, Ordering::Relaxed);
                 record.status = Some(Status::Error);
                 record.cold = Some(true);
                 finish(&mut record);
@@ -949,25 +660,17 @@ impl Director {
             plan,
             late,
         } = obtained;
-        // A step nobody planned for takes a committed reservation (preempting speculation).
-        let _committed = (warmth != Warmth::Prewarmed)
-            .then(|| self.reserve_unplanned(&spec))
-            .flatten();
-        self.tell(
-            PolicyEvent::Start {
-                task,
-                invocation: self.next_id.fetch_add(1, Ordering::Relaxed),
-                at_us: start_us,
-                context: PredictContext {
-                    route: None,
-                    prev: Prev::Start,
-                    grand_caller: parent.map(|(_, t)| t),
-                    operation: None,
-                },
-                reveals_route: None,
-            },
-            None,
-        );
+        // The planner reserves for a step nobody planned (preempting speculation).
+        let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Start {
+            task,
+            invocation,
+            at_us: start_us,
+            context,
+            reveals_route,
+            planned: warmth == Warmth::Prewarmed,
+            needs: (spec.limits, spec.timeout_ms * 1000),
+        });
         let ran = Instant::now();
         let mut running = running;
         let mut hop_ns = None;
@@ -1008,7 +711,7 @@ impl Director {
                     });
                     call
                 });
-                match self.wasm.as_ref() {
+                match self.node.wasm.as_ref() {
                     None => Err(StepError::NoWasmEngine(name.to_owned())),
                     Some(engine) => match engine.run(function, input, nested) {
                         Ok(run) => {
@@ -1032,12 +735,10 @@ impl Director {
         record.cold = Some(warmth == Warmth::Cold);
         if warmth == Warmth::Cold {
             record.cold_start_us = Some(wait_us);
-            self.counters.cold_steps.fetch_add(1, Ordering::Relaxed);
+            counters.cold_steps.fetch_add(1, Ordering::Relaxed);
         }
         if warmth == Warmth::Prewarmed {
-            self.counters
-                .prewarmed_steps
-                .fetch_add(1, Ordering::Relaxed);
+            counters.prewarmed_steps.fetch_add(1, Ordering::Relaxed);
             record.chain = Some(plan.map_or("prewarmed".to_owned(), |p| format!("plan-{p}")));
         }
         let warmth_word = match warmth {
@@ -1047,7 +748,7 @@ impl Director {
             Warmth::Prewarmed => "prewarmed",
         };
         if warmth == Warmth::Prewarmed && late {
-            self.counters.late_prewarms.fetch_add(1, Ordering::Relaxed);
+            counters.late_prewarms.fetch_add(1, Ordering::Relaxed);
         }
         record
             .extra
@@ -1060,28 +761,28 @@ impl Director {
             record
                 .extra
                 .insert("hop_result_ns".into(), Value::from(with_result));
-            let mut hops = lock(&self.hops);
-            if hops.len() == HOP_SAMPLES {
-                hops.pop_front();
+        }
+        // Given back for now; the planner settles how long it stays (the keep-alive).
+        let worker = match running {
+            Running::Process(lease) => {
+                let lease = *lease;
+                self.node
+                    .pool
+                    .give_back(name, lease.worker, Instant::now() + PROVISIONAL_KEEP)
             }
-            hops.push_back(hop);
-        }
-        let keep = self.tell(
-            PolicyEvent::End {
-                task,
-                invocation: index as u64,
-                at_us: end_us,
-            },
-            Some(task),
-        );
-        if let (Some(until), Running::Process(lease)) = (keep, running) {
-            self.pool
-                .give_back(name, lease.worker, self.instant_of(until));
-        }
+            Running::Wasm(_) => None,
+        };
+        self.send(Msg::End {
+            task,
+            function: name.to_owned(),
+            invocation,
+            at_us: end_us,
+            worker,
+        });
         record.status = Some(match &result {
             Ok(_) => Status::Ok,
             Err(source) => {
-                self.counters.failed_steps.fetch_add(1, Ordering::Relaxed);
+                counters.failed_steps.fetch_add(1, Ordering::Relaxed);
                 source.status()
             }
         });
@@ -1094,53 +795,10 @@ impl Director {
         (index, task, result)
     }
 
-    /// Logs the request's records and learns it, then publishes the graph.
+    /// Hands the request's records to the planner (log, learning, sink) and returns them.
     fn finish(&self, state: &Arc<Mutex<RequestState>>) -> Vec<ExecutionRecord> {
         let records = std::mem::take(&mut lock(state).records);
-        {
-            let mut log = lock(&self.log);
-            let log = &mut *log;
-            for record in &records {
-                if log.kept.len() == MAX_KEPT_RECORDS {
-                    log.kept.pop_front();
-                }
-                log.kept.push_back(record.clone());
-                if let Some(file) = log.file.as_mut() {
-                    if record.write_line(file).is_err() {
-                        log.write_errors += 1;
-                    }
-                }
-            }
-            if let Some(file) = log.file.as_mut() {
-                if file.flush().is_err() {
-                    log.write_errors += 1;
-                }
-            }
-        }
-        // The same conversion a restarted server replays its log through (warm timing:
-        // waits removed), so a restored graph equals one that never stopped.
-        let mut learner = lock(&self.learner);
-        let mut grouper = baton_trace::requests::RequestGrouper::new();
-        for record in &records {
-            grouper.push(record, &mut learner);
-        }
-        let (requests, _) = grouper.finish(baton_trace::requests::TimeWindow::default());
-        for request in &requests {
-            learner.observe_request(request);
-        }
-        if let Some(sink) = &self.sink {
-            sink(&records, RecordSource::Baton);
-        }
-        // Publish now unless a snapshot went out moments ago; then the clock does it.
-        let recent = self.scheduler.is_some()
-            && lock(&self.published)
-                .0
-                .is_some_and(|at| at.elapsed() < PUBLISH_EVERY);
-        if recent {
-            lock(&self.published).1 = true;
-        } else {
-            self.publish(learner);
-        }
+        self.send(Msg::Finished(records.clone()));
         records
     }
 }

@@ -1,10 +1,9 @@
 //! baton's real execution: function manifests, the worker protocol, warm worker processes
 //! under the resource-limit mechanism this machine offers, the wasm backend, the warm pool,
-//! the proactive allocator's clock, auxiliary services, and the execution director that
+//! the planner (the proactive allocator), auxiliary services, and the execution director that
 //! hands each output to the next step's instance. See ARCHITECTURE.md.
 #![deny(missing_docs)]
 
-pub mod alloc;
 pub mod bench;
 pub mod bucket;
 pub mod code;
@@ -12,6 +11,7 @@ pub mod director;
 pub mod isolation;
 pub mod limits;
 pub mod manifest;
+pub mod planner;
 pub mod pool;
 pub mod process;
 pub mod protocol;

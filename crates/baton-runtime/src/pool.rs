@@ -12,13 +12,16 @@
 //! starting a storm of cold ones (a delayed warm start beats a cold start, CIDRE's point).
 //! A pre-warm past the instance cap is skipped; past the start bound it waits for a slot.
 //!
-//! With an idle-memory budget, an idle worker that would exceed it makes room by evicting
-//! idle workers lowest priority first, as the policy ranks them (least recently used by
-//! default).
+//! Which idle worker serves a request, and which one a pre-warm claims, is decided by the
+//! plan executor's rules (`baton_core::exec`), the ones the simulator applies. The pool never
+//! calls out while its lock is held, and a worker leaving it is dropped (killed, its groups
+//! removed) after the lock is released. Eviction under an idle-memory budget is the
+//! planner's: it ranks with the policy and calls [`WarmPool::evict`].
 
 use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
+use baton_core::exec::{choose_for_arrival, choose_for_prewarm, Candidate};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -54,6 +57,23 @@ struct Idle {
     since: Instant,
     /// The plan that pre-warmed it, while unused.
     prewarmed: Option<Option<u64>>,
+    /// A pre-warm counts on it (until it next runs).
+    claimed: bool,
+    /// Given back, its keep-alive not settled by the planner yet: requests may take it,
+    /// pre-warms may not claim it (to the executor it is still finishing).
+    settling: bool,
+}
+
+impl Idle {
+    fn candidate(&self) -> Candidate<Instant> {
+        Candidate {
+            id: u64::from(self.worker.pid()),
+            ready_at: self.since,
+            keep_until: self.until,
+            idle_since: self.since,
+            claimed: self.claimed || self.settling,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -74,10 +94,7 @@ struct State {
 
 /// A pre-warmed worker that became ready after (or just before) the end of the window it
 /// was planned for is kept this long, so the step it was made for can still use it.
-pub const PREWARM_GRACE: Duration = Duration::from_millis(500);
-
-/// Ranks an idle worker for eviction, lowest first: (function, idle since).
-pub type EvictPriority = Box<dyn Fn(&str, Instant) -> f64 + Send + Sync>;
+pub const PREWARM_GRACE: Duration = Duration::from_micros(baton_core::exec::PREWARM_GRACE_US);
 
 /// One idle worker, for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +111,8 @@ pub struct IdleInfo {
     pub prewarmed: bool,
     /// Kept until.
     pub until: Instant,
+    /// Idle since.
+    pub since: Instant,
 }
 
 /// How a worker was obtained.
@@ -152,7 +171,6 @@ pub struct WarmPool {
     state: Mutex<State>,
     started: Condvar,
     idle_budget_mib: Option<u64>,
-    evict_priority: Mutex<Option<EvictPriority>>,
     max_cold_starts: usize,
     /// The counts.
     pub counters: PoolCounters,
@@ -197,7 +215,6 @@ impl WarmPool {
             state: Mutex::new(State::default()),
             started: Condvar::new(),
             idle_budget_mib,
-            evict_priority: Mutex::new(None),
             // Each cold start is mostly CPU (an interpreter importing): more at once than
             // cores only makes each slower.
             max_cold_starts: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
@@ -205,12 +222,9 @@ impl WarmPool {
         })
     }
 
-    /// Sets how idle workers are ranked for eviction (default: least recently used).
-    pub fn set_evict_priority(&self, priority: EvictPriority) {
-        *self
-            .evict_priority
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(priority);
+    /// The idle-memory budget, MiB, if any.
+    pub fn idle_budget_mib(&self) -> Option<u64> {
+        self.idle_budget_mib
     }
 
     /// The functions, sorted by name.
@@ -268,7 +282,13 @@ impl WarmPool {
             .map(|&us| Duration::from_micros(us as u64))
     }
 
-    fn note_cold_start(state: &mut State, name: &str, took: Duration) {
+    /// Notes a measured cold start of `name` (a wasm load, say): the one estimate the
+    /// planner times pre-warms with.
+    pub fn note_cold_start(&self, name: &str, took: Duration) {
+        WarmPool::note_cold_start_in(&mut lock(&self.state), name, took);
+    }
+
+    fn note_cold_start_in(state: &mut State, name: &str, took: Duration) {
         let us = took.as_micros() as f64;
         state
             .cold_us
@@ -291,6 +311,7 @@ impl WarmPool {
                     plan: i.prewarmed.flatten(),
                     prewarmed: i.prewarmed.is_some(),
                     until: i.until,
+                    since: i.since,
                 })
             })
             .collect();
@@ -308,60 +329,28 @@ impl WarmPool {
             .sum()
     }
 
-    /// Adds an idle worker, evicting others (lowest priority first) while the idle memory
-    /// would exceed the budget; a worker larger than the whole budget is not kept.
-    fn add_idle(&self, state: &mut State, name: String, idle: Idle) {
-        if let Some(budget) = self.idle_budget_mib {
-            let needed = idle.worker.memory_mib();
-            if needed > budget {
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let mut used: u64 = state
-                .idle
-                .values()
-                .flatten()
-                .map(|i| i.worker.memory_mib())
-                .sum();
-            if used + needed > budget {
-                let ranking = self
-                    .evict_priority
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                let mut candidates: Vec<(f64, String, u32)> = state
-                    .idle
-                    .iter()
-                    .flat_map(|(n, list)| list.iter().map(move |i| (n, i)))
-                    .map(|(n, i)| {
-                        let priority = ranking.as_ref().map_or_else(
-                            || -i.since.elapsed().as_secs_f64(),
-                            |rank| rank(n, i.since),
-                        );
-                        (priority, n.clone(), i.worker.pid())
-                    })
-                    .collect();
-                drop(ranking);
-                candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-                for (_, victim, pid) in candidates {
-                    if used + needed <= budget {
-                        break;
-                    }
-                    if let Some(list) = state.idle.get_mut(&victim) {
-                        if let Some(at) = list.iter().position(|i| i.worker.pid() == pid) {
-                            let evicted = list.swap_remove(at);
-                            used -= evicted.worker.memory_mib();
-                            if evicted.prewarmed.is_some() {
-                                self.counters
-                                    .prewarms_wasted
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
-                            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
+    /// Removes the idle worker `pid` of `name` to make room (the planner's choice); returns
+    /// whether it was idle. It is killed after the lock is released.
+    pub fn evict(&self, name: &str, pid: u32) -> bool {
+        let evicted = {
+            let mut state = lock(&self.state);
+            let list = state.idle.get_mut(name);
+            list.and_then(|list| {
+                let at = list.iter().position(|i| i.worker.pid() == pid)?;
+                Some(list.swap_remove(at))
+            })
+        };
+        let Some(evicted) = evicted else {
+            return false;
+        };
+        if evicted.prewarmed.is_some() {
+            self.counters
+                .prewarms_wasted
+                .fetch_add(1, Ordering::Relaxed);
         }
-        state.idle.entry(name).or_default().push(idle);
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        drop(evicted);
+        true
     }
 
     /// The spec of `name`.
@@ -421,11 +410,10 @@ impl WarmPool {
         let mut state = lock(&self.state);
         loop {
             if let Some(list) = state.idle.get_mut(name) {
-                // Pre-warmed ones were made for this; otherwise the most recently used.
-                let position = list
-                    .iter()
-                    .rposition(|i| i.prewarmed.is_some())
-                    .or_else(|| list.len().checked_sub(1));
+                // The executor's rule, as in the simulator: the one due to expire first.
+                let chosen = choose_for_arrival(list.iter().map(Idle::candidate), Instant::now());
+                let position = chosen
+                    .and_then(|pid| list.iter().position(|i| u64::from(i.worker.pid()) == pid));
                 if let Some(position) = position {
                     let idle = list.remove(position);
                     let warmth = if idle.prewarmed.is_some() {
@@ -506,7 +494,7 @@ impl WarmPool {
             }
         };
         *state.busy.entry(name.to_owned()).or_default() += 1;
-        WarmPool::note_cold_start(&mut state, name, worker.cold_start());
+        WarmPool::note_cold_start_in(&mut state, name, worker.cold_start());
         drop(state);
         self.started.notify_all();
         Ok(Lease {
@@ -519,30 +507,78 @@ impl WarmPool {
         })
     }
 
-    /// Returns a worker to the pool until `keep_until`; a dead one is dropped.
-    pub fn give_back(&self, name: &str, worker: Worker, keep_until: Instant) {
-        if !worker.is_alive() || keep_until <= Instant::now() {
-            return;
+    /// Returns a worker to the pool until `keep_until` (the planner settles the real
+    /// deadline with [`WarmPool::settle`]); returns its pid, or `None` when it was dead and
+    /// dropped.
+    pub fn give_back(&self, name: &str, worker: Worker, keep_until: Instant) -> Option<u32> {
+        if !worker.is_alive() {
+            return None;
         }
+        let pid = worker.pid();
         let mut state = lock(&self.state);
-        self.add_idle(
-            &mut state,
-            name.to_owned(),
-            Idle {
-                worker,
-                until: keep_until,
-                since: Instant::now(),
-                prewarmed: None,
-            },
-        );
+        state.idle.entry(name.to_owned()).or_default().push(Idle {
+            worker,
+            until: keep_until,
+            since: Instant::now(),
+            prewarmed: None,
+            claimed: false,
+            settling: true,
+        });
         drop(state);
         // A request waiting at the function's cap can take it now.
         self.started.notify_all();
+        Some(pid)
     }
 
-    /// Starts a worker for `name` in the background, kept until `until` if unused.
-    pub fn prewarm(self: &Arc<Self>, name: &str, until: Instant) {
-        self.prewarm_with(name, until, None, Placement::default(), || Ok(()));
+    /// Sets how long the idle worker `pid` of `name` is kept (the policy's keep-alive, or
+    /// none: released now). Nothing happens if it is no longer idle.
+    pub fn settle(&self, name: &str, pid: u32, until: Instant) {
+        let released = {
+            let mut state = lock(&self.state);
+            let Some(list) = state.idle.get_mut(name) else {
+                return;
+            };
+            let Some(at) = list.iter().position(|i| i.worker.pid() == pid) else {
+                return;
+            };
+            let entry = &mut list[at];
+            entry.settling = false;
+            if entry.claimed {
+                // A pre-warm counts on it now: its deadline stands.
+                entry.until = entry.until.max(until);
+                None
+            } else if until > Instant::now() {
+                entry.until = until;
+                None
+            } else {
+                Some(list.swap_remove(at))
+            }
+        };
+        drop(released);
+    }
+
+    /// Releases the idle, never-used workers pre-warmed for `plan` whose keep time is over
+    /// (the executor's rule); returns how many.
+    pub fn release_unused(&self, name: &str, plan: Option<u64>) -> usize {
+        let mut released = Vec::new();
+        let now = Instant::now();
+        {
+            let mut state = lock(&self.state);
+            if let Some(list) = state.idle.get_mut(name) {
+                let mut index = 0;
+                while index < list.len() {
+                    if list[index].prewarmed == Some(plan) && list[index].until <= now {
+                        released.push(list.swap_remove(index));
+                    } else {
+                        index += 1;
+                    }
+                }
+            }
+        }
+        self.counters
+            .prewarms_wasted
+            .fetch_add(released.len() as u64, Ordering::Relaxed);
+        released.len()
     }
 
     /// Starts a worker for `name` for `plan` on `placement` in the background, after
@@ -595,17 +631,15 @@ impl WarmPool {
                 }
                 match worker {
                     Ok(worker) => {
-                        WarmPool::note_cold_start(&mut state, &name, worker.cold_start());
-                        pool.add_idle(
-                            &mut state,
-                            name,
-                            Idle {
-                                worker,
-                                until: until.max(Instant::now() + PREWARM_GRACE),
-                                since: Instant::now(),
-                                prewarmed: Some(plan),
-                            },
-                        );
+                        WarmPool::note_cold_start_in(&mut state, &name, worker.cold_start());
+                        state.idle.entry(name).or_default().push(Idle {
+                            worker,
+                            until: until.max(Instant::now() + PREWARM_GRACE),
+                            since: Instant::now(),
+                            prewarmed: Some(plan),
+                            claimed: true,
+                            settling: false,
+                        });
                     }
                     Err(_) => {
                         pool.counters
@@ -626,14 +660,22 @@ impl WarmPool {
         }
     }
 
-    /// Keeps an idle worker of `name` until at least `until` instead of starting another:
-    /// returns whether there was one. A pre-warm for a function with an idle worker needs
-    /// no new process.
-    pub fn extend_idle(&self, name: &str, until: Instant) -> bool {
+    /// Claims an idle worker of `name` for a pre-warm due now, by the executor's rule (one
+    /// no other pre-warm claims: two pre-warms get two workers), and keeps it until at
+    /// least `until`; returns whether there was one. Then no new process is needed.
+    pub fn claim_idle(&self, name: &str, until: Instant) -> bool {
         let mut state = lock(&self.state);
-        let Some(idle) = state.idle.get_mut(name).and_then(|list| list.last_mut()) else {
+        let Some(list) = state.idle.get_mut(name) else {
             return false;
         };
+        let now = Instant::now();
+        let Some(pid) = choose_for_prewarm(list.iter().map(Idle::candidate), now, now) else {
+            return false;
+        };
+        let Some(idle) = list.iter_mut().find(|i| u64::from(i.worker.pid()) == pid) else {
+            return false;
+        };
+        idle.claimed = true;
         idle.until = idle.until.max(until);
         true
     }

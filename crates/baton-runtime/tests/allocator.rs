@@ -52,9 +52,8 @@ fn a_prewarm_starts_just_before_its_step_on_the_reserved_core() {
         fast.extra["warmth"], "prewarmed",
         "ready before it was needed"
     );
-    let scheduler = director.scheduler().unwrap();
-    let job = scheduler
-        .history()
+    let job = director
+        .prewarm_history()
         .into_iter()
         .find(|s| s.job.function == "fast" && s.scheduled >= asked)
         .expect("fast was pre-warmed by the clock");

@@ -111,7 +111,12 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     assert_eq!(invalid.records.len(), 1);
 
     // Records: measured, complete, and all in the log file.
-    let records = director.records();
+    director.sync();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<ExecutionRecord> = logged
+        .lines()
+        .map(|l| ExecutionRecord::parse(l).unwrap())
+        .collect();
     assert_eq!(records.len(), 4 * 5 + 4 + 1);
     assert!(records.iter().all(|r| r.status == Some(Status::Ok)));
     for record in records.iter().filter(|r| r.task == "price") {
@@ -120,16 +125,10 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     for record in records.iter().filter(|r| r.task == "validate") {
         assert!(record.mem_peak_mib.unwrap_or(0.0) > 0.0 && record.net_bytes.unwrap() > 0);
     }
-    let logged = std::fs::read_to_string(&log).unwrap();
-    let parsed: Vec<ExecutionRecord> = logged
-        .lines()
-        .map(|l| ExecutionRecord::parse(l).unwrap())
-        .collect();
-    assert_eq!(parsed.len(), records.len());
-    assert_eq!(parsed[0].task, "validate");
+    assert_eq!(records[0].task, "validate");
 
     // The graph learned both branches of price.
-    let counters = &director.counters;
+    let counters = director.counters();
     eprintln!("{counters:?}");
     assert!(
         counters

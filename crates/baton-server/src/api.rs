@@ -1,6 +1,6 @@
 //! The routes (listed in [`ROUTES`] and in `docs/openapi.json`) and their handlers.
 
-use crate::{materialize, AppState, PolicyKind};
+use crate::{materialize, AppState};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -864,9 +864,9 @@ async fn pool(State(state): State<Shared>) -> Response {
         })
         .collect();
     let counters = &state.director.pool().counters;
-    let director = &state.director.counters;
+    let director = state.director.counters();
     Json(json!({
-        "policy": policy_name(state.policy),
+        "policy": state.policy.name.as_str(),
         "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
         "limits": state.detection.limits.to_string().lines().next().unwrap_or(""),
         "capacity": capacity,
@@ -883,6 +883,10 @@ async fn pool(State(state): State<Shared>) -> Response {
             "prewarms_capped": counters.prewarms_capped.load(Ordering::Relaxed),
             "capped_waits": counters.capped_waits.load(Ordering::Relaxed),
             "evictions": counters.evictions.load(Ordering::Relaxed),
+            "prewarms_covered": director.prewarms_covered.load(Ordering::Relaxed),
+            "route_prewarms": director.route_prewarms.load(Ordering::Relaxed),
+            "released": director.released.load(Ordering::Relaxed),
+            "dropped_events": director.dropped_events.load(Ordering::Relaxed),
             "preemptions": director.preemptions.load(Ordering::Relaxed),
             "steps": director.steps.load(Ordering::Relaxed),
             "cold_steps": director.cold_steps.load(Ordering::Relaxed),
@@ -892,19 +896,10 @@ async fn pool(State(state): State<Shared>) -> Response {
     .into_response()
 }
 
-fn policy_name(policy: PolicyKind) -> &'static str {
-    match policy {
-        PolicyKind::None => "none",
-        PolicyKind::Ttl => "ttl",
-        PolicyKind::Next => "next",
-        PolicyKind::Chain => "chain",
-    }
-}
-
 async fn metrics(State(state): State<Shared>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let director = &state.director.counters;
+    let director = state.director.counters();
     let pool = &state.director.pool().counters;
     let gauges: [(&str, &str, &str, u64); 6] = [
         (

@@ -15,11 +15,8 @@ pub mod metrics;
 
 pub use api::ROUTES;
 
-use baton_core::policy::{NonePolicy, TtlPolicy};
-use baton_core::{
-    Assembler, AssemblerConfig, ChainPolicy, ChainPolicyConfig, NextPolicy, Policy, ResourcePool,
-    ResourceVec, SnapshotCell, Tdg, TdgConfig,
-};
+use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec, SpecError};
+use baton_core::{Costs, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::{Director, RecordSource};
 use baton_runtime::isolation::{self, IsolationDetection};
 use baton_runtime::limits;
@@ -36,34 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 
-/// Which pre-warming policy the server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyKind {
-    /// No pre-warming and no keep-alive: every step starts cold.
-    None,
-    /// Keep an instance 10 minutes after use (what most platforms do).
-    Ttl,
-    /// Pre-warm the single most likely next task (US 9,811,363), keep 60 s.
-    Next,
-    /// baton: pre-warm the most probable chain that fits, each step at its planned instant.
-    Chain,
-}
-
-impl std::str::FromStr for PolicyKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PolicyKind, String> {
-        match s {
-            "none" => Ok(PolicyKind::None),
-            "ttl" => Ok(PolicyKind::Ttl),
-            "next" => Ok(PolicyKind::Next),
-            "chain" => Ok(PolicyKind::Chain),
-            other => Err(format!(
-                "unknown policy {other:?}: expected none, ttl, next or chain"
-            )),
-        }
-    }
-}
-
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -73,35 +42,33 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The bearer token; `None` turns auth off, which is only allowed on loopback.
     pub token: Option<String>,
-    /// The pre-warming policy.
-    pub policy: PolicyKind,
+    /// The pre-warming policy (built by `baton_core::policy::spec`, as `baton sim` builds
+    /// it).
+    pub policy: PolicySpec,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Requests waiting or running per function before 429.
     pub queue_depth: usize,
     /// How often the learner is snapshotted into the store.
     pub snapshot_every: Duration,
-    /// Keep-alive of the `ttl` policy (and of finished instances under `chain`), µs.
-    pub keep_alive_us: u64,
     /// Whether process functions may be deployed over HTTP (their code then arrives as a
     /// tar.gz and runs in the sandbox). Off by default: wasm guests only.
     pub allow_process_functions: bool,
 }
 
 impl ServerConfig {
-    /// Defaults: loopback port 8080, `./baton-data`, token required, chain policy, 16 MiB
-    /// bodies, 64 queued per function, a snapshot every 30 s, 10-minute keep-alive, no
+    /// Defaults: loopback port 8080, `./baton-data`, token required, the chain policy at
+    /// its defaults, 16 MiB bodies, 64 queued per function, a snapshot every 30 s, no
     /// process functions over HTTP.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             listen,
             data_dir,
             token: None,
-            policy: PolicyKind::Chain,
+            policy: PolicySpec::new(PolicyName::Chain),
             max_body_bytes: 16 << 20,
             queue_depth: 64,
             snapshot_every: Duration::from_secs(30),
-            keep_alive_us: 600_000_000,
             allow_process_functions: false,
         }
     }
@@ -130,6 +97,9 @@ pub enum ServerError {
     /// The wasm engine could not start.
     #[error("wasm engine: {0}")]
     Wasm(String),
+    /// The policy cannot run here.
+    #[error(transparent)]
+    Policy(#[from] SpecError),
     /// The stored state does not load.
     #[error("restoring: {0}")]
     Restore(String),
@@ -175,7 +145,7 @@ pub(crate) struct AppState {
     pub(crate) queues: Mutex<HashMap<String, usize>>,
     pub(crate) metrics: Metrics,
     pub(crate) detection: IsolationDetection,
-    pub(crate) policy: PolicyKind,
+    pub(crate) policy: PolicySpec,
 }
 
 impl std::fmt::Debug for AppState {
@@ -217,29 +187,6 @@ fn machine_capacity() -> ResourceVec {
         memory_mib,
         net_mbps: 10_000,
         gpu_units: 0,
-    }
-}
-
-fn build_policy(
-    kind: PolicyKind,
-    graph: &Arc<SnapshotCell>,
-    reservations: &ResourcePool,
-    keep_alive_us: u64,
-) -> Box<dyn Policy> {
-    match kind {
-        PolicyKind::None => Box::new(NonePolicy),
-        PolicyKind::Ttl => Box::new(TtlPolicy::new(keep_alive_us)),
-        PolicyKind::Next => Box::new(NextPolicy::new(Arc::clone(graph), 0.3, 60_000_000)),
-        PolicyKind::Chain => Box::new(ChainPolicy::new(
-            Arc::clone(graph),
-            reservations.clone(),
-            Assembler::new(AssemblerConfig::default()),
-            ChainPolicyConfig {
-                keep_alive_us,
-                entry_keep_alive_us: keep_alive_us,
-                ..ChainPolicyConfig::default()
-            },
-        )),
     }
 }
 
@@ -471,15 +418,27 @@ impl RunningServer {
         let detection = isolation::detect();
         let isolation = detection.isolation();
         restored.reclaimed_groups = limits::reclaim_stale(&isolation.limits);
-        let pool = WarmPool::new(functions, isolation);
+        let capacity = machine_capacity();
+        // Idle workers hold at most the memory reservations may use; past it the planner
+        // evicts in the policy's order.
+        let pool = WarmPool::with_budget(functions, isolation, Some(capacity.memory_mib));
         let engine = Arc::new(
             WasmEngine::new(&data_dir.join("cache"), 256, 512)
                 .map_err(|e| ServerError::Wasm(e.to_string()))?,
         );
         let mut seed = tdg.clone();
         let graph = Arc::new(SnapshotCell::new(seed.snapshot()));
-        let reservations = ResourcePool::new(machine_capacity());
-        let policy = build_policy(config.policy, &graph, &reservations, config.keep_alive_us);
+        let reservations = ResourcePool::new(capacity);
+        let policy = spec::build(
+            config.policy,
+            &PolicyInputs {
+                graph: Arc::clone(&graph),
+                // Greedy-dual's costs: the runtime's defaults until measured.
+                costs: Arc::new(Costs::new(150_000, 128)),
+                pool: reservations.clone(),
+                future: None,
+            },
+        )?;
         let writer =
             Writer::start(Arc::clone(&store)).map_err(io("cannot start the store writer"))?;
         let sink_writer = writer.clone();

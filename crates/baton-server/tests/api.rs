@@ -2,8 +2,9 @@
 //! sequences, log ingestion, graph and predictions, metrics, and every kind of bad input.
 
 use base64::Engine as _;
+use baton_core::policy::spec::{PolicyName, PolicySpec};
 use baton_server::client::{Client, Response};
-use baton_server::{PolicyKind, RunningServer, ServerConfig, ROUTES};
+use baton_server::{RunningServer, ServerConfig, ROUTES};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,7 +99,9 @@ pub fn deploy_order_app(client: &Client) {
 #[test]
 fn the_api_deploys_invokes_learns_and_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), |c| c.policy = PolicyKind::Chain);
+    let server = start(dir.path(), |c| {
+        c.policy = PolicySpec::new(PolicyName::Chain)
+    });
     eprint!("{}", server.detection);
     let api = client(&server);
 
@@ -309,7 +312,7 @@ fn oversized_bodies_and_full_queues_are_refused() {
     let server = start(dir.path(), |c| {
         c.max_body_bytes = 64 << 10;
         c.queue_depth = 1;
-        c.policy = PolicyKind::Ttl;
+        c.policy = PolicySpec::new(PolicyName::Ttl);
     });
     let api = client(&server);
     let response = put_python(&api, "slow", &python_manifest("slow", "upper.py", ""));

@@ -4,10 +4,10 @@
 //! waits for the next), whose time per invocation must not grow with the depth (it did:
 //! every arrival scanned the busy callers). Run: `cargo bench -p baton-sim --bench sim`.
 
+use baton_core::policy::spec::PolicyName;
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{Costs, LabelId, Tdg, TdgConfig};
 use baton_sim::engine::SimConfig;
-use baton_sim::policies::POLICY_NAMES;
 use baton_sim::Simulation;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -75,7 +75,7 @@ fn simulate(c: &mut Criterion) {
         memory_mib: 4 * 1024,
         ..SimConfig::default()
     };
-    for policy in POLICY_NAMES {
+    for policy in PolicyName::ALL.map(PolicyName::as_str) {
         group.bench_function(BenchmarkId::new(format!("{n} invocations"), policy), |b| {
             b.iter(|| {
                 simulation

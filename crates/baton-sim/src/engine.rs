@@ -1,19 +1,24 @@
 //! The discrete-event engine: a node with finite memory, instances that start, run, idle
 //! and expire, and a policy that is told what happens and answers with actions.
 //!
-//! The engine holds no policy logic. It replays arrivals at their recorded start times;
-//! an arrival takes a ready pre-warmed instance of its function not used yet, else the most
-//! recently used idle one, else
-//! waits for one that is still starting (a late pre-warm), else starts a cold one, evicting
-//! idle instances lowest [`Policy::evict_priority`] first when memory is short. A finished
-//! instance is released at once unless the policy keeps it alive. Pre-warms ask for an
-//! instance ready at a time; the engine starts it one cold-start earlier, if memory allows.
+//! The engine holds no policy logic and no rule of its own: the policy is driven through
+//! the plan executor of `baton_core::exec`, as the runtime drives it, and the executor's
+//! rules pick instances. It replays arrivals at their recorded start times; an arrival takes
+//! the instance [`choose_for_arrival`] names (a ready one, else one still starting: a late
+//! pre-warm), else starts a cold one, evicting idle instances lowest
+//! [`Executor::evict_priority`] first when memory is short. A finished instance is released
+//! at once unless the policy keeps it alive. A pre-warm starts at the executor's
+//! `start_at_us` (one lead before its ready time) and claims an idle instance
+//! ([`choose_for_prewarm`]) or starts one, if memory allows.
 //! Recorded timestamps are not shifted by the delays the simulation adds: each request's
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
 use baton_core::context::Prev;
+use baton_core::exec::{
+    choose_for_arrival, choose_for_prewarm, Candidate, Decision, Executor, PREWARM_GRACE_US,
+};
 use baton_core::request::Request;
-use baton_core::{Action, Costs, Policy, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
+use baton_core::{Costs, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -159,7 +164,7 @@ enum Event {
 struct Engine<'a> {
     config: SimConfig,
     costs: &'a Costs,
-    policy: &'a mut dyn Policy,
+    policy: &'a mut Executor,
     learner: Option<(&'a mut Tdg, &'a SnapshotCell)>,
     requests: &'a [Request],
     arrivals: &'a [Arrival],
@@ -178,7 +183,7 @@ struct Engine<'a> {
     remaining: Vec<u32>,
     /// Global arrival ids of each request.
     of_request: Vec<Vec<u32>>,
-    actions: Vec<Action>,
+    actions: Vec<Decision>,
     last_finished: Vec<Option<u32>>,
     learned_since_publish: bool,
     last_publish_us: u64,
@@ -193,7 +198,7 @@ pub fn run(
     arrivals: &[Arrival],
     costs: &Costs,
     config: &SimConfig,
-    policy: &mut dyn Policy,
+    policy: &mut Executor,
     learner: Option<(&mut Tdg, &SnapshotCell)>,
     mut progress: impl FnMut(usize, usize),
 ) -> RunStats {
@@ -292,10 +297,10 @@ impl Engine<'_> {
         // scale, which keeps the estimate and the replay fast.
         if self.stats.policy_events % POLICY_TIMING_SAMPLE == 0 {
             let started = Instant::now();
-            self.policy.on_event(&event, &mut self.actions);
+            self.policy.handle(&event, self.costs, &mut self.actions);
             self.stats.policy_ns += started.elapsed().as_nanos() as u64 * POLICY_TIMING_SAMPLE;
         } else {
-            self.policy.on_event(&event, &mut self.actions);
+            self.policy.handle(&event, self.costs, &mut self.actions);
         }
         self.stats.policy_events += 1;
         let actions = std::mem::take(&mut self.actions);
@@ -474,35 +479,8 @@ impl Engine<'_> {
         let now = self.now;
         let task = arrival.task;
         self.task_instances(task);
-        let (instances, candidates) = (&self.instances, &self.by_task[task.index()]);
-        let ready = candidates
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let instance = &instances[i as usize];
-                !instance.busy && instance.ready_at_us <= now
-            })
-            // The one due to expire first: instances kept longer stay for later arrivals,
-            // which is what keep-alive plans (and the oracle's) count on.
-            .min_by_key(|&i| {
-                let instance = &instances[i as usize];
-                (
-                    instance.keep_until_us,
-                    Reverse(instance.last_idle_since_us),
-                    i,
-                )
-            });
-        let starting = || {
-            candidates
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let instance = &instances[i as usize];
-                    !instance.busy && instance.ready_at_us > now
-                })
-                .min_by_key(|&i| (instances[i as usize].ready_at_us, i))
-        };
-        let (instance, delay) = match ready.or_else(starting) {
+        let candidates = self.candidates(task);
+        let (instance, delay) = match choose_for_arrival(candidates, now).map(|id| id as u32) {
             Some(id) => {
                 let instance = &self.instances[id as usize];
                 let delay = instance.ready_at_us.saturating_sub(now);
@@ -622,20 +600,11 @@ impl Engine<'_> {
 
     fn start_prewarm(&mut self, task: TaskId, ready_at_us: u64, until_us: u64, plan: Option<u64>) {
         let now = self.now;
-        let until_us = until_us.max(ready_at_us);
+        let until_us = until_us.max(ready_at_us + PREWARM_GRACE_US);
         // An idle instance that no other pre-warm counts on serves: extend and claim it.
         // Claims keep concurrent needs apart: two pre-warms of one task get two instances.
-        self.task_instances(task);
-        let instances = &self.instances;
-        // The oldest such instance (lowest id), whatever the list's order.
-        let existing = self.by_task[task.index()]
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let instance = &instances[i as usize];
-                !instance.busy && !instance.claimed && instance.ready_at_us <= ready_at_us.max(now)
-            })
-            .min();
+        let candidates = self.candidates(task);
+        let existing = choose_for_prewarm(candidates, ready_at_us, now).map(|id| id as u32);
         if let Some(id) = existing {
             let instance = &mut self.instances[id as usize];
             instance.claimed = true;
@@ -656,22 +625,41 @@ impl Engine<'_> {
         self.ensure_expiry(id);
     }
 
-    fn apply(&mut self, action: &Action) {
+    /// Every live instance of `task` that is not busy, as the executor's rules see it.
+    fn candidates(&mut self, task: TaskId) -> Vec<Candidate<u64>> {
+        self.task_instances(task);
+        let instances = &self.instances;
+        self.by_task[task.index()]
+            .iter()
+            .map(|&id| {
+                let i = &instances[id as usize];
+                Candidate {
+                    id: u64::from(id),
+                    ready_at: i.ready_at_us,
+                    keep_until: i.keep_until_us,
+                    idle_since: i.last_idle_since_us,
+                    claimed: i.claimed,
+                }
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, decision: &Decision) {
         let now = self.now;
-        match *action {
-            Action::PreWarm {
+        match *decision {
+            Decision::Prewarm {
                 task,
-                at_us,
+                start_at_us,
+                ready_at_us,
                 until_us,
                 plan,
                 ..
             } => {
                 let cold = self.costs.cold_start_us(task);
-                let start_at = at_us.saturating_sub(cold).max(now);
-                let ready_at = (start_at + cold).max(at_us);
-                if start_at > now {
+                let ready_at = (start_at_us + cold).max(ready_at_us);
+                if start_at_us > now {
                     self.schedule(
-                        start_at,
+                        start_at_us,
                         Event::PrewarmStart {
                             task,
                             ready_at_us: ready_at,
@@ -683,7 +671,7 @@ impl Engine<'_> {
                     self.start_prewarm(task, ready_at, until_us, plan);
                 }
             }
-            Action::KeepAlive { task, until_us } => {
+            Decision::KeepAlive { task, until_us } => {
                 let Some(Some(id)) = self.last_finished.get(task.index()).copied() else {
                     return;
                 };
@@ -693,7 +681,7 @@ impl Engine<'_> {
                     self.ensure_expiry(id);
                 }
             }
-            Action::Release { task, plan } => {
+            Decision::Release { task, plan } => {
                 self.task_instances(task);
                 let instances = &self.instances;
                 let mut unused: Vec<u32> = self.by_task[task.index()]
@@ -701,7 +689,10 @@ impl Engine<'_> {
                     .copied()
                     .filter(|&id| {
                         let instance = &instances[id as usize];
-                        !instance.busy && !instance.used && instance.prewarm == Some(plan)
+                        !instance.busy
+                            && !instance.used
+                            && instance.prewarm == Some(plan)
+                            && instance.keep_until_us <= now
                     })
                     .collect();
                 // Oldest first, whatever the list's order: the run stays the same.

@@ -9,10 +9,11 @@
 #![deny(missing_docs)]
 
 pub mod engine;
-pub mod policies;
 pub mod report;
 
-use baton_core::{Costs, Request, SnapshotCell, Tdg};
+use baton_core::policy::baselines::Arrival as OracleArrival;
+use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec, SpecError};
+use baton_core::{Costs, Request, ResourcePool, ResourceVec, SnapshotCell, Tdg};
 use engine::{Arrival, RunStats, SimConfig};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -100,24 +101,41 @@ impl Simulation {
         knob: f64,
         config: &SimConfig,
         progress: impl FnMut(usize, usize),
-    ) -> Result<PolicyResult, policies::UnknownPolicy> {
+    ) -> Result<PolicyResult, SpecError> {
+        let name: PolicyName = policy.parse()?;
         let mut tdg = self.trained.clone();
         let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
-        let inputs = policies::PolicyInputs {
+        let future: Vec<OracleArrival> = if name.needs_future() {
+            self.arrivals
+                .iter()
+                .map(|a| (a.task, a.start_us, a.duration_us))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let inputs = PolicyInputs {
             graph: Arc::clone(&graph),
             costs: Arc::clone(&self.costs),
-            arrivals: &self.arrivals,
-            memory_mib: config.memory_mib,
-            cores: self.cores,
+            // The node: its cores' CPU time and its memory; no named cores, network or GPU
+            // limits in a replay.
+            pool: ResourcePool::new(ResourceVec {
+                cpu_millicores: u64::from(self.cores) * 1000,
+                cores: 0,
+                memory_mib: config.memory_mib,
+                net_mbps: u64::MAX / 4,
+                gpu_units: u32::MAX / 4,
+            }),
+            future: Some(&future),
         };
-        let mut built = policies::build(policy, knob, &inputs)?;
-        let learner = (self.online && policies::learns(policy)).then_some((&mut tdg, &*graph));
+        let spec = PolicySpec::with_knob(name, knob)?;
+        let mut executor = baton_core::exec::Executor::new(spec::build(spec, &inputs)?);
+        let learner = (self.online && name.learns()).then_some((&mut tdg, &*graph));
         let stats = engine::run(
             &self.requests,
             &self.arrivals,
             &self.costs,
             config,
-            built.as_mut(),
+            &mut executor,
             learner,
             progress,
         );

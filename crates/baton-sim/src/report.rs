@@ -199,9 +199,9 @@ pub fn pareto_svg(results: &[PolicyResult], title: &str) -> String {
         }
     }
     for (n, name) in names.iter().enumerate() {
-        let color = crate::policies::POLICY_NAMES
+        let color = baton_core::policy::spec::PolicyName::ALL
             .iter()
-            .position(|p| p == name)
+            .position(|p| p.as_str() == *name)
             .map_or(COLORS[n % COLORS.len()], |i| COLORS[i]);
         let mut points: Vec<(f64, f64, &PolicyResult)> = results
             .iter()

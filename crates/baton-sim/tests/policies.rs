@@ -2,10 +2,14 @@
 //! random ones: every arrival served exactly once, the same input gives the same table,
 //! the oracle is never worse than another policy at the same memory.
 
+use baton_core::policy::spec::PolicyName;
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{Costs, LabelId, Tdg, TdgConfig};
 use baton_sim::engine::SimConfig;
-use baton_sim::policies::POLICY_NAMES;
+
+fn policy_names() -> [&'static str; 8] {
+    PolicyName::ALL.map(PolicyName::as_str)
+}
 use baton_sim::{PolicyResult, Simulation};
 use proptest::prelude::*;
 
@@ -237,13 +241,13 @@ proptest! {
     fn every_arrival_is_served_once_and_runs_repeat(specs in random_specs(), memory in 100u64..1_000) {
         let train = specs.clone();
         let sim = simulation(&specs, &train);
-        let first: Vec<PolicyResult> = POLICY_NAMES.iter().map(|p| run(&sim, p, 1.0, memory)).collect();
+        let first: Vec<PolicyResult> = policy_names().iter().map(|p| run(&sim, p, 1.0, memory)).collect();
         for result in &first {
             prop_assert_eq!(result.stats.served, result.stats.invocations, "{}", result.policy);
             prop_assert_eq!(result.stats.invocations as usize, sim.arrivals().len());
             prop_assert!(result.stats.cold_starts <= result.stats.invocations);
         }
-        let again: Vec<PolicyResult> = POLICY_NAMES.iter().map(|p| run(&sim, p, 1.0, memory)).collect();
+        let again: Vec<PolicyResult> = policy_names().iter().map(|p| run(&sim, p, 1.0, memory)).collect();
         prop_assert_eq!(table(&first), table(&again));
     }
 
@@ -253,7 +257,7 @@ proptest! {
         let memory = 1 << 20;
         let oracle = run(&sim, "oracle", 1.0, memory);
         prop_assert_eq!(oracle.stats.cold_starts, 0);
-        for policy in POLICY_NAMES {
+        for policy in policy_names() {
             let other = run(&sim, policy, 1.0, memory);
             prop_assert!(oracle.stats.cold_starts <= other.stats.cold_starts, "{}", policy);
         }

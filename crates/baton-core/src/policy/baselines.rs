@@ -176,6 +176,7 @@ impl Policy for HistogramPolicy {
                         at_us: at_us + head_us as u64,
                         until_us: at_us + tail_us.max(head_us + 1.0) as u64,
                         plan: None,
+                        reservation: None,
                         probability: 1.0,
                     });
                 } else {
@@ -308,6 +309,7 @@ impl Policy for MlpPolicy {
                     at_us: at_us + step.start_offset_us,
                     until_us: at_us + step.start_offset_us + step.duration_us + self.hold_us,
                     plan: None,
+                    reservation: None,
                     probability: step.reach_probability,
                 });
             }
@@ -362,6 +364,7 @@ impl OraclePolicy {
                 at_us,
                 until_us: at_us + 1,
                 plan: None,
+                reservation: None,
                 probability: 1.0,
             });
             self.next_prewarm += 1;

@@ -7,6 +7,7 @@
 //! next-task behaviour of US 9,811,363, kept for comparison.
 
 pub mod baselines;
+pub mod spec;
 
 pub use baselines::{
     GreedyDualPolicy, HistogramPolicy, MlpPolicy, NonePolicy, OraclePolicy, TtlPolicy,
@@ -75,6 +76,8 @@ pub enum Action {
         until_us: u64,
         /// The plan it belongs to.
         plan: Option<u64>,
+        /// The reservation holding its resources (its cores, GPU units), by id.
+        reservation: Option<u64>,
         /// Probability it will be used.
         probability: f64,
     },
@@ -106,6 +109,15 @@ pub trait Policy: Send {
         let _ = task;
         idle_since_us as f64
     }
+}
+
+/// Plans of a route's task set (planned when the route becomes known) take ids from here
+/// up, apart from the assembler's path plans.
+pub const ROUTE_PLAN_IDS: u64 = u64::MAX / 2;
+
+/// Whether plan `id` is a route-set plan.
+pub fn is_route_plan(id: u64) -> bool {
+    id >= ROUTE_PLAN_IDS
 }
 
 /// A plan being carried out: its steps' reservations, consumed as the steps start.
@@ -150,7 +162,6 @@ pub struct ChainPolicy {
     assembler: Assembler,
     config: ChainPolicyConfig,
     live: BTreeMap<u64, LivePlan>,
-    n_plans: u64,
     next_set_plan: u64,
     entry_tasks: std::collections::BTreeSet<TaskId>,
 }
@@ -169,16 +180,10 @@ impl ChainPolicy {
             assembler,
             config,
             live: BTreeMap::new(),
-            n_plans: 0,
             // Set plans get ids from the top of the range, apart from the assembler's.
-            next_set_plan: u64::MAX / 2,
+            next_set_plan: ROUTE_PLAN_IDS,
             entry_tasks: std::collections::BTreeSet::new(),
         }
-    }
-
-    /// Plans made so far.
-    pub fn n_plans(&self) -> u64 {
-        self.n_plans
     }
 
     /// Plans whose reservations are still held.
@@ -220,13 +225,13 @@ impl ChainPolicy {
         let Ok(reservations) = self.pool.try_reserve_all(&requests) else {
             return;
         };
-        self.n_plans += 1;
-        for step in &steps {
+        for (step, reservation) in steps.iter().zip(&reservations) {
             out.push(Action::PreWarm {
                 task: step.task,
                 at_us: step.ready_at_us,
                 until_us: step.window.end_us,
                 plan: Some(id),
+                reservation: Some(reservation.id()),
                 probability: step.reach_probability,
             });
         }
@@ -315,13 +320,13 @@ impl ChainPolicy {
             // Someone took the room between the fit check and now: skip this plan.
             return;
         };
-        self.n_plans += 1;
-        for step in &plan.steps {
+        for (step, reservation) in plan.steps.iter().zip(&reservations) {
             out.push(Action::PreWarm {
                 task: step.task,
                 at_us: step.ready_at_us,
                 until_us: step.window.end_us,
                 plan: Some(plan.id),
+                reservation: Some(reservation.id()),
                 probability: step.reach_probability,
             });
         }
@@ -428,6 +433,7 @@ impl Policy for NextPolicy {
                             at_us,
                             until_us: at_us + self.keep_us,
                             plan: None,
+                            reservation: None,
                             probability: best.probability,
                         });
                     }
@@ -528,6 +534,7 @@ mod tests {
                 at_us: 0,
                 until_us: 1_000,
                 plan: None,
+                reservation: None,
                 probability: 0.6,
             }]
         );

@@ -1,0 +1,331 @@
+//! The plan executor: the one place where a policy's [`Action`]s become timed decisions,
+//! and the rules that pick which instance serves an arrival or a pre-warm. The simulator's
+//! engine and the runtime's planner both drive an [`Executor`] and both apply these rules,
+//! so what `baton sim` measures is what `baton serve` does.
+//!
+//! Pure: time comes in with the events (µs on the caller's [`crate::clock::Clock`]), cold
+//! starts from a [`ColdStarts`] the host supplies (the simulator's cost table, the
+//! runtime's measurements).
+//!
+//! The decisions:
+//! - [`Decision::Prewarm`]: start an instance at `start_at_us` = `ready_at_us −`
+//!   [`lead_us`] (never in the past) and keep it until `until_us` if unused. When it is
+//!   due, an idle instance of the task that no other pre-warm claims and that is ready in
+//!   time is claimed instead ([`choose_for_prewarm`]): two pre-warms of one task get two
+//!   instances.
+//! - [`Decision::KeepAlive`]: keep the instance of `task` that just finished until
+//!   `until_us` (with none, it is released at once).
+//! - [`Decision::Release`]: release the idle, never-used instances pre-warmed for `plan`
+//!   whose keep time (at least [`PREWARM_GRACE_US`] past ready) is over, and drop its
+//!   pre-warms not started yet.
+
+use crate::costs::Costs;
+use crate::ids::TaskId;
+use crate::policy::{Action, Policy, PolicyEvent};
+use serde::{Deserialize, Serialize};
+
+/// A pre-warmed instance is kept at least this long after it is ready, µs: a step a little
+/// later than its window (real timings jitter) still finds it.
+pub const PREWARM_GRACE_US: u64 = 500_000;
+
+/// Margin added to a cold start when choosing when to start a pre-warm, µs.
+pub const LEAD_MARGIN_US: u64 = 2_000;
+
+/// How long before its ready time a pre-warm of a task that takes `cold_us` to start is
+/// started: the cold start plus a quarter (measured cold starts vary) plus
+/// [`LEAD_MARGIN_US`].
+pub fn lead_us(cold_us: u64) -> u64 {
+    cold_us
+        .saturating_add(cold_us / 4)
+        .saturating_add(LEAD_MARGIN_US)
+}
+
+/// When to start a pre-warm that must be ready at `ready_at_us`: [`lead_us`] earlier,
+/// never before `now_us`.
+pub fn prewarm_start_us(ready_at_us: u64, cold_us: u64, now_us: u64) -> u64 {
+    ready_at_us.saturating_sub(lead_us(cold_us)).max(now_us)
+}
+
+/// What the host is to do.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Decision {
+    /// Start an instance of `task` at `start_at_us` (or claim an idle one then).
+    Prewarm {
+        /// The task.
+        task: TaskId,
+        /// When to start it, µs.
+        start_at_us: u64,
+        /// When the policy wants it ready, µs.
+        ready_at_us: u64,
+        /// Kept until, if unused, µs.
+        until_us: u64,
+        /// The plan it belongs to.
+        plan: Option<u64>,
+        /// The reservation that holds its resources (cores, GPU units), by id.
+        reservation: Option<u64>,
+        /// Probability it will be used.
+        probability: f64,
+    },
+    /// Keep the instance of `task` that just finished until `until_us`.
+    KeepAlive {
+        /// The task.
+        task: TaskId,
+        /// Until, µs.
+        until_us: u64,
+    },
+    /// Release the unused pre-warms of `plan` for `task`.
+    Release {
+        /// The task.
+        task: TaskId,
+        /// The plan (`None`: pre-warms made without one).
+        plan: Option<u64>,
+    },
+}
+
+/// How long a task takes to start from nothing, as the host knows it.
+pub trait ColdStarts {
+    /// The cold start of `task`, µs.
+    fn cold_start_us(&self, task: TaskId) -> u64;
+}
+
+impl ColdStarts for Costs {
+    fn cold_start_us(&self, task: TaskId) -> u64 {
+        Costs::cold_start_us(self, task)
+    }
+}
+
+/// The policy and the translation of its actions. See the module docs.
+pub struct Executor {
+    policy: Box<dyn Policy>,
+    actions: Vec<Action>,
+    trail: Option<Vec<(u64, Decision)>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("policy", &self.policy.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// An executor of `policy`.
+    pub fn new(policy: Box<dyn Policy>) -> Executor {
+        Executor {
+            policy,
+            actions: Vec::new(),
+            trail: None,
+        }
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &str {
+        self.policy.name()
+    }
+
+    /// Keeps every decision from now on, with the time it was made (for conformance
+    /// tests and reports); see [`Executor::take_trail`].
+    pub fn keep_trail(&mut self) {
+        self.trail.get_or_insert_with(Vec::new);
+    }
+
+    /// The decisions kept since [`Executor::keep_trail`] (or the last take).
+    pub fn take_trail(&mut self) -> Vec<(u64, Decision)> {
+        self.trail.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Tells the policy `event` and appends what it asks for to `out`, timed with `cold`.
+    pub fn handle(&mut self, event: &PolicyEvent, cold: &dyn ColdStarts, out: &mut Vec<Decision>) {
+        let now = event_time(event);
+        self.policy.on_event(event, &mut self.actions);
+        let first = out.len();
+        for action in self.actions.drain(..) {
+            out.push(match action {
+                Action::PreWarm {
+                    task,
+                    at_us,
+                    until_us,
+                    plan,
+                    reservation,
+                    probability,
+                } => Decision::Prewarm {
+                    task,
+                    start_at_us: prewarm_start_us(at_us, cold.cold_start_us(task), now),
+                    ready_at_us: at_us,
+                    until_us: until_us.max(at_us),
+                    plan,
+                    reservation,
+                    probability,
+                },
+                Action::KeepAlive { task, until_us } => Decision::KeepAlive { task, until_us },
+                Action::Release { task, plan } => Decision::Release { task, plan },
+            });
+        }
+        if let Some(trail) = self.trail.as_mut() {
+            trail.extend(out[first..].iter().map(|&d| (now, d)));
+        }
+    }
+
+    /// The policy's eviction priority of an idle instance of `task` idle since
+    /// `idle_since_us` (lowest goes first).
+    pub fn evict_priority(&self, task: TaskId, idle_since_us: u64) -> f64 {
+        self.policy.evict_priority(task, idle_since_us)
+    }
+}
+
+/// When `event` happened, µs.
+pub fn event_time(event: &PolicyEvent) -> u64 {
+    match *event {
+        PolicyEvent::Start { at_us, .. }
+        | PolicyEvent::End { at_us, .. }
+        | PolicyEvent::Tick { at_us }
+        | PolicyEvent::Evicted { at_us, .. } => at_us,
+    }
+}
+
+/// An instance not running (idle, or still starting), as the rules see it; `T` is the
+/// host's time (µs in the simulator, an `Instant` in the runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<T> {
+    /// The host's id of the instance (lower: older).
+    pub id: u64,
+    /// When it is (or was) ready.
+    pub ready_at: T,
+    /// Kept until.
+    pub keep_until: T,
+    /// When it last went idle.
+    pub idle_since: T,
+    /// A pre-warm counts on it.
+    pub claimed: bool,
+}
+
+/// Which instance serves an arrival at `now`: a ready one, the one due to expire first
+/// (instances kept longer stay for later arrivals, which keep-alive plans count on; ties:
+/// most recently idle, then lowest id); else the one still starting that is ready first
+/// (the arrival waits for it). `None`: start a cold one.
+pub fn choose_for_arrival<T: Ord + Copy>(
+    candidates: impl IntoIterator<Item = Candidate<T>>,
+    now: T,
+) -> Option<u64> {
+    let mut ready: Option<Candidate<T>> = None;
+    let mut starting: Option<Candidate<T>> = None;
+    for c in candidates {
+        if c.ready_at <= now {
+            let better = ready.is_none_or(|r| {
+                (c.keep_until, std::cmp::Reverse(c.idle_since), c.id)
+                    < (r.keep_until, std::cmp::Reverse(r.idle_since), r.id)
+            });
+            if better {
+                ready = Some(c);
+            }
+        } else if starting.is_none_or(|s| (c.ready_at, c.id) < (s.ready_at, s.id)) {
+            starting = Some(c);
+        }
+    }
+    ready.or(starting).map(|c| c.id)
+}
+
+/// Which idle instance a pre-warm due now claims instead of starting one: one no other
+/// pre-warm claims and that is ready by the later of `ready_at` and `now`; the oldest
+/// (lowest id). `None`: start one.
+pub fn choose_for_prewarm<T: Ord + Copy>(
+    candidates: impl IntoIterator<Item = Candidate<T>>,
+    ready_at: T,
+    now: T,
+) -> Option<u64> {
+    let by = ready_at.max(now);
+    candidates
+        .into_iter()
+        .filter(|c| !c.claimed && c.ready_at <= by)
+        .map(|c| c.id)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::baselines::TtlPolicy;
+
+    fn c(
+        id: u64,
+        ready_at: u64,
+        keep_until: u64,
+        idle_since: u64,
+        claimed: bool,
+    ) -> Candidate<u64> {
+        Candidate {
+            id,
+            ready_at,
+            keep_until,
+            idle_since,
+            claimed,
+        }
+    }
+
+    #[test]
+    fn pre_warms_start_one_lead_before_their_ready_time_never_in_the_past() {
+        assert_eq!(lead_us(100_000), 127_000);
+        assert_eq!(prewarm_start_us(500_000, 100_000, 0), 373_000);
+        assert_eq!(prewarm_start_us(500_000, 1_000_000, 7), 7);
+        assert_eq!(prewarm_start_us(u64::MAX, u64::MAX, 0), 0, "no overflow");
+    }
+
+    #[test]
+    fn an_arrival_takes_the_ready_instance_due_to_expire_first_else_the_first_starting() {
+        let all = [
+            c(1, 0, 900, 10, false),
+            c(2, 0, 500, 20, false),
+            c(3, 0, 500, 30, false),
+            c(4, 200, 2_000, 0, true),
+        ];
+        assert_eq!(
+            choose_for_arrival(all, 100),
+            Some(3),
+            "expires first, idle latest"
+        );
+        assert_eq!(
+            choose_for_arrival([all[3], c(5, 150, 0, 0, false)], 100),
+            Some(5)
+        );
+        assert_eq!(choose_for_arrival(Vec::<Candidate<u64>>::new(), 100), None);
+    }
+
+    #[test]
+    fn a_prewarm_claims_the_oldest_unclaimed_instance_ready_in_time() {
+        let all = [
+            c(7, 0, 0, 0, false),
+            c(3, 0, 0, 0, true),
+            c(5, 400, 0, 0, false),
+        ];
+        assert_eq!(choose_for_prewarm(all, 100, 50), Some(7));
+        assert_eq!(choose_for_prewarm(all, 500, 50), Some(5));
+        assert_eq!(choose_for_prewarm([all[1]], 500, 50), None, "claimed");
+    }
+
+    #[test]
+    fn the_executor_times_keep_alives_and_keeps_a_trail() {
+        let mut executor = Executor::new(Box::new(TtlPolicy::new(1_000)));
+        executor.keep_trail();
+        let mut out = Vec::new();
+        let costs = Costs::new(50, 64);
+        executor.handle(
+            &PolicyEvent::End {
+                task: TaskId(3),
+                invocation: 1,
+                at_us: 10,
+            },
+            &costs,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [Decision::KeepAlive {
+                task: TaskId(3),
+                until_us: 1_010
+            }]
+        );
+        assert_eq!(executor.take_trail(), [(10, out[0])]);
+        assert!(executor.take_trail().is_empty());
+    }
+}
