@@ -108,6 +108,9 @@ pub struct Phase {
     pub prewarmed_steps: u64,
     /// Of those, steps that waited for their pre-warm to finish.
     pub late_prewarms: u64,
+    /// Pre-warms planned from a request's route (its task set, once the entry's first call
+    /// revealed the route), as the server counted them.
+    pub route_prewarms: u64,
     /// Request latency at the client, median, ms.
     pub p50_ms: f64,
     /// Request latency at the client, 99th percentile, ms.
@@ -222,6 +225,11 @@ fn run_phase(
     if progress {
         eprintln!();
     }
+    let pool = client.get("/v1/pool")?;
+    let route_prewarms = serde_json::from_slice::<serde_json::Value>(&pool.body)
+        .ok()
+        .and_then(|v| v["counters"]["route_prewarms"].as_u64())
+        .unwrap_or(0);
     server.stop();
     let _ = std::fs::remove_dir_all(&data);
     let mut sorted = latencies.clone();
@@ -233,6 +241,7 @@ fn run_phase(
         cold_starts: cold,
         prewarmed_steps: prewarmed,
         late_prewarms: late,
+        route_prewarms,
         p50_ms: percentile(&sorted, 0.5),
         p99_ms: percentile(&sorted, 0.99),
         mean_ms: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
@@ -297,11 +306,12 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "\n{:<24} {:>11} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9}",
+        "\n{:<24} {:>11} {:>10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9}",
         "",
         "cold starts",
         "pre-warmed",
         "late",
+        "route",
         "p50 ms",
         "p99 ms",
         "mean ms",
@@ -310,11 +320,12 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     );
     for phase in [&off, &on] {
         println!(
-            "{:<24} {:>11} {:>10} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>11.0} {:>9.0}",
+            "{:<24} {:>11} {:>10} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>11.0} {:>9.0}",
             phase.name,
             phase.cold_starts,
             phase.prewarmed_steps,
             phase.late_prewarms,
+            phase.route_prewarms,
             phase.p50_ms,
             phase.p99_ms,
             phase.mean_ms,
@@ -323,7 +334,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     println!(
-        "\ncold starts avoided: {} of {}; mean latency {:.1} → {:.1} ms; \"late\": a pre-warm still starting when its step came (the step waited for the rest of it instead of a whole cold start)",
+        "\ncold starts avoided: {} of {}; mean latency {:.1} → {:.1} ms; \"late\": a pre-warm still starting when its step came (the step waited for the rest of it instead of a whole cold start); \"route\": pre-warms planned from the request's route (its task set) once its entry's first call revealed it",
         off.cold_starts.saturating_sub(on.cold_starts),
         off.cold_starts,
         off.mean_ms,

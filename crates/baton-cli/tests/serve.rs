@@ -105,6 +105,39 @@ fn get(url: &str, path: &str) -> Value {
     client.get(path).unwrap().json()
 }
 
+/// The order pipeline's part of `/v1/graph`: node weights and edges (from, to,
+/// probability, mean delay µs), sorted.
+type PipelineGraph = (Vec<(String, String)>, Vec<(String, String, String, String)>);
+
+fn pipeline_graph(graph: &Value) -> PipelineGraph {
+    let pipeline = ["validate", "price", "reserve", "reject", "notify"];
+    let ours = |v: &Value| pipeline.contains(&v.as_str().unwrap_or(""));
+    let mut nodes: Vec<(String, String)> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| ours(&n["task"]))
+        .map(|n| (n["task"].to_string(), n["weight"].to_string()))
+        .collect();
+    nodes.sort();
+    let mut edges: Vec<(String, String, String, String)> = graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| ours(&e["from"]) && ours(&e["to"]))
+        .map(|e| {
+            (
+                e["from"].to_string(),
+                e["to"].to_string(),
+                format!("{:.9}", e["probability"].as_f64().unwrap()),
+                format!("{:.3}", e["delay_mean_us"].as_f64().unwrap_or(-1.0)),
+            )
+        })
+        .collect();
+    edges.sort();
+    (nodes, edges)
+}
+
 fn baton_client(url: &str) -> baton_server::client::Client {
     baton_server::client::Client::new(url, None).unwrap()
 }
@@ -150,6 +183,11 @@ fn a_killed_server_comes_back_with_what_it_learned() {
     assert!(top.contains("policy chain"), "{top}");
     let dot = ok(&["graph", "--server", &url]);
     assert!(dot.contains("digraph"));
+    // What the live server learned of the pipeline (published within its 20 ms bound and
+    // the 50 ms housekeeping).
+    std::thread::sleep(Duration::from_millis(300));
+    let learned_live = pipeline_graph(&get(&url, "/v1/graph"));
+    assert_eq!(learned_live.1.len(), 3, "{learned_live:?}");
 
     // Accepted, then the server dies mid-way.
     let pure = ok(&[
@@ -179,6 +217,10 @@ fn a_killed_server_comes_back_with_what_it_learned() {
     assert!(log.contains("7 functions"), "{log}");
     assert!(log.contains("a graph snapshot"), "{log}");
     assert!(log.contains("async: 1 re-run, 1 failed"), "{log}");
+
+    // The same graph as the server that never stopped: counts, probabilities and delays.
+    let restored = pipeline_graph(&get(&url, "/v1/graph"));
+    assert_eq!(restored, learned_live);
 
     // The graph is back: the chain from validate is predicted before any new request.
     let predicted = get(&url, "/v1/predictions?from=validate&n=1");
@@ -210,6 +252,12 @@ fn a_killed_server_comes_back_with_what_it_learned() {
         })
         .collect();
     eprintln!("first request after the restart: {warmth:?}");
+    let tasks: Vec<&str> = warmth.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        tasks,
+        ["validate", "price", "reserve", "notify"],
+        "the whole chain ran"
+    );
     for (task, how) in &warmth {
         if task == "price" || task == "notify" {
             assert!(how.starts_with("prewarm"), "{task} was {how}: {warmth:?}");

@@ -5,8 +5,8 @@
 //! budget are evicted in the policy's order.
 
 mod common;
-use baton_core::policy::TtlPolicy;
-use baton_core::{ResourcePool, SnapshotCell, Tdg, TdgConfig};
+use baton_core::policy::{GreedyDualPolicy, TtlPolicy};
+use baton_core::{Costs, ResourcePool, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
 use baton_runtime::isolation::{self, Isolation};
 use baton_runtime::limits;
@@ -195,36 +195,35 @@ fn nested_calls_are_children_and_move_at_the_reserved_bandwidth() {
 
 #[test]
 fn idle_workers_over_the_budget_go_in_the_policys_order() {
+    // Greedy-dual ranks by use frequency, not recency: `a`, used three times and idle
+    // longest, stays; least-recently-used would have evicted it.
     let pool = WarmPool::with_budget(
-        vec![
-            process_spec("a", "upper.py", "memory_mib = 100"),
-            process_spec("b", "upper.py", "memory_mib = 100"),
-        ],
+        ["a", "b", "c"]
+            .map(|name| process_spec(name, "upper.py", "memory_mib = 100"))
+            .to_vec(),
         isolation::detect().isolation(),
-        Some(150),
+        Some(250),
     );
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
-    let director = Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(60_000_000)))
+    let policy = GreedyDualPolicy::new(Arc::new(Costs::new(100_000, 100)), 60_000_000);
+    let director = Director::new(pool, tdg, graph, Box::new(policy))
         .into_shared()
         .unwrap();
-    director.invoke("a", b"1").unwrap();
-    assert_eq!(director.pool().idle_memory_mib(), 100);
-    director.invoke("b", b"2").unwrap();
+    for name in ["a", "a", "a", "b", "c"] {
+        director.invoke(name, b"x").unwrap();
+        director.sync();
+    }
     let idle: Vec<String> = director
         .pool()
         .idle()
         .into_iter()
         .map(|i| i.function)
         .collect();
-    assert_eq!(
-        idle,
-        ["b"],
-        "a was idle longest: least recently used goes first"
-    );
+    assert_eq!(idle, ["a", "c"], "b: as rarely used as c, and ranked first");
     assert_eq!(
         director.pool().counters.evictions.load(Ordering::Relaxed),
         1
     );
-    assert_eq!(director.pool().idle_memory_mib(), 100);
+    assert_eq!(director.pool().idle_memory_mib(), 200);
 }

@@ -88,7 +88,7 @@ pub fn arrivals(requests: &[Request]) -> Vec<Arrival> {
 pub struct RunStats {
     /// Invocations replayed.
     pub invocations: u64,
-    /// Invocations served (must equal `invocations`).
+    /// Invocations that ran to their end (must equal `invocations`: none lost, none twice).
     pub served: u64,
     /// Invocations that started a new instance on arrival.
     pub cold_starts: u64,
@@ -503,7 +503,6 @@ impl Engine<'_> {
             }
         };
         self.mark_busy(instance, now);
-        self.stats.served += 1;
         self.delay_us[index as usize] = delay;
         let end = now + delay + arrival.duration_us;
         self.schedule(
@@ -540,6 +539,7 @@ impl Engine<'_> {
 
     fn end(&mut self, id: u32, arrival: u32) {
         let now = self.now;
+        self.stats.served += 1;
         let task = self.instances[id as usize].task;
         {
             let instance = &mut self.instances[id as usize];

@@ -252,15 +252,13 @@ proptest! {
     }
 
     #[test]
-    fn the_oracle_is_never_worse_with_room_for_everything(specs in random_specs()) {
+    fn the_oracle_with_room_for_everything_is_never_cold_and_wastes_no_prewarm(specs in random_specs()) {
         let sim = simulation(&specs, &specs);
-        let memory = 1 << 20;
-        let oracle = run(&sim, "oracle", 1.0, memory);
+        let oracle = run(&sim, "oracle", 1.0, 1 << 20);
+        // One instance asked for at each arrival: no cold start, and (claims keeping
+        // concurrent arrivals on separate instances) every instance it started was used.
         prop_assert_eq!(oracle.stats.cold_starts, 0);
-        for policy in policy_names() {
-            let other = run(&sim, policy, 1.0, memory);
-            prop_assert!(oracle.stats.cold_starts <= other.stats.cold_starts, "{}", policy);
-        }
+        prop_assert_eq!(oracle.stats.prewarms_used, oracle.stats.prewarms_started);
     }
 }
 
