@@ -278,8 +278,9 @@ fn restore_learner(store: &Store, restored: &mut Restored) -> Result<Tdg, Server
 enum Write {
     /// Append these records.
     Records(Vec<baton_trace::schema::ExecutionRecord>, RecordSource),
-    /// Save this learner state; it has learned every record sent before it.
-    Snapshot(String),
+    /// Save this learner state (a copy; serialized on the writer's thread, outside any
+    /// lock); it has learned every record sent before it.
+    Snapshot(Box<baton_core::TdgState>),
     /// Answer once everything sent before is written.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -332,6 +333,13 @@ impl Writer {
                             }
                             Write::Snapshot(state) => {
                                 flush(&mut batch, batch_source);
+                                let state = match serde_json::to_string(&state) {
+                                    Ok(state) => state,
+                                    Err(error) => {
+                                        eprintln!("baton: snapshot not serializable: {error}");
+                                        continue;
+                                    }
+                                };
                                 let saved = store
                                     .last_execution_id()
                                     .and_then(|last| store.save_snapshot(last, &state));
@@ -366,11 +374,12 @@ impl Writer {
 
 /// Saves a snapshot of the learner consistent with the execution log, and waits for it.
 pub(crate) fn snapshot(director: &Director, writer: &Writer) -> Result<(), String> {
+    // Copied and queued under the learner lock (so it follows exactly the records the
+    // learner had seen), serialized by the writer outside it.
     director.with_learner(|tdg| {
-        let state = serde_json::to_string(&tdg.state()).map_err(|e| e.to_string())?;
         writer
             .sender
-            .send(Write::Snapshot(state))
+            .send(Write::Snapshot(Box::new(tdg.state())))
             .map_err(|_| "the store writer stopped".to_owned())
     })?;
     writer.flush();
