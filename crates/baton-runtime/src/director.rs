@@ -14,20 +14,20 @@
 //! pre-warms, settles keep-alives, logs and learns on its own thread. Function ids are
 //! read from an immutable map, not the learner.
 
-use crate::manifest::{FunctionKind, FunctionSpec};
-use crate::planner::{lock, LoadedWasm, Msg, Node, Planner, Started, CATCH_UP, PROVISIONAL_KEEP};
-pub use crate::planner::{DirectorCounters, RecordSink, RecordSource};
-use crate::pool::{Lease, WarmPool, Warmth};
-use crate::process::WorkerError;
-use crate::services::{ServiceError, Services};
-use crate::trace_context::{SpanId, TraceId, TraceParent};
-use crate::wasm::{NestedCall, WasmEngine, WasmError, WasmFunction};
+use crate::backend::Backend;
+pub use crate::backend::{RunFacts, StepError, MAX_HOPS};
+use crate::manifest::FunctionSpec;
+use crate::node::{lock, Node};
+pub use crate::node::{DirectorCounters, RecordSink, RecordSource};
+use crate::planner::{Msg, Planner, Started, CATCH_UP};
+use crate::pool::{WarmPool, Warmth};
+use crate::services::Services;
+use crate::trace_context::{TraceId, TraceParent};
+use crate::wasm::WasmEngine;
 use baton_core::clock::Clock;
-use baton_core::context::Prev;
 use baton_core::exec::Executor;
-use baton_core::{LabelId, Policy, PredictContext, ResourcePool, SnapshotCell, TaskId, Tdg};
-use baton_trace::schema::{ExecutionRecord, Status};
-use serde_json::Value;
+use baton_core::{LabelId, Policy, ResourcePool, SnapshotCell, TaskId, Tdg};
+use baton_trace::schema::ExecutionRecord;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
@@ -36,65 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 use thiserror::Error;
-
-/// Longest chain (and deepest nesting) the director follows before refusing.
-pub const MAX_HOPS: usize = 64;
-
-/// Why one step failed, by backend.
-#[derive(Debug, Error)]
-pub enum StepError {
-    /// A worker process.
-    #[error(transparent)]
-    Process(#[from] WorkerError),
-    /// A wasm function.
-    #[error(transparent)]
-    Wasm(#[from] WasmError),
-    /// An auxiliary service it needs.
-    #[error(transparent)]
-    Service(#[from] ServiceError),
-    /// A wasm function without a wasm engine in this director.
-    #[error("function `{0}` is wasm but this director has no wasm engine")]
-    NoWasmEngine(String),
-    /// Nobody deployed a function of that name.
-    #[error("unknown function `{0}`")]
-    Unknown(String),
-    /// Nested calls went deeper than [`MAX_HOPS`].
-    #[error("nested calls deeper than {MAX_HOPS}")]
-    TooDeep,
-}
-
-impl StepError {
-    fn status(&self) -> Status {
-        let word = match self {
-            StepError::Process(e) => e.status(),
-            StepError::Wasm(e) => e.status(),
-            _ => "error",
-        };
-        match word {
-            "timeout" => Status::Timeout,
-            "oom" => Status::Oom,
-            _ => Status::Error,
-        }
-    }
-}
-
-/// How a step's instance was obtained, beyond [`Warmth`].
-#[derive(Debug, Clone)]
-struct Obtained {
-    /// The function's spec, looked up once per step.
-    spec: Arc<FunctionSpec>,
-    warmth: Warmth,
-    /// Waiting for services, a cold start, or a pre-warm still starting, µs.
-    wait_us: u64,
-    plan: Option<u64>,
-    late: bool,
-}
-
-/// A step's instance while it runs.
-enum Running {
-    Process(Box<Lease>),
-    Wasm(Arc<WasmFunction>),
-}
 
 /// Why an invocation failed; the records of the steps that ran are kept.
 #[derive(Debug, Error)]
@@ -106,22 +47,38 @@ pub enum DirectorError {
         step: usize,
         /// The backend's error.
         source: StepError,
-        /// Records of every step that ran, the failed one included.
-        records: Vec<ExecutionRecord>,
+        /// Every step that ran, the failed one included.
+        ran: Box<Ran>,
     },
     /// The chain did not end within [`MAX_HOPS`] steps.
     #[error("chain longer than {MAX_HOPS} steps; stopped")]
     TooLong {
-        /// Records of the steps that ran.
-        records: Vec<ExecutionRecord>,
+        /// The steps that ran.
+        ran: Box<Ran>,
     },
+}
+
+/// The steps of a failed invocation that ran.
+#[derive(Debug, Default)]
+pub struct Ran {
+    /// Their records.
+    pub records: Vec<ExecutionRecord>,
+    /// Their typed facts.
+    pub steps: Vec<StepFacts>,
 }
 
 impl DirectorError {
     /// The records of the steps that ran.
     pub fn records(&self) -> &[ExecutionRecord] {
         match self {
-            DirectorError::Step { records, .. } | DirectorError::TooLong { records } => records,
+            DirectorError::Step { ran, .. } | DirectorError::TooLong { ran } => &ran.records,
+        }
+    }
+
+    /// The typed facts of the steps that ran.
+    pub fn steps(&self) -> &[StepFacts] {
+        match self {
+            DirectorError::Step { ran, .. } | DirectorError::TooLong { ran } => &ran.steps,
         }
     }
 }
@@ -133,13 +90,45 @@ pub struct Outcome {
     pub output: Vec<u8>,
     /// One record per step (nested calls included), in start order.
     pub records: Vec<ExecutionRecord>,
+    /// The typed facts of each step, in the records' order.
+    pub steps: Vec<StepFacts>,
+}
+
+/// How a step went, typed (its record carries the same in schema-v1 fields and `extra`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepFacts {
+    /// How its instance was obtained; `None` when none was (the step failed first).
+    pub warmth: Option<Warmth>,
+    /// It waited for its pre-warm to finish starting.
+    pub late: bool,
+    /// Waiting for services, a cold start or the rest of a pre-warm, µs.
+    pub wait_us: u64,
+    /// From the previous output to this instance holding its input, and to its result, ns.
+    pub hop_ns: Option<(u64, u64)>,
+    /// What the run measured.
+    pub run: RunFacts,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+impl StepFacts {
+    /// The warmth word of records and the API: cold, warm, prewarmed, prewarm-late.
+    pub fn warmth_word(&self) -> Option<&'static str> {
+        Some(match self.warmth? {
+            Warmth::Cold => "cold",
+            Warmth::Warm => "warm",
+            Warmth::Prewarmed if self.late => "prewarm-late",
+            Warmth::Prewarmed => "prewarmed",
+        })
+    }
 }
 
 /// The records of one request while it runs, and its route once known.
-struct RequestState {
-    trace: String,
-    records: Vec<ExecutionRecord>,
-    route: Option<LabelId>,
+pub(crate) struct RequestState {
+    pub(crate) trace: String,
+    pub(crate) records: Vec<ExecutionRecord>,
+    pub(crate) steps: Vec<StepFacts>,
+    pub(crate) route: Option<LabelId>,
 }
 
 /// What the planner is built from, until the director is shared (or first used unshared).
@@ -152,10 +141,10 @@ struct Setup {
 /// allow nested calls (unshared, the planner runs on the caller's thread and pre-warms
 /// start at once).
 pub struct Director {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
     sequences: RwLock<HashMap<String, Vec<String>>>,
-    next_id: AtomicU64,
-    me: Weak<Director>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) me: Weak<Director>,
     setup: Mutex<Option<Setup>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -211,7 +200,7 @@ impl Director {
 
     /// Lets the director run wasm functions on `engine`.
     pub fn with_wasm(mut self, engine: Arc<WasmEngine>) -> Director {
-        self.node_mut().wasm = Some(engine);
+        self.node_mut().wasm.engine = Some(engine);
         self
     }
 
@@ -224,7 +213,10 @@ impl Director {
 
     /// The auxiliary services functions may need.
     pub fn with_services(mut self, services: Services) -> Director {
-        self.node_mut().services = Some(Arc::new(services));
+        let services = Some(Arc::new(services));
+        let node = self.node_mut();
+        node.process.services = services.clone();
+        node.wasm.services = services;
         self
     }
 
@@ -255,13 +247,13 @@ impl Director {
     /// Adds or replaces a function (a replaced wasm module is loaded anew).
     pub fn deploy(&self, spec: FunctionSpec) {
         self.register(&spec);
-        lock(&self.node.wasm_loaded).remove(&spec.name);
+        self.node.wasm.forget(&spec.name);
         self.node.pool.deploy(spec);
     }
 
     /// Removes a function; returns whether it existed.
     pub fn undeploy(&self, name: &str) -> bool {
-        lock(&self.node.wasm_loaded).remove(name);
+        self.node.wasm.forget(name);
         self.node.pool.remove(name)
     }
 
@@ -315,7 +307,7 @@ impl Director {
 
     /// The auxiliary services.
     pub fn services(&self) -> Option<&Arc<Services>> {
-        self.node.services.as_ref()
+        self.node.services()
     }
 
     /// The counts.
@@ -408,86 +400,15 @@ impl Director {
 
     /// Lets the planner catch up before a step starts an instance itself (see
     /// [`Msg::Needed`]): only on the path that would otherwise start cold.
-    fn catch_up(&self, name: &str) {
+    pub(crate) fn catch_up(&self, name: &str) {
         let (done, wait) = std::sync::mpsc::channel();
         self.send(Msg::Needed(name.to_owned(), done));
         let _ = wait.recv_timeout(CATCH_UP);
     }
 
-    fn send(&self, message: Msg) {
+    pub(crate) fn send(&self, message: Msg) {
         self.ensure_inline_planner();
         self.node.send(message);
-    }
-
-    /// The instance for a step: a pooled worker, or a pre-linked wasm function; with how it
-    /// was obtained, the wait, and the plan that pre-warmed it.
-    fn acquire(&self, name: &str) -> Result<(Running, Obtained), StepError> {
-        let spec = self
-            .node
-            .pool
-            .spec(name)
-            .ok_or_else(|| StepError::Unknown(name.to_owned()))?;
-        let service_wait = Node::ensure_services(self.node.services.as_deref(), &spec)?;
-        if !matches!(spec.kind, FunctionKind::Wasm { .. }) {
-            if self.node.pool.idle_count(name) == 0 {
-                self.catch_up(name);
-            }
-            let lease = self.node.pool.take(name)?;
-            let obtained = Obtained {
-                spec,
-                warmth: lease.warmth,
-                wait_us: lease.wait_us + service_wait,
-                plan: lease.plan,
-                late: lease.waited_for_prewarm,
-            };
-            return Ok((Running::Process(Box::new(lease)), obtained));
-        }
-        let engine = self
-            .node
-            .wasm
-            .as_ref()
-            .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))?;
-        for attempt in 0..2 {
-            if let Some(loaded) = lock(&self.node.wasm_loaded).get_mut(name) {
-                let (warmth, plan) = match loaded.prewarmed.take() {
-                    Some(plan) => (Warmth::Prewarmed, plan),
-                    None => (Warmth::Warm, None),
-                };
-                return Ok((
-                    Running::Wasm(Arc::clone(&loaded.function)),
-                    Obtained {
-                        spec,
-                        warmth,
-                        wait_us: service_wait,
-                        plan,
-                        late: false,
-                    },
-                ));
-            }
-            if attempt == 0 {
-                self.catch_up(name);
-            }
-        }
-        let started = Instant::now();
-        let function = Arc::new(engine.load(&spec)?);
-        self.node.pool.note_cold_start(name, started.elapsed());
-        lock(&self.node.wasm_loaded).insert(
-            name.to_owned(),
-            LoadedWasm {
-                function: Arc::clone(&function),
-                prewarmed: None,
-            },
-        );
-        Ok((
-            Running::Wasm(function),
-            Obtained {
-                spec,
-                warmth: Warmth::Cold,
-                wait_us: service_wait + started.elapsed().as_micros() as u64,
-                plan: None,
-                late: false,
-            },
-        ))
     }
 
     /// Runs `name` with `payload`, following the chain to its end, as a new trace.
@@ -523,6 +444,7 @@ impl Director {
         let state = Arc::new(Mutex::new(RequestState {
             trace,
             records: Vec::new(),
+            steps: Vec::new(),
             route: None,
         }));
         let mut current = steps[0].clone();
@@ -535,11 +457,11 @@ impl Director {
             let output = match result {
                 Ok(output) => output,
                 Err(source) => {
-                    let records = self.finish(&state);
+                    let (records, steps) = self.finish(&state);
                     return Err(DirectorError::Step {
                         step: hop,
                         source,
-                        records,
+                        ran: Box::new(Ran { records, steps }),
                     });
                 }
             };
@@ -556,17 +478,23 @@ impl Director {
                     input = payload;
                 }
                 None => {
-                    let records = self.finish(&state);
-                    return Ok(Outcome { output, records });
+                    let (records, steps) = self.finish(&state);
+                    return Ok(Outcome {
+                        output,
+                        records,
+                        steps,
+                    });
                 }
             }
         }
-        let records = self.finish(&state);
-        Err(DirectorError::TooLong { records })
+        let (records, steps) = self.finish(&state);
+        Err(DirectorError::TooLong {
+            ran: Box::new(Ran { records, steps }),
+        })
     }
 
     /// A nested call from a guest: runs `name` as a child of record `parent`.
-    fn nested(
+    pub(crate) fn nested(
         &self,
         state: &Arc<Mutex<RequestState>>,
         parent: (usize, TaskId),
@@ -588,218 +516,17 @@ impl Director {
         result.map_err(|e| e.to_string())
     }
 
-    /// Runs one step; returns its record's index, its task and its output.
-    fn run_step(
-        &self,
-        state: &Arc<Mutex<RequestState>>,
-        name: &str,
-        input: &[u8],
-        parent: Option<(usize, TaskId)>,
-        handed_at: Option<Instant>,
-        depth: usize,
-    ) -> (usize, TaskId, Result<Vec<u8>, StepError>) {
-        let counters = &self.node.counters;
-        counters.steps.fetch_add(1, Ordering::Relaxed);
-        let ids = self.node.ids(name);
-        let task = ids.task;
-        let start_us = self.now_us();
-        let (index, context, reveals_route) = {
-            let mut request = lock(state);
-            let index = request.records.len();
-            // As the simulator tells it: the entry knows no route; the entry's first call
-            // reveals it (its label) and every later step carries it.
-            let reveals_route = match parent {
-                Some((0, _)) if request.route.is_none() => {
-                    request.route = Some(ids.label);
-                    request.records.first().map(|entry| entry.ts_ns / 1_000)
-                }
-                _ => None,
-            };
-            let context = PredictContext {
-                route: parent.and(request.route),
-                prev: Prev::Start,
-                grand_caller: parent.map(|(_, t)| t),
-                operation: Some(ids.label),
-            };
-            let record = ExecutionRecord {
-                ts_ns: start_us * 1_000,
-                task: name.to_owned(),
-                invocation: SpanId::random().to_string(),
-                parent: parent.map(|(p, _)| request.records[p].invocation.clone()),
-                trace: Some(request.trace.clone()),
-                ..ExecutionRecord::default()
-            };
-            request.records.push(record);
-            (index, context, reveals_route)
-        };
-        let finish = |record: &mut ExecutionRecord| {
-            let mut request = lock(state);
-            let slot = &mut request.records[index];
-            record.ts_ns = slot.ts_ns;
-            record.task = std::mem::take(&mut slot.task);
-            record.invocation = std::mem::take(&mut slot.invocation);
-            record.parent = slot.parent.take();
-            record.trace = slot.trace.take();
-            *slot = std::mem::take(record);
-        };
-        let mut record = ExecutionRecord::default();
-        let (running, obtained) = match self.acquire(name) {
-            Ok(acquired) => acquired,
-            Err(source) => {
-                counters.failed_steps.fetch_add(1, Ordering::Relaxed);
-                record.status = Some(Status::Error);
-                record.cold = Some(true);
-                finish(&mut record);
-                return (index, task, Err(source));
-            }
-        };
-        let Obtained {
-            spec,
-            warmth,
-            wait_us,
-            plan,
-            late,
-        } = obtained;
-        // The planner reserves for a step nobody planned (preempting speculation).
-        let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.send(Msg::Start {
-            task,
-            invocation,
-            at_us: start_us,
-            context,
-            reveals_route,
-            planned: warmth == Warmth::Prewarmed,
-            needs: (spec.limits, spec.timeout_ms * 1000),
-        });
-        let ran = Instant::now();
-        let mut running = running;
-        let mut hop_ns = None;
-        let result: Result<Vec<u8>, StepError> = match &mut running {
-            Running::Process(lease) => {
-                record
-                    .extra
-                    .insert("limits".into(), Value::from(lease.worker.limits()));
-                if let Some(handed) = handed_at {
-                    hop_ns = Some(handed.elapsed().as_nanos() as u64);
-                }
-                let result = lease.worker.invoke(input).map_err(StepError::from);
-                let output = lease.worker.take_output();
-                if !output.text.is_empty() {
-                    record
-                        .extra
-                        .insert("stderr".into(), Value::from(output.text));
-                }
-                if output.dropped_bytes > 0 {
-                    record.extra.insert(
-                        "stderr_dropped_bytes".into(),
-                        Value::from(output.dropped_bytes),
-                    );
-                }
-                let (cpu_ms, peak_bytes) = lease.worker.usage_of_last_invocation();
-                record.cpu_ms = cpu_ms;
-                record.mem_peak_mib = peak_bytes.map(|b| b as f64 / (1 << 20) as f64);
-                if let Ok(output) = &result {
-                    record.net_bytes = Some((input.len() + output.len()) as u64);
-                }
-                result
-            }
-            Running::Wasm(function) => {
-                let nested: Option<NestedCall> = self.me.upgrade().map(|me| {
-                    let state = Arc::clone(state);
-                    let call: NestedCall = Arc::new(move |callee: &str, payload: &[u8]| {
-                        me.nested(&state, (index, task), depth + 1, callee, payload)
-                    });
-                    call
-                });
-                match self.node.wasm.as_ref() {
-                    None => Err(StepError::NoWasmEngine(name.to_owned())),
-                    Some(engine) => match engine.run(function, input, nested) {
-                        Ok(run) => {
-                            if let (Some(handed), Some(taken)) = (handed_at, run.input_taken) {
-                                hop_ns =
-                                    Some(taken.saturating_duration_since(handed).as_nanos() as u64);
-                            }
-                            record.mem_peak_mib = Some(run.memory_bytes as f64 / (1 << 20) as f64);
-                            record.net_bytes =
-                                Some((input.len() + run.output.len()) as u64 + run.moved_bytes);
-                            Ok(run.output)
-                        }
-                        Err(error) => Err(error.into()),
-                    },
-                }
-            }
-        };
-        let result_ns = handed_at.map(|handed| handed.elapsed().as_nanos() as u64);
-        let end_us = self.now_us();
-        record.duration_us = wait_us + ran.elapsed().as_micros() as u64;
-        record.cold = Some(warmth == Warmth::Cold);
-        if warmth == Warmth::Cold {
-            record.cold_start_us = Some(wait_us);
-            counters.cold_steps.fetch_add(1, Ordering::Relaxed);
-        }
-        if warmth == Warmth::Prewarmed {
-            counters.prewarmed_steps.fetch_add(1, Ordering::Relaxed);
-            record.chain = Some(plan.map_or("prewarmed".to_owned(), |p| format!("plan-{p}")));
-        }
-        let warmth_word = match warmth {
-            Warmth::Cold => "cold",
-            Warmth::Warm => "warm",
-            Warmth::Prewarmed if late => "prewarm-late",
-            Warmth::Prewarmed => "prewarmed",
-        };
-        if warmth == Warmth::Prewarmed && late {
-            counters.late_prewarms.fetch_add(1, Ordering::Relaxed);
-        }
-        record
-            .extra
-            .insert("warmth".into(), Value::from(warmth_word));
-        record
-            .extra
-            .insert("ready_wait_us".into(), Value::from(wait_us));
-        if let (Some(hop), Some(with_result)) = (hop_ns, result_ns) {
-            record.extra.insert("hop_ns".into(), Value::from(hop));
-            record
-                .extra
-                .insert("hop_result_ns".into(), Value::from(with_result));
-        }
-        // Given back for now; the planner settles how long it stays (the keep-alive).
-        let worker = match running {
-            Running::Process(lease) => {
-                let lease = *lease;
-                self.node
-                    .pool
-                    .give_back(name, lease.worker, Instant::now() + PROVISIONAL_KEEP)
-            }
-            Running::Wasm(_) => None,
-        };
-        self.send(Msg::End {
-            task,
-            function: name.to_owned(),
-            invocation,
-            at_us: end_us,
-            worker,
-        });
-        record.status = Some(match &result {
-            Ok(_) => Status::Ok,
-            Err(source) => {
-                counters.failed_steps.fetch_add(1, Ordering::Relaxed);
-                source.status()
-            }
-        });
-        if let Err(source) = &result {
-            record
-                .extra
-                .insert("error".into(), Value::from(source.to_string()));
-        }
-        finish(&mut record);
-        (index, task, result)
-    }
-
     /// Hands the request's records to the planner (log, learning, sink) and returns them.
-    fn finish(&self, state: &Arc<Mutex<RequestState>>) -> Vec<ExecutionRecord> {
-        let records = std::mem::take(&mut lock(state).records);
+    fn finish(&self, state: &Arc<Mutex<RequestState>>) -> (Vec<ExecutionRecord>, Vec<StepFacts>) {
+        let (records, steps) = {
+            let mut state = lock(state);
+            (
+                std::mem::take(&mut state.records),
+                std::mem::take(&mut state.steps),
+            )
+        };
         self.send(Msg::Finished(records.clone()));
-        records
+        (records, steps)
     }
 }
 

@@ -4,6 +4,7 @@
 //! hands each output to the next step's instance. See ARCHITECTURE.md.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod bench;
 pub mod bucket;
 pub mod code;
@@ -11,11 +12,13 @@ pub mod director;
 pub mod isolation;
 pub mod limits;
 pub mod manifest;
+pub mod node;
 pub mod planner;
 pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod sandbox;
 pub mod services;
+mod step;
 pub mod trace_context;
 pub mod wasm;

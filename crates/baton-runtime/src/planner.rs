@@ -14,25 +14,19 @@
 //! Nothing here calls back into the director, and no worker is killed while the pool's
 //! lock is held.
 
-use crate::manifest::{FunctionKind, FunctionSpec};
-use crate::pool::{WarmPool, PREWARM_GRACE};
+use crate::node::{lock, Node, RecordSource};
 use crate::process::Placement;
-use crate::services::Services;
-use crate::wasm::{WasmEngine, WasmFunction};
 use baton_core::clock::Clock;
 use baton_core::exec::{ColdStarts, Decision, Executor};
 use baton_core::pool::{ReservationKind, ReservationRequest, Window};
-use baton_core::{
-    LabelId, PolicyEvent, PredictContext, Reservation, ResourcePool, ResourceVec, SnapshotCell,
-    TaskId, Tdg,
-};
+use baton_core::{PolicyEvent, PredictContext, Reservation, ResourceVec, TaskId};
 use baton_trace::schema::ExecutionRecord;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How often the planner expires idle workers, stops idle services and ticks the policy.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -41,17 +35,8 @@ pub const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// housekeeping publishes what is left (a snapshot costs time in the graph's size).
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
-/// Messages waiting for the planner at most; past it, step events are dropped (counted)
-/// and a finished request's records wait for room.
-pub const INBOX_BOUND: usize = 65_536;
-
 /// Started pre-warm jobs remembered for reports.
 const HISTORY: usize = 1024;
-
-/// Cold start assumed for a process function never started yet.
-const DEFAULT_COLD_PROCESS: Duration = Duration::from_millis(150);
-/// Compile-or-load time assumed for a wasm function never loaded yet.
-const DEFAULT_COLD_WASM: Duration = Duration::from_millis(20);
 
 /// How long a step that found no warm instance waits for the planner to catch up before
 /// starting one itself.
@@ -60,272 +45,6 @@ pub const CATCH_UP: Duration = Duration::from_millis(20);
 /// A finished worker is given back this long before the planner settles its real
 /// keep-alive (microseconds later, unless the planner is far behind).
 pub const PROVISIONAL_KEEP: Duration = Duration::from_secs(1);
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The runtime's clock: µs since the epoch, read from a monotonic origin (the core's
-/// [`Clock`], so the planner and the records share one time).
-#[derive(Debug, Clone, Copy)]
-pub struct SystemClock {
-    origin: Instant,
-    epoch_us: u64,
-}
-
-impl SystemClock {
-    /// A clock starting now.
-    pub fn new() -> SystemClock {
-        SystemClock {
-            origin: Instant::now(),
-            epoch_us: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
-        }
-    }
-
-    /// The instant of `us`.
-    pub fn instant_of(&self, us: u64) -> Instant {
-        self.origin + Duration::from_micros(us.saturating_sub(self.epoch_us))
-    }
-
-    /// The µs of `instant`.
-    pub fn us_of(&self, instant: Instant) -> u64 {
-        self.epoch_us + instant.saturating_duration_since(self.origin).as_micros() as u64
-    }
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        SystemClock::new()
-    }
-}
-
-impl Clock for SystemClock {
-    fn now_us(&self) -> u64 {
-        self.epoch_us + self.origin.elapsed().as_micros() as u64
-    }
-}
-
-/// Counts of the director's and the planner's work.
-#[derive(Debug, Default)]
-pub struct DirectorCounters {
-    /// Invocations (requests) run.
-    pub invocations: AtomicU64,
-    /// Steps run, nested ones included.
-    pub steps: AtomicU64,
-    /// Steps that started cold.
-    pub cold_steps: AtomicU64,
-    /// Steps served by an instance a pre-warm made.
-    pub prewarmed_steps: AtomicU64,
-    /// Of those, steps that had to wait for their pre-warm to finish (it started late).
-    pub late_prewarms: AtomicU64,
-    /// Steps that failed.
-    pub failed_steps: AtomicU64,
-    /// Pre-warms carried out (process and wasm).
-    pub prewarms: AtomicU64,
-    /// Of those, pre-warms an idle worker already covered (claimed, its deadline extended).
-    pub prewarms_covered: AtomicU64,
-    /// Pre-warms planned when a request's route became known (the route's task set).
-    pub route_prewarms: AtomicU64,
-    /// Unused pre-warms released when their plan's windows ended.
-    pub released: AtomicU64,
-    /// Committed reservations that preempted speculative ones.
-    pub preemptions: AtomicU64,
-    /// Step events dropped because the planner's inbox was full.
-    pub dropped_events: AtomicU64,
-    /// Execution records that could not be written to the log file.
-    pub log_write_errors: AtomicU64,
-}
-
-/// Receives every finished request's records while the learner is locked, so whatever it
-/// persists is exactly what the learner has seen.
-pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource) + Send + Sync>;
-
-/// Where records came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordSource {
-    /// Executions this director ran.
-    Baton,
-    /// Foreign logs it learned.
-    Ingested,
-}
-
-impl RecordSource {
-    /// Its name in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordSource::Baton => "baton",
-            RecordSource::Ingested => "ingested",
-        }
-    }
-}
-
-/// A pre-linked wasm function and, while unused, the plan that pre-warmed it.
-pub(crate) struct LoadedWasm {
-    pub(crate) function: Arc<WasmFunction>,
-    pub(crate) prewarmed: Option<Option<u64>>,
-}
-
-/// A function's ids in the learner: its task and its operation label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ids {
-    pub(crate) task: TaskId,
-    pub(crate) label: LabelId,
-}
-
-/// What the director and the planner share.
-pub(crate) struct Node {
-    pub(crate) pool: Arc<WarmPool>,
-    pub(crate) wasm: Option<Arc<WasmEngine>>,
-    pub(crate) wasm_loaded: Mutex<HashMap<String, LoadedWasm>>,
-    pub(crate) services: Option<Arc<Services>>,
-    pub(crate) reservations: Option<ResourcePool>,
-    pub(crate) clock: SystemClock,
-    pub(crate) learner: Mutex<Tdg>,
-    pub(crate) graph: Arc<SnapshotCell>,
-    /// Function name → ids, read by request threads without touching the learner.
-    pub(crate) ids: RwLock<HashMap<String, Ids>>,
-    pub(crate) counters: DirectorCounters,
-    pub(crate) sink: Option<RecordSink>,
-    pub(crate) history: Mutex<VecDeque<Started>>,
-    pub(crate) pending: AtomicUsize,
-    inbox: Mutex<Inbox>,
-    wake: Condvar,
-    /// The planner when no thread runs it (a director never shared): messages are handled
-    /// on the sender's thread, by the same code.
-    pub(crate) inline: Mutex<Option<Planner>>,
-}
-
-#[derive(Default)]
-struct Inbox {
-    messages: VecDeque<Msg>,
-    sleeping: bool,
-    running: bool,
-    stop: bool,
-}
-
-impl Node {
-    pub(crate) fn new(pool: Arc<WarmPool>, learner: Tdg, graph: Arc<SnapshotCell>) -> Node {
-        Node {
-            pool,
-            wasm: None,
-            wasm_loaded: Mutex::new(HashMap::new()),
-            services: None,
-            reservations: None,
-            clock: SystemClock::new(),
-            learner: Mutex::new(learner),
-            graph,
-            ids: RwLock::new(HashMap::new()),
-            counters: DirectorCounters::default(),
-            sink: None,
-            history: Mutex::new(VecDeque::new()),
-            pending: AtomicUsize::new(0),
-            inbox: Mutex::new(Inbox::default()),
-            wake: Condvar::new(),
-            inline: Mutex::new(None),
-        }
-    }
-
-    /// The ids of `name`, interned on first sight.
-    pub(crate) fn ids(&self, name: &str) -> Ids {
-        if let Some(&ids) = self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return ids;
-        }
-        let ids = {
-            let mut learner = lock(&self.learner);
-            Ids {
-                task: learner.intern_task(name),
-                label: learner.intern_label(name),
-            }
-        };
-        self.ids
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), ids);
-        ids
-    }
-
-    /// How long `spec` takes to get ready from nothing: the pool's measurement (process
-    /// starts and wasm loads alike), else a default by kind. The one estimate.
-    pub(crate) fn cold_estimate(&self, spec: &FunctionSpec) -> Duration {
-        self.pool
-            .cold_start_estimate(&spec.name)
-            .unwrap_or(match spec.kind {
-                FunctionKind::Wasm { .. } => DEFAULT_COLD_WASM,
-                FunctionKind::Process { .. } => DEFAULT_COLD_PROCESS,
-            })
-    }
-
-    /// Starts the services `spec` needs; returns the time waited, µs.
-    pub(crate) fn ensure_services(
-        services: Option<&Services>,
-        spec: &FunctionSpec,
-    ) -> Result<u64, crate::services::ServiceError> {
-        let mut waited = Duration::ZERO;
-        for name in &spec.services {
-            let services =
-                services.ok_or_else(|| crate::services::ServiceError::Unknown(name.clone()))?;
-            waited += services.ensure(name)?;
-        }
-        Ok(waited.as_micros() as u64)
-    }
-
-    /// Hands `message` to the planner: its thread's inbox, or the inline planner.
-    pub(crate) fn send(&self, message: Msg) {
-        let mut inbox = lock(&self.inbox);
-        if inbox.running {
-            if inbox.messages.len() >= INBOX_BOUND {
-                match message {
-                    Msg::Start { .. } | Msg::End { .. } => {
-                        self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Msg::Finished(_) | Msg::Sync(_) | Msg::Needed(..) => {
-                        // Records are not dropped: wait for room (the planner drains).
-                        while inbox.messages.len() >= INBOX_BOUND && !inbox.stop {
-                            drop(inbox);
-                            std::thread::sleep(Duration::from_millis(1));
-                            inbox = lock(&self.inbox);
-                        }
-                    }
-                }
-            }
-            inbox.messages.push_back(message);
-            if inbox.sleeping {
-                inbox.sleeping = false;
-                drop(inbox);
-                self.wake.notify_one();
-            }
-            return;
-        }
-        drop(inbox);
-        if let Some(planner) = lock(&self.inline).as_mut() {
-            planner.handle(message);
-        }
-    }
-
-    /// Waits until the planner has handled every message sent before.
-    pub(crate) fn sync(&self) {
-        let (done, wait) = std::sync::mpsc::channel();
-        self.send(Msg::Sync(done));
-        let _ = wait.recv_timeout(Duration::from_secs(30));
-    }
-
-    /// Publishes the learner's graph now.
-    pub(crate) fn publish(&self, learner: MutexGuard<'_, Tdg>) {
-        let mut learner = learner;
-        let snapshot = learner.snapshot();
-        drop(learner);
-        self.graph.publish(snapshot);
-    }
-
-    /// Stops the planner's thread (it ends after the message it is handling).
-    pub(crate) fn stop(&self) {
-        lock(&self.inbox).stop = true;
-        self.wake.notify_all();
-    }
-}
 
 /// What a request thread tells the planner.
 pub(crate) enum Msg {
@@ -614,15 +333,9 @@ impl Planner {
                     let function = self.name_of(task);
                     self.jobs
                         .retain(|_, (job, _)| !(job.function == function && job.plan == plan));
-                    let mut released = self.node.pool.release_unused(&function, plan);
-                    let unused_wasm = {
-                        let mut loaded = lock(&self.node.wasm_loaded);
-                        let unused = loaded
-                            .get(&function)
-                            .is_some_and(|l| l.prewarmed == Some(plan));
-                        unused.then(|| loaded.remove(&function))
-                    };
-                    released += usize::from(unused_wasm.is_some());
+                    let released = self.node.pool.spec(&function).map_or(0, |spec| {
+                        self.node.backend(&spec).release_unused(&function, plan)
+                    });
                     self.node
                         .counters
                         .released
@@ -707,29 +420,11 @@ impl Planner {
         let Some(spec) = node.pool.spec(&job.function) else {
             return;
         };
-        if matches!(spec.kind, FunctionKind::Wasm { .. }) {
-            prewarm_wasm(node, spec, job.plan);
-            return;
-        }
-        // An idle worker no other pre-warm counts on: keep it for the step instead.
-        if node.pool.claim_idle(&job.function, job.until) {
+        if node.backend(&spec).prewarm(Arc::clone(&spec), &job) {
             node.counters
                 .prewarms_covered
                 .fetch_add(1, Ordering::Relaxed);
-            return;
         }
-        let services = node.services.clone();
-        node.pool.prewarm_with(
-            &job.function,
-            job.until.max(job.ready_at + PREWARM_GRACE),
-            job.plan,
-            job.placement,
-            move || {
-                Node::ensure_services(services.as_deref(), &spec)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
-        );
     }
 
     /// Logs, learns and hands on a finished request's records, then publishes the graph
@@ -785,7 +480,7 @@ impl Planner {
             self.publish_pending = false;
         }
         self.node.pool.expire(now);
-        if let Some(services) = &self.node.services {
+        if let Some(services) = self.node.services() {
             services.stop_idle(now);
         }
         if let Some(reservations) = &self.node.reservations {
@@ -832,32 +527,4 @@ impl Planner {
         }
         self.apply_all(None);
     }
-}
-
-/// Compiles (or loads from the cache) and pre-links a wasm function in the background.
-fn prewarm_wasm(node: &Arc<Node>, spec: Arc<FunctionSpec>, plan: Option<u64>) {
-    let Some(engine) = node.wasm.clone() else {
-        return;
-    };
-    if lock(&node.wasm_loaded).contains_key(&spec.name) {
-        return;
-    }
-    let node = Arc::clone(node);
-    let _ = std::thread::Builder::new()
-        .name(format!("baton-prewarm-{}", spec.name))
-        .spawn(move || {
-            if Node::ensure_services(node.services.as_deref(), &spec).is_err() {
-                return;
-            }
-            let started = Instant::now();
-            if let Ok(function) = engine.load(&spec) {
-                node.pool.note_cold_start(&spec.name, started.elapsed());
-                lock(&node.wasm_loaded)
-                    .entry(spec.name.clone())
-                    .or_insert(LoadedWasm {
-                        function: Arc::new(function),
-                        prewarmed: Some(plan),
-                    });
-            }
-        });
 }

@@ -143,6 +143,13 @@ pub struct Lease {
     _busy: BusySlot,
 }
 
+impl Lease {
+    /// The function it runs.
+    pub fn function(&self) -> &str {
+        &self._busy.function
+    }
+}
+
 /// One busy worker of a function, counted against its instance cap until dropped.
 #[derive(Debug)]
 struct BusySlot {

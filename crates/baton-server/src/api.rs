@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use baton_core::context::Prev;
 use baton_core::{PredictContext, PredictOptions};
-use baton_runtime::director::{DirectorError, Outcome};
+use baton_runtime::director::{DirectorError, Outcome, StepFacts};
 use baton_runtime::manifest::{FunctionKind, FunctionSpec};
 use baton_runtime::trace_context::{self, TraceParent};
 use baton_trace::schema::ExecutionRecord;
@@ -409,29 +409,36 @@ impl Drop for QueueSlot {
     }
 }
 
-fn step_json(record: &ExecutionRecord) -> Value {
+/// One step of an invocation's response: its record's identity and its typed facts.
+fn step_json(record: &ExecutionRecord, facts: &StepFacts) -> Value {
     json!({
         "task": record.task,
         "invocation": record.invocation,
         "parent": record.parent,
         "cold": record.cold,
-        "warmth": record.extra.get("warmth"),
+        "warmth": facts.warmth_word(),
         "plan": record.chain,
         "status": record.status.map(|s| s.as_str()),
         "duration_us": record.duration_us,
-        "ready_wait_us": record.extra.get("ready_wait_us"),
-        "hop_ns": record.extra.get("hop_ns"),
-        "error": record.extra.get("error"),
-        "stderr": record.extra.get("stderr"),
-        "stderr_dropped_bytes": record.extra.get("stderr_dropped_bytes"),
+        "ready_wait_us": facts.warmth.map(|_| facts.wait_us),
+        "hop_ns": facts.hop_ns.map(|(hop, _)| hop),
+        "error": facts.error,
+        "stderr": facts.run.stderr,
+        "stderr_dropped_bytes": (facts.run.stderr_dropped_bytes > 0)
+            .then_some(facts.run.stderr_dropped_bytes),
     })
 }
 
 /// The response document of an invocation.
 fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (StatusCode, Value) {
-    let (records, output, failure) = match result {
-        Ok(outcome) => (&outcome.records[..], Some(&outcome.output), None),
-        Err(e) => (e.records(), None, Some(e.to_string())),
+    let (records, steps, output, failure) = match result {
+        Ok(outcome) => (
+            &outcome.records[..],
+            &outcome.steps[..],
+            Some(&outcome.output),
+            None,
+        ),
+        Err(e) => (e.records(), e.steps(), None, Some(e.to_string())),
     };
     let plan = records.iter().find_map(|r| r.chain.clone());
     let mut body = json!({
@@ -440,7 +447,11 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
         "plan": plan,
         "trace": records.first().and_then(|r| r.trace.clone()),
         "timings": { "total_us": total_us },
-        "steps": records.iter().map(step_json).collect::<Vec<_>>(),
+        "steps": records
+            .iter()
+            .zip(steps)
+            .map(|(record, facts)| step_json(record, facts))
+            .collect::<Vec<_>>(),
     });
     if let Some(output) = output {
         match std::str::from_utf8(output) {
@@ -497,11 +508,11 @@ fn run_invocation(
 ) -> (StatusCode, Value) {
     let started = Instant::now();
     let result = state.director.invoke_traced(name, payload, caller);
-    let records = match &result {
-        Ok(outcome) => &outcome.records[..],
-        Err(e) => e.records(),
+    let (records, steps) = match &result {
+        Ok(outcome) => (&outcome.records[..], &outcome.steps[..]),
+        Err(e) => (e.records(), e.steps()),
     };
-    state.metrics.observe(records);
+    state.metrics.observe(records, steps);
     outcome_json(&result, started.elapsed().as_micros() as u64)
 }
 

@@ -1,6 +1,8 @@
 //! Counters kept by the server from every invocation's records, and the Prometheus text
 //! exposition of them together with the runtime's own counters.
 
+use baton_runtime::director::StepFacts;
+use baton_runtime::pool::Warmth;
 use baton_trace::schema::ExecutionRecord;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -49,17 +51,12 @@ impl Metrics {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one request's records.
-    pub fn observe(&self, records: &[ExecutionRecord]) {
+    /// Counts one request's records, with their typed facts.
+    pub fn observe(&self, records: &[ExecutionRecord], steps: &[StepFacts]) {
         let mut inner = self.lock();
         inner.requests += 1;
-        for record in records {
-            let warmth = record
-                .extra
-                .get("warmth")
-                .and_then(|w| w.as_str())
-                .unwrap_or("");
-            let prewarmed = warmth.starts_with("prewarm");
+        for (record, facts) in records.iter().zip(steps) {
+            let prewarmed = facts.warmth == Some(Warmth::Prewarmed);
             let counts = inner.functions.entry(record.task.clone()).or_default();
             counts.invocations += 1;
             counts.cold_starts += u64::from(record.cold == Some(true));
@@ -73,7 +70,7 @@ impl Metrics {
                 inner.predictable += 1;
                 inner.predicted += u64::from(prewarmed);
             }
-            if let Some(ns) = record.extra.get("hop_ns").and_then(|v| v.as_u64()) {
+            if let Some((ns, _)) = facts.hop_ns {
                 let us = ns as f64 / 1e3;
                 inner.hop_count += 1;
                 inner.hop_sum_us += us;

@@ -1,0 +1,286 @@
+//! What the director and the planner share ([`Node`]): the backends (warm worker
+//! processes, wasm guests), the reservations, the clock, the learner and its published
+//! graph, the name → ids map request threads read, the counters, and the planner's bounded
+//! inbox.
+
+use crate::backend::{Backend, ProcessBackend, WasmBackend};
+use crate::manifest::{FunctionKind, FunctionSpec};
+use crate::planner::{Msg, Planner, Started};
+use crate::pool::WarmPool;
+use baton_core::clock::Clock;
+use baton_core::{LabelId, ResourcePool, SnapshotCell, TaskId, Tdg};
+use baton_trace::schema::ExecutionRecord;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Messages waiting for the planner at most; past it, step events are dropped (counted)
+/// and a finished request's records wait for room.
+pub const INBOX_BOUND: usize = 65_536;
+
+/// Cold start assumed for a process function never started yet.
+const DEFAULT_COLD_PROCESS: Duration = Duration::from_millis(150);
+/// Compile-or-load time assumed for a wasm function never loaded yet.
+const DEFAULT_COLD_WASM: Duration = Duration::from_millis(20);
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The runtime's clock: µs since the epoch, read from a monotonic origin (the core's
+/// [`Clock`], so the planner and the records share one time).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+    epoch_us: u64,
+}
+
+impl SystemClock {
+    /// A clock starting now.
+    pub fn new() -> SystemClock {
+        SystemClock {
+            origin: Instant::now(),
+            epoch_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+        }
+    }
+
+    /// The instant of `us`.
+    pub fn instant_of(&self, us: u64) -> Instant {
+        self.origin + Duration::from_micros(us.saturating_sub(self.epoch_us))
+    }
+
+    /// The µs of `instant`.
+    pub fn us_of(&self, instant: Instant) -> u64 {
+        self.epoch_us + instant.saturating_duration_since(self.origin).as_micros() as u64
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        self.epoch_us + self.origin.elapsed().as_micros() as u64
+    }
+}
+
+/// Counts of the director's and the planner's work.
+#[derive(Debug, Default)]
+pub struct DirectorCounters {
+    /// Invocations (requests) run.
+    pub invocations: AtomicU64,
+    /// Steps run, nested ones included.
+    pub steps: AtomicU64,
+    /// Steps that started cold.
+    pub cold_steps: AtomicU64,
+    /// Steps served by an instance a pre-warm made.
+    pub prewarmed_steps: AtomicU64,
+    /// Of those, steps that had to wait for their pre-warm to finish (it started late).
+    pub late_prewarms: AtomicU64,
+    /// Steps that failed.
+    pub failed_steps: AtomicU64,
+    /// Pre-warms carried out (process and wasm).
+    pub prewarms: AtomicU64,
+    /// Of those, pre-warms an idle worker already covered (claimed, its deadline extended).
+    pub prewarms_covered: AtomicU64,
+    /// Pre-warms planned when a request's route became known (the route's task set).
+    pub route_prewarms: AtomicU64,
+    /// Unused pre-warms released when their plan's windows ended.
+    pub released: AtomicU64,
+    /// Committed reservations that preempted speculative ones.
+    pub preemptions: AtomicU64,
+    /// Step events dropped because the planner's inbox was full.
+    pub dropped_events: AtomicU64,
+    /// Execution records that could not be written to the log file.
+    pub log_write_errors: AtomicU64,
+}
+
+/// Receives every finished request's records while the learner is locked, so whatever it
+/// persists is exactly what the learner has seen.
+pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource) + Send + Sync>;
+
+/// Where records came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordSource {
+    /// Executions this director ran.
+    Baton,
+    /// Foreign logs it learned.
+    Ingested,
+}
+
+impl RecordSource {
+    /// Its name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordSource::Baton => "baton",
+            RecordSource::Ingested => "ingested",
+        }
+    }
+}
+
+/// A function's ids in the learner: its task and its operation label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ids {
+    pub(crate) task: TaskId,
+    pub(crate) label: LabelId,
+}
+
+/// What the director and the planner share.
+pub(crate) struct Node {
+    pub(crate) pool: Arc<WarmPool>,
+    pub(crate) process: ProcessBackend,
+    pub(crate) wasm: WasmBackend,
+    pub(crate) reservations: Option<ResourcePool>,
+    pub(crate) clock: SystemClock,
+    pub(crate) learner: Mutex<Tdg>,
+    pub(crate) graph: Arc<SnapshotCell>,
+    /// Function name → ids, read by request threads without touching the learner.
+    pub(crate) ids: RwLock<HashMap<String, Ids>>,
+    pub(crate) counters: DirectorCounters,
+    pub(crate) sink: Option<RecordSink>,
+    pub(crate) history: Mutex<VecDeque<Started>>,
+    pub(crate) pending: AtomicUsize,
+    pub(crate) inbox: Mutex<Inbox>,
+    pub(crate) wake: Condvar,
+    /// The planner when no thread runs it (a director never shared): messages are handled
+    /// on the sender's thread, by the same code.
+    pub(crate) inline: Mutex<Option<Planner>>,
+}
+
+/// The planner's inbox.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub(crate) messages: VecDeque<Msg>,
+    pub(crate) sleeping: bool,
+    pub(crate) running: bool,
+    pub(crate) stop: bool,
+}
+
+impl Node {
+    pub(crate) fn new(pool: Arc<WarmPool>, learner: Tdg, graph: Arc<SnapshotCell>) -> Node {
+        Node {
+            process: ProcessBackend {
+                pool: Arc::clone(&pool),
+                services: None,
+            },
+            wasm: WasmBackend::new(Arc::clone(&pool)),
+            pool,
+            reservations: None,
+            clock: SystemClock::new(),
+            learner: Mutex::new(learner),
+            graph,
+            ids: RwLock::new(HashMap::new()),
+            counters: DirectorCounters::default(),
+            sink: None,
+            history: Mutex::new(VecDeque::new()),
+            pending: AtomicUsize::new(0),
+            inbox: Mutex::new(Inbox::default()),
+            wake: Condvar::new(),
+            inline: Mutex::new(None),
+        }
+    }
+
+    /// The ids of `name`, interned on first sight.
+    pub(crate) fn ids(&self, name: &str) -> Ids {
+        if let Some(&ids) = self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return ids;
+        }
+        let ids = {
+            let mut learner = lock(&self.learner);
+            Ids {
+                task: learner.intern_task(name),
+                label: learner.intern_label(name),
+            }
+        };
+        self.ids
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), ids);
+        ids
+    }
+
+    /// How long `spec` takes to get ready from nothing: the pool's measurement (process
+    /// starts and wasm loads alike), else a default by kind. The one estimate.
+    pub(crate) fn cold_estimate(&self, spec: &FunctionSpec) -> Duration {
+        self.pool
+            .cold_start_estimate(&spec.name)
+            .unwrap_or(match spec.kind {
+                FunctionKind::Wasm { .. } => DEFAULT_COLD_WASM,
+                FunctionKind::Process { .. } => DEFAULT_COLD_PROCESS,
+            })
+    }
+
+    /// The backend that runs `spec`.
+    pub(crate) fn backend(&self, spec: &FunctionSpec) -> &dyn Backend {
+        match spec.kind {
+            FunctionKind::Wasm { .. } => &self.wasm,
+            FunctionKind::Process { .. } => &self.process,
+        }
+    }
+
+    /// The services functions may need.
+    pub(crate) fn services(&self) -> Option<&Arc<crate::services::Services>> {
+        self.process.services.as_ref()
+    }
+
+    /// Hands `message` to the planner: its thread's inbox, or the inline planner.
+    pub(crate) fn send(&self, message: Msg) {
+        let mut inbox = lock(&self.inbox);
+        if inbox.running {
+            if inbox.messages.len() >= INBOX_BOUND {
+                match message {
+                    Msg::Start { .. } | Msg::End { .. } => {
+                        self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Msg::Finished(_) | Msg::Sync(_) | Msg::Needed(..) => {
+                        // Records are not dropped: wait for room (the planner drains).
+                        while inbox.messages.len() >= INBOX_BOUND && !inbox.stop {
+                            drop(inbox);
+                            std::thread::sleep(Duration::from_millis(1));
+                            inbox = lock(&self.inbox);
+                        }
+                    }
+                }
+            }
+            inbox.messages.push_back(message);
+            if inbox.sleeping {
+                inbox.sleeping = false;
+                drop(inbox);
+                self.wake.notify_one();
+            }
+            return;
+        }
+        drop(inbox);
+        if let Some(planner) = lock(&self.inline).as_mut() {
+            planner.handle(message);
+        }
+    }
+
+    /// Waits until the planner has handled every message sent before.
+    pub(crate) fn sync(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.send(Msg::Sync(done));
+        let _ = wait.recv_timeout(Duration::from_secs(30));
+    }
+
+    /// Publishes the learner's graph now.
+    pub(crate) fn publish(&self, learner: MutexGuard<'_, Tdg>) {
+        let mut learner = learner;
+        let snapshot = learner.snapshot();
+        drop(learner);
+        self.graph.publish(snapshot);
+    }
+
+    /// Stops the planner's thread (it ends after the message it is handling).
+    pub(crate) fn stop(&self) {
+        lock(&self.inbox).stop = true;
+        self.wake.notify_all();
+    }
+}
