@@ -76,23 +76,44 @@ pub(crate) fn ensure_services(
 }
 
 /// An instance for one step and how it was obtained.
-pub(crate) struct Acquired {
-    pub(crate) instance: Box<dyn Instance>,
-    pub(crate) warmth: Warmth,
+pub struct Acquired {
+    /// The instance.
+    pub instance: Box<dyn Instance>,
+    /// How it was obtained.
+    pub warmth: Warmth,
     /// Waiting for a cold start, or the rest of a pre-warm (services excluded), µs.
-    pub(crate) wait_us: u64,
+    pub wait_us: u64,
     /// The plan that pre-warmed it.
-    pub(crate) plan: Option<u64>,
+    pub plan: Option<u64>,
     /// The step waited for its pre-warm to finish starting.
-    pub(crate) late: bool,
+    pub late: bool,
+}
+
+impl std::fmt::Debug for Acquired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acquired")
+            .field("warmth", &self.warmth)
+            .field("wait_us", &self.wait_us)
+            .field("plan", &self.plan)
+            .field("late", &self.late)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a step's run is given besides its input.
-pub(crate) struct StepCall<'a> {
+pub struct StepCall<'a> {
     /// When the previous step's output was ready (for the hop time).
-    pub(crate) handed_at: Option<Instant>,
+    pub handed_at: Option<Instant>,
     /// Builds the guest's nested-call hook, for backends that let guests call.
-    pub(crate) nested: &'a dyn Fn() -> Option<NestedCall>,
+    pub nested: &'a dyn Fn() -> Option<NestedCall>,
+}
+
+impl std::fmt::Debug for StepCall<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepCall")
+            .field("handed_at", &self.handed_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a run measured, beyond its output: the typed facts of a step.
@@ -115,7 +136,7 @@ pub struct RunFacts {
 }
 
 /// One step's instance.
-pub(crate) trait Instance: Send {
+pub trait Instance: Send {
     /// Runs the step.
     fn run(&mut self, input: &[u8], call: &StepCall<'_>) -> (Result<Vec<u8>, StepError>, RunFacts);
     /// Gives the instance back after the step; returns the worker's pid when it is kept
@@ -123,18 +144,27 @@ pub(crate) trait Instance: Send {
     fn finish(self: Box<Self>, keep_until: Instant) -> Option<u32>;
 }
 
-/// A kind of function's runtime.
-pub(crate) trait Backend: Send + Sync {
+/// A kind of function's runtime: where a step's instance comes from and goes back to.
+pub trait Backend: Send + Sync {
     /// An instance for a step of `spec`; `catch_up` lets the planner act first when
     /// nothing warm is there (a pre-warm planned for this step starts, and is waited for).
     fn acquire(&self, spec: &Arc<FunctionSpec>, catch_up: &dyn Fn())
         -> Result<Acquired, StepError>;
     /// Carries out a pre-warm now; returns whether an idle instance covered it.
     fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool;
-    /// Releases the unused pre-warms of `plan` for `name` past their keep; returns how many.
-    fn release_unused(&self, name: &str, plan: Option<u64>) -> usize;
+    /// Releases, at `at_us`, the unused pre-warms of `plan` for `name` past their keep;
+    /// returns how many.
+    fn release_unused(&self, name: &str, plan: Option<u64>, at_us: u64) -> usize;
+    /// Settles how long the instance `id` given back after a step ending at `at_us` stays
+    /// idle: until `until` (`until_us`); released at once when that is not after `at_us`.
+    fn settle(&self, name: &str, id: u32, until: Instant, until_us: u64, at_us: u64);
     /// Forgets what is loaded for `name` (a function replaced or removed).
     fn forget(&self, name: &str);
+    /// Its own cold-start time for `spec`, if it knows better than the measurements.
+    fn cold_estimate(&self, spec: &FunctionSpec) -> Option<Duration> {
+        let _ = spec;
+        None
+    }
 }
 
 /// Warm worker processes, kept by the [`WarmPool`].
@@ -221,8 +251,12 @@ impl Backend for ProcessBackend {
         false
     }
 
-    fn release_unused(&self, name: &str, plan: Option<u64>) -> usize {
+    fn release_unused(&self, name: &str, plan: Option<u64>, _at_us: u64) -> usize {
         self.pool.release_unused(name, plan)
+    }
+
+    fn settle(&self, name: &str, id: u32, until: Instant, _until_us: u64, _at_us: u64) {
+        self.pool.settle(name, id, until);
     }
 
     fn forget(&self, _name: &str) {}
@@ -373,11 +407,13 @@ impl Backend for WasmBackend {
         false
     }
 
-    fn release_unused(&self, name: &str, plan: Option<u64>) -> usize {
+    fn release_unused(&self, name: &str, plan: Option<u64>, _at_us: u64) -> usize {
         let mut loaded = lock(&self.loaded);
         let unused = loaded.get(name).is_some_and(|l| l.prewarmed == Some(plan));
         usize::from(unused && loaded.remove(name).is_some())
     }
+
+    fn settle(&self, _name: &str, _id: u32, _until: Instant, _until_us: u64, _at_us: u64) {}
 
     fn forget(&self, name: &str) {
         lock(&self.loaded).remove(name);

@@ -24,8 +24,8 @@ use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
 use crate::trace_context::{TraceId, TraceParent};
 use crate::wasm::WasmEngine;
-use baton_core::clock::Clock;
-use baton_core::exec::Executor;
+use baton_core::clock::ManualClock;
+use baton_core::exec::{Decision, Executor};
 use baton_core::{LabelId, Policy, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::HashMap;
@@ -135,6 +135,17 @@ pub(crate) struct RequestState {
 struct Setup {
     policy: Box<dyn Policy>,
     log: Option<BufWriter<File>>,
+    keep_trail: bool,
+}
+
+impl Setup {
+    fn planner(self, node: &Arc<Node>) -> Planner {
+        let mut executor = Executor::new(self.policy);
+        if self.keep_trail {
+            executor.keep_trail();
+        }
+        Planner::new(Arc::clone(node), executor, self.log)
+    }
 }
 
 /// Runs chains. Build it, then [`Director::into_shared`] to start the planner's thread and
@@ -184,7 +195,11 @@ impl Director {
             sequences: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             me: Weak::new(),
-            setup: Mutex::new(Some(Setup { policy, log: None })),
+            setup: Mutex::new(Some(Setup {
+                policy,
+                log: None,
+                keep_trail: false,
+            })),
             thread: None,
         };
         for spec in functions {
@@ -218,6 +233,38 @@ impl Director {
         node.process.services = services.clone();
         node.wasm.services = services;
         self
+    }
+
+    /// Runs on `clock`, which moves only when told: records, the policy and the planner
+    /// use its time, and the planner runs inline, carrying out pre-warms and housekeeping
+    /// ticks in time order as the clock moves (the simulator's discipline; for
+    /// conformance tests).
+    pub fn with_manual_clock(mut self, clock: Arc<ManualClock>) -> Director {
+        self.node_mut().manual = Some(clock);
+        self
+    }
+
+    /// Runs every function on `backend` instead of the backend of its kind (tests).
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Director {
+        self.node_mut().custom = Some(backend);
+        self
+    }
+
+    /// Keeps every decision the planner's executor makes, for [`Director::decisions`].
+    pub fn keep_decisions(self) -> Director {
+        if let Some(setup) = lock(&self.setup).as_mut() {
+            setup.keep_trail = true;
+        }
+        self
+    }
+
+    /// The decisions made since the last call, with their times (with
+    /// [`Director::keep_decisions`]; empty otherwise).
+    pub fn decisions(&self) -> Vec<(u64, Decision)> {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.send(Msg::Trail(done));
+        wait.recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_default()
     }
 
     /// Appends every execution record to `path` (schema v1 JSONL), from the planner.
@@ -327,7 +374,7 @@ impl Director {
 
     /// The clock records and the policy use, µs since the epoch.
     pub fn now_us(&self) -> u64 {
-        self.node.clock.now_us()
+        self.node.now_us()
     }
 
     /// Runs `f` on the learner once it has learned every request finished before the call,
@@ -372,14 +419,15 @@ impl Director {
             let mut director = self;
             director.me = me.clone();
             if let Some(setup) = setup {
-                let planner = Planner::new(
-                    Arc::clone(&director.node),
-                    Executor::new(setup.policy),
-                    setup.log,
-                );
-                match planner.spawn() {
-                    Ok(thread) => director.thread = Some(thread),
-                    Err(error) => started = Err(error),
+                let planner = setup.planner(&director.node);
+                if director.node.manual.is_some() {
+                    // Manual time: the planner runs inline, in time order.
+                    *lock(&director.node.inline) = Some(planner);
+                } else {
+                    match planner.spawn() {
+                        Ok(thread) => director.thread = Some(thread),
+                        Err(error) => started = Err(error),
+                    }
                 }
             }
             director
@@ -390,19 +438,15 @@ impl Director {
     /// An unshared director builds its planner on first use (it runs inline).
     fn ensure_inline_planner(&self) {
         if let Some(setup) = lock(&self.setup).take() {
-            *lock(&self.node.inline) = Some(Planner::new(
-                Arc::clone(&self.node),
-                Executor::new(setup.policy),
-                setup.log,
-            ));
+            *lock(&self.node.inline) = Some(setup.planner(&self.node));
         }
     }
 
     /// Lets the planner catch up before a step starts an instance itself (see
     /// [`Msg::Needed`]): only on the path that would otherwise start cold.
-    pub(crate) fn catch_up(&self, name: &str) {
+    pub(crate) fn catch_up(&self) {
         let (done, wait) = std::sync::mpsc::channel();
-        self.send(Msg::Needed(name.to_owned(), done));
+        self.send(Msg::Needed(done));
         let _ = wait.recv_timeout(CATCH_UP);
     }
 

@@ -7,7 +7,7 @@ use crate::backend::{Backend, ProcessBackend, WasmBackend};
 use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::planner::{Msg, Planner, Started};
 use crate::pool::WarmPool;
-use baton_core::clock::Clock;
+use baton_core::clock::{Clock, ManualClock};
 use baton_core::{LabelId, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::{HashMap, VecDeque};
@@ -138,6 +138,11 @@ pub(crate) struct Node {
     pub(crate) wasm: WasmBackend,
     pub(crate) reservations: Option<ResourcePool>,
     pub(crate) clock: SystemClock,
+    /// A clock that moves only when told (conformance tests): then it is the node's time,
+    /// and the planner runs inline, in time order.
+    pub(crate) manual: Option<Arc<ManualClock>>,
+    /// One backend for every function, instead of the one by kind (tests).
+    pub(crate) custom: Option<Arc<dyn Backend>>,
     pub(crate) learner: Mutex<Tdg>,
     pub(crate) graph: Arc<SnapshotCell>,
     /// Function name → ids, read by request threads without touching the learner.
@@ -173,6 +178,8 @@ impl Node {
             pool,
             reservations: None,
             clock: SystemClock::new(),
+            manual: None,
+            custom: None,
             learner: Mutex::new(learner),
             graph,
             ids: RwLock::new(HashMap::new()),
@@ -208,6 +215,9 @@ impl Node {
     /// How long `spec` takes to get ready from nothing: the pool's measurement (process
     /// starts and wasm loads alike), else a default by kind. The one estimate.
     pub(crate) fn cold_estimate(&self, spec: &FunctionSpec) -> Duration {
+        if let Some(known) = self.backend(spec).cold_estimate(spec) {
+            return known;
+        }
         self.pool
             .cold_start_estimate(&spec.name)
             .unwrap_or(match spec.kind {
@@ -216,8 +226,19 @@ impl Node {
             })
     }
 
+    /// Now, µs since the epoch: the manual clock's, else the system's.
+    pub(crate) fn now_us(&self) -> u64 {
+        match &self.manual {
+            Some(clock) => clock.now_us(),
+            None => self.clock.now_us(),
+        }
+    }
+
     /// The backend that runs `spec`.
     pub(crate) fn backend(&self, spec: &FunctionSpec) -> &dyn Backend {
+        if let Some(custom) = &self.custom {
+            return &**custom;
+        }
         match spec.kind {
             FunctionKind::Wasm { .. } => &self.wasm,
             FunctionKind::Process { .. } => &self.process,
@@ -239,7 +260,7 @@ impl Node {
                         self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    Msg::Finished(_) | Msg::Sync(_) | Msg::Needed(..) => {
+                    Msg::Finished(_) | Msg::Sync(_) | Msg::Needed(_) | Msg::Trail(_) => {
                         // Records are not dropped: wait for room (the planner drains).
                         while inbox.messages.len() >= INBOX_BOUND && !inbox.stop {
                             drop(inbox);

@@ -16,7 +16,7 @@
 
 use crate::node::{lock, Node, RecordSource};
 use crate::process::Placement;
-use baton_core::clock::Clock;
+
 use baton_core::exec::{ColdStarts, Decision, Executor};
 use baton_core::pool::{ReservationKind, ReservationRequest, Window};
 use baton_core::{PolicyEvent, PredictContext, Reservation, ResourceVec, TaskId};
@@ -70,11 +70,11 @@ pub(crate) enum Msg {
     },
     /// A request finished with these records.
     Finished(Vec<ExecutionRecord>),
-    /// A step found no warm instance of this function: the planner catches up with the
-    /// events before (a pre-warm planned for the step starts now, and the step waits for
-    /// it), drops a pre-warm of it still waiting for its instant (it would be wasted), and
-    /// answers.
-    Needed(String, std::sync::mpsc::Sender<()>),
+    /// A step found no warm instance: the planner catches up with everything due (a
+    /// pre-warm planned for the step starts now, and the step waits for it), and answers.
+    Needed(std::sync::mpsc::Sender<()>),
+    /// Hand over the decisions kept since the last time (see `Director::keep_decisions`).
+    Trail(std::sync::mpsc::Sender<Vec<(u64, Decision)>>),
     /// Answer once everything before is handled.
     Sync(std::sync::mpsc::Sender<()>),
 }
@@ -88,6 +88,12 @@ pub struct PrewarmJob {
     pub ready_at: Instant,
     /// Kept until, if unused.
     pub until: Instant,
+    /// When it is due to start, µs (the executor's `start_at_us`).
+    pub start_at_us: u64,
+    /// When the policy wants it ready, µs.
+    pub ready_at_us: u64,
+    /// Kept until, if unused, µs.
+    pub until_us: u64,
     /// The plan it belongs to.
     pub plan: Option<u64>,
     /// Probability it will be used.
@@ -124,6 +130,10 @@ pub(crate) struct Planner {
     decisions: Vec<Decision>,
     /// Whether jobs wait for their instant (a thread runs the planner) or start at once.
     timed: bool,
+    /// Time is the node's manual clock: jobs and ticks are carried out in time order as
+    /// the clock is seen to move (see [`Planner::advance`]).
+    manual: bool,
+    next_tick_us: Option<u64>,
 }
 
 /// The node's cold starts, by task, for the executor.
@@ -145,7 +155,11 @@ impl Planner {
         executor: Executor,
         log: Option<BufWriter<File>>,
     ) -> Planner {
+        let manual = node.manual.is_some();
         Planner {
+            manual,
+            // On a manual clock the inline planner keeps jobs for their instant too.
+            timed: manual,
             node,
             executor,
             jobs: BTreeMap::new(),
@@ -155,7 +169,7 @@ impl Planner {
             publish_pending: false,
             last_publish: None,
             decisions: Vec::new(),
-            timed: false,
+            next_tick_us: None,
         }
     }
 
@@ -207,13 +221,25 @@ impl Planner {
             }
             self.run_due_jobs();
             if Instant::now() >= next_housekeeping {
-                self.housekeeping();
+                self.housekeeping(self.node.now_us());
                 next_housekeeping = Instant::now() + HOUSEKEEPING;
             }
         }
     }
 
     pub(crate) fn handle(&mut self, message: Msg) {
+        if self.manual {
+            // Up to the message's own instant: a step's start is told after its instance
+            // was obtained (the clock may have moved on while it waited).
+            let until = match &message {
+                Msg::Start { at_us, .. } | Msg::End { at_us, .. } => Some(*at_us),
+                Msg::Finished(_) => None,
+                _ => Some(self.node.now_us()),
+            };
+            if let Some(until) = until {
+                self.advance_to(until);
+            }
+        }
         match message {
             Msg::Start {
                 task,
@@ -236,7 +262,7 @@ impl Planner {
                     context,
                     reveals_route,
                 });
-                self.apply_all(None);
+                self.apply_all(None, at_us);
             }
             Msg::End {
                 task,
@@ -251,26 +277,24 @@ impl Planner {
                     invocation,
                     at_us,
                 });
-                let keep = self.apply_all(Some(task));
-                if let Some(pid) = worker {
-                    let until = self.node.clock.instant_of(keep.unwrap_or(at_us));
-                    self.node.pool.settle(&function, pid, until);
+                let keep = self.apply_all(Some(task), at_us);
+                if let (Some(id), Some(spec)) = (worker, self.node.pool.spec(&function)) {
+                    let until_us = keep.unwrap_or(at_us);
+                    let until = self.node.clock.instant_of(until_us);
+                    self.node
+                        .backend(&spec)
+                        .settle(&function, id, until, until_us, at_us);
                 }
-                self.enforce_budget();
+                self.enforce_budget(at_us);
             }
             Msg::Finished(records) => self.finished(&records),
-            Msg::Needed(function, done) => {
+            Msg::Needed(done) => {
+                // Caught up above (manual time) or here: everything due has started.
                 self.run_due_jobs();
-                let key = self
-                    .jobs
-                    .iter()
-                    .find(|(_, (job, _))| job.function == function)
-                    .map(|(key, _)| *key);
-                if let Some(key) = key {
-                    self.jobs.remove(&key);
-                }
-                self.node.pending.store(self.jobs.len(), Ordering::Relaxed);
                 let _ = done.send(());
+            }
+            Msg::Trail(done) => {
+                let _ = done.send(self.executor.take_trail());
             }
             Msg::Sync(done) => {
                 let _ = done.send(());
@@ -283,10 +307,10 @@ impl Planner {
         self.executor.handle(&event, &cold, &mut self.decisions);
     }
 
-    /// Carries out the decisions made; returns the keep-alive set for `finished`.
-    fn apply_all(&mut self, finished: Option<TaskId>) -> Option<u64> {
+    /// Carries out the decisions made at `now` (µs); returns the keep-alive set for
+    /// `finished`.
+    fn apply_all(&mut self, finished: Option<TaskId>, now: u64) -> Option<u64> {
         let mut keep = None;
-        let now = self.node.clock.now_us();
         for decision in std::mem::take(&mut self.decisions) {
             match decision {
                 Decision::Prewarm {
@@ -314,6 +338,9 @@ impl Planner {
                         function,
                         ready_at: clock.instant_of(ready_at_us),
                         until: clock.instant_of(until_us),
+                        start_at_us: start_at_us.max(now),
+                        ready_at_us,
+                        until_us,
                         plan,
                         probability,
                     };
@@ -334,7 +361,9 @@ impl Planner {
                     self.jobs
                         .retain(|_, (job, _)| !(job.function == function && job.plan == plan));
                     let released = self.node.pool.spec(&function).map_or(0, |spec| {
-                        self.node.backend(&spec).release_unused(&function, plan)
+                        self.node
+                            .backend(&spec)
+                            .release_unused(&function, plan, now)
                     });
                     self.node
                         .counters
@@ -389,7 +418,11 @@ impl Planner {
     }
 
     fn run_due_jobs(&mut self) {
-        let now_us = self.node.clock.now_us();
+        if self.manual {
+            self.advance();
+            return;
+        }
+        let now_us = self.node.now_us();
         while let Some(entry) = self.jobs.first_entry() {
             if entry.key().0 > now_us {
                 break;
@@ -472,7 +505,8 @@ impl Planner {
         }
     }
 
-    fn housekeeping(&mut self) {
+    /// The periodic work, at `at_us` on the node's clock.
+    fn housekeeping(&mut self, at_us: u64) {
         let now = Instant::now();
         if self.publish_pending {
             self.node.publish(lock(&self.node.learner));
@@ -484,17 +518,47 @@ impl Planner {
             services.stop_idle(now);
         }
         if let Some(reservations) = &self.node.reservations {
-            reservations.expire(self.node.clock.now_us());
+            reservations.expire(at_us);
         }
-        let at_us = self.node.clock.now_us();
         self.tell(PolicyEvent::Tick { at_us });
-        self.apply_all(None);
-        self.enforce_budget();
+        self.apply_all(None, at_us);
+        self.enforce_budget(at_us);
+    }
+
+    /// On a manual clock: carries out, in time order, every pre-warm job and housekeeping
+    /// tick due up to the clock's now, each at its own time, as the simulator's event
+    /// queue does (ticks from the first instant the planner sees).
+    fn advance(&mut self) {
+        self.advance_to(self.node.now_us());
+    }
+
+    /// [`Planner::advance`] up to `now`.
+    fn advance_to(&mut self, now: u64) {
+        let period = HOUSEKEEPING.as_micros() as u64;
+        let mut next_tick = *self.next_tick_us.get_or_insert(now);
+        loop {
+            let next_job = self.jobs.keys().next().map(|&(due, _)| due);
+            match next_job {
+                Some(due) if due < next_tick && due <= now => {
+                    let Some(((due, _), (job, scheduled))) = self.jobs.pop_first() else {
+                        break;
+                    };
+                    self.carry_out(job, scheduled, self.node.clock.instant_of(due));
+                }
+                _ if next_tick <= now => {
+                    self.housekeeping(next_tick);
+                    next_tick += period;
+                    self.next_tick_us = Some(next_tick);
+                }
+                _ => break,
+            }
+        }
+        self.node.pending.store(self.jobs.len(), Ordering::Relaxed);
     }
 
     /// Evicts idle workers, lowest policy priority first, while their declared memory is
     /// over the pool's idle budget.
-    fn enforce_budget(&mut self) {
+    fn enforce_budget(&mut self, at_us: u64) {
         let Some(budget) = self.node.pool.idle_budget_mib() else {
             return;
         };
@@ -521,10 +585,9 @@ impl Planner {
             if self.node.pool.evict(&victim.function, victim.pid) {
                 used -= victim.memory_mib;
                 let task = self.node.ids(&victim.function).task;
-                let at_us = self.node.clock.now_us();
                 self.tell(PolicyEvent::Evicted { task, at_us });
             }
         }
-        self.apply_all(None);
+        self.apply_all(None, at_us);
     }
 }

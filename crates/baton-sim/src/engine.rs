@@ -24,6 +24,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+/// Ends sort after every other event of their instant (whose sequence numbers count up
+/// from 0), latest arrival first.
+const END_ORDER: u64 = u64::MAX / 2;
+
 /// One policy call in this many is timed (see `Engine::tell`).
 const POLICY_TIMING_SAMPLE: u64 = 16;
 
@@ -238,8 +242,8 @@ pub fn run(
     };
     engine.last_publish_us = engine.now;
     let start = engine.now;
+    // The first tick comes at the first arrival's instant, before it (events first).
     engine.schedule(start, Event::Tick);
-    engine.tell(PolicyEvent::Tick { at_us: start });
     let step = (arrivals.len() / 100).max(1);
     let mut next = 0usize;
     loop {
@@ -505,13 +509,16 @@ impl Engine<'_> {
         self.mark_busy(instance, now);
         self.delay_us[index as usize] = delay;
         let end = now + delay + arrival.duration_us;
-        self.schedule(
+        // Ends go after every other event of their instant, the latest-started first: a
+        // call ends before its caller when both end at one microsecond, as it does live.
+        self.queue.push(Reverse((
             end,
+            END_ORDER - u64::from(index),
             Event::End {
                 instance,
                 arrival: index,
             },
-        );
+        )));
         let request = &self.requests[arrival.request as usize];
         let invocation = &request.invocations()[arrival.index as usize];
         let grand_caller = invocation

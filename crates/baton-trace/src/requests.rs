@@ -97,12 +97,22 @@ fn wait_of(record: &ExecutionRecord) -> u64 {
 pub struct RequestGrouper {
     keys: Vec<Keys>,
     invocations: Vec<Invocation>,
+    /// Keep each start as recorded instead of removing the waits before it.
+    recorded_starts: bool,
 }
 
 impl RequestGrouper {
     /// An empty grouper.
     pub fn new() -> RequestGrouper {
         RequestGrouper::default()
+    }
+
+    /// Keeps every start as recorded (each run still without its own wait): the requests
+    /// exactly as they ran, for a simulator that adds its own waits (the conformance test
+    /// replays a director's records so). Learning uses the default, warm timing.
+    pub fn keep_recorded_starts(mut self) -> RequestGrouper {
+        self.recorded_starts = true;
+        self
     }
 
     /// Adds one record, interning its task and operation names into `tdg`.
@@ -132,6 +142,7 @@ impl RequestGrouper {
     /// The requests whose entry starts inside `window`, in start order.
     pub fn finish(self, window: TimeWindow) -> (Vec<Request>, GroupReport) {
         let RequestGrouper {
+            recorded_starts,
             keys,
             mut invocations,
         } = self;
@@ -206,7 +217,9 @@ impl RequestGrouper {
             for &r in span {
                 let invocation = &mut invocations[r as usize];
                 invocation.start_us = invocation.start_us.saturating_sub(waited_before);
-                waited_before += keys[r as usize].wait_us;
+                if !recorded_starts {
+                    waited_before += keys[r as usize].wait_us;
+                }
                 invocation.parent = keys[r as usize].parent.and_then(|p| {
                     let found = local.get(&p).copied();
                     if found.is_none() {
