@@ -21,34 +21,17 @@
 use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
-use baton_core::exec::{choose_for_arrival, choose_for_prewarm, Candidate};
+
+mod idle;
+mod lease;
+
+use baton_core::exec::{choose_for_arrival, Candidate};
+use lease::BusySlot;
+pub use lease::{IdleInfo, Lease, PoolCounters, Warmth, CAP_WAIT};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// Counters of the pool's work.
-#[derive(Debug, Default)]
-pub struct PoolCounters {
-    /// Requests served by an idle worker.
-    pub hits: AtomicU64,
-    /// Requests that started a worker themselves.
-    pub cold_starts: AtomicU64,
-    /// Pre-warms started.
-    pub prewarms: AtomicU64,
-    /// Pre-warmed workers used.
-    pub prewarms_used: AtomicU64,
-    /// Pre-warmed workers released unused.
-    pub prewarms_wasted: AtomicU64,
-    /// Pre-warms that failed to start.
-    pub prewarms_failed: AtomicU64,
-    /// Idle workers evicted to stay within the idle-memory budget.
-    pub evictions: AtomicU64,
-    /// Requests that waited for an instance because of a cap.
-    pub capped_waits: AtomicU64,
-    /// Pre-warms not started: the function was at its instance cap.
-    pub prewarms_capped: AtomicU64,
-}
 
 #[derive(Debug)]
 struct Idle {
@@ -95,81 +78,6 @@ struct State {
 /// A pre-warmed worker that became ready after (or just before) the end of the window it
 /// was planned for is kept this long, so the step it was made for can still use it.
 pub const PREWARM_GRACE: Duration = Duration::from_micros(baton_core::exec::PREWARM_GRACE_US);
-
-/// One idle worker, for reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdleInfo {
-    /// Its function.
-    pub function: String,
-    /// Its process.
-    pub pid: u32,
-    /// Its memory limit, MiB.
-    pub memory_mib: u64,
-    /// The plan that pre-warmed it, when unused yet.
-    pub plan: Option<u64>,
-    /// Whether a pre-warm started it and nobody used it yet.
-    pub prewarmed: bool,
-    /// Kept until.
-    pub until: Instant,
-    /// Idle since.
-    pub since: Instant,
-}
-
-/// How a worker was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Warmth {
-    /// Started for this request.
-    Cold,
-    /// An idle worker kept alive after an earlier request.
-    Warm,
-    /// A worker pre-warmed for this request (predicted).
-    Prewarmed,
-}
-
-/// A worker lent out; give it back with [`WarmPool::give_back`].
-#[derive(Debug)]
-pub struct Lease {
-    /// The worker.
-    pub worker: Worker,
-    /// How it was obtained.
-    pub warmth: Warmth,
-    /// Time spent waiting for it (cold start, or the rest of a pre-warm), µs.
-    pub wait_us: u64,
-    /// The plan that pre-warmed it.
-    pub plan: Option<u64>,
-    /// Whether the request waited for a pre-warm still starting (it came late).
-    pub waited_for_prewarm: bool,
-    /// Counts the worker as busy until the lease is gone.
-    _busy: BusySlot,
-}
-
-impl Lease {
-    /// The function it runs.
-    pub fn function(&self) -> &str {
-        &self._busy.function
-    }
-}
-
-/// One busy worker of a function, counted against its instance cap until dropped.
-#[derive(Debug)]
-struct BusySlot {
-    pool: Arc<WarmPool>,
-    function: String,
-}
-
-impl Drop for BusySlot {
-    fn drop(&mut self) {
-        let mut state = lock(&self.pool.state);
-        if let Some(busy) = state.busy.get_mut(&self.function) {
-            *busy = busy.saturating_sub(1);
-        }
-        drop(state);
-        self.pool.started.notify_all();
-    }
-}
-
-/// How long a request waits for a capped instance before giving up.
-pub const CAP_WAIT: Duration = Duration::from_secs(60);
 
 /// Idle workers per function. Cheap to share: clone the `Arc`.
 pub struct WarmPool {
@@ -336,30 +244,6 @@ impl WarmPool {
             .sum()
     }
 
-    /// Removes the idle worker `pid` of `name` to make room (the planner's choice); returns
-    /// whether it was idle. It is killed after the lock is released.
-    pub fn evict(&self, name: &str, pid: u32) -> bool {
-        let evicted = {
-            let mut state = lock(&self.state);
-            let list = state.idle.get_mut(name);
-            list.and_then(|list| {
-                let at = list.iter().position(|i| i.worker.pid() == pid)?;
-                Some(list.swap_remove(at))
-            })
-        };
-        let Some(evicted) = evicted else {
-            return false;
-        };
-        if evicted.prewarmed.is_some() {
-            self.counters
-                .prewarms_wasted
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        drop(evicted);
-        true
-    }
-
     /// The spec of `name`.
     pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
         self.functions
@@ -514,80 +398,6 @@ impl WarmPool {
         })
     }
 
-    /// Returns a worker to the pool until `keep_until` (the planner settles the real
-    /// deadline with [`WarmPool::settle`]); returns its pid, or `None` when it was dead and
-    /// dropped.
-    pub fn give_back(&self, name: &str, worker: Worker, keep_until: Instant) -> Option<u32> {
-        if !worker.is_alive() {
-            return None;
-        }
-        let pid = worker.pid();
-        let mut state = lock(&self.state);
-        state.idle.entry(name.to_owned()).or_default().push(Idle {
-            worker,
-            until: keep_until,
-            since: Instant::now(),
-            prewarmed: None,
-            claimed: false,
-            settling: true,
-        });
-        drop(state);
-        // A request waiting at the function's cap can take it now.
-        self.started.notify_all();
-        Some(pid)
-    }
-
-    /// Sets how long the idle worker `pid` of `name` is kept (the policy's keep-alive, or
-    /// none: released now). Nothing happens if it is no longer idle.
-    pub fn settle(&self, name: &str, pid: u32, until: Instant) {
-        let released = {
-            let mut state = lock(&self.state);
-            let Some(list) = state.idle.get_mut(name) else {
-                return;
-            };
-            let Some(at) = list.iter().position(|i| i.worker.pid() == pid) else {
-                return;
-            };
-            let entry = &mut list[at];
-            entry.settling = false;
-            if entry.claimed {
-                // A pre-warm counts on it now: its deadline stands.
-                entry.until = entry.until.max(until);
-                None
-            } else if until > Instant::now() {
-                entry.until = until;
-                None
-            } else {
-                Some(list.swap_remove(at))
-            }
-        };
-        drop(released);
-    }
-
-    /// Releases the idle, never-used workers pre-warmed for `plan` whose keep time is over
-    /// (the executor's rule); returns how many.
-    pub fn release_unused(&self, name: &str, plan: Option<u64>) -> usize {
-        let mut released = Vec::new();
-        let now = Instant::now();
-        {
-            let mut state = lock(&self.state);
-            if let Some(list) = state.idle.get_mut(name) {
-                let mut index = 0;
-                while index < list.len() {
-                    if list[index].prewarmed == Some(plan) && list[index].until <= now {
-                        released.push(list.swap_remove(index));
-                    } else {
-                        index += 1;
-                    }
-                }
-            }
-        }
-        self.counters
-            .prewarms_wasted
-            .fetch_add(released.len() as u64, Ordering::Relaxed);
-        released.len()
-    }
-
     /// Starts a worker for `name` for `plan` on `placement` in the background, after
     /// `before` (which starts the services it needs) succeeds; kept until `until` if
     /// unused. A request for `name` meanwhile waits for it rather than starting another.
@@ -665,51 +475,5 @@ impl WarmPool {
                 .prewarms_failed
                 .fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Claims an idle worker of `name` for a pre-warm due now, by the executor's rule (one
-    /// no other pre-warm claims: two pre-warms get two workers), and keeps it until at
-    /// least `until`; returns whether there was one. Then no new process is needed.
-    pub fn claim_idle(&self, name: &str, until: Instant) -> bool {
-        let mut state = lock(&self.state);
-        let Some(list) = state.idle.get_mut(name) else {
-            return false;
-        };
-        let now = Instant::now();
-        let Some(pid) = choose_for_prewarm(list.iter().map(Idle::candidate), now, now) else {
-            return false;
-        };
-        let Some(idle) = list.iter_mut().find(|i| u64::from(i.worker.pid()) == pid) else {
-            return false;
-        };
-        idle.claimed = true;
-        idle.until = idle.until.max(until);
-        true
-    }
-
-    /// Releases idle workers whose deadline has passed; returns how many.
-    pub fn expire(&self, now: Instant) -> usize {
-        let mut expired = Vec::new();
-        {
-            let mut state = lock(&self.state);
-            for list in state.idle.values_mut() {
-                let mut index = 0;
-                while index < list.len() {
-                    if list[index].until <= now {
-                        expired.push(list.swap_remove(index));
-                    } else {
-                        index += 1;
-                    }
-                }
-            }
-        }
-        for idle in &expired {
-            if idle.prewarmed.is_some() {
-                self.counters
-                    .prewarms_wasted
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        expired.len()
     }
 }

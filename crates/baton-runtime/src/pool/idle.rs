@@ -1,0 +1,154 @@
+//! Idle workers coming and going: given back after a step (settled by the planner),
+//! claimed by a pre-warm, released unused, evicted over the budget, expired.
+
+use super::{lock, Idle, WarmPool};
+use crate::process::Worker;
+use baton_core::exec::choose_for_prewarm;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+impl WarmPool {
+    /// Removes the idle worker `pid` of `name` to make room (the planner's choice); returns
+    /// whether it was idle. It is killed after the lock is released.
+    pub fn evict(&self, name: &str, pid: u32) -> bool {
+        let evicted = {
+            let mut state = lock(&self.state);
+            let list = state.idle.get_mut(name);
+            list.and_then(|list| {
+                let at = list.iter().position(|i| i.worker.pid() == pid)?;
+                Some(list.swap_remove(at))
+            })
+        };
+        let Some(evicted) = evicted else {
+            return false;
+        };
+        if evicted.prewarmed.is_some() {
+            self.counters
+                .prewarms_wasted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        drop(evicted);
+        true
+    }
+
+    /// Returns a worker to the pool until `keep_until` (the planner settles the real
+    /// deadline with [`WarmPool::settle`]); returns its pid, or `None` when it was dead and
+    /// dropped.
+    pub fn give_back(&self, name: &str, worker: Worker, keep_until: Instant) -> Option<u32> {
+        if !worker.is_alive() {
+            return None;
+        }
+        let pid = worker.pid();
+        let mut state = lock(&self.state);
+        state.idle.entry(name.to_owned()).or_default().push(Idle {
+            worker,
+            until: keep_until,
+            since: Instant::now(),
+            prewarmed: None,
+            claimed: false,
+            settling: true,
+        });
+        drop(state);
+        // A request waiting at the function's cap can take it now.
+        self.started.notify_all();
+        Some(pid)
+    }
+
+    /// Sets how long the idle worker `pid` of `name` is kept (the policy's keep-alive, or
+    /// none: released now). Nothing happens if it is no longer idle.
+    pub fn settle(&self, name: &str, pid: u32, until: Instant) {
+        let released = {
+            let mut state = lock(&self.state);
+            let Some(list) = state.idle.get_mut(name) else {
+                return;
+            };
+            let Some(at) = list.iter().position(|i| i.worker.pid() == pid) else {
+                return;
+            };
+            let entry = &mut list[at];
+            entry.settling = false;
+            if entry.claimed {
+                // A pre-warm counts on it now: its deadline stands.
+                entry.until = entry.until.max(until);
+                None
+            } else if until > Instant::now() {
+                entry.until = until;
+                None
+            } else {
+                Some(list.swap_remove(at))
+            }
+        };
+        drop(released);
+    }
+
+    /// Releases the idle, never-used workers pre-warmed for `plan` whose keep time is over
+    /// (the executor's rule); returns how many.
+    pub fn release_unused(&self, name: &str, plan: Option<u64>) -> usize {
+        let mut released = Vec::new();
+        let now = Instant::now();
+        {
+            let mut state = lock(&self.state);
+            if let Some(list) = state.idle.get_mut(name) {
+                let mut index = 0;
+                while index < list.len() {
+                    if list[index].prewarmed == Some(plan) && list[index].until <= now {
+                        released.push(list.swap_remove(index));
+                    } else {
+                        index += 1;
+                    }
+                }
+            }
+        }
+        self.counters
+            .prewarms_wasted
+            .fetch_add(released.len() as u64, Ordering::Relaxed);
+        released.len()
+    }
+
+    /// Claims an idle worker of `name` for a pre-warm due now, by the executor's rule (one
+    /// no other pre-warm claims: two pre-warms get two workers), and keeps it until at
+    /// least `until`; returns whether there was one. Then no new process is needed.
+    pub fn claim_idle(&self, name: &str, until: Instant) -> bool {
+        let mut state = lock(&self.state);
+        let Some(list) = state.idle.get_mut(name) else {
+            return false;
+        };
+        let now = Instant::now();
+        let Some(pid) = choose_for_prewarm(list.iter().map(Idle::candidate), now, now) else {
+            return false;
+        };
+        let Some(idle) = list.iter_mut().find(|i| u64::from(i.worker.pid()) == pid) else {
+            return false;
+        };
+        idle.claimed = true;
+        idle.until = idle.until.max(until);
+        true
+    }
+
+    /// Releases idle workers whose deadline has passed; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            for list in state.idle.values_mut() {
+                let mut index = 0;
+                while index < list.len() {
+                    if list[index].until <= now {
+                        expired.push(list.swap_remove(index));
+                    } else {
+                        index += 1;
+                    }
+                }
+            }
+        }
+        for idle in &expired {
+            if idle.prewarmed.is_some() {
+                self.counters
+                    .prewarms_wasted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        expired.len()
+    }
+}

@@ -1,0 +1,111 @@
+//! Why a worker could not start or serve, and what that means for its record and for
+//! the worker itself.
+
+use thiserror::Error;
+
+/// Why a worker could not start or serve.
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    /// The manifest is not a process function.
+    #[error("function `{0}` is not a process function")]
+    NotProcess(String),
+    /// The program could not be started.
+    #[error("function `{function}`: cannot start {program:?}: {source}")]
+    Spawn {
+        /// The function.
+        function: String,
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Limits could not be applied (the worker was killed).
+    #[error("function `{function}`: cannot apply limits: {message}")]
+    Limits {
+        /// The function.
+        function: String,
+        /// What failed.
+        message: String,
+    },
+    /// No ready frame in time.
+    #[error(
+        "function `{function}`: worker not ready after {waited_ms} ms (a worker must \
+             speak baton's protocol, e.g. through examples/python/baton_worker.py){stderr}"
+    )]
+    NotReady {
+        /// The function.
+        function: String,
+        /// How long we waited.
+        waited_ms: u64,
+        /// The end of what it wrote on stderr, as `; stderr: …`, or empty.
+        stderr: String,
+    },
+    /// The invocation overran the timeout; the worker was killed.
+    #[error("function `{function}`: timed out after {timeout_ms} ms; worker killed")]
+    Timeout {
+        /// The function.
+        function: String,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The worker was killed for memory.
+    #[error("function `{function}`: out of memory (limit {limit_mib} MiB); worker killed")]
+    OutOfMemory {
+        /// The function.
+        function: String,
+        /// The limit.
+        limit_mib: u64,
+    },
+    /// The worker died.
+    #[error("function `{function}`: worker died ({status})")]
+    Crashed {
+        /// The function.
+        function: String,
+        /// Its exit status.
+        status: String,
+    },
+    /// The function raised or returned an error; the worker lives on.
+    #[error("function `{function}` failed: {message}")]
+    Function {
+        /// The function.
+        function: String,
+        /// Its message.
+        message: String,
+    },
+    /// Every instance of the function stayed busy (or the node kept starting others) for
+    /// the whole wait.
+    #[error("function `{function}`: no instance free after {waited_ms} ms (at its instance cap or the node's cold-start bound)")]
+    Saturated {
+        /// The function.
+        function: String,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
+    /// The worker broke the protocol (it was killed).
+    #[error("function `{function}`: protocol error: {message}")]
+    Protocol {
+        /// The function.
+        function: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl WorkerError {
+    /// The execution-record status word for this error.
+    pub fn status(&self) -> &'static str {
+        match self {
+            WorkerError::Timeout { .. } => "timeout",
+            WorkerError::OutOfMemory { .. } => "oom",
+            _ => "error",
+        }
+    }
+
+    /// Whether the worker is gone and must be replaced.
+    pub fn worker_lost(&self) -> bool {
+        !matches!(
+            self,
+            WorkerError::Function { .. } | WorkerError::Saturated { .. }
+        )
+    }
+}
