@@ -16,9 +16,10 @@
 
 use crate::backend::Backend;
 pub use crate::backend::{RunFacts, StepError, MAX_HOPS};
+pub use crate::counters::Counters;
 use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
-pub use crate::node::{DirectorCounters, RecordSink, RecordSource};
+pub use crate::node::{RecordSink, RecordSource};
 use crate::planner::{Msg, Planner, Started, CATCH_UP};
 use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
@@ -358,7 +359,7 @@ impl Director {
     }
 
     /// The counts.
-    pub fn counters(&self) -> &DirectorCounters {
+    pub fn counters(&self) -> &Counters {
         &self.node.counters
     }
 

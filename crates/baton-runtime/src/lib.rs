@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod bucket;
 pub mod code;
+pub mod counters;
 pub mod director;
 pub mod isolation;
 pub mod limits;

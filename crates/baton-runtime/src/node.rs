@@ -4,6 +4,7 @@
 //! inbox.
 
 use crate::backend::{Backend, ProcessBackend, WasmBackend};
+use crate::counters::Counters;
 use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::planner::{Msg, Planner, Started};
 use crate::pool::WarmPool;
@@ -11,7 +12,7 @@ use baton_core::clock::{Clock, ManualClock};
 use baton_core::{LabelId, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,37 +71,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// Counts of the director's and the planner's work.
-#[derive(Debug, Default)]
-pub struct DirectorCounters {
-    /// Invocations (requests) run.
-    pub invocations: AtomicU64,
-    /// Steps run, nested ones included.
-    pub steps: AtomicU64,
-    /// Steps that started cold.
-    pub cold_steps: AtomicU64,
-    /// Steps served by an instance a pre-warm made.
-    pub prewarmed_steps: AtomicU64,
-    /// Of those, steps that had to wait for their pre-warm to finish (it started late).
-    pub late_prewarms: AtomicU64,
-    /// Steps that failed.
-    pub failed_steps: AtomicU64,
-    /// Pre-warms carried out (process and wasm).
-    pub prewarms: AtomicU64,
-    /// Of those, pre-warms an idle worker already covered (claimed, its deadline extended).
-    pub prewarms_covered: AtomicU64,
-    /// Pre-warms planned when a request's route became known (the route's task set).
-    pub route_prewarms: AtomicU64,
-    /// Unused pre-warms released when their plan's windows ended.
-    pub released: AtomicU64,
-    /// Committed reservations that preempted speculative ones.
-    pub preemptions: AtomicU64,
-    /// Step events dropped because the planner's inbox was full.
-    pub dropped_events: AtomicU64,
-    /// Execution records that could not be written to the log file.
-    pub log_write_errors: AtomicU64,
-}
-
 /// Receives every finished request's records while the learner is locked, so whatever it
 /// persists is exactly what the learner has seen.
 pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource) + Send + Sync>;
@@ -147,7 +117,7 @@ pub(crate) struct Node {
     pub(crate) graph: Arc<SnapshotCell>,
     /// Function name → ids, read by request threads without touching the learner.
     pub(crate) ids: RwLock<HashMap<String, Ids>>,
-    pub(crate) counters: DirectorCounters,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) sink: Option<RecordSink>,
     pub(crate) history: Mutex<VecDeque<Started>>,
     pub(crate) pending: AtomicUsize,
@@ -175,6 +145,7 @@ impl Node {
                 services: None,
             },
             wasm: WasmBackend::new(Arc::clone(&pool)),
+            counters: Arc::clone(&pool.counters),
             pool,
             reservations: None,
             clock: SystemClock::new(),
@@ -183,7 +154,6 @@ impl Node {
             learner: Mutex::new(learner),
             graph,
             ids: RwLock::new(HashMap::new()),
-            counters: DirectorCounters::default(),
             sink: None,
             history: Mutex::new(VecDeque::new()),
             pending: AtomicUsize::new(0),

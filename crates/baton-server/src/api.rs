@@ -18,7 +18,6 @@ use baton_trace::schema::ExecutionRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -874,8 +873,13 @@ async fn pool(State(state): State<Shared>) -> Response {
             })
         })
         .collect();
-    let counters = &state.director.pool().counters;
-    let director = state.director.counters();
+    let counters: serde_json::Map<String, Value> = state
+        .director
+        .counters()
+        .read()
+        .into_iter()
+        .map(|(name, _, value)| (name.to_owned(), Value::from(value)))
+        .collect();
     Json(json!({
         "policy": state.policy.name.as_str(),
         "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
@@ -884,24 +888,7 @@ async fn pool(State(state): State<Shared>) -> Response {
         "reservations": by_plan,
         "warm_instances": warm,
         "idle_memory_mib": state.director.pool().idle_memory_mib(),
-        "counters": {
-            "hits": counters.hits.load(Ordering::Relaxed),
-            "cold_starts": counters.cold_starts.load(Ordering::Relaxed),
-            "prewarms": director.prewarms.load(Ordering::Relaxed),
-            "prewarmed_steps": director.prewarmed_steps.load(Ordering::Relaxed),
-            "late_prewarms": director.late_prewarms.load(Ordering::Relaxed),
-            "prewarms_wasted": counters.prewarms_wasted.load(Ordering::Relaxed),
-            "prewarms_capped": counters.prewarms_capped.load(Ordering::Relaxed),
-            "capped_waits": counters.capped_waits.load(Ordering::Relaxed),
-            "evictions": counters.evictions.load(Ordering::Relaxed),
-            "prewarms_covered": director.prewarms_covered.load(Ordering::Relaxed),
-            "route_prewarms": director.route_prewarms.load(Ordering::Relaxed),
-            "released": director.released.load(Ordering::Relaxed),
-            "dropped_events": director.dropped_events.load(Ordering::Relaxed),
-            "preemptions": director.preemptions.load(Ordering::Relaxed),
-            "steps": director.steps.load(Ordering::Relaxed),
-            "cold_steps": director.cold_steps.load(Ordering::Relaxed),
-        },
+        "counters": counters,
         "prediction_hit_ratio": state.metrics.prediction_hit_rate(),
     }))
     .into_response()
@@ -910,9 +897,7 @@ async fn pool(State(state): State<Shared>) -> Response {
 async fn metrics(State(state): State<Shared>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let director = state.director.counters();
-    let pool = &state.director.pool().counters;
-    let gauges: [(&str, &str, &str, u64); 6] = [
+    let gauges: [(&str, &str, &str, u64); 4] = [
         (
             "baton_reservations",
             "gauge",
@@ -920,22 +905,10 @@ async fn metrics(State(state): State<Shared>) -> Response {
             state.reservations.len() as u64,
         ),
         (
-            "baton_preemptions_total",
+            "baton_reservation_preemptions_total",
             "counter",
-            "Speculative reservations preempted by committed demand.",
+            "Speculative reservations preempted by committed demand (the pool's count).",
             state.reservations.n_preemptions(),
-        ),
-        (
-            "baton_prewarms_total",
-            "counter",
-            "Pre-warms carried out.",
-            director.prewarms.load(Ordering::Relaxed),
-        ),
-        (
-            "baton_prewarms_wasted_total",
-            "counter",
-            "Pre-warmed instances released unused.",
-            pool.prewarms_wasted.load(Ordering::Relaxed),
         ),
         (
             "baton_warm_instances",
@@ -950,6 +923,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
             state.director.pool().idle_memory_mib(),
         ),
     ];
+    // The runtime's counters, the same set `/v1/pool` shows.
+    for (name, help, value) in state.director.counters().read() {
+        out.push_str(&format!(
+            "# HELP baton_runtime_{name}_total {help}\n# TYPE baton_runtime_{name}_total counter\nbaton_runtime_{name}_total {value}\n"
+        ));
+    }
     for (name, kind, help, value) in gauges {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"

@@ -4,32 +4,8 @@
 
 use super::{lock, WarmPool};
 use crate::process::Worker;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Counters of the pool's work.
-#[derive(Debug, Default)]
-pub struct PoolCounters {
-    /// Requests served by an idle worker.
-    pub hits: AtomicU64,
-    /// Requests that started a worker themselves.
-    pub cold_starts: AtomicU64,
-    /// Pre-warms started.
-    pub prewarms: AtomicU64,
-    /// Pre-warmed workers used.
-    pub prewarms_used: AtomicU64,
-    /// Pre-warmed workers released unused.
-    pub prewarms_wasted: AtomicU64,
-    /// Pre-warms that failed to start.
-    pub prewarms_failed: AtomicU64,
-    /// Idle workers evicted to stay within the idle-memory budget.
-    pub evictions: AtomicU64,
-    /// Requests that waited for an instance because of a cap.
-    pub capped_waits: AtomicU64,
-    /// Pre-warms not started: the function was at its instance cap.
-    pub prewarms_capped: AtomicU64,
-}
 
 /// One idle worker, for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,9 @@ mod lease;
 
 use baton_core::exec::{choose_for_arrival, Candidate};
 use lease::BusySlot;
-pub use lease::{IdleInfo, Lease, PoolCounters, Warmth, CAP_WAIT};
+pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
+
+use crate::counters::Counters;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -87,8 +89,8 @@ pub struct WarmPool {
     started: Condvar,
     idle_budget_mib: Option<u64>,
     max_cold_starts: usize,
-    /// The counts.
-    pub counters: PoolCounters,
+    /// The counts (the runtime's one set, shared with the director and the planner).
+    pub counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for WarmPool {
@@ -133,7 +135,7 @@ impl WarmPool {
             // Each cold start is mostly CPU (an interpreter importing): more at once than
             // cores only makes each slower.
             max_cold_starts: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
-            counters: PoolCounters::default(),
+            counters: Arc::new(Counters::default()),
         })
     }
 
@@ -427,7 +429,7 @@ impl WarmPool {
             }
             *state.starting.entry(name.to_owned()).or_default() += 1;
         }
-        self.counters.prewarms.fetch_add(1, Ordering::Relaxed);
+        self.counters.prewarm_starts.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
         let owned = name.to_owned();
         let spawned = std::thread::Builder::new()

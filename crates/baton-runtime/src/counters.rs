@@ -1,0 +1,85 @@
+//! The runtime's one set of counters: the director's steps, the planner's decisions and
+//! the pool's workers, shared by all three (an `Arc`), read by `/v1/pool` and `/metrics`
+//! alike through [`Counters::read`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( #[doc = $doc:literal] $name:ident ),* $(,)?) => {
+        /// Counts of the runtime's work. See the module docs.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( #[doc = $doc] pub $name: AtomicU64, )*
+        }
+
+        impl Counters {
+            /// Every counter as (name, what it counts, value), in a fixed order.
+            pub fn read(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![ $( (stringify!($name), $doc.trim(), self.$name.load(Ordering::Relaxed)), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Invocations (requests) run.
+    invocations,
+    /// Steps run, nested ones included.
+    steps,
+    /// Steps that started cold.
+    cold_steps,
+    /// Steps served by an instance a pre-warm made.
+    prewarmed_steps,
+    /// Of those, steps that waited for their pre-warm to finish starting.
+    late_prewarms,
+    /// Steps that failed.
+    failed_steps,
+    /// Pre-warms carried out (process and wasm).
+    prewarms,
+    /// Of those, pre-warms an idle instance covered (claimed, its deadline extended).
+    prewarms_covered,
+    /// Pre-warms planned when a request's route became known (the route's task set).
+    route_prewarms,
+    /// Unused pre-warms released when their plan's windows ended.
+    released,
+    /// Worker processes started by pre-warms.
+    prewarm_starts,
+    /// Pre-warmed workers used by a step.
+    prewarms_used,
+    /// Pre-warmed workers released unused (expired, evicted or released).
+    prewarms_wasted,
+    /// Pre-warms whose worker failed to start.
+    prewarms_failed,
+    /// Pre-warms not started: the function was at its instance cap.
+    prewarms_capped,
+    /// Steps served by an idle worker process.
+    hits,
+    /// Worker processes a step started itself (cold).
+    cold_starts,
+    /// Steps that waited for a worker because of a cap.
+    capped_waits,
+    /// Idle workers evicted to stay within the idle-memory budget.
+    evictions,
+    /// Committed reservations that preempted speculative ones.
+    preemptions,
+    /// Step events dropped because the planner's inbox was full.
+    dropped_events,
+    /// Execution records that could not be written to the log file.
+    log_write_errors,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_read_with_its_description() {
+        let counters = Counters::default();
+        counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
+        let read = counters.read();
+        assert_eq!(read.len(), 22);
+        let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
+        assert_eq!(late.2, 3);
+        assert!(late.1.starts_with("Of those"), "{late:?}");
+    }
+}
