@@ -26,6 +26,10 @@ pub struct HopArgs {
     /// Payload size, bytes (at most 61,440: the guest's buffer).
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Calls measured with an idle gap of 10 ms before each (a quarter of them for 100 ms);
+    /// 0 skips the sparse rows.
+    #[arg(long, default_value_t = 40)]
+    sparse: usize,
     /// The examples directory (default: ./examples).
     #[arg(long)]
     examples: Option<PathBuf>,
@@ -58,7 +62,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             );
             anyhow::ensure!(args.iterations > 0, "--iterations must be positive");
             let examples = bench::examples_dir(args.examples.as_deref());
-            let report = bench::hop(&examples, args.iterations, args.payload)
+            let report = bench::hop(&examples, args.iterations, args.payload, args.sparse)
                 .with_context(|| format!("hop bench (examples in {})", examples.display()))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -103,6 +107,16 @@ fn print_hop(report: &HopReport) {
         "ratio HTTP / hand-off at p50: {:.1}x (to input), {:.1}x (result back)",
         report.ratio_p50, report.ratio_with_result_p50
     );
+    println!(
+        "\ndirector invoke a → b, back to back: p50 {:.2} µs",
+        report.invoke_tight.p50_us
+    );
+    for row in &report.sparse {
+        println!(
+            "sparse, {:>4} ms idle before each call: invoke p50 {:8.2} µs ({:.2}x tight), hand-off p50 {:6.2} µs",
+            row.gap_ms, row.invoke.p50_us, row.ratio_to_tight, row.handoff.p50_us
+        );
+    }
 }
 
 fn print_cold(report: &ColdReport) {

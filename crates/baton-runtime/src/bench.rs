@@ -89,6 +89,24 @@ pub struct HopReport {
     pub ratio_with_result_p50: f64,
     /// The guest.
     pub guest: String,
+    /// The whole invocation `a → b` through the director, called back to back.
+    pub invoke_tight: Summary,
+    /// The same with the director idle in between (sparse traffic, as serverless traffic
+    /// mostly is): one row per gap.
+    pub sparse: Vec<SparseRow>,
+}
+
+/// The director's hop and whole invocation with an idle gap before each call.
+#[derive(Debug, Clone, Serialize)]
+pub struct SparseRow {
+    /// The gap between calls, ms.
+    pub gap_ms: u64,
+    /// Hand-off (as [`HopReport::handoff`]).
+    pub handoff: Summary,
+    /// The whole invocation.
+    pub invoke: Summary,
+    /// `invoke.p50 / invoke_tight.p50`.
+    pub ratio_to_tight: f64,
 }
 
 /// One pre-warmed-versus-cold comparison.
@@ -187,6 +205,7 @@ pub fn hop(
     examples: &Path,
     iterations: usize,
     payload_bytes: usize,
+    sparse_samples: usize,
 ) -> Result<HopReport, BenchError> {
     let guest = examples.join("wat/upper_native.wat");
     let cache = tempfile_dir("hop")?;
@@ -234,23 +253,22 @@ pub fn hop(
     let mut handoff_result = Vec::with_capacity(iterations);
     let mut http = Vec::with_capacity(iterations);
     let mut http_result = Vec::with_capacity(iterations);
+    let mut invoke_tight = Vec::with_capacity(iterations);
     let warmup = iterations / 10 + 10;
     // Interleaved, so both sides see the same machine.
-    for i in 0..warmup + iterations {
+    let hop_of = |payload: &[u8]| -> Result<(Option<(u64, u64)>, u64), BenchError> {
+        let started = Instant::now();
         let outcome = director
-            .invoke("ab", &payload)
+            .invoke("ab", payload)
             .map_err(setup("director hop"))?;
+        let took = started.elapsed().as_nanos() as u64;
         if outcome.output.len() != payload.len() {
             return Err(BenchError::Setup("director hop: wrong output".into()));
         }
-        let hop_ns = outcome.records[1]
-            .extra
-            .get("hop_ns")
-            .and_then(serde_json::Value::as_u64);
-        let result_ns = outcome.records[1]
-            .extra
-            .get("hop_result_ns")
-            .and_then(serde_json::Value::as_u64);
+        Ok((outcome.steps[1].hop_ns, took))
+    };
+    for i in 0..warmup + iterations {
+        let (hop, took) = hop_of(&payload)?;
 
         // a runs here, then its output goes over HTTP to b.
         let a_output = engine.invoke(&a, &payload).map_err(setup("guest a"))?;
@@ -273,10 +291,11 @@ pub fn hop(
             .take()
             .ok_or_else(|| std::io::Error::other("no input instant"))?;
         if i >= warmup {
-            if let (Some(hop_ns), Some(result_ns)) = (hop_ns, result_ns) {
+            if let Some((hop_ns, result_ns)) = hop {
                 handoff.push(hop_ns);
                 handoff_result.push(result_ns);
             }
+            invoke_tight.push(took);
             http.push(input_at.saturating_duration_since(ready).as_nanos() as u64);
             http_result.push(back.as_nanos() as u64);
         }
@@ -284,6 +303,31 @@ pub fn hop(
     drop(writer);
     drop(reader);
     let _ = server.join();
+    let invoke_tight = Summary::of(invoke_tight);
+    let mut sparse = Vec::new();
+    for gap_ms in [10u64, 100] {
+        let n = if gap_ms >= 100 {
+            sparse_samples.div_ceil(4).max(3)
+        } else {
+            sparse_samples
+        };
+        let (mut hops, mut invokes) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            std::thread::sleep(Duration::from_millis(gap_ms));
+            let (hop, took) = hop_of(&payload)?;
+            hops.extend(hop.map(|(h, _)| h));
+            invokes.push(took);
+        }
+        if !invokes.is_empty() && !hops.is_empty() {
+            let invoke = Summary::of(invokes);
+            sparse.push(SparseRow {
+                gap_ms,
+                ratio_to_tight: invoke.p50_us / invoke_tight.p50_us.max(1e-3),
+                handoff: Summary::of(hops),
+                invoke,
+            });
+        }
+    }
     drop(director);
     let _ = std::fs::remove_dir_all(&cache);
     if handoff.is_empty() {
@@ -300,6 +344,8 @@ pub fn hop(
         http,
         http_with_result,
         guest: "examples/wat/upper_native.wat (baton imports, no WASI)".into(),
+        invoke_tight,
+        sparse,
     })
 }
 

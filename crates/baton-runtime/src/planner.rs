@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 /// How often the planner expires idle workers, stops idle services and ticks the policy.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(50);
 
+/// How long the planner keeps polling its inbox after handling messages before it
+/// sleeps (see `Planner::run`).
+pub const SPIN: Duration = Duration::from_micros(100);
+
 /// At most one graph snapshot is published per this interval while requests stream in;
 /// housekeeping publishes what is left (a snapshot costs time in the graph's size).
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
@@ -185,6 +189,7 @@ impl Planner {
 
     fn run(mut self) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        let mut busy_at = Instant::now();
         loop {
             let messages: Vec<Msg> = {
                 let mut inbox = lock(&self.node.inbox);
@@ -196,6 +201,15 @@ impl Planner {
                         break inbox.messages.drain(..).collect();
                     }
                     let now = Instant::now();
+                    // Right after work, poll a little before sleeping: the rest of a
+                    // request's events come within microseconds, and a sleeping planner
+                    // costs each sender a wake-up (a system call and a cross-core wake).
+                    if now.duration_since(busy_at) < SPIN {
+                        drop(inbox);
+                        std::thread::yield_now();
+                        inbox = lock(&self.node.inbox);
+                        continue;
+                    }
                     let due = self
                         .jobs
                         .keys()
@@ -216,6 +230,9 @@ impl Planner {
                     inbox.sleeping = false;
                 }
             };
+            if !messages.is_empty() {
+                busy_at = Instant::now();
+            }
             for message in messages {
                 self.handle(message);
             }

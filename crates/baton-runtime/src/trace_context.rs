@@ -1,6 +1,7 @@
 //! Ids that never collide, across restarts, PIDs (PID 1 in every container) and nodes:
-//! W3C trace-context ids for requests (128-bit trace id) and steps (64-bit span id), drawn
-//! from the operating system's random source, and time-ordered UUIDv7 ids for invocations.
+//! W3C trace-context ids for requests (128-bit trace id) and steps (64-bit span id), keyed
+//! by the operating system's random source once per process, and time-ordered UUIDv7 ids
+//! for invocations.
 //! A caller's `traceparent` header continues its trace.
 
 use thiserror::Error;
@@ -31,11 +32,41 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// SplitMix64's finalizer: a bijection on `u64` that scatters consecutive inputs.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The next of this process's ids: a counter scattered under two keys drawn once from the
+/// OS random source. Within the process every draw differs (the mixing is a bijection of
+/// the counter); across processes and restarts the keys differ, so ids collide no more
+/// than random ones. One system call per process instead of one per id, which the request
+/// path would otherwise pay on every step.
+fn next_id() -> (u64, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<[u64; 3]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let keys = KEYS.get_or_init(|| {
+        let bytes: [u8; 24] = random_bytes();
+        let word =
+            |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        [word(0), word(1), word(2)]
+    });
+    let n = COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(keys[0]);
+    (mix(n ^ keys[1]), mix(n.rotate_left(32) ^ keys[2]))
+}
+
 impl TraceId {
-    /// A fresh random trace id.
+    /// A fresh trace id, unique in this process and random-looking across processes.
     pub fn random() -> TraceId {
         loop {
-            let id = u128::from_be_bytes(random_bytes());
+            let (high, low) = next_id();
+            let id = (u128::from(high) << 64) | u128::from(low);
             if id != 0 {
                 return TraceId(id);
             }
@@ -44,10 +75,10 @@ impl TraceId {
 }
 
 impl SpanId {
-    /// A fresh random span id.
+    /// A fresh span id, unique in this process and random-looking across processes.
     pub fn random() -> SpanId {
         loop {
-            let id = u64::from_be_bytes(random_bytes());
+            let (id, _) = next_id();
             if id != 0 {
                 return SpanId(id);
             }
