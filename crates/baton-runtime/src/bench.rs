@@ -270,6 +270,10 @@ pub fn hop(
     for i in 0..warmup + iterations {
         let (hop, took) = hop_of(&payload)?;
 
+        // The planner polls for a moment after the director's work (see
+        // `planner::SPIN`); the HTTP half waits until it is idle again, so a busy core does
+        // not speed up the HTTP hop's wake-ups.
+        std::thread::sleep(crate::planner::SPIN * 3);
         // a runs here, then its output goes over HTTP to b.
         let a_output = engine.invoke(&a, &payload).map_err(setup("guest a"))?;
         let ready = Instant::now();
