@@ -3,7 +3,7 @@
 
 use crate::chain::ChainProfile;
 use crate::ids::{LabelId, TaskId};
-use crate::pool::{ReservationKind, ReservationRequest, ResourcePool, Window};
+use crate::reservation::{ReservationKind, ReservationRequest, ResourcePool, Window};
 use crate::predict::{Chain, PredictContext, PredictOptions};
 use crate::profile::{Metric, NeedQuantile};
 use crate::resources::ResourceVec;

@@ -8,7 +8,7 @@
 //! publishes immutable snapshots ([`snapshot::TdgSnapshot`]) through a
 //! [`tdg::SnapshotCell`]; predictors ask a snapshot for chains ([`predict`]) and their
 //! profiles ([`chain`]); the [`assembler::Assembler`] fits them to the
-//! [`pool::ResourcePool`]; [`policy`] turns plans into pre-warm actions.
+//! [`reservation::ResourcePool`]; [`policy`] turns plans into pre-warm actions.
 #![deny(missing_docs)]
 
 pub mod assembler;
@@ -22,7 +22,7 @@ pub mod exec;
 pub mod histogram;
 pub mod ids;
 pub mod policy;
-pub mod pool;
+pub mod reservation;
 pub mod predict;
 pub mod profile;
 pub mod request;
@@ -37,7 +37,7 @@ pub use context::{CallContext, ContextKind, Prev};
 pub use costs::Costs;
 pub use ids::{LabelId, TaskId};
 pub use policy::{Action, ChainPolicy, ChainPolicyConfig, NextPolicy, Policy, PolicyEvent};
-pub use pool::{Reservation, ReservationKind, ReservationRequest, ResourcePool, Window};
+pub use reservation::{Reservation, ReservationKind, ReservationRequest, ResourcePool, Window};
 pub use predict::{Chain, PredictContext, PredictOptions};
 pub use request::{Invocation, Request, Usage};
 pub use resources::ResourceVec;

@@ -18,7 +18,7 @@ use crate::node::{lock, Node, RecordSource};
 use crate::process::Placement;
 
 use baton_core::exec::{ColdStarts, Decision, Executor};
-use baton_core::pool::{ReservationKind, ReservationRequest, Window};
+use baton_core::reservation::{ReservationKind, ReservationRequest, Window};
 use baton_core::{PolicyEvent, PredictContext, Reservation, ResourceVec, TaskId};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::{BTreeMap, HashMap};

@@ -16,7 +16,7 @@ pub use baselines::{
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
 use crate::ids::TaskId;
-use crate::pool::{Reservation, ResourcePool};
+use crate::reservation::{Reservation, ResourcePool};
 use crate::predict::PredictContext;
 use crate::tdg::SnapshotCell;
 use serde::{Deserialize, Serialize};

@@ -20,7 +20,7 @@ use super::baselines::{self, Arrival as OracleArrival};
 use super::{ChainPolicy, ChainPolicyConfig, NextPolicy, Policy};
 use crate::assembler::{Assembler, AssemblerConfig};
 use crate::costs::Costs;
-use crate::pool::ResourcePool;
+use crate::reservation::ResourcePool;
 use crate::tdg::SnapshotCell;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
