@@ -3,9 +3,9 @@
 
 use crate::chain::ChainProfile;
 use crate::ids::{LabelId, TaskId};
-use crate::reservation::{ReservationKind, ReservationRequest, ResourcePool, Window};
 use crate::predict::{Chain, PredictContext, PredictOptions};
 use crate::profile::{Metric, NeedQuantile};
+use crate::reservation::{ReservationKind, ReservationRequest, ResourcePool, Window};
 use crate::resources::ResourceVec;
 use crate::snapshot::TdgSnapshot;
 use serde::{Deserialize, Serialize};

@@ -16,8 +16,8 @@ pub use baselines::{
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
 use crate::ids::TaskId;
-use crate::reservation::{Reservation, ResourcePool};
 use crate::predict::PredictContext;
+use crate::reservation::{Reservation, ResourcePool};
 use crate::tdg::SnapshotCell;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
