@@ -122,6 +122,9 @@ pub(crate) struct Node {
     pub(crate) history: Mutex<VecDeque<Started>>,
     pub(crate) pending: AtomicUsize,
     pub(crate) inbox: Mutex<Inbox>,
+    /// Set by a sender after a push, cleared by the planner when it drains the inbox: what
+    /// the polling planner watches (see `planner::SPIN`).
+    pub(crate) queued: std::sync::atomic::AtomicBool,
     pub(crate) wake: Condvar,
     /// The planner when no thread runs it (a director never shared): messages are handled
     /// on the sender's thread, by the same code.
@@ -158,6 +161,7 @@ impl Node {
             history: Mutex::new(VecDeque::new()),
             pending: AtomicUsize::new(0),
             inbox: Mutex::new(Inbox::default()),
+            queued: std::sync::atomic::AtomicBool::new(false),
             wake: Condvar::new(),
             inline: Mutex::new(None),
         }
@@ -241,6 +245,7 @@ impl Node {
                 }
             }
             inbox.messages.push_back(message);
+            self.queued.store(true, Ordering::Release);
             if inbox.sleeping {
                 inbox.sleeping = false;
                 drop(inbox);

@@ -198,6 +198,7 @@ impl Planner {
                         return;
                     }
                     if !inbox.messages.is_empty() {
+                        self.node.queued.store(false, Ordering::Release);
                         break inbox.messages.drain(..).collect();
                     }
                     let now = Instant::now();
@@ -205,8 +206,13 @@ impl Planner {
                     // request's events come within microseconds, and a sleeping planner
                     // costs each sender a wake-up (a system call and a cross-core wake).
                     if now.duration_since(busy_at) < SPIN {
+                        // Polled on a flag, not the lock: senders never wait for the poller.
                         drop(inbox);
-                        std::thread::yield_now();
+                        while !self.node.queued.load(Ordering::Acquire) && busy_at.elapsed() < SPIN
+                        {
+                            std::thread::yield_now();
+                        }
+                        // Then the messages that came, or (nothing came) a real sleep.
                         inbox = lock(&self.node.inbox);
                         continue;
                     }
