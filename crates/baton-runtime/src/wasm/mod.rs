@@ -236,7 +236,7 @@ pub struct WasmEngine {
     engine: Engine,
     linker: Linker<Host>,
     cache_dir: PathBuf,
-    ticking: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     /// Cache file of each module file version (path, size, modification time).
     keys: std::sync::Mutex<ModuleKeys>,
 }
@@ -254,7 +254,68 @@ impl std::fmt::Debug for WasmEngine {
 
 impl Drop for WasmEngine {
     fn drop(&mut self) {
-        self.ticking.store(false, Ordering::Relaxed);
+        self.ticker.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.ticker.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// The epoch clock's state: it ticks while guests run and for [`IDLE_TICKS`] ticks after,
+/// then parks until a guest starts (an idle server is not woken 1,000 times a second).
+#[derive(Debug, Default)]
+struct Ticker {
+    stop: AtomicBool,
+    running: std::sync::atomic::AtomicUsize,
+    parked: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Ticks without a guest running before the epoch thread parks.
+const IDLE_TICKS: u32 = 100;
+
+/// A guest running: counted while it lives, so the epoch clock ticks.
+struct Running<'a>(&'a Ticker);
+
+impl Ticker {
+    fn enter(&self) -> Running<'_> {
+        // Sequentially consistent with the ticker's `parked` then `running` check: either
+        // it sees this guest and does not park, or this sees it parked and wakes it.
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+        Running(self)
+    }
+
+    fn run(&self, engine: &Engine) {
+        let mut idle = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.running.load(Ordering::SeqCst) == 0 {
+                idle += 1;
+            } else {
+                idle = 0;
+            }
+            if idle >= IDLE_TICKS {
+                self.parked.store(true, Ordering::SeqCst);
+                if self.running.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                idle = 0;
+                continue;
+            }
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -310,22 +371,18 @@ impl WasmEngine {
         std::fs::create_dir_all(cache_dir).map_err(|e| {
             WasmError::Engine(format!("cannot create cache {}: {e}", cache_dir.display()))
         })?;
-        let ticking = Arc::new(AtomicBool::new(true));
-        let (ticker_engine, flag) = (engine.clone(), Arc::clone(&ticking));
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker::default());
+        let (ticker_engine, clock) = (engine.clone(), Arc::clone(&ticker));
+        let thread = std::thread::Builder::new()
             .name("baton-wasm-epoch".into())
-            .spawn(move || {
-                while flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticker_engine.increment_epoch();
-                }
-            })
+            .spawn(move || clock.run(&ticker_engine))
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        let _ = ticker.thread.set(thread.thread().clone());
         Ok(WasmEngine {
             engine,
             linker,
             cache_dir: cache_dir.to_owned(),
-            ticking,
+            ticker,
             keys: std::sync::Mutex::new(ModuleKeys::new()),
         })
     }
@@ -487,6 +544,7 @@ impl WasmEngine {
             },
         );
         store.limiter(|host| host);
+        let _running = self.ticker.enter();
         let ticks = (function.timeout_ms as u128 * 1000 / EPOCH_TICK.as_micros()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let failed = |message: String| WasmError::Failed {
