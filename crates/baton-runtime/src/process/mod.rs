@@ -24,7 +24,7 @@ mod error;
 mod output;
 
 pub use error::WorkerError;
-use output::{capture_stderr, Captured};
+use output::{capture_stderr, Captured, InFlight};
 pub use output::{CapturedOutput, OUTPUT_CAP};
 
 type Frame = Result<(FrameKind, Vec<u8>), String>;
@@ -45,6 +45,7 @@ pub struct Worker {
     frames: Receiver<Frame>,
     /// Its stderr as captured, and the pipe's read end to see what is still in flight.
     output: Arc<Mutex<Captured>>,
+    output_in_flight: InFlight,
     stderr_pipe: Option<std::os::fd::OwnedFd>,
     limits: LimitGuard,
     ready_after: Duration,
@@ -188,14 +189,15 @@ impl Worker {
             });
         };
         let output = Arc::new(Mutex::new(Captured::default()));
+        let output_in_flight = InFlight::default();
         let mut stderr_pipe = None;
         if let Some(stderr) = child.stderr.take() {
             use std::os::fd::AsFd;
             stderr_pipe = stderr.as_fd().try_clone_to_owned().ok();
-            let captured = Arc::clone(&output);
+            let (captured, in_flight) = (Arc::clone(&output), Arc::clone(&output_in_flight));
             let reader = std::thread::Builder::new()
                 .name(format!("baton-stderr-{}", spec.name))
-                .spawn(move || capture_stderr(stderr, captured));
+                .spawn(move || capture_stderr(stderr, captured, in_flight));
             if let Err(source) = reader {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -239,6 +241,7 @@ impl Worker {
             stdin,
             frames,
             output,
+            output_in_flight,
             stderr_pipe,
             limits,
             ready_after: Duration::ZERO,
@@ -419,8 +422,21 @@ impl Worker {
     /// line written just before the result is not left for the next invocation.
     pub fn take_output(&mut self) -> CapturedOutput {
         if let Some(pipe) = &self.stderr_pipe {
-            let deadline = Instant::now() + Duration::from_millis(5);
-            while rustix::io::ioctl_fionread(pipe).is_ok_and(|n| n > 0) && Instant::now() < deadline
+            // Only waits while bytes are still in the pipe or being kept (a loaded machine
+            // may not run the reader at once); at most 100 ms.
+            let deadline = Instant::now() + Duration::from_millis(100);
+            let pending = || {
+                rustix::io::ioctl_fionread(pipe).is_ok_and(|n| n > 0)
+                    || self
+                        .output_in_flight
+                        .load(std::sync::atomic::Ordering::SeqCst)
+            };
+            while Instant::now() < deadline
+                && (pending() || {
+                    // The reader may be between the read and marking it in flight.
+                    std::thread::yield_now();
+                    pending()
+                })
             {
                 std::thread::yield_now();
             }

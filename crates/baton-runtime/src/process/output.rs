@@ -21,22 +21,31 @@ pub(super) struct Captured {
     pub(super) dropped: u64,
 }
 
+/// Set by the reader between taking bytes from the pipe and keeping them: with the pipe's
+/// own count, what tells a take that output is still on its way.
+pub(super) type InFlight = Arc<std::sync::atomic::AtomicBool>;
+
 /// Reads a worker's stderr into `captured` until it closes, keeping at most [`OUTPUT_CAP`]
 /// bytes between two takes.
 pub(super) fn capture_stderr(
     mut stderr: std::process::ChildStderr,
     captured: Arc<Mutex<Captured>>,
+    in_flight: InFlight,
 ) {
     use std::io::Read;
+    use std::sync::atomic::Ordering;
     let mut chunk = [0u8; 8192];
     loop {
         let n = match stderr.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut captured = captured.lock().unwrap_or_else(|p| p.into_inner());
-        let room = OUTPUT_CAP.saturating_sub(captured.bytes.len()).min(n);
-        captured.bytes.extend_from_slice(&chunk[..room]);
-        captured.dropped += (n - room) as u64;
+        in_flight.store(true, Ordering::SeqCst);
+        let mut kept = captured.lock().unwrap_or_else(|p| p.into_inner());
+        let room = OUTPUT_CAP.saturating_sub(kept.bytes.len()).min(n);
+        kept.bytes.extend_from_slice(&chunk[..room]);
+        kept.dropped += (n - room) as u64;
+        drop(kept);
+        in_flight.store(false, Ordering::SeqCst);
     }
 }
