@@ -20,7 +20,7 @@ pub use crate::counters::Counters;
 use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
 pub use crate::node::{RecordSink, RecordSource};
-use crate::planner::{Msg, Planner, Started, CATCH_UP};
+use crate::planner::{Msg, Planner, Started, CATCH_UP, CATCH_UP_MAX};
 use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
 use crate::trace_context::{TraceId, TraceParent};
@@ -445,10 +445,11 @@ impl Director {
 
     /// Lets the planner catch up before a step starts an instance itself (see
     /// [`Msg::Needed`]): only on the path that would otherwise start cold.
-    pub(crate) fn catch_up(&self) {
+    pub(crate) fn catch_up(&self, spec: &FunctionSpec) {
         let (done, wait) = std::sync::mpsc::channel();
         self.send(Msg::Needed(done));
-        let _ = wait.recv_timeout(CATCH_UP);
+        let patience = (self.node.cold_estimate(spec) / 2).clamp(CATCH_UP, CATCH_UP_MAX);
+        let _ = wait.recv_timeout(patience);
     }
 
     pub(crate) fn send(&self, message: Msg) {

@@ -42,9 +42,14 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// Started pre-warm jobs remembered for reports.
 const HISTORY: usize = 1024;
 
-/// How long a step that found no warm instance waits for the planner to catch up before
-/// starting one itself.
+/// How long a step that found no warm instance waits at least for the planner to catch up
+/// before starting one itself; up to half the function's cold start when that is longer
+/// (waiting that long for a pre-warm already under way still beats starting cold), at most
+/// [`CATCH_UP_MAX`].
 pub const CATCH_UP: Duration = Duration::from_millis(20);
+
+/// The longest a step waits for the planner to catch up.
+pub const CATCH_UP_MAX: Duration = Duration::from_millis(500);
 
 /// A finished worker is given back this long before the planner settles its real
 /// keep-alive (microseconds later, unless the planner is far behind).

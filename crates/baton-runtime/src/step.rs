@@ -88,7 +88,7 @@ impl Director {
                 let acquired = self
                     .node
                     .backend(&spec)
-                    .acquire(&spec, &|| self.catch_up())?;
+                    .acquire(&spec, &|| self.catch_up(&spec))?;
                 Ok((spec, services, acquired))
             });
         let (spec, service_wait, acquired) = match acquired {
