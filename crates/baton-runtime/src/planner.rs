@@ -14,6 +14,7 @@
 //! Nothing here calls back into the director, and no worker is killed while the pool's
 //! lock is held.
 
+use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node, RecordSource};
 use crate::process::Placement;
 
@@ -72,7 +73,8 @@ pub(crate) enum Msg {
     /// A step ended; its worker (by pid) was given back, if it is a process.
     End {
         task: TaskId,
-        function: String,
+        /// The function that ran (its name and backend).
+        spec: Arc<FunctionSpec>,
         invocation: u64,
         at_us: u64,
         worker: Option<u32>,
@@ -294,7 +296,7 @@ impl Planner {
             }
             Msg::End {
                 task,
-                function,
+                spec,
                 invocation,
                 at_us,
                 worker,
@@ -306,12 +308,12 @@ impl Planner {
                     at_us,
                 });
                 let keep = self.apply_all(Some(task), at_us);
-                if let (Some(id), Some(spec)) = (worker, self.node.pool.spec(&function)) {
+                if let Some(id) = worker {
                     let until_us = keep.unwrap_or(at_us);
                     let until = self.node.clock.instant_of(until_us);
                     self.node
                         .backend(&spec)
-                        .settle(&function, id, until, until_us, at_us);
+                        .settle(&spec.name, id, until, until_us, at_us);
                 }
                 self.enforce_budget(at_us);
             }
@@ -509,11 +511,11 @@ impl Planner {
         // The same conversion a restarted server replays its log through (warm timing:
         // waits removed), so a restored graph equals one that never stopped.
         let mut learner = lock(&self.node.learner);
-        let mut grouper = baton_trace::requests::RequestGrouper::new();
-        for record in records {
-            grouper.push(record, &mut learner);
-        }
-        let (requests, _) = grouper.finish(baton_trace::requests::TimeWindow::default());
+        let (requests, _) = baton_trace::requests::group_requests(
+            records,
+            &mut learner,
+            baton_trace::requests::TimeWindow::default(),
+        );
         for request in &requests {
             learner.observe_request(request);
         }

@@ -149,7 +149,7 @@ impl Director {
         let worker = instance.finish(Instant::now() + PROVISIONAL_KEEP);
         self.send(Msg::End {
             task,
-            function: name.to_owned(),
+            spec: Arc::clone(&spec),
             invocation,
             at_us: end_us,
             worker,
