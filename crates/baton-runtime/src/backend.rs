@@ -1,5 +1,5 @@
 //! The backends a step runs on, behind one [`Backend`] trait: wasm guests in this process
-//! ([`WasmBackend`]: compiled and pre-linked modules, one instantiation per call) and warm
+//! ([`WasmBackend`]: compiled and pre-linked modules, each instance made ahead) and warm
 //! worker processes ([`ProcessBackend`]: the [`WarmPool`]). The director and the planner
 //! pick a backend by the function's kind once and never branch on it again.
 //!
@@ -13,7 +13,7 @@ use crate::planner::PrewarmJob;
 use crate::pool::{Lease, WarmPool, Warmth, PREWARM_GRACE};
 use crate::process::WorkerError;
 use crate::services::{ServiceError, Services};
-use crate::wasm::{NestedCall, WasmEngine, WasmError, WasmFunction};
+use crate::wasm::{NestedCall, Ready, Spent, WasmEngine, WasmError, WasmFunction};
 use baton_trace::schema::Status;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,6 +87,8 @@ pub struct Acquired {
     pub plan: Option<u64>,
     /// The step waited for its pre-warm to finish starting.
     pub late: bool,
+    /// Its instance was made ahead (a wasm spare): the step instantiates nothing.
+    pub ahead: bool,
 }
 
 impl std::fmt::Debug for Acquired {
@@ -96,6 +98,7 @@ impl std::fmt::Debug for Acquired {
             .field("wait_us", &self.wait_us)
             .field("plan", &self.plan)
             .field("late", &self.late)
+            .field("ahead", &self.ahead)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +163,11 @@ pub trait Backend: Send + Sync {
     fn settle(&self, name: &str, id: u32, until: Instant, until_us: u64, at_us: u64);
     /// Forgets what is loaded for `name` (a function replaced or removed).
     fn forget(&self, name: &str);
+    /// After a step of `spec` ended, on the planner's thread: frees what steps left behind
+    /// and makes what the next step will need ahead (wasm: its next instance).
+    fn refill(&self, spec: &FunctionSpec) {
+        let _ = spec;
+    }
     /// Its own cold-start time for `spec`, if it knows better than the measurements.
     fn cold_estimate(&self, spec: &FunctionSpec) -> Option<Duration> {
         let _ = spec;
@@ -223,6 +231,7 @@ impl Backend for ProcessBackend {
             wait_us: lease.wait_us,
             plan: lease.plan,
             late: lease.waited_for_prewarm,
+            ahead: false,
             instance: Box::new(ProcessInstance {
                 lease,
                 pool: Arc::clone(&self.pool),
@@ -262,20 +271,38 @@ impl Backend for ProcessBackend {
     fn forget(&self, _name: &str) {}
 }
 
-/// A pre-linked wasm function and, while unused, the plan that pre-warmed it.
+/// A pre-linked wasm function, while unused the plan that pre-warmed it, and its next
+/// instance made ahead.
 struct LoadedWasm {
     function: Arc<WasmFunction>,
     prewarmed: Option<Option<u64>>,
+    spare: Option<Ready>,
 }
 
+/// A loaded function taken for a step: it, its warmth, its plan, its spare.
+type Taken = (Arc<WasmFunction>, Warmth, Option<u64>, Option<Ready>);
+
+/// Loaded functions by name.
+type Loaded = Arc<Mutex<HashMap<String, LoadedWasm>>>;
+
 /// Wasm guests: functions compiled (or loaded from the disk cache) and pre-linked once,
-/// instantiated per call (about a microsecond).
+/// each with its next instance made ahead (a spare) by the planner's thread, so a step
+/// finds its instance ready and a hand-off is a copy of the input and a call. Spent
+/// instances go back to the planner's thread too, which frees them (resetting a guest's
+/// memory takes microseconds). Spares and spent instances together hold at most a quarter
+/// of the engine's instance slots; a step that finds no free slot frees them and retries.
 pub(crate) struct WasmBackend {
     pub(crate) engine: Option<Arc<WasmEngine>>,
-    loaded: Arc<Mutex<HashMap<String, LoadedWasm>>>,
+    loaded: Loaded,
+    spent: Arc<Mutex<Vec<Spent>>>,
     /// Where load times are noted: the one cold-start estimate.
     pool: Arc<WarmPool>,
     pub(crate) services: Option<Arc<Services>>,
+}
+
+/// Instance slots spares and spent instances may hold: a quarter of the engine's.
+fn slots_for_spares(engine: &WasmEngine) -> usize {
+    (engine.max_instances() / 4) as usize
 }
 
 impl WasmBackend {
@@ -283,6 +310,7 @@ impl WasmBackend {
         WasmBackend {
             engine: None,
             loaded: Arc::new(Mutex::new(HashMap::new())),
+            spent: Arc::new(Mutex::new(Vec::new())),
             pool,
             services: None,
         }
@@ -294,28 +322,84 @@ impl WasmBackend {
             .ok_or_else(|| StepError::NoWasmEngine(name.to_owned()))
     }
 
-    /// The loaded function of `name`, if any, and how it counts for this step.
-    fn take_loaded(&self, name: &str) -> Option<(Arc<WasmFunction>, Warmth, Option<u64>)> {
+    /// The loaded function of `name`, if any, how it counts for this step, and its spare.
+    fn take_loaded(&self, name: &str) -> Option<Taken> {
         let mut loaded = lock(&self.loaded);
         let entry = loaded.get_mut(name)?;
         let (warmth, plan) = match entry.prewarmed.take() {
             Some(plan) => (Warmth::Prewarmed, plan),
             None => (Warmth::Warm, None),
         };
-        Some((Arc::clone(&entry.function), warmth, plan))
+        Some((
+            Arc::clone(&entry.function),
+            warmth,
+            plan,
+            entry.spare.take(),
+        ))
     }
+
+    /// How many spares and spent instances hold slots now.
+    fn slots_held(&self) -> usize {
+        let spares = lock(&self.loaded)
+            .values()
+            .filter(|l| l.spare.is_some())
+            .count();
+        spares + lock(&self.spent).len()
+    }
+}
+
+/// Makes an instance of `function`; when the engine has no free slot, frees the spares
+/// and spent instances first and tries once more.
+fn instantiate(
+    engine: &WasmEngine,
+    function: &WasmFunction,
+    loaded: &Loaded,
+    spent: &Mutex<Vec<Spent>>,
+) -> Result<Ready, WasmError> {
+    engine.ready(function).or_else(|_| {
+        let freed: Vec<Ready> = lock(loaded)
+            .values_mut()
+            .filter_map(|l| l.spare.take())
+            .collect();
+        let freed_spent = std::mem::take(&mut *lock(spent));
+        if freed.is_empty() && freed_spent.is_empty() {
+            return engine.ready(function);
+        }
+        drop((freed, freed_spent));
+        engine.ready(function)
+    })
 }
 
 struct WasmInstance {
     engine: Arc<WasmEngine>,
     function: Arc<WasmFunction>,
+    /// Made ahead, if the planner had made one.
+    ready: Option<Ready>,
+    /// After the run, until given back.
+    spent: Option<Spent>,
+    loaded: Loaded,
+    spent_queue: Arc<Mutex<Vec<Spent>>>,
 }
 
 impl Instance for WasmInstance {
     fn run(&mut self, input: &[u8], call: &StepCall<'_>) -> (Result<Vec<u8>, StepError>, RunFacts) {
         let mut facts = RunFacts::default();
-        let result = match self.engine.run(&self.function, input, (call.nested)()) {
-            Ok(run) => {
+        let ready = match self.ready.take() {
+            Some(ready) => Ok(ready),
+            None => instantiate(
+                &self.engine,
+                &self.function,
+                &self.loaded,
+                &self.spent_queue,
+            ),
+        };
+        let ran = ready.and_then(|ready| {
+            self.engine
+                .run_ready(&self.function, ready, input, (call.nested)())
+        });
+        let result = match ran {
+            Ok((run, spent)) => {
+                self.spent = Some(spent);
                 if let (Some(handed), Some(taken)) = (call.handed_at, run.input_taken) {
                     facts.hop_ns = Some(taken.saturating_duration_since(handed).as_nanos() as u64);
                 }
@@ -329,6 +413,14 @@ impl Instance for WasmInstance {
     }
 
     fn finish(self: Box<Self>, _keep_until: Instant) -> Option<u32> {
+        // Freed by the planner's thread (see [`Backend::refill`]), within the bound.
+        if let Some(spent) = self.spent {
+            let bound = slots_for_spares(&self.engine);
+            let mut queue = lock(&self.spent_queue);
+            if queue.len() < bound {
+                queue.push(spent);
+            }
+        }
         None
     }
 }
@@ -345,9 +437,17 @@ impl Backend for WasmBackend {
             catch_up();
             found = self.take_loaded(&spec.name);
         }
-        if let Some((function, warmth, plan)) = found {
+        if let Some((function, warmth, plan, ready)) = found {
             return Ok(Acquired {
-                instance: Box::new(WasmInstance { engine, function }),
+                ahead: ready.is_some(),
+                instance: Box::new(WasmInstance {
+                    engine,
+                    function,
+                    ready,
+                    spent: None,
+                    loaded: Arc::clone(&self.loaded),
+                    spent_queue: Arc::clone(&self.spent),
+                }),
                 warmth,
                 wait_us: 0,
                 plan,
@@ -362,14 +462,23 @@ impl Backend for WasmBackend {
             LoadedWasm {
                 function: Arc::clone(&function),
                 prewarmed: None,
+                spare: None,
             },
         );
         Ok(Acquired {
-            instance: Box::new(WasmInstance { engine, function }),
+            instance: Box::new(WasmInstance {
+                engine,
+                function,
+                ready: None,
+                spent: None,
+                loaded: Arc::clone(&self.loaded),
+                spent_queue: Arc::clone(&self.spent),
+            }),
             warmth: Warmth::Cold,
             wait_us: started.elapsed().as_micros() as u64,
             plan: None,
             late: false,
+            ahead: false,
         })
     }
 
@@ -396,11 +505,17 @@ impl Backend for WasmBackend {
                 let started = Instant::now();
                 if let Ok(function) = engine.load(&spec) {
                     pool.note_cold_start(&spec.name, started.elapsed());
+                    // Instantiated ahead too, unless the slots for spares are taken.
+                    let spares = lock(&loaded).values().filter(|l| l.spare.is_some()).count();
+                    let spare = (spares < slots_for_spares(&engine))
+                        .then(|| engine.ready(&function).ok())
+                        .flatten();
                     lock(&loaded)
                         .entry(spec.name.clone())
                         .or_insert(LoadedWasm {
                             function: Arc::new(function),
                             prewarmed: Some(plan),
+                            spare,
                         });
                 }
             });
@@ -416,6 +531,37 @@ impl Backend for WasmBackend {
     fn settle(&self, _name: &str, _id: u32, _until: Instant, _until_us: u64, _at_us: u64) {}
 
     fn forget(&self, name: &str) {
-        lock(&self.loaded).remove(name);
+        let gone = lock(&self.loaded).remove(name);
+        drop(gone);
+    }
+
+    /// Frees the spent instances, then makes `spec`'s next instance if it is loaded, has
+    /// none and a slot for spares is free.
+    fn refill(&self, spec: &FunctionSpec) {
+        let spent = std::mem::take(&mut *lock(&self.spent));
+        drop(spent);
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let function = match lock(&self.loaded).get(&spec.name) {
+            Some(entry) if entry.spare.is_none() => Arc::clone(&entry.function),
+            _ => return,
+        };
+        if self.slots_held() >= slots_for_spares(engine) {
+            return;
+        }
+        let Ok(ready) = engine.ready(&function) else {
+            return;
+        };
+        let mut loaded = lock(&self.loaded);
+        let unplaced = match loaded.get_mut(&spec.name) {
+            Some(entry) if entry.spare.is_none() && Arc::ptr_eq(&entry.function, &function) => {
+                entry.spare = Some(ready);
+                None
+            }
+            _ => Some(ready),
+        };
+        drop(loaded);
+        drop(unplaced);
     }
 }

@@ -107,6 +107,9 @@ pub struct SparseRow {
     pub invoke: Summary,
     /// `invoke.p50 / invoke_tight.p50`.
     pub ratio_to_tight: f64,
+    /// The machine's own penalty: a and b run straight on the engine (no director, no
+    /// planner) after the same gap, p50 over the same calls back to back.
+    pub engine_ratio_to_tight: f64,
 }
 
 /// One pre-warmed-versus-cold comparison.
@@ -249,11 +252,19 @@ pub fn hop(
         .load(&wasm_spec("a", &guest)?)
         .map_err(setup("loading the guest"))?;
 
+    // a then b on the engine, each instantiated and freed in the call, ns.
+    let engine_pair = |payload: &[u8]| -> Result<u64, BenchError> {
+        let started = Instant::now();
+        let out = engine.invoke(&a, payload).map_err(setup("guest a"))?;
+        engine.invoke(&b, &out).map_err(setup("guest b"))?;
+        Ok(started.elapsed().as_nanos() as u64)
+    };
     let mut handoff = Vec::with_capacity(iterations);
     let mut handoff_result = Vec::with_capacity(iterations);
     let mut http = Vec::with_capacity(iterations);
     let mut http_result = Vec::with_capacity(iterations);
     let mut invoke_tight = Vec::with_capacity(iterations);
+    let mut engine_tight = Vec::with_capacity(iterations);
     let warmup = iterations / 10 + 10;
     // Interleaved, so both sides see the same machine.
     let hop_of = |payload: &[u8]| -> Result<(Option<(u64, u64)>, u64), BenchError> {
@@ -274,6 +285,8 @@ pub fn hop(
         // `planner::SPIN`); the HTTP half waits until it is idle again, so a busy core does
         // not speed up the HTTP hop's wake-ups.
         std::thread::sleep(crate::planner::SPIN * 3);
+        // The same two guests straight on the engine: the machine's baseline.
+        let direct = engine_pair(&payload)?;
         // a runs here, then its output goes over HTTP to b.
         let a_output = engine.invoke(&a, &payload).map_err(setup("guest a"))?;
         let ready = Instant::now();
@@ -300,6 +313,7 @@ pub fn hop(
                 handoff_result.push(result_ns);
             }
             invoke_tight.push(took);
+            engine_tight.push(direct);
             http.push(input_at.saturating_duration_since(ready).as_nanos() as u64);
             http_result.push(back.as_nanos() as u64);
         }
@@ -308,6 +322,7 @@ pub fn hop(
     drop(reader);
     let _ = server.join();
     let invoke_tight = Summary::of(invoke_tight);
+    let engine_tight = Summary::of(engine_tight);
     let mut sparse = Vec::new();
     for gap_ms in [10u64, 100] {
         let n = if gap_ms >= 100 {
@@ -315,18 +330,21 @@ pub fn hop(
         } else {
             sparse_samples
         };
-        let (mut hops, mut invokes) = (Vec::new(), Vec::new());
+        let (mut hops, mut invokes, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
             std::thread::sleep(Duration::from_millis(gap_ms));
             let (hop, took) = hop_of(&payload)?;
             hops.extend(hop.map(|(h, _)| h));
             invokes.push(took);
+            std::thread::sleep(Duration::from_millis(gap_ms));
+            direct.push(engine_pair(&payload)?);
         }
         if !invokes.is_empty() && !hops.is_empty() {
             let invoke = Summary::of(invokes);
             sparse.push(SparseRow {
                 gap_ms,
                 ratio_to_tight: invoke.p50_us / invoke_tight.p50_us.max(1e-3),
+                engine_ratio_to_tight: Summary::of(direct).p50_us / engine_tight.p50_us.max(1e-3),
                 handoff: Summary::of(hops),
                 invoke,
             });

@@ -52,6 +52,8 @@ counters! {
     prewarms_failed,
     /// Pre-warms not started: the function was at its instance cap.
     prewarms_capped,
+    /// Wasm steps whose instance the planner had made ahead (no instantiation on the way).
+    instances_ahead,
     /// Steps served by an idle worker process.
     hits,
     /// Worker processes a step started itself (cold).
@@ -77,7 +79,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 22);
+        assert_eq!(read.len(), 23);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

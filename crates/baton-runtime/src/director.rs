@@ -23,6 +23,7 @@ pub use crate::node::{RecordSink, RecordSource};
 use crate::planner::{Msg, Planner, Started, CATCH_UP, CATCH_UP_MAX};
 use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
+pub use crate::step::parse_envelope;
 use crate::trace_context::{TraceId, TraceParent};
 use crate::wasm::WasmEngine;
 use baton_core::clock::ManualClock;
@@ -573,29 +574,5 @@ impl Director {
         };
         self.send(Msg::Finished(records.clone()));
         (records, steps)
-    }
-}
-
-/// `@next NAME\nPAYLOAD` → (NAME, PAYLOAD).
-pub fn parse_envelope(output: &[u8]) -> Option<(String, Vec<u8>)> {
-    let rest = output.strip_prefix(b"@next ")?;
-    let newline = rest.iter().position(|&b| b == b'\n')?;
-    let name = std::str::from_utf8(&rest[..newline]).ok()?.trim();
-    (!name.is_empty()).then(|| (name.to_owned(), rest[newline + 1..].to_vec()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_name_the_next_step() {
-        assert_eq!(
-            parse_envelope(b"@next b\nhello"),
-            Some(("b".into(), b"hello".to_vec()))
-        );
-        assert_eq!(parse_envelope(b"@next \nx"), None);
-        assert_eq!(parse_envelope(b"plain output"), None);
-        assert_eq!(parse_envelope(b"@next b"), None, "no payload separator");
     }
 }

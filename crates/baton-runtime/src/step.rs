@@ -111,6 +111,9 @@ impl Director {
             }
         };
         let warmth = acquired.warmth;
+        if acquired.ahead {
+            counters.instances_ahead.fetch_add(1, Ordering::Relaxed);
+        }
         let mut facts = StepFacts {
             warmth: Some(warmth),
             late: acquired.late,
@@ -225,5 +228,29 @@ impl Director {
                 source.status()
             }
         });
+    }
+}
+
+/// `@next NAME\nPAYLOAD` → (NAME, PAYLOAD).
+pub fn parse_envelope(output: &[u8]) -> Option<(String, Vec<u8>)> {
+    let rest = output.strip_prefix(b"@next ")?;
+    let newline = rest.iter().position(|&b| b == b'\n')?;
+    let name = std::str::from_utf8(&rest[..newline]).ok()?.trim();
+    (!name.is_empty()).then(|| (name.to_owned(), rest[newline + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_envelope;
+
+    #[test]
+    fn envelopes_name_the_next_step() {
+        assert_eq!(
+            parse_envelope(b"@next b\nhello"),
+            Some(("b".into(), b"hello".to_vec()))
+        );
+        assert_eq!(parse_envelope(b"@next \nx"), None);
+        assert_eq!(parse_envelope(b"plain output"), None);
+        assert_eq!(parse_envelope(b"@next b"), None, "no payload separator");
     }
 }

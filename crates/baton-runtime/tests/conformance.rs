@@ -193,6 +193,7 @@ impl Backend for TestBackend {
             wait_us,
             plan,
             late: warmth == Warmth::Prewarmed && wait_us > 0,
+            ahead: false,
         })
     }
 

@@ -1,5 +1,5 @@
 //! The wasm backend on WAT guests: a normal run, the timeout, the memory limit, a broken
-//! module, and the compile cache.
+//! module, the compile cache, and instances made ahead (fresh each, for their own function).
 
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::wasm::{WasmEngine, WasmError};
@@ -96,4 +96,54 @@ fn a_broken_module_is_a_clear_error() {
     assert!(
         error.to_string().contains("broken") && missing.to_string().contains("/nonexistent.wasm")
     );
+}
+
+#[test]
+fn instances_made_ahead_are_fresh_and_only_for_their_function() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Counts its calls in its memory and outputs the count's digit: an instance that kept
+    // anything of an earlier run would say more than 1.
+    let counter = dir.path().join("counter.wat");
+    std::fs::write(
+        &counter,
+        r#"(module
+  (import "baton" "output" (func $output (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "handle")
+    (i32.store8 (i32.const 0) (i32.add (i32.load8_u (i32.const 0)) (i32.const 1)))
+    (i32.store8 (i32.const 1) (i32.add (i32.load8_u (i32.const 0)) (i32.const 48)))
+    (drop (call $output (i32.const 1) (i32.const 1)))))"#,
+    )
+    .unwrap();
+    let engine = WasmEngine::new(cache.path(), 8, 64).unwrap();
+    let count = engine.load(&spec("count", &counter, 16, 5_000)).unwrap();
+    let upper = engine
+        .load(&spec("upper", &guest("upper_native.wat"), 16, 5_000))
+        .unwrap();
+    let (first, second) = (engine.ready(&count).unwrap(), engine.ready(&count).unwrap());
+    let (run, spent) = engine.run_ready(&count, first, b"", None).unwrap();
+    assert_eq!(run.output, b"1");
+    assert!(run.memory_bytes >= 65_536);
+    // The second was made before the first ran, and is still held while the first's
+    // spent instance lives: each has its own memory.
+    let (run, _) = engine.run_ready(&count, second, b"", None).unwrap();
+    assert_eq!(run.output, b"1");
+    drop(spent);
+    assert_eq!(engine.invoke(&count, b"").unwrap(), b"1");
+
+    // Made for `count`, handed to `upper`: refused, naming both.
+    let wrong = engine.ready(&count).unwrap();
+    let error = engine
+        .run_ready(&upper, wrong, b"abc", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("upper") && error.contains("count"),
+        "{error}"
+    );
+    let ready = engine.ready(&upper).unwrap();
+    let (run, _) = engine.run_ready(&upper, ready, b"abc", None).unwrap();
+    assert_eq!(run.output, b"ABC");
+    assert!(run.input_taken.is_some());
 }

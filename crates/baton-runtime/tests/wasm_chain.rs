@@ -96,6 +96,19 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
         outcome.records.iter().all(|r| r.cold == Some(false)),
         "pre-linked: warm"
     );
+    // Once the planner has seen those steps end, it has made each function's next
+    // instance: the next call instantiates nothing on its way.
+    director.sync();
+    let ahead = || {
+        director
+            .counters()
+            .instances_ahead
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = ahead();
+    let outcome = director.invoke("pipeline", b"ahead").unwrap();
+    assert_eq!(outcome.output, b"AHEAD");
+    assert_eq!(ahead() - before, 2, "both steps found their instance made");
 
     // Starting "first" makes the policy predict "third"; the director pre-links it in the
     // background, so the next call of "third" finds it ready and records it as pre-warmed.
@@ -113,6 +126,6 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
             .counters()
             .steps
             .load(std::sync::atomic::Ordering::Relaxed),
-        2 + 2 + 1 + 1
+        2 + 2 + 2 + 1 + 1
     );
 }

@@ -16,8 +16,9 @@
 //! the instance's token bucket when its function reserves bandwidth.
 //!
 //! Warmth tiers: compiled (a `Module`), pre-linked (a [`WasmFunction`] holding the
-//! `InstancePre`), instantiated (a store per invocation: the pooling allocator makes that
-//! about a microsecond).
+//! `InstancePre`), instantiated ahead ([`WasmEngine::ready`]: a store per invocation,
+//! about a microsecond with the pooling allocator, made before the call so the call
+//! itself is a copy of the payload and the guest's run; [`WasmEngine::run`] does both).
 
 use crate::bucket::TokenBucket;
 use crate::manifest::{FunctionKind, FunctionSpec};
@@ -28,15 +29,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 mod error;
+mod host;
 
 pub use error::WasmError;
+use host::{add_baton_imports, Host};
 use wasmtime::{
-    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    PoolingAllocationConfig, Store, Trap, TypedFunc,
 };
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::I32Exit;
 
 /// Epoch tick: timeouts are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -47,154 +48,6 @@ const MAX_OUTPUT_BYTES: usize = 64 << 20;
 /// A nested call from a guest: runs function `name` with the payload, returns its output
 /// or the error's text.
 pub type NestedCall = Arc<dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
-
-/// Per-invocation host state: the payload, WASI (built on first use), the output, the
-/// memory limiter, nested calls and the bandwidth bucket.
-struct Host {
-    wasi: Option<WasiP1Ctx>,
-    stdout: Option<MemoryOutputPipe>,
-    input: Vec<u8>,
-    /// When the guest first took its input (the hop's end).
-    input_taken: Option<Instant>,
-    output: Vec<u8>,
-    limit_bytes: usize,
-    denied: bool,
-    nested: Option<NestedCall>,
-    /// Result of the last nested call.
-    result: Vec<u8>,
-    bucket: Option<TokenBucket>,
-    /// Bytes moved through host calls.
-    moved: u64,
-}
-
-impl Host {
-    /// The WASI context, built on the first WASI call with the payload as stdin.
-    fn wasi(&mut self) -> &mut WasiP1Ctx {
-        if self.wasi.is_none() {
-            self.input_taken.get_or_insert_with(Instant::now);
-            let stdout = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
-            self.wasi = Some(
-                WasiCtxBuilder::new()
-                    .stdin(MemoryInputPipe::new(std::mem::take(&mut self.input)))
-                    .stdout(stdout.clone())
-                    .build_p1(),
-            );
-            self.stdout = Some(stdout);
-        }
-        self.wasi
-            .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
-    }
-
-    /// Charges `bytes` to the bucket and waits as long as it says.
-    fn charge(&mut self, bytes: u64) {
-        self.moved += bytes;
-        if let Some(bucket) = self.bucket.as_mut() {
-            let wait = bucket.take(bytes, Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-}
-
-/// Reads `len` bytes at `ptr` of the caller's memory.
-fn read_guest(caller: &mut Caller<'_, Host>, ptr: i32, len: i32) -> Option<Vec<u8>> {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return None;
-    };
-    let (start, len) = (usize::try_from(ptr).ok()?, usize::try_from(len).ok()?);
-    memory
-        .data(&caller)
-        .get(start..start.checked_add(len)?)
-        .map(<[u8]>::to_vec)
-}
-
-/// Copies `bytes` (cut to `cap`) to `ptr` of the caller's memory; returns the count or -1.
-fn write_guest(caller: &mut Caller<'_, Host>, ptr: i32, cap: i32, bytes: &[u8]) -> i32 {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return -1;
-    };
-    let (Ok(start), Ok(cap)) = (usize::try_from(ptr), usize::try_from(cap)) else {
-        return -1;
-    };
-    let n = bytes.len().min(cap);
-    match memory.write(caller, start, &bytes[..n]) {
-        Ok(()) => n as i32,
-        Err(_) => -1,
-    }
-}
-
-fn add_baton_imports(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
-    linker.func_wrap("baton", "input_len", |caller: Caller<'_, Host>| -> i32 {
-        caller.data().input.len().min(i32::MAX as usize) as i32
-    })?;
-    linker.func_wrap(
-        "baton",
-        "input",
-        |mut caller: Caller<'_, Host>, ptr: i32, cap: i32| -> i32 {
-            caller
-                .data_mut()
-                .input_taken
-                .get_or_insert_with(Instant::now);
-            let input = std::mem::take(&mut caller.data_mut().input);
-            let n = write_guest(&mut caller, ptr, cap, &input);
-            caller.data_mut().input = input;
-            n
-        },
-    )?;
-    linker.func_wrap(
-        "baton",
-        "output",
-        |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> i32 {
-            match read_guest(&mut caller, ptr, len) {
-                Some(bytes) if caller.data().output.len() + bytes.len() <= MAX_OUTPUT_BYTES => {
-                    caller.data_mut().output.extend_from_slice(&bytes);
-                    bytes.len() as i32
-                }
-                _ => -1,
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "baton",
-        "invoke",
-        |mut caller: Caller<'_, Host>, name_ptr: i32, name_len: i32, ptr: i32, len: i32| -> i32 {
-            let name =
-                read_guest(&mut caller, name_ptr, name_len).and_then(|n| String::from_utf8(n).ok());
-            let payload = read_guest(&mut caller, ptr, len);
-            let (Some(name), Some(payload)) = (name, payload) else {
-                caller.data_mut().result = b"bad name or payload pointer".to_vec();
-                return -1;
-            };
-            let Some(nested) = caller.data().nested.clone() else {
-                caller.data_mut().result = b"nested calls are not available here".to_vec();
-                return -1;
-            };
-            caller.data_mut().charge(payload.len() as u64);
-            let (result, code) = match nested(&name, &payload) {
-                Ok(output) => {
-                    let n = output.len().min(i32::MAX as usize) as i32;
-                    (output, n)
-                }
-                Err(message) => (message.into_bytes(), -1),
-            };
-            caller.data_mut().charge(result.len() as u64);
-            caller.data_mut().result = result;
-            code
-        },
-    )?;
-    linker.func_wrap(
-        "baton",
-        "result",
-        |mut caller: Caller<'_, Host>, ptr: i32, cap: i32| -> i32 {
-            let result = std::mem::take(&mut caller.data_mut().result);
-            let n = write_guest(&mut caller, ptr, cap, &result);
-            caller.data_mut().result = result;
-            n
-        },
-    )?;
-    Ok(())
-}
 
 /// What one run produced besides its output.
 #[derive(Debug, Clone, Default)]
@@ -209,34 +62,13 @@ pub struct WasmRun {
     pub moved_bytes: u64,
 }
 
-impl ResourceLimiter for Host {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.limit_bytes;
-        self.denied |= !allowed;
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
-    }
-}
-
 /// The shared engine; create one per process.
 pub struct WasmEngine {
     engine: Engine,
     linker: Linker<Host>,
     cache_dir: PathBuf,
     ticker: Arc<Ticker>,
+    max_instances: u32,
     /// Cache file of each module file version (path, size, modification time).
     keys: std::sync::Mutex<ModuleKeys>,
 }
@@ -383,8 +215,14 @@ impl WasmEngine {
             linker,
             cache_dir: cache_dir.to_owned(),
             ticker,
+            max_instances,
             keys: std::sync::Mutex::new(ModuleKeys::new()),
         })
+    }
+
+    /// How many instances may exist at once (the pool's slots).
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
     }
 
     fn cache_path(&self, bytes: &[u8]) -> PathBuf {
@@ -519,34 +357,40 @@ impl WasmEngine {
         self.run(function, payload, None).map(|run| run.output)
     }
 
-    /// Runs `function` once with `payload`, nested calls going to `nested`.
+    /// Runs `function` once with `payload`, nested calls going to `nested`: instantiates
+    /// it, then runs it as [`WasmEngine::run_ready`] does (the spent instance is freed here).
     pub fn run(
         &self,
         function: &WasmFunction,
         payload: &[u8],
         nested: Option<NestedCall>,
     ) -> Result<WasmRun, WasmError> {
+        let ready = self.ready(function)?;
+        self.run_ready(function, ready, payload, nested)
+            .map(|(run, _spent)| run)
+    }
+
+    /// `function` instantiated ahead of its call: a store, its instance and the entry
+    /// export, waiting for a payload. It holds one of the pool's instance slots and the
+    /// guest's initial memory until it runs or is dropped.
+    pub fn ready(&self, function: &WasmFunction) -> Result<Ready, WasmError> {
         let mut store = Store::new(
             &self.engine,
             Host {
                 wasi: None,
                 stdout: None,
-                input: payload.to_vec(),
+                input: Vec::new(),
                 input_taken: None,
                 output: Vec::new(),
                 limit_bytes: (function.limit_mib << 20) as usize,
                 denied: false,
-                nested,
+                nested: None,
                 result: Vec::new(),
-                bucket: (function.net_mbps > 0)
-                    .then(|| TokenBucket::new(function.net_mbps, Instant::now())),
+                bucket: None,
                 moved: 0,
             },
         );
         store.limiter(|host| host);
-        let _running = self.ticker.enter();
-        let ticks = (function.timeout_ms as u128 * 1000 / EPOCH_TICK.as_micros()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
         let failed = |message: String| WasmError::Failed {
             function: function.name.clone(),
             message,
@@ -558,42 +402,111 @@ impl WasmEngine {
         let start = instance
             .get_typed_func::<(), ()>(&mut store, function.entry)
             .map_err(|e| failed(format!("`{}`: {e:#}", function.entry)))?;
-        match start.call(&mut store, ()) {
-            Ok(()) => {}
-            Err(error) => {
-                if let Some(exit) = error.downcast_ref::<I32Exit>() {
-                    if exit.0 != 0 {
-                        return Err(failed(format!("exit status {}", exit.0)));
-                    }
-                } else if store.data().denied {
-                    return Err(WasmError::OutOfMemory {
+        let memory = instance.get_memory(&mut store, "memory");
+        Ok(Ready {
+            store,
+            start,
+            memory,
+            function: function.name.clone(),
+        })
+    }
+
+    /// Runs an instance made by [`WasmEngine::ready`] for `function` once with `payload`.
+    /// Returns what it produced and the spent instance: dropping that frees its pool slot
+    /// and resets its memory (a few microseconds the caller may spend off its own path).
+    pub fn run_ready(
+        &self,
+        function: &WasmFunction,
+        ready: Ready,
+        payload: &[u8],
+        nested: Option<NestedCall>,
+    ) -> Result<(WasmRun, Spent), WasmError> {
+        let Ready {
+            mut store,
+            start,
+            memory,
+            function: made_for,
+        } = ready;
+        if made_for != function.name {
+            return Err(WasmError::Failed {
+                function: function.name.clone(),
+                message: format!("an instance made for `{made_for}` was handed to it"),
+            });
+        }
+        {
+            let host = store.data_mut();
+            host.input = payload.to_vec();
+            host.nested = nested;
+            host.bucket = (function.net_mbps > 0)
+                .then(|| TokenBucket::new(function.net_mbps, Instant::now()));
+        }
+        let _running = self.ticker.enter();
+        let ticks = (function.timeout_ms as u128 * 1000 / EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        if let Err(error) = start.call(&mut store, ()) {
+            if let Some(exit) = error.downcast_ref::<I32Exit>() {
+                if exit.0 != 0 {
+                    return Err(WasmError::Failed {
                         function: function.name.clone(),
-                        limit_mib: function.limit_mib,
+                        message: format!("exit status {}", exit.0),
                     });
-                } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    return Err(WasmError::Timeout {
-                        function: function.name.clone(),
-                        timeout_ms: function.timeout_ms,
-                    });
-                } else {
-                    return Err(failed(format!("{error:#}")));
                 }
+            } else if store.data().denied {
+                return Err(WasmError::OutOfMemory {
+                    function: function.name.clone(),
+                    limit_mib: function.limit_mib,
+                });
+            } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                return Err(WasmError::Timeout {
+                    function: function.name.clone(),
+                    timeout_ms: function.timeout_ms,
+                });
+            } else {
+                return Err(WasmError::Failed {
+                    function: function.name.clone(),
+                    message: format!("{error:#}"),
+                });
             }
         }
-        let memory_bytes = instance
-            .get_memory(&mut store, "memory")
-            .map_or(0, |m| m.data_size(&store) as u64);
-        let host = store.into_data();
+        let memory_bytes = memory.map_or(0, |m| m.data_size(&store) as u64);
+        let host = store.data_mut();
         let mut output = host
             .stdout
+            .take()
             .map(|pipe| pipe.contents().to_vec())
             .unwrap_or_default();
         output.extend_from_slice(&host.output);
-        Ok(WasmRun {
+        let run = WasmRun {
             output,
             memory_bytes,
             input_taken: host.input_taken,
             moved_bytes: host.moved,
-        })
+        };
+        Ok((run, Spent(store)))
+    }
+}
+
+/// A function instantiated ahead of its call (see [`WasmEngine::ready`]). Used once.
+pub struct Ready {
+    store: Store<Host>,
+    start: TypedFunc<(), ()>,
+    memory: Option<Memory>,
+    function: String,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("function", &self.function)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An instance that has run: dropping it frees its pool slot and resets its memory.
+pub struct Spent(#[allow(dead_code)] Store<Host>);
+
+impl std::fmt::Debug for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spent")
     }
 }

@@ -1,0 +1,113 @@
+//! The planner's upkeep, on its thread: a finished request's records written to the log,
+//! learned (through the same conversion a restart replays) and handed to the sink; the
+//! periodic housekeeping; and eviction over the idle-memory budget in the policy's order.
+
+use super::{Planner, PUBLISH_EVERY};
+use crate::node::{lock, RecordSource};
+use baton_core::PolicyEvent;
+use baton_trace::schema::ExecutionRecord;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+impl Planner {
+    /// Logs, learns and hands on a finished request's records, then publishes the graph
+    /// unless a snapshot went out moments ago (housekeeping publishes the rest).
+    pub(super) fn finished(&mut self, records: &[ExecutionRecord]) {
+        if let Some(file) = self.log.as_mut() {
+            let mut failed = 0;
+            for record in records {
+                if record.write_line(file).is_err() {
+                    failed += 1;
+                }
+            }
+            if file.flush().is_err() {
+                failed += 1;
+            }
+            self.node
+                .counters
+                .log_write_errors
+                .fetch_add(failed, Ordering::Relaxed);
+        }
+        // The same conversion a restarted server replays its log through (warm timing:
+        // waits removed), so a restored graph equals one that never stopped.
+        let mut learner = lock(&self.node.learner);
+        let (requests, _) = baton_trace::requests::group_requests(
+            records,
+            &mut learner,
+            baton_trace::requests::TimeWindow::default(),
+        );
+        for request in &requests {
+            learner.observe_request(request);
+        }
+        if let Some(sink) = &self.node.sink {
+            sink(records, RecordSource::Baton);
+        }
+        let recent = self.timed
+            && self
+                .last_publish
+                .is_some_and(|at| at.elapsed() < PUBLISH_EVERY);
+        if recent {
+            self.publish_pending = true;
+        } else {
+            self.node.publish(learner);
+            self.last_publish = Some(Instant::now());
+            self.publish_pending = false;
+        }
+    }
+
+    /// The periodic work, at `at_us` on the node's clock.
+    pub(super) fn housekeeping(&mut self, at_us: u64) {
+        let now = Instant::now();
+        if self.publish_pending {
+            self.node.publish(lock(&self.node.learner));
+            self.last_publish = Some(now);
+            self.publish_pending = false;
+        }
+        self.node.pool.expire(now);
+        if let Some(services) = self.node.services() {
+            services.stop_idle(now);
+        }
+        if let Some(reservations) = &self.node.reservations {
+            reservations.expire(at_us);
+        }
+        self.tell(PolicyEvent::Tick { at_us });
+        self.apply_all(None, at_us);
+        self.enforce_budget(at_us);
+    }
+
+    /// Evicts idle workers, lowest policy priority first, while their declared memory is
+    /// over the pool's idle budget.
+    pub(super) fn enforce_budget(&mut self, at_us: u64) {
+        let Some(budget) = self.node.pool.idle_budget_mib() else {
+            return;
+        };
+        let idle = self.node.pool.idle();
+        let mut used: u64 = idle.iter().map(|i| i.memory_mib).sum();
+        if used <= budget {
+            return;
+        }
+        let mut ranked: Vec<(f64, usize)> = idle
+            .iter()
+            .enumerate()
+            .map(|(at, i)| {
+                let task = self.node.ids(&i.function).task;
+                let since = self.node.clock.us_of(i.since);
+                (self.executor.evict_priority(task, since), at)
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (_, at) in ranked {
+            if used <= budget {
+                break;
+            }
+            let victim = &idle[at];
+            if self.node.pool.evict(&victim.function, victim.pid) {
+                used -= victim.memory_mib;
+                let task = self.node.ids(&victim.function).task;
+                self.tell(PolicyEvent::Evicted { task, at_us });
+            }
+        }
+        self.apply_all(None, at_us);
+    }
+}
