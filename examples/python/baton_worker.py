@@ -4,8 +4,20 @@ The helper speaks baton's framed protocol on stdin/stdout (kind byte, big-endian
 length, payload): it sends R (ready) once the importing module is loaded, then answers
 each I (invoke) with O (the result) or E (the exception). print() goes to stderr, so
 nothing but frames ever reaches stdout.
+
+Template mode (baton sets BATON_TEMPLATE=1 and hands over a Unix socket as fd 3): the
+process that called serve() has imported the module and everything it imports; instead of
+serving, it says T on the socket and waits. For each F message (with three descriptors:
+the new worker's stdin, stdout and stderr) it forks; the child takes those as its 0, 1, 2,
+starts a session of its own, re-seeds its random state and serves as any worker (R, then
+I/O frames); the template answers with the child's pid (big-endian u32). W and a pid
+(big-endian u32) has it reap that child (answered w), which baton sends once it has read
+how the child ended; any other ended child is reaped within 10 s. A template never runs
+handle() itself.
 """
 import os
+import random
+import socket
 import struct
 import sys
 
@@ -31,11 +43,87 @@ def _read_exact(n: int) -> bytes:
 
 
 def serve(handle) -> None:
+    if os.environ.pop("BATON_TEMPLATE", None) == "1":
+        _template(handle)
+        return
     try:
         _serve(handle)
     except BrokenPipeError:
         # The host went away (it stopped, or dropped this worker): nothing to answer.
         os._exit(0)
+
+
+def _template(handle) -> None:
+    control = socket.socket(fileno=3)
+    control.settimeout(10)
+    control.sendall(b"T")
+    while True:
+        _reap()
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1, 3)
+        except socket.timeout:
+            continue
+        except OSError:
+            os._exit(0)
+        if not message:
+            os._exit(0)  # the host went away
+        if message == b"W":
+            for fd in fds:
+                os.close(fd)
+            try:
+                (pid,) = struct.unpack(">I", _recv_exact(control, 4))
+            except (OSError, EOFError):
+                os._exit(0)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            control.sendall(b"w")
+            continue
+        if message != b"F" or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            control.sendall(struct.pack(">I", 0))
+            continue
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            os.setsid()
+            random.seed()
+            try:
+                _serve(handle)
+            except BrokenPipeError:
+                pass
+            os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        control.sendall(struct.pack(">I", pid))
+
+
+def _recv_exact(sock, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except socket.timeout:
+            continue
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _serve(handle) -> None:

@@ -136,4 +136,27 @@ fn print_cold(report: &ColdReport) {
             row.ratio_p50
         );
     }
+    let p50 = |prefix: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.case.starts_with(prefix))
+            .map(|r| r.cold.p50_us)
+    };
+    if let (Some(fresh), Some(forked)) = (
+        p50("python worker (heavy imports), sandbox")
+            .or_else(|| p50("python worker (heavy imports), NO")),
+        p50("python worker forked"),
+    ) {
+        println!(
+            "python cold start: forked from a template {:.1} ms p50, a fresh interpreter {:.1} ms: {:.1}x faster",
+            forked / 1000.0,
+            fresh / 1000.0,
+            fresh / forked.max(1e-3)
+        );
+    }
+    println!("{:<40} {:>9} {:>9}", "memory", "PSS KiB", "RSS KiB");
+    for row in &report.memory {
+        println!("{:<40} {:>9} {:>9}", row.case, row.pss_kib, row.rss_kib);
+    }
 }

@@ -414,9 +414,14 @@ fn bench_hop_and_coldstart_print_their_figures() {
     let rows = cold["rows"].as_array().unwrap();
     assert_eq!(
         rows.len(),
-        4,
-        "wasm uncached, wasm cached, python sandboxed, python bare"
+        6,
+        "wasm uncached, wasm cached, python sandboxed, python bare, forked, forked by rlimit"
     );
+    let memory = cold["memory"].as_array().unwrap();
+    assert_eq!(memory.len(), 3, "plain worker, template, forked worker");
+    for row in memory {
+        assert!(row["pss_kib"].as_u64().unwrap() > 0, "{row}");
+    }
     for row in rows {
         assert!(
             row["cold"]["p50_us"].as_f64().unwrap() > row["warm"]["p50_us"].as_f64().unwrap(),

@@ -132,6 +132,9 @@ pub struct RunFacts {
     pub hop_ns: Option<u64>,
     /// The limits it ran under.
     pub limits: Option<String>,
+    /// How its worker process was started: `forked` (from its function's template) or
+    /// `spawned`.
+    pub worker_start: Option<&'static str>,
     /// What it wrote on stderr (bounded).
     pub stderr: Option<String>,
     /// Stderr bytes beyond the bound.
@@ -191,6 +194,11 @@ impl Instance for ProcessInstance {
         let worker = &mut self.lease.worker;
         let mut facts = RunFacts {
             limits: Some(worker.limits().to_owned()),
+            worker_start: Some(if worker.is_forked() {
+                "forked"
+            } else {
+                "spawned"
+            }),
             hop_ns: call.handed_at.map(|h| h.elapsed().as_nanos() as u64),
             ..RunFacts::default()
         };

@@ -132,6 +132,37 @@ pub struct ColdReport {
     pub rows: Vec<ColdRow>,
     /// How worker limits were applied.
     pub limits: String,
+    /// Memory of a Python worker started plain, of its template, and of a worker forked
+    /// from it (each after one invocation).
+    pub memory: Vec<MemoryRow>,
+}
+
+/// A process's memory: proportional (shared pages split among their users) and resident.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryRow {
+    /// Which process.
+    pub case: String,
+    /// Proportional set size, KiB (`/proc/PID/smaps_rollup`).
+    pub pss_kib: u64,
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+}
+
+/// `pid`'s memory as `case` (zeros when it cannot be read).
+fn memory_row(case: &str, pid: u32) -> MemoryRow {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    MemoryRow {
+        case: case.into(),
+        pss_kib: field("Pss:"),
+        rss_kib: field("Rss:"),
+    }
 }
 
 fn spec(text: &str) -> Result<FunctionSpec, BenchError> {
@@ -473,19 +504,61 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
             worker.invoke(payload).map(drop).map_err(setup("price.py"))
         })?);
     }
-    // The same cold start jailed and bare, interleaved, so that the jail's cost is read
-    // off one run.
+    // The same cold start jailed, bare and forked from a template (jailed), interleaved,
+    // so that the jail's cost and the template's gain are read off one run.
     let bare = crate::isolation::Isolation {
         sandbox: crate::sandbox::Sandbox::None,
         ..isolation.clone()
     };
-    let (mut cold, mut cold_bare) = (Vec::new(), Vec::new());
-    for _ in 0..cold_runs {
+    let template = Arc::new(
+        crate::process::Template::start(&price, &isolation).map_err(setup("price.py template"))?,
+    );
+    // The same with limits by rlimit, which a fork inherits: no cgroup migration (on cgroup
+    // v1 a migration waits for an RCU grace period, 10–25 ms on these machines).
+    let inherited = crate::isolation::Isolation {
+        limits: crate::limits::Mechanism::Rlimit,
+        ..isolation.clone()
+    };
+    let rlimit_template = Arc::new(
+        crate::process::Template::start(&price, &inherited).map_err(setup("price.py template"))?,
+    );
+    let placement = crate::process::Placement::default();
+    let (mut cold, mut cold_bare, mut forked) = (Vec::new(), Vec::new(), Vec::new());
+    let mut forked_rlimit = Vec::new();
+    let mut memory = vec![memory_row("python worker, started plain", worker.pid())];
+    for run in 0..cold_runs {
         for (isolation, samples) in [(&isolation, &mut cold), (&bare, &mut cold_bare)] {
             samples.push(time_ns(|| {
                 let mut worker = Worker::spawn(&price, isolation).map_err(setup("price.py"))?;
                 worker.invoke(payload).map(drop).map_err(setup("price.py"))
             })?);
+        }
+        let mut child = None;
+        forked.push(time_ns(|| {
+            let mut worker = template
+                .fork(&price, &isolation, &placement)
+                .map_err(setup("price.py forked"))?;
+            let result = worker
+                .invoke(payload)
+                .map(drop)
+                .map_err(setup("price.py forked"));
+            child = Some(worker);
+            result
+        })?);
+        forked_rlimit.push(time_ns(|| {
+            let mut worker = rlimit_template
+                .fork(&price, &inherited, &placement)
+                .map_err(setup("price.py forked"))?;
+            worker
+                .invoke(payload)
+                .map(drop)
+                .map_err(setup("price.py forked"))
+        })?);
+        if run == 0 {
+            if let Some(child) = &child {
+                memory.push(memory_row("its template", template.pid()));
+                memory.push(memory_row("a worker forked from it", child.pid()));
+            }
         }
     }
     let jailed = if isolation.sandbox.is_jailed() {
@@ -494,8 +567,26 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         "python worker (heavy imports), NO sandbox here"
     };
     rows.push(row(jailed, warm.clone(), cold));
-    rows.push(row("python worker (heavy imports), bare", warm, cold_bare));
-    Ok(ColdReport { rows, limits })
+    rows.push(row(
+        "python worker (heavy imports), bare",
+        warm.clone(),
+        cold_bare,
+    ));
+    rows.push(row(
+        "python worker forked from its template",
+        warm.clone(),
+        forked,
+    ));
+    rows.push(row(
+        "  forked, limits by rlimit (no cgroup move)",
+        warm,
+        forked_rlimit,
+    ));
+    Ok(ColdReport {
+        rows,
+        limits,
+        memory,
+    })
 }
 
 /// The examples directory: `dir` if given, else `./examples`, else the one this crate was

@@ -56,6 +56,10 @@ counters! {
     instances_ahead,
     /// Steps served by an idle worker process.
     hits,
+    /// Templates started (a function's first cold start, or one replacing a dead template).
+    template_starts,
+    /// Worker processes forked from a template (cold starts and pre-warms alike).
+    forked_starts,
     /// Worker processes a step started itself (cold).
     cold_starts,
     /// Steps that waited for a worker because of a cap.
@@ -79,7 +83,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 23);
+        assert_eq!(read.len(), 25);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

@@ -408,6 +408,23 @@ impl PreExec {
         Ok(())
     }
 
+    /// What [`PreExec::run`] does, done from outside to the running process `pid`: its
+    /// groups and cores. Its address-space limit is not set from outside (the kernel
+    /// refuses it for a jailed process): a forked worker inherits its template's, which is
+    /// its function's.
+    fn move_process(&self, pid: u32) -> std::io::Result<()> {
+        let text = pid.to_string();
+        for procs in &self.procs {
+            rustix::io::write(procs, text.as_bytes())?;
+        }
+        if let Some(cores) = &self.affinity {
+            let target = rustix::process::Pid::from_raw(pid as i32)
+                .ok_or(std::io::ErrorKind::InvalidInput)?;
+            rustix::thread::sched_setaffinity(Some(target), cores)?;
+        }
+        Ok(())
+    }
+
     fn install(self, command: &mut Command) {
         use std::os::unix::process::CommandExt;
         #[allow(unsafe_code)]
@@ -452,6 +469,31 @@ pub fn apply(
     limits: &WorkerLimits<'_>,
     command: &mut Command,
 ) -> Result<LimitGuard, String> {
+    let (guard, pre_exec) = prepare(mechanism, limits)?;
+    pre_exec.install(command);
+    Ok(guard)
+}
+
+/// Puts the running process `pid` (a worker forked from a template, which has run none of
+/// the function's calls yet) under `limits`: into its own groups and onto its cores (its
+/// address-space limit, under [`Mechanism::Rlimit`], is inherited from its template). The
+/// returned guard owns the groups.
+pub fn apply_to(
+    mechanism: &Mechanism,
+    limits: &WorkerLimits<'_>,
+    pid: u32,
+) -> Result<LimitGuard, String> {
+    let (guard, pre_exec) = prepare(mechanism, limits)?;
+    pre_exec
+        .move_process(pid)
+        .map_err(|e| format!("cannot put process {pid} under its limits: {e}"))?;
+    Ok(guard)
+}
+
+fn prepare(
+    mechanism: &Mechanism,
+    limits: &WorkerLimits<'_>,
+) -> Result<(LimitGuard, PreExec), String> {
     let mut guard = LimitGuard::default();
     let mut pre_exec = PreExec::default();
     let WorkerLimits {
@@ -551,6 +593,5 @@ pub fn apply(
             }
         }
     }
-    pre_exec.install(command);
-    Ok(guard)
+    Ok((guard, pre_exec))
 }

@@ -17,6 +17,7 @@
 //! pure = true                   # safe to run speculatively
 //! services = ["cache"]          # auxiliary services it needs
 //! workdir = "/srv/fns"          # where a process runs (default: the manifest's directory)
+//! template = true               # fork workers from a template of it (default: Python)
 //! [env]
 //! LEVEL = "info"
 //! ```
@@ -50,6 +51,7 @@ struct ManifestWire {
     #[serde(default)]
     env: BTreeMap<String, String>,
     workdir: Option<PathBuf>,
+    template: Option<bool>,
 }
 
 /// How a function runs.
@@ -90,6 +92,9 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     /// Directory a process function runs in (the manifest's own, when read from a file).
     pub workdir: Option<PathBuf>,
+    /// Whether its workers are forked from a template of it (`crate::process::Template`);
+    /// manifest `template`, on by default for a Python program.
+    pub template: bool,
 }
 
 /// Defaults: 128 MiB, 1000 millicores, no network or GPU, 30 s timeout.
@@ -241,6 +246,19 @@ impl FunctionSpec {
         if let Some(key) = wire.env.keys().find(|k| k.is_empty() || k.contains('=')) {
             return Err(invalid("env", format!("{key:?}: not a variable name")));
         }
+        // A Python program (python, python3, python3.11…) has its workers forked from a
+        // template unless the manifest says otherwise.
+        let python = match &kind {
+            FunctionKind::Process { command } => Path::new(&command[0])
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("python")),
+            FunctionKind::Wasm { .. } => false,
+        };
+        let template = wire.template.unwrap_or(python);
+        if template && !matches!(kind, FunctionKind::Process { .. }) {
+            return Err(invalid("template", "only process functions have templates"));
+        }
         Ok(FunctionSpec {
             name: wire.name,
             kind,
@@ -258,6 +276,7 @@ impl FunctionSpec {
             services: wire.services,
             env: wire.env,
             workdir: wire.workdir,
+            template,
         })
     }
 

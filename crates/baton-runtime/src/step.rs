@@ -201,6 +201,9 @@ impl Director {
         if let Some(limits) = &run.limits {
             extra.insert("limits".into(), Value::from(limits.as_str()));
         }
+        if let Some(start) = run.worker_start {
+            extra.insert("worker_start".into(), Value::from(start));
+        }
         if let Some(stderr) = &run.stderr {
             extra.insert("stderr".into(), Value::from(stderr.as_str()));
         }

@@ -8,10 +8,13 @@ use baton_runtime::manifest::FunctionSpec;
 use common::python;
 use std::path::Path;
 
+/// A step started the plain way (no template): the test is about prediction hiding full
+/// interpreter starts; forked from a template, a cold start costs a few milliseconds and
+/// the policy rightly stops planning for steps that start sooner than that.
 fn step(name: &str, next: &str, next_alt: &str) -> FunctionSpec {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python");
     FunctionSpec::from_toml(&format!(
-        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", \"step.py\"]\nworkdir = {:?}\nmemory_mib = 128\ntimeout_ms = 10000\npure = true\n[env]\nNEXT = \"{next}\"\nNEXT_ALT = \"{next_alt}\"\n",
+        "name = \"{name}\"\nkind = \"process\"\ncommand = [{:?}, \"-u\", \"step.py\"]\nworkdir = {:?}\nmemory_mib = 128\ntimeout_ms = 10000\npure = true\ntemplate = false\n[env]\nNEXT = \"{next}\"\nNEXT_ALT = \"{next_alt}\"\n",
         python(),
         dir.display().to_string()
     ))

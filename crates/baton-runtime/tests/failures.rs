@@ -1,6 +1,7 @@
 //! Failures through the director: a guest that loops forever is stopped by its timeout, one
 //! that grows past its memory limit fails with `oom`, a worker that crashes is replaced;
-//! each is recorded with its status and reason, and the host keeps serving.
+//! each is recorded with its status and reason (a worker forked from its template too),
+//! and the host keeps serving.
 
 mod common;
 use baton_core::policy::TtlPolicy;
@@ -57,6 +58,14 @@ fn timeouts_ooms_and_crashes_are_recorded_and_the_host_survives() {
     let replaced = director.invoke("fragile", b"again").unwrap();
     assert_eq!(replaced.output, b"AGAIN");
     assert_eq!(replaced.records[0].cold, Some(true), "a new worker");
+    // Python: the first worker came from a template started then, the replacement was
+    // forked from the same template (the crash ended the worker, not its template).
+    assert_eq!(replaced.records[0].extra["worker_start"], "forked");
+    assert_eq!(
+        director.counters().template_starts.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(director.counters().forked_starts.load(Ordering::Relaxed), 2);
     // A function error is not a crash: the worker lives on and stays warm.
     let (status, why) = status_of(director.invoke("fragile", b"fail").unwrap_err());
     assert_eq!(status, Some(Status::Error));

@@ -142,3 +142,34 @@ fn the_rlimit_fallback_limits_memory_too() {
     assert!(error.to_string().contains("MemoryError"), "{error}");
     assert_eq!(worker.invoke(b"still alive").unwrap(), b"STILL ALIVE");
 }
+
+#[test]
+fn a_program_that_cannot_be_a_template_starts_plain() {
+    // Speaks the worker protocol itself, without the helper: it never says T as a
+    // template, so its template is refused once and its workers start the plain way.
+    let echo = "import sys\nout, inp = sys.stdout.buffer, sys.stdin.buffer\nout.write(b'R\\x00\\x00\\x00\\x00'); out.flush()\nwhile True:\n    head = inp.read(5)\n    if len(head) < 5: break\n    n = int.from_bytes(head[1:], 'big'); body = inp.read(n)\n    out.write(b'O' + n.to_bytes(4, 'big') + body); out.flush()\n";
+    let spec = FunctionSpec::from_toml(&format!(
+        "name = \"own-protocol\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", {echo:?}]\ntimeout_ms = 10000\n",
+        python()
+    ))
+    .unwrap();
+    assert!(spec.template, "a Python program has a template by default");
+    let pool = baton_runtime::pool::WarmPool::new(vec![spec], isolation());
+    let lease = pool.take("own-protocol").unwrap();
+    let mut worker = lease.worker;
+    assert!(!worker.is_forked());
+    assert_eq!(worker.invoke(b"echo").unwrap(), b"echo");
+    let templates = pool.templates();
+    assert_eq!(templates.len(), 1);
+    let refused = templates[0].refused.as_deref().unwrap_or_default();
+    assert!(
+        refused.contains("exited before it was ready"),
+        "{templates:?}"
+    );
+    assert_eq!(
+        pool.counters
+            .template_starts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

@@ -7,7 +7,7 @@ mod common;
 use baton_runtime::isolation::Isolation;
 use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
-use baton_runtime::process::{Worker, WorkerError};
+use baton_runtime::process::{Template, Worker, WorkerError};
 use baton_runtime::sandbox::Sandbox;
 use common::{example, isolation, python};
 use std::os::unix::fs::PermissionsExt;
@@ -72,49 +72,7 @@ fn every_escape_attempt_fails() {
         return;
     }
     eprintln!("path: bubblewrap jail");
-    // Its own files are readable, and it runs as nobody.
-    assert_eq!(ask(&mut worker, "read:escape.py"), "ok read");
-    assert_eq!(ask(&mut worker, "uid"), "65534 65534");
-    // Files outside its directory: a sibling's secret, the repository, the host's /etc.
-    for path in [
-        secret.display().to_string(),
-        example("python/upper.py"),
-        "/etc/shadow".to_owned(),
-        "/etc/hostname".to_owned(),
-        "/root/.bashrc".to_owned(),
-    ] {
-        assert!(
-            ask(&mut worker, &format!("read:{path}")).starts_with("denied"),
-            "{path} is readable from the jail"
-        );
-    }
-    // Writes: nowhere but /tmp.
-    for path in [
-        dir.join("planted.py").display().to_string(),
-        "/usr/planted".into(),
-        "/planted".into(),
-    ] {
-        assert!(
-            ask(&mut worker, &format!("write:{path}")).starts_with("denied"),
-            "{path} is writable from the jail"
-        );
-    }
-    assert!(!dir.join("planted.py").exists());
-    assert_eq!(ask(&mut worker, "write:/tmp/scratch"), "ok wrote");
-    // Other processes: not visible, not signalable.
-    let procs = ask(&mut worker, "procs");
-    let visible: Vec<u32> = procs
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert!(visible.len() <= 3, "sees {visible:?}");
-    assert!(!visible.contains(&std::process::id()) || std::process::id() <= 3);
-    assert!(ask(&mut worker, &format!("signal:{}", std::process::id())).starts_with("denied"));
-    assert_eq!(
-        ask(&mut worker, "signal:1"),
-        "denied EPERM",
-        "the jail's init is not its own"
-    );
+    escapes_fail(&mut worker, &dir, &secret, 3);
     // No network without a reservation: the host's loopback listener is out of reach.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -289,4 +247,133 @@ fn a_workers_output_is_captured_per_invocation_within_a_cap() {
     let said = worker.take_output();
     assert_eq!(said.text, "hello\n", "each invocation gets its own output");
     assert_eq!(said.dropped_bytes, 0);
+}
+
+/// The escape attempts every jailed worker must fail, spawned or forked; it may see at
+/// most `visible` processes (its jail's init, itself, and a forked worker's template and
+/// siblings: the same function's).
+fn escapes_fail(worker: &mut Worker, dir: &Path, secret: &Path, visible_at_most: usize) {
+    let worker = &mut *worker;
+    // Its own files are readable, and it runs as nobody.
+    assert_eq!(ask(worker, "read:escape.py"), "ok read");
+    assert_eq!(ask(worker, "uid"), "65534 65534");
+    // Files outside its directory: a sibling's secret, the repository, the host's /etc.
+    for path in [
+        secret.display().to_string(),
+        example("python/upper.py"),
+        "/etc/shadow".to_owned(),
+        "/etc/hostname".to_owned(),
+        "/root/.bashrc".to_owned(),
+    ] {
+        assert!(
+            ask(worker, &format!("read:{path}")).starts_with("denied"),
+            "{path} is readable from the jail"
+        );
+    }
+    // Writes: nowhere but /tmp.
+    for path in [
+        dir.join("planted.py").display().to_string(),
+        "/usr/planted".into(),
+        "/planted".into(),
+    ] {
+        assert!(
+            ask(worker, &format!("write:{path}")).starts_with("denied"),
+            "{path} is writable from the jail"
+        );
+    }
+    assert!(!dir.join("planted.py").exists());
+    assert_eq!(ask(worker, "write:/tmp/scratch"), "ok wrote");
+    // Other processes: not visible, not signalable.
+    let procs = ask(worker, "procs");
+    let visible: Vec<u32> = procs
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(visible.len() <= visible_at_most, "sees {visible:?}");
+    assert!(!visible.contains(&std::process::id()) || std::process::id() <= 3);
+    assert!(ask(worker, &format!("signal:{}", std::process::id())).starts_with("denied"));
+    assert_eq!(
+        ask(worker, "signal:1"),
+        "denied EPERM",
+        "the jail's init is not its own"
+    );
+}
+
+#[test]
+fn workers_forked_from_a_template_are_jailed_limited_and_unique() {
+    let isolation = isolation();
+    let (_root, dir, secret) = function_dir();
+    let spec = escape_spec("escape-forked", &dir, "memory_mib = 96");
+    let template = std::sync::Arc::new(Template::start(&spec, &isolation).unwrap());
+    let mut first = template
+        .fork(&spec, &isolation, &Default::default())
+        .unwrap();
+    let mut second = template
+        .fork(&spec, &isolation, &Default::default())
+        .unwrap();
+    eprintln!(
+        "template ready after {:?}; forked workers ready after {:?} and {:?}; limits: {}",
+        template.ready_after(),
+        first.cold_start(),
+        second.cold_start(),
+        first.limits()
+    );
+    assert!(first.is_forked() && second.is_forked());
+    let pids = [template.pid(), first.pid(), second.pid()];
+    assert!(
+        pids[0] != pids[1] && pids[1] != pids[2] && pids[0] != pids[2],
+        "{pids:?}"
+    );
+    // Each re-seeded its random state after the fork.
+    assert_ne!(ask(&mut first, "random"), ask(&mut second, "random"));
+    // Each is under its own limits, not its template's.
+    if let Mechanism::CgroupV1 { .. } = &isolation.limits {
+        eprintln!("path: cgroup v1 groups per forked worker");
+        let groups = first.limit_groups().to_vec();
+        assert!(!groups.is_empty());
+        for group in &groups {
+            let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|p| p == first.pid().to_string()),
+                "{} is not in {}",
+                first.pid(),
+                group.display()
+            );
+        }
+        let limit = std::fs::read_to_string(groups[0].join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (96u64 << 20).to_string());
+    } else {
+        eprintln!(
+            "path: NO cgroups here ({}): forked workers share the template's rlimit",
+            first.limits()
+        );
+    }
+    if isolation.sandbox.is_jailed() {
+        eprintln!("path: bubblewrap jail, forked workers");
+        assert_eq!(ask(&mut first, "uid"), "65534 65534");
+        escapes_fail(&mut second, &dir, &secret, 4);
+    } else {
+        eprintln!("path: NO SANDBOX on this machine: forked escapes not refused");
+    }
+    // A worker's end is its own; the template still forks.
+    let first_pid = first.pid();
+    drop(first);
+    assert_eq!(ask(&mut second, "uid").split(' ').count(), 2);
+    let mut third = template
+        .fork(&spec, &isolation, &Default::default())
+        .unwrap();
+    assert_eq!(ask(&mut third, "uid").split(' ').count(), 2);
+    // Dropped, a forked worker leaves nothing; the template goes with the last of them.
+    let (third_pid, template_pid) = (third.pid(), template.pid());
+    drop(third);
+    drop(second);
+    drop(template);
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in [first_pid, third_pid, template_pid] {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "process {pid} outlived its worker or template: {state}"
+        );
+    }
 }

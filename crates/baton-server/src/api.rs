@@ -873,6 +873,15 @@ async fn pool(State(state): State<Shared>) -> Response {
             })
         })
         .collect();
+    // Whether each template-enabled function has its template; a refused one only says so
+    // (its template's stderr may name server paths).
+    let templates: Vec<Value> = state
+        .director
+        .pool()
+        .templates()
+        .into_iter()
+        .map(|t| json!({"function": t.function, "pid": t.pid, "refused": t.refused.is_some()}))
+        .collect();
     let counters: serde_json::Map<String, Value> = state
         .director
         .counters()
@@ -887,6 +896,7 @@ async fn pool(State(state): State<Shared>) -> Response {
         "capacity": capacity,
         "reservations": by_plan,
         "warm_instances": warm,
+        "templates": templates,
         "idle_memory_mib": state.director.pool().idle_memory_mib(),
         "counters": counters,
         "prediction_hit_ratio": state.metrics.prediction_hit_rate(),

@@ -24,10 +24,13 @@ use crate::process::{Placement, Worker, WorkerError};
 
 mod idle;
 mod lease;
+mod templates;
 
 use baton_core::exec::{choose_for_arrival, Candidate};
 use lease::BusySlot;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
+use templates::Templates;
+pub use templates::{TemplateInfo, MAX_TEMPLATES};
 
 use crate::counters::Counters;
 use std::collections::HashMap;
@@ -89,6 +92,7 @@ pub struct WarmPool {
     started: Condvar,
     idle_budget_mib: Option<u64>,
     max_cold_starts: usize,
+    templates: Templates,
     /// The counts (the runtime's one set, shared with the director and the planner).
     pub counters: Arc<Counters>,
 }
@@ -135,6 +139,7 @@ impl WarmPool {
             // Each cold start is mostly CPU (an interpreter importing): more at once than
             // cores only makes each slower.
             max_cold_starts: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            templates: Templates::default(),
             counters: Arc::new(Counters::default()),
         })
     }
@@ -170,6 +175,7 @@ impl WarmPool {
             // Dropped after the lock: a worker's drop kills its tree and empties its groups.
             let stale = lock(&self.state).idle.remove(&name);
             drop(stale);
+            self.templates.forget(&name);
         }
     }
 
@@ -183,7 +189,23 @@ impl WarmPool {
             .is_some();
         let stale = lock(&self.state).idle.remove(name);
         drop(stale);
+        self.templates.forget(name);
         existed
+    }
+
+    /// Every function's template state, by function.
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        self.templates.states()
+    }
+
+    /// A new worker of `spec`: forked from its template, or started plain.
+    fn start_worker(
+        &self,
+        spec: &FunctionSpec,
+        placement: &Placement,
+    ) -> Result<Worker, WorkerError> {
+        self.templates
+            .start_worker(spec, &self.isolation, placement, &self.counters)
     }
 
     /// The isolation workers run with.
@@ -372,7 +394,7 @@ impl WarmPool {
         state.spawning += 1;
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
-        let worker = Worker::spawn(&spec, &self.isolation);
+        let worker = self.start_worker(&spec, &Placement::default());
         let mut state = lock(&self.state);
         if let Some(cold) = state.cold.get_mut(name) {
             *cold = cold.saturating_sub(1);
@@ -440,7 +462,7 @@ impl WarmPool {
                     // Past the node's start bound, a pre-warm waits for a slot on its own
                     // thread (a request meanwhile waits for it, or starts its own).
                     pool.take_start_slot();
-                    let worker = Worker::spawn_on(&spec, &pool.isolation, &placement);
+                    let worker = pool.start_worker(&spec, &placement);
                     pool.give_start_slot();
                     worker.map_err(|e| e.to_string())
                 });

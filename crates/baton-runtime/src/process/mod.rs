@@ -16,18 +16,36 @@ use crate::protocol::{read_frame, write_frame, FrameKind};
 use crate::sandbox::Jail;
 use std::collections::HashMap;
 use std::io::BufReader;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 mod error;
 mod output;
+mod template;
 
 pub use error::WorkerError;
 use output::{capture_stderr, Captured, InFlight};
 pub use output::{CapturedOutput, OUTPUT_CAP};
+pub use template::Template;
 
 type Frame = Result<(FrameKind, Vec<u8>), String>;
+
+/// A started worker process, handed to [`Worker::attach`].
+pub(crate) struct Attach<'a> {
+    pub(crate) spec: &'a FunctionSpec,
+    pub(crate) child: Option<Child>,
+    /// The template it was forked from, kept while it lives, and its pid there.
+    pub(crate) template: Option<(Arc<Template>, u32)>,
+    /// The function's own process as the host sees it.
+    pub(crate) main_pid: u32,
+    pub(crate) jailed: bool,
+    /// Its stdin, stdout and stderr (the other ends).
+    pub(crate) pipes: [std::os::fd::OwnedFd; 3],
+    pub(crate) limits: LimitGuard,
+    /// When its cold start began.
+    pub(crate) started: Instant,
+}
 
 /// One warm worker process.
 #[derive(Debug)]
@@ -35,13 +53,18 @@ pub struct Worker {
     function: String,
     timeout: Duration,
     memory_mib: u64,
-    child: Child,
+    /// The process baton started, or none for a worker forked from a template (its
+    /// template reaps it).
+    child: Option<Child>,
+    /// The template it was forked from (kept while it lives) and its pid in the template's
+    /// PID namespace.
+    template: Option<(Arc<Template>, u32)>,
     /// The function's own process (outside PID) and, when jailed, the jail's init, whose
     /// death ends every process of the jail.
     main_pid: u32,
     jail_init: Option<u32>,
     jailed: bool,
-    stdin: ChildStdin,
+    stdin: std::fs::File,
     frames: Receiver<Frame>,
     /// Its stderr as captured, and the pipe's read end to see what is still in flight.
     output: Arc<Mutex<Captured>>,
@@ -126,61 +149,17 @@ impl Worker {
         isolation: &Isolation,
         placement: &Placement,
     ) -> Result<Worker, WorkerError> {
-        let FunctionKind::Process { command } = &spec.kind else {
-            return Err(WorkerError::NotProcess(spec.name.clone()));
-        };
         let started = Instant::now();
-        let mut program = std::path::PathBuf::from(resolve_program(&command[0]));
-        if program.is_relative() {
-            if let Some(dir) = &spec.workdir {
-                program = dir.join(program);
-            }
-        }
-        if program.is_absolute() && !program.is_file() {
-            return Err(WorkerError::Spawn {
-                function: spec.name.clone(),
-                program: program.display().to_string(),
-                source: std::io::ErrorKind::NotFound.into(),
-            });
-        }
-        let jail = Jail {
-            program: &program,
-            args: &command[1..],
-            workdir: spec.workdir.as_deref(),
-            // Bandwidth reserved, or services to talk to: the host's network.
-            network: spec.limits.net_mbps > 0 || !spec.services.is_empty(),
-            tmp_bytes: spec.limits.memory_mib << 20,
-        };
-        let mut builder = isolation.sandbox.command(&jail);
-        builder
-            .envs(&spec.env)
-            .env("BATON_FUNCTION", &spec.name)
-            .env("BATON_GPU_UNITS", placement.gpu_units.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            // Captured per invocation, bounded: never into the server's own log.
-            .stderr(Stdio::piped());
-        let limits = limits::apply(
-            &isolation.limits,
-            &WorkerLimits {
-                memory_mib: spec.limits.memory_mib,
-                cpu_millicores: spec.limits.cpu_millicores,
-                cores: &placement.cores,
-                max_processes: spec.max_processes,
-            },
-            &mut builder,
-        )
-        .map_err(|message| WorkerError::Limits {
-            function: spec.name.clone(),
-            message,
-        })?;
+        let (builder, program, limits) = command_for(spec, isolation, placement)?;
         let mut child = launch(builder).map_err(|source| WorkerError::Spawn {
             function: spec.name.clone(),
-            program: program.display().to_string(),
+            program,
             source,
         })?;
         let jailed = isolation.sandbox.is_jailed();
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(WorkerError::Protocol {
@@ -188,27 +167,65 @@ impl Worker {
                 message: "no pipes to the worker".into(),
             });
         };
+        Worker::attach(Attach {
+            spec,
+            main_pid: child.id(),
+            child: Some(child),
+            template: None,
+            jailed,
+            pipes: [stdin.into(), stdout.into(), stderr.into()],
+            limits,
+            started,
+        })
+    }
+
+    /// Reads the worker's stdout (frames) and stderr (captured) on threads of their own and
+    /// waits (up to the function's timeout) for its ready frame.
+    pub(crate) fn attach(attach: Attach<'_>) -> Result<Worker, WorkerError> {
+        let Attach {
+            spec,
+            child,
+            template,
+            main_pid,
+            jailed,
+            pipes: [stdin, stdout, stderr],
+            limits,
+            started,
+        } = attach;
         let output = Arc::new(Mutex::new(Captured::default()));
         let output_in_flight = InFlight::default();
-        let mut stderr_pipe = None;
-        if let Some(stderr) = child.stderr.take() {
-            use std::os::fd::AsFd;
-            stderr_pipe = stderr.as_fd().try_clone_to_owned().ok();
-            let (captured, in_flight) = (Arc::clone(&output), Arc::clone(&output_in_flight));
-            let reader = std::thread::Builder::new()
-                .name(format!("baton-stderr-{}", spec.name))
-                .spawn(move || capture_stderr(stderr, captured, in_flight));
-            if let Err(source) = reader {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(WorkerError::Spawn {
-                    function: spec.name.clone(),
-                    program: "stderr reader thread".into(),
-                    source,
-                });
-            }
-        }
+        let stderr_pipe = stderr.try_clone().ok();
         let (sender, frames) = mpsc::channel();
+        let mut worker = Worker {
+            function: spec.name.clone(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            memory_mib: spec.limits.memory_mib,
+            main_pid,
+            jail_init: None,
+            jailed,
+            child,
+            template,
+            stdin: stdin.into(),
+            frames,
+            output: Arc::clone(&output),
+            output_in_flight: Arc::clone(&output_in_flight),
+            stderr_pipe,
+            limits,
+            ready_after: Duration::ZERO,
+            alive: true,
+            last_usage: ProcessUsage::default(),
+            since_peak_read: u32::MAX,
+        };
+        let stderr = std::fs::File::from(stderr);
+        std::thread::Builder::new()
+            .name(format!("baton-stderr-{}", spec.name))
+            .spawn(move || capture_stderr(stderr, output, output_in_flight))
+            .map_err(|source| WorkerError::Spawn {
+                function: spec.name.clone(),
+                program: "stderr reader thread".into(),
+                source,
+            })?;
+        let stdout = std::fs::File::from(stdout);
         std::thread::Builder::new()
             .name(format!("baton-worker-{}", spec.name))
             .spawn(move || {
@@ -230,32 +247,13 @@ impl Worker {
                 program: "reader thread".into(),
                 source,
             })?;
-        let mut worker = Worker {
-            function: spec.name.clone(),
-            timeout: Duration::from_millis(spec.timeout_ms),
-            memory_mib: spec.limits.memory_mib,
-            main_pid: child.id(),
-            jail_init: None,
-            jailed,
-            child,
-            stdin,
-            frames,
-            output,
-            output_in_flight,
-            stderr_pipe,
-            limits,
-            ready_after: Duration::ZERO,
-            alive: true,
-            last_usage: ProcessUsage::default(),
-            since_peak_read: u32::MAX,
-        };
         match worker.frames.recv_timeout(worker.timeout) {
             Ok(Ok((FrameKind::Ready, _))) => {
                 worker.ready_after = started.elapsed();
-                if jailed {
+                if let (true, Some(child)) = (jailed, &worker.child) {
                     // bwrap → the jail's init → the function's process.
                     let candidates = worker.limits.processes();
-                    worker.jail_init = first_child(worker.child.id(), candidates.as_deref());
+                    worker.jail_init = first_child(child.id(), candidates.as_deref());
                     if let Some(init) = worker.jail_init {
                         if let Some(main) = first_child(init, candidates.as_deref()) {
                             worker.main_pid = main;
@@ -277,6 +275,11 @@ impl Worker {
             }
             Err(RecvTimeoutError::Disconnected) => Err(worker.lost()),
         }
+    }
+
+    /// Whether it was forked from a template.
+    pub fn is_forked(&self) -> bool {
+        self.template.is_some()
     }
 
     /// How long the worker took to become ready (its cold start).
@@ -357,20 +360,32 @@ impl Worker {
     /// Whatever is left in its groups is killed when the limit guard drops.
     fn kill(&mut self) {
         use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-        let own = Pid::from_raw(self.child.id() as i32);
+        self.alive = false;
+        let Some(child) = self.child.as_mut() else {
+            // Forked from a template: it leads its own session and process group; its
+            // template reaps it (its groups can then be removed).
+            if let Some(own) = Pid::from_raw(self.main_pid as i32) {
+                let _ = kill_process_group(own, Signal::KILL);
+                let _ = kill_process(own, Signal::KILL);
+            }
+            if let Some((template, inner)) = &self.template {
+                template.reap(*inner);
+            }
+            return;
+        };
+        let own = Pid::from_raw(child.id() as i32);
         if self.jailed {
             let init = self
                 .jail_init
-                .or_else(|| first_child(self.child.id(), self.limits.processes().as_deref()));
+                .or_else(|| first_child(child.id(), self.limits.processes().as_deref()));
             if let Some(init) = init.and_then(|p| Pid::from_raw(p as i32)) {
                 let _ = kill_process(init, Signal::KILL);
             }
         } else if let Some(group) = own {
             let _ = kill_process_group(group, Signal::KILL);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.alive = false;
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn fail_protocol(&mut self, message: String) -> WorkerError {
@@ -383,11 +398,25 @@ impl Worker {
 
     /// The worker is gone: reap it and say why.
     fn lost(&mut self) -> WorkerError {
-        let status = self
-            .child
-            .wait()
-            .map_or("unknown".to_owned(), |s| s.to_string())
-            + &self.stderr_tail();
+        let status = match self.child.as_mut() {
+            Some(child) => child.wait().map_or("unknown".to_owned(), |s| s.to_string()),
+            // Forked: read from the zombie's `stat` (it closed its pipes just before it
+            // became one), then reaped by its template.
+            None => {
+                let deadline = Instant::now() + Duration::from_millis(100);
+                let mut status = zombie_status(self.main_pid);
+                while status.is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                    status = zombie_status(self.main_pid);
+                }
+                if let Some((template, inner)) = &self.template {
+                    template.reap(*inner);
+                }
+                status.map_or("exited (forked from its template)".to_owned(), |s| {
+                    s.to_string()
+                })
+            }
+        } + &self.stderr_tail();
         self.alive = false;
         if self.limits.oom_killed() {
             WorkerError::OutOfMemory {
@@ -488,6 +517,63 @@ impl Worker {
     }
 }
 
+/// The command that starts a worker of `spec` (jailed, its environment, piped stdio) with
+/// its limits arranged, the program's name for errors, and the limits' guard.
+fn command_for(
+    spec: &FunctionSpec,
+    isolation: &Isolation,
+    placement: &Placement,
+) -> Result<(Command, String, LimitGuard), WorkerError> {
+    let FunctionKind::Process { command } = &spec.kind else {
+        return Err(WorkerError::NotProcess(spec.name.clone()));
+    };
+    let mut program = std::path::PathBuf::from(resolve_program(&command[0]));
+    if program.is_relative() {
+        if let Some(dir) = &spec.workdir {
+            program = dir.join(program);
+        }
+    }
+    if program.is_absolute() && !program.is_file() {
+        return Err(WorkerError::Spawn {
+            function: spec.name.clone(),
+            program: program.display().to_string(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    let jail = Jail {
+        program: &program,
+        args: &command[1..],
+        workdir: spec.workdir.as_deref(),
+        // Bandwidth reserved, or services to talk to: the host's network.
+        network: spec.limits.net_mbps > 0 || !spec.services.is_empty(),
+        tmp_bytes: spec.limits.memory_mib << 20,
+    };
+    let mut builder = isolation.sandbox.command(&jail);
+    builder
+        .envs(&spec.env)
+        .env("BATON_FUNCTION", &spec.name)
+        .env("BATON_GPU_UNITS", placement.gpu_units.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        // Captured per invocation, bounded: never into the server's own log.
+        .stderr(Stdio::piped());
+    let limits = limits::apply(
+        &isolation.limits,
+        &WorkerLimits {
+            memory_mib: spec.limits.memory_mib,
+            cpu_millicores: spec.limits.cpu_millicores,
+            cores: &placement.cores,
+            max_processes: spec.max_processes,
+        },
+        &mut builder,
+    )
+    .map_err(|message| WorkerError::Limits {
+        function: spec.name.clone(),
+        message,
+    })?;
+    Ok((builder, program.display().to_string(), limits))
+}
+
 type Launch = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Starts `command` from the launcher, one thread that lives as long as the process: a
@@ -548,6 +634,18 @@ fn first_child(parent: u32, candidates: Option<&[u32]>) -> Option<u32> {
 /// The parent of `pid` (`/proc/PID/stat` field 4).
 fn parent_of(pid: u32) -> Option<u32> {
     limits::stat_field(pid, 4).and_then(|ppid| u32::try_from(ppid).ok())
+}
+
+/// How `pid` ended, while it is a zombie (`/proc/PID/stat`: state `Z`, exit code field 52).
+fn zombie_status(pid: u32) -> Option<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? != "Z" {
+        return None;
+    }
+    let raw: i32 = fields.nth(52 - 4)?.parse().ok()?;
+    Some(std::process::ExitStatus::from_raw(raw))
 }
 
 /// CPU time of `pid`'s main thread, ns (`/proc/PID/schedstat`).

@@ -28,7 +28,7 @@ pub(super) type InFlight = Arc<std::sync::atomic::AtomicBool>;
 /// Reads a worker's stderr into `captured` until it closes, keeping at most [`OUTPUT_CAP`]
 /// bytes between two takes.
 pub(super) fn capture_stderr(
-    mut stderr: std::process::ChildStderr,
+    mut stderr: std::fs::File,
     captured: Arc<Mutex<Captured>>,
     in_flight: InFlight,
 ) {

@@ -3,9 +3,11 @@
 
 read:PATH  write:PATH  procs  signal:PID  connect:PORT  fork:N  forkwait:N:SECONDS  uid
 flood:BYTES (that many bytes on stderr)  say:TEXT (one line on stderr)
+random (a draw from `random`, which a forked worker must not share with its siblings)
 """
 import errno
 import os
+import random
 import socket
 import sys
 import time
@@ -65,6 +67,8 @@ def handle(payload: bytes) -> bytes:
         if verb == "say":
             print(arg, file=sys.stderr, flush=True)
             return b"said"
+        if verb == "random":
+            return repr(random.random()).encode()
         if verb == "uid":
             return b"%d %d" % (os.getuid(), os.getgid())
     except OSError as e:

@@ -1,0 +1,149 @@
+//! The pool's templates: one per function that allows it (manifest `template`, on by
+//! default for Python), started by the function's first cold start and kept while the
+//! function is deployed; every later worker of it is forked from it (about 5 ms instead of
+//! an interpreter's start and imports). A function whose template does not come up (its
+//! program does not speak the template protocol: it never says `T`) is started the plain
+//! way until it is deployed again; a template that died is replaced at the next cold
+//! start. At most [`MAX_TEMPLATES`] templates live at once; past that, workers start plain.
+
+use crate::counters::Counters;
+use crate::isolation::Isolation;
+use crate::manifest::FunctionSpec;
+use crate::process::{Placement, Template, Worker, WorkerError};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most templates alive at once on a node.
+pub const MAX_TEMPLATES: usize = 64;
+
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Empty,
+    Ready(Arc<Template>),
+    /// Its template could not start: why (workers start plain until it is redeployed).
+    Refused(String),
+}
+
+/// Templates by function name.
+#[derive(Debug, Default)]
+pub(crate) struct Templates {
+    slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Templates {
+    /// A new worker of `spec` on `placement`: forked from its template when it has one
+    /// (started now if need be), else started plain.
+    pub(crate) fn start_worker(
+        &self,
+        spec: &FunctionSpec,
+        isolation: &Isolation,
+        placement: &Placement,
+        counters: &Counters,
+    ) -> Result<Worker, WorkerError> {
+        let plain = || Worker::spawn_on(spec, isolation, placement);
+        if !spec.template {
+            return plain();
+        }
+        let slot = {
+            let mut slots = lock(&self.slots);
+            if !slots.contains_key(&spec.name) && slots.len() >= MAX_TEMPLATES {
+                return plain();
+            }
+            Arc::clone(slots.entry(spec.name.clone()).or_default())
+        };
+        // One start per function at a time: concurrent cold starts wait, then fork.
+        let template = {
+            let mut slot = lock(&slot);
+            match &*slot {
+                Slot::Refused(_) => None,
+                Slot::Ready(template) if template.is_alive() => Some(Arc::clone(template)),
+                _ => match Template::start(spec, isolation) {
+                    Ok(template) => {
+                        counters.template_starts.fetch_add(1, Ordering::Relaxed);
+                        let template = Arc::new(template);
+                        *slot = Slot::Ready(Arc::clone(&template));
+                        Some(template)
+                    }
+                    Err(error @ WorkerError::Protocol { .. }) => {
+                        *slot = Slot::Refused(error.to_string());
+                        None
+                    }
+                    Err(_) => {
+                        *slot = Slot::Empty;
+                        None
+                    }
+                },
+            }
+        };
+        let Some(template) = template else {
+            return plain();
+        };
+        match template.fork(spec, isolation, placement) {
+            Ok(worker) => {
+                counters.forked_starts.fetch_add(1, Ordering::Relaxed);
+                Ok(worker)
+            }
+            Err(_) if !template.is_alive() => {
+                let mut slot = lock(&slot);
+                if matches!(&*slot, Slot::Ready(t) if Arc::ptr_eq(t, &template)) {
+                    *slot = Slot::Empty;
+                }
+                drop(slot);
+                plain()
+            }
+            // Limits it could not be put under from outside (cores pinned by a mechanism
+            // without cpuset): started plain, where they are set before it runs.
+            Err(WorkerError::Limits { .. }) => plain(),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Drops `name`'s template (a function replaced or removed); its forked workers keep it
+    /// until they end.
+    pub(crate) fn forget(&self, name: &str) {
+        let gone = lock(&self.slots).remove(name);
+        drop(gone);
+    }
+
+    /// Every function's template state, by function.
+    pub(crate) fn states(&self) -> Vec<TemplateInfo> {
+        let slots: Vec<(String, Arc<Mutex<Slot>>)> = lock(&self.slots)
+            .iter()
+            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+            .collect();
+        let mut states: Vec<TemplateInfo> = slots
+            .into_iter()
+            .map(|(function, slot)| {
+                let (pid, refused) = match &*lock(&slot) {
+                    Slot::Ready(template) if template.is_alive() => (Some(template.pid()), None),
+                    Slot::Refused(why) => (None, Some(why.clone())),
+                    _ => (None, None),
+                };
+                TemplateInfo {
+                    function,
+                    pid,
+                    refused,
+                }
+            })
+            .collect();
+        states.sort_by(|a, b| a.function.cmp(&b.function));
+        states
+    }
+}
+
+/// A function's template as the pool sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    /// The function.
+    pub function: String,
+    /// Its template's process, while one is alive.
+    pub pid: Option<u32>,
+    /// Why it has none and never will until redeployed (its template could not start).
+    pub refused: Option<String>,
+}
