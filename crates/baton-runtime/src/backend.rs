@@ -166,6 +166,12 @@ pub trait Backend: Send + Sync {
     fn settle(&self, name: &str, id: u32, until: Instant, until_us: u64, at_us: u64);
     /// Forgets what is loaded for `name` (a function replaced or removed).
     fn forget(&self, name: &str);
+    /// `spec` was deployed: makes it ready ahead in the background (wasm: compiled, linked
+    /// and instantiated, so its first step is an instantiation; a process function: its
+    /// template, so its first worker is a fork).
+    fn prepare(&self, spec: Arc<FunctionSpec>) {
+        let _ = spec;
+    }
     /// After a step of `spec` ended, on the planner's thread: frees what steps left behind
     /// and makes what the next step will need ahead (wasm: its next instance).
     fn refill(&self, spec: &FunctionSpec) {
@@ -277,6 +283,16 @@ impl Backend for ProcessBackend {
     }
 
     fn forget(&self, _name: &str) {}
+
+    fn prepare(&self, spec: Arc<FunctionSpec>) {
+        if !spec.template {
+            return;
+        }
+        let pool = Arc::clone(&self.pool);
+        let _ = std::thread::Builder::new()
+            .name(format!("baton-prepare-{}", spec.name))
+            .spawn(move || pool.prepare_template(&spec));
+    }
 }
 
 /// A pre-linked wasm function, while unused the plan that pre-warmed it, and its next
@@ -344,6 +360,13 @@ impl WasmBackend {
             plan,
             entry.spare.take(),
         ))
+    }
+
+    /// The functions loaded (compiled and linked) now, by name.
+    pub(crate) fn loaded_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.loaded).keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// How many spares and spent instances hold slots now.
@@ -541,6 +564,37 @@ impl Backend for WasmBackend {
     fn forget(&self, name: &str) {
         let gone = lock(&self.loaded).remove(name);
         drop(gone);
+    }
+
+    fn prepare(&self, spec: Arc<FunctionSpec>) {
+        let Some(engine) = self.engine.clone() else {
+            return;
+        };
+        let (loaded, pool) = (Arc::clone(&self.loaded), Arc::clone(&self.pool));
+        let _ = std::thread::Builder::new()
+            .name(format!("baton-prepare-{}", spec.name))
+            .spawn(move || {
+                if lock(&loaded).contains_key(&spec.name) {
+                    return;
+                }
+                let started = Instant::now();
+                let Ok(function) = engine.load(&spec) else {
+                    // A broken module is reported by its first step.
+                    return;
+                };
+                pool.note_cold_start(&spec.name, started.elapsed());
+                let spares = lock(&loaded).values().filter(|l| l.spare.is_some()).count();
+                let spare = (spares < slots_for_spares(&engine))
+                    .then(|| engine.ready(&function).ok())
+                    .flatten();
+                lock(&loaded)
+                    .entry(spec.name.clone())
+                    .or_insert(LoadedWasm {
+                        function: Arc::new(function),
+                        prewarmed: None,
+                        spare,
+                    });
+            });
     }
 
     /// Frees the spent instances, then makes `spec`'s next instance if it is loaded, has

@@ -293,11 +293,30 @@ impl Director {
         lock(&self.node.learner).declare(ids.task, spec.limits);
     }
 
-    /// Adds or replaces a function (a replaced wasm module is loaded anew).
+    /// Adds or replaces a function (a replaced wasm module is loaded anew) and prepares it
+    /// in the background (see [`Director::prepare`]).
     pub fn deploy(&self, spec: FunctionSpec) {
         self.register(&spec);
         self.node.wasm.forget(&spec.name);
+        let name = spec.name.clone();
         self.node.pool.deploy(spec);
+        if let Some(spec) = self.node.pool.spec(&name) {
+            self.node.backend(&spec).prepare(Arc::clone(&spec));
+        }
+    }
+
+    /// The wasm functions compiled and linked in memory now, by name.
+    pub fn loaded_modules(&self) -> Vec<String> {
+        self.node.wasm.loaded_names()
+    }
+
+    /// Makes every deployed function ready ahead, in the background: a wasm module
+    /// compiled, linked and instantiated (its first step is then an instantiation, not a
+    /// cold start), a Python function's template started (its first worker is then a fork).
+    pub fn prepare(&self) {
+        for spec in self.node.pool.functions() {
+            self.node.backend(&spec).prepare(Arc::clone(&spec));
+        }
     }
 
     /// Removes a function; returns whether it existed.

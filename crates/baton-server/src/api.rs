@@ -897,6 +897,7 @@ async fn pool(State(state): State<Shared>) -> Response {
         "reservations": by_plan,
         "warm_instances": warm,
         "templates": templates,
+        "loaded_modules": state.director.loaded_modules(),
         "idle_memory_mib": state.director.pool().idle_memory_mib(),
         "counters": counters,
         "prediction_hit_ratio": state.metrics.prediction_hit_rate(),

@@ -474,6 +474,8 @@ impl RunningServer {
             }))
             .into_shared()
             .map_err(io("cannot start the allocator"))?;
+        // Restored functions are made ready ahead, as a deploy makes a new one.
+        director.prepare();
         for (name, steps) in store.sequences()? {
             director.declare_sequence(&name, steps);
             restored.sequences += 1;

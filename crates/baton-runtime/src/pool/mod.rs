@@ -193,6 +193,11 @@ impl WarmPool {
         existed
     }
 
+    /// Starts `spec`'s template now unless it has one (or it was refused).
+    pub fn prepare_template(&self, spec: &FunctionSpec) {
+        self.templates.ensure(spec, &self.isolation, &self.counters);
+    }
+
     /// Every function's template state, by function.
     pub fn templates(&self) -> Vec<TemplateInfo> {
         self.templates.states()

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const MAX_TEMPLATES: usize = 64;
 
 #[derive(Debug, Default)]
-enum Slot {
+pub(crate) enum Slot {
     #[default]
     Empty,
     Ready(Arc<Template>),
@@ -50,38 +50,7 @@ impl Templates {
         if !spec.template {
             return plain();
         }
-        let slot = {
-            let mut slots = lock(&self.slots);
-            if !slots.contains_key(&spec.name) && slots.len() >= MAX_TEMPLATES {
-                return plain();
-            }
-            Arc::clone(slots.entry(spec.name.clone()).or_default())
-        };
-        // One start per function at a time: concurrent cold starts wait, then fork.
-        let template = {
-            let mut slot = lock(&slot);
-            match &*slot {
-                Slot::Refused(_) => None,
-                Slot::Ready(template) if template.is_alive() => Some(Arc::clone(template)),
-                _ => match Template::start(spec, isolation) {
-                    Ok(template) => {
-                        counters.template_starts.fetch_add(1, Ordering::Relaxed);
-                        let template = Arc::new(template);
-                        *slot = Slot::Ready(Arc::clone(&template));
-                        Some(template)
-                    }
-                    Err(error @ WorkerError::Protocol { .. }) => {
-                        *slot = Slot::Refused(error.to_string());
-                        None
-                    }
-                    Err(_) => {
-                        *slot = Slot::Empty;
-                        None
-                    }
-                },
-            }
-        };
-        let Some(template) = template else {
+        let Some((slot, template)) = self.ensure(spec, isolation, counters) else {
             return plain();
         };
         match template.fork(spec, isolation, placement) {
@@ -102,6 +71,50 @@ impl Templates {
             Err(WorkerError::Limits { .. }) => plain(),
             Err(error) => Err(error),
         }
+    }
+
+    /// `spec`'s template and its slot: the one alive, or one started now; none when the
+    /// function has none (refused, or the bound reached).
+    pub(crate) fn ensure(
+        &self,
+        spec: &FunctionSpec,
+        isolation: &Isolation,
+        counters: &Counters,
+    ) -> Option<(Arc<Mutex<Slot>>, Arc<Template>)> {
+        if !spec.template {
+            return None;
+        }
+        let slot = {
+            let mut slots = lock(&self.slots);
+            if !slots.contains_key(&spec.name) && slots.len() >= MAX_TEMPLATES {
+                return None;
+            }
+            Arc::clone(slots.entry(spec.name.clone()).or_default())
+        };
+        // One start per function at a time: concurrent cold starts wait, then fork.
+        let mut guard = lock(&slot);
+        let template = match &*guard {
+            Slot::Refused(_) => None,
+            Slot::Ready(template) if template.is_alive() => Some(Arc::clone(template)),
+            _ => match Template::start(spec, isolation) {
+                Ok(template) => {
+                    counters.template_starts.fetch_add(1, Ordering::Relaxed);
+                    let template = Arc::new(template);
+                    *guard = Slot::Ready(Arc::clone(&template));
+                    Some(template)
+                }
+                Err(error @ WorkerError::Protocol { .. }) => {
+                    *guard = Slot::Refused(error.to_string());
+                    None
+                }
+                Err(_) => {
+                    *guard = Slot::Empty;
+                    None
+                }
+            },
+        };
+        drop(guard);
+        template.map(|template| (slot, template))
     }
 
     /// Drops `name`'s template (a function replaced or removed); its forked workers keep it

@@ -460,13 +460,10 @@ impl Worker {
                         .output_in_flight
                         .load(std::sync::atomic::Ordering::SeqCst)
             };
-            while Instant::now() < deadline
-                && (pending() || {
-                    // The reader may be between the read and marking it in flight.
-                    std::thread::yield_now();
-                    pending()
-                })
-            {
+            // What the worker wrote before its result is in the pipe by now; the reader
+            // marks itself in flight before it takes bytes out, so the pipe's count is read
+            // first, then the flag.
+            while Instant::now() < deadline && pending() {
                 std::thread::yield_now();
             }
         }

@@ -26,21 +26,33 @@ pub(super) struct Captured {
 pub(super) type InFlight = Arc<std::sync::atomic::AtomicBool>;
 
 /// Reads a worker's stderr into `captured` until it closes, keeping at most [`OUTPUT_CAP`]
-/// bytes between two takes.
+/// bytes between two takes. It marks itself in flight once the pipe is readable and before
+/// it reads, so from the moment bytes are in the pipe until they are kept, either the
+/// pipe's count or the flag tells a take to wait.
 pub(super) fn capture_stderr(
     mut stderr: std::fs::File,
     captured: Arc<Mutex<Captured>>,
     in_flight: InFlight,
 ) {
+    use rustix::event::{poll, PollFd, PollFlags};
     use std::io::Read;
     use std::sync::atomic::Ordering;
     let mut chunk = [0u8; 8192];
     loop {
+        let mut fds = [PollFd::new(&stderr, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        in_flight.store(true, Ordering::SeqCst);
         let n = match stderr.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                in_flight.store(false, Ordering::SeqCst);
+                return;
+            }
             Ok(n) => n,
         };
-        in_flight.store(true, Ordering::SeqCst);
         let mut kept = captured.lock().unwrap_or_else(|p| p.into_inner());
         let room = OUTPUT_CAP.saturating_sub(kept.bytes.len()).min(n);
         kept.bytes.extend_from_slice(&chunk[..room]);
