@@ -12,10 +12,12 @@
 //! Cold start: pre-warmed versus cold for a C guest compiled to wasm (compile not cached,
 //! then cached on disk) and for a Python worker that imports heavy standard modules.
 
+mod cold;
+pub use cold::{coldstart, ColdReport, ColdRow, MemoryRow};
+
 use crate::director::Director;
 use crate::manifest::FunctionSpec;
 use crate::pool::WarmPool;
-use crate::process::Worker;
 use crate::wasm::{WasmEngine, WasmFunction};
 use baton_core::policy::NonePolicy;
 use baton_core::{SnapshotCell, Tdg, TdgConfig};
@@ -110,59 +112,6 @@ pub struct SparseRow {
     /// The machine's own penalty: a and b run straight on the engine (no director, no
     /// planner) after the same gap, p50 over the same calls back to back.
     pub engine_ratio_to_tight: f64,
-}
-
-/// One pre-warmed-versus-cold comparison.
-#[derive(Debug, Clone, Serialize)]
-pub struct ColdRow {
-    /// What is compared.
-    pub case: String,
-    /// Pre-warmed invocation.
-    pub warm: Summary,
-    /// Cold invocation (start + invocation).
-    pub cold: Summary,
-    /// `cold.p50 / warm.p50`.
-    pub ratio_p50: f64,
-}
-
-/// `baton bench coldstart`'s figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct ColdReport {
-    /// One row per backend and cache state.
-    pub rows: Vec<ColdRow>,
-    /// How worker limits were applied.
-    pub limits: String,
-    /// Memory of a Python worker started plain, of its template, and of a worker forked
-    /// from it (each after one invocation).
-    pub memory: Vec<MemoryRow>,
-}
-
-/// A process's memory: proportional (shared pages split among their users) and resident.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemoryRow {
-    /// Which process.
-    pub case: String,
-    /// Proportional set size, KiB (`/proc/PID/smaps_rollup`).
-    pub pss_kib: u64,
-    /// Resident set size, KiB.
-    pub rss_kib: u64,
-}
-
-/// `pid`'s memory as `case` (zeros when it cannot be read).
-fn memory_row(case: &str, pid: u32) -> MemoryRow {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        rollup
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    MemoryRow {
-        case: case.into(),
-        pss_kib: field("Pss:"),
-        rss_kib: field("Rss:"),
-    }
 }
 
 fn spec(text: &str) -> Result<FunctionSpec, BenchError> {
@@ -419,174 +368,6 @@ fn time_ns(f: impl FnOnce() -> Result<(), BenchError>) -> Result<u64, BenchError
     let started = Instant::now();
     f()?;
     Ok(started.elapsed().as_nanos() as u64)
-}
-
-fn row(case: &str, warm: Vec<u64>, cold: Vec<u64>) -> ColdRow {
-    let (warm, cold) = (Summary::of(warm), Summary::of(cold));
-    ColdRow {
-        case: case.into(),
-        ratio_p50: cold.p50_us / warm.p50_us.max(1e-3),
-        warm,
-        cold,
-    }
-}
-
-/// Measures pre-warmed versus cold invocations: the C guest `validate.wasm` (compile not
-/// cached; cached on disk) and the Python worker `price.py` (heavy imports), `cold_runs`
-/// cold starts each.
-pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchError> {
-    let payload = br#"{"order":7,"item":"lamp","qty":2,"credit":500}"#;
-    let guest = wasm_spec("validate", &examples.join("wasm/validate.wasm"))?;
-    let mut rows = Vec::new();
-
-    // wasm, pre-linked: instantiate + run.
-    let cache = tempfile_dir("cold")?;
-    let engine = WasmEngine::new(&cache, 8, 64).map_err(setup("wasm engine"))?;
-    let warm_fn = engine.load(&guest).map_err(setup("validate.wasm"))?;
-    let mut warm = Vec::new();
-    for _ in 0..(cold_runs * 20).max(200) {
-        warm.push(time_ns(|| {
-            engine
-                .invoke(&warm_fn, payload)
-                .map(drop)
-                .map_err(setup("validate.wasm"))
-        })?);
-    }
-    // Cold, on the same long-lived engine as the runtime uses: the module is not in
-    // memory, and either not in the disk cache (compile + link + run) or in it (load +
-    // link + run).
-    let mut uncached = Vec::new();
-    let mut cached = Vec::new();
-    for _ in 0..cold_runs {
-        engine
-            .evict_cached(&guest)
-            .map_err(setup("validate.wasm"))?;
-        uncached.push(time_ns(|| {
-            let function = engine.load(&guest).map_err(setup("validate.wasm"))?;
-            if function.from_cache {
-                return Err(BenchError::Setup("expected a compile".into()));
-            }
-            engine
-                .invoke(&function, payload)
-                .map(drop)
-                .map_err(setup("validate.wasm"))
-        })?);
-        cached.push(time_ns(|| {
-            let function = engine.load(&guest).map_err(setup("validate.wasm"))?;
-            if !function.from_cache {
-                return Err(BenchError::Setup("expected the disk cache".into()));
-            }
-            engine
-                .invoke(&function, payload)
-                .map(drop)
-                .map_err(setup("validate.wasm"))
-        })?);
-    }
-    rows.push(row(
-        "wasm C guest, compile not cached",
-        warm.clone(),
-        uncached,
-    ));
-    rows.push(row("wasm C guest, compile cached on disk", warm, cached));
-    let _ = std::fs::remove_dir_all(&cache);
-
-    // Python worker with heavy imports: spawn → ready → first invoke, against a warm one.
-    let isolation = crate::isolation::detect().isolation();
-    let price = spec(&format!(
-        "name = \"price\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", \"price.py\"]\nworkdir = {:?}\nmemory_mib = 256\ntimeout_ms = 20000\n",
-        examples.join("python").display().to_string()
-    ))?;
-    let mut worker = Worker::spawn(&price, &isolation).map_err(setup("price.py"))?;
-    let limits = worker.limits().to_owned();
-    let mut warm = Vec::new();
-    for _ in 0..(cold_runs * 20).max(200) {
-        warm.push(time_ns(|| {
-            worker.invoke(payload).map(drop).map_err(setup("price.py"))
-        })?);
-    }
-    // The same cold start jailed, bare and forked from a template (jailed), interleaved,
-    // so that the jail's cost and the template's gain are read off one run.
-    let bare = crate::isolation::Isolation {
-        sandbox: crate::sandbox::Sandbox::None,
-        ..isolation.clone()
-    };
-    let template = Arc::new(
-        crate::process::Template::start(&price, &isolation).map_err(setup("price.py template"))?,
-    );
-    // The same with limits by rlimit, which a fork inherits: no cgroup migration (on cgroup
-    // v1 a migration waits for an RCU grace period, 10–25 ms on these machines).
-    let inherited = crate::isolation::Isolation {
-        limits: crate::limits::Mechanism::Rlimit,
-        ..isolation.clone()
-    };
-    let rlimit_template = Arc::new(
-        crate::process::Template::start(&price, &inherited).map_err(setup("price.py template"))?,
-    );
-    let placement = crate::process::Placement::default();
-    let (mut cold, mut cold_bare, mut forked) = (Vec::new(), Vec::new(), Vec::new());
-    let mut forked_rlimit = Vec::new();
-    let mut memory = vec![memory_row("python worker, started plain", worker.pid())];
-    for run in 0..cold_runs {
-        for (isolation, samples) in [(&isolation, &mut cold), (&bare, &mut cold_bare)] {
-            samples.push(time_ns(|| {
-                let mut worker = Worker::spawn(&price, isolation).map_err(setup("price.py"))?;
-                worker.invoke(payload).map(drop).map_err(setup("price.py"))
-            })?);
-        }
-        let mut child = None;
-        forked.push(time_ns(|| {
-            let mut worker = template
-                .fork(&price, &isolation, &placement)
-                .map_err(setup("price.py forked"))?;
-            let result = worker
-                .invoke(payload)
-                .map(drop)
-                .map_err(setup("price.py forked"));
-            child = Some(worker);
-            result
-        })?);
-        forked_rlimit.push(time_ns(|| {
-            let mut worker = rlimit_template
-                .fork(&price, &inherited, &placement)
-                .map_err(setup("price.py forked"))?;
-            worker
-                .invoke(payload)
-                .map(drop)
-                .map_err(setup("price.py forked"))
-        })?);
-        if run == 0 {
-            if let Some(child) = &child {
-                memory.push(memory_row("its template", template.pid()));
-                memory.push(memory_row("a worker forked from it", child.pid()));
-            }
-        }
-    }
-    let jailed = if isolation.sandbox.is_jailed() {
-        "python worker (heavy imports), sandboxed"
-    } else {
-        "python worker (heavy imports), NO sandbox here"
-    };
-    rows.push(row(jailed, warm.clone(), cold));
-    rows.push(row(
-        "python worker (heavy imports), bare",
-        warm.clone(),
-        cold_bare,
-    ));
-    rows.push(row(
-        "python worker forked from its template",
-        warm.clone(),
-        forked,
-    ));
-    rows.push(row(
-        "  forked, limits by rlimit (no cgroup move)",
-        warm,
-        forked_rlimit,
-    ));
-    Ok(ColdReport {
-        rows,
-        limits,
-        memory,
-    })
 }
 
 /// The examples directory: `dir` if given, else `./examples`, else the one this crate was
