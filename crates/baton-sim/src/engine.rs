@@ -114,6 +114,13 @@ pub struct RunStats {
     pub overcommits: u64,
     /// Memory held by instances not running, MiB·µs.
     pub idle_mib_us: f64,
+    /// Of that, what served nothing after it: each instance's idle time from its last use
+    /// (or, never used, from its start) to its release, MiB·µs.
+    pub wasted_mib_us: f64,
+    /// Invocations per function (by task index).
+    pub function_invocations: Vec<u64>,
+    /// Cold starts per function (by task index).
+    pub function_cold_starts: Vec<u64>,
     /// Added latency per request (critical path), µs, in request order.
     pub request_latency_us: Vec<u64>,
     /// Cold starts on each request's critical path, in request order.
@@ -413,8 +420,9 @@ impl Engine<'_> {
             return;
         }
         if let Some(from) = instance.idle_from_us.take() {
-            self.stats.idle_mib_us +=
-                at_us.saturating_sub(from) as f64 * instance.memory_mib as f64;
+            let held = at_us.saturating_sub(from) as f64 * instance.memory_mib as f64;
+            self.stats.idle_mib_us += held;
+            self.stats.wasted_mib_us += held;
         }
         instance.alive = false;
         self.free_mib += instance.memory_mib as i64;
@@ -482,6 +490,12 @@ impl Engine<'_> {
         self.now = self.now.max(arrival.start_us);
         let now = self.now;
         let task = arrival.task;
+        let slot = task.index();
+        if self.stats.function_invocations.len() <= slot {
+            self.stats.function_invocations.resize(slot + 1, 0);
+            self.stats.function_cold_starts.resize(slot + 1, 0);
+        }
+        self.stats.function_invocations[slot] += 1;
         self.task_instances(task);
         let candidates = self.candidates(task);
         let (instance, delay) = match choose_for_arrival(candidates, now).map(|id| id as u32) {
@@ -502,6 +516,7 @@ impl Engine<'_> {
                     self.stats.overcommits += 1;
                 }
                 self.stats.cold_starts += 1;
+                self.stats.function_cold_starts[slot] += 1;
                 self.cold[index as usize] = true;
                 (self.new_instance(task, now + cold, None), cold)
             }

@@ -52,6 +52,12 @@ pub struct PolicyResult {
     pub latency_p99_ms: f64,
     /// Memory held by instances not running, GB·s.
     pub idle_gb_s: f64,
+    /// Of that, what served nothing after it (an instance's idle time from its last use, or
+    /// a never-used pre-warm's whole life, to its release), GB·s.
+    pub wasted_gb_s: f64,
+    /// The 75th percentile, over the functions invoked, of each function's cold starts ÷
+    /// its invocations (SPES's headline metric).
+    pub p75_function_cold_rate: f64,
     /// Pre-warmed instances used before release ÷ pre-warmed instances started.
     pub prewarm_precision: Option<f64>,
     /// Invocations served by a pre-warm ÷ invocations.
@@ -67,6 +73,23 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The 75th percentile (nearest rank) of the per-function cold-start rates, over the
+/// functions with at least one invocation.
+fn p75_function_cold_rate(stats: &RunStats) -> f64 {
+    let mut rates: Vec<f64> = stats
+        .function_invocations
+        .iter()
+        .zip(&stats.function_cold_starts)
+        .filter(|(&n, _)| n > 0)
+        .map(|(&n, &cold)| cold as f64 / n as f64)
+        .collect();
+    if rates.is_empty() {
+        return 0.0;
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[((rates.len() - 1) as f64 * 0.75).round() as usize]
 }
 
 impl Simulation {
@@ -158,6 +181,8 @@ impl Simulation {
             latency_p50_ms: percentile(&latencies, 0.5) as f64 / 1000.0,
             latency_p99_ms: percentile(&latencies, 0.99) as f64 / 1000.0,
             idle_gb_s: stats.idle_mib_us / 1024.0 / 1e6,
+            wasted_gb_s: stats.wasted_mib_us / 1024.0 / 1e6,
+            p75_function_cold_rate: p75_function_cold_rate(&stats),
             prewarm_precision: (stats.prewarms_started > 0)
                 .then(|| stats.prewarms_used as f64 / stats.prewarms_started as f64),
             prewarm_recall: stats.prewarm_hits as f64 / invocations,

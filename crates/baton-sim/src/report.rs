@@ -13,21 +13,23 @@ fn precision(result: &PolicyResult) -> String {
 /// The results as a markdown table.
 pub fn markdown(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "| policy | knob | memory GiB | cold-start ratio | critical cold/request | added p50 ms | added p99 ms | idle GB·s | pre-warm precision | pre-warm recall | policy µs/event | evictions |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| policy | knob | memory GiB | cold-start ratio | p75 function cold rate | critical cold/request | added p50 ms | added p99 ms | idle GB·s | wasted GB·s | pre-warm precision | pre-warm recall | policy µs/event | evictions |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.4} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {:.2} | {} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {:.2} | {} |",
             r.policy,
             r.knob,
             r.memory_mib as f64 / 1024.0,
             r.cold_start_ratio,
+            r.p75_function_cold_rate,
             r.critical_cold_per_request,
             r.latency_p50_ms,
             r.latency_p99_ms,
             r.idle_gb_s,
+            r.wasted_gb_s,
             precision(r),
             r.prewarm_recall,
             r.policy_us_per_event,
@@ -40,12 +42,12 @@ pub fn markdown(results: &[PolicyResult]) -> String {
 /// The results as CSV.
 pub fn csv(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits\n",
+        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits\n",
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.6},{:.6},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{}",
+            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{}",
             r.policy,
             r.knob,
             r.memory_mib,
@@ -53,10 +55,12 @@ pub fn csv(results: &[PolicyResult]) -> String {
             r.stats.invocations,
             r.stats.cold_starts,
             r.cold_start_ratio,
+            r.p75_function_cold_rate,
             r.critical_cold_per_request,
             r.latency_p50_ms,
             r.latency_p99_ms,
             r.idle_gb_s,
+            r.wasted_gb_s,
             r.prewarm_precision
                 .map_or(String::new(), |p| format!("{p:.6}")),
             r.prewarm_recall,

@@ -110,6 +110,42 @@ fn ttl_is_cold_exactly_after_gaps_longer_than_its_keep_alive() {
         "{} vs {expected_gb_s}",
         result.idle_gb_s
     );
+    // Wasted: the idle stretches that ended in an expiry, not a use (three 60 s ones).
+    let wasted_gb_s = 3.0 * 60.0 * 100.0 / 1024.0;
+    assert!(
+        (result.wasted_gb_s - wasted_gb_s).abs() < 0.01,
+        "{} vs {wasted_gb_s}",
+        result.wasted_gb_s
+    );
+    // One function, cold 3 times in 5.
+    assert_eq!(result.p75_function_cold_rate, 0.6);
+}
+
+#[test]
+fn the_p75_function_cold_rate_ranks_functions_by_their_own_rate() {
+    // Four functions, each called 4 times 2 min apart (past ttl's 60 s at knob 0.1) except
+    // where noted: t0 every 10 s (cold once of 4), t1, t2, t3 every 2 min (cold 4 of 4).
+    // Rates: 0.25, 1, 1, 1 → p75 (nearest rank over 4) is 1; t0 alone gives 0.25.
+    let mut specs = Vec::new();
+    for i in 0..4u64 {
+        specs.push((i * 10 * SECOND, vec![(0, None, 0, 1_000)]));
+        for task in 1..4u32 {
+            specs.push((
+                i * 2 * MINUTE + u64::from(task),
+                vec![(task, None, 0, 1_000)],
+            ));
+        }
+    }
+    let sim = simulation(&specs, &[]);
+    let result = run(&sim, "ttl", 0.1, 1 << 20);
+    assert_eq!(result.stats.function_invocations, [4, 4, 4, 4]);
+    assert_eq!(result.stats.function_cold_starts, [1, 4, 4, 4]);
+    assert_eq!(result.p75_function_cold_rate, 1.0);
+    let alone = simulation(&single(&[0, 10 * SECOND, 20 * SECOND, 30 * SECOND]), &[]);
+    assert_eq!(
+        run(&alone, "ttl", 0.1, 1 << 20).p75_function_cold_rate,
+        0.25
+    );
 }
 
 #[test]
