@@ -76,13 +76,16 @@ struct State {
     spawning: usize,
     /// Workers lent out per function.
     busy: HashMap<String, usize>,
-    /// Measured cold starts per function (exponentially weighted), µs.
-    cold_us: HashMap<String, f64>,
+    /// The last [`COLD_SAMPLES`] measured cold starts per function, µs.
+    cold_us: HashMap<String, std::collections::VecDeque<u64>>,
 }
 
 /// A pre-warmed worker that became ready after (or just before) the end of the window it
 /// was planned for is kept this long, so the step it was made for can still use it.
 pub const PREWARM_GRACE: Duration = Duration::from_micros(baton_core::exec::PREWARM_GRACE_US);
+
+/// Cold starts kept per function for its estimate.
+pub const COLD_SAMPLES: usize = 16;
 
 /// Idle workers per function. Cheap to share: clone the `Arc`.
 pub struct WarmPool {
@@ -218,12 +221,19 @@ impl WarmPool {
         &self.isolation
     }
 
-    /// The measured cold start of `name` (weighted towards recent ones), if any.
+    /// The cold start of `name` to plan pre-warms with, if any was measured.
+    ///
+    /// The 90th percentile (nearest rank) of the function's last [`COLD_SAMPLES`] cold
+    /// starts: a pre-warm timed by it is late only when a start falls in its tail. A start
+    /// forked from a template, say, mostly waits for the kernel's cgroup migration, whose
+    /// time swings with the machine's load; a mean would put half of them late.
     pub fn cold_start_estimate(&self, name: &str) -> Option<Duration> {
-        lock(&self.state)
-            .cold_us
-            .get(name)
-            .map(|&us| Duration::from_micros(us as u64))
+        let state = lock(&self.state);
+        let samples = state.cold_us.get(name)?;
+        let mut sorted: Vec<u64> = samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let rank = ((sorted.len() as f64 * 0.9).ceil() as usize).clamp(1, sorted.len());
+        Some(Duration::from_micros(sorted[rank - 1]))
     }
 
     /// Notes a measured cold start of `name` (a wasm load, say): the one estimate the
@@ -233,12 +243,11 @@ impl WarmPool {
     }
 
     fn note_cold_start_in(state: &mut State, name: &str, took: Duration) {
-        let us = took.as_micros() as f64;
-        state
-            .cold_us
-            .entry(name.to_owned())
-            .and_modify(|e| *e = 0.7 * *e + 0.3 * us)
-            .or_insert(us);
+        let samples = state.cold_us.entry(name.to_owned()).or_default();
+        if samples.len() >= COLD_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(took.as_micros() as u64);
     }
 
     /// Every idle worker.
@@ -504,5 +513,32 @@ impl WarmPool {
                 .prewarms_failed
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cold_start_estimate_is_the_tail_of_the_recent_starts() {
+        let pool = WarmPool::new(Vec::new(), Isolation::none());
+        assert_eq!(pool.cold_start_estimate("f"), None);
+        let ms = Duration::from_millis;
+        pool.note_cold_start("f", ms(10));
+        assert_eq!(pool.cold_start_estimate("f"), Some(ms(10)));
+        // 14 starts of 10 ms and 2 of 40 ms: the 90th percentile is in the tail.
+        for _ in 0..13 {
+            pool.note_cold_start("f", ms(10));
+        }
+        pool.note_cold_start("f", ms(40));
+        assert_eq!(pool.cold_start_estimate("f"), Some(ms(10)), "1 in 15");
+        pool.note_cold_start("f", ms(40));
+        assert_eq!(pool.cold_start_estimate("f"), Some(ms(40)), "2 in 16");
+        // Only the last 16 count: the slow ones age out.
+        for _ in 0..COLD_SAMPLES {
+            pool.note_cold_start("f", ms(12));
+        }
+        assert_eq!(pool.cold_start_estimate("f"), Some(ms(12)));
     }
 }
