@@ -50,6 +50,15 @@ pub struct SimArgs {
     /// Instance memory of a function with no memory figure in the data, MiB.
     #[arg(long, default_value_t = 256)]
     instance_mib: u64,
+    /// Model templates, as `baton serve` keeps for Python functions: every function has one
+    /// from the start, and a cold start is a fork from it taking this long, ms (`baton
+    /// bench coldstart` measures it: about 15 ms here). Needs --template-mib.
+    #[arg(long, requires = "template_mib")]
+    template_start_ms: Option<f64>,
+    /// A template's own memory, MiB (held by every function for the whole replay, counted
+    /// as idle memory; `baton bench coldstart` measures its PSS: about 11 MiB here).
+    #[arg(long, requires = "template_start_ms")]
+    template_mib: Option<u64>,
     /// Per-service memory from a pod-metrics CSV (PodName, MemoryUsage(Mi); median per
     /// service), e.g. shared/data/trainticket-nezha/pod_metrics_2023-01-30.csv.xz.
     #[arg(long)]
@@ -186,6 +195,15 @@ pub fn sim(args: SimArgs) -> Result<()> {
     load::learn(&mut tdg, train);
 
     let mut costs = Costs::new((args.cold_start_ms * 1000.0) as u64, args.instance_mib);
+    if let (Some(start_ms), Some(memory_mib)) = (args.template_start_ms, args.template_mib) {
+        if !(start_ms.is_finite() && start_ms >= 0.0) {
+            bail!("--template-start-ms {start_ms}: expected a duration in ms");
+        }
+        costs.templates = Some(baton_core::costs::TemplateCosts {
+            start_us: (start_ms * 1000.0) as u64,
+            memory_mib,
+        });
+    }
     for &(task, mib) in &loaded.memory_mib {
         costs.set_memory_mib(task, mib);
     }
@@ -221,11 +239,17 @@ pub fn sim(args: SimArgs) -> Result<()> {
     simulation.online = !args.offline;
     simulation.cores = args.cores;
     let header = format!(
-        "replay: {} requests, {} invocations, trained on {} requests; cold start {} ms for every function; instance memory: {}; learning policies {} during the replay",
+        "replay: {} requests, {} invocations, trained on {} requests; cold start {} ms for every function{}; instance memory: {}; learning policies {} during the replay",
         simulation.arrivals().iter().map(|a| a.request).max().map_or(0, |m| m + 1),
         simulation.arrivals().len(),
         train.len(),
         args.cold_start_ms,
+        match (args.template_start_ms, args.template_mib) {
+            (Some(ms), Some(mib)) => format!(
+                " (templates: a start forked from one takes {ms} ms; each holds {mib} MiB, counted as idle)"
+            ),
+            _ => String::new(),
+        },
         memory_note,
         if args.offline { "frozen" } else { "keep learning" },
     );

@@ -370,6 +370,36 @@ fn sim_compares_every_policy_and_writes_its_reports() {
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown policy `lru`"));
+
+    // Templates: every cold start costs the fork, and templates hold idle memory.
+    let forked = ok_json(&[
+        "sim",
+        "--trace",
+        fixture.to_str().unwrap(),
+        "--train-until",
+        "11:39:20",
+        "--policies",
+        "none",
+        "--template-start-ms",
+        "15",
+        "--template-mib",
+        "11",
+        "--json",
+    ]);
+    let none = &forked["results"][0];
+    // A request's added latency is its critical-path cold starts, each a 15 ms fork.
+    let p50 = none["latency_p50_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 % 15.0 == 0.0, "{none}");
+    assert!(none["template_gb_s"].as_f64().unwrap() > 0.0);
+    let half = baton(&[
+        "sim",
+        "--trace",
+        fixture.to_str().unwrap(),
+        "--template-start-ms",
+        "15",
+    ]);
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--template-mib"));
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -1,5 +1,10 @@
 //! What an instance of each task costs: its cold-start time and its memory. The simulator
 //! charges these, and cost-aware policies (greedy-dual, oracle) weigh by them.
+//!
+//! With templates (the runtime's per-function "zygotes", made at deploy), a cold start is
+//! a fork from the function's template: [`Costs::cold_start_us`] is then the template's
+//! start time (never more than the task's own), and every function holds the template's
+//! memory for as long as it is deployed.
 
 use crate::ids::TaskId;
 use serde::{Deserialize, Serialize};
@@ -13,6 +18,18 @@ pub struct Costs {
     pub default_cold_start_us: u64,
     /// Instance memory of a task without its own, MiB.
     pub default_memory_mib: u64,
+    /// Templates, when every function has one.
+    #[serde(default)]
+    pub templates: Option<TemplateCosts>,
+}
+
+/// What a function's template costs: a start forked from it, and the memory it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateCosts {
+    /// A worker forked from the template, ready, µs.
+    pub start_us: u64,
+    /// The template's own memory, held while its function is deployed, MiB.
+    pub memory_mib: u64,
 }
 
 impl Costs {
@@ -23,6 +40,7 @@ impl Costs {
             memory_mib: Vec::new(),
             default_cold_start_us,
             default_memory_mib,
+            templates: None,
         }
     }
 
@@ -43,13 +61,16 @@ impl Costs {
         *Self::slot(&mut self.memory_mib, task) = Some(mib.max(1));
     }
 
-    /// `task`'s cold-start time, µs.
+    /// `task`'s cold-start time, µs: a start forked from its template when there are
+    /// templates (at most its own).
     pub fn cold_start_us(&self, task: TaskId) -> u64 {
-        self.cold_start_us
+        let own = self
+            .cold_start_us
             .get(task.index())
             .copied()
             .flatten()
-            .unwrap_or(self.default_cold_start_us)
+            .unwrap_or(self.default_cold_start_us);
+        self.templates.map_or(own, |t| t.start_us.min(own))
     }
 
     /// `task`'s instance memory, MiB.
@@ -70,6 +91,23 @@ impl Costs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_make_cold_starts_forks_never_slower_than_their_own() {
+        let mut costs = Costs::new(50_000, 128);
+        costs.set_cold_start_us(TaskId(1), 5_000);
+        costs.templates = Some(TemplateCosts {
+            start_us: 15_000,
+            memory_mib: 11,
+        });
+        assert_eq!(costs.cold_start_us(TaskId(0)), 15_000);
+        assert_eq!(costs.cold_start_us(TaskId(1)), 5_000, "its own is faster");
+        assert_eq!(
+            costs.memory_mib(TaskId(0)),
+            128,
+            "instances keep their memory"
+        );
+    }
 
     #[test]
     fn per_task_values_override_defaults() {

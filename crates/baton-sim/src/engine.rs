@@ -117,6 +117,8 @@ pub struct RunStats {
     /// Of that, what served nothing after it: each instance's idle time from its last use
     /// (or, never used, from its start) to its release, MiB·µs.
     pub wasted_mib_us: f64,
+    /// Of the idle memory, what templates held (one per function, the whole replay), MiB·µs.
+    pub template_mib_us: f64,
     /// Invocations per function (by task index).
     pub function_invocations: Vec<u64>,
     /// Cold starts per function (by task index).
@@ -292,6 +294,19 @@ pub fn run(
         .collect();
     for id in alive {
         engine.release(id, now);
+    }
+    // Templates: every function of the replay holds one from the start (made at deploy).
+    if let Some(templates) = costs.templates {
+        let functions = engine
+            .stats
+            .function_invocations
+            .iter()
+            .filter(|&&n| n > 0)
+            .count();
+        let held =
+            functions as f64 * templates.memory_mib as f64 * now.saturating_sub(start) as f64;
+        engine.stats.template_mib_us = held;
+        engine.stats.idle_mib_us += held;
     }
     progress(arrivals.len(), arrivals.len());
     engine.stats

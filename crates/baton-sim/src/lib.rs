@@ -55,6 +55,8 @@ pub struct PolicyResult {
     /// Of that, what served nothing after it (an instance's idle time from its last use, or
     /// a never-used pre-warm's whole life, to its release), GB·s.
     pub wasted_gb_s: f64,
+    /// Of the idle memory, what templates held, GB·s (0 without templates).
+    pub template_gb_s: f64,
     /// The 75th percentile, over the functions invoked, of each function's cold starts ÷
     /// its invocations (SPES's headline metric).
     pub p75_function_cold_rate: f64,
@@ -182,6 +184,7 @@ impl Simulation {
             latency_p99_ms: percentile(&latencies, 0.99) as f64 / 1000.0,
             idle_gb_s: stats.idle_mib_us / 1024.0 / 1e6,
             wasted_gb_s: stats.wasted_mib_us / 1024.0 / 1e6,
+            template_gb_s: stats.template_mib_us / 1024.0 / 1e6,
             p75_function_cold_rate: p75_function_cold_rate(&stats),
             prewarm_precision: (stats.prewarms_started > 0)
                 .then(|| stats.prewarms_used as f64 / stats.prewarms_started as f64),

@@ -122,6 +122,34 @@ fn ttl_is_cold_exactly_after_gaps_longer_than_its_keep_alive() {
 }
 
 #[test]
+fn with_templates_a_cold_start_is_a_fork_and_templates_hold_memory() {
+    // One function, 4 calls 1 s apart, no keep-alive: every call is cold, and with
+    // templates each costs the fork (15 ms), not the 100 ms start; its template holds
+    // 11 MiB over the replay (0 to 3.001 s: the last call ends 15 ms + 1 ms after 3 s).
+    let mut tdg = Tdg::new(TdgConfig::default());
+    let test = requests(&mut tdg, &single(&[0, SECOND, 2 * SECOND, 3 * SECOND]));
+    let mut costs = Costs::new(100_000, 100);
+    costs.templates = Some(baton_core::costs::TemplateCosts {
+        start_us: 15_000,
+        memory_mib: 11,
+    });
+    let sim = Simulation::new(tdg, test, costs);
+    let result = run(&sim, "none", 1.0, 1 << 20);
+    assert_eq!(result.stats.cold_starts, 4);
+    assert_eq!(result.latency_p50_ms, 15.0);
+    let span_s = 3.0 + 0.015 + 0.001;
+    let template_gb_s = span_s * 11.0 / 1024.0;
+    assert!(
+        (result.template_gb_s - template_gb_s).abs() < 1e-6,
+        "{} vs {template_gb_s}",
+        result.template_gb_s
+    );
+    assert_eq!(result.idle_gb_s, result.template_gb_s, "nothing else idles");
+    // The executor times pre-warms with the same cost (its lead is 1.25 × it + 2 ms).
+    assert_eq!(sim.costs().cold_start_us(baton_core::TaskId(0)), 15_000);
+}
+
+#[test]
 fn the_p75_function_cold_rate_ranks_functions_by_their_own_rate() {
     // Four functions, each called 4 times 2 min apart (past ttl's 60 s at knob 0.1) except
     // where noted: t0 every 10 s (cold once of 4), t1, t2, t3 every 2 min (cold 4 of 4).
