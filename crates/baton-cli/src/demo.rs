@@ -117,9 +117,10 @@ pub struct Phase {
     pub p99_ms: f64,
     /// Request latency at the client, mean, ms.
     pub mean_ms: f64,
-    /// Idle warm worker memory integrated over the phase, MiB·s.
+    /// Idle memory integrated over the phase: idle workers' declared memory and the
+    /// templates' measured memory, MiB·s.
     pub idle_mib_s: f64,
-    /// Mean idle warm worker memory, MiB.
+    /// Mean idle memory (as `idle_mib_s`), MiB.
     pub mean_idle_mib: f64,
     /// Wall time of the phase, s.
     pub seconds: f64,
@@ -171,7 +172,10 @@ fn run_phase(
             while flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
                 let now = Instant::now();
-                area += director.pool().idle_memory_mib() as f64 * (now - last).as_secs_f64();
+                // Idle workers' declared memory, and what templates hold (measured).
+                let pool = director.pool();
+                let idle = pool.idle_memory_mib() + pool.template_memory_mib();
+                area += idle as f64 * (now - last).as_secs_f64();
                 last = now;
             }
             (area, started.elapsed().as_secs_f64())
@@ -334,7 +338,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     println!(
-        "\ncold starts avoided: {} of {}; mean latency {:.1} → {:.1} ms; \"late\": a pre-warm still starting when its step came (the step waited for the rest of it instead of a whole cold start); \"route\": pre-warms planned from the request's route (its task set) once its entry's first call revealed it",
+        "\ncold starts avoided: {} of {}; mean latency {:.1} → {:.1} ms; \"late\": a pre-warm still starting when its step came (the step waited for the rest of it instead of a whole cold start); \"route\": pre-warms planned from the request's route (its task set) once its entry's first call revealed it; idle memory: idle workers' declared memory plus the templates' measured memory (PSS)",
         off.cold_starts.saturating_sub(on.cold_starts),
         off.cold_starts,
         off.mean_ms,

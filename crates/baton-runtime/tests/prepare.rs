@@ -45,6 +45,10 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     }
     let counters = director.counters();
     assert_eq!(counters.template_starts.load(Ordering::Relaxed), 1);
+    // It holds memory while nothing runs: counted, measured.
+    let held = director.pool().template_memory_mib();
+    eprintln!("template memory: {held} MiB (PSS)");
+    assert!((1..128).contains(&held), "{held} MiB");
     assert_eq!(counters.cold_starts.load(Ordering::Relaxed), 0);
 
     let wasm = director.invoke("upper", b"deployed").unwrap();
@@ -79,4 +83,5 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     }
     assert!(director.undeploy("py-upper"));
     assert!(director.pool().templates().is_empty());
+    assert_eq!(director.pool().template_memory_mib(), 0);
 }

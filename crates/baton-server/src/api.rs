@@ -899,6 +899,7 @@ async fn pool(State(state): State<Shared>) -> Response {
         "templates": templates,
         "loaded_modules": state.director.loaded_modules(),
         "idle_memory_mib": state.director.pool().idle_memory_mib(),
+        "template_memory_mib": state.director.pool().template_memory_mib(),
         "counters": counters,
         "prediction_hit_ratio": state.metrics.prediction_hit_rate(),
     }))
@@ -908,7 +909,7 @@ async fn pool(State(state): State<Shared>) -> Response {
 async fn metrics(State(state): State<Shared>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let gauges: [(&str, &str, &str, u64); 4] = [
+    let gauges: [(&str, &str, &str, u64); 5] = [
         (
             "baton_reservations",
             "gauge",
@@ -932,6 +933,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
             "gauge",
             "Declared memory of idle warm workers, MiB.",
             state.director.pool().idle_memory_mib(),
+        ),
+        (
+            "baton_template_memory_mib",
+            "gauge",
+            "Measured memory (PSS) of the functions' templates, MiB.",
+            state.director.pool().template_memory_mib(),
         ),
     ];
     // The runtime's counters, the same set `/v1/pool` shows.

@@ -201,6 +201,12 @@ impl WarmPool {
         self.templates.ensure(spec, &self.isolation, &self.counters);
     }
 
+    /// The memory the live templates hold, measured (their proportional set sizes), MiB:
+    /// idle memory too, beside the idle workers' declared memory.
+    pub fn template_memory_mib(&self) -> u64 {
+        self.templates.memory_mib()
+    }
+
     /// Every function's template state, by function.
     pub fn templates(&self) -> Vec<TemplateInfo> {
         self.templates.states()

@@ -124,6 +124,19 @@ impl Templates {
         drop(gone);
     }
 
+    /// The memory the live templates hold (their proportional set sizes), MiB.
+    pub(crate) fn memory_mib(&self) -> u64 {
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        let kib: u64 = slots
+            .iter()
+            .filter_map(|slot| match &*lock(slot) {
+                Slot::Ready(template) => template.pss_kib(),
+                _ => None,
+            })
+            .sum();
+        kib.div_ceil(1024)
+    }
+
     /// Every function's template state, by function.
     pub(crate) fn states(&self) -> Vec<TemplateInfo> {
         let slots: Vec<(String, Arc<Mutex<Slot>>)> = lock(&self.slots)

@@ -127,6 +127,17 @@ impl Template {
         Ok(template)
     }
 
+    /// The template's proportional memory (its shared pages split with its forked workers),
+    /// KiB (`/proc/PID/smaps_rollup`), if readable.
+    pub fn pss_kib(&self) -> Option<u64> {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.main_pid)).ok()?;
+        rollup
+            .lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
     /// How long the template took to become ready.
     pub fn ready_after(&self) -> Duration {
         self.ready_after
