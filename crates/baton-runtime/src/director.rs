@@ -179,6 +179,9 @@ impl Drop for Director {
                 let _ = thread.join();
             }
         }
+        // An inline planner holds the node holding it: taken out, it goes (with its plans).
+        let inline = lock(&self.node.inline).take();
+        drop(inline);
     }
 }
 

@@ -8,9 +8,9 @@ use baton_runtime::manifest::FunctionSpec;
 use common::python;
 use std::path::Path;
 
-/// A step started the plain way (no template): the test is about prediction hiding full
-/// interpreter starts; forked from a template, a cold start costs a few milliseconds and
-/// the policy rightly stops planning for steps that start sooner than that.
+/// A step started the plain way (no template): the test is about prediction hiding whole
+/// interpreter starts, with their margins (forked workers are tested in `prepare.rs`,
+/// `sandbox.rs` and `failures.rs`).
 fn step(name: &str, next: &str, next_alt: &str) -> FunctionSpec {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python");
     FunctionSpec::from_toml(&format!(

@@ -59,15 +59,16 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
         tdg.observe_request(&request);
     }
     let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+    let reservations = ResourcePool::new(ResourceVec {
+        cpu_millicores: 4_000,
+        cores: 0,
+        memory_mib: 1_024,
+        net_mbps: 100,
+        gpu_units: 0,
+    });
     let policy = ChainPolicy::new(
         Arc::clone(&graph),
-        ResourcePool::new(ResourceVec {
-            cpu_millicores: 4_000,
-            cores: 0,
-            memory_mib: 1_024,
-            net_mbps: 100,
-            gpu_units: 0,
-        }),
+        reservations.clone(),
         Assembler::new(AssemblerConfig::default()),
         ChainPolicyConfig {
             keep_alive_us: 0,
@@ -128,4 +129,14 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
             .load(std::sync::atomic::Ordering::Relaxed),
         2 + 2 + 2 + 1 + 1
     );
+
+    // A plan still live when the director goes (this one runs its planner inline): its
+    // reservation goes with it.
+    let _ = director.invoke("first", b"again").unwrap();
+    assert!(
+        !reservations.is_empty(),
+        "the plan for third holds its reservation"
+    );
+    drop(director);
+    assert!(reservations.is_empty(), "{:?}", reservations.reservations());
 }
