@@ -115,6 +115,35 @@ fn start_failures_are_named() {
         error.to_string().ends_with("stderr: a plain script"),
         "{error}"
     );
+    // A plain script (here an OpenWhisk-style `main`) ends without a ready frame: named,
+    // with the helper to use.
+    let plain = FunctionSpec::from_toml(&format!(
+        "name = \"plain\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", \"def main(args):\\n    return args\\nimport sys\\nprint('loaded', file=sys.stderr)\"]\ntimeout_ms = 5000\n",
+        python()
+    ))
+    .unwrap();
+    let error = Worker::spawn(&plain, &isolation()).unwrap_err();
+    assert!(
+        matches!(error, WorkerError::ExitedBeforeReady { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("exit status: 0"), "{message}");
+    assert!(message.contains("baton_worker.py"), "{message}");
+    assert!(message.contains("stderr: loaded"), "{message}");
+    // One that prints on stdout breaks the protocol: named too.
+    let chatty = FunctionSpec::from_toml(&format!(
+        "name = \"chatty\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", \"print('hello')\"]\ntimeout_ms = 5000\n",
+        python()
+    ))
+    .unwrap();
+    let message = Worker::spawn(&chatty, &isolation())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("before its ready frame") && message.contains("baton_worker.py"),
+        "{message}"
+    );
     let missing = FunctionSpec::from_toml(
         "name = \"ghost\"\nkind = \"process\"\ncommand = [\"/nonexistent/program\"]\n",
     )

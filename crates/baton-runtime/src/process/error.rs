@@ -40,6 +40,17 @@ pub enum WorkerError {
         /// The end of what it wrote on stderr, as `; stderr: …`, or empty.
         stderr: String,
     },
+    /// The worker ended before its ready frame (a plain script, say).
+    #[error(
+        "function `{function}`: worker exited before it was ready ({status}); a worker must \
+             speak baton's protocol, e.g. through examples/python/baton_worker.py"
+    )]
+    ExitedBeforeReady {
+        /// The function.
+        function: String,
+        /// Its exit status and the end of its stderr.
+        status: String,
+    },
     /// The invocation overran the timeout; the worker was killed.
     #[error("function `{function}`: timed out after {timeout_ms} ms; worker killed")]
     Timeout {

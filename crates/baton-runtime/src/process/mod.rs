@@ -227,7 +227,10 @@ impl Worker {
                 Ok(worker)
             }
             Ok(Ok((kind, _))) => Err(worker.fail_protocol(format!("expected ready, got {kind:?}"))),
-            Ok(Err(message)) => Err(worker.fail_protocol(message)),
+            Ok(Err(message)) => Err(worker.fail_protocol(format!(
+                "{message} before its ready frame (text on stdout? a worker must speak \
+                 baton's protocol, e.g. through examples/python/baton_worker.py)"
+            ))),
             Err(RecvTimeoutError::Timeout) => {
                 worker.kill();
                 Err(WorkerError::NotReady {
@@ -236,7 +239,12 @@ impl Worker {
                     stderr: worker.stderr_tail(),
                 })
             }
-            Err(RecvTimeoutError::Disconnected) => Err(worker.lost()),
+            Err(RecvTimeoutError::Disconnected) => Err(match worker.lost() {
+                WorkerError::Crashed { function, status } => {
+                    WorkerError::ExitedBeforeReady { function, status }
+                }
+                other => other,
+            }),
         }
     }
 
