@@ -21,9 +21,9 @@ use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
 pub use crate::node::{RecordSink, RecordSource};
 use crate::planner::{Msg, Planner, Started, CATCH_UP, CATCH_UP_MAX};
-use crate::pool::{WarmPool, Warmth};
+use crate::pool::WarmPool;
 use crate::services::Services;
-pub use crate::step::parse_envelope;
+pub use crate::step::{parse_envelope, StepFacts};
 use crate::trace_context::{TraceId, TraceParent};
 use crate::wasm::WasmEngine;
 use baton_core::clock::ManualClock;
@@ -94,35 +94,6 @@ pub struct Outcome {
     pub records: Vec<ExecutionRecord>,
     /// The typed facts of each step, in the records' order.
     pub steps: Vec<StepFacts>,
-}
-
-/// How a step went, typed (its record carries the same in schema-v1 fields and `extra`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StepFacts {
-    /// How its instance was obtained; `None` when none was (the step failed first).
-    pub warmth: Option<Warmth>,
-    /// It waited for its pre-warm to finish starting.
-    pub late: bool,
-    /// Waiting for services, a cold start or the rest of a pre-warm, µs.
-    pub wait_us: u64,
-    /// From the previous output to this instance holding its input, and to its result, ns.
-    pub hop_ns: Option<(u64, u64)>,
-    /// What the run measured.
-    pub run: RunFacts,
-    /// Why it failed, if it did.
-    pub error: Option<String>,
-}
-
-impl StepFacts {
-    /// The warmth word of records and the API: cold, warm, prewarmed, prewarm-late.
-    pub fn warmth_word(&self) -> Option<&'static str> {
-        Some(match self.warmth? {
-            Warmth::Cold => "cold",
-            Warmth::Warm => "warm",
-            Warmth::Prewarmed if self.late => "prewarm-late",
-            Warmth::Prewarmed => "prewarmed",
-        })
-    }
 }
 
 /// The records of one request while it runs, and its route once known.

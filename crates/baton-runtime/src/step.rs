@@ -5,8 +5,9 @@
 //! the planner the step ended, and closes the record with the step's typed
 //! [`StepFacts`] (also written into the record for the log).
 
+use crate::backend::RunFacts;
 use crate::backend::{ensure_services, StepCall, StepError};
-use crate::director::{Director, RequestState, StepFacts};
+use crate::director::{Director, RequestState};
 use crate::node::lock;
 use crate::planner::{Msg, PROVISIONAL_KEEP};
 use crate::pool::Warmth;
@@ -19,6 +20,40 @@ use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// How a step went, typed (its record carries the same in schema-v1 fields and `extra`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepFacts {
+    /// How its instance was obtained; `None` when none was (the step failed first).
+    pub warmth: Option<Warmth>,
+    /// It waited for its pre-warm to finish starting.
+    pub late: bool,
+    /// Waiting for services, a cold start or the rest of a pre-warm, µs.
+    pub wait_us: u64,
+    /// From the previous output to this instance holding its input, and to its result, ns.
+    pub hop_ns: Option<(u64, u64)>,
+    /// What its instance was made from: for a process function `worker` (one already
+    /// running), `forked` (from its template) or `spawned`; for a wasm function
+    /// `instance` (made ahead), `module` (instantiated from its loaded module) or
+    /// `compiled` (loaded first).
+    pub tier: Option<&'static str>,
+    /// What the run measured.
+    pub run: RunFacts,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+impl StepFacts {
+    /// The warmth word of records and the API: cold, warm, prewarmed, prewarm-late.
+    pub fn warmth_word(&self) -> Option<&'static str> {
+        Some(match self.warmth? {
+            Warmth::Cold => "cold",
+            Warmth::Warm => "warm",
+            Warmth::Prewarmed if self.late => "prewarm-late",
+            Warmth::Prewarmed => "prewarmed",
+        })
+    }
+}
 
 impl Director {
     /// Runs one step; returns its record's index, its task and its output.
@@ -111,11 +146,12 @@ impl Director {
             }
         };
         let warmth = acquired.warmth;
-        if acquired.ahead {
+        if acquired.tier == "instance" {
             counters.instances_ahead.fetch_add(1, Ordering::Relaxed);
         }
         let mut facts = StepFacts {
             warmth: Some(warmth),
+            tier: Some(acquired.tier),
             late: acquired.late,
             wait_us: acquired.wait_us + service_wait,
             ..StepFacts::default()
@@ -201,8 +237,8 @@ impl Director {
         if let Some(limits) = &run.limits {
             extra.insert("limits".into(), Value::from(limits.as_str()));
         }
-        if let Some(start) = run.worker_start {
-            extra.insert("worker_start".into(), Value::from(start));
+        if let Some(tier) = facts.tier {
+            extra.insert("tier".into(), Value::from(tier));
         }
         if let Some(stderr) = &run.stderr {
             extra.insert("stderr".into(), Value::from(stderr.as_str()));

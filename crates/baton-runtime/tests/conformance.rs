@@ -193,7 +193,11 @@ impl Backend for TestBackend {
             wait_us,
             plan,
             late: warmth == Warmth::Prewarmed && wait_us > 0,
-            ahead: false,
+            tier: if warmth == Warmth::Cold {
+                "spawned"
+            } else {
+                "worker"
+            },
         })
     }
 

@@ -60,7 +60,7 @@ fn timeouts_ooms_and_crashes_are_recorded_and_the_host_survives() {
     assert_eq!(replaced.records[0].cold, Some(true), "a new worker");
     // Python: the first worker came from a template started then, the replacement was
     // forked from the same template (the crash ended the worker, not its template).
-    assert_eq!(replaced.records[0].extra["worker_start"], "forked");
+    assert_eq!(replaced.records[0].extra["tier"], "forked");
     assert_eq!(
         director.counters().template_starts.load(Ordering::Relaxed),
         1

@@ -64,10 +64,7 @@ fn a_deployed_function_is_ready_before_its_first_call() {
         record.cold_start_us, record.extra["limits"]
     );
     assert_eq!(record.cold, Some(true), "a new worker, but");
-    assert_eq!(
-        record.extra["worker_start"], "forked",
-        "forked from its template"
-    );
+    assert_eq!(record.extra["tier"], "forked", "forked from its template");
     assert_eq!(counters.template_starts.load(Ordering::Relaxed), 1);
     assert_eq!(counters.forked_starts.load(Ordering::Relaxed), 1);
 

@@ -90,6 +90,10 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
     assert!(outcome
         .records
         .iter()
+        .all(|r| r.extra["tier"] == "compiled"));
+    assert!(outcome
+        .records
+        .iter()
         .all(|r| r.cold_start_us.unwrap_or(0) > 0));
 
     let outcome = director.invoke("pipeline", b"again").unwrap();
@@ -110,6 +114,10 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
     let outcome = director.invoke("pipeline", b"ahead").unwrap();
     assert_eq!(outcome.output, b"AHEAD");
     assert_eq!(ahead() - before, 2, "both steps found their instance made");
+    assert!(outcome
+        .records
+        .iter()
+        .all(|r| r.extra["tier"] == "instance"));
 
     // Starting "first" makes the policy predict "third"; the director pre-links it in the
     // background, so the next call of "third" finds it ready and records it as pre-warmed.

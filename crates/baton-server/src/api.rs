@@ -416,6 +416,7 @@ fn step_json(record: &ExecutionRecord, facts: &StepFacts) -> Value {
         "parent": record.parent,
         "cold": record.cold,
         "warmth": facts.warmth_word(),
+        "tier": facts.tier,
         "plan": record.chain,
         "status": record.status.map(|s| s.as_str()),
         "duration_us": record.duration_us,

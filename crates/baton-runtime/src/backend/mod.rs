@@ -88,8 +88,8 @@ pub struct Acquired {
     pub plan: Option<u64>,
     /// The step waited for its pre-warm to finish starting.
     pub late: bool,
-    /// Its instance was made ahead (a wasm spare): the step instantiates nothing.
-    pub ahead: bool,
+    /// What the instance was made from (see [`crate::director::StepFacts::tier`]).
+    pub tier: &'static str,
 }
 
 impl std::fmt::Debug for Acquired {
@@ -99,7 +99,7 @@ impl std::fmt::Debug for Acquired {
             .field("wait_us", &self.wait_us)
             .field("plan", &self.plan)
             .field("late", &self.late)
-            .field("ahead", &self.ahead)
+            .field("tier", &self.tier)
             .finish_non_exhaustive()
     }
 }
@@ -133,9 +133,6 @@ pub struct RunFacts {
     pub hop_ns: Option<u64>,
     /// The limits it ran under.
     pub limits: Option<String>,
-    /// How its worker process was started: `forked` (from its function's template) or
-    /// `spawned`.
-    pub worker_start: Option<&'static str>,
     /// What it wrote on stderr (bounded).
     pub stderr: Option<String>,
     /// Stderr bytes beyond the bound.
@@ -201,11 +198,6 @@ impl Instance for ProcessInstance {
         let worker = &mut self.lease.worker;
         let mut facts = RunFacts {
             limits: Some(worker.limits().to_owned()),
-            worker_start: Some(if worker.is_forked() {
-                "forked"
-            } else {
-                "spawned"
-            }),
             hop_ns: call.handed_at.map(|h| h.elapsed().as_nanos() as u64),
             ..RunFacts::default()
         };
@@ -246,7 +238,11 @@ impl Backend for ProcessBackend {
             wait_us: lease.wait_us,
             plan: lease.plan,
             late: lease.waited_for_prewarm,
-            ahead: false,
+            tier: match lease.warmth {
+                Warmth::Cold if lease.worker.is_forked() => "forked",
+                Warmth::Cold => "spawned",
+                _ => "worker",
+            },
             instance: Box::new(ProcessInstance {
                 lease,
                 pool: Arc::clone(&self.pool),

@@ -187,7 +187,11 @@ impl Backend for WasmBackend {
         }
         if let Some((function, warmth, plan, ready)) = found {
             return Ok(Acquired {
-                ahead: ready.is_some(),
+                tier: if ready.is_some() {
+                    "instance"
+                } else {
+                    "module"
+                },
                 instance: Box::new(WasmInstance {
                     engine,
                     function,
@@ -226,7 +230,7 @@ impl Backend for WasmBackend {
             wait_us: started.elapsed().as_micros() as u64,
             plan: None,
             late: false,
-            ahead: false,
+            tier: "compiled",
         })
     }
 
