@@ -202,3 +202,40 @@ fn a_program_that_cannot_be_a_template_starts_plain() {
         0
     );
 }
+
+#[test]
+fn a_template_cannot_name_another_process_as_its_worker() {
+    // A hostile template: it says T, and for each fork request names another process (a
+    // `sleep` of this test) instead of forking. Unjailed, a pid is the host's: baton must
+    // still take only a child of the template, and leave the other process alone.
+    let mut victim = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let hostile = "import os, socket, struct\ns = socket.socket(fileno=3)\ns.sendall(b'T')\nwhile True:\n    m, fds, _, _ = socket.recv_fds(s, 1, 3)\n    if not m: break\n    for fd in fds: os.close(fd)\n    s.sendall(struct.pack('>I', int(os.environ['VICTIM'])))\n";
+    let spec = FunctionSpec::from_toml(&format!(
+        "name = \"hostile\"\nkind = \"process\"\ncommand = [{:?}, \"-c\", {hostile:?}]\ntimeout_ms = 5000\n[env]\nVICTIM = \"{}\"\n",
+        python(),
+        victim.id()
+    ))
+    .unwrap();
+    let bare = Isolation {
+        sandbox: baton_runtime::sandbox::Sandbox::None,
+        ..isolation()
+    };
+    let template =
+        std::sync::Arc::new(baton_runtime::process::Template::start(&spec, &bare).unwrap());
+    let error = template
+        .fork(&spec, &bare, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not among its children"), "{error}");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the named process lives on"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", victim.id())).unwrap();
+    assert!(!cgroup.contains("baton-"), "and was not moved: {cgroup}");
+    victim.kill().unwrap();
+    let _ = victim.wait();
+}

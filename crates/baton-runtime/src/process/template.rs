@@ -211,12 +211,11 @@ impl Template {
         if inner_pid == 0 {
             return Err(self.failed("it refused to fork"));
         }
-        let main_pid = if self.jailed {
-            self.host_pid_of(inner_pid)
-                .ok_or_else(|| self.failed("its forked worker is not among its children"))?
-        } else {
-            inner_pid
-        };
+        // The pid comes from the function's own code: only a child of the template is
+        // taken (jailed or not), so no other process is ever limited, moved or killed.
+        let main_pid = self
+            .host_pid_of(inner_pid)
+            .ok_or_else(|| self.failed("its forked worker is not among its children"))?;
         let limits = limits::apply_to(
             &isolation.limits,
             &WorkerLimits {
@@ -262,7 +261,8 @@ impl Template {
             .and_then(|()| (&*control).read_exact(&mut answer));
     }
 
-    /// The host pid of the template's child whose pid in the jail is `inner`.
+    /// The host pid of the template's child whose pid in the template's PID namespace is
+    /// `inner` (the same number unjailed).
     fn host_pid_of(&self, inner: u32) -> Option<u32> {
         let children =
             std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.main_pid)).ok()?;
