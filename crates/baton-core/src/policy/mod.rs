@@ -288,16 +288,28 @@ impl ChainPolicy {
         if context.grand_caller.is_none() {
             self.entry_tasks.insert(task);
         }
-        // A step of a live plan starting: its reservation now backs running work.
-        for live in self.live.values_mut() {
-            if let Some(index) = (0..live.plan.steps.len())
-                .find(|&i| live.plan.steps[i].task == task && !live.consumed[i])
-            {
+        // A step of a live plan starting: its reservation now backs running work. Of the
+        // live plans' unconsumed steps of this task, the one expected nearest to now is the
+        // one starting, not the oldest plan's (whose request may have taken another branch):
+        // left unconsumed, the right one would cover, and so suppress, the next request's.
+        let nearest = self
+            .live
+            .iter()
+            .flat_map(|(&id, live)| {
+                live.plan
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(move |&(i, step)| step.task == task && !live.consumed[i])
+                    .map(move |(i, step)| (step.expected_start_us.abs_diff(at_us), id, i))
+            })
+            .min();
+        if let Some((_, id, index)) = nearest {
+            if let Some(live) = self.live.get_mut(&id) {
                 live.consumed[index] = true;
                 if let Some(reservation) = live.reservations[index].as_mut() {
                     reservation.commit();
                 }
-                break;
             }
         }
         if let (Some(entry_start_us), Some(threshold)) = (reveals_route, self.config.set_threshold)
@@ -541,5 +553,70 @@ mod tests {
         actions.clear();
         NextPolicy::new(graph, 0.7, 1_000).on_event(&start, &mut actions);
         assert!(actions.is_empty(), "0.6 is below the threshold");
+    }
+
+    #[test]
+    fn a_starting_step_consumes_its_own_plan_not_an_older_one() {
+        // Request 1 (a at 1 s) takes the other branch, so its plan's b stays unconsumed
+        // until its window ends (5 ms + 30 ms + 100 ms slack). Request 2 (a at 1.2 s) plans
+        // b again; its b starts: that plan's step is consumed, not request 1's. Request 3
+        // (a at 1.3 s) then gets a pre-warm for b of its own.
+        let (mut tdg, [a, b, _, d]) = branching();
+        let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+        let pool = ResourcePool::new(ResourceVec {
+            cpu_millicores: 64_000,
+            memory_mib: 64 << 10,
+            ..ResourceVec::ZERO
+        });
+        let mut policy = ChainPolicy::new(
+            graph,
+            pool,
+            Assembler::new(AssemblerConfig::default()),
+            ChainPolicyConfig {
+                keep_alive_us: 0,
+                entry_keep_alive_us: 0,
+                set_threshold: None,
+            },
+        );
+        let start = |task, invocation, at_us| PolicyEvent::Start {
+            task,
+            invocation,
+            at_us,
+            context: PredictContext::default(),
+            reveals_route: None,
+        };
+        let end = |task, invocation, at_us| PolicyEvent::End {
+            task,
+            invocation,
+            at_us,
+        };
+        let prewarms_of_b = |actions: &[Action]| {
+            actions
+                .iter()
+                .filter(|x| matches!(x, Action::PreWarm { task, .. } if *task == b))
+                .count()
+        };
+        let mut actions = Vec::new();
+        let t = 1_000_000;
+        policy.on_event(&start(a, 1, t), &mut actions);
+        assert_eq!(prewarms_of_b(&actions), 1, "request 1 plans b");
+        for event in [
+            start(d, 2, t + 8_000),
+            end(d, 2, t + 13_000),
+            end(a, 1, t + 50_000),
+        ] {
+            policy.on_event(&event, &mut actions);
+        }
+        actions.clear();
+        policy.on_event(&start(a, 3, t + 200_000), &mut actions);
+        assert_eq!(prewarms_of_b(&actions), 1, "request 2 plans b");
+        policy.on_event(&start(b, 4, t + 205_000), &mut actions);
+        actions.clear();
+        policy.on_event(&start(a, 5, t + 300_000), &mut actions);
+        assert_eq!(
+            prewarms_of_b(&actions),
+            1,
+            "request 3 plans b: request 2's step was consumed by its own b"
+        );
     }
 }
