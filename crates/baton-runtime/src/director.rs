@@ -390,19 +390,11 @@ impl Director {
     /// hands them to the sink, and publishes the graph; returns how many requests.
     pub fn learn_records(&self, records: &[ExecutionRecord]) -> u64 {
         let mut learner = lock(&self.node.learner);
-        let (requests, report) = baton_trace::requests::group_requests(
-            records,
-            &mut learner,
-            baton_trace::requests::TimeWindow::default(),
-        );
-        for request in &requests {
-            learner.observe_request(request);
-        }
-        if let Some(sink) = &self.node.sink {
-            sink(records, RecordSource::Ingested);
-        }
+        let requests = self
+            .node
+            .learn(&mut learner, records, RecordSource::Ingested);
         self.node.publish(learner);
-        report.requests
+        requests
     }
 
     /// Shares the director and starts the planner's thread (pre-warms at their planned

@@ -266,6 +266,29 @@ impl Node {
         let _ = wait.recv_timeout(Duration::from_secs(30));
     }
 
+    /// Learns `records` into `learner` (grouped into requests by trace and parent links:
+    /// the one conversion live learning, a restart's replay and ingestion share) and hands
+    /// them to the sink as `source`; returns how many requests it found.
+    pub(crate) fn learn(
+        &self,
+        learner: &mut Tdg,
+        records: &[ExecutionRecord],
+        source: RecordSource,
+    ) -> u64 {
+        let (requests, report) = baton_trace::requests::group_requests(
+            records,
+            learner,
+            baton_trace::requests::TimeWindow::default(),
+        );
+        for request in &requests {
+            learner.observe_request(request);
+        }
+        if let Some(sink) = &self.sink {
+            sink(records, source);
+        }
+        report.requests
+    }
+
     /// Publishes the learner's graph now.
     pub(crate) fn publish(&self, learner: MutexGuard<'_, Tdg>) {
         let mut learner = learner;

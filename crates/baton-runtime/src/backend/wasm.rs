@@ -85,15 +85,42 @@ impl WasmBackend {
         names.sort();
         names
     }
+}
 
-    /// How many spares and spent instances hold slots now.
-    fn slots_held(&self) -> usize {
-        let spares = lock(&self.loaded)
-            .values()
-            .filter(|l| l.spare.is_some())
-            .count();
-        spares + lock(&self.spent).len()
+/// How many spares and spent instances hold slots now.
+fn slots_held(loaded: &Loaded, spent: &Mutex<Vec<Spent>>) -> usize {
+    let spares = lock(loaded).values().filter(|l| l.spare.is_some()).count();
+    spares + lock(spent).len()
+}
+
+/// Loads `spec` (compiled, or from the disk cache) off the request path unless it is
+/// loaded already, notes the load as its cold start, makes its first instance ahead when a
+/// slot for spares is free, and keeps it (`prewarmed`: the plan it is for, if any). A
+/// module that does not load is left for its first step to report.
+fn load_ahead(
+    engine: &WasmEngine,
+    loaded: &Loaded,
+    spent: &Mutex<Vec<Spent>>,
+    pool: &WarmPool,
+    spec: &FunctionSpec,
+    prewarmed: Option<Option<u64>>,
+) {
+    if lock(loaded).contains_key(&spec.name) {
+        return;
     }
+    let started = Instant::now();
+    let Ok(function) = engine.load(spec) else {
+        return;
+    };
+    pool.note_cold_start(&spec.name, started.elapsed());
+    let spare = (slots_held(loaded, spent) < slots_for_spares(engine))
+        .then(|| engine.ready(&function).ok())
+        .flatten();
+    lock(loaded).entry(spec.name.clone()).or_insert(LoadedWasm {
+        function: Arc::new(function),
+        prewarmed,
+        spare,
+    });
 }
 
 /// Makes an instance of `function`; when the engine has no free slot, frees the spares
@@ -242,8 +269,9 @@ impl Backend for WasmBackend {
         if lock(&self.loaded).contains_key(&spec.name) {
             return true;
         }
-        let (loaded, pool, services, plan) = (
+        let (loaded, spent, pool, services, plan) = (
             Arc::clone(&self.loaded),
+            Arc::clone(&self.spent),
             Arc::clone(&self.pool),
             self.services.clone(),
             job.plan,
@@ -251,24 +279,8 @@ impl Backend for WasmBackend {
         let _ = std::thread::Builder::new()
             .name(format!("baton-prewarm-{}", spec.name))
             .spawn(move || {
-                if ensure_services(services.as_deref(), &spec).is_err() {
-                    return;
-                }
-                let started = Instant::now();
-                if let Ok(function) = engine.load(&spec) {
-                    pool.note_cold_start(&spec.name, started.elapsed());
-                    // Instantiated ahead too, unless the slots for spares are taken.
-                    let spares = lock(&loaded).values().filter(|l| l.spare.is_some()).count();
-                    let spare = (spares < slots_for_spares(&engine))
-                        .then(|| engine.ready(&function).ok())
-                        .flatten();
-                    lock(&loaded)
-                        .entry(spec.name.clone())
-                        .or_insert(LoadedWasm {
-                            function: Arc::new(function),
-                            prewarmed: Some(plan),
-                            spare,
-                        });
+                if ensure_services(services.as_deref(), &spec).is_ok() {
+                    load_ahead(&engine, &loaded, &spent, &pool, &spec, Some(plan));
                 }
             });
         false
@@ -291,31 +303,14 @@ impl Backend for WasmBackend {
         let Some(engine) = self.engine.clone() else {
             return;
         };
-        let (loaded, pool) = (Arc::clone(&self.loaded), Arc::clone(&self.pool));
+        let (loaded, spent, pool) = (
+            Arc::clone(&self.loaded),
+            Arc::clone(&self.spent),
+            Arc::clone(&self.pool),
+        );
         let _ = std::thread::Builder::new()
             .name(format!("baton-prepare-{}", spec.name))
-            .spawn(move || {
-                if lock(&loaded).contains_key(&spec.name) {
-                    return;
-                }
-                let started = Instant::now();
-                let Ok(function) = engine.load(&spec) else {
-                    // A broken module is reported by its first step.
-                    return;
-                };
-                pool.note_cold_start(&spec.name, started.elapsed());
-                let spares = lock(&loaded).values().filter(|l| l.spare.is_some()).count();
-                let spare = (spares < slots_for_spares(&engine))
-                    .then(|| engine.ready(&function).ok())
-                    .flatten();
-                lock(&loaded)
-                    .entry(spec.name.clone())
-                    .or_insert(LoadedWasm {
-                        function: Arc::new(function),
-                        prewarmed: None,
-                        spare,
-                    });
-            });
+            .spawn(move || load_ahead(&engine, &loaded, &spent, &pool, &spec, None));
     }
 
     /// Frees the spent instances, then makes `spec`'s next instance if it is loaded, has
@@ -330,7 +325,7 @@ impl Backend for WasmBackend {
             Some(entry) if entry.spare.is_none() => Arc::clone(&entry.function),
             _ => return,
         };
-        if self.slots_held() >= slots_for_spares(engine) {
+        if slots_held(&self.loaded, &self.spent) >= slots_for_spares(engine) {
             return;
         }
         let Ok(ready) = engine.ready(&function) else {

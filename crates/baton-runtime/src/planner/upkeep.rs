@@ -32,17 +32,7 @@ impl Planner {
         // The same conversion a restarted server replays its log through (warm timing:
         // waits removed), so a restored graph equals one that never stopped.
         let mut learner = lock(&self.node.learner);
-        let (requests, _) = baton_trace::requests::group_requests(
-            records,
-            &mut learner,
-            baton_trace::requests::TimeWindow::default(),
-        );
-        for request in &requests {
-            learner.observe_request(request);
-        }
-        if let Some(sink) = &self.node.sink {
-            sink(records, RecordSource::Baton);
-        }
+        self.node.learn(&mut learner, records, RecordSource::Baton);
         let recent = self.timed
             && self
                 .last_publish

@@ -28,7 +28,7 @@ pub use error::WorkerError;
 use output::{capture_stderr, Captured, InFlight};
 pub use output::{CapturedOutput, OUTPUT_CAP};
 pub use spawn::resolve_program;
-use spawn::{command_for, first_child, launch, read_cpu_ns, zombie_status};
+use spawn::{command_for, jailed_tree, kill_tree, launch, read_cpu_ns, zombie_status};
 pub use template::Template;
 
 type Frame = Result<(FrameKind, Vec<u8>), String>;
@@ -214,14 +214,10 @@ impl Worker {
             Ok(Ok((FrameKind::Ready, _))) => {
                 worker.ready_after = started.elapsed();
                 if let (true, Some(child)) = (jailed, &worker.child) {
-                    // bwrap → the jail's init → the function's process.
                     let candidates = worker.limits.processes();
-                    worker.jail_init = first_child(child.id(), candidates.as_deref());
-                    if let Some(init) = worker.jail_init {
-                        if let Some(main) = first_child(init, candidates.as_deref()) {
-                            worker.main_pid = main;
-                        }
-                    }
+                    let (init, main) = jailed_tree(child.id(), candidates.as_deref());
+                    worker.jail_init = init;
+                    worker.main_pid = main.unwrap_or(worker.main_pid);
                 }
                 worker.last_usage.cpu_ns = read_cpu_ns(worker.main_pid);
                 Ok(worker)
@@ -344,19 +340,7 @@ impl Worker {
             }
             return;
         };
-        let own = Pid::from_raw(child.id() as i32);
-        if self.jailed {
-            let init = self
-                .jail_init
-                .or_else(|| first_child(child.id(), self.limits.processes().as_deref()));
-            if let Some(init) = init.and_then(|p| Pid::from_raw(p as i32)) {
-                let _ = kill_process(init, Signal::KILL);
-            }
-        } else if let Some(group) = own {
-            let _ = kill_process_group(group, Signal::KILL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_tree(child, self.jailed, self.jail_init, &self.limits);
     }
 
     fn fail_protocol(&mut self, message: String) -> WorkerError {
@@ -405,16 +389,7 @@ impl Worker {
     /// The last lines of what the worker wrote on stderr (at most 500 bytes), as
     /// `; stderr: …`, for the error that ends it; empty when it wrote nothing.
     fn stderr_tail(&mut self) -> String {
-        let output = self.take_output();
-        let text = output.text.trim_end();
-        if text.is_empty() {
-            return String::new();
-        }
-        let mut start = text.len().saturating_sub(500);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        format!("; stderr: {}", &text[start..])
+        output::stderr_tail(&self.take_output().text)
     }
 
     /// What the worker wrote on stderr since the last take (its cold start's output goes

@@ -61,3 +61,17 @@ pub(super) fn capture_stderr(
         in_flight.store(false, Ordering::SeqCst);
     }
 }
+
+/// The last lines of `text` (at most 500 bytes), as `; stderr: …` for an error that ends a
+/// worker or a template; empty when there is none.
+pub(super) fn stderr_tail(text: &str) -> String {
+    let text = text.trim_end();
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut start = text.len().saturating_sub(500);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("; stderr: {}", &text[start..])
+}

@@ -50,6 +50,16 @@ pub fn resolve_program(program: &str) -> String {
         .clone()
 }
 
+/// The limits a worker of `spec` runs under on `placement`, spawned or forked.
+pub(super) fn worker_limits<'a>(spec: &FunctionSpec, placement: &'a Placement) -> WorkerLimits<'a> {
+    WorkerLimits {
+        memory_mib: spec.limits.memory_mib,
+        cpu_millicores: spec.limits.cpu_millicores,
+        cores: &placement.cores,
+        max_processes: spec.max_processes,
+    }
+}
+
 /// The command that starts a worker of `spec` (jailed, its environment, piped stdio) with
 /// its limits arranged, the program's name for errors, and the limits' guard.
 pub(super) fn command_for(
@@ -92,12 +102,7 @@ pub(super) fn command_for(
         .stderr(Stdio::piped());
     let limits = limits::apply(
         &isolation.limits,
-        &WorkerLimits {
-            memory_mib: spec.limits.memory_mib,
-            cpu_millicores: spec.limits.cpu_millicores,
-            cores: &placement.cores,
-            max_processes: spec.max_processes,
-        },
+        &worker_limits(spec, placement),
         &mut builder,
     )
     .map_err(|message| WorkerError::Limits {
@@ -141,6 +146,35 @@ pub(super) fn launch(command: Command) -> std::io::Result<Child> {
     answer
         .recv()
         .unwrap_or_else(|_| Err(std::io::Error::other("the launcher thread is gone")))
+}
+
+/// Under a jailed start (`bwrap` → the jail's init → the function's process): the init
+/// and the process, looked for among `candidates` (the process's groups) when given.
+pub(super) fn jailed_tree(bwrap: u32, candidates: Option<&[u32]>) -> (Option<u32>, Option<u32>) {
+    let init = first_child(bwrap, candidates);
+    (init, init.and_then(|init| first_child(init, candidates)))
+}
+
+/// Kills a started process's whole tree: jailed, the jail's init (the kernel then kills
+/// every process of its PID namespace); unjailed, its process group; then the process
+/// itself, reaped.
+pub(super) fn kill_tree(
+    child: &mut Child,
+    jailed: bool,
+    jail_init: Option<u32>,
+    limits: &LimitGuard,
+) {
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    if jailed {
+        let init = jail_init.or_else(|| first_child(child.id(), limits.processes().as_deref()));
+        if let Some(init) = init.and_then(|p| Pid::from_raw(p as i32)) {
+            let _ = kill_process(init, Signal::KILL);
+        }
+    } else if let Some(group) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process_group(group, Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The oldest child of `parent`, looked for among `candidates` (the worker's group) when

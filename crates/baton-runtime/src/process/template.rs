@@ -18,10 +18,11 @@
 //! jailed, the template's end would end its jail, and every process in it.
 
 use super::error::WorkerError;
-use super::output::{capture_stderr, Captured, InFlight};
-use super::{first_child, launch, Attach, Placement, Worker};
+use super::output::{capture_stderr, stderr_tail, Captured, InFlight};
+use super::spawn::{jailed_tree, kill_tree, worker_limits};
+use super::{launch, Attach, Placement, Worker};
 use crate::isolation::Isolation;
-use crate::limits::{self, LimitGuard, WorkerLimits};
+use crate::limits::{self, LimitGuard};
 use crate::manifest::FunctionSpec;
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -42,7 +43,7 @@ pub struct Template {
     /// Our end of the socket; one fork at a time.
     control: Mutex<UnixStream>,
     stderr: Arc<Mutex<Captured>>,
-    _limits: LimitGuard,
+    limits: LimitGuard,
     ready_after: Duration,
 }
 
@@ -87,7 +88,7 @@ impl Template {
             jailed,
             control: Mutex::new(ours),
             stderr,
-            _limits: limits,
+            limits,
             ready_after: Duration::ZERO,
         };
         let timeout = Duration::from_millis(spec.timeout_ms.max(1));
@@ -114,15 +115,10 @@ impl Template {
         }
         template.ready_after = started.elapsed();
         if jailed {
-            // bwrap → the jail's init → the template.
-            let candidates = template._limits.processes();
-            template.jail_init = first_child(template.child.id(), candidates.as_deref());
-            if let Some(main) = template
-                .jail_init
-                .and_then(|init| first_child(init, candidates.as_deref()))
-            {
-                template.main_pid = main;
-            }
+            let candidates = template.limits.processes();
+            let (init, main) = jailed_tree(template.child.id(), candidates.as_deref());
+            template.jail_init = init;
+            template.main_pid = main.unwrap_or(template.main_pid);
         }
         Ok(template)
     }
@@ -216,16 +212,7 @@ impl Template {
         let main_pid = self
             .host_pid_of(inner_pid)
             .ok_or_else(|| self.failed("its forked worker is not among its children"))?;
-        let limits = limits::apply_to(
-            &isolation.limits,
-            &WorkerLimits {
-                memory_mib: spec.limits.memory_mib,
-                cpu_millicores: spec.limits.cpu_millicores,
-                cores: &placement.cores,
-                max_processes: spec.max_processes,
-            },
-            main_pid,
-        );
+        let limits = limits::apply_to(&isolation.limits, &worker_limits(spec, placement), main_pid);
         let limits = match limits {
             Ok(limits) => limits,
             Err(message) => {
@@ -299,36 +286,15 @@ impl Template {
         // Give the reader a moment for what the template wrote as it ended.
         std::thread::sleep(Duration::from_millis(20));
         let kept = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
-        let text = String::from_utf8_lossy(&kept.bytes);
-        let text = text.trim_end();
-        if text.is_empty() {
-            return String::new();
-        }
-        let mut start = text.len().saturating_sub(500);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        format!("; stderr: {}", &text[start..])
+        stderr_tail(&String::from_utf8_lossy(&kept.bytes))
     }
 }
 
 impl Drop for Template {
     fn drop(&mut self) {
-        use rustix::process::{kill_process, kill_process_group, Pid, Signal};
         // Its forked workers each hold it (an `Arc`): none is left when it goes. Jailed, the
         // jail's init goes, and with it every process of the jail.
-        if self.jailed {
-            let init = self
-                .jail_init
-                .or_else(|| first_child(self.child.id(), self._limits.processes().as_deref()));
-            if let Some(init) = init.and_then(|p| Pid::from_raw(p as i32)) {
-                let _ = kill_process(init, Signal::KILL);
-            }
-        } else if let Some(group) = Pid::from_raw(self.child.id() as i32) {
-            let _ = kill_process_group(group, Signal::KILL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_tree(&mut self.child, self.jailed, self.jail_init, &self.limits);
     }
 }
 
