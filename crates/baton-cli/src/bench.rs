@@ -121,6 +121,17 @@ fn print_hop(report: &HopReport) {
 
 fn print_cold(report: &ColdReport) {
     println!("worker limits: {}", report.limits);
+    if let Some(us) = report.move_us {
+        println!(
+            "moving a process into its groups (every forked start does): {:.2} ms p50, {}",
+            us / 1000.0,
+            if report.favordynmods {
+                "a cgroup hierarchy is mounted with favordynmods"
+            } else {
+                "no hierarchy with favordynmods mounted (see `baton doctor --favor-dynmods`)"
+            }
+        );
+    }
     println!(
         "{:<40} {:>11} {:>11} {:>11} {:>11} {:>8}",
         "case", "warm p50 µs", "warm p99 µs", "cold p50 µs", "cold p99 µs", "cold/warm"

@@ -235,7 +235,34 @@ fn a_template_cannot_name_another_process_as_its_worker() {
         "the named process lives on"
     );
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", victim.id())).unwrap();
-    assert!(!cgroup.contains("baton-"), "and was not moved: {cgroup}");
+    assert!(!cgroup.contains("/baton-"), "and was not moved: {cgroup}");
     victim.kill().unwrap();
     let _ = victim.wait();
+}
+
+#[test]
+fn the_cost_of_a_move_into_groups_is_measured_and_leaves_nothing() {
+    // Never `favor_dynmods` here: it changes the whole host until reboot.
+    let mechanism = isolation().limits;
+    let cost = baton_runtime::limits::move_cost(&mechanism, 3).unwrap();
+    match (&mechanism, cost) {
+        (Mechanism::CgroupV1 { memory, .. }, Some(cost)) => {
+            eprintln!("path: cgroup v1, a move took {cost:?}");
+            assert!(cost > std::time::Duration::ZERO);
+            assert!(cost < std::time::Duration::from_secs(2), "{cost:?}");
+            let own = format!("baton-{}-", std::process::id());
+            let left: Vec<_> = std::fs::read_dir(memory)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&own) && n.contains("move"))
+                .collect();
+            assert!(left.is_empty(), "groups left behind: {left:?}");
+        }
+        (Mechanism::CgroupV1 { .. }, None) => panic!("cgroup v1 but nothing measured"),
+        (_, cost) => {
+            eprintln!("path: no cgroup v1, nothing to move");
+            assert_eq!(cost, None);
+        }
+    }
 }

@@ -30,6 +30,12 @@ pub struct ColdReport {
     pub rows: Vec<ColdRow>,
     /// How worker limits were applied.
     pub limits: String,
+    /// What moving a process into its groups costs here (median, µs), which every forked
+    /// start pays with cgroup v1, and whether `favordynmods` made it cheap; `None` without
+    /// cgroup v1.
+    pub move_us: Option<f64>,
+    /// Whether a cgroup hierarchy is mounted with `favordynmods` (see `baton doctor`).
+    pub favordynmods: bool,
     /// Memory of a Python worker started plain, of its template, and of a worker forked
     /// from it (each after one invocation).
     pub memory: Vec<MemoryRow>,
@@ -156,7 +162,8 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         crate::process::Template::start(&price, &isolation).map_err(setup("price.py template"))?,
     );
     // The same with limits by rlimit, which a fork inherits: no cgroup migration (on cgroup
-    // v1 a migration waits for an RCU grace period, 10–25 ms on these machines).
+    // v1 a migration waits for an RCU grace period unless `favordynmods` is set:
+    // `limits::move_cost`, reported beside).
     let inherited = crate::isolation::Isolation {
         limits: crate::limits::Mechanism::Rlimit,
         ..isolation.clone()
@@ -224,9 +231,14 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         warm,
         forked_rlimit,
     ));
+    let move_us = crate::limits::move_cost(&isolation.limits, 7)
+        .map_err(BenchError::Setup)?
+        .map(|d| d.as_secs_f64() * 1e6);
     Ok(ColdReport {
         rows,
         limits,
+        move_us,
+        favordynmods: crate::limits::dynmods_mounted(),
         memory,
     })
 }

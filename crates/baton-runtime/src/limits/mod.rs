@@ -10,6 +10,10 @@
 //! groups; they are emptied (every process in them killed) and removed when it ends, and a
 //! start removes what a killed predecessor left ([`reclaim_stale`]).
 
+mod migration;
+
+pub use migration::{dynmods_mounted, favor_dynmods, move_cost, DYNMODS_AT};
+
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
