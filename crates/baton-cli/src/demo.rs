@@ -29,6 +29,10 @@ pub struct DemoArgs {
     /// Keep-alive after use in both phases, seconds (idle gaps are longer).
     #[arg(long, default_value_t = 2.0)]
     keep_alive_secs: f64,
+    /// Requests of the same mix (another seed) each phase's server learns from before the
+    /// measured ones, as a running service has history.
+    #[arg(long, default_value_t = 30)]
+    warmup: usize,
     /// The examples directory (default: ./examples).
     #[arg(long)]
     examples: Option<PathBuf>,
@@ -124,6 +128,28 @@ pub struct Phase {
     pub mean_idle_mib: f64,
     /// Wall time of the phase, s.
     pub seconds: f64,
+    /// From the last deploy until every function was ready (modules loaded, templates
+    /// up), before the first request, ms.
+    pub ready_ms: f64,
+    /// Idle memory-time by what held it (`FUNCTION pre-warmed`: not used yet; `FUNCTION
+    /// kept`: kept after use; `templates`), MiB·s.
+    pub idle_by: std::collections::BTreeMap<String, f64>,
+    /// The server's counters at the end of the phase (as `/v1/pool` shows them).
+    pub counters: serde_json::Value,
+    /// Each request: its gap before, its latency and its steps.
+    pub each: Vec<RequestRow>,
+}
+
+/// One request of a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRow {
+    /// Idle time before it, ms.
+    pub gap_ms: f64,
+    /// Latency at the client, ms.
+    pub latency_ms: f64,
+    /// Each step as `function warmth/tier µs (waited µs)`: its time, wait for its instance
+    /// included, and that wait.
+    pub steps: Vec<String>,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -133,9 +159,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_phase(
     name: &str,
     policy: PolicyName,
+    warmup: &[Planned],
     plan: &[Planned],
     examples: &Path,
     keep_alive: f64,
@@ -158,9 +186,36 @@ fn run_phase(
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     manifests.sort();
+    let mut kinds = Vec::new();
     for path in &manifests {
         deploy_file(&client, path)?;
+        let text = std::fs::read_to_string(path)?;
+        let spec = baton_runtime::manifest::FunctionSpec::from_toml(&text)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let wasm = matches!(
+            spec.kind,
+            baton_runtime::manifest::FunctionKind::Wasm { .. }
+        );
+        kinds.push((spec.name.clone(), wasm));
     }
+    // A deploy makes each function ready in the background (a module compiled, a template
+    // started); traffic starts once it is done, as after any deploy that is not rushed.
+    let ready_after = wait_until_ready(&client, &kinds)?;
+    // The warm-up: traffic the server learns from (as a running service has), not measured.
+    for (i, request) in warmup.iter().enumerate() {
+        std::thread::sleep(request.gap);
+        client.request(
+            "POST",
+            "/v1/functions/validate/invoke",
+            "application/json",
+            request.payload.as_bytes(),
+        )?;
+        if progress {
+            eprint!("\r{name:<24} warm-up {}/{}", i + 1, warmup.len());
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let counters_before = counters_of(&client)?;
 
     // Idle warm memory, sampled every 20 ms.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -168,21 +223,31 @@ fn run_phase(
         let (flag, director) = (Arc::clone(&sampling), Arc::clone(server.director()));
         std::thread::spawn(move || {
             let (mut area, started) = (0.0, Instant::now());
+            let mut by: std::collections::BTreeMap<String, f64> = Default::default();
             let mut last = Instant::now();
             while flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
                 let now = Instant::now();
+                let dt = (now - last).as_secs_f64();
                 // Idle workers' declared memory, and what templates hold (measured).
                 let pool = director.pool();
-                let idle = pool.idle_memory_mib() + pool.template_memory_mib();
-                area += idle as f64 * (now - last).as_secs_f64();
+                let templates = pool.template_memory_mib();
+                area += templates as f64 * dt;
+                *by.entry("templates".into()).or_default() += templates as f64 * dt;
+                for idle in pool.idle() {
+                    let what = if idle.prewarmed { "pre-warmed" } else { "kept" };
+                    area += idle.memory_mib as f64 * dt;
+                    *by.entry(format!("{} {what}", idle.function)).or_default() +=
+                        idle.memory_mib as f64 * dt;
+                }
                 last = now;
             }
-            (area, started.elapsed().as_secs_f64())
+            (area, started.elapsed().as_secs_f64(), by)
         })
     };
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(plan.len());
+    let mut rows = Vec::with_capacity(plan.len());
     let (mut cold, mut prewarmed, mut late) = (0, 0, 0);
     for (i, request) in plan.iter().enumerate() {
         std::thread::sleep(request.gap);
@@ -200,6 +265,25 @@ fn run_phase(
             "request {i} failed: {}",
             response.text()
         );
+        rows.push(RequestRow {
+            gap_ms: request.gap.as_secs_f64() * 1e3,
+            latency_ms: latencies[i],
+            steps: document["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|step| {
+                    format!(
+                        "{} {}/{} {} µs (waited {} µs)",
+                        step["task"].as_str().unwrap_or("?"),
+                        step["warmth"].as_str().unwrap_or("?"),
+                        step["tier"].as_str().unwrap_or("?"),
+                        step["duration_us"].as_u64().unwrap_or(0),
+                        step["ready_wait_us"].as_u64().unwrap_or(0)
+                    )
+                })
+                .collect(),
+        });
         for step in document["steps"].as_array().into_iter().flatten() {
             match step["warmth"].as_str() {
                 Some("cold") => cold += 1,
@@ -225,15 +309,27 @@ fn run_phase(
     }
     let seconds = started.elapsed().as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
-    let (idle_mib_s, sampled) = sampler.join().unwrap_or((0.0, 1.0));
+    let (idle_mib_s, sampled, idle_by) = sampler.join().unwrap_or_default();
     if progress {
         eprintln!();
     }
     let pool = client.get("/v1/pool")?;
-    let route_prewarms = serde_json::from_slice::<serde_json::Value>(&pool.body)
-        .ok()
-        .and_then(|v| v["counters"]["route_prewarms"].as_u64())
-        .unwrap_or(0);
+    let counters_after = serde_json::from_slice::<serde_json::Value>(&pool.body)
+        .map(|v| v["counters"].clone())
+        .unwrap_or_default();
+    // What the measured requests did: the counters' growth since the warm-up.
+    let counters: serde_json::Map<String, serde_json::Value> = counters_after
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, after)| {
+            let before = counters_before[name].as_u64().unwrap_or(0);
+            let grew = after.as_u64().unwrap_or(0).saturating_sub(before);
+            (name.clone(), serde_json::Value::from(grew))
+        })
+        .collect();
+    let counters = serde_json::Value::Object(counters);
+    let route_prewarms = counters["route_prewarms"].as_u64().unwrap_or(0);
     server.stop();
     let _ = std::fs::remove_dir_all(&data);
     let mut sorted = latencies.clone();
@@ -252,7 +348,56 @@ fn run_phase(
         idle_mib_s,
         mean_idle_mib: idle_mib_s / sampled.max(1e-9),
         seconds,
+        ready_ms: ready_after.as_secs_f64() * 1e3,
+        idle_by,
+        counters,
+        each: rows,
     })
+}
+
+/// The server's counters now.
+fn counters_of(client: &Client) -> Result<serde_json::Value> {
+    let pool: serde_json::Value = serde_json::from_slice(&client.get("/v1/pool")?.body)?;
+    Ok(pool["counters"].clone())
+}
+
+/// Waits until every deployed function is ready (each wasm module loaded, each Python
+/// function's template up or refused), at most 60 s; returns how long it took.
+fn wait_until_ready(client: &Client, kinds: &[(String, bool)]) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let pool: serde_json::Value = serde_json::from_slice(&client.get("/v1/pool")?.body)?;
+        let modules: Vec<&str> = pool["loaded_modules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str())
+            .collect();
+        let templates: Vec<&str> = pool["templates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["pid"].is_u64() || t["refused"] == true)
+            .filter_map(|t| t["function"].as_str())
+            .collect();
+        let waiting: Vec<&str> = kinds
+            .iter()
+            .filter(|(name, wasm)| {
+                let list = if *wasm { &modules } else { &templates };
+                !list.contains(&name.as_str())
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "deployed functions not ready after 60 s: {}",
+            waiting.join(", ")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn policy_word(policy: PolicyName) -> &'static str {
@@ -267,6 +412,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     );
     let examples = baton_runtime::bench::examples_dir(args.examples.as_deref());
     let plan = workload(args.requests, args.seed, args.keep_alive_secs);
+    let warmup = workload(args.warmup, args.seed.wrapping_add(1), args.keep_alive_secs);
     let idle_gaps = plan
         .iter()
         .filter(|p| p.gap.as_secs_f64() > args.keep_alive_secs)
@@ -274,15 +420,17 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let progress = !args.json;
     if progress {
         eprintln!(
-            "baton demo: the order pipeline (validate [C→wasm] → price [Python] → reserve | reject [C→wasm] → notify [Python])\n{} requests per phase, {} after an idle gap longer than the {} s keep-alive; same seeded mix both times",
+            "baton demo: the order pipeline (validate [C→wasm] → price [Python] → reserve | reject [C→wasm] → notify [Python])\n{} requests per phase, {} after an idle gap longer than the {} s keep-alive; same seeded mix both times, after {} warm-up requests the server learns from",
             plan.len(),
             idle_gaps,
-            args.keep_alive_secs
+            args.keep_alive_secs,
+            args.warmup
         );
     }
     let off = run_phase(
         "pre-warming off (ttl)",
         PolicyName::Ttl,
+        &warmup,
         &plan,
         &examples,
         args.keep_alive_secs,
@@ -291,6 +439,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let on = run_phase(
         "pre-warming on (chain)",
         PolicyName::Chain,
+        &warmup,
         &plan,
         &examples,
         args.keep_alive_secs,
@@ -301,6 +450,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "requests": plan.len(),
+                "warmup": args.warmup,
                 "after_idle_gap": idle_gaps,
                 "keep_alive_s": args.keep_alive_secs,
                 "seed": args.seed,

@@ -384,6 +384,8 @@ fn sim_compares_every_policy_and_writes_its_reports() {
         "15",
         "--template-mib",
         "11",
+        "--out",
+        dir.to_str().unwrap(),
         "--json",
     ]);
     let none = &forked["results"][0];

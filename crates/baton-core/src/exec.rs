@@ -200,7 +200,9 @@ pub struct Candidate<T> {
     pub claimed: bool,
 }
 
-/// Which instance serves an arrival at `now`: a ready one, the one due to expire first
+/// Which instance serves an arrival at `now`: a ready one, one a pre-warm claims first (the
+/// arrival is most likely the step it was claimed for; left claimed, it would turn every
+/// later pre-warm of the task into a new start), then the one due to expire first
 /// (instances kept longer stay for later arrivals, which keep-alive plans count on; ties:
 /// most recently idle, then lowest id); else the one still starting that is ready first
 /// (the arrival waits for it). `None`: start a cold one.
@@ -213,8 +215,17 @@ pub fn choose_for_arrival<T: Ord + Copy>(
     for c in candidates {
         if c.ready_at <= now {
             let better = ready.is_none_or(|r| {
-                (c.keep_until, std::cmp::Reverse(c.idle_since), c.id)
-                    < (r.keep_until, std::cmp::Reverse(r.idle_since), r.id)
+                (
+                    !c.claimed,
+                    c.keep_until,
+                    std::cmp::Reverse(c.idle_since),
+                    c.id,
+                ) < (
+                    !r.claimed,
+                    r.keep_until,
+                    std::cmp::Reverse(r.idle_since),
+                    r.id,
+                )
             });
             if better {
                 ready = Some(c);
@@ -283,6 +294,11 @@ mod tests {
             choose_for_arrival(all, 100),
             Some(3),
             "expires first, idle latest"
+        );
+        assert_eq!(
+            choose_for_arrival([all[0], all[1], c(6, 0, 2_000, 0, true)], 100),
+            Some(6),
+            "claimed first"
         );
         assert_eq!(
             choose_for_arrival([all[3], c(5, 150, 0, 0, false)], 100),

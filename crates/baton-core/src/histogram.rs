@@ -107,6 +107,14 @@ impl LogHistogram {
         Some(sum / self.total)
     }
 
+    /// The occupied buckets in increasing order: (lowest value, width, weight).
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64, f64)> + '_ {
+        self.buckets.iter().map(|&(bucket, weight)| {
+            let (low, width) = bucket_range(bucket);
+            (low, width, weight)
+        })
+    }
+
     /// Multiplies every weight by `factor` (used when the decay landmark moves).
     pub fn scale(&mut self, factor: f64) {
         for entry in &mut self.buckets {

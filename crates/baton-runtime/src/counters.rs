@@ -52,6 +52,8 @@ counters! {
     prewarms_failed,
     /// Pre-warms not started: the function was at its instance cap.
     prewarms_capped,
+    /// Pre-warms due at once not started: a step of the function asked for a worker after the event that asked for them (the planner is behind the request).
+    prewarms_overtaken,
     /// Wasm steps whose instance the planner had made ahead (no instantiation on the way).
     instances_ahead,
     /// Steps served by an idle worker process.
@@ -83,7 +85,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 25);
+        assert_eq!(read.len(), 26);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

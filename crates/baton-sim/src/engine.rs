@@ -167,6 +167,9 @@ enum Event {
         ready_at_us: u64,
         until_us: u64,
         plan: Option<u64>,
+        /// The (task, plan)'s release count when it was scheduled: a release since
+        /// drops it, as the runtime drops its jobs not started yet.
+        epoch: u64,
     },
     Tick,
     Learn {
@@ -200,6 +203,8 @@ struct Engine<'a> {
     last_finished: Vec<Option<u32>>,
     learned_since_publish: bool,
     last_publish_us: u64,
+    /// Releases per (task, plan): scheduled pre-warms of an older count are dropped.
+    releases: std::collections::HashMap<(TaskId, Option<u64>), u64>,
 }
 
 /// Runs `policy` over `requests` (sorted by start) on a node of `config`. With a learner,
@@ -248,6 +253,7 @@ pub fn run(
         last_finished: Vec::new(),
         learned_since_publish: false,
         last_publish_us: 0,
+        releases: std::collections::HashMap::new(),
     };
     engine.last_publish_us = engine.now;
     let start = engine.now;
@@ -371,7 +377,12 @@ impl Engine<'_> {
                 ready_at_us,
                 until_us,
                 plan,
-            } => self.start_prewarm(task, ready_at_us, until_us, plan),
+                epoch,
+            } => {
+                if self.releases.get(&(task, plan)).copied().unwrap_or(0) == epoch {
+                    self.start_prewarm(task, ready_at_us, until_us, plan);
+                }
+            }
             Event::Tick => {
                 self.publish_if_due();
                 self.tell(PolicyEvent::Tick { at_us: now });
@@ -695,6 +706,7 @@ impl Engine<'_> {
                 let cold = self.costs.cold_start_us(task);
                 let ready_at = (start_at_us + cold).max(ready_at_us);
                 if start_at_us > now {
+                    let epoch = self.releases.get(&(task, plan)).copied().unwrap_or(0);
                     self.schedule(
                         start_at_us,
                         Event::PrewarmStart {
@@ -702,6 +714,7 @@ impl Engine<'_> {
                             ready_at_us: ready_at,
                             until_us,
                             plan,
+                            epoch,
                         },
                     );
                 } else {
@@ -719,6 +732,7 @@ impl Engine<'_> {
                 }
             }
             Decision::Release { task, plan } => {
+                *self.releases.entry((task, plan)).or_default() += 1;
                 self.task_instances(task);
                 let instances = &self.instances;
                 let mut unused: Vec<u32> = self.by_task[task.index()]

@@ -7,6 +7,7 @@
 //! next-task behaviour of US 9,811,363, kept for comparison.
 
 pub mod baselines;
+pub mod idle;
 pub mod spec;
 
 pub use baselines::{
@@ -164,6 +165,9 @@ pub struct ChainPolicy {
     live: BTreeMap<u64, LivePlan>,
     next_set_plan: u64,
     entry_tasks: std::collections::BTreeSet<TaskId>,
+    idle: idle::IdleModel,
+    /// Each task's re-warm window asked for at its last end (absolute µs), until it starts.
+    rewarms: BTreeMap<TaskId, (u64, u64)>,
 }
 
 impl ChainPolicy {
@@ -183,6 +187,8 @@ impl ChainPolicy {
             // Set plans get ids from the top of the range, apart from the assembler's.
             next_set_plan: ROUTE_PLAN_IDS,
             entry_tasks: std::collections::BTreeSet::new(),
+            idle: idle::IdleModel::default(),
+            rewarms: BTreeMap::new(),
         }
     }
 
@@ -263,18 +269,22 @@ impl ChainPolicy {
     /// Whether a live plan already has an unused step of the same task whose window
     /// covers `step`'s expected start (a new plan would pre-warm it twice).
     fn covered(&self, step: &PlannedStep) -> bool {
-        self.live.values().any(|live| {
-            live.plan
-                .steps
-                .iter()
-                .zip(&live.consumed)
-                .any(|(other, &consumed)| {
-                    !consumed
-                        && other.task == step.task
-                        && other.window.start_us <= step.expected_start_us
-                        && step.expected_start_us < other.window.end_us
-                })
-        })
+        let rewarmed = self.rewarms.get(&step.task).is_some_and(|&(ready, until)| {
+            ready <= step.expected_start_us && step.expected_start_us < until
+        });
+        rewarmed
+            || self.live.values().any(|live| {
+                live.plan
+                    .steps
+                    .iter()
+                    .zip(&live.consumed)
+                    .any(|(other, &consumed)| {
+                        !consumed
+                            && other.task == step.task
+                            && other.window.start_us <= step.expected_start_us
+                            && step.expected_start_us < other.window.end_us
+                    })
+            })
     }
 
     fn on_start(
@@ -287,6 +297,13 @@ impl ChainPolicy {
     ) {
         if context.grand_caller.is_none() {
             self.entry_tasks.insert(task);
+        }
+        self.idle.on_start(task, at_us);
+        if let Some((ready, _)) = self.rewarms.remove(&task) {
+            if at_us < ready {
+                // Started before its re-warm: the re-warm is not needed now.
+                out.push(Action::Release { task, plan: None });
+            }
         }
         // A step of a live plan starting: its reservation now backs running work. Of the
         // live plans' unconsumed steps of this task, the one expected nearest to now is the
@@ -394,11 +411,43 @@ impl Policy for ChainPolicy {
                 } else {
                     self.config.keep_alive_us
                 };
-                if keep > 0 {
+                let cold = self
+                    .graph
+                    .load()
+                    .profile(task)
+                    .and_then(|p| p.metric(crate::profile::Metric::ColdStartUs))
+                    .map_or(0, |q| q.p50);
+                let warmth = self
+                    .idle
+                    .after_end(task, at_us, keep, crate::exec::lead_us(cold));
+                if warmth.keep_us > 0 {
                     out.push(Action::KeepAlive {
                         task,
-                        until_us: at_us + keep,
+                        until_us: at_us.saturating_add(warmth.keep_us),
                     });
+                }
+                if let Some(rewarm) = warmth.rewarm {
+                    if self
+                        .rewarms
+                        .get(&task)
+                        .is_some_and(|&(ready, _)| at_us < ready)
+                    {
+                        // A later end supersedes the re-warm an earlier one asked for.
+                        out.push(Action::Release { task, plan: None });
+                    }
+                    let window = (
+                        at_us.saturating_add(rewarm.ready_us),
+                        at_us.saturating_add(rewarm.until_us),
+                    );
+                    out.push(Action::PreWarm {
+                        task,
+                        at_us: window.0,
+                        until_us: window.1,
+                        plan: None,
+                        reservation: None,
+                        probability: rewarm.probability,
+                    });
+                    self.rewarms.insert(task, window);
                 }
                 self.on_tick(at_us, out);
             }
@@ -524,6 +573,86 @@ mod tests {
         );
         assert!(pool.is_empty(), "reservations released with the plan");
         assert_eq!(policy.n_live_plans(), 0);
+    }
+
+    #[test]
+    fn chain_policy_rewarms_a_bursty_task_and_drops_the_rewarm_when_it_comes_early() {
+        // A task alone (no graph), called in bursts 100 ms apart with 3 s between bursts;
+        // a fixed keep-alive of 2 s leaves each burst's first call cold.
+        let (mut tdg, [a, ..]) = branching();
+        let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+        let pool = ResourcePool::new(ResourceVec {
+            memory_mib: 1024,
+            ..ResourceVec::ZERO
+        });
+        let keep = 2_000_000;
+        let mut policy = ChainPolicy::new(
+            graph,
+            pool,
+            Assembler::new(AssemblerConfig::default()),
+            ChainPolicyConfig {
+                keep_alive_us: keep,
+                entry_keep_alive_us: keep,
+                set_threshold: None,
+            },
+        );
+        let mut actions = Vec::new();
+        let mut now = 1_000_000;
+        let run = |policy: &mut ChainPolicy, at: u64, actions: &mut Vec<Action>| {
+            actions.clear();
+            let start = PolicyEvent::Start {
+                task: a,
+                invocation: at,
+                at_us: at,
+                context: PredictContext::default(),
+                reveals_route: None,
+            };
+            policy.on_event(&start, actions);
+            let end = PolicyEvent::End {
+                task: a,
+                invocation: at,
+                at_us: at + 1_000,
+            };
+            policy.on_event(&end, actions);
+        };
+        for i in 0..40 {
+            now += if i % 4 == 0 { 3_000_000 } else { 100_000 };
+            run(&mut policy, now, &mut actions);
+        }
+        let rewarm = actions.iter().find_map(|action| match *action {
+            Action::PreWarm {
+                task,
+                at_us,
+                until_us,
+                plan: None,
+                ..
+            } if task == a => Some((at_us, until_us)),
+            _ => None,
+        });
+        let (ready, until) = rewarm.expect("a re-warm for the next burst");
+        let end = now + 1_000;
+        assert!(
+            ready > end + 500_000 && ready <= end + 3_000_000,
+            "{actions:?}"
+        );
+        assert!(until >= end + 3_000_000, "{actions:?}");
+        let kept = actions.iter().find_map(|action| match *action {
+            Action::KeepAlive { until_us, .. } => Some(until_us),
+            _ => None,
+        });
+        assert!(
+            kept.is_some_and(|k| k < end + keep),
+            "shorter than 2 s: {actions:?}"
+        );
+        // The next call comes in the burst, before the re-warm is due: it is dropped.
+        run(&mut policy, now + 100_000, &mut actions);
+        assert_eq!(
+            actions[0],
+            Action::Release {
+                task: a,
+                plan: None
+            }
+        );
     }
 
     #[test]

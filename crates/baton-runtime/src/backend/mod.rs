@@ -255,6 +255,20 @@ impl Backend for ProcessBackend {
         if self.pool.claim_idle(&spec.name, job.until) {
             return true;
         }
+        // Due at once, and a step of the function has asked for a worker since the event
+        // that asked for this pre-warm: the planner runs behind the request, so that step
+        // is (most likely) the one it was for, and it has its worker. In the simulator a
+        // pre-warm due at once starts at its event's instant, before any later step.
+        if job
+            .at_once_since
+            .is_some_and(|since| self.pool.asked_since(&spec.name, since))
+        {
+            self.pool
+                .counters
+                .prewarms_overtaken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
         let services = self.services.clone();
         let name = spec.name.clone();
         self.pool.prewarm_with(

@@ -114,6 +114,9 @@ pub struct PrewarmJob {
     pub probability: f64,
     /// Where it runs (the reserved cores and GPU units).
     pub placement: Placement,
+    /// When the event that asked for it happened, if it is due at once: a step of the
+    /// function taken since then overtook it (see `Backend::prewarm`).
+    pub at_once_since: Option<Instant>,
 }
 
 /// A started job, for reports and tests.
@@ -377,6 +380,7 @@ impl Planner {
                         until_us,
                         plan,
                         probability,
+                        at_once_since: (start_at_us <= now).then(|| clock.instant_of(now)),
                     };
                     if self.timed && start_at_us > now {
                         self.sequence += 1;

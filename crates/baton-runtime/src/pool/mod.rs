@@ -78,6 +78,8 @@ struct State {
     busy: HashMap<String, usize>,
     /// The last [`COLD_SAMPLES`] measured cold starts per function, µs.
     cold_us: HashMap<String, std::collections::VecDeque<u64>>,
+    /// When a request last asked for a worker, per function.
+    asked: HashMap<String, Instant>,
 }
 
 /// A pre-warmed worker that became ready after (or just before) the end of the window it
@@ -288,6 +290,14 @@ impl WarmPool {
             .sum()
     }
 
+    /// Whether a request asked for a worker of `name` at or after `since`.
+    pub fn asked_since(&self, name: &str, since: Instant) -> bool {
+        lock(&self.state)
+            .asked
+            .get(name)
+            .is_some_and(|&at| at >= since)
+    }
+
     /// The spec of `name`.
     pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
         self.functions
@@ -343,6 +353,7 @@ impl WarmPool {
             function: name.to_owned(),
         };
         let mut state = lock(&self.state);
+        state.asked.insert(name.to_owned(), asked);
         loop {
             if let Some(list) = state.idle.get_mut(name) {
                 // The executor's rule, as in the simulator: the one due to expire first.
@@ -364,7 +375,9 @@ impl WarmPool {
                         warmth,
                         wait_us: asked.elapsed().as_micros() as u64,
                         plan: idle.prewarmed.flatten(),
-                        waited_for_prewarm: waited && !capped,
+                        // A pre-warmed worker it had to wait for came late, whether the
+                        // wait was for it or for a start slot the pre-warms held.
+                        waited_for_prewarm: waited && idle.prewarmed.is_some(),
                         _busy: busy(),
                     });
                 }
