@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "baton",
     version,
-    about = "A serverless runtime that sees the next function coming"
+    about = "A serverless runtime that sees the next function coming",
+    after_help = "Exit status: 0 done, 1 failed here, 2 usage, 3 server unreachable, 4 failed on the server (a function's error, an unknown name, a refused deploy)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -94,8 +95,46 @@ fn doctor(args: DoctorArgs) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// Exit status when the server could not be reached (or its URL is wrong).
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit status when the server answered that what was asked failed (a function's error, an
+/// unknown function, a refused deploy).
+pub const EXIT_FAILED_THERE: u8 = 4;
+
+fn main() -> std::process::ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            let code = if error.chain().any(|e| e.is::<server::FailedThere>()) {
+                EXIT_FAILED_THERE
+            } else if error
+                .chain()
+                .any(|e| e.is::<baton_server::client::ClientError>())
+            {
+                EXIT_UNREACHABLE
+            } else {
+                1
+            };
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
+/// Lets a closed pipe end the process quietly, as it does any Unix tool (`baton top | head`),
+/// instead of a panic on the next write: Rust ignores SIGPIPE by default.
+fn restore_sigpipe() {
+    #[allow(unsafe_code)]
+    // SAFETY: called first thing in `main`, before any other thread exists; setting a
+    // signal's disposition to the default has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Learn(args) => commands::learn(args),
         Command::Predict(args) => commands::predict(args),

@@ -29,6 +29,26 @@ impl Remote {
     }
 }
 
+/// The server answered, and not with a success: what was asked failed there (the command
+/// exits with [`crate::EXIT_FAILED_THERE`]).
+#[derive(Debug)]
+pub struct FailedThere {
+    /// What was asked.
+    pub what: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The server's reason.
+    pub message: String,
+}
+
+impl std::fmt::Display for FailedThere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: HTTP {}: {}", self.what, self.status, self.message)
+    }
+}
+
+impl std::error::Error for FailedThere {}
+
 /// Fails with the server's own error message unless the status is a success.
 fn checked(response: Response, what: &str) -> Result<Response> {
     if (200..300).contains(&response.status) {
@@ -37,7 +57,12 @@ fn checked(response: Response, what: &str) -> Result<Response> {
     let message = response.json()["error"]
         .as_str()
         .map_or_else(|| response.text(), str::to_owned);
-    bail!("{what}: HTTP {}: {message}", response.status)
+    Err(FailedThere {
+        what: what.to_owned(),
+        status: response.status,
+        message,
+    }
+    .into())
 }
 
 /// `baton serve`.
@@ -133,8 +158,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 /// `baton deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// Manifest files (TOML); a wasm function's module is uploaded with it, and a process
-    /// function runs in its manifest's directory.
+    /// Manifest files (TOML), or directories (each `.toml` in them, in name order); a wasm
+    /// function's module is uploaded with it, and a process function runs in its
+    /// manifest's directory.
     #[arg(required = true)]
     manifests: Vec<PathBuf>,
     #[command(flatten)]
@@ -179,9 +205,32 @@ pub fn deploy_file(client: &Client, path: &Path) -> Result<(String, Response)> {
     Ok((name, response))
 }
 
+/// The manifests `paths` name: files as given, and each directory's `.toml` files in name
+/// order (an error for a directory with none).
+fn manifests_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            out.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        if found.is_empty() {
+            bail!("{}: a directory with no .toml manifest", path.display());
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
 pub fn deploy(args: DeployArgs) -> Result<()> {
     let client = args.remote.client()?;
-    for path in &args.manifests {
+    for path in &manifests_of(&args.manifests)? {
         let (name, response) = deploy_file(&client, path)?;
         let verb = if response.status == 201 {
             "deployed"
@@ -198,7 +247,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
 pub struct InvokeArgs {
     /// The function or sequence.
     name: String,
-    /// The payload: text, or @FILE.
+    /// The payload: text, @FILE, or @- for standard input.
     #[arg(long, default_value = "")]
     data: String,
     /// Return at once with an invocation id.
@@ -214,6 +263,12 @@ pub struct InvokeArgs {
 pub fn invoke(args: InvokeArgs) -> Result<()> {
     let client = args.remote.client()?;
     let payload = match args.data.strip_prefix('@') {
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .context("reading the payload from standard input")?;
+            bytes
+        }
         Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
         None => args.data.into_bytes(),
     };
@@ -324,7 +379,8 @@ pub fn top(args: TopArgs) -> Result<()> {
         let steps = counters["steps"].as_u64().unwrap_or(0);
         let hits = counters["prewarmed_steps"].as_u64().unwrap_or(0)
             + counters["hits"].as_u64().unwrap_or(0);
-        if !args.once {
+        // Redrawn in place on a terminal; elsewhere (a pipe, a file) one view after another.
+        if !args.once && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
             print!("\x1b[2J\x1b[H");
         }
         println!(

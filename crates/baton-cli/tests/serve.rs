@@ -303,8 +303,90 @@ fn serve_refuses_no_auth_off_loopback_and_clients_name_the_server() {
     let output = baton(&["invoke", "x", "--server", "http://127.0.0.1:1"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));
+    assert_eq!(output.status.code(), Some(3), "unreachable");
     let output = baton(&["invoke", "x", "--server", "ftp://nowhere"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("expected http://HOST:PORT"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected http://HOST[:PORT]"));
+    assert_eq!(output.status.code(), Some(3), "no server to reach");
+    let output = baton(&["invoke"]);
+    assert_eq!(output.status.code(), Some(2), "usage");
+}
+
+#[test]
+fn the_cli_takes_what_people_type_and_says_how_it_ended() {
+    let data = tempfile::tempdir().unwrap();
+    let (_server, url, _) = serve(data.path());
+    // The URL without its scheme, as typed; BATON_SERVER is honoured.
+    let bare = url.trim_start_matches("http://").to_owned();
+    // A directory deploys each manifest in it.
+    let deployed = ok(&[
+        "deploy",
+        examples().join("order").to_str().unwrap(),
+        "--server",
+        &bare,
+    ]);
+    for name in ["notify", "price", "reject", "reserve", "validate"] {
+        assert!(deployed.contains(name), "{deployed}");
+    }
+    // The payload from standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["invoke", "validate", "--data", "@-"])
+        .env("BATON_SERVER", &bare)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        br#"{"order":1,"item":"book","qty":1,"credit":500}"#,
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("book"), "{text}");
+    // A name the server does not know: it answered, so 4, not 1 or 3.
+    let output = baton(&["invoke", "nothing-here", "--server", &bare]);
+    assert_eq!(output.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing-here"));
+    // `top` into a closed pipe: no escape codes, no panic; it ends when the reader does.
+    let mut top = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "{} top --server {bare} --interval 0.1 | head -3",
+                env!("CARGO_BIN_EXE_baton")
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = top.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "top did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = top.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("baton at http://"), "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -10,8 +10,8 @@ use thiserror::Error;
 /// Why a request failed before a response arrived.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// The URL is not `http://host:port`.
-    #[error("server URL {0:?}: expected http://HOST:PORT")]
+    /// The URL is not `http://host[:port]` or `host[:port]`.
+    #[error("server URL {0:?}: expected http://HOST[:PORT] or HOST:PORT (plain HTTP; for a server behind TLS, talk to it through a local proxy)")]
     Url(String),
     /// Connecting, sending or reading failed.
     #[error("{url}: {source}")]
@@ -72,17 +72,37 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `url` (`http://host:port`), sending `token` if given.
+    /// A client for `url` as people type it: `http://host:port`, `host:port`, or either
+    /// without the port (80), with or without a trailing `/`; sending `token` if given.
     pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?
-            .trim_end_matches('/');
+        let bad = || ClientError::Url(url.to_owned());
+        let trimmed = url.trim();
+        let rest = match trimmed.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some(_) => return Err(bad()),
+            None => trimmed,
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(bad());
+        }
+        // A port unless one is given (an IPv6 address is bracketed: `[::1]:8080`).
+        let has_port = match rest.rsplit_once(':') {
+            Some((host, port)) => {
+                (!host.contains(':') || host.ends_with(']')) && port.parse::<u16>().is_ok()
+            }
+            None => false,
+        };
+        let rest = if has_port {
+            rest.to_owned()
+        } else {
+            format!("{rest}:80")
+        };
         let addr = rest
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+            .ok_or_else(bad)?;
         Ok(Client {
             url: format!("http://{rest}"),
             addr,
@@ -210,5 +230,40 @@ impl Client {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Result<Response, ClientError> {
         self.request("GET", path, "application/json", b"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_are_taken_as_people_type_them() {
+        for (typed, url) in [
+            ("http://127.0.0.1:18080", "http://127.0.0.1:18080"),
+            ("http://127.0.0.1:18080/", "http://127.0.0.1:18080"),
+            ("127.0.0.1:18080", "http://127.0.0.1:18080"),
+            ("localhost:18080", "http://localhost:18080"),
+            ("HTTP://localhost", "http://localhost:80"),
+            ("localhost", "http://localhost:80"),
+            ("[::1]:9000", "http://[::1]:9000"),
+        ] {
+            let client = Client::new(typed, None).unwrap_or_else(|e| panic!("{typed}: {e}"));
+            assert_eq!(client.url(), url, "{typed}");
+        }
+        for wrong in [
+            "ftp://nowhere",
+            "https://example.org",
+            "http://",
+            "",
+            "a b:1",
+            "h:1/x",
+        ] {
+            let error = Client::new(wrong, None).unwrap_err().to_string();
+            assert!(
+                error.contains("expected http://HOST[:PORT]"),
+                "{wrong}: {error}"
+            );
+        }
     }
 }
