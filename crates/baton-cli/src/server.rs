@@ -65,16 +65,16 @@ fn checked(response: Response, what: &str) -> Result<Response> {
     .into())
 }
 
-/// `baton serve`.
+/// `baton serve`. Every flag has an environment variable (`BATON_` and its name).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Where the store, uploaded modules and compiled modules live.
-    #[arg(long, default_value = "baton-data")]
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data")]
     data_dir: PathBuf,
-    /// Bearer token clients must send (env BATON_TOKEN).
+    /// Bearer token clients must send.
     #[arg(
         long,
         env = "BATON_TOKEN",
@@ -83,27 +83,36 @@ pub struct ServeArgs {
     )]
     token: Option<String>,
     /// Serve without a token (loopback addresses only).
-    #[arg(long)]
+    #[arg(long, env = "BATON_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     no_auth: bool,
     /// Pre-warming policy: none, ttl, histogram, greedy-dual, next, mlp or chain (as
     /// `baton sim` runs them).
-    #[arg(long, default_value = "chain")]
+    #[arg(long, env = "BATON_POLICY", default_value = "chain")]
     policy: PolicyName,
     /// The policy's knob: multiplies its main setting (see `baton sim --help`).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "BATON_POLICY_KNOB", default_value_t = 1.0)]
     policy_knob: f64,
+    /// Keep a finished instance this long, seconds, instead of the policy's own setting
+    /// (`ttl`: 10 min × knob; `chain`: 1 min × knob, 10 min × knob for entry tasks, and
+    /// shorter or re-warmed where a function's gaps show it pays).
+    #[arg(long, env = "BATON_KEEP_ALIVE_SECS")]
+    keep_alive_secs: Option<f64>,
     /// Requests waiting or running per function before 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "BATON_QUEUE_DEPTH", default_value_t = 64)]
     queue_depth: usize,
     /// Largest request body, MiB.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "BATON_MAX_BODY_MIB", default_value_t = 16)]
     max_body_mib: usize,
     /// Seconds between snapshots of the learned graph.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "BATON_SNAPSHOT_SECS", default_value_t = 30)]
     snapshot_secs: u64,
     /// Accept process functions over HTTP: their code (a tar.gz) runs in the sandbox as
     /// an unprivileged user. Without it, only wasm functions are deployed.
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "BATON_ALLOW_PROCESS_FUNCTIONS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     allow_process_functions: bool,
 }
 
@@ -114,6 +123,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(args.listen, args.data_dir.clone());
     config.token = args.token;
     config.policy = PolicySpec::with_knob(args.policy, args.policy_knob)?;
+    if let Some(secs) = args.keep_alive_secs {
+        if !(secs.is_finite() && secs >= 0.0) {
+            bail!("--keep-alive-secs {secs}: expected a number of seconds, 0 or more");
+        }
+        config.policy.keep_alive_us = Some((secs * 1e6) as u64);
+    }
     config.queue_depth = args.queue_depth;
     config.max_body_bytes = args.max_body_mib << 20;
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));

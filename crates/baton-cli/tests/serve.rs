@@ -300,6 +300,26 @@ fn serve_refuses_no_auth_off_loopback_and_clients_name_the_server() {
         message.contains("only allowed on a loopback address"),
         "{message}"
     );
+    // The same from the environment: every serve flag has its variable.
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("serve")
+        .env("BATON_LISTEN", "0.0.0.0:0")
+        .env("BATON_NO_AUTH", "1")
+        .env("BATON_DATA_DIR", "/tmp/baton-never")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("only allowed on a loopback address"),
+        "{message}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--no-auth", "--data-dir", "/tmp/baton-never"])
+        .env("BATON_KEEP_ALIVE_SECS", "-1")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--keep-alive-secs -1"));
     let output = baton(&["invoke", "x", "--server", "http://127.0.0.1:1"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));
