@@ -7,6 +7,7 @@ mod bench;
 mod commands;
 mod demo;
 mod load;
+mod manage;
 mod peers;
 mod server;
 mod sim;
@@ -49,6 +50,10 @@ enum Command {
     Deploy(server::DeployArgs),
     /// Invoke a function or sequence on a server.
     Invoke(server::InvokeArgs),
+    /// List, show or remove a server's functions.
+    Functions(manage::FunctionsArgs),
+    /// List, show, declare or remove a server's sequences.
+    Sequences(manage::SequencesArgs),
     /// Show a server's latest execution records, or send it logs to learn.
     Logs(server::LogsArgs),
     /// Live view of a server's warm instances, reservations and hit rate.
@@ -146,6 +151,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => server::serve(args),
         Command::Deploy(args) => server::deploy(args),
         Command::Invoke(args) => server::invoke(args),
+        Command::Functions(args) => manage::functions(args),
+        Command::Sequences(args) => manage::sequences(args),
         Command::Logs(args) => server::logs(args),
         Command::Top(args) => server::top(args),
         Command::Demo(args) => demo::demo(args),

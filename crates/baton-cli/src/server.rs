@@ -15,11 +15,16 @@ use std::time::Duration;
 /// Where the server is and how to authenticate.
 #[derive(Debug, Args)]
 pub struct Remote {
-    /// The server (env BATON_SERVER).
-    #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:8080")]
+    /// The server: http://HOST[:PORT] or HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
-    /// The bearer token (env BATON_TOKEN).
-    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+    /// The bearer token.
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -50,7 +55,7 @@ impl std::fmt::Display for FailedThere {
 impl std::error::Error for FailedThere {}
 
 /// Fails with the server's own error message unless the status is a success.
-fn checked(response: Response, what: &str) -> Result<Response> {
+pub(crate) fn checked(response: Response, what: &str) -> Result<Response> {
     if (200..300).contains(&response.status) {
         return Ok(response);
     }

@@ -370,6 +370,32 @@ fn the_cli_takes_what_people_type_and_says_how_it_ended() {
     );
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("book"), "{text}");
+    // What the server holds, listed, shown and removed.
+    let listed = ok(&["functions", "list", "--server", &bare]);
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(
+        listed.contains("validate") && listed.contains("wasm"),
+        "{listed}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["functions", "get", "reject", "--server", &bare])).unwrap();
+    assert_eq!(shown["name"], "reject");
+    ok(&[
+        "sequences",
+        "put",
+        "twice",
+        "validate",
+        "validate",
+        "--server",
+        &bare,
+    ]);
+    let sequences = ok(&["sequences", "list", "--server", &bare]);
+    assert!(sequences.contains("twice") && sequences.contains("validate → validate"));
+    ok(&["sequences", "delete", "twice", "--server", &bare]);
+    assert!(!ok(&["sequences", "list", "--server", &bare]).contains("twice"));
+    ok(&["functions", "delete", "reject", "--server", &bare]);
+    let output = baton(&["functions", "get", "reject", "--server", &bare]);
+    assert_eq!(output.status.code(), Some(4), "gone");
     // A name the server does not know: it answered, so 4, not 1 or 3.
     let output = baton(&["invoke", "nothing-here", "--server", &bare]);
     assert_eq!(output.status.code(), Some(4));

@@ -262,6 +262,32 @@ fn the_api_deploys_invokes_learns_and_counts() {
         .unwrap();
     assert_eq!(response.status, 400);
     assert!(response.text().contains("`ghost`"));
+    let shout = api.get("/v1/sequences/shout").unwrap().json();
+    assert_eq!(shout["steps"], json!(["upper", "upper"]));
+    assert_eq!(api.get("/v1/sequences/ghost").unwrap().status, 404);
+    assert_eq!(
+        api.request("DELETE", "/v1/sequences/shout", "text/plain", b"")
+            .unwrap()
+            .status,
+        204
+    );
+    assert_eq!(api.get("/v1/sequences/shout").unwrap().status, 404);
+    assert_eq!(
+        api.request("DELETE", "/v1/sequences/shout", "text/plain", b"")
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(invoke(&api, "upper", "still").json()["output"], "STILL");
+    let response = api
+        .request(
+            "POST",
+            "/v1/sequences/shout",
+            "application/json",
+            br#"{"steps":["upper","upper"]}"#,
+        )
+        .unwrap();
+    assert_eq!(response.status, 201, "declared again after its removal");
 
     // Foreign logs change the graph and the predictions.
     let mut log = String::new();

@@ -1,4 +1,7 @@
-//! The routes (listed in [`ROUTES`] and in `docs/openapi.json`) and their handlers.
+//! The routes (listed in [`ROUTES`] and in `docs/openapi.json`) and their handlers;
+//! sequences' in `sequences`.
+
+mod sequences;
 
 use crate::{materialize, AppState};
 use axum::body::Bytes;
@@ -32,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/functions/{name}/invoke"),
     ("GET", "/v1/invocations/{id}"),
     ("POST", "/v1/sequences/{name}"),
+    ("GET", "/v1/sequences/{name}"),
+    ("DELETE", "/v1/sequences/{name}"),
     ("GET", "/v1/sequences"),
     ("POST", "/v1/logs"),
     ("GET", "/v1/logs"),
@@ -61,8 +66,13 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/invocations/{id}", get(get_invocation))
-        .route("/v1/sequences", get(list_sequences))
-        .route("/v1/sequences/{name}", post(put_sequence))
+        .route("/v1/sequences", get(sequences::list))
+        .route(
+            "/v1/sequences/{name}",
+            post(sequences::put)
+                .get(sequences::get)
+                .delete(sequences::delete),
+        )
         .route("/v1/logs", post(ingest_logs).get(recent_logs))
         .route("/v1/graph", get(graph))
         .route("/v1/predictions", get(predictions))
@@ -636,61 +646,6 @@ async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> 
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown invocation `{id}`")),
         Err(e) => internal(e),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SequenceBody {
-    steps: Vec<String>,
-}
-
-async fn put_sequence(
-    State(state): State<Shared>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    let body: SequenceBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
-    };
-    if body.steps.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "`steps` is empty");
-    }
-    if let Some(unknown) = body
-        .steps
-        .iter()
-        .find(|s| state.director.pool().spec(s).is_none())
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("step `{unknown}` is not a deployed function"),
-        );
-    }
-    if state.director.pool().spec(&name).is_some() {
-        return error(
-            StatusCode::CONFLICT,
-            format!("`{name}` is already a function"),
-        );
-    }
-    if let Err(e) = state.store.put_sequence(&name, &body.steps) {
-        return internal(e);
-    }
-    state.director.declare_sequence(&name, body.steps.clone());
-    (
-        StatusCode::CREATED,
-        Json(json!({ "name": name, "steps": body.steps })),
-    )
-        .into_response()
-}
-
-async fn list_sequences(State(state): State<Shared>) -> Response {
-    let sequences: Vec<Value> = state
-        .director
-        .sequences()
-        .into_iter()
-        .map(|(name, steps)| json!({ "name": name, "steps": steps }))
-        .collect();
-    Json(json!({ "sequences": sequences })).into_response()
 }
 
 async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {

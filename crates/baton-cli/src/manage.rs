@@ -1,0 +1,152 @@
+//! `baton functions` and `baton sequences`: what a server holds, listed, shown and removed.
+
+use crate::server::{checked, Remote};
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// `baton functions ...`.
+#[derive(Debug, Args)]
+pub struct FunctionsArgs {
+    #[command(subcommand)]
+    action: Action,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `baton sequences ...`.
+#[derive(Debug, Args)]
+pub struct SequencesArgs {
+    #[command(subcommand)]
+    action: SequenceAction,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// One line each: name, kind, memory, what it runs.
+    List {
+        /// Print the server's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything the server knows of one (its manifest included), as JSON.
+    Get { name: String },
+    /// Remove it (sequences naming it stop working).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SequenceAction {
+    /// One line each: name and steps.
+    List {
+        /// Print the server's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Its steps, as JSON.
+    Get { name: String },
+    /// Declare (or replace) a sequence of deployed functions, invoked like a function.
+    Put {
+        name: String,
+        /// The functions, in order.
+        #[arg(required = true)]
+        steps: Vec<String>,
+    },
+    /// Remove it (its functions stay).
+    Delete { name: String },
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn functions(args: FunctionsArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    match args.action {
+        Action::List { json } => {
+            let all = checked(client.get("/v1/functions")?, "listing functions")?.json();
+            if json {
+                return print_json(&all);
+            }
+            for f in all["functions"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<8} {:>6} MiB  {}",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["kind"].as_str().unwrap_or("?"),
+                    f["memory_mib"],
+                    f["target"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Action::Get { name } => {
+            let what = format!("function `{name}`");
+            print_json(&checked(client.get(&format!("/v1/functions/{name}"))?, &what)?.json())
+        }
+        Action::Delete { name } => {
+            let path = format!("/v1/functions/{name}");
+            checked(
+                client.request("DELETE", &path, "text/plain", b"")?,
+                &format!("removing function `{name}`"),
+            )?;
+            println!("removed {name}");
+            Ok(())
+        }
+    }
+}
+
+pub fn sequences(args: SequencesArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    match args.action {
+        SequenceAction::List { json } => {
+            let all = checked(client.get("/v1/sequences")?, "listing sequences")?.json();
+            if json {
+                return print_json(&all);
+            }
+            for s in all["sequences"].as_array().into_iter().flatten() {
+                let steps: Vec<&str> = s["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<24} {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    steps.join(" → ")
+                );
+            }
+            Ok(())
+        }
+        SequenceAction::Get { name } => {
+            let what = format!("sequence `{name}`");
+            print_json(&checked(client.get(&format!("/v1/sequences/{name}"))?, &what)?.json())
+        }
+        SequenceAction::Put { name, steps } => {
+            let body = json!({ "steps": steps }).to_string();
+            checked(
+                client.request(
+                    "POST",
+                    &format!("/v1/sequences/{name}"),
+                    "application/json",
+                    body.as_bytes(),
+                )?,
+                &format!("declaring sequence `{name}`"),
+            )?;
+            println!("declared {name}: {}", steps.join(" → "));
+            Ok(())
+        }
+        SequenceAction::Delete { name } => {
+            let path = format!("/v1/sequences/{name}");
+            checked(
+                client.request("DELETE", &path, "text/plain", b"")?,
+                &format!("removing sequence `{name}`"),
+            )?;
+            println!("removed {name}");
+            Ok(())
+        }
+    }
+}

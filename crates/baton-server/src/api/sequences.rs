@@ -1,0 +1,91 @@
+//! Sequences: a named list of functions, invoked like a function (`/v1/sequences`).
+
+use super::{error, internal, Shared};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceBody {
+    steps: Vec<String>,
+}
+
+/// `POST /v1/sequences/{name}`: declares (or replaces) a sequence of deployed functions.
+pub(super) async fn put(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: SequenceBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    if body.steps.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "`steps` is empty");
+    }
+    if let Some(unknown) = body
+        .steps
+        .iter()
+        .find(|s| state.director.pool().spec(s).is_none())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("step `{unknown}` is not a deployed function"),
+        );
+    }
+    if state.director.pool().spec(&name).is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("`{name}` is already a function"),
+        );
+    }
+    if let Err(e) = state.store.put_sequence(&name, &body.steps) {
+        return internal(e);
+    }
+    state.director.declare_sequence(&name, body.steps.clone());
+    (
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "steps": body.steps })),
+    )
+        .into_response()
+}
+
+/// `GET /v1/sequences`.
+pub(super) async fn list(State(state): State<Shared>) -> Response {
+    let sequences: Vec<Value> = state
+        .director
+        .sequences()
+        .into_iter()
+        .map(|(name, steps)| json!({ "name": name, "steps": steps }))
+        .collect();
+    Json(json!({ "sequences": sequences })).into_response()
+}
+
+/// `GET /v1/sequences/{name}`.
+pub(super) async fn get(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match state
+        .director
+        .sequences()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+    {
+        Some((name, steps)) => Json(json!({ "name": name, "steps": steps })).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown sequence `{name}`")),
+    }
+}
+
+/// `DELETE /v1/sequences/{name}`: the sequence goes; its functions stay.
+pub(super) async fn delete(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    if !state.director.remove_sequence(&name) {
+        return error(StatusCode::NOT_FOUND, format!("unknown sequence `{name}`"));
+    }
+    match state.store.delete_sequence(&name) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(e),
+    }
+}
