@@ -13,7 +13,7 @@ mod server;
 mod sim;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,12 @@ enum Command {
     Top(server::TopArgs),
     /// Run the example order pipeline on an in-process server, pre-warming off then on.
     Demo(demo::DemoArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `baton completions bash > /etc/bash_completion.d/baton`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Measure hops and cold starts on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -157,5 +163,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Top(args) => server::top(args),
         Command::Demo(args) => demo::demo(args),
         Command::Doctor(args) => doctor(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -406,6 +406,32 @@ fn sim_compares_every_policy_and_writes_its_reports() {
 }
 
 #[test]
+fn completions_are_printed_for_each_shell() {
+    let bash = baton(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(script.contains("_baton()"), "{script}");
+    for command in ["deploy", "invoke", "functions", "sequences", "sim", "demo"] {
+        assert!(script.contains(command), "{command}");
+    }
+    // bash itself reads it without complaint.
+    let checked = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .expect("bash");
+    assert!(checked.success());
+    for shell in ["zsh", "fish"] {
+        let output = baton(&["completions", shell]);
+        assert!(
+            output.status.success() && !output.stdout.is_empty(),
+            "{shell}"
+        );
+    }
+    let bad = baton(&["completions", "cmd.exe"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
 fn no_baseline_point_dominates_a_chain_point_on_the_fixture() {
     // The frontier property of issue 12 on a small sweep of the committed fixture: no
     // baseline run has both fewer (or as few) cold starts and less (or as little) idle
