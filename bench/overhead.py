@@ -25,8 +25,12 @@ def main():
     args = ap.parse_args()
     data = tempfile.mkdtemp(prefix="baton-overhead-")
     port = free_port()
+    # Warnings only: the access log (one line per request) is not what is measured, and an
+    # undrained pipe would stall the server.
+    env = dict(os.environ, RUST_LOG="warn")
     server = subprocess.Popen([args.baton, "serve", "--no-auth", "--listen", f"127.0.0.1:{port}",
-                               "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=env)
     try:
         conn = None
         for _ in range(200):

@@ -115,6 +115,20 @@ pub const EXIT_FAILED_THERE: u8 = 4;
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
     let cli = Cli::parse();
+    // RUST_LOG when set; else the server logs each request (`baton::access`) and what
+    // went wrong, and every other command only warnings.
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -510,3 +510,64 @@ fn ids_stay_unique_when_the_server_restarts_as_pid_1() {
         traces.len()
     );
 }
+
+#[test]
+fn the_server_writes_one_access_line_per_request_and_honours_rust_log() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |rust_log: Option<&str>| -> String {
+        let log_path = data.path().join("stderr.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--data-dir",
+            ])
+            .arg(data.path().join("data"))
+            .stderr(Stdio::from(log));
+        command.env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let server = Served(command.spawn().unwrap());
+        let started = Instant::now();
+        let url = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap();
+            if let Some(line) = text.lines().find(|l| l.starts_with("baton listening on ")) {
+                break line
+                    .trim_start_matches("baton listening on ")
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let client = baton_client(&url);
+        assert_eq!(client.get("/v1/functions?secret=1").unwrap().status, 200);
+        assert_eq!(client.get("/v1/nothing").unwrap().status, 404);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(server);
+        std::fs::read_to_string(&log_path).unwrap()
+    };
+    let text = run(None);
+    let access: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("baton::access"))
+        .collect();
+    assert_eq!(access.len(), 2, "{text}");
+    assert!(
+        access[0].contains("method=GET")
+            && access[0].contains("path=/v1/functions")
+            && access[0].contains("status=200"),
+        "{text}"
+    );
+    assert!(!access[0].contains("secret"), "no query in the log: {text}");
+    assert!(access[1].contains("status=404"), "{text}");
+    let quiet = run(Some("baton::access=off"));
+    assert!(!quiet.contains("baton::access"), "{quiet}");
+}

@@ -332,7 +332,7 @@ impl Writer {
                     let flush = |batch: &mut Vec<_>, source: RecordSource| {
                         if !batch.is_empty() {
                             if let Err(error) = store.append(batch, source.as_str()) {
-                                eprintln!("baton: cannot append {} records: {error}", batch.len());
+                                tracing::error!("cannot append {} records: {error}", batch.len());
                             }
                             batch.clear();
                         }
@@ -351,7 +351,7 @@ impl Writer {
                                 let state = match serde_json::to_string(&state) {
                                     Ok(state) => state,
                                     Err(error) => {
-                                        eprintln!("baton: snapshot not serializable: {error}");
+                                        tracing::error!("snapshot not serializable: {error}");
                                         continue;
                                     }
                                 };
@@ -359,7 +359,7 @@ impl Writer {
                                     .last_execution_id()
                                     .and_then(|last| store.save_snapshot(last, &state));
                                 if let Err(error) = saved {
-                                    eprintln!("baton: snapshot failed: {error}");
+                                    tracing::error!("snapshot failed: {error}");
                                 }
                             }
                             Write::Flush(done) => {
@@ -548,7 +548,7 @@ impl RunningServer {
                             let state = Arc::clone(&snapshot_state);
                             let _ = tokio::task::spawn_blocking(move || {
                                 if let Err(error) = snapshot(&state.director, &state.writer) {
-                                    eprintln!("baton: snapshot failed: {error}");
+                                    tracing::error!("snapshot failed: {error}");
                                 }
                             })
                             .await;
@@ -561,7 +561,7 @@ impl RunningServer {
                         .await;
                     snapshots.abort();
                     if let Err(error) = served {
-                        eprintln!("baton: server stopped: {error}");
+                        tracing::error!("server stopped: {error}");
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(5));
@@ -599,7 +599,7 @@ impl RunningServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
             if let Err(error) = self.snapshot() {
-                eprintln!("baton: last snapshot failed: {error}");
+                tracing::error!("last snapshot failed: {error}");
             }
         }
     }
@@ -616,7 +616,7 @@ impl RunningServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
             if let Err(error) = self.snapshot() {
-                eprintln!("baton: last snapshot failed: {error}");
+                tracing::error!("last snapshot failed: {error}");
             }
         }
     }

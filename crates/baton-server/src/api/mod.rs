@@ -89,7 +89,29 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// One line per request on the `baton::access` target (info): method, path (never the
+/// query, which may carry data), status and time taken. `RUST_LOG=baton::access=off`
+/// silences it.
+async fn access_log(request: Request, next: Next) -> Response {
+    if !tracing::enabled!(target: "baton::access", tracing::Level::INFO) {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "baton::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        us = started.elapsed().as_micros() as u64,
+    );
+    response
 }
 
 /// Every 4xx and 5xx answers one JSON body, `{"error": message}`: the framework's own
