@@ -353,7 +353,12 @@ impl WarmPool {
             function: name.to_owned(),
         };
         let mut state = lock(&self.state);
-        state.asked.insert(name.to_owned(), asked);
+        match state.asked.get_mut(name) {
+            Some(at) => *at = asked,
+            None => {
+                state.asked.insert(name.to_owned(), asked);
+            }
+        }
         loop {
             if let Some(list) = state.idle.get_mut(name) {
                 // The executor's rule, as in the simulator: the one due to expire first.
