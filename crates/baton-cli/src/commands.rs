@@ -16,8 +16,15 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct Source {
     /// A state saved by `baton learn --save`.
-    #[arg(long, conflicts_with = "log")]
+    #[arg(long, conflicts_with_all = ["log", "server"])]
     state: Option<PathBuf>,
+    /// Ask a running server instead: http://HOST[:PORT] or HOST:PORT (with neither --state
+    /// nor --log, BATON_SERVER when set).
+    #[arg(long, conflicts_with = "log")]
+    server: Option<String>,
+    /// Bearer token for the server (env BATON_TOKEN).
+    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Logs to learn from instead (plain, .gz or .xz).
     #[arg(long, num_args = 1..)]
     log: Vec<PathBuf>,
@@ -290,7 +297,71 @@ pub struct PredictArgs {
     json: bool,
 }
 
+/// The server to ask: `--server`, else BATON_SERVER when no state or log is given.
+fn server_of(server: &Option<String>, state: &Option<PathBuf>, log: &[PathBuf]) -> Option<String> {
+    server.clone().or_else(|| {
+        (state.is_none() && log.is_empty())
+            .then(|| std::env::var("BATON_SERVER").ok())
+            .flatten()
+            .filter(|s| !s.trim().is_empty())
+    })
+}
+
+/// `text` percent-encoded for a query string (all but unreserved characters).
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `baton predict` against a running server (`GET /v1/predictions`: chains from `from`).
+fn predict_remote(args: &PredictArgs, server: &str) -> Result<()> {
+    anyhow::ensure!(
+        !args.set && args.route.is_none() && args.prev.is_none(),
+        "--set, --route and --prev need --state or --log (a server predicts from a start)"
+    );
+    let from = args.from.as_deref().unwrap_or_default();
+    let client = baton_server::client::Client::new(server, args.source.token.clone())?;
+    let response = crate::server::checked(
+        client.get(&format!(
+            "/v1/predictions?from={}&n={}&depth={}",
+            query_escape(from),
+            args.n,
+            args.depth
+        ))?,
+        &format!("predictions from `{from}`"),
+    )?;
+    let document = response.json();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
+    for chain in document["chains"].as_array().into_iter().flatten() {
+        let tasks: Vec<&str> = chain["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .collect();
+        println!(
+            "{:.4}  {}{}",
+            chain["probability"].as_f64().unwrap_or(0.0),
+            tasks.join(" → "),
+            if chain["ended"] == true { " (end)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
 pub fn predict(args: PredictArgs) -> Result<()> {
+    if let Some(server) = server_of(&args.source.server, &args.source.state, &args.source.log) {
+        return predict_remote(&args, &server);
+    }
     let source = &args.source;
     let snapshot = snapshot_of(
         source.state.as_ref(),
@@ -535,7 +606,8 @@ pub struct GraphArgs {
     /// Leave out edges below this probability.
     #[arg(long, default_value_t = 0.0)]
     min_probability: f64,
-    /// Ask a running server for its graph instead (http://HOST:PORT).
+    /// Ask a running server for its graph instead: http://HOST[:PORT] or HOST:PORT (with
+    /// neither --state nor --log, BATON_SERVER when set).
     #[arg(long, conflicts_with_all = ["state", "log"])]
     server: Option<String>,
     /// Bearer token for --server (env BATON_TOKEN).
@@ -544,7 +616,7 @@ pub struct GraphArgs {
 }
 
 pub fn graph(args: GraphArgs) -> Result<()> {
-    if let Some(server) = &args.server {
+    if let Some(server) = &server_of(&args.server, &args.state, &args.log) {
         let client = baton_server::client::Client::new(server, args.token.clone())?;
         let format = match args.format {
             GraphFormat::Json => "json",
@@ -554,12 +626,7 @@ pub fn graph(args: GraphArgs) -> Result<()> {
             "/v1/graph?format={format}&min_probability={}",
             args.min_probability
         ))?;
-        anyhow::ensure!(
-            response.status == 200,
-            "{server}: HTTP {}: {}",
-            response.status,
-            response.text()
-        );
+        let response = crate::server::checked(response, &format!("the graph of {server}"))?;
         print!("{}", response.text());
         return Ok(());
     }

@@ -370,6 +370,40 @@ fn the_cli_takes_what_people_type_and_says_how_it_ended() {
     );
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("book"), "{text}");
+    // graph and predict ask the server BATON_SERVER names when given no state or log.
+    for _ in 0..3 {
+        ok(&[
+            "invoke",
+            "validate",
+            "--server",
+            &bare,
+            "--data",
+            r#"{"order":2,"item":"book","qty":1,"credit":500}"#,
+        ]);
+    }
+    let started = Instant::now();
+    let predicted = loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["predict", "--from", "validate"])
+            .env("BATON_SERVER", &bare)
+            .output()
+            .unwrap();
+        if output.status.success() {
+            break String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        // Learned when each request has ended; the graph is published shortly after.
+        assert_eq!(output.status.code(), Some(4), "{output:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{output:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(predicted.contains("validate → price"), "{predicted}");
+    let graph = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["graph", "--format", "json"])
+        .env("BATON_SERVER", &bare)
+        .output()
+        .unwrap();
+    let graph: serde_json::Value = serde_json::from_slice(&graph.stdout).unwrap();
+    assert!(graph.to_string().contains("price"), "{graph}");
     // What the server holds, listed, shown and removed.
     let listed = ok(&["functions", "list", "--server", &bare]);
     assert_eq!(listed.lines().count(), 5, "{listed}");
