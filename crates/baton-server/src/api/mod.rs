@@ -1,6 +1,8 @@
 //! The routes (listed in [`ROUTES`] and in `docs/openapi.json`) and their handlers;
-//! sequences' in `sequences`.
+//! functions' in `functions`, sequences' in `sequences`, the graph's and logs' in `learning`.
 
+mod functions;
+mod learning;
 mod sequences;
 
 use crate::{materialize, AppState};
@@ -59,10 +61,12 @@ fn internal(message: impl std::fmt::Display) -> Response {
 pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/metrics", get(metrics))
-        .route("/v1/functions", get(list_functions))
+        .route("/v1/functions", get(functions::list_functions))
         .route(
             "/v1/functions/{name}",
-            put(put_function).get(get_function).delete(delete_function),
+            put(functions::put_function)
+                .get(functions::get_function)
+                .delete(functions::delete_function),
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/invocations/{id}", get(get_invocation))
@@ -73,9 +77,12 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
                 .get(sequences::get)
                 .delete(sequences::delete),
         )
-        .route("/v1/logs", post(ingest_logs).get(recent_logs))
-        .route("/v1/graph", get(graph))
-        .route("/v1/predictions", get(predictions))
+        .route(
+            "/v1/logs",
+            post(learning::ingest_logs).get(learning::recent_logs),
+        )
+        .route("/v1/graph", get(learning::graph))
+        .route("/v1/predictions", get(learning::predictions))
         .route("/v1/pool", get(pool))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
     Router::new()
@@ -168,240 +175,6 @@ async fn auth(State(state): State<Shared>, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
-}
-
-/// What `PUT /v1/functions/{name}` accepts as JSON (raw TOML is accepted too, and then
-/// refused for want of an upload).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployBody {
-    manifest: String,
-    /// A wasm function's module, base64.
-    module_base64: Option<String>,
-    /// A process function's directory as a tar.gz, base64.
-    code_base64: Option<String>,
-}
-
-/// A request refused: the status and the message of its JSON error body.
-type Refusal = (StatusCode, String);
-
-fn decode_base64(field: &str, value: Option<String>) -> Result<Option<Vec<u8>>, Refusal> {
-    value
-        .map(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()))
-        .transpose()
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{field}: {e}")))
-}
-
-/// What a deploy uploads: the bytes the function runs from. Paths in a manifest (`module`,
-/// `workdir`) name files on the client's machine; the server never opens them.
-fn deploy_upload(
-    state: &AppState,
-    spec: &FunctionSpec,
-    module: Option<Vec<u8>>,
-    code: Option<Vec<u8>>,
-) -> Result<Vec<u8>, Refusal> {
-    let bad = |message: &str| Err((StatusCode::BAD_REQUEST, message.to_owned()));
-    match (&spec.kind, module, code) {
-        (FunctionKind::Wasm { .. }, Some(module), None) => Ok(module),
-        (FunctionKind::Wasm { .. }, _, Some(_)) => {
-            bad("`code_base64` is for process functions; a wasm function uploads `module_base64`")
-        }
-        (FunctionKind::Wasm { .. }, None, None) => bad(
-            "a wasm function needs `module_base64`, the module's bytes: the server opens no \
-             path a request names",
-        ),
-        (FunctionKind::Process { .. }, _, _) if !state.allow_process_functions => Err((
-            StatusCode::FORBIDDEN,
-            "process functions are disabled on this server (start it with \
-             --allow-process-functions); wasm functions are always accepted"
-                .to_owned(),
-        )),
-        (FunctionKind::Process { .. }, Some(_), _) => {
-            bad("a module was uploaded for a process function; it uploads `code_base64`")
-        }
-        (FunctionKind::Process { command }, None, Some(code)) => {
-            let program = std::path::Path::new(&command[0]);
-            let inside = program.is_relative()
-                && program
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !inside {
-                return bad(
-                    "`command`'s program must be a name on the server's PATH (`python3`) or a \
-                     path inside the uploaded code, not an absolute path or one with `..`",
-                );
-            }
-            Ok(code)
-        }
-        (FunctionKind::Process { .. }, None, None) => bad(
-            "a process function needs `code_base64`, a tar.gz of its directory (`baton \
-             deploy` packs it): the server opens no path a request names",
-        ),
-    }
-}
-
-async fn put_function(
-    State(state): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let (manifest, module, code) = if is_json {
-        let body: DeployBody = match serde_json::from_slice(&body) {
-            Ok(body) => body,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
-        };
-        let decoded = decode_base64("module_base64", body.module_base64)
-            .and_then(|module| Ok((module, decode_base64("code_base64", body.code_base64)?)));
-        match decoded {
-            Ok((module, code)) => (body.manifest, module, code),
-            Err((status, message)) => return error(status, message),
-        }
-    } else {
-        match String::from_utf8(body.to_vec()) {
-            Ok(text) => (text, None, None),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "the manifest is not UTF-8 TOML"),
-        }
-    };
-    let spec = match FunctionSpec::from_toml(&manifest) {
-        Ok(spec) => spec,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    if spec.name != name {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the manifest names `{}` but the path names `{name}`",
-                spec.name
-            ),
-        );
-    }
-    let node_mib = state.reservations.capacity().memory_mib;
-    if spec.limits.memory_mib > node_mib {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "manifest field `memory_mib`: {} MiB is more than this node gives functions \
-                 ({node_mib} MiB)",
-                spec.limits.memory_mib
-            ),
-        );
-    }
-    let upload = match deploy_upload(&state, &spec, module, code) {
-        Ok(upload) => upload,
-        Err((status, message)) => return error(status, message),
-    };
-    let state2 = Arc::clone(&state);
-    let result =
-        tokio::task::spawn_blocking(move || -> Result<(StatusCode, Value), Box<Response>> {
-            let state = state2;
-            let hash = baton_core::ids::content_key(&upload);
-            // What is uploaded must be usable before it is stored: a broken module or
-            // archive is a 400, not a failure at the first invocation.
-            match &spec.kind {
-                FunctionKind::Wasm { .. } => {
-                    let path = state.dirs.modules.join(format!("{hash}.wasm"));
-                    std::fs::write(&path, &upload).map_err(|e| Box::new(internal(e)))?;
-                    let mut candidate = spec.clone();
-                    candidate.kind = FunctionKind::Wasm { module: path };
-                    state
-                        .engine
-                        .load(&candidate)
-                        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
-                }
-                FunctionKind::Process { .. } => {
-                    let dir = state.dirs.code.join(&hash);
-                    baton_runtime::code::unpack(&upload, &dir).map_err(|e| {
-                        Box::new(match e {
-                            baton_runtime::code::CodeError::Io { .. } => internal(e),
-                            refused => error(StatusCode::BAD_REQUEST, refused.to_string()),
-                        })
-                    })?;
-                }
-            }
-            let existed = state.director.pool().spec(&name).is_some();
-            state
-                .store
-                .put_function(&name, &manifest, Some(&upload))
-                .map_err(|e| Box::new(internal(e)))?;
-            let spec = materialize(&state.store, &state.dirs, &manifest, Some(&hash))
-                .map_err(|e| Box::new(internal(e)))?;
-            state.director.deploy(spec);
-            let status = if existed {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            Ok((
-                status,
-                json!({ "name": name, "module_hash": hash, "replaced": existed }),
-            ))
-        })
-        .await;
-    match result {
-        Ok(Ok((status, body))) => (status, Json(body)).into_response(),
-        Ok(Err(response)) => *response,
-        Err(e) => internal(e),
-    }
-}
-
-fn describe(spec: &FunctionSpec, manifest: Option<String>) -> Value {
-    let (kind, target) = match &spec.kind {
-        FunctionKind::Wasm { module } => ("wasm", module.display().to_string()),
-        FunctionKind::Process { command } => ("process", command.join(" ")),
-    };
-    json!({
-        "name": spec.name,
-        "kind": kind,
-        "target": target,
-        "memory_mib": spec.limits.memory_mib,
-        "cpu_millicores": spec.limits.cpu_millicores,
-        "cores": spec.limits.cores,
-        "net_mbps": spec.limits.net_mbps,
-        "gpu_units": spec.limits.gpu_units,
-        "timeout_ms": spec.timeout_ms,
-        "pure": spec.pure,
-        "services": spec.services,
-        "manifest": manifest,
-    })
-}
-
-async fn list_functions(State(state): State<Shared>) -> Response {
-    let functions: Vec<Value> = state
-        .director
-        .pool()
-        .functions()
-        .iter()
-        .map(|spec| describe(spec, None))
-        .collect();
-    Json(json!({ "functions": functions })).into_response()
-}
-
-async fn get_function(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    let Some(spec) = state.director.pool().spec(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
-    };
-    let manifest = state
-        .store
-        .function(&name)
-        .ok()
-        .flatten()
-        .map(|f| f.manifest);
-    Json(describe(&spec, manifest)).into_response()
-}
-
-async fn delete_function(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    if !state.director.undeploy(&name) {
-        return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
-    }
-    match state.store.delete_function(&name) {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => internal(e),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -668,151 +441,6 @@ async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> 
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown invocation `{id}`")),
         Err(e) => internal(e),
     }
-}
-
-async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {
-    let result = tokio::task::spawn_blocking(move || {
-        let mut report = baton_trace::report::ReadReport::default();
-        let text = body.trim_ascii_start();
-        let is_otlp =
-            text.starts_with(b"{") && text.windows(13).take(4096).any(|w| w == b"resourceSpans");
-        let records = if is_otlp {
-            baton_trace::otlp::read_otlp(
-                "body",
-                &body[..],
-                baton_trace::spans::SpanOptions::default(),
-                &mut report,
-            )
-        } else {
-            let mut records = Vec::new();
-            report = baton_trace::jsonl::read_jsonl("body", &body[..], |r| records.push(r));
-            records
-        };
-        if records.is_empty() {
-            let first = report
-                .errors
-                .first()
-                .map(|e| e.to_string())
-                .or_else(|| report.broken.first().cloned())
-                .unwrap_or_else(|| "no records".into());
-            return (
-                StatusCode::BAD_REQUEST,
-                json!({ "error": format!("nothing to learn: {first}") }),
-            );
-        }
-        let requests = state.director.learn_records(&records);
-        (
-            StatusCode::OK,
-            json!({
-                "format": if is_otlp { "otlp" } else { "jsonl" },
-                "records": records.len(),
-                "requests": requests,
-                "skipped": report.skipped,
-                "errors": report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            }),
-        )
-    })
-    .await;
-    match result {
-        Ok((status, body)) => (status, Json(body)).into_response(),
-        Err(e) => internal(e),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct TailQuery {
-    tail: Option<usize>,
-}
-
-/// The last execution records (default 20, at most 10,000) as schema-v1 JSONL.
-async fn recent_logs(State(state): State<Shared>, Query(query): Query<TailQuery>) -> Response {
-    let n = query.tail.unwrap_or(20).min(10_000);
-    let tail = tokio::task::spawn_blocking(move || {
-        state.writer.flush();
-        state.store.tail(n)
-    })
-    .await;
-    match tail {
-        Ok(Ok(records)) => {
-            let mut out = Vec::new();
-            for record in &records {
-                let _ = record.write_line(&mut out);
-            }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
-        }
-        Ok(Err(e)) => internal(e),
-        Err(e) => internal(e),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct GraphQuery {
-    format: Option<String>,
-    min_probability: Option<f64>,
-}
-
-async fn graph(State(state): State<Shared>, Query(query): Query<GraphQuery>) -> Response {
-    let snapshot = state.director.graph().load();
-    let min = query.min_probability.unwrap_or(0.0);
-    match query.format.as_deref() {
-        None | Some("json") => {
-            Json(baton_trace::render::graph_json(&snapshot, min)).into_response()
-        }
-        Some("dot") => (
-            [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
-            baton_trace::render::graph_dot(&snapshot, min),
-        )
-            .into_response(),
-        Some(other) => error(
-            StatusCode::BAD_REQUEST,
-            format!("format {other:?}: expected json or dot"),
-        ),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct PredictQuery {
-    from: String,
-    n: Option<usize>,
-    depth: Option<usize>,
-}
-
-async fn predictions(State(state): State<Shared>, Query(query): Query<PredictQuery>) -> Response {
-    let snapshot = state.director.graph().load();
-    let Some(task) = snapshot.task_id(&query.from) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("task `{}` is not in the graph", query.from),
-        );
-    };
-    let options = PredictOptions {
-        n: query.n.unwrap_or(5).clamp(1, 100),
-        max_depth: query.depth.unwrap_or(5).clamp(1, 64),
-        ..PredictOptions::default()
-    };
-    let context = PredictContext {
-        route: None,
-        prev: Prev::Start,
-        grand_caller: None,
-        operation: None,
-    };
-    let chains: Vec<Value> = snapshot
-        .predict(task, &context, &options)
-        .iter()
-        .map(|chain| {
-            json!({
-                "tasks": chain.tasks.iter().map(|t| snapshot.task_name(*t)).collect::<Vec<_>>(),
-                "probability": chain.probability,
-                "ended": chain.ended,
-            })
-        })
-        .collect();
-    Json(json!({
-        "from": query.from,
-        "graph_version": snapshot.version(),
-        "chains": chains,
-    }))
-    .into_response()
 }
 
 async fn pool(State(state): State<Shared>) -> Response {

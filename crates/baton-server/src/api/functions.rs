@@ -1,0 +1,244 @@
+//! Functions: deploy (a manifest with its module or its code, staged and checked), list,
+//! describe and remove (`/v1/functions`).
+
+use super::*;
+
+/// What `PUT /v1/functions/{name}` accepts as JSON (raw TOML is accepted too, and then
+/// refused for want of an upload).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeployBody {
+    manifest: String,
+    /// A wasm function's module, base64.
+    module_base64: Option<String>,
+    /// A process function's directory as a tar.gz, base64.
+    code_base64: Option<String>,
+}
+
+/// A request refused: the status and the message of its JSON error body.
+type Refusal = (StatusCode, String);
+
+fn decode_base64(field: &str, value: Option<String>) -> Result<Option<Vec<u8>>, Refusal> {
+    value
+        .map(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()))
+        .transpose()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{field}: {e}")))
+}
+
+/// What a deploy uploads: the bytes the function runs from. Paths in a manifest (`module`,
+/// `workdir`) name files on the client's machine; the server never opens them.
+fn deploy_upload(
+    state: &AppState,
+    spec: &FunctionSpec,
+    module: Option<Vec<u8>>,
+    code: Option<Vec<u8>>,
+) -> Result<Vec<u8>, Refusal> {
+    let bad = |message: &str| Err((StatusCode::BAD_REQUEST, message.to_owned()));
+    match (&spec.kind, module, code) {
+        (FunctionKind::Wasm { .. }, Some(module), None) => Ok(module),
+        (FunctionKind::Wasm { .. }, _, Some(_)) => {
+            bad("`code_base64` is for process functions; a wasm function uploads `module_base64`")
+        }
+        (FunctionKind::Wasm { .. }, None, None) => bad(
+            "a wasm function needs `module_base64`, the module's bytes: the server opens no \
+             path a request names",
+        ),
+        (FunctionKind::Process { .. }, _, _) if !state.allow_process_functions => Err((
+            StatusCode::FORBIDDEN,
+            "process functions are disabled on this server (start it with \
+             --allow-process-functions); wasm functions are always accepted"
+                .to_owned(),
+        )),
+        (FunctionKind::Process { .. }, Some(_), _) => {
+            bad("a module was uploaded for a process function; it uploads `code_base64`")
+        }
+        (FunctionKind::Process { command }, None, Some(code)) => {
+            let program = std::path::Path::new(&command[0]);
+            let inside = program.is_relative()
+                && program
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return bad(
+                    "`command`'s program must be a name on the server's PATH (`python3`) or a \
+                     path inside the uploaded code, not an absolute path or one with `..`",
+                );
+            }
+            Ok(code)
+        }
+        (FunctionKind::Process { .. }, None, None) => bad(
+            "a process function needs `code_base64`, a tar.gz of its directory (`baton \
+             deploy` packs it): the server opens no path a request names",
+        ),
+    }
+}
+
+pub(super) async fn put_function(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (manifest, module, code) = if is_json {
+        let body: DeployBody = match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        };
+        let decoded = decode_base64("module_base64", body.module_base64)
+            .and_then(|module| Ok((module, decode_base64("code_base64", body.code_base64)?)));
+        match decoded {
+            Ok((module, code)) => (body.manifest, module, code),
+            Err((status, message)) => return error(status, message),
+        }
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => (text, None, None),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the manifest is not UTF-8 TOML"),
+        }
+    };
+    let spec = match FunctionSpec::from_toml(&manifest) {
+        Ok(spec) => spec,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if spec.name != name {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the manifest names `{}` but the path names `{name}`",
+                spec.name
+            ),
+        );
+    }
+    let node_mib = state.reservations.capacity().memory_mib;
+    if spec.limits.memory_mib > node_mib {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "manifest field `memory_mib`: {} MiB is more than this node gives functions \
+                 ({node_mib} MiB)",
+                spec.limits.memory_mib
+            ),
+        );
+    }
+    let upload = match deploy_upload(&state, &spec, module, code) {
+        Ok(upload) => upload,
+        Err((status, message)) => return error(status, message),
+    };
+    let state2 = Arc::clone(&state);
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<(StatusCode, Value), Box<Response>> {
+            let state = state2;
+            let hash = baton_core::ids::content_key(&upload);
+            // What is uploaded must be usable before it is stored: a broken module or
+            // archive is a 400, not a failure at the first invocation.
+            match &spec.kind {
+                FunctionKind::Wasm { .. } => {
+                    let path = state.dirs.modules.join(format!("{hash}.wasm"));
+                    std::fs::write(&path, &upload).map_err(|e| Box::new(internal(e)))?;
+                    let mut candidate = spec.clone();
+                    candidate.kind = FunctionKind::Wasm { module: path };
+                    state
+                        .engine
+                        .load(&candidate)
+                        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
+                }
+                FunctionKind::Process { .. } => {
+                    let dir = state.dirs.code.join(&hash);
+                    baton_runtime::code::unpack(&upload, &dir).map_err(|e| {
+                        Box::new(match e {
+                            baton_runtime::code::CodeError::Io { .. } => internal(e),
+                            refused => error(StatusCode::BAD_REQUEST, refused.to_string()),
+                        })
+                    })?;
+                }
+            }
+            let existed = state.director.pool().spec(&name).is_some();
+            state
+                .store
+                .put_function(&name, &manifest, Some(&upload))
+                .map_err(|e| Box::new(internal(e)))?;
+            let spec = materialize(&state.store, &state.dirs, &manifest, Some(&hash))
+                .map_err(|e| Box::new(internal(e)))?;
+            state.director.deploy(spec);
+            let status = if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((
+                status,
+                json!({ "name": name, "module_hash": hash, "replaced": existed }),
+            ))
+        })
+        .await;
+    match result {
+        Ok(Ok((status, body))) => (status, Json(body)).into_response(),
+        Ok(Err(response)) => *response,
+        Err(e) => internal(e),
+    }
+}
+
+pub(super) fn describe(spec: &FunctionSpec, manifest: Option<String>) -> Value {
+    let (kind, target) = match &spec.kind {
+        FunctionKind::Wasm { module } => ("wasm", module.display().to_string()),
+        FunctionKind::Process { command } => ("process", command.join(" ")),
+    };
+    json!({
+        "name": spec.name,
+        "kind": kind,
+        "target": target,
+        "memory_mib": spec.limits.memory_mib,
+        "cpu_millicores": spec.limits.cpu_millicores,
+        "cores": spec.limits.cores,
+        "net_mbps": spec.limits.net_mbps,
+        "gpu_units": spec.limits.gpu_units,
+        "timeout_ms": spec.timeout_ms,
+        "pure": spec.pure,
+        "services": spec.services,
+        "manifest": manifest,
+    })
+}
+
+pub(super) async fn list_functions(State(state): State<Shared>) -> Response {
+    let functions: Vec<Value> = state
+        .director
+        .pool()
+        .functions()
+        .iter()
+        .map(|spec| describe(spec, None))
+        .collect();
+    Json(json!({ "functions": functions })).into_response()
+}
+
+pub(super) async fn get_function(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(spec) = state.director.pool().spec(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
+    };
+    let manifest = state
+        .store
+        .function(&name)
+        .ok()
+        .flatten()
+        .map(|f| f.manifest);
+    Json(describe(&spec, manifest)).into_response()
+}
+
+pub(super) async fn delete_function(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Response {
+    if !state.director.undeploy(&name) {
+        return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
+    }
+    match state.store.delete_function(&name) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => internal(e),
+    }
+}

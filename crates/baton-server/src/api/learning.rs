@@ -1,0 +1,158 @@
+//! What the graph learns and tells: foreign logs in, the latest records, the graph and the
+//! predictions from a task (`/v1/logs`, `/v1/graph`, `/v1/predictions`).
+
+use super::*;
+
+pub(super) async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {
+    let result = tokio::task::spawn_blocking(move || {
+        let mut report = baton_trace::report::ReadReport::default();
+        let text = body.trim_ascii_start();
+        let is_otlp =
+            text.starts_with(b"{") && text.windows(13).take(4096).any(|w| w == b"resourceSpans");
+        let records = if is_otlp {
+            baton_trace::otlp::read_otlp(
+                "body",
+                &body[..],
+                baton_trace::spans::SpanOptions::default(),
+                &mut report,
+            )
+        } else {
+            let mut records = Vec::new();
+            report = baton_trace::jsonl::read_jsonl("body", &body[..], |r| records.push(r));
+            records
+        };
+        if records.is_empty() {
+            let first = report
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .or_else(|| report.broken.first().cloned())
+                .unwrap_or_else(|| "no records".into());
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("nothing to learn: {first}") }),
+            );
+        }
+        let requests = state.director.learn_records(&records);
+        (
+            StatusCode::OK,
+            json!({
+                "format": if is_otlp { "otlp" } else { "jsonl" },
+                "records": records.len(),
+                "requests": requests,
+                "skipped": report.skipped,
+                "errors": report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        )
+    })
+    .await;
+    match result {
+        Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct TailQuery {
+    tail: Option<usize>,
+}
+
+/// The last execution records (default 20, at most 10,000) as schema-v1 JSONL.
+pub(super) async fn recent_logs(
+    State(state): State<Shared>,
+    Query(query): Query<TailQuery>,
+) -> Response {
+    let n = query.tail.unwrap_or(20).min(10_000);
+    let tail = tokio::task::spawn_blocking(move || {
+        state.writer.flush();
+        state.store.tail(n)
+    })
+    .await;
+    match tail {
+        Ok(Ok(records)) => {
+            let mut out = Vec::new();
+            for record in &records {
+                let _ = record.write_line(&mut out);
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct GraphQuery {
+    format: Option<String>,
+    min_probability: Option<f64>,
+}
+
+pub(super) async fn graph(
+    State(state): State<Shared>,
+    Query(query): Query<GraphQuery>,
+) -> Response {
+    let snapshot = state.director.graph().load();
+    let min = query.min_probability.unwrap_or(0.0);
+    match query.format.as_deref() {
+        None | Some("json") => {
+            Json(baton_trace::render::graph_json(&snapshot, min)).into_response()
+        }
+        Some("dot") => (
+            [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+            baton_trace::render::graph_dot(&snapshot, min),
+        )
+            .into_response(),
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: expected json or dot"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PredictQuery {
+    from: String,
+    n: Option<usize>,
+    depth: Option<usize>,
+}
+
+pub(super) async fn predictions(
+    State(state): State<Shared>,
+    Query(query): Query<PredictQuery>,
+) -> Response {
+    let snapshot = state.director.graph().load();
+    let Some(task) = snapshot.task_id(&query.from) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("task `{}` is not in the graph", query.from),
+        );
+    };
+    let options = PredictOptions {
+        n: query.n.unwrap_or(5).clamp(1, 100),
+        max_depth: query.depth.unwrap_or(5).clamp(1, 64),
+        ..PredictOptions::default()
+    };
+    let context = PredictContext {
+        route: None,
+        prev: Prev::Start,
+        grand_caller: None,
+        operation: None,
+    };
+    let chains: Vec<Value> = snapshot
+        .predict(task, &context, &options)
+        .iter()
+        .map(|chain| {
+            json!({
+                "tasks": chain.tasks.iter().map(|t| snapshot.task_name(*t)).collect::<Vec<_>>(),
+                "probability": chain.probability,
+                "ended": chain.ended,
+            })
+        })
+        .collect();
+    Json(json!({
+        "from": query.from,
+        "graph_version": snapshot.version(),
+        "chains": chains,
+    }))
+    .into_response()
+}
