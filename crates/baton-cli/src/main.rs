@@ -54,6 +54,8 @@ enum Command {
     Functions(manage::FunctionsArgs),
     /// List, show, declare or remove a server's sequences.
     Sequences(manage::SequencesArgs),
+    /// Show how an asynchronous invocation went.
+    Invocations(manage::InvocationsArgs),
     /// Show a server's latest execution records, or send it logs to learn.
     Logs(server::LogsArgs),
     /// Live view of a server's warm instances, reservations and hit rate.
@@ -173,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Invoke(args) => server::invoke(args),
         Command::Functions(args) => manage::functions(args),
         Command::Sequences(args) => manage::sequences(args),
+        Command::Invocations(args) => manage::invocations(args),
         Command::Logs(args) => server::logs(args),
         Command::Top(args) => server::top(args),
         Command::Demo(args) => demo::demo(args),

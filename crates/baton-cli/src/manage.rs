@@ -1,4 +1,5 @@
-//! `baton functions` and `baton sequences`: what a server holds, listed, shown and removed.
+//! `baton functions`, `baton sequences` and `baton invocations`: what a server holds, listed,
+//! shown and removed, and how an asynchronous invocation went.
 
 use crate::server::{checked, Remote};
 use anyhow::Result;
@@ -21,6 +22,22 @@ pub struct SequencesArgs {
     action: SequenceAction,
     #[command(flatten)]
     remote: Remote,
+}
+
+/// `baton invocations ...`.
+#[derive(Debug, Args)]
+pub struct InvocationsArgs {
+    #[command(subcommand)]
+    action: InvocationAction,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+enum InvocationAction {
+    /// An asynchronous invocation (`baton invoke --async` printed its id): its state and,
+    /// once done, its output, as JSON.
+    Get { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +164,16 @@ pub fn sequences(args: SequencesArgs) -> Result<()> {
             )?;
             println!("removed {name}");
             Ok(())
+        }
+    }
+}
+
+pub fn invocations(args: InvocationsArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    match args.action {
+        InvocationAction::Get { id } => {
+            let what = format!("invocation `{id}`");
+            print_json(&checked(client.get(&format!("/v1/invocations/{id}"))?, &what)?.json())
         }
     }
 }

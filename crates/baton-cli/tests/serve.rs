@@ -430,6 +430,40 @@ fn the_cli_takes_what_people_type_and_says_how_it_ended() {
     ok(&["functions", "delete", "reject", "--server", &bare]);
     let output = baton(&["functions", "get", "reject", "--server", &bare]);
     assert_eq!(output.status.code(), Some(4), "gone");
+    // An asynchronous invocation, followed by its id.
+    let id = ok(&[
+        "invoke",
+        "validate",
+        "--async",
+        "--server",
+        &bare,
+        "--data",
+        r#"{"order":3,"item":"book","qty":1,"credit":500}"#,
+    ]);
+    let id = id.trim();
+    let started = Instant::now();
+    loop {
+        let got: serde_json::Value =
+            serde_json::from_str(&ok(&["invocations", "get", id, "--server", &bare])).unwrap();
+        if got["state"] == "succeeded" {
+            assert!(
+                got["response"]["output"].as_str().unwrap().contains("book"),
+                "{got}"
+            );
+            break;
+        }
+        assert_ne!(got["state"], "failed", "{got}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{got}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = baton(&[
+        "invocations",
+        "get",
+        "0190aaaa-0000-7000-8000-000000000000",
+        "--server",
+        &bare,
+    ]);
+    assert_eq!(output.status.code(), Some(4), "unknown id");
     // A name the server does not know: it answered, so 4, not 1 or 3.
     let output = baton(&["invoke", "nothing-here", "--server", &bare]);
     assert_eq!(output.status.code(), Some(4));
