@@ -308,7 +308,7 @@ fn server_of(server: &Option<String>, state: &Option<PathBuf>, log: &[PathBuf]) 
 }
 
 /// `text` percent-encoded for a query string (all but unreserved characters).
-fn query_escape(text: &str) -> String {
+pub(crate) fn query_escape(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

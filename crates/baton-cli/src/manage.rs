@@ -35,6 +35,18 @@ pub struct InvocationsArgs {
 
 #[derive(Debug, Subcommand)]
 enum InvocationAction {
+    /// The latest asynchronous invocations, newest first: id, state, function.
+    List {
+        /// Only this function's (or sequence's).
+        #[arg(long)]
+        function: Option<String>,
+        /// How many (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the server's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// An asynchronous invocation (`baton invoke --async` printed its id): its state and,
     /// once done, its output, as JSON.
     Get { id: String },
@@ -171,6 +183,34 @@ pub fn sequences(args: SequencesArgs) -> Result<()> {
 pub fn invocations(args: InvocationsArgs) -> Result<()> {
     let client = args.remote.client()?;
     match args.action {
+        InvocationAction::List {
+            function,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/v1/invocations?limit={limit}");
+            if let Some(function) = &function {
+                path.push_str("&function=");
+                path.push_str(&crate::commands::query_escape(function));
+            }
+            let all = checked(client.get(&path)?, "listing invocations")?.json();
+            if json {
+                return print_json(&all);
+            }
+            for i in all["invocations"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<9} {}{}",
+                    i["id"].as_str().unwrap_or("?"),
+                    i["state"].as_str().unwrap_or("?"),
+                    i["function"].as_str().unwrap_or("?"),
+                    i["error"]
+                        .as_str()
+                        .map(|e| format!("  ({e})"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
         InvocationAction::Get { id } => {
             let what = format!("invocation `{id}`");
             print_json(&checked(client.get(&format!("/v1/invocations/{id}"))?, &what)?.json())

@@ -456,6 +456,27 @@ fn the_cli_takes_what_people_type_and_says_how_it_ended() {
         assert!(started.elapsed() < Duration::from_secs(20), "{got}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let listed = ok(&[
+        "invocations",
+        "list",
+        "--function",
+        "validate",
+        "--server",
+        &bare,
+    ]);
+    assert!(
+        listed.contains(id) && listed.contains("succeeded"),
+        "{listed}"
+    );
+    assert!(ok(&[
+        "invocations",
+        "list",
+        "--function",
+        "price",
+        "--server",
+        &bare
+    ])
+    .is_empty());
     let output = baton(&[
         "invocations",
         "get",

@@ -461,6 +461,24 @@ impl Store {
             .optional()?)
     }
 
+    /// The latest `limit` invocations, newest first, of `function` when given (their
+    /// payloads and responses left out: ids, states and times only).
+    pub fn recent_invocations(
+        &self,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredInvocation>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, function, state, X'', NULL, error, created_ns, pure
+             FROM invocations WHERE ?1 IS NULL OR function = ?1
+             ORDER BY created_ns DESC, id DESC LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(rusqlite::params![function, limit], row_invocation)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Invocations accepted but not finished (after a crash: those the server never
     /// completed).
     pub fn unfinished_invocations(&self) -> Result<Vec<StoredInvocation>, StoreError> {
@@ -542,6 +560,25 @@ mod tests {
             .set_invocation("i1", "succeeded", Some("{}"), None)
             .unwrap();
         assert!(store.unfinished_invocations().unwrap().is_empty());
+        let recent = store.recent_invocations(None, 10).unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            (recent[0].id.as_str(), recent[0].state.as_str()),
+            ("i1", "succeeded")
+        );
+        assert!(recent[0].payload.is_empty() && recent[0].response.is_none());
+        assert_eq!(
+            store
+                .recent_invocations(Some(&recent[0].function), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .recent_invocations(Some("nobody"), 10)
+            .unwrap()
+            .is_empty());
+        assert!(store.recent_invocations(None, 0).unwrap().is_empty());
         // The module is shared: deleting one user keeps it, deleting both drops it.
         store.delete_function("a").unwrap();
         assert!(store.module(&hash).unwrap().is_some());

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/functions/{name}"),
     ("DELETE", "/v1/functions/{name}"),
     ("POST", "/v1/functions/{name}/invoke"),
+    ("GET", "/v1/invocations"),
     ("GET", "/v1/invocations/{id}"),
     ("POST", "/v1/sequences/{name}"),
     ("GET", "/v1/sequences/{name}"),
@@ -69,6 +70,7 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
                 .delete(functions::delete_function),
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/invocations", get(list_invocations))
         .route("/v1/invocations/{id}", get(get_invocation))
         .route("/v1/sequences", get(sequences::list))
         .route(
@@ -419,6 +421,45 @@ async fn invoke(
         response.headers_mut().insert("traceparent", value);
     }
     response
+}
+
+#[derive(Debug, Deserialize)]
+struct InvocationsQuery {
+    function: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most invocations listed at once.
+const MAX_LISTED: usize = 1000;
+
+/// `GET /v1/invocations`: the latest asynchronous invocations, newest first (ids, states,
+/// times; `GET /v1/invocations/{id}` has the response).
+async fn list_invocations(
+    State(state): State<Shared>,
+    Query(query): Query<InvocationsQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(50).min(MAX_LISTED);
+    match state
+        .store
+        .recent_invocations(query.function.as_deref(), limit)
+    {
+        Ok(list) => {
+            let invocations: Vec<Value> = list
+                .into_iter()
+                .map(|i| {
+                    json!({
+                        "id": i.id,
+                        "function": i.function,
+                        "state": i.state,
+                        "error": i.error,
+                        "created_ns": i.created_ns,
+                    })
+                })
+                .collect();
+            Json(json!({ "invocations": invocations })).into_response()
+        }
+        Err(e) => internal(e),
+    }
 }
 
 async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> Response {
