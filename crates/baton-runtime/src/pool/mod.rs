@@ -545,6 +545,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_asking_for_a_worker_is_remembered_for_pre_warms_due_at_once() {
+        // A program that exits at once: the request fails, but it did ask.
+        let spec = FunctionSpec::from_toml(
+            "name = \"f\"\nkind = \"process\"\ncommand = [\"true\"]\ntemplate = false\ntimeout_ms = 2000\n",
+        )
+        .unwrap();
+        let pool = WarmPool::new(vec![spec], Isolation::none());
+        let before = Instant::now();
+        assert!(!pool.asked_since("f", before));
+        assert!(pool.take("f").is_err());
+        assert!(pool.asked_since("f", before), "asked after `before`");
+        assert!(!pool.asked_since("f", Instant::now()), "not after now");
+        assert!(!pool.asked_since("g", before), "another function");
+        // An unknown function is refused before it counts as asked.
+        assert!(pool.take("g").is_err());
+        assert!(!pool.asked_since("g", before));
+    }
+
+    #[test]
     fn the_cold_start_estimate_is_the_tail_of_the_recent_starts() {
         let pool = WarmPool::new(Vec::new(), Isolation::none());
         assert_eq!(pool.cold_start_estimate("f"), None);
