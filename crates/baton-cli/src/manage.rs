@@ -3,6 +3,7 @@
 
 use crate::server::{checked, Remote};
 use anyhow::Result;
+use baton_server::client::Client;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -92,6 +93,18 @@ fn print_json(value: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Prints what `GET path` answers, as JSON.
+fn show(client: &Client, path: &str, what: &str) -> Result<()> {
+    print_json(&checked(client.get(path)?, what)?.json())
+}
+
+/// `DELETE path`, then says `removed name`.
+fn remove(client: &Client, path: &str, what: &str, name: &str) -> Result<()> {
+    checked(client.request("DELETE", path, "text/plain", b"")?, what)?;
+    println!("removed {name}");
+    Ok(())
+}
+
 pub fn functions(args: FunctionsArgs) -> Result<()> {
     let client = args.remote.client()?;
     match args.action {
@@ -111,19 +124,17 @@ pub fn functions(args: FunctionsArgs) -> Result<()> {
             }
             Ok(())
         }
-        Action::Get { name } => {
-            let what = format!("function `{name}`");
-            print_json(&checked(client.get(&format!("/v1/functions/{name}"))?, &what)?.json())
-        }
-        Action::Delete { name } => {
-            let path = format!("/v1/functions/{name}");
-            checked(
-                client.request("DELETE", &path, "text/plain", b"")?,
-                &format!("removing function `{name}`"),
-            )?;
-            println!("removed {name}");
-            Ok(())
-        }
+        Action::Get { name } => show(
+            &client,
+            &format!("/v1/functions/{name}"),
+            &format!("function `{name}`"),
+        ),
+        Action::Delete { name } => remove(
+            &client,
+            &format!("/v1/functions/{name}"),
+            &format!("removing function `{name}`"),
+            &name,
+        ),
     }
 }
 
@@ -150,10 +161,11 @@ pub fn sequences(args: SequencesArgs) -> Result<()> {
             }
             Ok(())
         }
-        SequenceAction::Get { name } => {
-            let what = format!("sequence `{name}`");
-            print_json(&checked(client.get(&format!("/v1/sequences/{name}"))?, &what)?.json())
-        }
+        SequenceAction::Get { name } => show(
+            &client,
+            &format!("/v1/sequences/{name}"),
+            &format!("sequence `{name}`"),
+        ),
         SequenceAction::Put { name, steps } => {
             let body = json!({ "steps": steps }).to_string();
             checked(
@@ -168,15 +180,12 @@ pub fn sequences(args: SequencesArgs) -> Result<()> {
             println!("declared {name}: {}", steps.join(" → "));
             Ok(())
         }
-        SequenceAction::Delete { name } => {
-            let path = format!("/v1/sequences/{name}");
-            checked(
-                client.request("DELETE", &path, "text/plain", b"")?,
-                &format!("removing sequence `{name}`"),
-            )?;
-            println!("removed {name}");
-            Ok(())
-        }
+        SequenceAction::Delete { name } => remove(
+            &client,
+            &format!("/v1/sequences/{name}"),
+            &format!("removing sequence `{name}`"),
+            &name,
+        ),
     }
 }
 
@@ -211,9 +220,10 @@ pub fn invocations(args: InvocationsArgs) -> Result<()> {
             }
             Ok(())
         }
-        InvocationAction::Get { id } => {
-            let what = format!("invocation `{id}`");
-            print_json(&checked(client.get(&format!("/v1/invocations/{id}"))?, &what)?.json())
-        }
+        InvocationAction::Get { id } => show(
+            &client,
+            &format!("/v1/invocations/{id}"),
+            &format!("invocation `{id}`"),
+        ),
     }
 }

@@ -137,10 +137,16 @@ impl IdleModel {
     }
 
     /// An instance of `task` finished at `at_us`; a fixed keep-alive would keep it
-    /// `keep_us`; a new instance takes `start_us` from its start until it is ready (its
-    /// memory is held from then: a re-warm's cost). What to do instead (see the module
-    /// docs).
-    pub fn after_end(&mut self, task: TaskId, at_us: u64, keep_us: u64, start_us: u64) -> Warmth {
+    /// `keep_us`; a new instance takes `start_us()` from its start until it is ready (its
+    /// memory is held from then: a re-warm's cost; asked only when the choice is made
+    /// again). What to do instead (see the module docs).
+    pub fn after_end(
+        &mut self,
+        task: TaskId,
+        at_us: u64,
+        keep_us: u64,
+        start_us: impl FnOnce() -> u64,
+    ) -> Warmth {
         let idle = self.task(task);
         idle.last_end_us = Some(at_us);
         idle.running = idle.running.saturating_sub(1);
@@ -158,7 +164,7 @@ impl IdleModel {
                 return warmth;
             }
         }
-        let warmth = choose(&idle.gaps, keep_us, start_us);
+        let warmth = choose(&idle.gaps, keep_us, start_us());
         idle.chosen = Some((keep_us, warmth));
         idle.new_gaps = 0;
         warmth
@@ -232,6 +238,14 @@ impl Dist {
         self.groups.partition_point(|g| g.mid <= v)
     }
 
+    /// For a keep `k` and a window `[r, h]`: the groups `..a` are kept, `j..e` are served
+    /// by the window (a value in `[r, h]`), the rest are cold.
+    fn regions(&self, k: f64, r: f64, h: f64) -> (usize, usize, usize) {
+        let a = self.upto(k);
+        let j = self.groups.partition_point(|g| g.mid < r).max(a);
+        (a, j, self.upto(h).max(j))
+    }
+
     /// The weight of gaps left cold and the weighted idle time, for a keep `k` and a
     /// window `[r, h]` (a new instance held from `start` before `r` whenever a gap reaches
     /// `r`).
@@ -244,9 +258,7 @@ impl Dist {
         let Some((r, h)) = window else {
             return (after, kept);
         };
-        // Gaps with a value in [r, h] are served by the window.
-        let j = self.groups.partition_point(|g| g.mid < r).max(a);
-        let e = self.upto(h).max(j);
+        let (_, j, e) = self.regions(k, r, h);
         let warm = self.w[e] - self.w[j];
         let past = total - self.w[e];
         let cold = (self.w[j] - self.w[a]) + past;
@@ -347,10 +359,8 @@ fn choose(gaps: &LogHistogram, keep_us: u64, start_us: u64) -> Warmth {
             rewarm: None,
         };
     };
-    let a = smooth.upto(k);
+    let (a, j, e) = smooth.regions(k, r, h);
     let after = smooth.w[n] - smooth.w[a];
-    let j = smooth.groups.partition_point(|g| g.mid < r).max(a);
-    let e = smooth.upto(h).max(j);
     Warmth {
         keep_us: keep,
         rewarm: Some(Rewarm {
@@ -375,12 +385,12 @@ mod tests {
         let mut model = IdleModel::default();
         let task = TaskId(0);
         let mut now = 1_000 * MS;
-        let _ = model.after_end(task, now, 0, 0);
+        let _ = model.after_end(task, now, 0, || 0);
         for &gap in gaps {
             now += gap;
             model.on_start(task, now);
             now += MS;
-            let _ = model.after_end(task, now, 0, 0);
+            let _ = model.after_end(task, now, 0, || 0);
         }
         (model, now)
     }
@@ -422,7 +432,7 @@ mod tests {
             });
         }
         let (mut model, now) = model_with(&gaps);
-        let warmth = model.after_end(TaskId(0), now, 2_000 * MS, 5 * MS);
+        let warmth = model.after_end(TaskId(0), now, 2_000 * MS, || 5 * MS);
         let rewarm = warmth.rewarm.expect("a re-warm for the next burst");
         assert!(warmth.keep_us < 300 * MS, "{warmth:?}");
         let long: Vec<u64> = gaps.iter().copied().filter(|&g| g > 1_000 * MS).collect();
@@ -460,7 +470,7 @@ mod tests {
         for gaps in &shapes {
             for keep in [0, 50 * MS, 1_000 * MS, 60_000 * MS] {
                 let (mut model, now) = model_with(gaps);
-                let warmth = model.after_end(TaskId(0), now, keep, 0);
+                let warmth = model.after_end(TaskId(0), now, keep, || 0);
                 let fixed = Warmth {
                     keep_us: keep,
                     rewarm: None,
@@ -482,7 +492,7 @@ mod tests {
         // one saves a few ms of memory per gap and costs a start each time.
         let gaps: Vec<u64> = (0..60u64).map(|i| 20 * MS + (i * 53 % 180) * MS).collect();
         let (mut model, now) = model_with(&gaps);
-        let warmth = model.after_end(TaskId(0), now, 2_000 * MS, 5 * MS);
+        let warmth = model.after_end(TaskId(0), now, 2_000 * MS, || 5 * MS);
         assert_eq!(warmth.rewarm, None, "{warmth:?}");
         assert!(warmth.keep_us >= 199 * MS, "{warmth:?}");
     }
@@ -497,10 +507,10 @@ mod tests {
             now += if i % 5 == 4 { 3_000 * MS } else { 50 * MS };
             model.on_start(task, now);
             model.on_start(task, now + MS);
-            let _ = model.after_end(task, now + 2 * MS, 2_000 * MS, 5 * MS);
-            let _ = model.after_end(task, now + 3 * MS, 2_000 * MS, 5 * MS);
+            let _ = model.after_end(task, now + 2 * MS, 2_000 * MS, || 5 * MS);
+            let _ = model.after_end(task, now + 3 * MS, 2_000 * MS, || 5 * MS);
         }
-        let warmth = model.after_end(task, now + 4 * MS, 2_000 * MS, 5 * MS);
+        let warmth = model.after_end(task, now + 4 * MS, 2_000 * MS, || 5 * MS);
         assert_eq!(
             warmth,
             Warmth {
@@ -513,7 +523,7 @@ mod tests {
     #[test]
     fn too_few_gaps_keep_the_fixed_keep_alive() {
         let (mut model, now) = model_with(&[3_000 * MS; 5]);
-        let warmth = model.after_end(TaskId(0), now, 2_000 * MS, 5 * MS);
+        let warmth = model.after_end(TaskId(0), now, 2_000 * MS, || 5 * MS);
         assert_eq!(
             warmth,
             Warmth {
