@@ -3,7 +3,7 @@
 //! each is recorded with its status and reason (a worker forked from its template too),
 //! and the host keeps serving.
 
-mod common;
+use crate::common::{process_spec, wasm_spec};
 use baton_core::policy::TtlPolicy;
 use baton_core::{SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::{Director, DirectorError};
@@ -11,7 +11,6 @@ use baton_runtime::isolation;
 use baton_runtime::pool::WarmPool;
 use baton_runtime::wasm::WasmEngine;
 use baton_trace::schema::Status;
-use common::{process_spec, wasm_spec};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

@@ -1,10 +1,9 @@
 //! Bounded instances: requests beyond a function's `max_instances` wait for a worker to
 //! come back instead of starting more, and every one of them is served.
 
-mod common;
+use crate::common::process_spec;
 use baton_runtime::isolation;
 use baton_runtime::pool::WarmPool;
-use common::process_spec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,12 +1,11 @@
 //! Real worker processes: the Python example worker under this machine's limits.
 //! Which limit mechanism ran is printed (`cargo test -- --nocapture` shows it).
 
-mod common;
+use crate::common::{isolation, python};
 use baton_runtime::isolation::Isolation;
 use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::process::{Worker, WorkerError};
-use common::{isolation, python};
 use std::path::Path;
 
 fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionSpec {

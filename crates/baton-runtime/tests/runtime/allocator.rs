@@ -4,7 +4,7 @@
 //! director and move their bytes at the reserved bandwidth; idle workers over the memory
 //! budget are evicted in the policy's order.
 
-mod common;
+use crate::common::{process_spec, python, wasm_spec};
 use baton_core::policy::{GreedyDualPolicy, TtlPolicy};
 use baton_core::{Costs, ResourcePool, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
@@ -14,7 +14,6 @@ use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::pool::WarmPool;
 use baton_runtime::services::{ServiceSpec, Services};
 use baton_runtime::wasm::WasmEngine;
-use common::{process_spec, python, wasm_spec};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 fn chain_director(functions: Vec<FunctionSpec>, cores: u32) -> (Director, ResourcePool) {
     let detection = isolation::detect();
     eprint!("{detection}");
-    common::predicting_director(functions, detection.isolation(), cores)
+    crate::common::predicting_director(functions, detection.isolation(), cores)
 }
 
 #[test]

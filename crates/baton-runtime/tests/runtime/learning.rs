@@ -2,11 +2,10 @@
 //! learns live equals the graph learned by replaying its records (what a restarted server
 //! does with its log), delays included, even when cold starts made the steps wait.
 
-mod common;
+use crate::common::{isolation, process_spec};
 use baton_core::{Tdg, TdgConfig};
 use baton_trace::requests::{group_requests, TimeWindow};
 use baton_trace::schema::ExecutionRecord;
-use common::{isolation, process_spec};
 use serde_json::Value;
 
 /// The graph by names (node and edge order depends on interning order, which may differ).
@@ -25,7 +24,7 @@ fn a_replayed_log_teaches_the_graph_learned_live() {
     let functions = ["a", "b", "c"]
         .map(|name| process_spec(name, "upper.py", "pure = true\ntimeout_ms = 10000"))
         .to_vec();
-    let (director, _) = common::predicting_director(functions, isolation(), 0);
+    let (director, _) = crate::common::predicting_director(functions, isolation(), 0);
     director.declare_sequence("flow", vec!["a".into(), "b".into(), "c".into()]);
     let mut records: Vec<ExecutionRecord> = Vec::new();
     for payload in ["one", "two", "three"] {

@@ -2,13 +2,12 @@
 //! so its first step is warm; a Python function's template started ahead, so its first
 //! worker is a fork. Which path ran (jail, limits) is printed.
 
-mod common;
+use crate::common::{isolation, process_spec, wasm_spec};
 use baton_core::policy::TtlPolicy;
 use baton_core::{SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
 use baton_runtime::pool::WarmPool;
 use baton_runtime::wasm::WasmEngine;
-use common::{isolation, process_spec, wasm_spec};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,13 +3,12 @@
 //! Which jail and which limits ran is printed; without bubblewrap the jail assertions are
 //! replaced by a loud note (CI installs it, so there the jail is what runs).
 
-mod common;
+use crate::common::{example, isolation, python};
 use baton_runtime::isolation::Isolation;
 use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::process::{Template, Worker, WorkerError};
 use baton_runtime::sandbox::Sandbox;
-use common::{example, isolation, python};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

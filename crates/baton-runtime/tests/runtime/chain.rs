@@ -2,10 +2,9 @@
 //! cold; once learned, the predicted steps are pre-warmed and start warm; a mispredicted
 //! branch falls back to a cold start and is recorded as such; reservations are released.
 
-mod common;
+use crate::common::python;
 use baton_runtime::isolation;
 use baton_runtime::manifest::FunctionSpec;
-use common::python;
 use std::path::Path;
 
 /// A step started the plain way (no template): the test is about prediction hiding whole
@@ -34,7 +33,8 @@ fn learned_chains_start_warm_and_mispredictions_start_cold() {
         step("notify", "", ""),
     ];
     // No keep-alive at all: anything warm was predicted.
-    let (director, reservations) = common::predicting_director(functions, detection.isolation(), 0);
+    let (director, reservations) =
+        crate::common::predicting_director(functions, detection.isolation(), 0);
 
     let first = director.invoke("validate", b"order-1").unwrap();
     assert_eq!(first.output, b"ORDER-1");

@@ -4,7 +4,6 @@
 //! start; a branch never seen falls back to a cold start and is recorded as such; every
 //! record reaches the log file; every reservation is released afterwards.
 
-mod common;
 use baton_runtime::isolation;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::wasm::WasmEngine;
@@ -38,14 +37,15 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     // Plain starts: this test is about prediction hiding whole interpreter starts. Forked
     // from a template a start takes milliseconds, mostly the cgroup migration, whose time
     // swings with the machine's load, so the pre-warm lead learned from it can come short
-    // on a loaded CI machine (`tests/prepare.rs` and `tests/sandbox.rs` test templates).
+    // on a loaded CI machine (`tests/runtime/prepare.rs` and `tests/runtime/sandbox.rs` test templates).
     for spec in &mut functions {
         spec.template = false;
     }
     let cache = tempfile::tempdir().unwrap();
     let engine = Arc::new(WasmEngine::new(cache.path(), 32, 64).unwrap());
     // No keep-alive: any process worker found warm was started by a prediction.
-    let (director, reservations) = common::predicting_director(functions, detection.isolation(), 2);
+    let (director, reservations) =
+        crate::common::predicting_director(functions, detection.isolation(), 2);
     let log = cache.path().join("records.jsonl");
     let director = director
         .with_wasm(engine)
