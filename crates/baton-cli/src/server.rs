@@ -119,6 +119,15 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     allow_process_functions: bool,
+    /// Join a baton cluster through these NATS servers (JetStream on; comma-separated
+    /// `nats://HOST:PORT`): functions, sequences, the learned graph and asynchronous
+    /// invocations are shared with every node. Without it, one node and SQLite only.
+    #[arg(long, env = "BATON_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (letters, digits, `-`, `_`; unique). Default: the
+    /// host's name and the port.
+    #[arg(long, env = "BATON_NODE_NAME", requires = "cluster")]
+    node_name: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -138,6 +147,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.max_body_bytes = args.max_body_mib << 20;
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));
     config.allow_process_functions = args.allow_process_functions;
+    if !args.cluster.is_empty() {
+        config.cluster = Some(baton_server::ClusterConfig {
+            servers: args.cluster.clone(),
+            node: args.node_name.clone().unwrap_or_default(),
+        });
+    }
     let server = RunningServer::start(config)
         .with_context(|| format!("starting the server in {}", args.data_dir.display()))?;
     eprint!("{}", server.detection);
@@ -165,6 +180,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         eprintln!(
             "WARNING: --allow-process-functions without a sandbox (see above): uploaded \
              code runs as this server's user"
+        );
+    }
+    if let Some(node) = server.cluster_node() {
+        eprintln!(
+            "joined the cluster at {} as node {node}",
+            args.cluster.join(",")
         );
     }
     eprintln!(

@@ -11,9 +11,11 @@
 
 mod api;
 pub mod client;
+pub mod cluster;
 pub mod metrics;
 
 pub use api::ROUTES;
+pub use cluster::{ClusterConfig, ClusterError};
 
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec, SpecError};
 use baton_core::{Costs, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig};
@@ -54,6 +56,9 @@ pub struct ServerConfig {
     /// Whether process functions may be deployed over HTTP (their code then arrives as a
     /// tar.gz and runs in the sandbox). Off by default: wasm guests only.
     pub allow_process_functions: bool,
+    /// The NATS cluster to join, if any (`None`: one node, SQLite only). A node without a
+    /// name is named after its host and port.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ServerConfig {
@@ -70,6 +75,7 @@ impl ServerConfig {
             queue_depth: 64,
             snapshot_every: Duration::from_secs(30),
             allow_process_functions: false,
+            cluster: None,
         }
     }
 }
@@ -103,6 +109,9 @@ pub enum ServerError {
     /// The stored state does not load.
     #[error("restoring: {0}")]
     Restore(String),
+    /// The cluster could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -146,6 +155,7 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) detection: IsolationDetection,
     pub(crate) policy: PolicySpec,
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -419,6 +429,30 @@ impl RunningServer {
         for dir in [&dirs.modules, &dirs.code] {
             std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
         }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("baton-http")
+            .build()
+            .map_err(io("cannot start the HTTP runtime"))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.listen))
+            .map_err(io(format!("cannot listen on {}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("cannot read the listening address"))?;
+        // Joined before anything is restored: a node that cannot reach its cluster does
+        // not serve a stale view of it.
+        let cluster = match &config.cluster {
+            Some(wanted) => {
+                let mut wanted = wanted.clone();
+                if wanted.node.is_empty() {
+                    wanted.node = cluster::default_node_name(addr.port());
+                }
+                Some(Arc::new(runtime.block_on(cluster::Cluster::join(&wanted))?))
+            }
+            None => None,
+        };
         let store = Arc::new(Store::open(&data_dir.join("baton.db"))?);
         let mut restored = Restored::default();
         let tdg = restore_learner(&store, &mut restored)?;
@@ -466,11 +500,17 @@ impl RunningServer {
         let writer =
             Writer::start(Arc::clone(&store)).map_err(io("cannot start the store writer"))?;
         let sink_writer = writer.clone();
+        let sink_cluster = cluster.clone();
         let director = Director::new(pool, tdg, graph, policy)
             .with_wasm(Arc::clone(&engine))
             .with_reservations(reservations.clone())
             .with_sink(Box::new(move |records, source: RecordSource| {
                 sink_writer.records(records, source);
+                // What this node ran is the cluster's to learn; what it learned from
+                // others (or ingested) is not sent back.
+                if let (Some(cluster), RecordSource::Baton) = (&sink_cluster, source) {
+                    cluster.publish_records(records);
+                }
             }))
             .into_shared()
             .map_err(io("cannot start the allocator"))?;
@@ -495,20 +535,12 @@ impl RunningServer {
             metrics: Metrics::default(),
             detection: detection.clone(),
             policy: config.policy,
+            cluster,
         });
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .thread_name("baton-http")
-            .build()
-            .map_err(io("cannot start the HTTP runtime"))?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(config.listen))
-            .map_err(io(format!("cannot listen on {}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(io("cannot read the listening address"))?;
+        // The cluster's watchers, record streams and invocation workers; asynchronous
+        // invocations run on at most twice the cores at once on this node.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        cluster::Cluster::start(&state, runtime.handle(), 2 * cores);
 
         // Asynchronous invocations a crash interrupted.
         for pending in state.store.unfinished_invocations()? {
@@ -581,6 +613,16 @@ impl RunningServer {
     /// The director (tests and the demo read its counters).
     pub fn director(&self) -> &Arc<Director> {
         &self.state.director
+    }
+
+    /// This node's name in its cluster, if it joined one.
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.state.cluster.as_deref().map(|c| c.node.as_str())
+    }
+
+    /// What the cluster did on this node, if it joined one.
+    pub fn cluster_counters(&self) -> Option<&cluster::ClusterCounters> {
+        self.state.cluster.as_deref().map(|c| &c.counters)
     }
 
     /// The server's metrics.

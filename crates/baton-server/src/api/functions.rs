@@ -113,73 +113,107 @@ pub(super) async fn put_function(
             ),
         );
     }
+    let upload = match check_upload(&state, &spec, module, code) {
+        Ok(upload) => upload,
+        Err((status, message)) => return error(status, message),
+    };
+    let state2 = Arc::clone(&state);
+    let installed =
+        tokio::task::spawn_blocking(move || install(&state2, &manifest, spec, upload)).await;
+    let (hash, existed, upload, manifest) = match installed {
+        Ok(Ok(installed)) => installed,
+        Ok(Err((status, message))) => return error(status, message),
+        Err(e) => return internal(e),
+    };
+    if let Some(cluster) = &state.cluster {
+        // Shared after it works here: a deploy the cluster sees is one that loads.
+        if let Err(e) = cluster
+            .share_function(&name, &manifest, &hash, upload)
+            .await
+        {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("`{name}` is deployed on this node but not shared with the cluster: {e}"),
+            );
+        }
+    }
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (
+        status,
+        Json(json!({ "name": name, "module_hash": hash, "replaced": existed })),
+    )
+        .into_response()
+}
+
+/// What a deploy must carry before anything is written: the upload its kind needs, a
+/// memory limit this node can give.
+pub(crate) fn check_upload(
+    state: &AppState,
+    spec: &FunctionSpec,
+    module: Option<Vec<u8>>,
+    code: Option<Vec<u8>>,
+) -> Result<Vec<u8>, Refusal> {
     let node_mib = state.reservations.capacity().memory_mib;
     if spec.limits.memory_mib > node_mib {
-        return error(
+        return Err((
             StatusCode::BAD_REQUEST,
             format!(
                 "manifest field `memory_mib`: {} MiB is more than this node gives functions \
                  ({node_mib} MiB)",
                 spec.limits.memory_mib
             ),
-        );
+        ));
     }
-    let upload = match deploy_upload(&state, &spec, module, code) {
-        Ok(upload) => upload,
-        Err((status, message)) => return error(status, message),
-    };
-    let state2 = Arc::clone(&state);
-    let result =
-        tokio::task::spawn_blocking(move || -> Result<(StatusCode, Value), Box<Response>> {
-            let state = state2;
-            let hash = baton_core::ids::content_key(&upload);
-            // What is uploaded must be usable before it is stored: a broken module or
-            // archive is a 400, not a failure at the first invocation.
-            match &spec.kind {
-                FunctionKind::Wasm { .. } => {
-                    let path = state.dirs.modules.join(format!("{hash}.wasm"));
-                    std::fs::write(&path, &upload).map_err(|e| Box::new(internal(e)))?;
-                    let mut candidate = spec.clone();
-                    candidate.kind = FunctionKind::Wasm { module: path };
-                    state
-                        .engine
-                        .load(&candidate)
-                        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
-                }
-                FunctionKind::Process { .. } => {
-                    let dir = state.dirs.code.join(&hash);
-                    baton_runtime::code::unpack(&upload, &dir).map_err(|e| {
-                        Box::new(match e {
-                            baton_runtime::code::CodeError::Io { .. } => internal(e),
-                            refused => error(StatusCode::BAD_REQUEST, refused.to_string()),
-                        })
-                    })?;
-                }
-            }
-            let existed = state.director.pool().spec(&name).is_some();
+    deploy_upload(state, spec, module, code)
+}
+
+/// Stages an upload, checks that it loads, stores the function and deploys it (blocking:
+/// compiling a module takes milliseconds). The deploy handler and the cluster's registry
+/// watcher both come here. Returns the upload's content key, whether the function
+/// replaced one, and the upload and manifest back (the cluster shares them).
+pub(crate) fn install(
+    state: &AppState,
+    manifest: &str,
+    spec: FunctionSpec,
+    upload: Vec<u8>,
+) -> Result<(String, bool, Vec<u8>, String), Refusal> {
+    let server = |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let hash = baton_core::ids::content_key(&upload);
+    // What is uploaded must be usable before it is stored: a broken module or archive is
+    // a 400, not a failure at the first invocation.
+    match &spec.kind {
+        FunctionKind::Wasm { .. } => {
+            let path = state.dirs.modules.join(format!("{hash}.wasm"));
+            std::fs::write(&path, &upload).map_err(|e| server(&e))?;
+            let mut candidate = spec.clone();
+            candidate.kind = FunctionKind::Wasm { module: path };
             state
-                .store
-                .put_function(&name, &manifest, Some(&upload))
-                .map_err(|e| Box::new(internal(e)))?;
-            let spec = materialize(&state.store, &state.dirs, &manifest, Some(&hash))
-                .map_err(|e| Box::new(internal(e)))?;
-            state.director.deploy(spec);
-            let status = if existed {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            Ok((
-                status,
-                json!({ "name": name, "module_hash": hash, "replaced": existed }),
-            ))
-        })
-        .await;
-    match result {
-        Ok(Ok((status, body))) => (status, Json(body)).into_response(),
-        Ok(Err(response)) => *response,
-        Err(e) => internal(e),
+                .engine
+                .load(&candidate)
+                .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        }
+        FunctionKind::Process { .. } => {
+            let dir = state.dirs.code.join(&hash);
+            baton_runtime::code::unpack(&upload, &dir).map_err(|e| match e {
+                baton_runtime::code::CodeError::Io { .. } => server(&e),
+                refused => (StatusCode::BAD_REQUEST, refused.to_string()),
+            })?;
+        }
     }
+    let name = spec.name.clone();
+    let existed = state.director.pool().spec(&name).is_some();
+    state
+        .store
+        .put_function(&name, manifest, Some(&upload))
+        .map_err(|e| server(&e))?;
+    let spec =
+        materialize(&state.store, &state.dirs, manifest, Some(&hash)).map_err(|e| server(&e))?;
+    state.director.deploy(spec);
+    Ok((hash, existed, upload, manifest.to_owned()))
 }
 
 pub(super) fn describe(spec: &FunctionSpec, manifest: Option<String>) -> Value {
@@ -237,8 +271,16 @@ pub(super) async fn delete_function(
     if !state.director.undeploy(&name) {
         return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
     }
-    match state.store.delete_function(&name) {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => internal(e),
+    if let Err(e) = state.store.delete_function(&name) {
+        return internal(e);
     }
+    if let Some(cluster) = &state.cluster {
+        if let Err(e) = cluster.forget_function(&name).await {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("`{name}` is removed from this node but not from the cluster: {e}"),
+            );
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

@@ -5,6 +5,8 @@ mod functions;
 mod learning;
 mod sequences;
 
+pub(crate) use functions::{check_upload, install};
+
 use crate::{materialize, AppState};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -296,6 +298,22 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
     (status, body)
 }
 
+/// Whether running `name` twice is harmless: a pure function, or a sequence of pure
+/// functions only (an interrupted asynchronous invocation is re-run only then).
+fn pure(state: &AppState, name: &str) -> bool {
+    let pool = state.director.pool();
+    let pure_function = |f: &str| pool.spec(f).is_some_and(|s| s.pure);
+    match state
+        .director
+        .sequences()
+        .into_iter()
+        .find(|(n, _)| n == name)
+    {
+        Some((_, steps)) => steps.iter().all(|s| pure_function(s)),
+        None => pure_function(name),
+    }
+}
+
 fn known(state: &AppState, name: &str) -> bool {
     state.director.pool().spec(name).is_some() || state.director.is_sequence(name)
 }
@@ -307,7 +325,7 @@ fn caller_trace(headers: &HeaderMap) -> Option<TraceParent> {
     TraceParent::parse(value).ok()
 }
 
-fn run_invocation(
+pub(crate) fn run_invocation(
     state: &AppState,
     name: &str,
     payload: &[u8],
@@ -324,7 +342,7 @@ fn run_invocation(
 }
 
 /// Runs an accepted asynchronous invocation to its end (blocking) and stores the outcome.
-fn complete_async(
+pub(crate) fn complete_async(
     state: &AppState,
     id: &str,
     function: &str,
@@ -352,6 +370,19 @@ pub(crate) fn run_async(
     runtime: &tokio::runtime::Handle,
 ) {
     runtime.spawn_blocking(move || complete_async(&state, &id, &function, &payload, None));
+}
+
+/// 202 with the invocation's id and where to ask for it.
+fn accepted(id: &str) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "state": "queued" })),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 async fn invoke(
@@ -384,7 +415,24 @@ async fn invoke(
     };
     if query.r#async {
         let id = trace_context::invocation_id();
-        let pure = state.director.pool().spec(&name).is_some_and(|s| s.pure);
+        let pure = pure(&state, &name);
+        if let Some(cluster) = &state.cluster {
+            // Into the cluster's work queue: any node runs it, and a node that dies with
+            // it loses nothing (the queue hands it to another).
+            drop(slot);
+            return match cluster.enqueue(&id, &name, &body, pure).await {
+                Ok(()) => accepted(&id),
+                Err(e) => {
+                    let mut response = error(e.status(), e.to_string());
+                    if e.status() == StatusCode::TOO_MANY_REQUESTS {
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    response
+                }
+            };
+        }
         if let Err(e) = state.store.put_invocation(&id, &name, &body, pure) {
             return internal(e);
         }
@@ -394,15 +442,7 @@ async fn invoke(
             let _slot = slot;
             complete_async(&state2, &id2, &name, &payload, caller);
         });
-        let mut response = (
-            StatusCode::ACCEPTED,
-            Json(json!({ "id": id, "state": "queued" })),
-        )
-            .into_response();
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        return response;
+        return accepted(&id);
     }
     // The chain runs on this worker thread (tokio moves its other tasks elsewhere): no
     // hand-off to a blocking thread and back on the request path.
@@ -463,6 +503,14 @@ async fn list_invocations(
 }
 
 async fn get_invocation(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    if let Some(cluster) = &state.cluster {
+        // In a cluster any node may have run it: the shared record answers.
+        return match cluster.invocation(&id).await {
+            Ok(Some(shared)) => Json(shared).into_response(),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown invocation `{id}`")),
+            Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+    }
     match state.store.invocation(&id) {
         Ok(Some(stored)) => {
             let response: Value = stored

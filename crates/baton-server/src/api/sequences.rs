@@ -48,6 +48,14 @@ pub(super) async fn put(
         return internal(e);
     }
     state.director.declare_sequence(&name, body.steps.clone());
+    if let Some(cluster) = &state.cluster {
+        if let Err(e) = cluster.share_sequence(&name, &body.steps).await {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("`{name}` is declared on this node but not shared with the cluster: {e}"),
+            );
+        }
+    }
     (
         StatusCode::CREATED,
         Json(json!({ "name": name, "steps": body.steps })),
@@ -84,8 +92,16 @@ pub(super) async fn delete(State(state): State<Shared>, Path(name): Path<String>
     if !state.director.remove_sequence(&name) {
         return error(StatusCode::NOT_FOUND, format!("unknown sequence `{name}`"));
     }
-    match state.store.delete_sequence(&name) {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => internal(e),
+    if let Err(e) = state.store.delete_sequence(&name) {
+        return internal(e);
     }
+    if let Some(cluster) = &state.cluster {
+        if let Err(e) = cluster.forget_sequence(&name).await {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("`{name}` is removed from this node but not from the cluster: {e}"),
+            );
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

@@ -1,0 +1,338 @@
+//! A baton cluster for real: `nats-server` with JetStream and three `baton serve --cluster`
+//! nodes on loopback, each process stopped by its own handle. A deploy through node 1 is
+//! invocable through node 3; one node is killed with SIGKILL during a burst of
+//! asynchronous invocations, and every accepted one still ends (re-run elsewhere: the
+//! function is pure, reported failed when it is not) and is reported by the survivors; afterwards the survivors' graphs
+//! have the same edges, learned from each other's records.
+//!
+//! `.ci/run` installs `nats-server` (Debian's package). Without it, under CI the test
+//! fails; elsewhere it says that it did not run.
+
+use baton_server::client::Client;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGKILL) and reaped when dropped: a failing test leaves none.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server() -> Option<PathBuf> {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster")
+}
+
+/// Starts a node and waits for its "listening" line; returns it and its URL.
+fn node(name: &str, data: &Path, nats: &str) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data.display().to_string(),
+            "--no-auth",
+            "--cluster",
+            nats,
+            "--node-name",
+            name,
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let url = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("node {name} stopped before listening:\n{log}");
+        };
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.strip_prefix("baton listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(log.contains(&format!("as node {name}")), "{log}");
+    let tag = name.to_owned();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("[{tag}] {line}");
+        }
+    });
+    (Running(child), url)
+}
+
+fn deploy(url: &str, manifest: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["deploy", "--server", url, &manifest.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Polls `check` until it holds or `limit` passes.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// The edges of a node's graph (from, to), sorted.
+fn edges(client: &Client) -> Vec<(String, String)> {
+    let graph = client.get("/v1/graph").unwrap().json();
+    let mut edges: Vec<(String, String)> = graph["edges"]
+        .as_array()
+        .map(|edges| {
+            edges
+                .iter()
+                .map(|e| (e["from"].to_string(), e["to"].to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    edges.sort();
+    edges
+}
+
+#[test]
+fn three_nodes_share_functions_invocations_and_the_graph() {
+    let Some(nats) = nats_server() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is missing: .ci/run installs it (apt-get install nats-server)"
+        );
+        eprintln!("NOT RUN: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    eprintln!("running against {}", nats.display());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _nats = Running(
+        Command::new(&nats)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "nats-server did not start on port {port}"
+    );
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let (_n1, url1) = node("n1", &dir.path().join("n1"), &nats_url);
+    let (mut n2, url2) = node("n2", &dir.path().join("n2"), &nats_url);
+    let (_n3, url3) = node("n3", &dir.path().join("n3"), &nats_url);
+    let clients: Vec<Client> = [&url1, &url2, &url3]
+        .iter()
+        .map(|u| Client::new(u, None).unwrap())
+        .collect();
+
+    // Deployed through node 1, invoked through node 3.
+    deploy(&url1, &fixtures().join("busy.toml"));
+    deploy(&url1, &fixtures().join("upper.toml"));
+    deploy(&url1, &fixtures().join("busy-impure.toml"));
+    // Every node installs them (the sequence below is declared through node 2).
+    for (n, client) in clients.iter().enumerate().skip(1) {
+        let installed = |f: &&str| client.get(&format!("/v1/functions/{f}")).unwrap().status == 200;
+        assert!(
+            eventually(Duration::from_secs(20), || ["busy", "upper", "busy-impure"]
+                .iter()
+                .all(installed)),
+            "node {} never saw the functions deployed through node 1",
+            n + 1
+        );
+    }
+    let sync = clients[2]
+        .request(
+            "POST",
+            "/v1/functions/upper/invoke",
+            "application/octet-stream",
+            b"hi",
+        )
+        .unwrap();
+    assert_eq!(sync.status, 200, "{}", sync.text());
+    // A sequence declared through node 2 is a chain every node can run.
+    let declared = clients[1]
+        .request(
+            "POST",
+            "/v1/sequences/shout",
+            "application/json",
+            json!({ "steps": ["upper", "busy"] }).to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(declared.status, 201, "{}", declared.text());
+    assert!(
+        eventually(Duration::from_secs(10), || clients[0]
+            .get("/v1/sequences/shout")
+            .unwrap()
+            .status
+            == 200),
+        "node 1 never saw the sequence declared through node 2"
+    );
+
+    // A burst of asynchronous chains (pure) and calls of a function that is not pure,
+    // through all three nodes; node 2 is killed while they run (each takes a few hundred
+    // ms of a core, and there are two cores).
+    let mut accepted = Vec::new();
+    for i in 0..24 {
+        let client = &clients[i % 3];
+        let function = if i % 4 == 3 { "busy-impure" } else { "shout" };
+        let response = client
+            .request(
+                "POST",
+                &format!("/v1/functions/{function}/invoke?async=true"),
+                "application/octet-stream",
+                format!("order {i}").as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(response.status, 202, "{}", response.text());
+        accepted.push(response.json()["id"].as_str().unwrap().to_owned());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    n2.0.kill().unwrap();
+    n2.0.wait().unwrap();
+    eprintln!("killed node 2 with SIGKILL");
+    let survivors = [&clients[0], &clients[2]];
+
+    // Every accepted invocation ends, and both survivors report the same outcome.
+    let mut outcomes: Vec<Value> = Vec::new();
+    let ended = eventually(Duration::from_secs(90), || {
+        outcomes = accepted
+            .iter()
+            .map(|id| {
+                survivors[0]
+                    .get(&format!("/v1/invocations/{id}"))
+                    .unwrap()
+                    .json()
+            })
+            .collect();
+        outcomes
+            .iter()
+            .all(|o| matches!(o["state"].as_str(), Some("succeeded" | "failed")))
+    });
+    let states: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} on {} (runs {})",
+                o["id"], o["state"], o["node"], o["runs"]
+            )
+        })
+        .collect();
+    assert!(
+        ended,
+        "not every accepted invocation ended:\n{}",
+        states.join("\n")
+    );
+    for outcome in &outcomes {
+        assert_ne!(
+            outcome["node"], "n2",
+            "only survivors report after the kill: {outcome}"
+        );
+        let id = outcome["id"].as_str().unwrap();
+        let other = survivors[1]
+            .get(&format!("/v1/invocations/{id}"))
+            .unwrap()
+            .json();
+        assert_eq!(other["state"], outcome["state"]);
+        if outcome["function"] == "shout" {
+            // Pure: an invocation node 2 held is run again by a survivor, not failed.
+            assert_eq!(outcome["state"], "succeeded", "{outcome}");
+            assert_eq!(
+                outcome["response"]["steps"].as_array().map(Vec::len),
+                Some(2),
+                "{outcome}"
+            );
+        } else if outcome["state"] == "failed" {
+            // Not pure: one node 2 held is reported, not run twice.
+            let error = outcome["error"].as_str().unwrap_or("");
+            assert!(
+                error.contains("node n2 stopped") && error.contains("not re-run"),
+                "{outcome}"
+            );
+            assert_eq!(outcome["runs"], 1, "{outcome}");
+        }
+    }
+    let rerun = outcomes
+        .iter()
+        .filter(|o| o["runs"].as_u64() > Some(1))
+        .count();
+    let per_node = |n: &str| outcomes.iter().filter(|o| o["node"] == n).count();
+    let interrupted = outcomes.iter().filter(|o| o["state"] == "failed").count();
+    eprintln!(
+        "{} accepted, all ended: {} on n1, {} on n3; {rerun} pure ones re-run and \
+         {interrupted} others reported interrupted after node 2 died",
+        accepted.len(),
+        per_node("n1"),
+        per_node("n3")
+    );
+
+    // One graph: the survivors learned the chains each other (and node 2) ran.
+    let mut seen = (Vec::new(), Vec::new());
+    let same = eventually(Duration::from_secs(20), || {
+        seen = (edges(survivors[0]), edges(survivors[1]));
+        !seen.0.is_empty() && seen.0 == seen.1
+    });
+    assert!(same, "the survivors' graphs differ: {seen:?}");
+    assert!(
+        seen.0
+            .contains(&("\"upper\"".to_owned(), "\"busy\"".to_owned())),
+        "{seen:?}"
+    );
+
+    // A function removed through node 3 goes from node 1 too.
+    let removed = clients[2]
+        .request("DELETE", "/v1/functions/upper", "text/plain", b"")
+        .unwrap();
+    assert_eq!(removed.status, 204, "{}", removed.text());
+    assert!(
+        eventually(Duration::from_secs(10), || clients[0]
+            .get("/v1/functions/upper")
+            .unwrap()
+            .status
+            == 404),
+        "node 1 still has a function removed through node 3"
+    );
+}
