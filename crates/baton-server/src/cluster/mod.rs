@@ -1,0 +1,556 @@
+//! `baton serve --cluster`: several nodes share their functions, sequences, learned graph
+//! and asynchronous invocations through NATS JetStream, an engine that already does
+//! persistence and delivery (no consensus of our own).
+//!
+//! What lives where:
+//! - `baton-functions` (key-value): a function's manifest and the content key of its
+//!   upload; the upload's bytes in `baton-modules` (object store), named by that key. Every
+//!   node watches the bucket and installs what it does not have through the same path as
+//!   an HTTP deploy; compiled modules stay in each node's own cache.
+//! - `baton-sequences` (key-value): a sequence's steps.
+//! - `BATON_RECORDS` (stream, `baton.records.<node>`): each node publishes the execution
+//!   records of what it ran; each node's durable consumer learns the others' (its own were
+//!   learned live), so every node predicts from the cluster's traffic. The node's SQLite
+//!   store stays its local snapshot for fast restarts.
+//! - `BATON_INVOCATIONS` (work-queue stream, `baton.invoke`) and `baton-invocations`
+//!   (key-value): an accepted asynchronous invocation is recorded, then queued, before the
+//!   202; a node claims it (compare-and-set on its record), keeps the message alive while
+//!   it runs, and acknowledges it once the outcome is recorded. A node killed mid-way stops
+//!   acknowledging: the queue hands the message to another node after [`ACK_WAIT`], which
+//!   re-runs it if the function is pure and reports it failed otherwise, as a single node
+//!   does after a restart.
+//!
+//! Synchronous invocations run on the node that receives them (every node holds every
+//! function), so a chain's hand-offs stay in-process.
+
+use crate::{api, AppState};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use async_nats::HeaderMap;
+use axum::http::StatusCode;
+use baton_trace::schema::ExecutionRecord;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+
+mod queue;
+mod records;
+mod registry;
+
+use queue::run_queued;
+use records::{learn_records, publish_records};
+use registry::{watch_functions, watch_sequences};
+
+/// The functions' bucket.
+pub const FUNCTIONS: &str = "baton-functions";
+/// The sequences' bucket.
+pub const SEQUENCES: &str = "baton-sequences";
+/// Asynchronous invocations' records.
+pub const INVOCATIONS: &str = "baton-invocations";
+/// Uploads (wasm modules, process functions' code archives) by content key.
+pub const MODULES: &str = "baton-modules";
+/// The execution records' stream.
+pub const RECORDS: &str = "BATON_RECORDS";
+/// The asynchronous invocations' work queue.
+pub const WORK: &str = "BATON_INVOCATIONS";
+/// How long a claimed invocation may go without a sign of life before the queue gives it
+/// to another node. The running node signals every [`PROGRESS_EVERY`].
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
+/// How often a running invocation tells the queue it is still being worked on.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Invocations waiting in the cluster's queue before a new one is refused (429).
+pub const QUEUE_LIMIT: i64 = 10_000;
+/// How many times a pure function's invocation is run before it is reported failed.
+pub const MAX_RUNS: i64 = 3;
+/// How long the record consumer gathers other nodes' records before learning them at once
+/// (as the live learner publishes its graph at most every 20 ms).
+const LEARN_EVERY: Duration = Duration::from_millis(20);
+/// At most this many record messages are learned at once.
+const LEARN_BATCH: usize = 512;
+/// Batches of records waiting to be published before new ones are dropped (and counted).
+const RECORDS_BACKLOG: usize = 4096;
+/// Largest upload fetched from the object store.
+const MAX_UPLOAD: usize = 256 << 20;
+
+/// How to join a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers, `nats://HOST:PORT` or `HOST:PORT`.
+    pub servers: Vec<String>,
+    /// This node's name: unique in the cluster; letters, digits, `-` and `_`.
+    pub node: String,
+}
+
+/// Why the cluster could not be joined or used.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// A node name that cannot be a subject token or a consumer name.
+    #[error("node name `{0}`: use 1 to 64 letters, digits, `-` or `_`")]
+    NodeName(String),
+    /// The NATS servers did not answer.
+    #[error("cannot reach NATS at {servers}: {reason}")]
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// The client's reason.
+        reason: String,
+    },
+    /// A JetStream call failed.
+    #[error("JetStream {what}: {reason}")]
+    JetStream {
+        /// What was being done.
+        what: String,
+        /// The client's reason.
+        reason: String,
+    },
+    /// The queue is at [`QUEUE_LIMIT`].
+    #[error("the cluster's invocation queue is full ({QUEUE_LIMIT} waiting)")]
+    QueueFull,
+}
+
+impl ClusterError {
+    /// The HTTP status a handler answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ClusterError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+fn js(what: impl Into<String>) -> impl FnOnce(String) -> ClusterError {
+    let what = what.into();
+    move |reason| ClusterError::JetStream { what, reason }
+}
+
+/// A default node name: the host's name and the port served, so two nodes on one host
+/// differ.
+pub fn default_node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let host = if host.is_empty() { "node".into() } else { host };
+    format!("{host}-{port}")
+}
+
+fn valid_node(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A function as the registry holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct SharedFunction {
+    manifest: String,
+    module_hash: String,
+    node: String,
+}
+
+/// A sequence as the registry holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SharedSequence {
+    steps: Vec<String>,
+}
+
+/// An asynchronous invocation's record, what `GET /v1/invocations/{id}` answers on any
+/// node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SharedInvocation {
+    id: String,
+    function: String,
+    /// `queued`, `running`, `succeeded` or `failed`.
+    state: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    response: serde_json::Value,
+    /// The node that accepted it, then the node running or that ran it.
+    node: String,
+    /// How many times it was started.
+    #[serde(default)]
+    runs: u32,
+    pure: bool,
+    created_ns: u64,
+}
+
+/// What the cluster did on this node (logged; tests read them).
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Record batches published.
+    pub records_published: AtomicU64,
+    /// Record batches dropped because the publisher fell behind.
+    pub records_dropped: AtomicU64,
+    /// Records learned from other nodes.
+    pub records_learned: AtomicU64,
+    /// Functions installed from the registry.
+    pub installed: AtomicU64,
+    /// Registry entries that could not be installed here.
+    pub install_failed: AtomicU64,
+    /// Asynchronous invocations this node ran to an end.
+    pub invocations_run: AtomicU64,
+    /// Of them, re-runs of invocations a stopped node had claimed.
+    pub invocations_rerun: AtomicU64,
+    /// Invocations a stopped node had claimed, reported failed (not pure).
+    pub invocations_interrupted: AtomicU64,
+}
+
+/// This node's membership.
+pub(crate) struct Cluster {
+    pub(crate) node: String,
+    servers: String,
+    context: jetstream::Context,
+    functions: kv::Store,
+    sequences: kv::Store,
+    invocations: kv::Store,
+    modules: object_store::ObjectStore,
+    records_out: tokio::sync::mpsc::Sender<Vec<ExecutionRecord>>,
+    records_in: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Vec<ExecutionRecord>>>>,
+    pub(crate) counters: ClusterCounters,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Puts `value` as JSON under `key`.
+async fn put_json(
+    bucket: &kv::Store,
+    key: &str,
+    value: &impl Serialize,
+    what: &str,
+) -> Result<(), ClusterError> {
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| js(format!("{what} {key}"))(e.to_string()))?;
+    bucket
+        .put(key, bytes.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| js(format!("{what} {key}"))(e.to_string()))
+}
+
+/// Deletes `key` (watchers see a delete).
+async fn remove_key(bucket: &kv::Store, key: &str, what: &str) -> Result<(), ClusterError> {
+    bucket
+        .delete(key)
+        .await
+        .map_err(|e| js(format!("{what} {key}"))(e.to_string()))
+}
+
+/// A key-value bucket: its stream made here, as JetStream's key-value convention (ADR-8)
+/// lays it out, then opened. (The client's own `create_key_value` first asks for account
+/// fields that Debian's nats-server 2.9 does not send.)
+async fn bucket(
+    context: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
+    let name = config.bucket.clone();
+    work_stream(
+        context,
+        stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: config.history.max(1),
+            max_bytes: if config.max_bytes > 0 {
+                config.max_bytes
+            } else {
+                -1
+            },
+            max_age: config.max_age,
+            max_message_size: config.max_value_size,
+            storage: config.storage,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: 1,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+    )
+    .await?;
+    context
+        .get_key_value(&name)
+        .await
+        .map_err(|e| js(format!("bucket {name}"))(e.to_string()))
+}
+
+async fn work_stream(
+    context: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, ClusterError> {
+    let name = config.name.clone();
+    context
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| js(format!("stream {name}"))(e.to_string()))
+}
+
+impl Cluster {
+    /// Connects and makes sure the buckets and streams exist (the first node creates them).
+    pub(crate) async fn join(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        if !valid_node(&config.node) {
+            return Err(ClusterError::NodeName(config.node.clone()));
+        }
+        let servers = config.servers.join(",");
+        let connect = |reason: String| ClusterError::Connect {
+            servers: servers.clone(),
+            reason,
+        };
+        let addrs: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.parse::<async_nats::ServerAddr>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| connect(e.to_string()))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("baton {}", config.node))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(addrs)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let context = jetstream::new(client);
+        let functions = bucket(
+            &context,
+            kv::Config {
+                bucket: FUNCTIONS.into(),
+                history: 1,
+                max_value_size: 1 << 20,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let sequences = bucket(
+            &context,
+            kv::Config {
+                bucket: SEQUENCES.into(),
+                history: 1,
+                max_value_size: 1 << 20,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let invocations = bucket(
+            &context,
+            kv::Config {
+                bucket: INVOCATIONS.into(),
+                history: 1,
+                max_value_size: 32 << 20,
+                max_age: Duration::from_secs(24 * 3600),
+                max_bytes: 1 << 30,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let modules = match context
+            .create_object_store(object_store::Config {
+                bucket: MODULES.into(),
+                max_bytes: 4 << 30,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(store) => store,
+            Err(created) => context
+                .get_object_store(MODULES)
+                .await
+                .map_err(|e| js(format!("object store {MODULES}"))(format!("{created}; {e}")))?,
+        };
+        work_stream(
+            &context,
+            stream::Config {
+                name: RECORDS.into(),
+                subjects: vec!["baton.records.>".into()],
+                max_bytes: 1 << 30,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                discard: stream::DiscardPolicy::Old,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        work_stream(
+            &context,
+            stream::Config {
+                name: WORK.into(),
+                subjects: vec!["baton.invoke".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_messages: QUEUE_LIMIT,
+                max_bytes: 1 << 30,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: Duration::from_secs(120),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let (records_out, records_in) = tokio::sync::mpsc::channel(RECORDS_BACKLOG);
+        Ok(Cluster {
+            node: config.node.clone(),
+            servers,
+            context,
+            functions,
+            sequences,
+            invocations,
+            modules,
+            records_out,
+            records_in: std::sync::Mutex::new(Some(records_in)),
+            counters: ClusterCounters::default(),
+        })
+    }
+
+    /// Queues the records of what this node ran for the cluster (called by the store
+    /// writer's sink; never blocks: a full backlog drops the batch and counts it).
+    pub(crate) fn publish_records(&self, records: &[ExecutionRecord]) {
+        if records.is_empty() {
+            return;
+        }
+        if self.records_out.try_send(records.to_vec()).is_err() {
+            self.counters
+                .records_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shares a deployed function: its upload (once per content key), then its manifest.
+    pub(crate) async fn share_function(
+        &self,
+        name: &str,
+        manifest: &str,
+        hash: &str,
+        upload: Vec<u8>,
+    ) -> Result<(), ClusterError> {
+        if self.modules.info(hash).await.is_err() {
+            let mut reader = std::io::Cursor::new(upload);
+            self.modules
+                .put(hash, &mut reader)
+                .await
+                .map_err(|e| js(format!("storing upload {hash}"))(e.to_string()))?;
+        }
+        let shared = SharedFunction {
+            manifest: manifest.to_owned(),
+            module_hash: hash.to_owned(),
+            node: self.node.clone(),
+        };
+        put_json(&self.functions, name, &shared, "sharing function").await
+    }
+
+    /// Removes a function from the registry (every node undeploys it).
+    pub(crate) async fn forget_function(&self, name: &str) -> Result<(), ClusterError> {
+        remove_key(&self.functions, name, "removing function").await
+    }
+
+    /// Shares a sequence.
+    pub(crate) async fn share_sequence(
+        &self,
+        name: &str,
+        steps: &[String],
+    ) -> Result<(), ClusterError> {
+        let shared = SharedSequence {
+            steps: steps.to_vec(),
+        };
+        put_json(&self.sequences, name, &shared, "sharing sequence").await
+    }
+
+    /// Removes a sequence from the registry.
+    pub(crate) async fn forget_sequence(&self, name: &str) -> Result<(), ClusterError> {
+        remove_key(&self.sequences, name, "removing sequence").await
+    }
+
+    /// Starts this node's part: the record publisher and consumer, the registry watchers
+    /// and the invocation worker, on the server's runtime. They hold the state weakly and
+    /// end with the runtime.
+    pub(crate) fn start(state: &Arc<AppState>, runtime: &tokio::runtime::Handle, workers: usize) {
+        let Some(cluster) = state.cluster.clone() else {
+            return;
+        };
+        let weak = Arc::downgrade(state);
+        if let Some(records) = cluster.records_in.lock().ok().and_then(|mut r| r.take()) {
+            runtime.spawn(publish_records(Arc::clone(&cluster), records));
+        }
+        runtime.spawn(logged(
+            "learning the cluster's records",
+            learn_records(Arc::clone(&cluster), weak.clone()),
+        ));
+        runtime.spawn(logged(
+            "watching the functions",
+            watch_functions(Arc::clone(&cluster), weak.clone()),
+        ));
+        runtime.spawn(logged(
+            "watching the sequences",
+            watch_sequences(Arc::clone(&cluster), weak.clone()),
+        ));
+        runtime.spawn(logged(
+            "running queued invocations",
+            run_queued(cluster, weak, workers.max(1)),
+        ));
+    }
+}
+
+async fn logged(
+    what: &'static str,
+    task: impl std::future::Future<Output = Result<(), ClusterError>>,
+) {
+    if let Err(error) = task.await {
+        tracing::error!("cluster: {what} stopped: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_subject_tokens() {
+        assert!(valid_node("node-1"));
+        assert!(valid_node("a_b"));
+        for bad in ["", "a.b", "a b", "a*", "a>", &"x".repeat(65)] {
+            assert!(!valid_node(bad), "{bad:?}");
+        }
+        let default = default_node_name(8080);
+        assert!(valid_node(&default), "{default}");
+        assert!(default.ends_with("-8080"));
+    }
+
+    #[test]
+    fn a_queue_error_asks_the_caller_to_come_back() {
+        assert_eq!(
+            ClusterError::QueueFull.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let other = ClusterError::JetStream {
+            what: "x".into(),
+            reason: "y".into(),
+        };
+        assert_eq!(other.status(), StatusCode::BAD_GATEWAY);
+    }
+}

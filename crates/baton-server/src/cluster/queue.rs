@@ -1,0 +1,285 @@
+//! Asynchronous invocations in a cluster: recorded and queued before the 202, claimed by
+//! compare-and-set, kept alive while they run, and acknowledged only after the outcome is
+//! recorded.
+
+use super::*;
+
+impl Cluster {
+    /// Records an accepted asynchronous invocation, then queues it (deduplicated by id).
+    pub(crate) async fn enqueue(
+        &self,
+        id: &str,
+        function: &str,
+        payload: &[u8],
+        pure: bool,
+    ) -> Result<(), ClusterError> {
+        let record = SharedInvocation {
+            id: id.to_owned(),
+            function: function.to_owned(),
+            state: "queued".into(),
+            error: None,
+            response: serde_json::Value::Null,
+            node: self.node.clone(),
+            runs: 0,
+            pure,
+            created_ns: now_ns(),
+        };
+        put_json(&self.invocations, id, &record, "recording invocation").await?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        headers.insert("Baton-Id", id);
+        headers.insert("Baton-Function", function);
+        let published = self
+            .context
+            .publish_with_headers("baton.invoke", headers, payload.to_vec().into())
+            .await;
+        let acked = match published {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = acked {
+            // Not queued: the record says so, and the caller gets an error, not a 202.
+            let failed = SharedInvocation {
+                state: "failed".into(),
+                error: Some(format!("not queued: {reason}")),
+                ..record
+            };
+            let _ = put_json(&self.invocations, id, &failed, "recording invocation").await;
+            if reason.contains("maximum messages") || reason.contains("maximum bytes") {
+                return Err(ClusterError::QueueFull);
+            }
+            return Err(js(format!("queueing invocation {id}"))(reason));
+        }
+        Ok(())
+    }
+
+    /// An asynchronous invocation's record, from whichever node ran it.
+    pub(crate) async fn invocation(
+        &self,
+        id: &str,
+    ) -> Result<Option<SharedInvocation>, ClusterError> {
+        let entry = self
+            .invocations
+            .get(id)
+            .await
+            .map_err(|e| js(format!("reading invocation {id}"))(e.to_string()))?;
+        Ok(entry.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+}
+
+/// Takes invocations from the work queue, at most `workers` at once on this node (it asks
+/// only for as many as it has room for, so none waits here while another node is idle).
+pub(super) async fn run_queued(
+    cluster: Arc<Cluster>,
+    state: Weak<AppState>,
+    workers: usize,
+) -> Result<(), ClusterError> {
+    let stream = cluster
+        .context
+        .get_stream(WORK)
+        .await
+        .map_err(|e| js(format!("stream {WORK}"))(e.to_string()))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "workers",
+            consumer::pull::Config {
+                durable_name: Some("workers".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: QUEUE_LIMIT,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| js("consumer workers")(e.to_string()))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(workers));
+    loop {
+        let Ok(first) = Arc::clone(&slots).acquire_owned().await else {
+            return Ok(());
+        };
+        let room = 1 + slots.available_permits();
+        let batch = consumer
+            .batch()
+            .max_messages(room)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!("cluster: fetching invocations: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut permit = Some(first);
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!("cluster: invocations: {error}");
+                    continue;
+                }
+            };
+            let slot = match permit.take() {
+                Some(slot) => slot,
+                None => match Arc::clone(&slots).acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok(()),
+                },
+            };
+            let Some(state) = state.upgrade() else {
+                return Ok(());
+            };
+            let cluster = Arc::clone(&cluster);
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(error) = run_one(&cluster, state, message).await {
+                    tracing::error!("cluster: {error}");
+                }
+            });
+        }
+    }
+}
+
+/// Claims, runs and records one queued invocation, keeping its message alive meanwhile.
+async fn run_one(
+    cluster: &Arc<Cluster>,
+    state: Arc<AppState>,
+    message: jetstream::Message,
+) -> Result<(), ClusterError> {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let (Some(id), Some(function)) = (header("Baton-Id"), header("Baton-Function")) else {
+        tracing::warn!("cluster: a queued invocation without its id or function is dropped");
+        let _ = message.ack_with(jetstream::AckKind::Term).await;
+        return Ok(());
+    };
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let entry = cluster
+        .invocations
+        .entry(id.as_str())
+        .await
+        .map_err(|e| js(format!("reading invocation {id}"))(e.to_string()))?;
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        // Its record expired (a day): nothing to report to.
+        let _ = message.ack().await;
+        return Ok(());
+    };
+    let Ok(mut record) = serde_json::from_slice::<SharedInvocation>(&entry.value) else {
+        let _ = message.ack_with(jetstream::AckKind::Term).await;
+        return Ok(());
+    };
+    match record.state.as_str() {
+        "succeeded" | "failed" => {
+            // Already ended (a duplicate delivery): acknowledged, not run again.
+            let _ = message.ack().await;
+            return Ok(());
+        }
+        "running" => {
+            // The queue gives a claimed invocation to another node only when its node
+            // stopped signalling: that node is gone.
+            let gone = record.node.clone();
+            if !record.pure || delivered > MAX_RUNS {
+                record.state = "failed".into();
+                record.error = Some(if record.pure {
+                    format!(
+                        "interrupted {} times (last on node {gone}); not run again",
+                        record.runs
+                    )
+                } else {
+                    format!(
+                        "interrupted: node {gone} stopped while running it; not re-run because the function is not pure"
+                    )
+                });
+                record.node = cluster.node.clone();
+                let value = serde_json::to_vec(&record).unwrap_or_default();
+                if cluster
+                    .invocations
+                    .update(id.as_str(), value.into(), entry.revision)
+                    .await
+                    .is_ok()
+                {
+                    cluster
+                        .counters
+                        .invocations_interrupted
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = message.ack().await;
+                return Ok(());
+            }
+            cluster
+                .counters
+                .invocations_rerun
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    record.state = "running".into();
+    record.node = cluster.node.clone();
+    record.runs += 1;
+    let claim = serde_json::to_vec(&record).unwrap_or_default();
+    let revision = match cluster
+        .invocations
+        .update(id.as_str(), claim.into(), entry.revision)
+        .await
+    {
+        Ok(revision) => revision,
+        Err(_) => {
+            // Another node claimed it first; its outcome will be recorded there.
+            let _ = message.ack().await;
+            return Ok(());
+        }
+    };
+    let message = Arc::new(message);
+    let alive = {
+        let message = Arc::clone(&message);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let _ = message.ack_with(jetstream::AckKind::Progress).await;
+            }
+        })
+    };
+    let payload = message.payload.to_vec();
+    let runner = Arc::clone(&state);
+    let name = function.clone();
+    let ran =
+        tokio::task::spawn_blocking(move || api::run_invocation(&runner, &name, &payload, None))
+            .await;
+    alive.abort();
+    let (status, body) = match ran {
+        Ok(outcome) => outcome,
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": format!("the invocation's thread failed: {e}") }),
+        ),
+    };
+    if status == StatusCode::OK {
+        record.state = "succeeded".into();
+        record.error = None;
+    } else {
+        record.state = "failed".into();
+        record.error = body["error"].as_str().map(str::to_owned);
+    }
+    record.response = body;
+    let value = serde_json::to_vec(&record).unwrap_or_default();
+    cluster
+        .invocations
+        .update(id.as_str(), value.into(), revision)
+        .await
+        .map_err(|e| js(format!("recording the outcome of {id}"))(e.to_string()))?;
+    cluster
+        .counters
+        .invocations_run
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = message.double_ack().await;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The cluster's registry: functions and sequences from the key-value buckets, installed on
+//! this node through the deploy handler's own path, removed when the registry drops them.
+
+use super::*;
+
+/// A bucket's entries: the latest of each key first (what a joining node must catch up
+/// on), then every change.
+async fn watch(bucket: &kv::Store, name: &str) -> Result<kv::Watch, ClusterError> {
+    bucket
+        .watch_with_history(">")
+        .await
+        .map_err(|e| js(format!("watching {name}"))(e.to_string()))
+}
+
+/// The next entry of a watch, with the server's state; `None` when the watch or the
+/// server ended. A broken entry is logged and skipped.
+async fn next_entry(
+    watch: &mut kv::Watch,
+    name: &str,
+    state: &Weak<AppState>,
+) -> Option<(Arc<AppState>, kv::Entry)> {
+    loop {
+        match watch.next().await? {
+            Ok(entry) => return Some((state.upgrade()?, entry)),
+            Err(error) => tracing::warn!("cluster: {name}: {error}"),
+        }
+    }
+}
+
+/// Installs what the registry holds and this node does not (at start: everything), and
+/// removes what it no longer holds.
+pub(super) async fn watch_functions(
+    cluster: Arc<Cluster>,
+    state: Weak<AppState>,
+) -> Result<(), ClusterError> {
+    let mut watch = watch(&cluster.functions, FUNCTIONS).await?;
+    while let Some((state, entry)) = next_entry(&mut watch, FUNCTIONS, &state).await {
+        let name = entry.key.clone();
+        match entry.operation {
+            kv::Operation::Put => {
+                let shared: SharedFunction = match serde_json::from_slice(&entry.value) {
+                    Ok(shared) => shared,
+                    Err(error) => {
+                        tracing::warn!("cluster: function `{name}` in the registry: {error}");
+                        continue;
+                    }
+                };
+                match install_shared(&cluster, &state, &name, shared).await {
+                    Ok(true) => {
+                        cluster.counters.installed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("cluster: installed `{name}` from the registry");
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        cluster
+                            .counters
+                            .install_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("cluster: function `{name}` not installed here: {error}");
+                    }
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    if state.director.undeploy(&name) {
+                        let _ = state.store.delete_function(&name);
+                        tracing::info!("cluster: removed `{name}` (removed from the registry)");
+                    }
+                })
+                .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Installs one registry entry unless this node already has exactly it. `Ok(false)`: it
+/// had.
+async fn install_shared(
+    cluster: &Cluster,
+    state: &Arc<AppState>,
+    name: &str,
+    shared: SharedFunction,
+) -> Result<bool, String> {
+    let have = state.store.function(name).map_err(|e| e.to_string())?;
+    if have.as_ref().is_some_and(|f| {
+        f.manifest == shared.manifest && f.module_hash.as_deref() == Some(&shared.module_hash)
+    }) && state.director.pool().spec(name).is_some()
+    {
+        return Ok(false);
+    }
+    let upload = match state
+        .store
+        .module(&shared.module_hash)
+        .map_err(|e| e.to_string())?
+    {
+        Some(bytes) => bytes,
+        None => {
+            let mut object = cluster
+                .modules
+                .get(&shared.module_hash)
+                .await
+                .map_err(|e| format!("upload {}: {e}", shared.module_hash))?;
+            let mut bytes = Vec::new();
+            (&mut object)
+                .take(MAX_UPLOAD as u64 + 1)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| format!("upload {}: {e}", shared.module_hash))?;
+            if bytes.len() > MAX_UPLOAD {
+                return Err(format!(
+                    "upload {} is over {MAX_UPLOAD} bytes",
+                    shared.module_hash
+                ));
+            }
+            bytes
+        }
+    };
+    let spec = baton_runtime::manifest::FunctionSpec::from_toml(&shared.manifest)
+        .map_err(|e| e.to_string())?;
+    if spec.name != name {
+        return Err(format!("the manifest names `{}`", spec.name));
+    }
+    let (module, code) = match spec.kind {
+        baton_runtime::manifest::FunctionKind::Wasm { .. } => (Some(upload), None),
+        baton_runtime::manifest::FunctionKind::Process { .. } => (None, Some(upload)),
+    };
+    let upload = api::check_upload(state, &spec, module, code).map_err(|(_, m)| m)?;
+    let state = Arc::clone(state);
+    let manifest = shared.manifest;
+    tokio::task::spawn_blocking(move || api::install(&state, &manifest, spec, upload))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|(_, message)| message)?;
+    Ok(true)
+}
+
+pub(super) async fn watch_sequences(
+    cluster: Arc<Cluster>,
+    state: Weak<AppState>,
+) -> Result<(), ClusterError> {
+    let mut watch = watch(&cluster.sequences, SEQUENCES).await?;
+    while let Some((state, entry)) = next_entry(&mut watch, SEQUENCES, &state).await {
+        let name = entry.key.clone();
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<SharedSequence>(&entry.value) {
+                Ok(shared) => {
+                    let known = state
+                        .director
+                        .sequences()
+                        .into_iter()
+                        .any(|(n, steps)| n == name && steps == shared.steps);
+                    if !known {
+                        if let Err(error) = state.store.put_sequence(&name, &shared.steps) {
+                            tracing::error!("cluster: sequence `{name}`: {error}");
+                        }
+                        state.director.declare_sequence(&name, shared.steps);
+                    }
+                }
+                Err(error) => tracing::warn!("cluster: sequence `{name}` in the registry: {error}"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                if state.director.remove_sequence(&name) {
+                    let _ = state.store.delete_sequence(&name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
