@@ -3,7 +3,8 @@
 //! invocable through node 3; one node is killed with SIGKILL during a burst of
 //! asynchronous invocations, and every accepted one still ends (re-run elsewhere: the
 //! function is pure, reported failed when it is not) and is reported by the survivors; afterwards the survivors' graphs
-//! have the same edges, learned from each other's records.
+//! have the same edges, learned from each other's records. A process function warm on
+//! node 1 only is run there when invoked through node 3.
 //!
 //! `.ci/run` installs `nats-server` (Debian's package). Without it, under CI the test
 //! fails; elsewhere it says that it did not run.
@@ -63,6 +64,7 @@ fn node(name: &str, data: &Path, nats: &str) -> (Running, String) {
             nats,
             "--node-name",
             name,
+            "--allow-process-functions",
         ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())
@@ -320,6 +322,46 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         seen.0
             .contains(&("\"upper\"".to_owned(), "\"busy\"".to_owned())),
         "{seen:?}"
+    );
+
+    // A process function warm on node 1 only: node 3 hands its invocation there rather
+    // than start a Python worker of its own.
+    deploy(&url1, &fixtures().join("pyupper.toml"));
+    assert!(
+        eventually(Duration::from_secs(20), || clients[2]
+            .get("/v1/functions/pyupper")
+            .unwrap()
+            .status
+            == 200),
+        "node 3 never saw pyupper"
+    );
+    let invoke = |client: &Client| {
+        let response = client
+            .request(
+                "POST",
+                "/v1/functions/pyupper/invoke",
+                "application/octet-stream",
+                b"quiet",
+            )
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()
+    };
+    let first = invoke(&clients[0]);
+    assert_eq!(first["node"], "n1", "{first}");
+    // Node 1 tells its warm set within 250 ms of a change.
+    std::thread::sleep(Duration::from_millis(1500));
+    let handed = invoke(&clients[2]);
+    assert_eq!(handed["node"], "n1", "node 3 ran it itself: {handed}");
+    assert_eq!(handed["steps"][0]["warmth"], "warm", "{handed}");
+    eprintln!(
+        "pyupper through node 3: ran on {} ({}), {} µs in all (its first call, on node 1: {}, \
+         {} µs)",
+        handed["node"],
+        handed["steps"][0]["warmth"],
+        handed["timings"]["total_us"],
+        first["steps"][0]["warmth"],
+        first["timings"]["total_us"]
     );
 
     // A function removed through node 3 goes from node 1 too.

@@ -7,6 +7,7 @@ mod sequences;
 
 pub(crate) use functions::{check_upload, install};
 
+use crate::cluster::Forwarded;
 use crate::{materialize, AppState};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -314,6 +315,23 @@ fn pure(state: &AppState, name: &str) -> bool {
     }
 }
 
+/// How long a forwarded invocation may take before it is run here instead: its steps'
+/// timeouts, and 2 s for the hops.
+fn forward_timeout(state: &AppState, name: &str) -> std::time::Duration {
+    let pool = state.director.pool();
+    let steps = state
+        .director
+        .sequences()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or_else(|| vec![name.to_owned()], |(_, steps)| steps);
+    let ms: u64 = steps
+        .iter()
+        .filter_map(|s| pool.spec(s).map(|spec| spec.timeout_ms))
+        .sum();
+    std::time::Duration::from_millis(ms + 2000)
+}
+
 fn known(state: &AppState, name: &str) -> bool {
     state.director.pool().spec(name).is_some() || state.director.is_sequence(name)
 }
@@ -444,12 +462,39 @@ async fn invoke(
         });
         return accepted(&id);
     }
+    // In a cluster, a process function this node holds no idle worker of goes to a node
+    // that holds one (the whole chain runs there), when a cold start here costs more.
+    let mut forwarded = None;
+    if let Some(cluster) = &state.cluster {
+        if let Some(peer) = cluster.forward_target(&state, &name) {
+            let timeout = forward_timeout(&state, &name);
+            match cluster.forward(&peer, &name, &body, caller, timeout).await {
+                Forwarded::Answered(status, body) => forwarded = Some((status, body)),
+                Forwarded::NotTaken => {}
+                // It may have run there: run again here only what may run twice.
+                Forwarded::Lost(why) if !pure(&state, &name) => {
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("{why}; not run here because `{name}` is not pure"),
+                    );
+                }
+                Forwarded::Lost(why) => tracing::warn!("cluster: {why}; running it here"),
+            }
+        }
+    }
     // The chain runs on this worker thread (tokio moves its other tasks elsewhere): no
     // hand-off to a blocking thread and back on the request path.
-    let (status, body) = tokio::task::block_in_place(|| {
-        let _slot = slot;
-        run_invocation(&state, &name, &body, caller)
-    });
+    let (status, body) = match forwarded {
+        Some(answer) => answer,
+        None => tokio::task::block_in_place(|| {
+            let _slot = slot;
+            let (status, mut body) = run_invocation(&state, &name, &body, caller);
+            if let (Some(cluster), Some(fields)) = (&state.cluster, body.as_object_mut()) {
+                fields.insert("node".into(), cluster.node.clone().into());
+            }
+            (status, body)
+        }),
+    };
     // The trace continues at the chain's first step.
     let traceparent = body["trace"]
         .as_str()

@@ -27,6 +27,7 @@ use crate::{api, AppState};
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use async_nats::HeaderMap;
 use axum::http::StatusCode;
+use baton_runtime::trace_context::TraceParent;
 use baton_trace::schema::ExecutionRecord;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -36,10 +37,14 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 
+mod forward;
 mod queue;
 mod records;
 mod registry;
 
+pub(crate) use forward::Forwarded;
+use forward::{serve_forwarded, tell_warm, watch_peers};
+pub use forward::{FORWARD_MIN, NODES};
 use queue::run_queued;
 use records::{learn_records, publish_records};
 use registry::{watch_functions, watch_sequences};
@@ -207,6 +212,10 @@ pub struct ClusterCounters {
     pub invocations_rerun: AtomicU64,
     /// Invocations a stopped node had claimed, reported failed (not pure).
     pub invocations_interrupted: AtomicU64,
+    /// Synchronous invocations handed to a node with an idle worker.
+    pub forwarded: AtomicU64,
+    /// Synchronous invocations other nodes handed to this one.
+    pub served_for_others: AtomicU64,
 }
 
 /// This node's membership.
@@ -218,6 +227,8 @@ pub(crate) struct Cluster {
     sequences: kv::Store,
     invocations: kv::Store,
     modules: object_store::ObjectStore,
+    nodes: kv::Store,
+    peers: std::sync::Mutex<forward::Peers>,
     records_out: tokio::sync::mpsc::Sender<Vec<ExecutionRecord>>,
     records_in: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Vec<ExecutionRecord>>>>,
     pub(crate) counters: ClusterCounters,
@@ -370,6 +381,18 @@ impl Cluster {
             },
         )
         .await?;
+        let nodes = bucket(
+            &context,
+            kv::Config {
+                bucket: NODES.into(),
+                history: 1,
+                max_value_size: 1 << 20,
+                max_age: Duration::from_secs(60),
+                storage: stream::StorageType::Memory,
+                ..Default::default()
+            },
+        )
+        .await?;
         let modules = match context
             .create_object_store(object_store::Config {
                 bucket: MODULES.into(),
@@ -422,6 +445,8 @@ impl Cluster {
             sequences,
             invocations,
             modules,
+            nodes,
+            peers: std::sync::Mutex::new(forward::Peers::default()),
             records_out,
             records_in: std::sync::Mutex::new(Some(records_in)),
             counters: ClusterCounters::default(),
@@ -486,8 +511,8 @@ impl Cluster {
         remove_key(&self.sequences, name, "removing sequence").await
     }
 
-    /// Starts this node's part: the record publisher and consumer, the registry watchers
-    /// and the invocation worker, on the server's runtime. They hold the state weakly and
+    /// Starts this node's part: the record publisher and consumer, the registry watchers,
+    /// the invocation worker, the forwarded-invocation answerer and the warm-set exchange, on the server's runtime. They hold the state weakly and
     /// end with the runtime.
     pub(crate) fn start(state: &Arc<AppState>, runtime: &tokio::runtime::Handle, workers: usize) {
         let Some(cluster) = state.cluster.clone() else {
@@ -511,8 +536,17 @@ impl Cluster {
         ));
         runtime.spawn(logged(
             "running queued invocations",
-            run_queued(cluster, weak, workers.max(1)),
+            run_queued(Arc::clone(&cluster), weak.clone(), workers.max(1)),
         ));
+        runtime.spawn(logged(
+            "answering forwarded invocations",
+            serve_forwarded(Arc::clone(&cluster), weak.clone(), workers.max(1)),
+        ));
+        runtime.spawn(logged(
+            "telling the warm set",
+            tell_warm(Arc::clone(&cluster), weak),
+        ));
+        runtime.spawn(logged("watching the other nodes", watch_peers(cluster)));
     }
 }
 

@@ -1,0 +1,282 @@
+//! Synchronous invocations in a cluster, routed to warmth: each node tells the others which
+//! process functions it holds idle workers of (`baton-nodes`, every [`WARM_EVERY`] when it
+//! changes, at least every second), and a node asked to run one it holds no idle worker of,
+//! whose cold start here would cost more than [`FORWARD_MIN`], hands the invocation to a
+//! node that holds one (NATS request-reply on `baton.node.<name>.invoke`). The whole chain
+//! then runs there, so its hand-offs stay in one process. A wasm function is never
+//! forwarded: instantiating it here costs microseconds, less than the hop.
+//!
+//! A node that is busy (all its forwarded-invocation slots taken), gone or slow to answer
+//! is not waited for: the invocation runs here, cold.
+
+use super::*;
+use std::collections::{BTreeMap, HashMap};
+
+/// The node's idle workers per function, as told to the others.
+pub const NODES: &str = "baton-nodes";
+/// How often a node looks at its idle workers to tell a change.
+pub const WARM_EVERY: Duration = Duration::from_millis(250);
+/// A node repeats its warm set this often even without a change (a heartbeat).
+const WARM_REPEAT: Duration = Duration::from_secs(1);
+/// A warm set older than this is not trusted (its node may be gone).
+pub const WARM_STALE: Duration = Duration::from_secs(3);
+/// A cold start expected to cost less than this runs here rather than hop (a loopback
+/// NATS request-reply costs ~0.1–0.3 ms).
+pub const FORWARD_MIN: Duration = Duration::from_millis(2);
+
+/// What a node tells: its idle workers per function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct WarmSet {
+    warm: BTreeMap<String, usize>,
+}
+
+/// What this node knows of the others' warm sets.
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    warm: HashMap<String, (BTreeMap<String, usize>, Instant)>,
+}
+
+/// A forwarded invocation's reply.
+#[derive(Debug, Serialize, Deserialize)]
+struct Reply {
+    status: u16,
+    body: serde_json::Value,
+}
+
+/// The function a request for `name` starts with (a sequence's first step).
+fn first_function(state: &AppState, name: &str) -> String {
+    state
+        .director
+        .sequences()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, steps)| steps.into_iter().next())
+        .unwrap_or_else(|| name.to_owned())
+}
+
+impl Cluster {
+    /// The node to hand a synchronous invocation of `name` to, if one should have it: this
+    /// node holds no idle worker of its first function, a cold start of it here is a
+    /// process start expected to cost [`FORWARD_MIN`] or more (or not measured yet), and
+    /// another node told recently that it holds one (the one with the most).
+    pub(crate) fn forward_target(&self, state: &AppState, name: &str) -> Option<String> {
+        let first = first_function(state, name);
+        let pool = state.director.pool();
+        let spec = pool.spec(&first)?;
+        if !matches!(
+            spec.kind,
+            baton_runtime::manifest::FunctionKind::Process { .. }
+        ) || pool.idle_count(&first) > 0
+            || pool
+                .cold_start_estimate(&first)
+                .is_some_and(|cold| cold < FORWARD_MIN)
+        {
+            return None;
+        }
+        let peers = self.peers.lock().ok()?;
+        peers
+            .warm
+            .iter()
+            .filter(|(node, (_, seen))| **node != self.node && seen.elapsed() < WARM_STALE)
+            .filter_map(|(node, (warm, _))| Some((warm.get(&first).copied()?, node)))
+            .filter(|(idle, _)| *idle > 0)
+            .max()
+            .map(|(_, node)| node.clone())
+    }
+
+    /// Runs `name` on `peer` and returns its answer, with `node` added.
+    pub(crate) async fn forward(
+        &self,
+        peer: &str,
+        name: &str,
+        payload: &[u8],
+        caller: Option<TraceParent>,
+        timeout: Duration,
+    ) -> Forwarded {
+        let mut headers = HeaderMap::new();
+        headers.insert("Baton-Function", name);
+        if let Some(caller) = caller {
+            headers.insert("traceparent", caller.to_string().as_str());
+        }
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(payload.to_vec().into())
+            .timeout(Some(timeout));
+        let answer = self
+            .context
+            .client()
+            .send_request(format!("baton.node.{peer}.invoke"), request)
+            .await;
+        let message = match answer {
+            Ok(message) => message,
+            Err(error) if error.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return Forwarded::Lost(format!(
+                    "handed to node {peer}, which did not answer within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+            Err(error) => {
+                // No responder (the node is gone) or no connection: nothing ran there.
+                tracing::warn!("cluster: `{name}` not forwarded to {peer}: {error}");
+                return Forwarded::NotTaken;
+            }
+        };
+        let Some((status, reply)) = serde_json::from_slice::<Reply>(&message.payload)
+            .ok()
+            .and_then(|r| Some((StatusCode::from_u16(r.status).ok()?, r)))
+        else {
+            return Forwarded::Lost(format!("node {peer} answered something unreadable"));
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE && reply.body["busy"] == true {
+            return Forwarded::NotTaken;
+        }
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        let mut body = reply.body;
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("node".into(), peer.into());
+        }
+        Forwarded::Answered(status, body)
+    }
+}
+
+/// What became of a forwarded invocation.
+#[derive(Debug)]
+pub(crate) enum Forwarded {
+    /// The peer ran it: its status and body.
+    Answered(StatusCode, serde_json::Value),
+    /// The peer did not take it (busy, gone): run it here.
+    NotTaken,
+    /// It may have run there, but no answer came: run it here only if it is pure.
+    Lost(String),
+}
+
+/// Answers the invocations other nodes hand to this one, at most `workers` at once (past
+/// that it answers "busy" at once and the asker runs the invocation itself).
+pub(super) async fn serve_forwarded(
+    cluster: Arc<Cluster>,
+    state: Weak<AppState>,
+    workers: usize,
+) -> Result<(), ClusterError> {
+    let client = cluster.context.client();
+    let subject = format!("baton.node.{}.invoke", cluster.node);
+    let mut requests = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| js(format!("subscribing to {subject}"))(e.to_string()))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(workers));
+    while let Some(request) = requests.next().await {
+        let Some(reply_to) = request.reply.clone() else {
+            continue;
+        };
+        let answer = |reply: Reply| serde_json::to_vec(&reply).unwrap_or_default();
+        let header = |name: &str| {
+            request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let (Some(state), Some(function)) = (state.upgrade(), header("Baton-Function")) else {
+            let refused = Reply {
+                status: 400,
+                body: serde_json::json!({ "error": "a forwarded invocation names no function" }),
+            };
+            let _ = client.publish(reply_to, answer(refused).into()).await;
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            let busy = Reply {
+                status: 503,
+                body: serde_json::json!({ "error": "busy", "busy": true }),
+            };
+            let _ = client.publish(reply_to, answer(busy).into()).await;
+            continue;
+        };
+        let caller = header("traceparent").and_then(|t| TraceParent::parse(&t).ok());
+        let client = client.clone();
+        let cluster = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let payload = request.payload.to_vec();
+            let ran = tokio::task::spawn_blocking(move || {
+                api::run_invocation(&state, &function, &payload, caller)
+            })
+            .await;
+            let reply = match ran {
+                Ok((status, body)) => Reply {
+                    status: status.as_u16(),
+                    body,
+                },
+                Err(e) => Reply {
+                    status: 500,
+                    body: serde_json::json!({ "error": format!("the invocation's thread failed: {e}") }),
+                },
+            };
+            cluster
+                .counters
+                .served_for_others
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = client.publish(reply_to, answer(reply).into()).await;
+        });
+    }
+    Ok(())
+}
+
+/// Tells the others this node's idle workers per function: when they change, and every
+/// [`WARM_REPEAT`] anyway.
+pub(super) async fn tell_warm(
+    cluster: Arc<Cluster>,
+    state: Weak<AppState>,
+) -> Result<(), ClusterError> {
+    let mut told: Option<(WarmSet, Instant)> = None;
+    let mut tick = tokio::time::interval(WARM_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else {
+            return Ok(());
+        };
+        let mut now = WarmSet::default();
+        for idle in state.director.pool().idle() {
+            *now.warm.entry(idle.function).or_default() += 1;
+        }
+        drop(state);
+        let fresh = told
+            .as_ref()
+            .is_some_and(|(set, at)| *set == now && at.elapsed() < WARM_REPEAT);
+        if !fresh {
+            put_json(&cluster.nodes, &cluster.node, &now, "telling the warm set").await?;
+            told = Some((now, Instant::now()));
+        }
+    }
+}
+
+/// Keeps [`Peers`] current from the other nodes' warm sets.
+pub(super) async fn watch_peers(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
+    let mut watch = cluster
+        .nodes
+        .watch_with_history(">")
+        .await
+        .map_err(|e| js(format!("watching {NODES}"))(e.to_string()))?;
+    while let Some(entry) = watch.next().await {
+        let Ok(entry) = entry else { continue };
+        let Ok(mut peers) = cluster.peers.lock() else {
+            continue;
+        };
+        match entry.operation {
+            kv::Operation::Put => {
+                if let Ok(set) = serde_json::from_slice::<WarmSet>(&entry.value) {
+                    // Seen when it was told, not when it arrived: a dead node's last set,
+                    // replayed to a node that joins later, is already stale.
+                    let age = (now_ns() as i128 - entry.created.unix_timestamp_nanos()).max(0);
+                    let age = Duration::from_nanos(u64::try_from(age).unwrap_or(u64::MAX));
+                    let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                    peers.warm.insert(entry.key, (set.warm, seen));
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                peers.warm.remove(&entry.key);
+            }
+        }
+    }
+    Ok(())
+}
