@@ -3,6 +3,7 @@
 //! traces through the pre-warming policies, measure hops and cold starts, serve functions
 //! over HTTP and talk to a server, and run the demo.
 
+mod app;
 mod bench;
 mod commands;
 mod demo;
@@ -46,8 +47,12 @@ enum Command {
     Doctor(DoctorArgs),
     /// Run the server: the HTTP API over the runtime, state kept in --data-dir.
     Serve(server::ServeArgs),
-    /// Deploy functions from their manifests to a server.
+    /// Deploy functions from their manifests, or an app (baton.toml), to a server.
     Deploy(server::DeployArgs),
+    /// Create an app from a template: a function (python, wat or c) with its test.
+    New(app::NewArgs),
+    /// Serve an app on loopback and redeploy it when its files change.
+    Up(app::UpArgs),
     /// Invoke a function or sequence on a server.
     Invoke(server::InvokeArgs),
     /// List, show or remove a server's functions.
@@ -172,6 +177,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => server::serve(args),
         Command::Deploy(args) => server::deploy(args),
+        Command::New(args) => app::new(args),
+        Command::Up(args) => app::up(args),
         Command::Invoke(args) => server::invoke(args),
         Command::Functions(args) => manage::functions(args),
         Command::Sequences(args) => manage::sequences(args),

@@ -199,8 +199,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 /// `baton deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// Manifest files (TOML), or directories (each `.toml` in them, in name order); a wasm
-    /// function's module is uploaded with it, and a process function runs in its
+    /// Manifest files (TOML), or directories (each `.toml` in them, in name order), or an
+    /// app (`baton.toml`, or a directory holding one: its functions, then its sequences);
+    /// a wasm function's module is uploaded with it, and a process function runs in its
     /// manifest's directory.
     #[arg(required = true)]
     manifests: Vec<PathBuf>,
@@ -214,6 +215,12 @@ pub struct DeployArgs {
 pub fn deploy_body(path: &Path) -> Result<Value> {
     let spec = baton_runtime::manifest::FunctionSpec::from_file(path)?;
     let manifest = std::fs::read_to_string(path)?;
+    deploy_spec(&spec, &manifest)
+}
+
+/// [`deploy_body`] for a function already read: `manifest` as sent, `spec` with its paths
+/// resolved.
+pub fn deploy_spec(spec: &baton_runtime::manifest::FunctionSpec, manifest: &str) -> Result<Value> {
     let mut body = json!({ "manifest": manifest });
     let engine = &base64::engine::general_purpose::STANDARD;
     match &spec.kind {
@@ -271,7 +278,18 @@ fn manifests_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 pub fn deploy(args: DeployArgs) -> Result<()> {
     let client = args.remote.client()?;
-    for path in &manifests_of(&args.manifests)? {
+    // An app (baton.toml, or a directory holding one) deploys as a whole; other paths are
+    // function manifests.
+    let mut manifests = Vec::new();
+    for path in &args.manifests {
+        match crate::app::app_file(path) {
+            Some(file) => {
+                crate::app::deploy_app(&client, &crate::app::load(&file)?, &mut std::io::stdout())?
+            }
+            None => manifests.push(path.clone()),
+        }
+    }
+    for path in &manifests_of(&manifests)? {
         let (name, response) = deploy_file(&client, path)?;
         let verb = if response.status == 201 {
             "deployed"
@@ -301,9 +319,9 @@ pub struct InvokeArgs {
     remote: Remote,
 }
 
-pub fn invoke(args: InvokeArgs) -> Result<()> {
-    let client = args.remote.client()?;
-    let payload = match args.data.strip_prefix('@') {
+/// A payload as given on the command line: text, `@FILE`, or `@-` for standard input.
+pub fn payload(data: &str) -> Result<Vec<u8>> {
+    Ok(match data.strip_prefix('@') {
         Some("-") => {
             let mut bytes = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
@@ -311,8 +329,13 @@ pub fn invoke(args: InvokeArgs) -> Result<()> {
             bytes
         }
         Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
-        None => args.data.into_bytes(),
-    };
+        None => data.as_bytes().to_vec(),
+    })
+}
+
+pub fn invoke(args: InvokeArgs) -> Result<()> {
+    let client = args.remote.client()?;
+    let payload = payload(&args.data)?;
     let path = format!(
         "/v1/functions/{}/invoke{}",
         args.name,
@@ -366,6 +389,16 @@ pub struct LogsArgs {
     /// How many of the last records to show.
     #[arg(long, default_value_t = 20)]
     tail: usize,
+    /// Only this function's records.
+    #[arg(long)]
+    function: Option<String>,
+    /// Only the records of this invocation: the id `invoke --async` printed, or the trace
+    /// id an invocation answered with (`"trace"`), with its whole chain.
+    #[arg(long, value_name = "ID")]
+    invocation: Option<String>,
+    /// Keep printing records as they come (twice a second), until interrupted.
+    #[arg(long, short = 'f')]
+    follow: bool,
     /// Instead, send these log files (schema v1 JSONL or OTLP/JSON) for the graph to learn.
     #[arg(long, num_args = 1..)]
     ingest: Vec<PathBuf>,
@@ -394,9 +427,71 @@ pub fn logs(args: LogsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let response = checked(client.get(&format!("/v1/logs?tail={}", args.tail))?, "logs")?;
+    let mut query = String::new();
+    if let Some(function) = &args.function {
+        query.push_str(&format!("&function={}", encode_query(function)));
+    }
+    if let Some(id) = &args.invocation {
+        query.push_str(&format!("&trace={}", encode_query(&trace_of(&client, id)?)));
+    }
+    let tail = args.tail;
+    let response = checked(client.get(&format!("/v1/logs?tail={tail}{query}"))?, "logs")?;
     print!("{}", response.text());
-    Ok(())
+    if !args.follow {
+        return Ok(());
+    }
+    let mut last = response
+        .header("baton-last-id")
+        .and_then(|id| id.parse::<i64>().ok())
+        .unwrap_or(0);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let path = format!("/v1/logs?tail=10000{query}&after={last}");
+        let response = checked(client.get(&path)?, "logs")?;
+        let text = response.text();
+        if !text.is_empty() {
+            print!("{text}");
+            std::io::Write::flush(&mut std::io::stdout())?;
+        }
+        if let Some(id) = response
+            .header("baton-last-id")
+            .and_then(|id| id.parse().ok())
+        {
+            last = id;
+        }
+    }
+}
+
+/// The trace an invocation id names: an asynchronous invocation's id (a UUID) is looked
+/// up; anything else is taken as a trace id.
+fn trace_of(client: &Client, id: &str) -> Result<String> {
+    if !(id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4) {
+        return Ok(id.to_owned());
+    }
+    let invocation = checked(
+        client.get(&format!("/v1/invocations/{}", encode_query(id)))?,
+        &format!("invocation {id}"),
+    )?
+    .json();
+    match invocation["response"]["trace"].as_str() {
+        Some(trace) => Ok(trace.to_owned()),
+        None => bail!(
+            "invocation {id} is {} and has no records yet",
+            invocation["state"].as_str().unwrap_or("unknown")
+        ),
+    }
+}
+
+/// `text` percent-encoded for a query string.
+fn encode_query(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `baton top`.

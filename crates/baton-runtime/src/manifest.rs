@@ -298,6 +298,22 @@ impl FunctionSpec {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        spec.resolve_in(dir);
+        Ok(spec)
+    }
+
+    /// Parses a manifest whose relative paths are taken from `dir` (an app manifest's
+    /// directory, say), as [`FunctionSpec::from_file`] takes them from the file's.
+    pub fn from_toml_in(text: &str, dir: &Path) -> Result<FunctionSpec, ManifestError> {
+        let mut spec = FunctionSpec::from_toml(text)?;
+        spec.resolve_in(dir);
+        Ok(spec)
+    }
+
+    /// A relative `module` is taken from `dir`, and a process function runs in `dir` (or
+    /// its relative `workdir` in `dir`).
+    fn resolve_in(&mut self, dir: &Path) {
+        let spec = self;
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
         if let FunctionKind::Wasm { module } = &mut spec.kind {
             if module.is_relative() {
@@ -309,7 +325,6 @@ impl FunctionSpec {
             Some(workdir) => workdir,
             None => dir,
         });
-        Ok(spec)
     }
 
     /// Reads every `*.toml` manifest in `dir`, sorted by file name.

@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
          created_ns INTEGER NOT NULL,
          finished_ns INTEGER,
          pure INTEGER NOT NULL);",
+    // 2: `baton logs --invocation` reads one trace's records.
+    "CREATE INDEX executions_trace ON executions(trace);",
 ];
 
 /// The schema version this build writes.
@@ -93,6 +95,19 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Which execution records [`Store::logs`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Only this function's (task's) records.
+    pub function: Option<String>,
+    /// Only this trace's records (one request and its chain).
+    pub trace: Option<String>,
+    /// Only rows after this id, oldest first; without it, the last `limit` rows.
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// A stored function.
@@ -375,6 +390,44 @@ impl Store {
         .collect()
     }
 
+    /// Execution rows that match `filter`, oldest first, with their ids (for a reader that
+    /// follows the log: ask again with `after` = the last id seen).
+    pub fn logs(&self, filter: &LogFilter) -> Result<Vec<(i64, ExecutionRecord)>, StoreError> {
+        let conn = self.conn();
+        // Newest first with a limit (the last n), or after an id in order (following).
+        let order = if filter.after.is_some() {
+            "ASC"
+        } else {
+            "DESC"
+        };
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT id, record FROM executions WHERE id > ?1 \
+             AND (?2 IS NULL OR task = ?2) AND (?3 IS NULL OR trace = ?3) \
+             ORDER BY id {order} LIMIT ?4"
+        ))?;
+        let rows = statement.query_map(
+            params![
+                filter.after.unwrap_or(0),
+                filter.function,
+                filter.trace,
+                filter.limit as i64
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut out = rows
+            .map(|row| {
+                let (id, text) = row?;
+                let record = ExecutionRecord::parse(&text)
+                    .map_err(|e| corrupt(&format!("execution row {id}"), e))?;
+                Ok((id, record))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        if filter.after.is_none() {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
     /// The last `n` execution records, oldest first.
     pub fn tail(&self, n: usize) -> Result<Vec<ExecutionRecord>, StoreError> {
         let last = self.last_execution_id()?;
@@ -520,6 +573,77 @@ mod tests {
             cold: Some(true),
             ..ExecutionRecord::default()
         }
+    }
+
+    #[test]
+    fn logs_filter_by_function_and_trace_and_follow_by_id() {
+        let store = Store::in_memory().unwrap();
+        let traced = |task: &str, invocation: &str, trace: &str| ExecutionRecord {
+            trace: Some(trace.into()),
+            ..record(task, invocation)
+        };
+        store
+            .append(
+                &[
+                    traced("a", "1", "t1"),
+                    traced("b", "2", "t1"),
+                    traced("a", "3", "t2"),
+                    traced("c", "4", "t3"),
+                ],
+                "baton",
+            )
+            .unwrap();
+        let tasks = |rows: Vec<(i64, ExecutionRecord)>| -> Vec<String> {
+            rows.into_iter().map(|(_, r)| r.invocation).collect()
+        };
+        let filter = |function: Option<&str>, trace: Option<&str>, after, limit| LogFilter {
+            function: function.map(str::to_owned),
+            trace: trace.map(str::to_owned),
+            after,
+            limit,
+        };
+        // The last n that match, oldest first.
+        assert_eq!(
+            tasks(store.logs(&filter(Some("a"), None, None, 10)).unwrap()),
+            ["1", "3"]
+        );
+        assert_eq!(
+            tasks(store.logs(&filter(Some("a"), None, None, 1)).unwrap()),
+            ["3"]
+        );
+        assert_eq!(
+            tasks(store.logs(&filter(None, Some("t1"), None, 10)).unwrap()),
+            ["1", "2"]
+        );
+        assert_eq!(
+            tasks(store.logs(&filter(None, None, None, 2)).unwrap()),
+            ["3", "4"]
+        );
+        assert!(store
+            .logs(&filter(Some("zz"), None, None, 10))
+            .unwrap()
+            .is_empty());
+        // Following: after the last id seen, in order; nothing new, nothing returned.
+        let all = store.logs(&filter(None, None, None, 10)).unwrap();
+        let second = all[1].0;
+        assert_eq!(
+            tasks(store.logs(&filter(None, None, Some(second), 10)).unwrap()),
+            ["3", "4"]
+        );
+        let last = all[3].0;
+        assert!(store
+            .logs(&filter(None, None, Some(last), 10))
+            .unwrap()
+            .is_empty());
+        store.append(&[traced("a", "5", "t4")], "baton").unwrap();
+        assert_eq!(
+            tasks(
+                store
+                    .logs(&filter(Some("a"), None, Some(last), 10))
+                    .unwrap()
+            ),
+            ["5"]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! predictions from a task (`/v1/logs`, `/v1/graph`, `/v1/predictions`).
 
 use super::*;
+use axum::http::HeaderName;
 
 pub(super) async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {
     let result = tokio::task::spawn_blocking(move || {
@@ -53,28 +54,53 @@ pub(super) async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Res
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct TailQuery {
+pub(super) struct LogsQuery {
     tail: Option<usize>,
+    function: Option<String>,
+    trace: Option<String>,
+    after: Option<i64>,
 }
 
-/// The last execution records (default 20, at most 10,000) as schema-v1 JSONL.
+/// Execution records as schema-v1 JSONL: the last `tail` (default 20, at most 10,000)
+/// that match `function` and `trace`, or, with `after`, those after that row in order (a
+/// follower asks again after the `Baton-Last-Id` it got).
 pub(super) async fn recent_logs(
     State(state): State<Shared>,
-    Query(query): Query<TailQuery>,
+    Query(query): Query<LogsQuery>,
 ) -> Response {
-    let n = query.tail.unwrap_or(20).min(10_000);
-    let tail = tokio::task::spawn_blocking(move || {
+    let filter = baton_store::LogFilter {
+        limit: query.tail.unwrap_or(20).min(10_000),
+        function: query.function,
+        trace: query.trace,
+        after: query.after.map(|a| a.max(0)),
+    };
+    let rows = tokio::task::spawn_blocking(move || {
         state.writer.flush();
-        state.store.tail(n)
+        let rows = state.store.logs(&filter)?;
+        // With nothing returned, a follower goes on from where the log is now (or from
+        // where it asked), not from the start.
+        let last = match (rows.last(), filter.after) {
+            (Some((id, _)), _) => *id,
+            (None, Some(after)) => after,
+            (None, None) => state.store.last_execution_id()?,
+        };
+        Ok::<_, baton_store::StoreError>((rows, last))
     })
     .await;
-    match tail {
-        Ok(Ok(records)) => {
+    match rows {
+        Ok(Ok((rows, last))) => {
             let mut out = Vec::new();
-            for record in &records {
+            for (_, record) in &rows {
                 let _ = record.write_line(&mut out);
             }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+            (
+                [
+                    (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+                    (HeaderName::from_static("baton-last-id"), last.to_string()),
+                ],
+                out,
+            )
+                .into_response()
         }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
