@@ -12,7 +12,7 @@
 //! greet = ["hello", "shout"]
 //! ```
 
-use crate::server::{checked, deploy_spec};
+use crate::server::{checked, deploy_spec, put_function};
 use anyhow::{bail, Context, Result};
 use baton_runtime::manifest::FunctionSpec;
 use baton_server::client::Client;
@@ -135,13 +135,7 @@ pub fn deploy_app(client: &Client, app: &App, out: &mut dyn std::io::Write) -> R
         let name = &function.spec.name;
         let body = deploy_spec(&function.spec, &function.manifest)
             .with_context(|| format!("function `{name}`"))?;
-        let response = client.request(
-            "PUT",
-            &format!("/v1/functions/{name}"),
-            "application/json",
-            body.to_string().as_bytes(),
-        )?;
-        let response = checked(response, &format!("deploying `{name}`"))?;
+        let response = put_function(client, name, &body, &format!("deploying `{name}`"))?;
         let verb = if response.status == 201 {
             "deployed"
         } else {

@@ -243,14 +243,25 @@ pub fn deploy_spec(spec: &baton_runtime::manifest::FunctionSpec, manifest: &str)
 pub fn deploy_file(client: &Client, path: &Path) -> Result<(String, Response)> {
     let body = deploy_body(path).with_context(|| format!("{}", path.display()))?;
     let name = baton_runtime::manifest::FunctionSpec::from_file(path)?.name;
+    let response = put_function(
+        client,
+        &name,
+        &body,
+        &format!("deploying {}", path.display()),
+    )?;
+    Ok((name, response))
+}
+
+/// `PUT /v1/functions/{name}` with a deploy body; the server's refusal is an error saying
+/// `what` failed.
+pub fn put_function(client: &Client, name: &str, body: &Value, what: &str) -> Result<Response> {
     let response = client.request(
         "PUT",
         &format!("/v1/functions/{name}"),
         "application/json",
         body.to_string().as_bytes(),
     )?;
-    let response = checked(response, &format!("deploying {}", path.display()))?;
-    Ok((name, response))
+    checked(response, what)
 }
 
 /// The manifests `paths` name: files as given, and each directory's `.toml` files in name
@@ -429,10 +440,16 @@ pub fn logs(args: LogsArgs) -> Result<()> {
     }
     let mut query = String::new();
     if let Some(function) = &args.function {
-        query.push_str(&format!("&function={}", encode_query(function)));
+        query.push_str(&format!(
+            "&function={}",
+            crate::commands::query_escape(function)
+        ));
     }
     if let Some(id) = &args.invocation {
-        query.push_str(&format!("&trace={}", encode_query(&trace_of(&client, id)?)));
+        query.push_str(&format!(
+            "&trace={}",
+            crate::commands::query_escape(&trace_of(&client, id)?)
+        ));
     }
     let tail = args.tail;
     let response = checked(client.get(&format!("/v1/logs?tail={tail}{query}"))?, "logs")?;
@@ -469,7 +486,10 @@ fn trace_of(client: &Client, id: &str) -> Result<String> {
         return Ok(id.to_owned());
     }
     let invocation = checked(
-        client.get(&format!("/v1/invocations/{}", encode_query(id)))?,
+        client.get(&format!(
+            "/v1/invocations/{}",
+            crate::commands::query_escape(id)
+        ))?,
         &format!("invocation {id}"),
     )?
     .json();
@@ -480,18 +500,6 @@ fn trace_of(client: &Client, id: &str) -> Result<String> {
             invocation["state"].as_str().unwrap_or("unknown")
         ),
     }
-}
-
-/// `text` percent-encoded for a query string.
-fn encode_query(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `baton top`.
