@@ -521,6 +521,8 @@ impl RunningServer {
             restored.sequences += 1;
         }
 
+        let mut metrics = Metrics::default();
+        metrics.collect_node(Arc::clone(&director), reservations.clone(), cluster.clone());
         let state = Arc::new(AppState {
             director,
             store,
@@ -532,7 +534,7 @@ impl RunningServer {
             token: config.token.clone(),
             queue_depth: config.queue_depth.max(1),
             queues: Mutex::new(HashMap::new()),
-            metrics: Metrics::default(),
+            metrics,
             detection: detection.clone(),
             policy: config.policy,
             cluster,

@@ -1,17 +1,47 @@
-//! Counters kept by the server from every invocation's records, and the Prometheus text
-//! exposition of them together with the runtime's own counters.
+//! The server's metrics, kept and encoded by `prometheus-client`: per-function counters and
+//! histograms (step duration, cold start) in base units, hop latency, requests, and what
+//! a pre-warm served; at each scrape, a collector reads the node's gauges (bytes), the
+//! runtime's counters and, in a cluster, the cluster's. Exposed in the Prometheus text
+//! format 0.0.4 (`promtool check metrics` accepts it, and so does a Prometheus scrape).
+//!
+//! Counting takes no lock of its own: counters and histograms are atomics, and a
+//! function's series are found under the family's read lock.
 
-use baton_runtime::director::StepFacts;
+use crate::cluster::Cluster;
+use baton_core::ResourcePool;
+use baton_runtime::director::{Director, StepFacts};
 use baton_runtime::pool::Warmth;
 use baton_trace::schema::ExecutionRecord;
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// Upper bounds of the hop-latency histogram, µs.
-pub const HOP_BUCKETS_US: [f64; 12] = [
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 10_000.0, 100_000.0,
+/// Histogram bucket bounds, seconds: 1 µs to 10 s, 1–2.5–5 per decade.
+pub const BUCKETS_S: [f64; 22] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+    5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The `Content-Type` of what [`Metrics::render`] writes.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+type Histograms = Family<FunctionLabel, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS_S)
+}
 
 /// Per-function counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,171 +56,345 @@ pub struct FunctionCounts {
     pub failures: u64,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    functions: BTreeMap<String, FunctionCounts>,
-    hop_buckets: [u64; HOP_BUCKETS_US.len()],
-    hop_count: u64,
-    hop_sum_us: f64,
-    /// Steps that had a predecessor (a prediction could have served them).
-    predictable: u64,
-    /// Of those, steps a pre-warm served.
-    predicted: u64,
-    requests: u64,
-    rejected: u64,
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Counter,
+    rejected: Counter,
+    invocations: Family<FunctionLabel, Counter>,
+    cold_starts: Family<FunctionLabel, Counter>,
+    prewarm_hits: Family<FunctionLabel, Counter>,
+    failures: Family<FunctionLabel, Counter>,
+    duration: Histograms,
+    cold_start: Histograms,
+    hop: Histogram,
+    predictable: Counter,
+    predicted: Counter,
 }
 
-/// The server's counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            requests: Counter::default(),
+            rejected: Counter::default(),
+            invocations: Family::default(),
+            cold_starts: Family::default(),
+            prewarm_hits: Family::default(),
+            failures: Family::default(),
+            duration: Family::new_with_constructor(histogram),
+            cold_start: Family::new_with_constructor(histogram),
+            hop: histogram(),
+            predictable: Counter::default(),
+            predicted: Counter::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "baton_requests",
+            "Invocations received (requests)",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "baton_requests_rejected",
+            "Requests refused with 429 because the function's queue was full",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "baton_invocations",
+            "Steps run, by function",
+            metrics.invocations.clone(),
+        );
+        r.register(
+            "baton_cold_starts",
+            "Steps that started cold, by function",
+            metrics.cold_starts.clone(),
+        );
+        r.register(
+            "baton_prewarm_hits",
+            "Steps served by a pre-warmed instance, by function",
+            metrics.prewarm_hits.clone(),
+        );
+        r.register(
+            "baton_failures",
+            "Steps that failed, by function",
+            metrics.failures.clone(),
+        );
+        r.register_with_unit(
+            "baton_step_duration",
+            "A step's run time, by function",
+            Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        r.register_with_unit(
+            "baton_cold_start_duration",
+            "What a cold step waited for its instance, by function",
+            Unit::Seconds,
+            metrics.cold_start.clone(),
+        );
+        r.register_with_unit(
+            "baton_hop_latency",
+            "Hand-off: the previous step's output to the next step holding its input",
+            Unit::Seconds,
+            metrics.hop.clone(),
+        );
+        r.register(
+            "baton_predictable_steps",
+            "Steps with a predecessor (a prediction could have served them)",
+            metrics.predictable.clone(),
+        );
+        r.register(
+            "baton_predicted_steps",
+            "Steps with a predecessor that a pre-warm served",
+            metrics.predicted.clone(),
+        );
+        metrics
+    }
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Adds what is read at each scrape: the node's gauges and the runtime's (and the
+    /// cluster's) counters.
+    pub(crate) fn collect_node(
+        &mut self,
+        director: Arc<Director>,
+        reservations: ResourcePool,
+        cluster: Option<Arc<Cluster>>,
+    ) {
+        self.registry.register_collector(Box::new(NodeCollector {
+            director,
+            reservations,
+            cluster,
+        }));
     }
 
     /// Counts one request's records, with their typed facts.
     pub fn observe(&self, records: &[ExecutionRecord], steps: &[StepFacts]) {
-        let mut inner = self.lock();
-        inner.requests += 1;
+        self.requests.inc();
         for (record, facts) in records.iter().zip(steps) {
+            let label = FunctionLabel {
+                function: record.task.clone(),
+            };
             let prewarmed = facts.warmth == Some(Warmth::Prewarmed);
-            let counts = inner.functions.entry(record.task.clone()).or_default();
-            counts.invocations += 1;
-            counts.cold_starts += u64::from(record.cold == Some(true));
-            counts.prewarm_hits += u64::from(prewarmed);
-            counts.failures += u64::from(
-                record
-                    .status
-                    .is_some_and(|s| s != baton_trace::schema::Status::Ok),
-            );
+            self.invocations.get_or_create(&label).inc();
+            // Every function's series exist from its first step, at 0 if need be.
+            let cold_starts = self.cold_starts.get_or_create(&label);
+            let prewarm_hits = self.prewarm_hits.get_or_create(&label);
+            let failures = self.failures.get_or_create(&label);
+            if record.cold == Some(true) {
+                cold_starts.inc();
+                if let Some(us) = record.cold_start_us {
+                    self.cold_start
+                        .get_or_create(&label)
+                        .observe(us as f64 / 1e6);
+                }
+            }
+            if prewarmed {
+                prewarm_hits.inc();
+            }
+            if record
+                .status
+                .is_some_and(|s| s != baton_trace::schema::Status::Ok)
+            {
+                failures.inc();
+            }
+            drop((cold_starts, prewarm_hits, failures));
+            self.duration
+                .get_or_create(&label)
+                .observe(record.duration_us as f64 / 1e6);
             if record.parent.is_some() {
-                inner.predictable += 1;
-                inner.predicted += u64::from(prewarmed);
+                self.predictable.inc();
+                if prewarmed {
+                    self.predicted.inc();
+                }
             }
             if let Some((ns, _)) = facts.hop_ns {
-                let us = ns as f64 / 1e3;
-                inner.hop_count += 1;
-                inner.hop_sum_us += us;
-                if let Some(bucket) = HOP_BUCKETS_US.iter().position(|&b| us <= b) {
-                    inner.hop_buckets[bucket] += 1;
-                }
+                self.hop.observe(ns as f64 / 1e9);
             }
         }
     }
 
     /// Counts a request refused because its function's queue was full.
     pub fn rejected(&self) {
-        self.lock().rejected += 1;
+        self.rejected.inc();
     }
 
     /// The counts of `function`.
     pub fn function(&self, function: &str) -> FunctionCounts {
-        self.lock()
-            .functions
-            .get(function)
-            .copied()
-            .unwrap_or_default()
+        let label = FunctionLabel {
+            function: function.to_owned(),
+        };
+        let read =
+            |family: &Family<FunctionLabel, Counter>| family.get(&label).map_or(0, |c| c.get());
+        FunctionCounts {
+            invocations: read(&self.invocations),
+            cold_starts: read(&self.cold_starts),
+            prewarm_hits: read(&self.prewarm_hits),
+            failures: read(&self.failures),
+        }
     }
 
     /// Fraction of steps with a predecessor that a pre-warm served.
     pub fn prediction_hit_rate(&self) -> f64 {
-        let inner = self.lock();
-        inner.predicted as f64 / inner.predictable.max(1) as f64
+        self.predicted.get() as f64 / self.predictable.get().max(1) as f64
     }
 
-    /// Renders the server's counters (the caller appends the runtime's gauges).
-    pub fn render(&self, out: &mut String) {
-        let inner = self.lock();
-        fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::error!("metrics not encoded: {error}");
         }
-        family(
-            out,
-            "baton_requests_total",
-            "counter",
-            "Invocations received (requests).",
-        );
-        let _ = writeln!(out, "baton_requests_total {}", inner.requests);
-        family(
-            out,
-            "baton_requests_rejected_total",
-            "counter",
-            "Requests refused with 429 because the function's queue was full.",
-        );
-        let _ = writeln!(out, "baton_requests_rejected_total {}", inner.rejected);
-        for (name, help, get) in [
-            (
-                "baton_invocations_total",
-                "Steps run, by function.",
-                (|c: &FunctionCounts| c.invocations) as fn(&FunctionCounts) -> u64,
-            ),
-            (
-                "baton_cold_starts_total",
-                "Steps that started cold, by function.",
-                |c| c.cold_starts,
-            ),
-            (
-                "baton_prewarm_hits_total",
-                "Steps served by a pre-warmed instance, by function.",
-                |c| c.prewarm_hits,
-            ),
-            (
-                "baton_failures_total",
-                "Steps that failed, by function.",
-                |c| c.failures,
-            ),
-        ] {
-            family(out, name, "counter", help);
-            for (function, counts) in &inner.functions {
-                let _ = writeln!(
-                    out,
-                    "{name}{{function=\"{}\"}} {}",
-                    escape(function),
-                    get(counts)
-                );
-            }
-        }
-        family(
-            out,
-            "baton_hop_latency_us",
-            "histogram",
-            "Hand-off latency: previous step's output to the next step holding its input, µs.",
-        );
-        let mut cumulative = 0;
-        for (bound, count) in HOP_BUCKETS_US.iter().zip(inner.hop_buckets) {
-            cumulative += count;
-            let _ = writeln!(
-                out,
-                "baton_hop_latency_us_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "baton_hop_latency_us_bucket{{le=\"+Inf\"}} {}",
-            inner.hop_count
-        );
-        let _ = writeln!(out, "baton_hop_latency_us_sum {}", inner.hop_sum_us);
-        let _ = writeln!(out, "baton_hop_latency_us_count {}", inner.hop_count);
-        family(
-            out,
-            "baton_prediction_hit_ratio",
-            "gauge",
-            "Of the steps with a predecessor, the fraction a pre-warm served.",
-        );
-        let _ = writeln!(
-            out,
-            "baton_prediction_hit_ratio {}",
-            inner.predicted as f64 / inner.predictable.max(1) as f64
-        );
+        out
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// What a scrape reads from the node itself.
+#[derive(Debug)]
+struct NodeCollector {
+    director: Arc<Director>,
+    reservations: ResourcePool,
+    cluster: Option<Arc<Cluster>>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut encoder;
+        let pool = self.director.pool();
+        let mib = |m: u64| i64::try_from(m << 20).unwrap_or(i64::MAX);
+        gauge(
+            e,
+            "baton_reservations",
+            "Reservations held in the resource pool",
+            None,
+            self.reservations.len() as i64,
+        )?;
+        counter(
+            e,
+            "baton_reservation_preemptions",
+            "Speculative reservations preempted by committed demand",
+            self.reservations.n_preemptions(),
+        )?;
+        gauge(
+            e,
+            "baton_warm_instances",
+            "Idle warm worker processes",
+            None,
+            pool.idle().len() as i64,
+        )?;
+        gauge(
+            e,
+            "baton_idle_memory",
+            "Declared memory of idle warm workers",
+            Some(&Unit::Bytes),
+            mib(pool.idle_memory_mib()),
+        )?;
+        gauge(
+            e,
+            "baton_template_memory",
+            "Measured memory (PSS) of the functions' templates",
+            Some(&Unit::Bytes),
+            mib(pool.template_memory_mib()),
+        )?;
+        // The runtime's counters, the same set `/v1/pool` shows.
+        for (name, help, value) in self.director.counters().read() {
+            counter(e, &format!("baton_runtime_{name}"), help, value)?;
+        }
+        if let Some(cluster) = &self.cluster {
+            let c = &cluster.counters;
+            for (name, help, value) in [
+                (
+                    "records_published",
+                    "Record batches published to the cluster",
+                    &c.records_published,
+                ),
+                (
+                    "records_dropped",
+                    "Record batches not published (backlog full or refused)",
+                    &c.records_dropped,
+                ),
+                (
+                    "records_learned",
+                    "Records learned from other nodes",
+                    &c.records_learned,
+                ),
+                (
+                    "installed",
+                    "Functions installed from the cluster's registry",
+                    &c.installed,
+                ),
+                (
+                    "install_failed",
+                    "Registry entries that could not be installed here",
+                    &c.install_failed,
+                ),
+                (
+                    "invocations_run",
+                    "Queued invocations this node ran to an end",
+                    &c.invocations_run,
+                ),
+                (
+                    "invocations_rerun",
+                    "Of them, re-runs of invocations a stopped node had claimed",
+                    &c.invocations_rerun,
+                ),
+                (
+                    "invocations_interrupted",
+                    "Invocations a stopped node had claimed, reported failed (not pure)",
+                    &c.invocations_interrupted,
+                ),
+                (
+                    "forwarded",
+                    "Synchronous invocations handed to a node with an idle worker",
+                    &c.forwarded,
+                ),
+                (
+                    "served_for_others",
+                    "Synchronous invocations other nodes handed to this one",
+                    &c.served_for_others,
+                ),
+            ] {
+                counter(
+                    e,
+                    &format!("baton_cluster_{name}"),
+                    help,
+                    value.load(Ordering::Relaxed),
+                )?;
+            }
+        }
+        // baton_build_info{version="…"} 1
+        let info = prometheus_client::metrics::info::Info::new(vec![(
+            "version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]);
+        info.encode(e.encode_descriptor(
+            "baton_build",
+            "The running baton",
+            None,
+            MetricType::Info,
+        )?)
+    }
 }

@@ -76,6 +76,41 @@ fn invoke(client: &Client, name: &str, payload: &str) -> Response {
         .unwrap()
 }
 
+/// `promtool check metrics` (Debian's `prometheus`, installed by `.ci/run`) reads the
+/// scrape without a problem; without promtool, under CI the test fails, elsewhere it says
+/// that this check did not run.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing: .ci/run installs it (apt-get install prometheus)"
+        );
+        eprintln!("NOT CHECKED: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("promtool check metrics: no problem found");
+}
+
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(line_start))
@@ -206,8 +241,25 @@ fn the_api_deploys_invokes_learns_and_counts() {
         0.0,
         "compiled at deploy"
     );
-    assert_eq!(metric(&metrics, "baton_hop_latency_us_count"), 12.0);
+    assert_eq!(metric(&metrics, "baton_hop_latency_seconds_count"), 12.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "baton_step_duration_seconds_count{function=\"price\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "baton_cold_start_duration_seconds_count{function=\"price\"}"
+        ),
+        1.0
+    );
     assert!(metrics.contains("baton_reservations "));
+    assert!(metrics.contains("baton_idle_memory_bytes "));
+    assert!(metrics.contains("baton_build_info{version=\""), "{metrics}");
+    promtool_accepts(&metrics);
 
     // Async: 202, then the stored outcome.
     let accepted = api

@@ -647,57 +647,9 @@ async fn pool(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
-    let mut out = String::new();
-    state.metrics.render(&mut out);
-    let gauges: [(&str, &str, &str, u64); 5] = [
-        (
-            "baton_reservations",
-            "gauge",
-            "Reservations held in the resource pool.",
-            state.reservations.len() as u64,
-        ),
-        (
-            "baton_reservation_preemptions_total",
-            "counter",
-            "Speculative reservations preempted by committed demand (the pool's count).",
-            state.reservations.n_preemptions(),
-        ),
-        (
-            "baton_warm_instances",
-            "gauge",
-            "Idle warm worker processes.",
-            state.director.pool().idle().len() as u64,
-        ),
-        (
-            "baton_idle_memory_mib",
-            "gauge",
-            "Declared memory of idle warm workers, MiB.",
-            state.director.pool().idle_memory_mib(),
-        ),
-        (
-            "baton_template_memory_mib",
-            "gauge",
-            "Measured memory (PSS) of the functions' templates, MiB.",
-            state.director.pool().template_memory_mib(),
-        ),
-    ];
-    // The runtime's counters, the same set `/v1/pool` shows.
-    for (name, help, value) in state.director.counters().read() {
-        out.push_str(&format!(
-            "# HELP baton_runtime_{name}_total {help}\n# TYPE baton_runtime_{name}_total counter\nbaton_runtime_{name}_total {value}\n"
-        ));
-    }
-    for (name, kind, help, value) in gauges {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
     )
         .into_response()
 }
