@@ -58,7 +58,7 @@ pub(super) struct LogsQuery {
     tail: Option<usize>,
     function: Option<String>,
     trace: Option<String>,
-    after: Option<i64>,
+    after: Option<u64>,
 }
 
 /// Execution records as schema-v1 JSONL: the last `tail` (default 20, at most 10,000)
@@ -72,7 +72,7 @@ pub(super) async fn recent_logs(
         limit: query.tail.unwrap_or(20).min(10_000),
         function: query.function,
         trace: query.trace,
-        after: query.after.map(|a| a.max(0)),
+        after: query.after.map(|a| i64::try_from(a).unwrap_or(i64::MAX)),
     };
     let rows = tokio::task::spawn_blocking(move || {
         state.writer.flush();
