@@ -9,12 +9,7 @@ cd "$(dirname "$0")/.."
 baton=target/debug/baton
 [ -x "$baton" ] || cargo build -q -p baton-cli
 venv=.ci/.venv
-if [ ! -x "$venv/bin/schemathesis" ]; then
-  python3 -m venv "$venv" 2>/dev/null || {
-    apt-get install -y -q python3-venv >/dev/null && python3 -m venv "$venv"
-  }
-  "$venv/bin/pip" install -q "schemathesis==4.32.5"
-fi
+bash .ci/venv.sh
 
 data=$(mktemp -d)
 log="$data/server.log"

@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// host's name and the port.
     #[arg(long, env = "BATON_NODE_NAME", requires = "cluster")]
     node_name: Option<String>,
+    /// Send every execution record as a span to this OTLP/HTTP collector
+    /// (`http://HOST:4318`; protobuf to `/v1/traces`), on the invocations' trace ids.
+    #[arg(long, env = "BATON_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -147,6 +151,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.max_body_bytes = args.max_body_mib << 20;
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));
     config.allow_process_functions = args.allow_process_functions;
+    config.otlp_endpoint = args.otlp_endpoint.clone();
     if !args.cluster.is_empty() {
         config.cluster = Some(baton_server::ClusterConfig {
             servers: args.cluster.clone(),

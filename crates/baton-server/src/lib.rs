@@ -13,6 +13,7 @@ mod api;
 pub mod client;
 pub mod cluster;
 pub mod metrics;
+pub mod otlp_export;
 
 pub use api::ROUTES;
 pub use cluster::{ClusterConfig, ClusterError};
@@ -59,6 +60,9 @@ pub struct ServerConfig {
     /// The NATS cluster to join, if any (`None`: one node, SQLite only). A node without a
     /// name is named after its host and port.
     pub cluster: Option<ClusterConfig>,
+    /// An OTLP/HTTP collector to send every execution record to as a span
+    /// (`http://HOST:PORT`; `None`: no export).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServerConfig {
@@ -76,6 +80,7 @@ impl ServerConfig {
             snapshot_every: Duration::from_secs(30),
             allow_process_functions: false,
             cluster: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -109,6 +114,9 @@ pub enum ServerError {
     /// The stored state does not load.
     #[error("restoring: {0}")]
     Restore(String),
+    /// A setting that cannot work (named in the message).
+    #[error("{0}")]
+    Config(String),
     /// The cluster could not be joined.
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
@@ -499,6 +507,13 @@ impl RunningServer {
         )?;
         let writer =
             Writer::start(Arc::clone(&store)).map_err(io("cannot start the store writer"))?;
+        let exporter = match &config.otlp_endpoint {
+            Some(endpoint) => Some(Arc::new(
+                otlp_export::Exporter::start(endpoint).map_err(ServerError::Config)?,
+            )),
+            None => None,
+        };
+        let sink_exporter = exporter.clone();
         let sink_writer = writer.clone();
         let sink_cluster = cluster.clone();
         let director = Director::new(pool, tdg, graph, policy)
@@ -508,8 +523,13 @@ impl RunningServer {
                 sink_writer.records(records, source);
                 // What this node ran is the cluster's to learn; what it learned from
                 // others (or ingested) is not sent back.
-                if let (Some(cluster), RecordSource::Baton) = (&sink_cluster, source) {
-                    cluster.publish_records(records);
+                if source == RecordSource::Baton {
+                    if let Some(cluster) = &sink_cluster {
+                        cluster.publish_records(records);
+                    }
+                    if let Some(exporter) = &sink_exporter {
+                        exporter.send(records);
+                    }
                 }
             }))
             .into_shared()
@@ -522,7 +542,12 @@ impl RunningServer {
         }
 
         let mut metrics = Metrics::default();
-        metrics.collect_node(Arc::clone(&director), reservations.clone(), cluster.clone());
+        metrics.collect_node(
+            Arc::clone(&director),
+            reservations.clone(),
+            cluster.clone(),
+            exporter.as_ref().map(|e| Arc::clone(&e.counters)),
+        );
         let state = Arc::new(AppState {
             director,
             store,

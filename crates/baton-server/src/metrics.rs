@@ -8,6 +8,7 @@
 //! function's series are found under the family's read lock.
 
 use crate::cluster::Cluster;
+use crate::otlp_export::ExportCounters;
 use baton_core::ResourcePool;
 use baton_runtime::director::{Director, StepFacts};
 use baton_runtime::pool::Warmth;
@@ -160,11 +161,13 @@ impl Metrics {
         director: Arc<Director>,
         reservations: ResourcePool,
         cluster: Option<Arc<Cluster>>,
+        otlp: Option<Arc<ExportCounters>>,
     ) {
         self.registry.register_collector(Box::new(NodeCollector {
             director,
             reservations,
             cluster,
+            otlp,
         }));
     }
 
@@ -257,6 +260,7 @@ struct NodeCollector {
     director: Arc<Director>,
     reservations: ResourcePool,
     cluster: Option<Arc<Cluster>>,
+    otlp: Option<Arc<ExportCounters>>,
 }
 
 fn counter(
@@ -380,6 +384,32 @@ impl Collector for NodeCollector {
                 counter(
                     e,
                     &format!("baton_cluster_{name}"),
+                    help,
+                    value.load(Ordering::Relaxed),
+                )?;
+            }
+        }
+        if let Some(otlp) = &self.otlp {
+            for (name, help, value) in [
+                (
+                    "exported",
+                    "Spans the OTLP collector accepted",
+                    &otlp.exported,
+                ),
+                (
+                    "failed",
+                    "Spans the OTLP collector refused or did not answer for",
+                    &otlp.failed,
+                ),
+                (
+                    "dropped",
+                    "Spans dropped because the export queue was full",
+                    &otlp.dropped,
+                ),
+            ] {
+                counter(
+                    e,
+                    &format!("baton_otlp_spans_{name}"),
                     help,
                     value.load(Ordering::Relaxed),
                 )?;

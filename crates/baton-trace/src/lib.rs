@@ -11,6 +11,7 @@ pub mod azure;
 pub mod jsonl;
 pub mod open;
 pub mod otlp;
+pub mod otlp_proto;
 pub mod render;
 pub mod report;
 pub mod requests;

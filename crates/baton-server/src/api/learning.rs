@@ -4,51 +4,109 @@
 use super::*;
 use axum::http::HeaderName;
 
-pub(super) async fn ingest_logs(State(state): State<Shared>, body: Bytes) -> Response {
-    let result = tokio::task::spawn_blocking(move || {
-        let mut report = baton_trace::report::ReadReport::default();
-        let text = body.trim_ascii_start();
-        let is_otlp =
-            text.starts_with(b"{") && text.windows(13).take(4096).any(|w| w == b"resourceSpans");
-        let records = if is_otlp {
-            baton_trace::otlp::read_otlp(
-                "body",
-                &body[..],
-                baton_trace::spans::SpanOptions::default(),
-                &mut report,
-            )
-        } else {
-            let mut records = Vec::new();
-            report = baton_trace::jsonl::read_jsonl("body", &body[..], |r| records.push(r));
-            records
-        };
-        if records.is_empty() {
-            let first = report
-                .errors
-                .first()
-                .map(|e| e.to_string())
-                .or_else(|| report.broken.first().cloned())
-                .unwrap_or_else(|| "no records".into());
-            return (
-                StatusCode::BAD_REQUEST,
-                json!({ "error": format!("nothing to learn: {first}") }),
-            );
+/// Which reader a body of logs goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Jsonl,
+    OtlpJson,
+    OtlpProto,
+}
+
+impl LogFormat {
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Jsonl => "jsonl",
+            LogFormat::OtlpJson => "otlp",
+            LogFormat::OtlpProto => "otlp-protobuf",
         }
-        let requests = state.director.learn_records(&records);
-        (
-            StatusCode::OK,
-            json!({
-                "format": if is_otlp { "otlp" } else { "jsonl" },
-                "records": records.len(),
-                "requests": requests,
-                "skipped": report.skipped,
-                "errors": report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            }),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Reads `body` in `format` and learns its records; the report, or why nothing was
+/// learned.
+fn learn(state: &AppState, body: &[u8], format: LogFormat) -> Result<Value, String> {
+    let mut report = baton_trace::report::ReadReport::default();
+    let options = baton_trace::spans::SpanOptions::default();
+    let records = match format {
+        LogFormat::OtlpJson => baton_trace::otlp::read_otlp("body", body, options, &mut report),
+        LogFormat::OtlpProto => {
+            baton_trace::otlp_proto::read_otlp_proto("body", body, options, &mut report)
+        }
+        LogFormat::Jsonl => {
+            let mut records = Vec::new();
+            report = baton_trace::jsonl::read_jsonl("body", body, |r| records.push(r));
+            records
+        }
+    };
+    if records.is_empty() {
+        let first = report
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .or_else(|| report.broken.first().cloned())
+            .unwrap_or_else(|| "no records".into());
+        return Err(format!("nothing to learn: {first}"));
+    }
+    let requests = state.director.learn_records(&records);
+    Ok(json!({
+        "format": format.name(),
+        "records": records.len(),
+        "requests": requests,
+        "skipped": report.skipped,
+        "errors": report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    }))
+}
+
+/// `POST /v1/logs`: schema-v1 JSONL, OTLP/JSON, or OTLP protobuf (by its content type).
+pub(super) async fn ingest_logs(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = body.trim_ascii_start();
+    let format = if content_type(&headers).starts_with("application/x-protobuf") {
+        LogFormat::OtlpProto
+    } else if text.starts_with(b"{") && text.windows(13).take(4096).any(|w| w == b"resourceSpans") {
+        LogFormat::OtlpJson
+    } else {
+        LogFormat::Jsonl
+    };
+    match tokio::task::spawn_blocking(move || learn(&state, &body, format)).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /v1/traces`: an OTLP/HTTP trace export (protobuf, or JSON), learned as spans; the
+/// answer is an (empty) `ExportTraceServiceResponse` in the request's encoding, so an
+/// OpenTelemetry SDK or collector can export to baton directly.
+pub(super) async fn ingest_traces(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let protobuf = content_type(&headers).starts_with("application/x-protobuf");
+    let format = if protobuf {
+        LogFormat::OtlpProto
+    } else {
+        LogFormat::OtlpJson
+    };
+    match tokio::task::spawn_blocking(move || learn(&state, &body, format)).await {
+        Ok(Ok(_)) if protobuf => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            Vec::<u8>::new(),
         )
-    })
-    .await;
-    match result {
-        Ok((status, body)) => (status, Json(body)).into_response(),
+            .into_response(),
+        Ok(Ok(_)) => Json(json!({})).into_response(),
+        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(e) => internal(e),
     }
 }

@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sequences"),
     ("POST", "/v1/logs"),
     ("GET", "/v1/logs"),
+    ("POST", "/v1/traces"),
     ("GET", "/v1/graph"),
     ("GET", "/v1/predictions"),
     ("GET", "/v1/pool"),
@@ -86,6 +87,7 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
             "/v1/logs",
             post(learning::ingest_logs).get(learning::recent_logs),
         )
+        .route("/v1/traces", post(learning::ingest_traces))
         .route("/v1/graph", get(learning::graph))
         .route("/v1/predictions", get(learning::predictions))
         .route("/v1/pool", get(pool))
