@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/logs"),
     ("GET", "/v1/logs"),
     ("POST", "/v1/traces"),
+    ("GET", "/ui"),
     ("GET", "/v1/graph"),
     ("GET", "/v1/predictions"),
     ("GET", "/v1/pool"),
@@ -94,6 +95,8 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // The dashboard is a static page (it asks the API, with the token, for the data).
+        .route("/ui", get(dashboard))
         .merge(api)
         .fallback(|| async {
             error(
@@ -646,6 +649,23 @@ async fn pool(State(state): State<Shared>) -> Response {
         "prediction_hit_ratio": state.metrics.prediction_hit_rate(),
     }))
     .into_response()
+}
+
+/// The dashboard's page, embedded in the binary.
+const DASHBOARD: &str = include_str!("../ui/index.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
