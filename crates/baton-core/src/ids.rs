@@ -97,22 +97,50 @@ impl Interner {
     }
 }
 
-/// A stable 128-bit content key of `bytes` (two SipHash passes with different prefixes,
-/// then the length): names compiled modules in caches and module blobs in the store.
+/// A stable 128-bit content key of `bytes`: the first half of their SHA-256, then their
+/// length. Names compiled modules in caches, module blobs in the store and uploads shared
+/// in a cluster, so it must not change between builds (std's `DefaultHasher` may).
 pub fn content_key(bytes: &[u8]) -> String {
-    use std::hash::{Hash, Hasher};
-    let half = |salt: u8| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut hasher);
-        bytes.hash(&mut hasher);
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}-{}", half(1), half(2), bytes.len())
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{}", bytes.len())
+}
+
+/// A [`std::hash::Hasher`] over SHA-256, for keys made of `Hash` values that must stay the
+/// same between builds (a compiled module's engine settings, say).
+#[derive(Debug, Clone, Default)]
+pub struct StableHasher(sha2::Sha256);
+
+impl std::hash::Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = sha2::Digest::finalize(self.0.clone());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_keys_are_sha256_and_fixed_across_builds() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(content_key(b"abc"), "ba7816bf8f01cfea414140de5dae2223-3");
+        assert_ne!(content_key(b"abc"), content_key(b"abd"));
+        use std::hash::{Hash, Hasher};
+        let mut a = StableHasher::default();
+        "engine".hash(&mut a);
+        let mut b = StableHasher::default();
+        "engine".hash(&mut b);
+        assert_eq!(a.finish(), b.finish());
+    }
 
     #[test]
     fn interning_is_stable_and_dense() {

@@ -228,7 +228,7 @@ impl WasmEngine {
     fn cache_path(&self, bytes: &[u8]) -> PathBuf {
         // The key covers the content and the engine (wasmtime version and the settings that
         // shape compiled code); wasmtime checks both again when it deserializes.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = baton_core::ids::StableHasher::default();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
