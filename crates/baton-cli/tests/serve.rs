@@ -280,6 +280,27 @@ fn a_killed_server_comes_back_with_what_it_learned() {
         .as_str()
         .unwrap()
         .contains("interrupted by a server restart"));
+
+    // A removed function leaves the graph, and stays out of it after another SIGKILL.
+    ok(&["functions", "delete", "notify", "--server", &url]);
+    let mentions_notify = |graph: &Value| graph.to_string().contains("\"notify\"");
+    assert!(
+        !mentions_notify(&get(&url, "/v1/graph")),
+        "{}",
+        get(&url, "/v1/graph")
+    );
+    assert!(
+        pipeline_graph(&get(&url, "/v1/graph")).1.len() >= 2,
+        "the rest stays"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (mut server, url, _) = serve(&data);
+    let graph = get(&url, "/v1/graph");
+    assert!(
+        !mentions_notify(&graph),
+        "notify came back after a restart: {graph}"
+    );
     server.kill().unwrap();
     server.wait().unwrap();
 }

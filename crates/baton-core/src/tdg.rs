@@ -225,6 +225,14 @@ impl<T: Outcome> Dist<T> {
         }
     }
 
+    /// Drops `task` as a target; the others' probabilities renormalise.
+    fn forget(&mut self, task: TaskId) {
+        if let Some(position) = self.targets.iter().position(|t| t.task() == task) {
+            let weight = self.targets.remove(position).weight();
+            self.total = (self.total - weight).max(self.stop);
+        }
+    }
+
     fn freeze(&self, decay: &Decay, now_us: u64) -> FrozenDist {
         let total = self.total.max(f64::MIN_POSITIVE);
         let mut targets: Vec<FrozenTarget> = self
@@ -264,6 +272,21 @@ struct EntryStats {
 }
 
 impl EntryStats {
+    /// Drops `task` from the per-task counts and from every set (sets that become equal
+    /// are merged).
+    fn forget(&mut self, task: TaskId) {
+        self.tasks.remove(&task);
+        let mut merged: Vec<(Vec<TaskId>, f64)> = Vec::with_capacity(self.sets.len());
+        for (mut set, weight) in self.sets.drain(..) {
+            set.retain(|t| *t != task);
+            match merged.iter_mut().find(|(s, _)| *s == set) {
+                Some(slot) => slot.1 += weight,
+                None => merged.push((set, weight)),
+            }
+        }
+        self.sets = merged;
+    }
+
     fn observe(&mut self, downstream: &[(TaskId, u64)], weight: f64) {
         self.requests += weight;
         for &(task, offset) in downstream {
@@ -601,6 +624,35 @@ impl Tdg {
         }
     }
 
+    /// Forgets `name` (a removed function): its own calls, every edge into it, its place in
+    /// context distributions and entry sets, its resource profile. The name stays known
+    /// (ids are dense and stable) with nothing learned; a function deployed again under it
+    /// starts from scratch. Returns whether the name was known.
+    pub fn forget(&mut self, name: &str) -> bool {
+        let Some(index) = self.tasks.get(name) else {
+            return false;
+        };
+        let task = TaskId(index);
+        if let Some(own) = self.first_order.get_mut(task.index()) {
+            *own = Dist::default();
+        }
+        for dist in &mut self.first_order {
+            dist.forget(task);
+        }
+        self.contexts.retain(|&(_, _, caller), _| caller != task.0);
+        for dist in self.contexts.values_mut() {
+            dist.forget(task);
+        }
+        if let Some(profile) = self.profiles.get_mut(task.index()) {
+            *profile = ResourceProfile::default();
+        }
+        for stats in self.entry_by_route.values_mut() {
+            stats.forget(task);
+        }
+        self.entry_any.forget(task);
+        true
+    }
+
     /// Observes a whole request: its calls, its invocations' use and its entry set.
     pub fn observe_request(&mut self, request: &Request) {
         request.for_each_call(|event: &CallEvent| {
@@ -715,6 +767,37 @@ mod tests {
         assert!((dist.stop_probability - 0.2).abs() < 1e-12);
         assert_eq!(dist.targets[1].delay_mean_us, 304);
         assert_eq!(snapshot.first_order(c).stop_probability, 1.0);
+    }
+
+    #[test]
+    fn a_forgotten_task_leaves_the_graph_and_the_rest_renormalises() {
+        let mut tdg = Tdg::new(TdgConfig {
+            half_life_us: None,
+            ..TdgConfig::default()
+        });
+        let a = tdg.intern_task("a");
+        let b = tdg.intern_task("b");
+        let c = tdg.intern_task("c");
+        let context = CallContext::first_order(a);
+        for _ in 0..3 {
+            tdg.observe_call(&context, Some(b), 100, 1);
+        }
+        tdg.observe_call(&context, Some(c), 300, 1);
+        tdg.observe_call(&CallContext::first_order(b), Some(c), 50, 1);
+        tdg.observe_call(&context, None, 0, 1);
+        assert!(tdg.forget("b"));
+        assert!(!tdg.forget("nobody"));
+        let snapshot = tdg.snapshot();
+        let dist = snapshot.first_order(a);
+        assert_eq!(dist.targets.len(), 1, "{dist:?}");
+        assert_eq!(dist.targets[0].task, c);
+        assert!((dist.targets[0].probability - 0.5).abs() < 1e-12);
+        assert!((dist.stop_probability - 0.5).abs() < 1e-12);
+        assert!(snapshot.first_order(b).targets.is_empty());
+        assert!(snapshot.edges().all(|(from, t)| from != b && t.task != b));
+        // Learned again from scratch when it comes back.
+        tdg.observe_call(&context, Some(b), 100, 2);
+        assert_eq!(tdg.snapshot().first_order(a).targets.len(), 2);
     }
 
     #[test]

@@ -299,6 +299,16 @@ impl Director {
         self.node.pool.remove(name)
     }
 
+    /// Forgets what the graph learned of `name` (a removed function: nothing calls it any
+    /// more) and publishes the graph without it. Returns whether it was in the graph.
+    pub fn forget_task(&self, name: &str) -> bool {
+        self.sync();
+        let mut learner = lock(&self.node.learner);
+        let known = learner.forget(name);
+        self.node.publish(learner);
+        known
+    }
+
     /// The declared sequences, sorted by name.
     pub fn sequences(&self) -> Vec<(String, Vec<String>)> {
         let mut all: Vec<(String, Vec<String>)> = self

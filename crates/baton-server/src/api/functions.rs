@@ -264,6 +264,20 @@ pub(super) async fn get_function(
     Json(describe(&spec, manifest)).into_response()
 }
 
+/// A removed function leaves the graph too, and a snapshot keeps it out after a restart
+/// (the records before it are not replayed).
+pub(crate) async fn forget_in_graph(state: &Shared, name: &str) {
+    let (state, name) = (Arc::clone(state), name.to_owned());
+    let _ = tokio::task::spawn_blocking(move || {
+        if state.director.forget_task(&name) {
+            if let Err(error) = crate::snapshot(&state.director, &state.writer) {
+                tracing::error!("snapshot after removing `{name}` failed: {error}");
+            }
+        }
+    })
+    .await;
+}
+
 pub(super) async fn delete_function(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -274,6 +288,7 @@ pub(super) async fn delete_function(
     if let Err(e) = state.store.delete_function(&name) {
         return internal(e);
     }
+    forget_in_graph(&state, &name).await;
     if let Some(cluster) = &state.cluster {
         if let Err(e) = cluster.forget_function(&name).await {
             return error(

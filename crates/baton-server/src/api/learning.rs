@@ -171,6 +171,28 @@ pub(super) struct GraphQuery {
     min_probability: Option<f64>,
 }
 
+/// Drops the nodes of removed functions: nothing learned (the graph forgot them), no
+/// edge, and not deployed. (A deployed function not called yet stays, at weight 0.)
+fn hide_forgotten(state: &AppState, graph: &mut Value) {
+    let touched: std::collections::HashSet<String> = graph["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| [&e["from"], &e["to"]])
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    let pool = state.director.pool();
+    if let Some(nodes) = graph["nodes"].as_array_mut() {
+        nodes.retain(|n| {
+            let task = n["task"].as_str().unwrap_or("");
+            n["weight"].as_f64().unwrap_or(0.0) > 0.0
+                || touched.contains(task)
+                || pool.spec(task).is_some()
+                || state.director.is_sequence(task)
+        });
+    }
+}
+
 pub(super) async fn graph(
     State(state): State<Shared>,
     Query(query): Query<GraphQuery>,
@@ -179,7 +201,9 @@ pub(super) async fn graph(
     let min = query.min_probability.unwrap_or(0.0);
     match query.format.as_deref() {
         None | Some("json") => {
-            Json(baton_trace::render::graph_json(&snapshot, min)).into_response()
+            let mut graph = baton_trace::render::graph_json(&snapshot, min);
+            hide_forgotten(&state, &mut graph);
+            Json(graph).into_response()
         }
         Some("dot") => (
             [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],

@@ -5,7 +5,7 @@ mod functions;
 mod learning;
 mod sequences;
 
-pub(crate) use functions::{check_upload, install};
+pub(crate) use functions::{check_upload, forget_in_graph, install};
 
 use crate::cluster::Forwarded;
 use crate::{materialize, AppState};

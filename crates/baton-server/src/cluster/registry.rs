@@ -61,13 +61,22 @@ pub(super) async fn watch_functions(
                 }
             }
             kv::Operation::Delete | kv::Operation::Purge => {
-                let _ = tokio::task::spawn_blocking(move || {
-                    if state.director.undeploy(&name) {
-                        let _ = state.store.delete_function(&name);
-                        tracing::info!("cluster: removed `{name}` (removed from the registry)");
-                    }
-                })
-                .await;
+                let removed = {
+                    let (state, name) = (Arc::clone(&state), name.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let removed = state.director.undeploy(&name);
+                        if removed {
+                            let _ = state.store.delete_function(&name);
+                        }
+                        removed
+                    })
+                    .await
+                    .unwrap_or(false)
+                };
+                if removed {
+                    api::forget_in_graph(&state, &name).await;
+                    tracing::info!("cluster: removed `{name}` (removed from the registry)");
+                }
             }
         }
     }
