@@ -3,7 +3,8 @@
 //! invocable through node 3; one node is killed with SIGKILL during a burst of
 //! asynchronous invocations, and every accepted one still ends (re-run elsewhere: the
 //! function is pure, reported failed when it is not) and is reported by the survivors; afterwards the survivors' graphs
-//! have the same edges, learned from each other's records. A process function warm on
+//! have the same edges, learned from each other's records, and node 2, started again on
+//! its data, catches up to them. A process function warm on
 //! node 1 only is run there when invoked through node 3.
 //!
 //! `.ci/run` installs `nats-server` (Debian's package). Without it, under CI the test
@@ -322,6 +323,39 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         seen.0
             .contains(&("\"upper\"".to_owned(), "\"busy\"".to_owned())),
         "{seen:?}"
+    );
+
+    // Node 2 comes back on its data directory: its functions are there, and its graph
+    // catches up on what the others ran while it was down (its durable consumer resumes).
+    let (_n2, url2) = node("n2", &dir.path().join("n2"), &nats_url);
+    let back = Client::new(&url2, None).unwrap();
+    assert_eq!(back.get("/v1/functions/busy").unwrap().status, 200);
+    // Caught up: the same edges, and (within 5 %) the same learned weight of `upper` and
+    // `busy`, of which it had seen only part before it died.
+    let weight = |client: &Client| -> f64 {
+        let graph = client.get("/v1/graph").unwrap().json();
+        graph["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["task"] == "busy" || n["task"] == "upper")
+            .filter_map(|n| n["weight"].as_f64())
+            .sum()
+    };
+    let mut weights = (0.0, 0.0);
+    let caught_up = eventually(Duration::from_secs(20), || {
+        weights = (weight(&back), weight(survivors[0]));
+        edges(&back) == seen.0 && (weights.0 - weights.1).abs() <= 0.05 * weights.1
+    });
+    assert!(
+        caught_up,
+        "node 2 after its restart: edges {:?} vs {:?}, weight {weights:?}",
+        edges(&back),
+        seen.0
+    );
+    eprintln!(
+        "node 2 restarted: learned weight {:.1} against node 1's {:.1}",
+        weights.0, weights.1
     );
 
     // A process function warm on node 1 only: node 3 hands its invocation there rather
