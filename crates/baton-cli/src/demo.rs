@@ -11,7 +11,6 @@ use baton_server::client::Client;
 use baton_server::{RunningServer, ServerConfig};
 use clap::Args;
 use serde::Serialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -202,7 +201,9 @@ fn run_phase(
     // started); traffic starts once it is done, as after any deploy that is not rushed.
     let ready_after = wait_until_ready(&client, &kinds)?;
     // The warm-up: traffic the server learns from (as a running service has), not measured.
-    for (i, request) in warmup.iter().enumerate() {
+    let warming = progress
+        .then(|| crate::progress::counter(&format!("{name:<24} warm-up"), warmup.len() as u64));
+    for request in warmup.iter() {
         std::thread::sleep(request.gap);
         client.request(
             "POST",
@@ -210,10 +211,12 @@ fn run_phase(
             "application/json",
             request.payload.as_bytes(),
         )?;
-        if progress {
-            eprint!("\r{name:<24} warm-up {}/{}", i + 1, warmup.len());
-            let _ = std::io::stderr().flush();
+        if let Some(bar) = &warming {
+            bar.inc(1);
         }
+    }
+    if let Some(bar) = warming {
+        bar.finish_and_clear();
     }
     let counters_before = counters_of(&client)?;
 
@@ -249,6 +252,7 @@ fn run_phase(
     let mut latencies = Vec::with_capacity(plan.len());
     let mut rows = Vec::with_capacity(plan.len());
     let (mut cold, mut prewarmed, mut late) = (0, 0, 0);
+    let measuring = progress.then(|| crate::progress::bar(name, plan.len() as u64));
     for (i, request) in plan.iter().enumerate() {
         std::thread::sleep(request.gap);
         let sent = Instant::now();
@@ -295,23 +299,15 @@ fn run_phase(
                 _ => {}
             }
         }
-        if progress {
-            let done = (i + 1) * 30 / plan.len();
-            eprint!(
-                "\r{name:<24} [{}{}] {}/{}",
-                "#".repeat(done),
-                ".".repeat(30 - done),
-                i + 1,
-                plan.len()
-            );
-            let _ = std::io::stderr().flush();
+        if let Some(bar) = &measuring {
+            bar.inc(1);
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
     let (idle_mib_s, sampled, idle_by) = sampler.join().unwrap_or_default();
-    if progress {
-        eprintln!();
+    if let Some(bar) = measuring {
+        bar.finish();
     }
     let pool = client.get("/v1/pool")?;
     let counters_after = serde_json::from_slice::<serde_json::Value>(&pool.body)

@@ -10,6 +10,7 @@ mod demo;
 mod load;
 mod manage;
 mod peers;
+mod progress;
 mod server;
 mod sim;
 

@@ -634,13 +634,17 @@ pub fn run(args: PeersArgs) -> Result<()> {
                 conn.call()?;
             }
         }
-        for i in 0..args.requests {
+        let bar = progress.then(|| crate::progress::counter(scenario, args.requests as u64));
+        for _ in 0..args.requests {
             for (k, conn) in conns.iter_mut().enumerate() {
                 samples[k].push(conn.call()?.as_secs_f64() * 1e3);
             }
-            if progress && i % 20 == 0 {
-                eprint!("\r{scenario}: {i}/{}   ", args.requests);
+            if let Some(bar) = &bar {
+                bar.inc(1);
             }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
         for (system, samples) in systems.iter().zip(samples) {
             cells.push(summary(&system.name, scenario, samples));
@@ -648,29 +652,37 @@ pub fn run(args: PeersArgs) -> Result<()> {
     }
     // (c): idle past every keep-alive, then the chain on each system in turn.
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
-    for run in 0..args.cold_runs {
-        if progress {
-            eprint!(
-                "\rcold after {:.0} s idle: {run}/{}   ",
-                args.idle_secs, args.cold_runs
-            );
+    let bar = progress.then(|| {
+        crate::progress::counter(
+            &format!("cold after {:.0} s idle:", args.idle_secs),
+            args.cold_runs as u64,
+        )
+    });
+    for _ in 0..args.cold_runs {
+        if let Some(bar) = &bar {
+            bar.inc(1);
         }
         std::thread::sleep(Duration::from_secs_f64(args.idle_secs));
         for (k, system) in systems.iter().enumerate() {
             samples[k].push(call(&system.chain)?.as_secs_f64() * 1e3);
         }
     }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     for (system, samples) in systems.iter().zip(samples) {
         cells.push(summary(&system.name, "chain after idle", samples));
     }
     // (d): throughput, one system at a time.
     for system in &systems {
-        if progress {
-            eprint!("\rthroughput: {}            ", system.name);
-        }
+        let bar =
+            progress.then(|| crate::progress::counter(&format!("throughput: {}", system.name), 1));
         let (rate, failed) = throughput(&system.chain, args.concurrency, args.throughput_secs)?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         if failed > 0 {
-            eprintln!("\n{}: {failed} requests failed under load", system.name);
+            eprintln!("{}: {failed} requests failed under load", system.name);
         }
         cells.push(Cell {
             system: system.name.clone(),
@@ -679,9 +691,6 @@ pub fn run(args: PeersArgs) -> Result<()> {
             p50: rate,
             p99: 0.0,
         });
-    }
-    if progress {
-        eprintln!();
     }
     let machine = format!(
         "{} cores, {}",

@@ -7,7 +7,6 @@ use baton_core::{Costs, TdgConfig};
 use baton_sim::engine::SimConfig;
 use baton_sim::{report, PolicyResult, Simulation};
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -133,29 +132,6 @@ fn pod_memory(path: &std::path::Path) -> Result<Vec<(String, u64)>> {
         .collect())
 }
 
-fn progress_bar(label: &str, done: usize, total: usize) {
-    use std::io::IsTerminal;
-    // On a terminal the bar redraws in place; in a log only the finished line is written.
-    if !std::io::stderr().is_terminal() && done < total {
-        return;
-    }
-    let width = 30;
-    let filled = (done * width)
-        .checked_div(total)
-        .unwrap_or(width)
-        .min(width);
-    eprint!(
-        "\r{label:<36} [{}{}] {:>3}%",
-        "#".repeat(filled),
-        ".".repeat(width - filled),
-        (done * 100).checked_div(total).unwrap_or(100)
-    );
-    if done >= total {
-        eprintln!();
-    }
-    let _ = std::io::stderr().flush();
-}
-
 pub fn sim(args: SimArgs) -> Result<()> {
     let mut memories = vec![args.memory_gib];
     let mut knobs = vec![1.0];
@@ -268,10 +244,13 @@ pub fn sim(args: SimArgs) -> Result<()> {
                     memory_mib: (memory_gib * 1024.0) as u64,
                     ..SimConfig::default()
                 };
-                let label = format!("{policy} knob {knob} {memory_gib} GiB");
+                let bar =
+                    crate::progress::bar(&format!("{policy} knob {knob} {memory_gib} GiB"), 0);
                 let result = simulation.run(policy, knob, &config, |done, total| {
-                    progress_bar(&label, done, total)
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
                 })?;
+                bar.finish();
                 results.push(result);
             }
         }
