@@ -120,8 +120,9 @@ pub struct ServeArgs {
     )]
     allow_process_functions: bool,
     /// Join a baton cluster through these NATS servers (JetStream on; comma-separated
-    /// `nats://HOST:PORT`): functions, sequences, the learned graph and asynchronous
-    /// invocations are shared with every node. Without it, one node and SQLite only.
+    /// `nats://[USER:PASSWORD@]HOST:PORT`; a password is never printed): functions,
+    /// sequences, the learned graph and asynchronous invocations are shared with every
+    /// node. Without it, one node and SQLite only.
     #[arg(long, env = "BATON_CLUSTER", value_delimiter = ',')]
     cluster: Vec<String>,
     /// This node's name in the cluster (letters, digits, `-`, `_`; unique). Default: the
@@ -188,10 +189,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     if let Some(node) = server.cluster_node() {
-        eprintln!(
-            "joined the cluster at {} as node {node}",
-            args.cluster.join(",")
-        );
+        let servers: Vec<String> = args
+            .cluster
+            .iter()
+            .map(|s| baton_server::cluster::redact(s))
+            .collect();
+        eprintln!("joined the cluster at {} as node {node}", servers.join(","));
     }
     eprintln!(
         "baton listening on http://{} (policy {:?})",

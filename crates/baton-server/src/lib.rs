@@ -118,7 +118,7 @@ pub enum ServerError {
     #[error("{0}")]
     Config(String),
     /// The cluster could not be joined.
-    #[error("cluster: {0}")]
+    #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
 

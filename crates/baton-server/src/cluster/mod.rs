@@ -151,6 +151,21 @@ pub fn default_node_name(port: u16) -> String {
     format!("{host}-{port}")
 }
 
+/// `url` with the password of its `user:password@` part replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split(':').next().unwrap_or("");
+    let prefix = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{prefix}{user}:***@{host}")
+}
+
 fn valid_node(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -328,20 +343,35 @@ impl Cluster {
         if !valid_node(&config.node) {
             return Err(ClusterError::NodeName(config.node.clone()));
         }
-        let servers = config.servers.join(",");
+        // Shown in messages and logs without any password a URL carries.
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| redact(s))
+            .collect::<Vec<_>>()
+            .join(",");
         let connect = |reason: String| ClusterError::Connect {
             servers: servers.clone(),
-            reason,
+            reason: reason.replace(&config.servers.join(","), &servers),
         };
         let addrs: Vec<async_nats::ServerAddr> = config
             .servers
             .iter()
-            .map(|s| s.parse::<async_nats::ServerAddr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| connect(e.to_string()))?;
-        let client = async_nats::ConnectOptions::new()
+            .map(|s| {
+                s.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| connect(format!("{}: {e}", redact(s))))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut options = async_nats::ConnectOptions::new()
             .name(format!("baton {}", config.node))
-            .connection_timeout(Duration::from_secs(5))
+            .connection_timeout(Duration::from_secs(5));
+        // `nats://USER:PASSWORD@HOST:PORT`: the client takes the credentials from options.
+        if let Some(addr) = addrs.iter().find(|a| a.has_user_pass()) {
+            if let (Some(user), Some(password)) = (addr.username(), addr.password()) {
+                options = options.user_and_password(user.to_owned(), password.to_owned());
+            }
+        }
+        let client = options
             .connect(addrs)
             .await
             .map_err(|e| connect(e.to_string()))?;
@@ -573,6 +603,16 @@ mod tests {
         let default = default_node_name(8080);
         assert!(valid_node(&default), "{default}");
         assert!(default.ends_with("-8080"));
+    }
+
+    #[test]
+    fn passwords_in_server_urls_are_not_shown() {
+        assert_eq!(
+            redact("nats://baton:s3cret@127.0.0.1:4222"),
+            "nats://baton:***@127.0.0.1:4222"
+        );
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact("baton:p@ss@host:4222"), "baton:***@host:4222");
     }
 
     #[test]
