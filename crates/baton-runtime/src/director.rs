@@ -331,6 +331,20 @@ impl Director {
             .is_some()
     }
 
+    /// The steps of the sequence `name`, if it is one.
+    pub fn sequence(&self, name: &str) -> Option<Vec<String>> {
+        self.sequences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// What invoking `name` runs, in order: a sequence's steps, or `name` itself.
+    pub fn steps_of(&self, name: &str) -> Vec<String> {
+        self.sequence(name).unwrap_or_else(|| vec![name.to_owned()])
+    }
+
     /// Whether `name` is a sequence.
     pub fn is_sequence(&self, name: &str) -> bool {
         self.sequences

@@ -79,10 +79,7 @@ pub(super) async fn put_function(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let is_json = content_type(&headers).starts_with("application/json");
     let (manifest, module, code) = if is_json {
         let body: DeployBody = match serde_json::from_slice(&body) {
             Ok(body) => body,

@@ -22,13 +22,6 @@ impl LogFormat {
     }
 }
 
-fn content_type(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 /// Reads `body` in `format` and learns its records; the report, or why nothing was
 /// learned.
 fn learn(state: &AppState, body: &[u8], format: LogFormat) -> Result<Value, String> {

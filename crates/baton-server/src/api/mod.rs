@@ -308,33 +308,32 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
 /// functions only (an interrupted asynchronous invocation is re-run only then).
 fn pure(state: &AppState, name: &str) -> bool {
     let pool = state.director.pool();
-    let pure_function = |f: &str| pool.spec(f).is_some_and(|s| s.pure);
-    match state
+    state
         .director
-        .sequences()
-        .into_iter()
-        .find(|(n, _)| n == name)
-    {
-        Some((_, steps)) => steps.iter().all(|s| pure_function(s)),
-        None => pure_function(name),
-    }
+        .steps_of(name)
+        .iter()
+        .all(|step| pool.spec(step).is_some_and(|s| s.pure))
 }
 
 /// How long a forwarded invocation may take before it is run here instead: its steps'
 /// timeouts, and 2 s for the hops.
 fn forward_timeout(state: &AppState, name: &str) -> std::time::Duration {
     let pool = state.director.pool();
-    let steps = state
+    let ms: u64 = state
         .director
-        .sequences()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map_or_else(|| vec![name.to_owned()], |(_, steps)| steps);
-    let ms: u64 = steps
+        .steps_of(name)
         .iter()
         .filter_map(|s| pool.spec(s).map(|spec| spec.timeout_ms))
         .sum();
     std::time::Duration::from_millis(ms + 2000)
+}
+
+/// A request's content type ("" without one).
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 fn known(state: &AppState, name: &str) -> bool {

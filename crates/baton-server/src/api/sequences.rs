@@ -76,13 +76,8 @@ pub(super) async fn list(State(state): State<Shared>) -> Response {
 
 /// `GET /v1/sequences/{name}`.
 pub(super) async fn get(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    match state
-        .director
-        .sequences()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-    {
-        Some((name, steps)) => Json(json!({ "name": name, "steps": steps })).into_response(),
+    match state.director.sequence(&name) {
+        Some(steps) => Json(json!({ "name": name, "steps": steps })).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown sequence `{name}`")),
     }
 }

@@ -43,24 +43,15 @@ struct Reply {
     body: serde_json::Value,
 }
 
-/// The function a request for `name` starts with (a sequence's first step).
-fn first_function(state: &AppState, name: &str) -> String {
-    state
-        .director
-        .sequences()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, steps)| steps.into_iter().next())
-        .unwrap_or_else(|| name.to_owned())
-}
-
 impl Cluster {
     /// The node to hand a synchronous invocation of `name` to, if one should have it: this
     /// node holds no idle worker of its first function, a cold start of it here is a
     /// process start expected to cost [`FORWARD_MIN`] or more (or not measured yet), and
     /// another node told recently that it holds one (the one with the most).
     pub(crate) fn forward_target(&self, state: &AppState, name: &str) -> Option<String> {
-        let first = first_function(state, name);
+        // The function a request for `name` starts with (a sequence's first step).
+        let first =
+            (state.director.steps_of(name).into_iter().next()).unwrap_or_else(|| name.to_owned());
         let pool = state.director.pool();
         let spec = pool.spec(&first)?;
         if !matches!(

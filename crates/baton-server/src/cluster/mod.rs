@@ -297,7 +297,7 @@ async fn bucket(
     config: kv::Config,
 ) -> Result<kv::Store, ClusterError> {
     let name = config.bucket.clone();
-    work_stream(
+    ensure_stream(
         context,
         stream::Config {
             name: format!("KV_{name}"),
@@ -326,7 +326,8 @@ async fn bucket(
         .map_err(|e| js(format!("bucket {name}"))(e.to_string()))
 }
 
-async fn work_stream(
+/// The stream `config` names, made unless it is there (the first node makes it).
+async fn ensure_stream(
     context: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, ClusterError> {
@@ -438,7 +439,7 @@ impl Cluster {
                 .await
                 .map_err(|e| js(format!("object store {MODULES}"))(format!("{created}; {e}")))?,
         };
-        work_stream(
+        ensure_stream(
             &context,
             stream::Config {
                 name: RECORDS.into(),
@@ -451,7 +452,7 @@ impl Cluster {
             },
         )
         .await?;
-        work_stream(
+        ensure_stream(
             &context,
             stream::Config {
                 name: WORK.into(),

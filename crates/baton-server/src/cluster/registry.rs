@@ -154,11 +154,7 @@ pub(super) async fn watch_sequences(
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<SharedSequence>(&entry.value) {
                 Ok(shared) => {
-                    let known = state
-                        .director
-                        .sequences()
-                        .into_iter()
-                        .any(|(n, steps)| n == name && steps == shared.steps);
+                    let known = state.director.sequence(&name).as_ref() == Some(&shared.steps);
                     if !known {
                         if let Err(error) = state.store.put_sequence(&name, &shared.steps) {
                             tracing::error!("cluster: sequence `{name}`: {error}");
