@@ -14,6 +14,7 @@ pub mod client;
 pub mod cluster;
 pub mod metrics;
 pub mod otlp_export;
+mod writer;
 
 pub use api::ROUTES;
 pub use cluster::{ClusterConfig, ClusterError};
@@ -31,9 +32,10 @@ use metrics::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+pub(crate) use writer::{snapshot, Writer};
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 
 /// How to run the server.
@@ -290,133 +292,6 @@ fn restore_learner(store: &Store, restored: &mut Restored) -> Result<Tdg, Server
         tdg.observe_request(request);
     }
     Ok(tdg)
-}
-
-/// How long the store writer waits for more records before committing a batch.
-const GROUP_COMMIT: Duration = Duration::from_millis(5);
-
-/// What the store writer thread is asked to do, in order.
-enum Write {
-    /// Append these records.
-    Records(Vec<baton_trace::schema::ExecutionRecord>, RecordSource),
-    /// Save this learner state (a copy; serialized on the writer's thread, outside any
-    /// lock); it has learned every record sent before it.
-    Snapshot(Box<baton_core::TdgState>),
-    /// Answer once everything sent before is written.
-    Flush(std::sync::mpsc::Sender<()>),
-}
-
-/// The store writer: appends records off the request path (a commit costs ~0.1 ms here,
-/// so consecutive requests' records share one), and saves snapshots in order with them,
-/// so a snapshot's `last_execution` is exactly what the state had learned.
-#[derive(Debug, Clone)]
-pub(crate) struct Writer {
-    sender: std::sync::mpsc::Sender<Write>,
-}
-
-impl std::fmt::Debug for Write {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Write::Records(records, _) => write!(f, "Records({})", records.len()),
-            Write::Snapshot(_) => f.write_str("Snapshot"),
-            Write::Flush(_) => f.write_str("Flush"),
-        }
-    }
-}
-
-impl Writer {
-    fn start(store: Arc<Store>) -> std::io::Result<Writer> {
-        let (sender, receiver) = std::sync::mpsc::channel::<Write>();
-        std::thread::Builder::new()
-            .name("baton-store-writer".into())
-            .spawn(move || {
-                while let Ok(first) = receiver.recv() {
-                    let mut pending = vec![first];
-                    // Group commit: records that come within a few milliseconds share one
-                    // transaction (a commit costs ~0.1 ms of a core here, which the request
-                    // path would otherwise compete with); a snapshot or a flush ends the
-                    // wait at once.
-                    let linger = Instant::now() + GROUP_COMMIT;
-                    while matches!(pending.last(), Some(Write::Records(..))) {
-                        let left = linger.saturating_duration_since(Instant::now());
-                        match receiver.recv_timeout(left) {
-                            Ok(write) => pending.push(write),
-                            Err(_) => break,
-                        }
-                    }
-                    pending.extend(receiver.try_iter());
-                    let mut batch: Vec<baton_trace::schema::ExecutionRecord> = Vec::new();
-                    let mut batch_source = RecordSource::Baton;
-                    let flush = |batch: &mut Vec<_>, source: RecordSource| {
-                        if !batch.is_empty() {
-                            if let Err(error) = store.append(batch, source.as_str()) {
-                                tracing::error!("cannot append {} records: {error}", batch.len());
-                            }
-                            batch.clear();
-                        }
-                    };
-                    for write in pending {
-                        match write {
-                            Write::Records(records, source) => {
-                                if source != batch_source {
-                                    flush(&mut batch, batch_source);
-                                    batch_source = source;
-                                }
-                                batch.extend(records);
-                            }
-                            Write::Snapshot(state) => {
-                                flush(&mut batch, batch_source);
-                                let state = match serde_json::to_string(&state) {
-                                    Ok(state) => state,
-                                    Err(error) => {
-                                        tracing::error!("snapshot not serializable: {error}");
-                                        continue;
-                                    }
-                                };
-                                let saved = store
-                                    .last_execution_id()
-                                    .and_then(|last| store.save_snapshot(last, &state));
-                                if let Err(error) = saved {
-                                    tracing::error!("snapshot failed: {error}");
-                                }
-                            }
-                            Write::Flush(done) => {
-                                flush(&mut batch, batch_source);
-                                let _ = done.send(());
-                            }
-                        }
-                    }
-                    flush(&mut batch, batch_source);
-                }
-            })?;
-        Ok(Writer { sender })
-    }
-
-    fn records(&self, records: &[baton_trace::schema::ExecutionRecord], source: RecordSource) {
-        let _ = self.sender.send(Write::Records(records.to_vec(), source));
-    }
-
-    /// Waits until everything sent so far is in the store.
-    pub(crate) fn flush(&self) {
-        let (done, wait) = std::sync::mpsc::channel();
-        if self.sender.send(Write::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(30));
-        }
-    }
-}
-
-/// Saves a snapshot of the learner consistent with the execution log, and waits for it.
-pub(crate) fn snapshot(director: &Director, writer: &Writer) -> Result<(), String> {
-    // Copied and queued under the learner lock (so it follows exactly the records the
-    // learner had seen), serialized by the writer outside it.
-    director.with_learner(|tdg| {
-        writer
-            .sender
-            .send(Write::Snapshot(Box::new(tdg.state())))
-            .map_err(|_| "the store writer stopped".to_owned())
-    })?;
-    writer.flush();
-    Ok(())
 }
 
 impl RunningServer {
