@@ -10,23 +10,15 @@
 //! `.ci/run` installs `nats-server` (Debian's package). Without it, under CI the test
 //! fails; elsewhere it says that it did not run.
 
+mod common;
+
 use baton_server::client::Client;
+use common::{start_listening, Served};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child process killed (SIGKILL) and reaped when dropped: a failing test leaves none.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn nats_server() -> Option<PathBuf> {
     [
@@ -52,45 +44,27 @@ fn fixtures() -> PathBuf {
 }
 
 /// Starts a node and waits for its "listening" line; returns it and its URL.
-fn node(name: &str, data: &Path, nats: &str) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data.display().to_string(),
-            "--no-auth",
-            "--cluster",
-            nats,
-            "--node-name",
-            name,
-            "--allow-process-functions",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let url = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("node {name} stopped before listening:\n{log}");
-        };
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.strip_prefix("baton listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+fn node(name: &str, data: &Path, nats: &str) -> (Served, String) {
+    let (served, url, log, _later) = start_listening(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data.display().to_string(),
+                "--no-auth",
+                "--cluster",
+                nats,
+                "--node-name",
+                name,
+                "--allow-process-functions",
+            ])
+            .env("RUST_LOG", "warn"),
+        Some(name),
+    );
     assert!(log.contains(&format!("as node {name}")), "{log}");
-    let tag = name.to_owned();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            eprintln!("[{tag}] {line}");
-        }
-    });
-    (Running(child), url)
+    (served, url)
 }
 
 fn deploy(url: &str, manifest: &Path) {
@@ -146,7 +120,7 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     eprintln!("running against {}", nats.display());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _nats = Running(
+    let _nats = Served(
         Command::new(&nats)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path().join("jetstream"))

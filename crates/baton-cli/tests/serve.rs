@@ -4,10 +4,13 @@
 //! asynchronous invocations accepted before the kill are completed (pure functions) or
 //! reported failed, never lost.
 
+mod common;
+
+use common::{start_listening, Served};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn examples() -> PathBuf {
@@ -31,28 +34,6 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// A running `baton serve`, killed (SIGKILL) when dropped, so that a failing test leaves
-/// no server behind.
-struct Served(Child);
-
-impl Served {
-    /// SIGKILL: no shutdown, no last snapshot.
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `baton serve` and waits for its "listening" line; returns the server, its URL
 /// and what it printed.
 fn serve(data: &Path) -> (Served, String, String) {
@@ -66,9 +47,8 @@ fn serve_under(wrapper: &[&str], data: &Path) -> (Served, String, String) {
         Some((program, rest)) => (*program, [rest, &[baton]].concat()),
         None => (baton, Vec::new()),
     };
-    let mut child = Command::new(program)
-        .args(&wrapped)
-        .args([
+    let (served, url, log, _later) = start_listening(
+        Command::new(program).args(&wrapped).args([
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -78,26 +58,10 @@ fn serve_under(wrapper: &[&str], data: &Path) -> (Served, String, String) {
             "--allow-process-functions",
             "--snapshot-secs",
             "1",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server says where it listens")
-            .unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.strip_prefix("baton listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining its stderr so it never blocks.
-    std::thread::spawn(move || for _ in lines {});
-    (Served(child), url, log)
+        ]),
+        None,
+    );
+    (served, url, log)
 }
 
 fn get(url: &str, path: &str) -> Value {
@@ -734,22 +698,12 @@ fn the_developer_loop_from_a_template() {
     );
 
     // baton up: serves, and redeploys when a file changes.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["up", &app_path, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut up = Served(child);
+    let (mut up, url, _, lines) = start_listening(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["up", &app_path, "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null()),
+        None,
+    );
     let next_line = |want: &str| -> String {
         loop {
             let line = lines
@@ -760,12 +714,6 @@ fn the_developer_loop_from_a_template() {
             }
         }
     };
-    let listening = next_line("baton listening on ");
-    let url = listening
-        .split_whitespace()
-        .nth(3)
-        .expect("a URL after `listening on`")
-        .to_owned();
     let invoke = |data: &str| ok(&["invoke", "hello", "--data", data, "--server", &url]);
     assert!(invoke("you").starts_with("hello, you"));
     let source = app.join("hello.py");
