@@ -380,8 +380,8 @@ impl RunningServer {
                 future: None,
             },
         )?;
-        let writer =
-            Writer::start(Arc::clone(&store)).map_err(io("cannot start the store writer"))?;
+        let writer = Writer::start(Arc::clone(&store), cluster.clone())
+            .map_err(io("cannot start the store writer"))?;
         let exporter = match &config.otlp_endpoint {
             Some(endpoint) => Some(Arc::new(
                 otlp_export::Exporter::start(endpoint).map_err(ServerError::Config)?,
@@ -390,18 +390,13 @@ impl RunningServer {
         };
         let sink_exporter = exporter.clone();
         let sink_writer = writer.clone();
-        let sink_cluster = cluster.clone();
         let director = Director::new(pool, tdg, graph, policy)
             .with_wasm(Arc::clone(&engine))
             .with_reservations(reservations.clone())
             .with_sink(Box::new(move |records, source: RecordSource| {
+                // The writer also shares with the cluster what this node ran, once stored.
                 sink_writer.records(records, source);
-                // What this node ran is the cluster's to learn; what it learned from
-                // others (or ingested) is not sent back.
                 if source == RecordSource::Baton {
-                    if let Some(cluster) = &sink_cluster {
-                        cluster.publish_records(records);
-                    }
                     if let Some(exporter) = &sink_exporter {
                         exporter.send(records);
                     }

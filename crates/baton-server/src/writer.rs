@@ -40,7 +40,14 @@ impl std::fmt::Debug for Write {
 }
 
 impl Writer {
-    pub(crate) fn start(store: Arc<Store>) -> std::io::Result<Writer> {
+    /// Starts the writer thread. In a cluster, the records of what this node ran are
+    /// published once they are stored: a node killed before its commit has published
+    /// nothing it would not find again in its own log after a restart (it does not learn
+    /// its own records back from the cluster).
+    pub(crate) fn start(
+        store: Arc<Store>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> std::io::Result<Writer> {
         let (sender, receiver) = std::sync::mpsc::channel::<Write>();
         std::thread::Builder::new()
             .name("baton-store-writer".into())
@@ -64,8 +71,21 @@ impl Writer {
                     let mut batch_source = RecordSource::Baton;
                     let flush = |batch: &mut Vec<_>, source: RecordSource| {
                         if !batch.is_empty() {
-                            if let Err(error) = store.append(batch, source.as_str()) {
-                                tracing::error!("cannot append {} records: {error}", batch.len());
+                            match store.append(batch, source.as_str()) {
+                                Ok(_) => {
+                                    // What this node ran is the cluster's to learn; what it
+                                    // learned from others (or ingested) is not sent back.
+                                    if let (Some(cluster), RecordSource::Baton) = (&cluster, source)
+                                    {
+                                        cluster.publish_records(batch);
+                                    }
+                                }
+                                Err(error) => {
+                                    tracing::error!(
+                                        "cannot append {} records: {error}",
+                                        batch.len()
+                                    );
+                                }
                             }
                             batch.clear();
                         }

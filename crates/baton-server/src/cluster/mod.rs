@@ -485,7 +485,8 @@ impl Cluster {
     }
 
     /// Queues the records of what this node ran for the cluster (called by the store
-    /// writer's sink; never blocks: a full backlog drops the batch and counts it).
+    /// writer once they are committed; never blocks: a full backlog drops the batch and
+    /// counts it).
     pub(crate) fn publish_records(&self, records: &[ExecutionRecord]) {
         if records.is_empty() {
             return;

@@ -114,8 +114,11 @@ pub(super) async fn learn_records(
         }
         if !records.is_empty() {
             let learned = records.len() as u64;
+            // Stored before they are acknowledged: a node killed in between gets them
+            // again from the stream, never neither.
             let _ = tokio::task::spawn_blocking(move || {
                 state.director.learn_records(&records);
+                state.writer.flush();
             })
             .await;
             cluster
