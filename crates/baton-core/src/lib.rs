@@ -11,6 +11,7 @@
 //! [`reservation::ResourcePool`]; [`policy`] turns plans into pre-warm actions.
 #![deny(missing_docs)]
 
+pub mod arrival;
 pub mod assembler;
 pub mod chain;
 pub mod clock;

@@ -4,6 +4,7 @@
 //! in order. A snapshot is one graph version; its chain-profile cache therefore caches per
 //! (task, version) by construction. A snapshot serialises to JSON (`baton learn --save`).
 
+use crate::arrival::Episodes;
 use crate::context::{context_kind_by_name, CallContext, ContextKind};
 use crate::ids::{Interner, LabelId, TaskId};
 use crate::profile::{NeedQuantile, ProfileSummary};
@@ -107,6 +108,9 @@ pub struct SnapshotParts {
     pub entry_by_route: FxHashMap<LabelId, FrozenEntrySet>,
     /// Entry set over all requests (fallback for unknown routes).
     pub entry_any: FrozenEntrySet,
+    /// Each task's latest episodes, for its arrival rhythm.
+    #[serde(default)]
+    pub arrivals: Vec<Episodes>,
 }
 
 mod context_table {
@@ -309,6 +313,11 @@ impl TdgSnapshot {
             .iter()
             .enumerate()
             .flat_map(|(i, dist)| dist.targets.iter().map(move |t| (TaskId(i as u32), t)))
+    }
+
+    /// The latest episodes of `task`'s starts ([`crate::arrival`]); empty when unknown.
+    pub fn episodes(&self, task: TaskId) -> Option<&Episodes> {
+        self.parts.arrivals.get(task.index())
     }
 
     /// The resource profile of `task`.

@@ -14,6 +14,7 @@ pub use baselines::{
     GreedyDualPolicy, HistogramPolicy, MlpPolicy, NonePolicy, OraclePolicy, TtlPolicy,
 };
 
+use crate::arrival::{Episodes, EPISODE_GAP_US, MIN_CONFIRMATIONS};
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
 use crate::ids::TaskId;
@@ -167,7 +168,27 @@ pub struct ChainPolicy {
     entry_tasks: std::collections::BTreeSet<TaskId>,
     idle: idle::IdleModel,
     /// Each task's re-warm window asked for at its last end (absolute µs), until it starts.
-    rewarms: BTreeMap<TaskId, (u64, u64)>,
+    /// With how many instances.
+    rewarms: BTreeMap<TaskId, (u64, u64, u32)>,
+    /// Each task's episodes: what the graph had learned when the task was first met, then
+    /// every start seen live (`None`: not met yet).
+    episodes: Vec<Option<Episodes>>,
+    /// The graph version whose tasks were last looked at for rhythms.
+    rhythms_seen: Option<u64>,
+    /// How many instances of each task run at once, per episode.
+    concurrency: Vec<Concurrency>,
+}
+
+/// Most instances a rhythm's re-warm asks for at once.
+pub const MAX_REWARM_INSTANCES: u32 = 16;
+
+/// A task's running instances, and the most that ran at once in its current and its
+/// previous episode: a burst that needed five instances last time gets five re-warmed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Concurrency {
+    running: u32,
+    peak: u32,
+    last_peak: u32,
 }
 
 impl ChainPolicy {
@@ -189,6 +210,95 @@ impl ChainPolicy {
             entry_tasks: std::collections::BTreeSet::new(),
             idle: idle::IdleModel::default(),
             rewarms: BTreeMap::new(),
+            episodes: Vec::new(),
+            rhythms_seen: None,
+            concurrency: Vec::new(),
+        }
+    }
+
+    fn concurrency(&mut self, task: TaskId) -> &mut Concurrency {
+        if self.concurrency.len() <= task.index() {
+            self.concurrency
+                .resize(task.index() + 1, Concurrency::default());
+        }
+        &mut self.concurrency[task.index()]
+    }
+
+    /// `task`'s episodes, seeded from the graph when it is first met.
+    fn episodes(&mut self, task: TaskId) -> &mut Episodes {
+        if self.episodes.len() <= task.index() {
+            self.episodes.resize(task.index() + 1, None);
+        }
+        let graph = &self.graph;
+        self.episodes[task.index()]
+            .get_or_insert_with(|| graph.load().episodes(task).cloned().unwrap_or_default())
+    }
+
+    /// The window in which `task`'s rhythm expects its next start, when it ends after
+    /// `not_before_us` (what a kept instance covers already needs no pre-warm).
+    fn rhythm_window(&mut self, task: TaskId, not_before_us: u64) -> Option<(u64, u64, f64)> {
+        let rhythm = self.episodes(task).rhythm()?;
+        let (from, until) = rhythm.window();
+        (until > not_before_us).then_some((from, until, rhythm.probability()))
+    }
+
+    /// Asks for `task` to be ready over `[ready, until)` (a re-warm: no plan), as many
+    /// instances as its last episodes needed at once, replacing the re-warm asked for at
+    /// its last end if that is still to come.
+    fn rewarm(
+        &mut self,
+        task: TaskId,
+        now_us: u64,
+        window: (u64, u64, f64),
+        out: &mut Vec<Action>,
+    ) {
+        let (ready, until, probability) = window;
+        let ready = ready.max(now_us);
+        let c = *self.concurrency(task);
+        let instances = c.peak.max(c.last_peak).clamp(1, MAX_REWARM_INSTANCES);
+        if self.rewarms.get(&task) == Some(&(ready, until, instances)) {
+            return; // asked for already (another end of the same episode)
+        }
+        if self.rewarms.get(&task).is_some_and(|&(r, _, _)| now_us < r) {
+            out.push(Action::Release { task, plan: None });
+        }
+        for _ in 0..instances {
+            out.push(Action::PreWarm {
+                task,
+                at_us: ready,
+                until_us: until,
+                plan: None,
+                reservation: None,
+                probability,
+            });
+        }
+        self.rewarms.insert(task, (ready, until, instances));
+    }
+
+    /// Once per graph version: the tasks the graph knows but this policy has not met yet
+    /// (after a restart, or tasks learned from a trace) get their rhythm's next start
+    /// pre-warmed, as if their last end had just been seen.
+    fn rhythms_of_unmet(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        let snapshot = self.graph.load();
+        if self.rhythms_seen == Some(snapshot.version()) {
+            return;
+        }
+        self.rhythms_seen = Some(snapshot.version());
+        for index in 0..snapshot.n_tasks() {
+            let task = TaskId(index as u32);
+            let met = self.episodes.get(index).is_some_and(Option::is_some);
+            if met || snapshot.episodes(task).is_none_or(Episodes::is_empty) {
+                continue;
+            }
+            if let Some(window) = self.rhythm_window(task, now_us) {
+                if self
+                    .rewarms
+                    .get(&task)
+                    .is_none_or(|&(_, until, _)| until <= now_us)
+                {
+                    self.rewarm(task, now_us, window, out);
+                }
+            }
         }
     }
 
@@ -269,9 +379,12 @@ impl ChainPolicy {
     /// Whether a live plan already has an unused step of the same task whose window
     /// covers `step`'s expected start (a new plan would pre-warm it twice).
     fn covered(&self, step: &PlannedStep) -> bool {
-        let rewarmed = self.rewarms.get(&step.task).is_some_and(|&(ready, until)| {
-            ready <= step.expected_start_us && step.expected_start_us < until
-        });
+        let rewarmed = self
+            .rewarms
+            .get(&step.task)
+            .is_some_and(|&(ready, until, _)| {
+                ready <= step.expected_start_us && step.expected_start_us < until
+            });
         rewarmed
             || self.live.values().any(|live| {
                 live.plan
@@ -299,7 +412,19 @@ impl ChainPolicy {
             self.entry_tasks.insert(task);
         }
         self.idle.on_start(task, at_us);
-        if let Some((ready, _)) = self.rewarms.remove(&task) {
+        let episodes = self.episodes(task);
+        let before = episodes.last_start_us();
+        episodes.observe(at_us);
+        let new_episode = before.is_none_or(|last| at_us >= last.saturating_add(EPISODE_GAP_US));
+        let c = self.concurrency(task);
+        c.running += 1;
+        if new_episode {
+            c.last_peak = c.peak;
+            c.peak = c.running;
+        } else {
+            c.peak = c.peak.max(c.running);
+        }
+        if let Some((ready, _, _)) = self.rewarms.remove(&task) {
             if at_us < ready {
                 // Started before its re-warm: the re-warm is not needed now.
                 out.push(Action::Release { task, plan: None });
@@ -406,6 +531,8 @@ impl Policy for ChainPolicy {
                 ..
             } => self.on_start(task, at_us, context, reveals_route, out),
             PolicyEvent::End { task, at_us, .. } => {
+                let c = self.concurrency(task);
+                c.running = c.running.saturating_sub(1);
                 let keep = if self.entry_tasks.contains(&task) {
                     self.config.entry_keep_alive_us
                 } else {
@@ -420,39 +547,46 @@ impl Policy for ChainPolicy {
                         .map_or(0, |q| q.p50);
                     crate::exec::lead_us(cold)
                 };
-                let warmth = self.idle.after_end(task, at_us, keep, lead);
+                let mut warmth = self.idle.after_end(task, at_us, keep, lead);
+                // The idle model's re-warm, chosen against keep-alive on many gaps, else
+                // the rhythm's window: a timer seen a few times, or a pattern.
+                let window = match warmth.rewarm {
+                    Some(r) => Some((
+                        at_us.saturating_add(r.ready_us),
+                        at_us.saturating_add(r.until_us),
+                        r.probability,
+                    )),
+                    None => self.episodes(task).rhythm().and_then(|rhythm| {
+                        let (from, until) = rhythm.window();
+                        // A sure rhythm whose next start comes after the keep-alive: the
+                        // kept instance would not serve it, a re-warm will. It stays only
+                        // while this episode may go on.
+                        let kept_until = at_us.saturating_add(warmth.keep_us);
+                        if rhythm.confirmations > MIN_CONFIRMATIONS && from > kept_until {
+                            warmth.keep_us = warmth.keep_us.min(EPISODE_GAP_US);
+                        }
+                        (until > at_us.saturating_add(warmth.keep_us)).then_some((
+                            from,
+                            until,
+                            rhythm.probability(),
+                        ))
+                    }),
+                };
                 if warmth.keep_us > 0 {
                     out.push(Action::KeepAlive {
                         task,
                         until_us: at_us.saturating_add(warmth.keep_us),
                     });
                 }
-                if let Some(rewarm) = warmth.rewarm {
-                    if self
-                        .rewarms
-                        .get(&task)
-                        .is_some_and(|&(ready, _)| at_us < ready)
-                    {
-                        // A later end supersedes the re-warm an earlier one asked for.
-                        out.push(Action::Release { task, plan: None });
-                    }
-                    let window = (
-                        at_us.saturating_add(rewarm.ready_us),
-                        at_us.saturating_add(rewarm.until_us),
-                    );
-                    out.push(Action::PreWarm {
-                        task,
-                        at_us: window.0,
-                        until_us: window.1,
-                        plan: None,
-                        reservation: None,
-                        probability: rewarm.probability,
-                    });
-                    self.rewarms.insert(task, window);
+                if let Some(window) = window {
+                    self.rewarm(task, at_us, window, out);
                 }
                 self.on_tick(at_us, out);
             }
-            PolicyEvent::Tick { at_us } => self.on_tick(at_us, out),
+            PolicyEvent::Tick { at_us } => {
+                self.rhythms_of_unmet(at_us, out);
+                self.on_tick(at_us, out);
+            }
             PolicyEvent::Evicted { .. } => {}
         }
     }

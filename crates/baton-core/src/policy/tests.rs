@@ -238,3 +238,156 @@ fn a_starting_step_consumes_its_own_plan_not_an_older_one() {
         "request 3 plans b: request 2's step was consumed by its own b"
     );
 }
+
+/// A chain policy on `tdg`'s graph with a 10 min keep-alive for every task.
+fn chain_on(tdg: &mut crate::tdg::Tdg) -> ChainPolicy {
+    ChainPolicy::new(
+        Arc::new(SnapshotCell::new(tdg.snapshot())),
+        ResourcePool::new(ResourceVec {
+            memory_mib: 1 << 20,
+            ..ResourceVec::ZERO
+        }),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 600_000_000,
+            entry_keep_alive_us: 600_000_000,
+            set_threshold: None,
+        },
+    )
+}
+
+fn prewarms(actions: &[Action], of: TaskId) -> Vec<(u64, u64)> {
+    actions
+        .iter()
+        .filter_map(|action| match *action {
+            Action::PreWarm {
+                task,
+                at_us,
+                until_us,
+                plan: None,
+                ..
+            } if task == of => Some((at_us, until_us)),
+            _ => None,
+        })
+        .collect()
+}
+
+const MINUTE: u64 = 60_000_000;
+
+#[test]
+fn a_timer_learned_from_a_trace_is_prewarmed_before_its_first_call_is_seen() {
+    // An hourly job learned from logs (08:00, 09:00, 10:00, each call anywhere in its
+    // minute), then the policy starts: its first tick asks for the 11:00 call.
+    let mut tdg = crate::test_support::tdg();
+    for (hour, second) in [(8, 20), (9, 50), (10, 5)] {
+        let at = hour * 60 * MINUTE + second * 1_000_000;
+        let request = crate::test_support::request(&mut tdg, &[("job", None, at, 2_000_000, 64)]);
+        tdg.observe_request(&request);
+    }
+    let job = tdg.intern_task("job");
+    let mut policy = chain_on(&mut tdg);
+    let mut actions = Vec::new();
+    let now = 10 * 60 * MINUTE + 30 * MINUTE;
+    policy.on_event(&PolicyEvent::Tick { at_us: now }, &mut actions);
+    let asked = prewarms(&actions, job);
+    assert_eq!(asked.len(), 1, "{actions:?}");
+    let (ready, until) = asked[0];
+    let eleven = 11 * 60 * MINUTE;
+    assert!(ready <= eleven && eleven + MINUTE <= until, "{asked:?}");
+    assert!(
+        until - ready <= 10 * MINUTE,
+        "a window, not a keep-alive: {asked:?}"
+    );
+    actions.clear();
+    policy.on_event(&PolicyEvent::Tick { at_us: now + 1 }, &mut actions);
+    assert!(
+        actions.is_empty(),
+        "asked once per graph version: {actions:?}"
+    );
+}
+
+#[test]
+fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() {
+    // Every 30 min, a burst of three calls at once; nothing learned before.
+    let mut tdg = crate::test_support::tdg();
+    let job = tdg.intern_task("job");
+    let mut policy = chain_on(&mut tdg);
+    let mut actions = Vec::new();
+    let mut invocation = 0;
+    for k in 0..4u64 {
+        actions.clear();
+        let at = k * 30 * MINUTE + (k % 2) * 20_000_000;
+        for i in 0..3 {
+            invocation += 1;
+            let start = PolicyEvent::Start {
+                task: job,
+                invocation,
+                at_us: at + i * 1_000,
+                context: PredictContext::default(),
+                reveals_route: None,
+            };
+            policy.on_event(&start, &mut actions);
+        }
+        for i in 0..3 {
+            let end = PolicyEvent::End {
+                task: job,
+                invocation: invocation - 2 + i,
+                at_us: at + 5_000_000 + i,
+            };
+            policy.on_event(&end, &mut actions);
+        }
+    }
+    let last_end = 3 * 30 * MINUTE + 20_000_000 + 5_000_002;
+    let asked = prewarms(&actions, job);
+    assert_eq!(
+        asked.len(),
+        3,
+        "three instances for a burst of three: {actions:?}"
+    );
+    let next = 4 * 30 * MINUTE;
+    assert!(asked
+        .iter()
+        .all(|&(ready, until)| ready <= next && next + 20_000_000 <= until));
+    let kept = actions.iter().rev().find_map(|action| match *action {
+        Action::KeepAlive { until_us, .. } => Some(until_us),
+        _ => None,
+    });
+    assert_eq!(
+        kept,
+        Some(last_end + crate::arrival::EPISODE_GAP_US),
+        "kept only while the burst may go on, not 10 min: {actions:?}"
+    );
+}
+
+#[test]
+fn without_a_rhythm_a_finished_instance_keeps_the_fixed_keep_alive() {
+    let mut tdg = crate::test_support::tdg();
+    let job = tdg.intern_task("job");
+    let mut policy = chain_on(&mut tdg);
+    let mut actions = Vec::new();
+    for (i, minute) in [0u64, 20, 21, 50, 100].into_iter().enumerate() {
+        actions.clear();
+        let at = minute * MINUTE;
+        let start = PolicyEvent::Start {
+            task: job,
+            invocation: i as u64,
+            at_us: at,
+            context: PredictContext::default(),
+            reveals_route: None,
+        };
+        policy.on_event(&start, &mut actions);
+        let end = PolicyEvent::End {
+            task: job,
+            invocation: i as u64,
+            at_us: at + 1_000,
+        };
+        policy.on_event(&end, &mut actions);
+    }
+    assert_eq!(
+        actions,
+        [Action::KeepAlive {
+            task: job,
+            until_us: 100 * MINUTE + 1_000 + 600_000_000
+        }]
+    );
+}

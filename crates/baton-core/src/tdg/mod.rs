@@ -5,6 +5,7 @@
 //! [`TdgSnapshot`] that predictors read while the writer goes on, published through a
 //! [`SnapshotCell`] (an atomic pointer swap, no lock shared between reader and writer).
 
+use crate::arrival::Episodes;
 use crate::context::{default_context_kinds, CallContext, ContextKind, Prev};
 use crate::decay::Decay;
 use crate::histogram::LogHistogram;
@@ -62,6 +63,9 @@ pub struct TdgState {
     #[serde(with = "pairs")]
     entry_by_route: FxHashMap<LabelId, EntryStats>,
     entry_any: EntryStats,
+    /// Each task's latest episodes (absent from states saved before they were learned).
+    #[serde(default)]
+    arrivals: Vec<Episodes>,
     now_us: u64,
     n_events: u64,
     version: u64,
@@ -429,6 +433,7 @@ pub struct Tdg {
     declared: Vec<Option<ResourceVec>>,
     entry_by_route: FxHashMap<LabelId, EntryStats>,
     entry_any: EntryStats,
+    arrivals: Vec<Episodes>,
     now_us: u64,
     n_events: u64,
     version: u64,
@@ -448,6 +453,7 @@ impl Tdg {
             declared: Vec::new(),
             entry_by_route: FxHashMap::default(),
             entry_any: EntryStats::default(),
+            arrivals: Vec::new(),
             now_us: 0,
             n_events: 0,
             version: 0,
@@ -466,6 +472,7 @@ impl Tdg {
             declared: self.declared.clone(),
             entry_by_route: self.entry_by_route.clone(),
             entry_any: self.entry_any.clone(),
+            arrivals: self.arrivals.clone(),
             now_us: self.now_us,
             n_events: self.n_events,
             version: self.version,
@@ -497,6 +504,7 @@ impl Tdg {
             declared: state.declared,
             entry_by_route: state.entry_by_route,
             entry_any: state.entry_any,
+            arrivals: state.arrivals,
             now_us: state.now_us,
             n_events: state.n_events,
             version: state.version,
@@ -516,6 +524,7 @@ impl Tdg {
             self.profiles
                 .resize_with(id.index() + 1, ResourceProfile::default);
             self.declared.resize(id.index() + 1, None);
+            self.arrivals.resize_with(id.index() + 1, Episodes::default);
         }
         id
     }
@@ -624,6 +633,19 @@ impl Tdg {
         }
     }
 
+    /// Observes a start of `task` at `at_us` for its arrival rhythm
+    /// ([`crate::arrival`]).
+    pub fn observe_start(&mut self, task: TaskId, at_us: u64) {
+        if self.arrivals.len() <= task.index() && task.index() < self.first_order.len() {
+            // A state saved before episodes were learned: grow to the tasks known.
+            self.arrivals
+                .resize_with(self.first_order.len(), Episodes::default);
+        }
+        if let Some(episodes) = self.arrivals.get_mut(task.index()) {
+            episodes.observe(at_us);
+        }
+    }
+
     /// Forgets `name` (a removed function): its own calls, every edge into it, its place in
     /// context distributions and entry sets, its resource profile. The name stays known
     /// (ids are dense and stable) with nothing learned; a function deployed again under it
@@ -650,6 +672,9 @@ impl Tdg {
             stats.forget(task);
         }
         self.entry_any.forget(task);
+        if let Some(episodes) = self.arrivals.get_mut(task.index()) {
+            *episodes = Episodes::default();
+        }
         true
     }
 
@@ -661,6 +686,7 @@ impl Tdg {
         for (index, invocation) in request.invocations().iter().enumerate() {
             if request.is_reachable(index as u32) {
                 self.observe_usage(invocation.task, &invocation.usage, invocation.start_us);
+                self.observe_start(invocation.task, invocation.start_us);
             }
         }
         if let Some(start) = request.start_us() {
@@ -711,6 +737,7 @@ impl Tdg {
                 .map(|(&route, stats)| (route, stats.freeze(&decay, now)))
                 .collect(),
             entry_any: self.entry_any.freeze(&decay, now),
+            arrivals: self.arrivals.clone(),
         })
     }
 }

@@ -259,3 +259,36 @@ mod state_tests {
         assert!(Tdg::from_state(other, first_half.state()).is_none());
     }
 }
+
+#[test]
+fn episodes_of_starts_are_learned_kept_with_the_state_and_forgotten() {
+    let mut tdg = crate::test_support::tdg();
+    for minute in [0u64, 15, 30, 45] {
+        let at = minute * 60_000_000;
+        let request = crate::test_support::request(&mut tdg, &[("job", None, at, 1_000, 64)]);
+        tdg.observe_request(&request);
+    }
+    let job = tdg.intern_task("job");
+    let snapshot = tdg.snapshot();
+    let mut episodes = snapshot.episodes(job).cloned().unwrap();
+    assert_eq!(episodes.starts().len(), 4);
+    assert_eq!(episodes.rhythm().map(|r| r.next_us), Some(60 * 60_000_000));
+    let json = serde_json::to_string(&tdg.state()).unwrap();
+    let restored = Tdg::from_state(tdg.config().clone(), serde_json::from_str(&json).unwrap())
+        .unwrap()
+        .snapshot();
+    assert_eq!(restored.episodes(job), snapshot.episodes(job));
+    // A state saved before episodes were learned still loads, and learns them from then on.
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("arrivals");
+    let mut old =
+        Tdg::from_state(tdg.config().clone(), serde_json::from_value(old).unwrap()).unwrap();
+    assert_eq!(old.snapshot().episodes(job), None);
+    old.observe_start(job, 5);
+    assert_eq!(
+        old.snapshot().episodes(job).map(|e| e.starts()),
+        Some(vec![5])
+    );
+    assert!(tdg.forget("job"));
+    assert!(tdg.snapshot().episodes(job).is_some_and(|e| e.is_empty()));
+}
