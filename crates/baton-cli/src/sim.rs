@@ -92,36 +92,43 @@ fn parse_list(text: &str, what: &str) -> Result<Vec<f64>> {
 /// Median memory per service from a pod-metrics CSV.
 fn pod_memory(path: &std::path::Path) -> Result<Vec<(String, u64)>> {
     let reader = baton_trace::open::open_log(path)?;
+    let source = path.display().to_string();
+    let mut report = baton_trace::report::ReadReport::default();
     let mut columns: Option<(usize, usize)> = None;
+    let mut header_error = None;
     let mut by_service: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    let mut fields = Vec::new();
-    for (n, line) in std::io::BufRead::lines(reader).enumerate() {
-        let line =
-            line.with_context(|| format!("{}: read failed after line {n}", path.display()))?;
-        baton_trace::spans::split_csv(&line, &mut fields);
+    baton_trace::report::for_each_csv_row(&source, reader, &mut report, |_, line_no, fields| {
         let Some((pod, memory)) = columns else {
             let find = |name: &str| fields.iter().position(|f| f.trim() == name);
             match (find("PodName"), find("MemoryUsage(Mi)")) {
                 (Some(p), Some(m)) => columns = Some((p, m)),
-                _ => bail!(
-                    "{}: header lacks PodName or MemoryUsage(Mi)",
-                    path.display()
-                ),
+                _ => {
+                    header_error = Some(format!(
+                        "{source}:{line_no}: header lacks PodName or MemoryUsage(Mi)"
+                    ));
+                    return std::ops::ControlFlow::Break(());
+                }
             }
-            continue;
+            return std::ops::ControlFlow::Continue(());
         };
-        let (Some(pod), Some(Ok(mib))) = (
+        if let (Some(pod), Some(Ok(mib))) = (
             fields.get(pod),
             fields.get(memory).map(|m| m.trim().parse::<f64>()),
-        ) else {
-            continue;
-        };
-        if mib.is_finite() && mib > 0.0 {
-            by_service
-                .entry(baton_trace::spans::service_of_pod(pod.trim()).to_owned())
-                .or_default()
-                .push(mib);
+        ) {
+            if mib.is_finite() && mib > 0.0 {
+                by_service
+                    .entry(baton_trace::spans::service_of_pod(pod.trim()).to_owned())
+                    .or_default()
+                    .push(mib);
+            }
         }
+        std::ops::ControlFlow::Continue(())
+    });
+    if let Some(error) = header_error {
+        bail!(error);
+    }
+    if let Some(broken) = report.broken.first() {
+        bail!("{broken}");
     }
     Ok(by_service
         .into_iter()

@@ -10,9 +10,8 @@
 //! unknown callees (`UNKNOWN`, `UNAVAILABLE`, empty), exact duplicate rows, and rows that
 //! repeat an (traceid, rpcid) already seen.
 
-use crate::report::{for_each_line, ReadReport};
+use crate::report::{for_each_csv_row, ReadReport};
 use crate::schema::ExecutionRecord;
-use crate::spans::split_csv;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::io::BufRead;
 use std::ops::ControlFlow;
@@ -29,14 +28,12 @@ pub fn read_alibaba(
 ) -> Vec<ExecutionRecord> {
     let mut columns: Option<[usize; 5]> = None;
     let mut header_error = None;
-    let mut fields = Vec::new();
     let mut seen_lines: FxHashSet<u64> = FxHashSet::default();
     let mut rows: FxHashMap<(String, String), ExecutionRecord> = FxHashMap::default();
     let mut order: Vec<(String, String)> = Vec::new();
     let (mut negative_rt, mut unknown_callee, mut duplicates, mut repeats) =
         (0u64, 0u64, 0u64, 0u64);
-    for_each_line(source, reader, report, |report, line_no, line| {
-        split_csv(line, &mut fields);
+    for_each_csv_row(source, reader, report, |report, line_no, fields| {
         let Some(columns) = columns else {
             let find = |names: &[&str]| {
                 names
@@ -63,9 +60,13 @@ pub fn read_alibaba(
             return ControlFlow::Continue(());
         };
         // Exact duplicate rows (the samples have them) are dropped by content hash.
-        let hash = line.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        // FNV-1a over the fields, each closed by 0xff (never in UTF-8 text).
+        let hash = fields
+            .iter()
+            .flat_map(|f| f.bytes().chain(std::iter::once(0xff)))
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
         if !seen_lines.insert(hash) {
             duplicates += 1;
             report.skipped += 1;

@@ -20,8 +20,7 @@
 //! within that window after it (up to `max_chain` steps); otherwise every arrival is a
 //! request of its own.
 
-use crate::report::{for_each_line, ReadReport};
-use crate::spans::split_csv;
+use crate::report::{for_each_csv_row, ReadReport};
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{TaskId, Tdg};
 use rustc_hash::FxHashMap;
@@ -143,12 +142,10 @@ fn read_csv(
     let reader = crate::open::open_log(path)?;
     let source = path.display().to_string();
     let mut header: Option<Vec<String>> = None;
-    let mut fields = Vec::new();
-    for_each_line(&source, reader, report, |report, line_no, line| {
-        split_csv(line, &mut fields);
+    for_each_csv_row(&source, reader, report, |report, line_no, fields| {
         match &header {
             None => header = Some(fields.iter().map(|f| f.trim().to_owned()).collect()),
-            Some(names) => visit(report, line_no, names, &fields),
+            Some(names) => visit(report, line_no, names, fields),
         }
         ControlFlow::Continue(())
     });

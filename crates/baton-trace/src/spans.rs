@@ -8,7 +8,7 @@
 //! last two `-` segments (the Kubernetes replica-set and pod hashes). Columns are found by
 //! header name, so their order does not matter.
 
-use crate::report::{for_each_line, ReadReport};
+use crate::report::{for_each_csv_row, ReadReport};
 use crate::schema::ExecutionRecord;
 use rustc_hash::FxHashMap;
 use std::io::BufRead;
@@ -31,26 +31,6 @@ const COLUMNS: [&str; 8] = [
     "EndTimeUnixNano",
     "Duration",
 ];
-
-/// Splits one CSV line, honouring double quotes (with `""` as an escaped quote).
-pub fn split_csv(line: &str, fields: &mut Vec<String>) {
-    fields.clear();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            _ => field.push(c),
-        }
-    }
-    fields.push(field);
-}
 
 /// The service of a Kubernetes pod name: without the last two `-` segments when it has them.
 pub fn service_of_pod(pod: &str) -> &str {
@@ -153,10 +133,8 @@ pub fn read_spans(
 ) -> Vec<ExecutionRecord> {
     let mut table = SpanTable::default();
     let mut columns: Option<[usize; 8]> = None;
-    let mut fields = Vec::new();
     let mut header_error = None;
-    for_each_line(source, reader, report, |report, line_no, line| {
-        split_csv(line, &mut fields);
+    for_each_csv_row(source, reader, report, |report, line_no, fields| {
         let Some(columns) = columns else {
             let mut found = [0usize; 8];
             for (slot, name) in found.iter_mut().zip(COLUMNS) {
@@ -348,7 +326,7 @@ mod tests {
             "{HEADER}\
              t1,g1,root,ts-gateway-service-6f6cfc45b-d9pnv,/*,1000,9000,8\n\
              t1,g2,g1,ts-gateway-service-6f6cfc45b-d9pnv,HTTP GET,1100,8000,6\n\
-             t1,o1,g2,ts-order-service-5b67c48447-mv5hb,\"/api/v1/order, by id\",2000,7000,5\n\
+             t1,o1,g2,ts-order-service-5b67c48447-mv5hb,\"/api/v1/order, \"\"by\"\"\n id\",2000,7000,5\n\
              t1,o2,o1,ts-order-service-5b67c48447-mv5hb,HTTP POST,2500,6000,3\n\
              t1,s1,o2,ts-seat-service-1-2,/seat,3000,4000,1\n"
         );
@@ -368,7 +346,8 @@ mod tests {
         );
         assert_eq!(
             records[1].operation.as_deref(),
-            Some("/api/v1/order, by id")
+            Some("/api/v1/order, \"by\"\n id"),
+            "a quoted operation keeps its comma, quotes and line break"
         );
         assert_eq!(report.records, 3);
         assert_eq!(report.skipped, 0);
@@ -378,7 +357,7 @@ mod tests {
     fn bad_rows_are_reported_and_skipped() {
         let log = format!(
             "{HEADER}\
-             t1,a,root,svc-x-1-2,/*,100,200,1\n\
+             t1,a,root,svc-x-1-2,\"/*\n\",100,200,1\n\
              t1,b,a,svc-y-1-2,/y,notanumber,200,1\n\
              t1,c,a,svc-y-1-2\n\
              t1,a,root,svc-x-1-2,/*,100,200,1\n\
@@ -388,9 +367,10 @@ mod tests {
         let records = read_spans("s.csv", log.as_bytes(), SpanOptions::default(), &mut report);
         assert_eq!(records.len(), 2, "a and the orphan d");
         assert_eq!(report.skipped, 3);
-        assert_eq!(report.errors[0].line, 3);
+        // Line numbers count the line break inside the first row's quoted operation.
+        assert_eq!(report.errors[0].line, 4);
         assert!(report.errors[0].message.contains("StartTimeUnixNano"));
-        assert_eq!(report.errors[1].line, 4);
+        assert_eq!(report.errors[1].line, 5);
         assert_eq!(report.notes.len(), 2, "duplicate and orphan notes");
     }
 
