@@ -416,3 +416,47 @@ fn the_director_and_the_simulator_decide_alike_for_every_policy() {
         }
     }
 }
+
+/// Arrival rhythms too: a job learned to run every 10 minutes (each call somewhere in its
+/// minute) is pre-warmed by its rhythm before each call, identically live and simulated,
+/// and no replayed call after the first is cold.
+#[test]
+fn the_director_and_the_simulator_decide_alike_for_a_timer() {
+    use baton_core::request::{Invocation, Usage};
+    let mut trained = Tdg::new(TdgConfig::default());
+    let task = trained.intern_task("timer-job");
+    let label = trained.intern_label("timer-job");
+    let minute = 60_000_000;
+    let at = |k: u64| 1_000_000_000 + k * 10 * minute + (k * 17 % 50) * 1_000_000;
+    let request = |start_us| {
+        Request::build(vec![Invocation {
+            task,
+            label,
+            parent: None,
+            start_us,
+            usage: Usage {
+                wall_us: 200_000,
+                ..Usage::default()
+            },
+        }])
+        .0
+    };
+    for k in 0..3 {
+        trained.observe_request(&request(at(k)));
+    }
+    let requests = Arc::new((3..8).map(|k| request(at(k))).collect::<Vec<_>>());
+    let names = Arc::new(vec!["timer-job".to_owned()]);
+    let (live, records, last) =
+        through_the_director(PolicyName::Chain, &trained, &requests, &names);
+    let rhythm = live
+        .iter()
+        .filter(|(_, d)| matches!(d, Decision::Prewarm { plan: None, .. }))
+        .count();
+    assert!(rhythm >= 5, "a re-warm before each call: {live:?}");
+    let simulated = through_the_simulator(PolicyName::Chain, &trained, &records, last);
+    assert_eq!(live, simulated);
+    // Both begin at the first call: its rhythm is asked for only then. Every later call
+    // finds its instance ready.
+    let cold: Vec<bool> = records.iter().map(|r| r.cold == Some(true)).collect();
+    assert_eq!(cold[1..], [false; 4], "{records:?}");
+}
