@@ -61,9 +61,9 @@ pub struct Episode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Episodes {
     episodes: VecDeque<Episode>,
-    /// The rhythm of the episodes as they are (`None`: not worked out since they changed).
+    /// The rhythm of the episodes as they are (unset: not worked out since they changed).
     #[serde(skip)]
-    rhythm: Option<Option<Rhythm>>,
+    rhythm: std::sync::OnceLock<Option<Rhythm>>,
 }
 
 impl Episodes {
@@ -84,14 +84,14 @@ impl Episodes {
         if let Some(next) = self.episodes.get_mut(after) {
             if next.first_us < at_us.saturating_add(EPISODE_GAP_US) {
                 next.first_us = at_us;
-                self.rhythm = None;
+                self.rhythm = std::sync::OnceLock::new();
                 return;
             }
         }
         if after == 0 && self.episodes.len() >= HISTORY {
             return;
         }
-        self.rhythm = None;
+        self.rhythm = std::sync::OnceLock::new();
         self.episodes.insert(
             after,
             Episode {
@@ -112,7 +112,7 @@ impl Episodes {
             if next.first_us < current.last_us.saturating_add(EPISODE_GAP_US) {
                 self.episodes[index].last_us = current.last_us.max(next.last_us);
                 self.episodes.remove(index + 1);
-                self.rhythm = None;
+                self.rhythm = std::sync::OnceLock::new();
             }
         }
     }
@@ -134,13 +134,8 @@ impl Episodes {
 
     /// The rhythm of these episodes, if they have one (worked out again only after the
     /// episodes changed).
-    pub fn rhythm(&mut self) -> Option<Rhythm> {
-        if let Some(known) = self.rhythm {
-            return known;
-        }
-        let found = rhythm(&self.starts());
-        self.rhythm = Some(found);
-        found
+    pub fn rhythm(&self) -> Option<Rhythm> {
+        *self.rhythm.get_or_init(|| rhythm(&self.starts()))
     }
 }
 

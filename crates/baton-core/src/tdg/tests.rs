@@ -270,7 +270,7 @@ fn episodes_of_starts_are_learned_kept_with_the_state_and_forgotten() {
     }
     let job = tdg.intern_task("job");
     let snapshot = tdg.snapshot();
-    let mut episodes = snapshot.episodes(job).cloned().unwrap();
+    let episodes = snapshot.episodes(job).cloned().unwrap();
     assert_eq!(episodes.starts().len(), 4);
     assert_eq!(episodes.rhythm().map(|r| r.next_us), Some(60 * 60_000_000));
     let json = serde_json::to_string(&tdg.state()).unwrap();
