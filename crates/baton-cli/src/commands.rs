@@ -355,7 +355,39 @@ fn predict_remote(args: &PredictArgs, server: &str) -> Result<()> {
             if chain["ended"] == true { " (end)" } else { "" }
         );
     }
+    let rhythm = &document["rhythm"];
+    if let (Some(period), Some(next), Some(window)) = (
+        rhythm["period_ms"].as_f64(),
+        rhythm["next_start_unix_ms"].as_u64(),
+        rhythm["window_ms"].as_f64(),
+    ) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let when = if next >= now_ms {
+            format!("in {}", seconds(next - now_ms))
+        } else {
+            format!("{} ago (overdue)", seconds(now_ms - next))
+        };
+        println!(
+            "rhythm: {} start(s) every {}, next {when} ± {}",
+            rhythm["starts_per_period"].as_u64().unwrap_or(1),
+            seconds(period as u64),
+            seconds(window as u64)
+        );
+    }
     Ok(())
+}
+
+/// `ms` as people read a duration: `45 s`, `15 min 40 s`, `2 h 5 min`.
+fn seconds(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 if s % 60 == 0 => format!("{} min", s / 60),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 pub fn predict(args: PredictArgs) -> Result<()> {

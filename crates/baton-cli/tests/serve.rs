@@ -382,6 +382,35 @@ fn the_cli_takes_what_people_type_and_says_how_it_ended() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(predicted.contains("validate → price"), "{predicted}");
+    assert!(!predicted.contains("rhythm"), "{predicted}");
+    // A job learned from logs to run every 15 minutes (last 5 min ago): predict says when
+    // it comes next.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let timer: String = (0..4u64)
+        .map(|k| {
+            let ts = now_ns - 3_000_000_000_000 + k * 900_000_000_000;
+            format!(
+                "{{\"ts\":{ts},\"task\":\"report\",\"invocation\":\"r{k}\",\"duration_us\":500}}\n"
+            )
+        })
+        .collect();
+    let posted = baton_client(&url)
+        .request("POST", "/v1/logs", "application/x-ndjson", timer.as_bytes())
+        .unwrap();
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    let report = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["predict", "--from", "report"])
+        .env("BATON_SERVER", &bare)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("rhythm: 1 start(s) every 15 min, next in "),
+        "{report}"
+    );
     let graph = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["graph", "--format", "json"])
         .env("BATON_SERVER", &bare)

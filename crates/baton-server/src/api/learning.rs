@@ -250,10 +250,24 @@ pub(super) async fn predictions(
             })
         })
         .collect();
+    // When the task starts on its own again, if its starts have a rhythm.
+    let rhythm = snapshot
+        .episodes(task)
+        .and_then(|episodes| episodes.rhythm())
+        .map(|r| {
+            json!({
+                "period_ms": r.period_us as f64 / 1000.0,
+                "starts_per_period": r.lag,
+                "confirmations": r.confirmations,
+                "next_start_unix_ms": r.next_us / 1000,
+                "window_ms": r.window_us as f64 / 1000.0,
+            })
+        });
     Json(json!({
         "from": query.from,
         "graph_version": snapshot.version(),
         "chains": chains,
+        "rhythm": rhythm,
     }))
     .into_response()
 }

@@ -375,7 +375,36 @@ fn the_api_deploys_invokes_learns_and_counts() {
         json!(["cart", "checkout"]),
         "{predicted}"
     );
+    assert_eq!(
+        predicted["rhythm"],
+        Value::Null,
+        "six starts a second apart"
+    );
     assert_eq!(api.get("/v1/predictions?from=ghost").unwrap().status, 404);
+    // A job that ran every 15 minutes over the last hour: its rhythm and next start.
+    let minute_ns = 60_000_000_000u64;
+    let timer: String = (0..4u64)
+        .map(|k| {
+            let ts = now_ns - 60 * minute_ns + k * 15 * minute_ns + k * 7_000_000_000;
+            format!(
+                "{{\"ts\":{ts},\"task\":\"report\",\"invocation\":\"r{k}\",\"duration_us\":500}}\n"
+            )
+        })
+        .collect();
+    let response = api
+        .request("POST", "/v1/logs", "application/x-ndjson", timer.as_bytes())
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let rhythm = api.get("/v1/predictions?from=report").unwrap().json()["rhythm"].clone();
+    let period = rhythm["period_ms"].as_f64().unwrap();
+    assert!((14.5 * 60e3..15.5 * 60e3).contains(&period), "{rhythm}");
+    let next = rhythm["next_start_unix_ms"].as_u64().unwrap();
+    let now_ms = now_ns / 1_000_000;
+    assert!(
+        next.abs_diff(now_ms + 28_000) < 5_000,
+        "{rhythm} (now {now_ms})"
+    );
+    assert_eq!(rhythm["starts_per_period"], 1);
     let graph = api.get("/v1/graph").unwrap().json();
     let names: Vec<&str> = graph["nodes"]
         .as_array()
