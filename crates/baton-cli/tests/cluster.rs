@@ -335,6 +335,31 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     // A process function warm on node 1 only: node 3 hands its invocation there rather
     // than start a Python worker of its own.
     deploy(&url1, &fixtures().join("pyupper.toml"));
+    // A sequence of it declared through node 3 at once, before node 3 has installed it:
+    // the registry has it, so it is a step.
+    let declared = clients[2]
+        .request(
+            "POST",
+            "/v1/sequences/shout-twice",
+            "application/json",
+            json!({ "steps": ["pyupper", "upper"] })
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(declared.status, 201, "{}", declared.text());
+    let refused = clients[2]
+        .request(
+            "POST",
+            "/v1/sequences/nonsense",
+            "application/json",
+            json!({ "steps": ["pyupper", "nowhere"] })
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("`nowhere`"), "{}", refused.text());
     assert!(
         eventually(Duration::from_secs(20), || clients[2]
             .get("/v1/functions/pyupper")

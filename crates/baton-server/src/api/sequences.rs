@@ -28,17 +28,36 @@ pub(super) async fn put(
     if body.steps.is_empty() {
         return error(StatusCode::BAD_REQUEST, "`steps` is empty");
     }
-    if let Some(unknown) = body
-        .steps
-        .iter()
-        .find(|s| state.director.pool().spec(s).is_none())
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("step `{unknown}` is not a deployed function"),
-        );
+    for step in &body.steps {
+        if state.director.pool().spec(step).is_some() {
+            continue;
+        }
+        // In a cluster, a function deployed through another node is a step as soon as the
+        // registry holds it, before this node has installed it.
+        let shared = match &state.cluster {
+            Some(cluster) => match cluster.has_function(step).await {
+                Ok(shared) => shared,
+                Err(e) => return error(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "step `{step}` is not installed here and the registry did not answer: {e}"
+                    ),
+                ),
+            },
+            None => false,
+        };
+        if !shared {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("step `{step}` is not a deployed function"),
+            );
+        }
     }
-    if state.director.pool().spec(&name).is_some() {
+    let shared_function = match &state.cluster {
+        Some(cluster) => cluster.has_function(&name).await.unwrap_or(false),
+        None => false,
+    };
+    if shared_function || state.director.pool().spec(&name).is_some() {
         return error(
             StatusCode::CONFLICT,
             format!("`{name}` is already a function"),

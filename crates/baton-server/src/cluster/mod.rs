@@ -521,6 +521,16 @@ impl Cluster {
         put_json(&self.functions, name, &shared, "sharing function").await
     }
 
+    /// Whether the registry holds function `name` (deployed through any node, perhaps not
+    /// yet installed on this one).
+    pub(crate) async fn has_function(&self, name: &str) -> Result<bool, ClusterError> {
+        self.functions
+            .get(name)
+            .await
+            .map(|entry| entry.is_some())
+            .map_err(|e| js(format!("reading function `{name}`"))(e.to_string()))
+    }
+
     /// Removes a function from the registry (every node undeploys it).
     pub(crate) async fn forget_function(&self, name: &str) -> Result<(), ClusterError> {
         remove_key(&self.functions, name, "removing function").await
