@@ -129,6 +129,16 @@ pub struct ServeArgs {
     /// host's name and the port.
     #[arg(long, env = "BATON_NODE_NAME", requires = "cluster")]
     node_name: Option<String>,
+    /// Talk to the NATS servers over TLS, trusting the CA certificates in this PEM file
+    /// (`tls://HOST:PORT` asks for TLS too, trusting the system's roots).
+    #[arg(long, env = "BATON_CLUSTER_CA", requires = "cluster")]
+    cluster_ca: Option<PathBuf>,
+    /// This node's TLS client certificate (PEM), for NATS servers that verify clients.
+    #[arg(long, env = "BATON_CLUSTER_CERT", requires_all = ["cluster", "cluster_key"])]
+    cluster_cert: Option<PathBuf>,
+    /// The key of `--cluster-cert` (PEM).
+    #[arg(long, env = "BATON_CLUSTER_KEY", requires = "cluster_cert")]
+    cluster_key: Option<PathBuf>,
     /// Send every execution record as a span to this OTLP/HTTP collector
     /// (`http://HOST:4318`; protobuf to `/v1/traces`), on the invocations' trace ids.
     #[arg(long, env = "BATON_OTLP_ENDPOINT")]
@@ -157,6 +167,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         config.cluster = Some(baton_server::ClusterConfig {
             servers: args.cluster.clone(),
             node: args.node_name.clone().unwrap_or_default(),
+            ca: args.cluster_ca.clone(),
+            client_cert: args.cluster_cert.clone().zip(args.cluster_key.clone()),
         });
     }
     let server = RunningServer::start(config)

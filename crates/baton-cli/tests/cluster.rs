@@ -5,7 +5,9 @@
 //! function is pure, reported failed when it is not) and is reported by the survivors; afterwards the survivors' graphs
 //! have the same edges, learned from each other's records, and node 2, started again on
 //! its data, catches up to them. A process function warm on
-//! node 1 only is run there when invoked through node 3.
+//! node 1 only is run there when invoked through node 3. Another test runs nats-server with
+//! mutual TLS (CA and certificates made by `openssl`): a node with its certificate joins,
+//! nodes without it, without TLS or with a missing CA file are refused with the reason.
 //!
 //! `.ci/run` installs `nats-server` (Debian's package). Without it, under CI the test
 //! fails; elsewhere it says that it did not run.
@@ -410,4 +412,194 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
             == 404),
         "node 1 still has a function removed through node 3"
     );
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn certificates(dir: &Path) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &key,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=baton test CA",
+        ],
+    ]
+    .concat();
+    openssl(dir, &ca);
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let (csr, pem, keyfile, ext) = (
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.key"),
+            format!("{who}.ext"),
+        );
+        let subject = format!("/CN=baton {who}");
+        let request = [
+            &["req"][..],
+            &key,
+            &["-keyout", &keyfile, "-out", &csr, "-subj", &subject],
+        ]
+        .concat();
+        openssl(dir, &request);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
+    let Some(nats) = nats_server() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is missing: .ci/run installs it (apt-get install nats-server)"
+        );
+        eprintln!("NOT RUN: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let port = free_port();
+    let config = dir.path().join("nats.conf");
+    let at = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\ntls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 5\n}}\n",
+            at("jetstream"),
+            at("server.pem"),
+            at("server.key"),
+            at("ca.pem"),
+        ),
+    )
+    .unwrap();
+    let _nats = Served(
+        Command::new(&nats)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "nats-server did not start on port {port}"
+    );
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let serve = |name: &str, tls: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--data-dir",
+            ])
+            .arg(dir.path().join(name))
+            .args(["--cluster", &nats_url, "--node-name", name])
+            .args(tls)
+            .env("RUST_LOG", "warn");
+        command
+    };
+    // With the CA and its certificate, a node joins and serves.
+    let (ca, cert, key) = (at("ca.pem"), at("client.pem"), at("client.key"));
+    let (_node, url, log, _later) = start_listening(
+        &mut serve(
+            "secure",
+            &[
+                "--cluster-ca",
+                &ca,
+                "--cluster-cert",
+                &cert,
+                "--cluster-key",
+                &key,
+            ],
+        ),
+        Some("secure"),
+    );
+    assert!(log.contains("as node secure"), "{log}");
+    deploy(&url, &fixtures().join("upper.toml"));
+    let client = Client::new(&url, None).unwrap();
+    let invoked = client
+        .request(
+            "POST",
+            "/v1/functions/upper/invoke",
+            "application/octet-stream",
+            b"tls",
+        )
+        .unwrap();
+    assert_eq!(invoked.status, 200, "{}", invoked.text());
+    assert_eq!(invoked.json()["output"], "TLS", "{}", invoked.text());
+    // Without its certificate the server refuses it; without TLS at all too; a CA file
+    // that is not there is named.
+    for (name, tls, expected) in [
+        (
+            "no-cert",
+            vec!["--cluster-ca", ca.as_str()],
+            "cannot reach NATS",
+        ),
+        ("plain", vec![], "cannot reach NATS"),
+        (
+            "no-ca-file",
+            vec!["--cluster-ca", "/nonexistent/ca.pem"],
+            "--cluster-ca /nonexistent/ca.pem",
+        ),
+    ] {
+        let output = serve(name, &tls).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        eprintln!(
+            "{name}: {}",
+            stderr.trim_end().lines().last().unwrap_or_default()
+        );
+    }
 }

@@ -37,12 +37,14 @@ pub(super) async fn put(
         let shared = match &state.cluster {
             Some(cluster) => match cluster.has_function(step).await {
                 Ok(shared) => shared,
-                Err(e) => return error(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
                         "step `{step}` is not installed here and the registry did not answer: {e}"
                     ),
-                ),
+                    )
+                }
             },
             None => false,
         };

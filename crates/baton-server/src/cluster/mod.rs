@@ -31,6 +31,7 @@ use baton_runtime::trace_context::TraceParent;
 use baton_trace::schema::ExecutionRecord;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -87,6 +88,10 @@ pub struct ClusterConfig {
     pub servers: Vec<String>,
     /// This node's name: unique in the cluster; letters, digits, `-` and `_`.
     pub node: String,
+    /// CA certificates (PEM) to trust for the servers; TLS is then required.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for servers that verify clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why the cluster could not be joined or used.
@@ -371,6 +376,24 @@ impl Cluster {
             if let (Some(user), Some(password)) = (addr.username(), addr.password()) {
                 options = options.user_and_password(user.to_owned(), password.to_owned());
             }
+        }
+        // TLS: certificate files are checked here, so that a wrong path is named as such
+        // rather than as an unreachable server.
+        let readable = |what: &str, path: &PathBuf| {
+            std::fs::File::open(path)
+                .map(|_| ())
+                .map_err(|e| connect(format!("{what} {}: {e}", path.display())))
+        };
+        if let Some(ca) = &config.ca {
+            readable("--cluster-ca", ca)?;
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &config.client_cert {
+            readable("--cluster-cert", cert)?;
+            readable("--cluster-key", key)?;
+            options = options
+                .require_tls(true)
+                .add_client_certificate(cert.clone(), key.clone());
         }
         let client = options
             .connect(addrs)
