@@ -380,4 +380,33 @@ mod tests {
         assert_eq!(r.period_us, 10 * MIN);
         assert_eq!(r.next_us, last + 40 * MIN);
     }
+
+    proptest::proptest! {
+        /// Any starts, in any order and at any magnitude, never panic; the episodes stay
+        /// sorted, bounded and at least a gap apart; a rhythm's window holds its next start.
+        #[test]
+        fn arbitrary_starts_keep_the_invariants(
+            starts in proptest::collection::vec(
+                proptest::prop_oneof![0u64..10_000_000_000, proptest::num::u64::ANY],
+                0..80,
+            )
+        ) {
+            let mut e = Episodes::default();
+            for &s in &starts {
+                e.observe(s);
+            }
+            let firsts = e.starts();
+            proptest::prop_assert!(firsts.len() <= HISTORY);
+            proptest::prop_assert!(firsts.windows(2).all(|w| w[0] < w[1]));
+            for pair in e.episodes.iter().zip(e.episodes.iter().skip(1)) {
+                proptest::prop_assert!(pair.0.last_us.saturating_add(EPISODE_GAP_US) <= pair.1.first_us);
+            }
+            if let Some(r) = e.rhythm() {
+                let (from, until) = r.window();
+                proptest::prop_assert!(from <= r.next_us && r.next_us <= until);
+                proptest::prop_assert!(r.period_us > 0 && r.lag >= 1 && r.lag <= MAX_LAG);
+            }
+            proptest::prop_assert_eq!(rhythm(&firsts), e.rhythm());
+        }
+    }
 }
