@@ -274,6 +274,30 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
             assert_eq!(outcome["runs"], 1, "{outcome}");
         }
     }
+    // Either survivor lists every accepted invocation, whichever node took it, as ended.
+    for survivor in &survivors {
+        let listed = survivor.get("/v1/invocations?limit=1000").unwrap().json();
+        let listed: std::collections::BTreeMap<String, Value> = listed["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_owned(), i.clone()))
+            .collect();
+        for id in &accepted {
+            let entry = listed.get(id).unwrap_or_else(|| panic!("{id} not listed"));
+            assert!(
+                entry["state"] == "succeeded" || entry["state"] == "failed",
+                "{entry}"
+            );
+        }
+        let shouts = survivor
+            .get("/v1/invocations?function=busy-impure&limit=1000")
+            .unwrap()
+            .json();
+        let shouts = shouts["invocations"].as_array().unwrap();
+        assert_eq!(shouts.len(), accepted.len() / 4, "{shouts:?}");
+        assert!(shouts.iter().all(|i| i["function"] == "busy-impure"));
+    }
     let rerun = outcomes
         .iter()
         .filter(|o| o["runs"].as_u64() > Some(1))

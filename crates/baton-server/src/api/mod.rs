@@ -528,6 +528,19 @@ async fn list_invocations(
     Query(query): Query<InvocationsQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(50).min(MAX_LISTED);
+    if let Some(cluster) = &state.cluster {
+        // In a cluster, every node's: the shared records answer.
+        return match cluster
+            .recent_invocations(query.function.as_deref(), limit)
+            .await
+        {
+            Ok(list) => {
+                Json(json!({ "invocations": list.iter().map(|i| i.summary()).collect::<Vec<_>>() }))
+                    .into_response()
+            }
+            Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+    }
     match state
         .store
         .recent_invocations(query.function.as_deref(), limit)

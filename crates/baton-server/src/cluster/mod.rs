@@ -213,6 +213,21 @@ pub(crate) struct SharedInvocation {
     created_ns: u64,
 }
 
+impl SharedInvocation {
+    /// What `GET /v1/invocations` lists of it (the response is left to
+    /// `GET /v1/invocations/{id}`), plus the node that ran it.
+    pub(crate) fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "function": self.function,
+            "state": self.state,
+            "error": self.error,
+            "created_ns": self.created_ns,
+            "node": self.node,
+        })
+    }
+}
+
 /// What the cluster did on this node (logged; tests read them).
 #[derive(Debug, Default)]
 pub struct ClusterCounters {

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Most messages of the invocation bucket's stream read to list the latest invocations.
+pub(crate) const MAX_SCANNED: u64 = 20_000;
+
 impl Cluster {
     /// Records an accepted asynchronous invocation, then queues it (deduplicated by id).
     pub(crate) async fn enqueue(
@@ -51,6 +54,60 @@ impl Cluster {
             return Err(js(format!("queueing invocation {id}"))(reason));
         }
         Ok(())
+    }
+
+    /// The latest asynchronous invocations of the whole cluster (of `function`, if given),
+    /// newest first, at most `limit`: the invocation bucket's stream read back from its
+    /// last message (one message per invocation: the bucket keeps one revision), at most
+    /// [`MAX_SCANNED`] messages.
+    pub(crate) async fn recent_invocations(
+        &self,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SharedInvocation>, ClusterError> {
+        let failed = |e: String| js("listing invocations".to_owned())(e);
+        let mut stream = self.invocations.stream.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .state
+            .clone();
+        let prefix = format!("$KV.{}.", self.invocations.name);
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<SharedInvocation> = Vec::new();
+        let lowest = state
+            .first_sequence
+            .max(1)
+            .max(state.last_sequence.saturating_sub(MAX_SCANNED - 1));
+        let mut sequence = state.last_sequence;
+        while sequence >= lowest && sequence > 0 && out.len() < limit {
+            match stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    let key = message
+                        .subject
+                        .strip_prefix(prefix.as_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let removed = message.headers.get("KV-Operation").is_some();
+                    if seen.insert(key) && !removed {
+                        if let Ok(record) =
+                            serde_json::from_slice::<SharedInvocation>(&message.payload)
+                        {
+                            if function.is_none_or(|f| record.function == f) {
+                                out.push(record);
+                            }
+                        }
+                    }
+                }
+                // A revision since superseded or removed: a gap in the stream.
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+            sequence -= 1;
+        }
+        out.sort_by(|a, b| b.created_ns.cmp(&a.created_ns).then(a.id.cmp(&b.id)));
+        Ok(out)
     }
 
     /// An asynchronous invocation's record, from whichever node ran it.
