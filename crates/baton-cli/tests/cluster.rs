@@ -45,6 +45,26 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster")
 }
 
+/// Starts nats-server as `command` says and waits until it listens on `port`.
+fn start_nats(command: &mut Command, port: u16) -> Served {
+    let served = Served(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "nats-server did not start on port {port}"
+    );
+    served
+}
+
 /// Starts a node and waits for its "listening" line; returns it and its URL.
 fn node(name: &str, data: &Path, nats: &str) -> (Served, String) {
     let (served, url, log, _later) = start_listening(
@@ -122,22 +142,11 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     eprintln!("running against {}", nats.display());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _nats = Served(
+    let _nats = start_nats(
         Command::new(&nats)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("jetstream"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "nats-server did not start on port {port}"
+            .arg(dir.path().join("jetstream")),
+        port,
     );
     let nats_url = format!("nats://127.0.0.1:{port}");
     let (_n1, url1) = node("n1", &dir.path().join("n1"), &nats_url);
@@ -539,23 +548,7 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
         ),
     )
     .unwrap();
-    let _nats = Served(
-        Command::new(&nats)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "nats-server did not start on port {port}"
-    );
+    let _nats = start_nats(Command::new(&nats).arg("-c").arg(&config), port);
     let nats_url = format!("nats://127.0.0.1:{port}");
     let serve = |name: &str, tls: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
