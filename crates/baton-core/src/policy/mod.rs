@@ -3,7 +3,10 @@
 //!
 //! [`ChainPolicy`] is baton's: on a task's start it asks the [`Assembler`] for the most
 //! probable fitting chain, reserves each step speculatively for its window, and asks for
-//! each step to be pre-warmed just before its expected start. [`NextPolicy`] is the single
+//! each step to be pre-warmed just before its expected start. At a task's end it keeps the
+//! instance as the task's idle-time model says ([`idle`]), and re-warms it for the next
+//! start the model or the task's arrival rhythm ([`crate::arrival`]) expects, with as many
+//! instances as the task's last episode ran at once. [`NextPolicy`] is the single
 //! next-task behaviour of US 9,811,363, kept for comparison.
 
 pub mod baselines;
