@@ -152,10 +152,7 @@ pub struct RequestRow {
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
+    baton_core::rank::nearest_rank(sorted, q).unwrap_or(0.0)
 }
 
 #[allow(clippy::too_many_arguments)]

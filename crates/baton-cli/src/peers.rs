@@ -270,12 +270,7 @@ pub struct Cell {
 
 fn summary(system: &str, scenario: &str, mut samples: Vec<f64>) -> Cell {
     samples.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        samples
-            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let at = |q: f64| baton_core::rank::nearest_rank(&samples, q).unwrap_or(0.0);
     Cell {
         system: system.into(),
         scenario: scenario.into(),

@@ -199,7 +199,7 @@ fn predict(c: &mut Criterion) {
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    baton_core::rank::nearest_rank(sorted, q).unwrap_or(0)
 }
 
 /// Per-call latency of prediction, p50 and p99, cached and uncached.

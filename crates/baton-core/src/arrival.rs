@@ -249,7 +249,7 @@ fn agree(diffs: &[u64], lag: usize) -> bool {
 fn median(values: &[u64]) -> u64 {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
-    sorted[sorted.len() / 2]
+    crate::rank::nearest_rank(&sorted, 0.5).unwrap_or(0)
 }
 
 #[cfg(test)]

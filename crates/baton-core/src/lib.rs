@@ -25,6 +25,7 @@ pub mod ids;
 pub mod policy;
 pub mod predict;
 pub mod profile;
+pub mod rank;
 pub mod request;
 pub mod reservation;
 pub mod resources;

@@ -71,10 +71,7 @@ pub struct PolicyResult {
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    baton_core::rank::nearest_rank(sorted, q).unwrap_or(0)
 }
 
 /// The 75th percentile (nearest rank) of the per-function cold-start rates, over the
@@ -87,11 +84,8 @@ fn p75_function_cold_rate(stats: &RunStats) -> f64 {
         .filter(|(&n, _)| n > 0)
         .map(|(&n, &cold)| cold as f64 / n as f64)
         .collect();
-    if rates.is_empty() {
-        return 0.0;
-    }
     rates.sort_by(f64::total_cmp);
-    rates[((rates.len() - 1) as f64 * 0.75).round() as usize]
+    baton_core::rank::nearest_rank(&rates, 0.75).unwrap_or(0.0)
 }
 
 impl Simulation {

@@ -59,11 +59,8 @@ impl Summary {
     /// Summarizes `samples` (ns).
     pub fn of(mut samples: Vec<u64>) -> Summary {
         samples.sort_unstable();
-        let at = |q: f64| {
-            samples
-                .get(((samples.len() as f64 - 1.0) * q).round() as usize)
-                .map_or(0.0, |&ns| ns as f64 / 1e3)
-        };
+        let at =
+            |q: f64| baton_core::rank::nearest_rank(&samples, q).map_or(0.0, |ns| ns as f64 / 1e3);
         Summary {
             n: samples.len(),
             p50_us: at(0.5),
