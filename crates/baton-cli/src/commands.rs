@@ -326,7 +326,7 @@ fn predict_remote(args: &PredictArgs, server: &str) -> Result<()> {
         "--set, --route and --prev need --state or --log (a server predicts from a start)"
     );
     let from = args.from.as_deref().unwrap_or_default();
-    let client = baton_server::client::Client::new(server, args.source.token.clone())?;
+    let client = crate::server::connect(server, args.source.token.clone())?;
     let response = crate::server::checked(
         client.get(&format!(
             "/v1/predictions?from={}&n={}&depth={}",
@@ -649,7 +649,7 @@ pub struct GraphArgs {
 
 pub fn graph(args: GraphArgs) -> Result<()> {
     if let Some(server) = &server_of(&args.server, &args.state, &args.log) {
-        let client = baton_server::client::Client::new(server, args.token.clone())?;
+        let client = crate::server::connect(server, args.token.clone())?;
         let format = match args.format {
             GraphFormat::Json => "json",
             GraphFormat::Dot => "dot",

@@ -51,6 +51,8 @@ enum InvocationAction {
     /// An asynchronous invocation (`baton invoke --async` printed its id): its state and,
     /// once done, its output, as JSON.
     Get { id: String },
+    /// Forgets an invocation that has ended (its record and output).
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +226,12 @@ pub fn invocations(args: InvocationsArgs) -> Result<()> {
             &client,
             &format!("/v1/invocations/{id}"),
             &format!("invocation `{id}`"),
+        ),
+        InvocationAction::Delete { id } => remove(
+            &client,
+            &format!("/v1/invocations/{}", crate::commands::query_escape(&id)),
+            &format!("invocation `{id}`"),
+            &id,
         ),
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Where the server is and how to authenticate.
 #[derive(Debug, Args)]
 pub struct Remote {
-    /// The server: http://HOST[:PORT] or HOST:PORT.
+    /// The server: http://HOST[:PORT], https://HOST[:PORT] or HOST:PORT (a private CA's
+    /// certificates: BATON_CA_CERT=ca.pem).
     #[arg(
         long,
         global = true,
@@ -30,8 +31,18 @@ pub struct Remote {
 
 impl Remote {
     pub fn client(&self) -> Result<Client> {
-        Ok(Client::new(&self.server, self.token.clone())?)
+        connect(&self.server, self.token.clone())
     }
+}
+
+/// A client for the server `url` as typed, trusting the CA certificates in the PEM file
+/// `BATON_CA_CERT` names (for a server behind TLS with a private CA), if set.
+pub fn connect(url: &str, token: Option<String>) -> Result<Client> {
+    let client = Client::new(url, token)?;
+    Ok(match std::env::var_os("BATON_CA_CERT") {
+        Some(path) if !path.is_empty() => client.with_ca_file(std::path::Path::new(&path))?,
+        _ => client,
+    })
 }
 
 /// The server answered, and not with a success: what was asked failed there (the command

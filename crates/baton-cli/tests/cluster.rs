@@ -15,7 +15,7 @@
 mod common;
 
 use baton_server::client::Client;
-use common::{start_listening, Served};
+use common::{certificates, start_listening, Served};
 use serde_json::{json, Value};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -307,6 +307,19 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         assert_eq!(shouts.len(), accepted.len() / 4, "{shouts:?}");
         assert!(shouts.iter().all(|i| i["function"] == "busy-impure"));
     }
+    // Forgotten through one survivor, gone on the other.
+    let forgotten = &accepted[0];
+    let path = format!("/v1/invocations/{forgotten}");
+    let removed = survivors[0]
+        .request("DELETE", &path, "text/plain", b"")
+        .unwrap();
+    assert_eq!(removed.status, 204, "{}", removed.text());
+    assert_eq!(survivors[1].get(&path).unwrap().status, 404);
+    let listed = survivors[1]
+        .get("/v1/invocations?limit=1000")
+        .unwrap()
+        .text();
+    assert!(!listed.contains(forgotten.as_str()), "{listed}");
     let rerun = outcomes
         .iter()
         .filter(|o| o["runs"].as_u64() > Some(1))
@@ -445,81 +458,6 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
             == 404),
         "node 1 still has a function removed through node 3"
     );
-}
-
-/// Runs `openssl` with `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (Debian package openssl)");
-    assert!(output.status.success(), "openssl {args:?}: {output:?}");
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
-fn certificates(dir: &Path) {
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &key,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=baton test CA",
-        ],
-    ]
-    .concat();
-    openssl(dir, &ca);
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for who in ["server", "client"] {
-        let (csr, pem, keyfile, ext) = (
-            format!("{who}.csr"),
-            format!("{who}.pem"),
-            format!("{who}.key"),
-            format!("{who}.ext"),
-        );
-        let subject = format!("/CN=baton {who}");
-        let request = [
-            &["req"][..],
-            &key,
-            &["-keyout", &keyfile, "-out", &csr, "-subj", &subject],
-        ]
-        .concat();
-        openssl(dir, &request);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ],
-        );
-    }
 }
 
 #[test]

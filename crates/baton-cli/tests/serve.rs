@@ -2,7 +2,8 @@
 //! with SIGKILL and started again on the same data directory: functions, sequences and the
 //! learned graph come back, the next chain is pre-warmed without relearning, and the
 //! asynchronous invocations accepted before the kill are completed (pure functions) or
-//! reported failed, never lost.
+//! reported failed, never lost. The CLI also talks HTTPS to a server behind a private CA
+//! (`BATON_CA_CERT`), with `openssl s_server` standing in for the TLS proxy.
 
 mod common;
 
@@ -482,6 +483,13 @@ fn the_cli_takes_what_people_type_and_says_how_it_ended() {
         listed.contains(id) && listed.contains("succeeded"),
         "{listed}"
     );
+    // Forgotten: no longer listed, no longer found (exit 4: refused there).
+    assert_eq!(
+        ok(&["invocations", "delete", id, "--server", &bare]).trim(),
+        format!("removed {id}")
+    );
+    let gone = baton(&["invocations", "get", id, "--server", &bare]);
+    assert_eq!(gone.status.code(), Some(4), "{gone:?}");
     assert!(ok(&[
         "invocations",
         "list",
@@ -836,4 +844,79 @@ fn the_developer_loop_from_a_template() {
     let why = String::from_utf8_lossy(&baton(&["deploy", "--server", &url, &app_path]).stderr)
         .into_owned();
     assert!(why.contains("unknown key `functions`"), "{why}");
+}
+
+#[test]
+fn the_cli_talks_https_to_a_server_behind_a_private_ca() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl is missing: .ci/run installs it"
+        );
+        eprintln!("NOT RUN: openssl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    common::certificates(dir.path());
+    // openssl's HTTPS file server stands in for a TLS proxy in front of baton: it answers
+    // GET /v1/functions with the file www/v1/functions.
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("v1")).unwrap();
+    std::fs::write(
+        www.join("v1/functions"),
+        r#"{"functions":[{"name":"behind-tls","kind":"wasm"}]}"#,
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pem = |name: &str| dir.path().join(name).display().to_string();
+    let _tls = Served(
+        Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .args(["-cert", &pem("server.pem"), "-key", &pem("server.key")])
+            .args(["-WWW", "-quiet"])
+            .current_dir(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}");
+    let list = |ca: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command.args(["functions", "list", "--server", &url]);
+        match ca {
+            Some(ca) => command.env("BATON_CA_CERT", ca),
+            None => command.env_remove("BATON_CA_CERT"),
+        };
+        command.output().unwrap()
+    };
+    // The private CA trusted: the list comes over TLS.
+    let trusted = list(Some(&pem("ca.pem")));
+    assert!(trusted.status.success(), "{trusted:?}");
+    assert!(
+        String::from_utf8_lossy(&trusted.stdout).contains("behind-tls"),
+        "{trusted:?}"
+    );
+    // Not trusted: refused as unreachable, saying why; a CA file that is not there is named.
+    let untrusted = list(None);
+    assert_eq!(untrusted.status.code(), Some(3), "{untrusted:?}");
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("UnknownIssuer"),
+        "{untrusted:?}"
+    );
+    let missing = list(Some("/nonexistent/ca.pem"));
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/ca.pem"),
+        "{missing:?}"
+    );
 }

@@ -1,28 +1,40 @@
-//! A small blocking HTTP/1.1 client for baton's own API (plain HTTP, one request per
-//! connection): what `baton deploy`, `invoke`, `logs`, `graph --server`, `top` and the
-//! tests use. No TLS: put a proxy in front of a server that leaves the host.
+//! The blocking HTTP client for baton's own API, on `ureq`: what `baton deploy`, `invoke`,
+//! `logs`, `graph --server`, `top`, the OTLP exporter and the tests use. Plain HTTP or
+//! HTTPS (the Mozilla roots, or a private CA given with [`Client::with_ca_file`]); server
+//! URLs as people type them; no redirects followed; connections kept alive between
+//! requests; a response body of at most [`MAX_RESPONSE_BYTES`].
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
+
+/// The largest response body read, bytes.
+pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 
 /// Why a request failed before a response arrived.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// The URL is not `http://host[:port]` or `host[:port]`.
-    #[error("server URL {0:?}: expected http://HOST[:PORT] or HOST:PORT (plain HTTP; for a server behind TLS, talk to it through a local proxy)")]
+    /// The URL is not `http[s]://host[:port]` or `host[:port]`.
+    #[error("server URL {0:?}: expected http://HOST[:PORT], https://HOST[:PORT] or HOST:PORT")]
     Url(String),
-    /// Connecting, sending or reading failed.
-    #[error("{url}: {source}")]
+    /// The CA file could not be read or holds no certificate.
+    #[error("CA certificates {path}: {message}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// Connecting, securing, sending or reading failed.
+    #[error("cannot reach {url}: {cause}")]
     Io {
         /// The server.
         url: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not chained: it would be printed twice).
+        cause: std::io::Error,
     },
-    /// The response is not HTTP.
-    #[error("{url}: bad response: {message}")]
+    /// The request could not be made, or the response is not HTTP.
+    #[error("{url}: bad request or response: {message}")]
     Protocol {
         /// The server.
         url: String,
@@ -63,52 +75,94 @@ impl Response {
 }
 
 /// A client for one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     url: String,
-    addr: SocketAddr,
     token: Option<String>,
-    timeout: Duration,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent: no redirects, statuses returned as they are, connect within 10 s, the whole
+/// exchange within 120 s, and the TLS roots given.
+fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(120)))
+        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .build()
+        .into()
 }
 
 impl Client {
-    /// A client for `url` as people type it: `http://host:port`, `host:port`, or either
-    /// without the port (80), with or without a trailing `/`; sending `token` if given.
+    /// A client for `url` as people type it: `http://host:port`, `https://host:port`,
+    /// `host:port`, or any of them without the port (80, or 443 for https), with or without
+    /// a trailing `/`; sending `token` if given.
     pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
         let bad = || ClientError::Url(url.to_owned());
         let trimmed = url.trim();
-        let rest = match trimmed.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        let (scheme, rest) = match trimmed.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => ("http", rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => ("https", rest),
             Some(_) => return Err(bad()),
-            None => trimmed,
+            None => ("http", trimmed),
         };
         let rest = rest.trim_end_matches('/');
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '\\']) {
             return Err(bad());
         }
         // A port unless one is given (an IPv6 address is bracketed: `[::1]:8080`).
-        let has_port = match rest.rsplit_once(':') {
-            Some((host, port)) => {
-                (!host.contains(':') || host.ends_with(']')) && port.parse::<u16>().is_ok()
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                (host, Some(port.parse::<u16>().map_err(|_| bad())?))
             }
-            None => false,
+            _ => (rest, None),
         };
-        let rest = if has_port {
-            rest.to_owned()
-        } else {
-            format!("{rest}:80")
-        };
-        let addr = rest
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(bad)?;
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        if host.is_empty() || (host.contains(':') && !bracketed) {
+            return Err(bad());
+        }
+        let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
         Ok(Client {
-            url: format!("http://{rest}"),
-            addr,
+            url: format!("{scheme}://{host}:{port}"),
             token,
-            timeout: Duration::from_secs(120),
+            agent: agent(ureq::tls::TlsConfig::default()),
         })
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path` (a private CA) instead of the
+    /// Mozilla roots.
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Client, ClientError> {
+        let failed = |message: String| ClientError::Ca {
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+        let mut certificates = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let ureq::tls::PemItem::Certificate(certificate) =
+                item.map_err(|e| failed(e.to_string()))?
+            {
+                certificates.push(certificate);
+            }
+        }
+        if certificates.is_empty() {
+            return Err(failed("no certificate in the file".into()));
+        }
+        let roots = ureq::tls::RootCerts::new_with_certs(&certificates);
+        self.agent = agent(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        Ok(self)
     }
 
     /// The server URL.
@@ -136,90 +190,41 @@ impl Client {
         extra: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, ClientError> {
-        if let Some((name, _)) = extra
-            .iter()
-            .find(|(n, v)| n.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']))
-        {
-            return Err(ClientError::Protocol {
-                url: self.url.clone(),
-                message: format!("header {name:?}: a line break or colon in a header"),
-            });
-        }
-        let io = |source| ClientError::Io {
-            url: self.url.clone(),
-            source,
-        };
-        let mut stream =
-            TcpStream::connect_timeout(&self.addr, Duration::from_secs(10)).map_err(io)?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        for (name, value) in extra {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(body).map_err(io)?;
-        let mut reader = BufReader::new(stream);
         let protocol = |message: String| ClientError::Protocol {
             url: self.url.clone(),
             message,
         };
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(io)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| protocol(format!("status line {line:?}")))?;
-        let mut headers = Vec::new();
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).map_err(io)? == 0 || line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
-                if name == "content-length" {
-                    length = value.parse::<usize>().ok();
-                }
-                if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                }
-                headers.push((name, value));
-            }
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header("content-type", content_type);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                reader.read_line(&mut line).map_err(io)?;
-                let size = usize::from_str_radix(line.trim(), 16)
-                    .map_err(|_| protocol(format!("chunk size {line:?}")))?;
-                if size == 0 {
-                    break;
-                }
-                let start = body.len();
-                body.resize(start + size, 0);
-                reader.read_exact(&mut body[start..]).map_err(io)?;
-                line.clear();
-                reader.read_line(&mut line).map_err(io)?;
-            }
-        } else if let Some(length) = length {
-            body.resize(length, 0);
-            reader.read_exact(&mut body).map_err(io)?;
-        } else {
-            reader.read_to_end(&mut body).map_err(io)?;
+        for (name, value) in extra {
+            request = request.header(*name, *value);
         }
+        let request = request
+            .body(body.to_vec())
+            .map_err(|e| protocol(e.to_string()))?;
+        let mut response = self.agent.run(request).map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .map_err(|e| self.transport(e))?;
         Ok(Response {
             status,
             headers,
@@ -230,6 +235,38 @@ impl Client {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Result<Response, ClientError> {
         self.request("GET", path, "application/json", b"")
+    }
+
+    /// What a failed exchange was: not reaching, or not securing, the server is I/O (the
+    /// CLI's "unreachable"); anything else, a protocol error.
+    fn transport(&self, error: ureq::Error) -> ClientError {
+        use std::io::ErrorKind;
+        let io = |kind: ErrorKind, text: String| ClientError::Io {
+            url: self.url.clone(),
+            cause: std::io::Error::new(kind, text),
+        };
+        match error {
+            ureq::Error::Io(cause) => ClientError::Io {
+                url: self.url.clone(),
+                cause,
+            },
+            ureq::Error::HostNotFound => io(ErrorKind::NotFound, "host not found".into()),
+            ureq::Error::ConnectionFailed => {
+                io(ErrorKind::ConnectionRefused, "connection failed".into())
+            }
+            ureq::Error::Timeout(which) => io(ErrorKind::TimedOut, format!("timed out ({which})")),
+            e @ (ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_)) => {
+                io(ErrorKind::Other, format!("TLS: {e}"))
+            }
+            ureq::Error::BodyExceedsLimit(limit) => ClientError::Protocol {
+                url: self.url.clone(),
+                message: format!("response body over {limit} bytes"),
+            },
+            other => ClientError::Protocol {
+                url: self.url.clone(),
+                message: other.to_string(),
+            },
+        }
     }
 }
 
@@ -247,21 +284,24 @@ mod tests {
             ("HTTP://localhost", "http://localhost:80"),
             ("localhost", "http://localhost:80"),
             ("[::1]:9000", "http://[::1]:9000"),
+            ("https://example.org", "https://example.org:443"),
+            ("HTTPS://example.org:8443/", "https://example.org:8443"),
         ] {
             let client = Client::new(typed, None).unwrap_or_else(|e| panic!("{typed}: {e}"));
             assert_eq!(client.url(), url, "{typed}");
         }
         for wrong in [
             "ftp://nowhere",
-            "https://example.org",
             "http://",
+            "http://h:port",
+            "::1",
             "",
             "a b:1",
             "h:1/x",
         ] {
             let error = Client::new(wrong, None).unwrap_err().to_string();
             assert!(
-                error.contains("expected http://HOST[:PORT]"),
+                error.contains("expected http://HOST[:PORT], https://HOST[:PORT]"),
                 "{wrong}: {error}"
             );
         }

@@ -97,6 +97,17 @@ pub enum StoreError {
     },
 }
 
+/// What [`Store::delete_invocation`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The record is gone.
+    Removed,
+    /// The invocation has not ended (its state): the record stays.
+    NotEnded(String),
+    /// No such invocation.
+    Unknown,
+}
+
 /// Which execution records [`Store::logs`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogFilter {
@@ -499,6 +510,24 @@ impl Store {
             params![id, state, response, error, finished],
         )?;
         Ok(())
+    }
+
+    /// Removes the record of invocation `id` if it has ended (succeeded or failed).
+    pub fn delete_invocation(&self, id: &str) -> Result<Removal, StoreError> {
+        let conn = self.conn();
+        let removed = conn.execute(
+            "DELETE FROM invocations WHERE id = ?1 AND state IN ('succeeded', 'failed')",
+            [id],
+        )?;
+        if removed > 0 {
+            return Ok(Removal::Removed);
+        }
+        let state: Option<String> = conn
+            .query_row("SELECT state FROM invocations WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(state.map_or(Removal::Unknown, Removal::NotEnded))
     }
 
     /// One invocation.

@@ -1,7 +1,9 @@
 //! What the CLI's integration tests share: a child process that is killed when dropped,
-//! and a `baton` (serve or up) started until it says where it listens.
+//! a `baton` (serve or up) started until it says where it listens, and a CA with server and
+//! client certificates made by `openssl`.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 
@@ -61,4 +63,82 @@ pub fn start_listening(
         }
     });
     (served, url, log, later)
+}
+
+/// Runs `openssl` with `args` in `dir`.
+#[allow(dead_code)]
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+}
+
+/// A CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`, `server.key`) and a
+/// client certificate (`client.pem`, `client.key`), in `dir`.
+#[allow(dead_code)]
+pub fn certificates(dir: &Path) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &key,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=baton test CA",
+        ],
+    ]
+    .concat();
+    openssl(dir, &ca);
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let (csr, pem, keyfile, ext) = (
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.key"),
+            format!("{who}.ext"),
+        );
+        let subject = format!("/CN=baton {who}");
+        let request = [
+            &["req"][..],
+            &key,
+            &["-keyout", &keyfile, "-out", &csr, "-subj", &subject],
+        ]
+        .concat();
+        openssl(dir, &request);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
 }

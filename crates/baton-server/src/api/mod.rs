@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/functions/{name}/invoke"),
     ("GET", "/v1/invocations"),
     ("GET", "/v1/invocations/{id}"),
+    ("DELETE", "/v1/invocations/{id}"),
     ("POST", "/v1/sequences/{name}"),
     ("GET", "/v1/sequences/{name}"),
     ("DELETE", "/v1/sequences/{name}"),
@@ -76,7 +77,10 @@ pub(crate) fn router(state: Shared, max_body_bytes: usize) -> Router {
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/invocations", get(list_invocations))
-        .route("/v1/invocations/{id}", get(get_invocation))
+        .route(
+            "/v1/invocations/{id}",
+            get(get_invocation).delete(delete_invocation),
+        )
         .route("/v1/sequences", get(sequences::list))
         .route(
             "/v1/sequences/{name}",
@@ -561,6 +565,35 @@ async fn list_invocations(
             Json(json!({ "invocations": invocations })).into_response()
         }
         Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /v1/invocations/{id}`: forgets an invocation that has ended (its record and
+/// response); one still queued or running is refused (409).
+async fn delete_invocation(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let removal = match &state.cluster {
+        Some(cluster) => match cluster.delete_invocation(&id).await {
+            Ok(removal) => {
+                // This node's own copy, if it accepted it, goes too.
+                let _ = state.store.delete_invocation(&id);
+                removal
+            }
+            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+        },
+        None => match state.store.delete_invocation(&id) {
+            Ok(removal) => removal,
+            Err(e) => return internal(e),
+        },
+    };
+    match removal {
+        baton_store::Removal::Removed => StatusCode::NO_CONTENT.into_response(),
+        baton_store::Removal::NotEnded(now) => error(
+            StatusCode::CONFLICT,
+            format!("invocation `{id}` is {now}: it can be removed once it has ended"),
+        ),
+        baton_store::Removal::Unknown => {
+            error(StatusCode::NOT_FOUND, format!("unknown invocation `{id}`"))
+        }
     }
 }
 

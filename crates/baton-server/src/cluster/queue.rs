@@ -110,6 +110,21 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Removes an ended invocation's record from the cluster (whichever node ran it).
+    pub(crate) async fn delete_invocation(
+        &self,
+        id: &str,
+    ) -> Result<baton_store::Removal, ClusterError> {
+        Ok(match self.invocation(id).await? {
+            None => baton_store::Removal::Unknown,
+            Some(record) if record.state == "succeeded" || record.state == "failed" => {
+                remove_key(&self.invocations, id, "removing invocation").await?;
+                baton_store::Removal::Removed
+            }
+            Some(record) => baton_store::Removal::NotEnded(record.state),
+        })
+    }
+
     /// An asynchronous invocation's record, from whichever node ran it.
     pub(crate) async fn invocation(
         &self,

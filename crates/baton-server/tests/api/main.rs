@@ -289,6 +289,11 @@ fn the_api_deploys_invokes_learns_and_counts() {
         .unwrap()
         .contains("reserved"));
     assert_eq!(api.get("/v1/invocations/nope").unwrap().status, 404);
+    // Forgotten once ended: its record goes.
+    let forget = |path: &str| api.request("DELETE", path, "text/plain", b"").unwrap();
+    assert_eq!(forget(&location).status, 204);
+    assert_eq!(api.get(&location).unwrap().status, 404);
+    assert_eq!(forget(&location).status, 404);
 
     // Sequences.
     assert_eq!(
@@ -471,6 +476,15 @@ fn oversized_bodies_and_full_queues_are_refused() {
         .unwrap();
     assert_eq!(accepted.status, 202);
     std::thread::sleep(Duration::from_millis(100));
+    // Still running: it cannot be forgotten yet.
+    let running = accepted.header("location").unwrap().to_owned();
+    let early = api.request("DELETE", &running, "text/plain", b"").unwrap();
+    assert_eq!(early.status, 409, "{}", early.text());
+    assert!(
+        early.text().contains("once it has ended"),
+        "{}",
+        early.text()
+    );
     let refused = invoke(&api, "slow", "now");
     assert_eq!(refused.status, 429, "{}", refused.text());
     assert_eq!(refused.header("retry-after"), Some("1"));
