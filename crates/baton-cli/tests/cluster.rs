@@ -255,10 +255,16 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         states.join("\n")
     );
     for outcome in &outcomes {
-        assert_ne!(
-            outcome["node"], "n2",
-            "only survivors report after the kill: {outcome}"
-        );
+        // Node 2 may have finished one before it was killed (on a loaded machine the burst
+        // takes longer to send than a call to run); whatever it left unfinished, a survivor
+        // reports.
+        if outcome["node"] == "n2" {
+            assert_eq!(
+                (&outcome["state"], &outcome["runs"]),
+                (&json!("succeeded"), &json!(1)),
+                "only what node 2 finished before the kill is its own: {outcome}"
+            );
+        }
         let id = outcome["id"].as_str().unwrap();
         let other = survivors[1]
             .get(&format!("/v1/invocations/{id}"))
@@ -327,11 +333,12 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     let per_node = |n: &str| outcomes.iter().filter(|o| o["node"] == n).count();
     let interrupted = outcomes.iter().filter(|o| o["state"] == "failed").count();
     eprintln!(
-        "{} accepted, all ended: {} on n1, {} on n3; {rerun} pure ones re-run and \
-         {interrupted} others reported interrupted after node 2 died",
+        "{} accepted, all ended: {} on n1, {} on n3, {} on n2 before the kill; {rerun} pure \
+         ones re-run and {interrupted} others reported interrupted after node 2 died",
         accepted.len(),
         per_node("n1"),
-        per_node("n3")
+        per_node("n3"),
+        per_node("n2")
     );
 
     // One graph: the survivors learned the chains each other (and node 2) ran.
