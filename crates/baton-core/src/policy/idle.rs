@@ -129,6 +129,11 @@ impl IdleModel {
         }
     }
 
+    /// How many instances of `task` run now (starts seen minus ends).
+    pub fn running(&self, task: TaskId) -> u32 {
+        self.tasks.get(task.index()).map_or(0, |t| t.running)
+    }
+
     /// How many gaps of `task` the model holds (decayed).
     pub fn samples(&self, task: TaskId) -> f64 {
         self.tasks

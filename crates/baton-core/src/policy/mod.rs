@@ -185,11 +185,11 @@ pub struct ChainPolicy {
 /// Most instances a rhythm's re-warm asks for at once.
 pub const MAX_REWARM_INSTANCES: u32 = 16;
 
-/// A task's running instances, and the most that ran at once in its current and its
-/// previous episode: a burst that needed five instances last time gets five re-warmed.
+/// The most instances of a task that ran at once in its current and its previous episode
+/// (how many run now is the idle model's count): a burst that needed five instances last
+/// time gets five re-warmed.
 #[derive(Debug, Clone, Copy, Default)]
 struct Concurrency {
-    running: u32,
     peak: u32,
     last_peak: u32,
 }
@@ -419,13 +419,13 @@ impl ChainPolicy {
         let before = episodes.last_start_us();
         episodes.observe(at_us);
         let new_episode = before.is_none_or(|last| at_us >= last.saturating_add(EPISODE_GAP_US));
+        let running = self.idle.running(task);
         let c = self.concurrency(task);
-        c.running += 1;
         if new_episode {
             c.last_peak = c.peak;
-            c.peak = c.running;
+            c.peak = running;
         } else {
-            c.peak = c.peak.max(c.running);
+            c.peak = c.peak.max(running);
         }
         if let Some((ready, _, _)) = self.rewarms.remove(&task) {
             if at_us < ready {
@@ -534,8 +534,6 @@ impl Policy for ChainPolicy {
                 ..
             } => self.on_start(task, at_us, context, reveals_route, out),
             PolicyEvent::End { task, at_us, .. } => {
-                let c = self.concurrency(task);
-                c.running = c.running.saturating_sub(1);
                 let keep = if self.entry_tasks.contains(&task) {
                     self.config.entry_keep_alive_us
                 } else {
