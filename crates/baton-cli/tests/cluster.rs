@@ -15,54 +15,47 @@
 mod common;
 
 use baton_server::client::Client;
-use common::{certificates, start_listening, Served};
+use common::{certificates, free_port, start_listening, start_on_port, Served};
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The nats-server binary; without one, `None` after saying that the test did not run
+/// (under CI its absence fails the test: `.ci/run` installs it).
 fn nats_server() -> Option<PathBuf> {
-    [
+    let found = [
         "/usr/sbin/nats-server",
         "/usr/bin/nats-server",
         "/usr/local/bin/nats-server",
     ]
     .iter()
     .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is missing: .ci/run installs it (apt-get install nats-server)"
+        );
+        eprintln!("NOT RUN: nats-server is not installed (apt-get install nats-server)");
+    }
+    found
 }
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster")
 }
 
-/// Starts nats-server as `command` says and waits until it listens on `port`.
-fn start_nats(command: &mut Command, port: u16) -> Served {
-    let served = Served(
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "nats-server did not start on port {port}"
-    );
-    served
+/// Declares sequence `name` of `steps` through `client`.
+fn declare(client: &Client, name: &str, steps: &[&str]) -> baton_server::client::Response {
+    client
+        .request(
+            "POST",
+            &format!("/v1/sequences/{name}"),
+            "application/json",
+            json!({ "steps": steps }).to_string().as_bytes(),
+        )
+        .unwrap()
 }
 
 /// Starts a node and waits for its "listening" line; returns it and its URL.
@@ -132,21 +125,17 @@ fn edges(client: &Client) -> Vec<(String, String)> {
 #[test]
 fn three_nodes_share_functions_invocations_and_the_graph() {
     let Some(nats) = nats_server() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is missing: .ci/run installs it (apt-get install nats-server)"
-        );
-        eprintln!("NOT RUN: nats-server is not installed (apt-get install nats-server)");
         return;
     };
     eprintln!("running against {}", nats.display());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _nats = start_nats(
+    let _nats = start_on_port(
         Command::new(&nats)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path().join("jetstream")),
         port,
+        "nats-server",
     );
     let nats_url = format!("nats://127.0.0.1:{port}");
     let (_n1, url1) = node("n1", &dir.path().join("n1"), &nats_url);
@@ -182,14 +171,7 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         .unwrap();
     assert_eq!(sync.status, 200, "{}", sync.text());
     // A sequence declared through node 2 is a chain every node can run.
-    let declared = clients[1]
-        .request(
-            "POST",
-            "/v1/sequences/shout",
-            "application/json",
-            json!({ "steps": ["upper", "busy"] }).to_string().as_bytes(),
-        )
-        .unwrap();
+    let declared = declare(&clients[1], "shout", &["upper", "busy"]);
     assert_eq!(declared.status, 201, "{}", declared.text());
     assert!(
         eventually(Duration::from_secs(10), || clients[0]
@@ -392,27 +374,9 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     deploy(&url1, &fixtures().join("pyupper.toml"));
     // A sequence of it declared through node 3 at once, before node 3 has installed it:
     // the registry has it, so it is a step.
-    let declared = clients[2]
-        .request(
-            "POST",
-            "/v1/sequences/shout-twice",
-            "application/json",
-            json!({ "steps": ["pyupper", "upper"] })
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
+    let declared = declare(&clients[2], "shout-twice", &["pyupper", "upper"]);
     assert_eq!(declared.status, 201, "{}", declared.text());
-    let refused = clients[2]
-        .request(
-            "POST",
-            "/v1/sequences/nonsense",
-            "application/json",
-            json!({ "steps": ["pyupper", "nowhere"] })
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
+    let refused = declare(&clients[2], "nonsense", &["pyupper", "nowhere"]);
     assert_eq!(refused.status, 400, "{}", refused.text());
     assert!(refused.text().contains("`nowhere`"), "{}", refused.text());
     assert!(
@@ -470,11 +434,6 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
 #[test]
 fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
     let Some(nats) = nats_server() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is missing: .ci/run installs it (apt-get install nats-server)"
-        );
-        eprintln!("NOT RUN: nats-server is not installed (apt-get install nats-server)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -493,7 +452,11 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
         ),
     )
     .unwrap();
-    let _nats = start_nats(Command::new(&nats).arg("-c").arg(&config), port);
+    let _nats = start_on_port(
+        Command::new(&nats).arg("-c").arg(&config),
+        port,
+        "nats-server",
+    );
     let nats_url = format!("nats://127.0.0.1:{port}");
     let serve = |name: &str, tls: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));

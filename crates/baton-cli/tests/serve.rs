@@ -867,28 +867,17 @@ fn the_cli_talks_https_to_a_server_behind_a_private_ca() {
         r#"{"functions":[{"name":"behind-tls","kind":"wasm"}]}"#,
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let pem = |name: &str| dir.path().join(name).display().to_string();
-    let _tls = Served(
+    let _tls = common::start_on_port(
         Command::new("openssl")
             .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
             .args(["-cert", &pem("server.pem"), "-key", &pem("server.key")])
             .args(["-WWW", "-quiet"])
-            .current_dir(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .current_dir(&www),
+        port,
+        "openssl s_server",
     );
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "openssl s_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let url = format!("https://127.0.0.1:{port}");
     let list = |ca: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));

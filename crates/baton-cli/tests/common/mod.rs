@@ -142,3 +142,35 @@ pub fn certificates(dir: &Path) {
         );
     }
 }
+
+/// A loopback port free now.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Spawns `command` (its output dropped) and waits up to 10 s until something listens on
+/// loopback `port`; `what` names it if nothing does.
+#[allow(dead_code)]
+pub fn start_on_port(command: &mut Command, port: u16, what: &str) -> Served {
+    let served = Served(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    served
+}

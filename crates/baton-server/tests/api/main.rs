@@ -15,6 +15,17 @@ mod otlp;
 
 const TOKEN: &str = "s3cret";
 
+/// Declares sequence `name` of `steps`.
+fn declare(api: &Client, name: &str, steps: &[&str]) -> Response {
+    api.request(
+        "POST",
+        &format!("/v1/sequences/{name}"),
+        "application/json",
+        json!({ "steps": steps }).to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
@@ -300,26 +311,12 @@ fn the_api_deploys_invokes_learns_and_counts() {
         wasm_deploy(&api, "upper", "../examples/wat/upper.wat").status,
         201
     );
-    let response = api
-        .request(
-            "POST",
-            "/v1/sequences/shout",
-            "application/json",
-            br#"{"steps":["upper","upper"]}"#,
-        )
-        .unwrap();
+    let response = declare(&api, "shout", &["upper", "upper"]);
     assert_eq!(response.status, 201, "{}", response.text());
     let shouted = invoke(&api, "shout", "hey").json();
     assert_eq!(shouted["output"], "HEY");
     assert_eq!(shouted["steps"].as_array().unwrap().len(), 2);
-    let response = api
-        .request(
-            "POST",
-            "/v1/sequences/bad",
-            "application/json",
-            br#"{"steps":["ghost"]}"#,
-        )
-        .unwrap();
+    let response = declare(&api, "bad", &["ghost"]);
     assert_eq!(response.status, 400);
     assert!(response.text().contains("`ghost`"));
     let shout = api.get("/v1/sequences/shout").unwrap().json();
@@ -339,14 +336,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
         404
     );
     assert_eq!(invoke(&api, "upper", "still").json()["output"], "STILL");
-    let response = api
-        .request(
-            "POST",
-            "/v1/sequences/shout",
-            "application/json",
-            br#"{"steps":["upper","upper"]}"#,
-        )
-        .unwrap();
+    let response = declare(&api, "shout", &["upper", "upper"]);
     assert_eq!(response.status, 201, "declared again after its removal");
 
     // Foreign logs change the graph and the predictions.
