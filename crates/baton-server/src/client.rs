@@ -1,8 +1,10 @@
 //! The blocking HTTP client for baton's own API, on `ureq`: what `baton deploy`, `invoke`,
 //! `logs`, `graph --server`, `top`, the OTLP exporter and the tests use. Plain HTTP or
 //! HTTPS (the Mozilla roots, or a private CA given with [`Client::with_ca_file`]); server
-//! URLs as people type them; no redirects followed; connections kept alive between
-//! requests; a response body of at most [`MAX_RESPONSE_BYTES`].
+//! URLs as people type them; no redirects followed; a connection per request, as before
+//! `ureq` (a pooled connection the server has closed meanwhile would fail a POST, and the
+//! peer bench's figures stay comparable); a response body of at most
+//! [`MAX_RESPONSE_BYTES`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -91,12 +93,14 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The agent: no redirects, statuses returned as they are, connect within 10 s, the whole
-/// exchange within 120 s, and the TLS roots given.
+/// The agent: no redirects, no pooled connections, statuses returned as they are, connect
+/// within 10 s, the whole exchange within 120 s, and the TLS roots given.
 fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_global(Some(Duration::from_secs(120)))
         .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
