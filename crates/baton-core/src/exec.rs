@@ -167,10 +167,10 @@ impl Executor {
         }
     }
 
-    /// The policy's eviction priority of an idle instance of `task` idle since
+    /// The policy's eviction priority at `now_us` of an idle instance of `task` idle since
     /// `idle_since_us` (lowest goes first).
-    pub fn evict_priority(&self, task: TaskId, idle_since_us: u64) -> f64 {
-        self.policy.evict_priority(task, idle_since_us)
+    pub fn evict_priority(&self, task: TaskId, idle_since_us: u64, now_us: u64) -> f64 {
+        self.policy.evict_priority(task, idle_since_us, now_us)
     }
 }
 

@@ -468,7 +468,12 @@ impl Engine<'_> {
             .flatten()
             .map(|&id| (id, &self.instances[id as usize]))
             .filter(|(_, i)| !i.busy && i.ready_at_us <= self.now)
-            .map(|(id, i)| (self.policy.evict_priority(i.task, i.last_idle_since_us), id))
+            .map(|(id, i)| {
+                let priority = self
+                    .policy
+                    .evict_priority(i.task, i.last_idle_since_us, self.now);
+                (priority, id)
+            })
             .collect();
         idle.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         for (_, id) in idle {

@@ -247,7 +247,7 @@ impl Policy for GreedyDualPolicy {
         }
     }
 
-    fn evict_priority(&self, task: TaskId, _idle_since_us: u64) -> f64 {
+    fn evict_priority(&self, task: TaskId, _idle_since_us: u64, _now_us: u64) -> f64 {
         self.priority.get(task.index()).copied().unwrap_or(0.0)
     }
 }
@@ -468,7 +468,7 @@ mod tests {
                 policy.on_event(&end(task, 0, 0), &mut out);
             }
         }
-        let p = |policy: &GreedyDualPolicy, t| policy.evict_priority(TaskId(t), 0);
+        let p = |policy: &GreedyDualPolicy, t| policy.evict_priority(TaskId(t), 0, 0);
         // Priorities: task 0: 1 × 1000 / 100 = 10; task 1: 1 × 10000 / 100 = 100;
         // task 2: 5 × 1000 / 1000 = 5.
         assert!(

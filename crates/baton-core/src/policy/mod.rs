@@ -6,7 +6,9 @@
 //! each step to be pre-warmed just before its expected start. At a task's end it keeps the
 //! instance as the task's idle-time model says ([`idle`]), and re-warms it for the next
 //! start the model or the task's arrival rhythm ([`crate::arrival`]) expects, with as many
-//! instances as the task's last episode ran at once. [`NextPolicy`] is the single
+//! instances as the task's last episode ran at once. When memory runs short, the idle
+//! instance that saves least cold-start time per MiB held goes first
+//! ([`Policy::evict_priority`]). [`NextPolicy`] is the single
 //! next-task behaviour of US 9,811,363, kept for comparison.
 
 pub mod baselines;
@@ -20,6 +22,7 @@ pub use baselines::{
 use crate::arrival::{Episodes, EPISODE_GAP_US, MIN_CONFIRMATIONS};
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
+use crate::costs::Costs;
 use crate::ids::TaskId;
 use crate::predict::PredictContext;
 use crate::reservation::{Reservation, ResourcePool};
@@ -108,10 +111,11 @@ pub trait Policy: Send {
     fn name(&self) -> &str;
     /// Reacts to `event`, appending actions to `out`.
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>);
-    /// When memory runs short, idle instances are evicted lowest priority first. The
-    /// default is least recently used (`idle_since_us`, the time the instance went idle).
-    fn evict_priority(&self, task: TaskId, idle_since_us: u64) -> f64 {
-        let _ = task;
+    /// When memory runs short at `now_us`, idle instances are evicted lowest priority
+    /// first. The default is least recently used (`idle_since_us`, the time the instance
+    /// went idle).
+    fn evict_priority(&self, task: TaskId, idle_since_us: u64, now_us: u64) -> f64 {
+        let _ = (task, now_us);
         idle_since_us as f64
     }
 }
@@ -180,6 +184,8 @@ pub struct ChainPolicy {
     rhythms_seen: Option<u64>,
     /// How many instances of each task run at once, per episode.
     concurrency: Vec<Concurrency>,
+    /// What a cold start and an instance of each task cost (eviction weighs by them).
+    costs: Option<Arc<Costs>>,
 }
 
 /// Most instances a rhythm's re-warm asks for at once.
@@ -216,7 +222,15 @@ impl ChainPolicy {
             episodes: Vec::new(),
             rhythms_seen: None,
             concurrency: Vec::new(),
+            costs: None,
         }
+    }
+
+    /// Weighs evictions by each task's cold-start time and instance memory in `costs`
+    /// (without: every task alike, least recently used first).
+    pub fn with_costs(mut self, costs: Arc<Costs>) -> ChainPolicy {
+        self.costs = Some(costs);
+        self
     }
 
     fn concurrency(&mut self, task: TaskId) -> &mut Concurrency {
@@ -522,6 +536,26 @@ impl ChainPolicy {
 impl Policy for ChainPolicy {
     fn name(&self) -> &str {
         "chain"
+    }
+
+    /// The cold-start time an idle instance is expected to save per MiB and per µs it is
+    /// held (Greedy-Dual-Size-Frequency's terms, per instance): its task's cold start,
+    /// times how often the task is used (the logarithm of its idle model's decayed count of
+    /// gaps, plus one), over its memory and over how long it has been idle (the longer an
+    /// instance has gone unused, the longer it is expected to stay so: among instances of
+    /// one task, least recently used first; a busy task's surplus instances go as they
+    /// age). Under pressure a big instance goes before several small ones idle as long, a
+    /// cheap start before a dear one, a rare task before a frequent one.
+    fn evict_priority(&self, task: TaskId, idle_since_us: u64, now_us: u64) -> f64 {
+        let idle_us = now_us.saturating_sub(idle_since_us).max(1) as f64;
+        let (cold_us, memory_mib) = self.costs.as_ref().map_or((1.0, 1.0), |costs| {
+            (
+                costs.cold_start_us(task).max(1) as f64,
+                costs.memory_mib(task).max(1) as f64,
+            )
+        });
+        let uses = (self.idle.samples(task).max(0.0) + 1.0).ln_1p();
+        cold_us * uses / (memory_mib * idle_us)
     }
 
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {

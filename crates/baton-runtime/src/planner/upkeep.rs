@@ -83,7 +83,7 @@ impl Planner {
             .map(|(at, i)| {
                 let task = self.node.ids(&i.function).task;
                 let since = self.node.clock.us_of(i.since);
-                (self.executor.evict_priority(task, since), at)
+                (self.executor.evict_priority(task, since, at_us), at)
             })
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
