@@ -21,7 +21,7 @@
 
 use crate::costs::Costs;
 use crate::ids::TaskId;
-use crate::policy::{Action, Policy, PolicyEvent};
+use crate::policy::{Action, IdleInstance, Policy, PolicyEvent};
 use serde::{Deserialize, Serialize};
 
 /// A pre-warmed instance is kept at least this long after it is ready, µs: a step a little
@@ -167,10 +167,24 @@ impl Executor {
         }
     }
 
-    /// The policy's eviction priority at `now_us` of an idle instance of `task` idle since
-    /// `idle_since_us` (lowest goes first).
-    pub fn evict_priority(&self, task: TaskId, idle_since_us: u64, now_us: u64) -> f64 {
-        self.policy.evict_priority(task, idle_since_us, now_us)
+    /// The policy's eviction priority at `now_us` of an idle instance of `task` that went
+    /// idle at `idle_since_us` and holds `memory_mib` (lowest goes first), its task's cold
+    /// start taken from `cold` as for pre-warms.
+    pub fn evict_priority(
+        &self,
+        task: TaskId,
+        idle_since_us: u64,
+        memory_mib: u64,
+        cold: &dyn ColdStarts,
+        now_us: u64,
+    ) -> f64 {
+        let instance = IdleInstance {
+            task,
+            idle_since_us,
+            memory_mib,
+            cold_start_us: cold.cold_start_us(task),
+        };
+        self.policy.evict_priority(&instance, now_us)
     }
 }
 

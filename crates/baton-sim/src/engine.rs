@@ -469,9 +469,13 @@ impl Engine<'_> {
             .map(|&id| (id, &self.instances[id as usize]))
             .filter(|(_, i)| !i.busy && i.ready_at_us <= self.now)
             .map(|(id, i)| {
-                let priority = self
-                    .policy
-                    .evict_priority(i.task, i.last_idle_since_us, self.now);
+                let priority = self.policy.evict_priority(
+                    i.task,
+                    i.last_idle_since_us,
+                    i.memory_mib,
+                    self.costs,
+                    self.now,
+                );
                 (priority, id)
             })
             .collect();

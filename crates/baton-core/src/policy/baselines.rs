@@ -12,7 +12,7 @@
 //!   just in time, no resource check.
 //! - [`OraclePolicy`]: knows every arrival and has an instance ready exactly at each one.
 
-use super::{Action, Policy, PolicyEvent};
+use super::{Action, IdleInstance, Policy, PolicyEvent};
 use crate::costs::Costs;
 use crate::ids::TaskId;
 use crate::predict::{PredictContext, PredictOptions};
@@ -247,8 +247,11 @@ impl Policy for GreedyDualPolicy {
         }
     }
 
-    fn evict_priority(&self, task: TaskId, _idle_since_us: u64, _now_us: u64) -> f64 {
-        self.priority.get(task.index()).copied().unwrap_or(0.0)
+    fn evict_priority(&self, instance: &IdleInstance, _now_us: u64) -> f64 {
+        self.priority
+            .get(instance.task.index())
+            .copied()
+            .unwrap_or(0.0)
     }
 }
 
@@ -468,7 +471,15 @@ mod tests {
                 policy.on_event(&end(task, 0, 0), &mut out);
             }
         }
-        let p = |policy: &GreedyDualPolicy, t| policy.evict_priority(TaskId(t), 0, 0);
+        let p = |policy: &GreedyDualPolicy, t| {
+            let instance = IdleInstance {
+                task: TaskId(t),
+                idle_since_us: 0,
+                memory_mib: 1,
+                cold_start_us: 1,
+            };
+            policy.evict_priority(&instance, 0)
+        };
         // Priorities: task 0: 1 × 1000 / 100 = 10; task 1: 1 × 10000 / 100 = 100;
         // task 2: 5 × 1000 / 1000 = 5.
         assert!(

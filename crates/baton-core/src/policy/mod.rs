@@ -22,7 +22,6 @@ pub use baselines::{
 use crate::arrival::{Episodes, EPISODE_GAP_US, MIN_CONFIRMATIONS};
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
-use crate::costs::Costs;
 use crate::ids::TaskId;
 use crate::predict::PredictContext;
 use crate::reservation::{Reservation, ResourcePool};
@@ -105,6 +104,20 @@ pub enum Action {
     },
 }
 
+/// An idle instance as eviction weighs it; the host (the simulator's engine, the
+/// runtime's planner) says what it holds and what its task's cold start costs there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdleInstance {
+    /// Its task.
+    pub task: TaskId,
+    /// When it went idle, µs.
+    pub idle_since_us: u64,
+    /// The memory it holds, MiB.
+    pub memory_mib: u64,
+    /// What starting another instance of its task costs, µs.
+    pub cold_start_us: u64,
+}
+
 /// A pre-warming policy.
 pub trait Policy: Send {
     /// Its name in reports.
@@ -112,11 +125,10 @@ pub trait Policy: Send {
     /// Reacts to `event`, appending actions to `out`.
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>);
     /// When memory runs short at `now_us`, idle instances are evicted lowest priority
-    /// first. The default is least recently used (`idle_since_us`, the time the instance
-    /// went idle).
-    fn evict_priority(&self, task: TaskId, idle_since_us: u64, now_us: u64) -> f64 {
-        let _ = (task, now_us);
-        idle_since_us as f64
+    /// first. The default is least recently used (the time the instance went idle).
+    fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
+        let _ = now_us;
+        instance.idle_since_us as f64
     }
 }
 
@@ -184,8 +196,6 @@ pub struct ChainPolicy {
     rhythms_seen: Option<u64>,
     /// How many instances of each task run at once, per episode.
     concurrency: Vec<Concurrency>,
-    /// What a cold start and an instance of each task cost (eviction weighs by them).
-    costs: Option<Arc<Costs>>,
 }
 
 /// Most instances a rhythm's re-warm asks for at once.
@@ -222,15 +232,7 @@ impl ChainPolicy {
             episodes: Vec::new(),
             rhythms_seen: None,
             concurrency: Vec::new(),
-            costs: None,
         }
-    }
-
-    /// Weighs evictions by each task's cold-start time and instance memory in `costs`
-    /// (without: every task alike, least recently used first).
-    pub fn with_costs(mut self, costs: Arc<Costs>) -> ChainPolicy {
-        self.costs = Some(costs);
-        self
     }
 
     fn concurrency(&mut self, task: TaskId) -> &mut Concurrency {
@@ -546,16 +548,10 @@ impl Policy for ChainPolicy {
     /// one task, least recently used first; a busy task's surplus instances go as they
     /// age). Under pressure a big instance goes before several small ones idle as long, a
     /// cheap start before a dear one, a rare task before a frequent one.
-    fn evict_priority(&self, task: TaskId, idle_since_us: u64, now_us: u64) -> f64 {
-        let idle_us = now_us.saturating_sub(idle_since_us).max(1) as f64;
-        let (cold_us, memory_mib) = self.costs.as_ref().map_or((1.0, 1.0), |costs| {
-            (
-                costs.cold_start_us(task).max(1) as f64,
-                costs.memory_mib(task).max(1) as f64,
-            )
-        });
-        let uses = (self.idle.samples(task).max(0.0) + 1.0).ln_1p();
-        cold_us * uses / (memory_mib * idle_us)
+    fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
+        let idle_us = now_us.saturating_sub(instance.idle_since_us).max(1) as f64;
+        let uses = (self.idle.samples(instance.task).max(0.0) + 1.0).ln_1p();
+        instance.cold_start_us.max(1) as f64 * uses / (instance.memory_mib.max(1) as f64 * idle_us)
     }
 
     fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {

@@ -195,19 +195,16 @@ pub fn build(spec: PolicySpec, inputs: &PolicyInputs<'_>) -> Result<Box<dyn Poli
             1_000_000,
             scaled(MINUTE_US),
         )),
-        PolicyName::Chain => Box::new(
-            ChainPolicy::new(
-                Arc::clone(&inputs.graph),
-                inputs.pool.clone(),
-                Assembler::new(AssemblerConfig::default()),
-                ChainPolicyConfig {
-                    keep_alive_us: scaled(MINUTE_US),
-                    entry_keep_alive_us: scaled(10.0 * MINUTE_US),
-                    set_threshold: Some(0.5),
-                },
-            )
-            .with_costs(Arc::clone(&inputs.costs)),
-        ),
+        PolicyName::Chain => Box::new(ChainPolicy::new(
+            Arc::clone(&inputs.graph),
+            inputs.pool.clone(),
+            Assembler::new(AssemblerConfig::default()),
+            ChainPolicyConfig {
+                keep_alive_us: scaled(MINUTE_US),
+                entry_keep_alive_us: scaled(10.0 * MINUTE_US),
+                set_threshold: Some(0.5),
+            },
+        )),
         PolicyName::Oracle => {
             let future = inputs.future.ok_or(SpecError::NeedsFuture(spec.name))?;
             Box::new(baselines::OraclePolicy::new(future, &inputs.costs))

@@ -394,20 +394,16 @@ fn without_a_rhythm_a_finished_instance_keeps_the_fixed_keep_alive() {
 
 #[test]
 fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
-    // Four tasks: a is small and called often, b as often but four times as big, c small
-    // and seen once, d small, called often and dear to start.
-    let (mut tdg, [a, b, c, d]) = branching();
+    // a and b are called every second, c once; sizes and cold starts come with each
+    // instance, as the host knows them.
+    let (mut tdg, [a, b, c, _]) = branching();
     let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
-    let mut costs = Costs::new(50_000, 128);
-    costs.set_memory_mib(b, 512);
-    costs.set_cold_start_us(d, 500_000);
     let mut policy = ChainPolicy::new(
         graph,
         ResourcePool::new(ResourceVec::ZERO),
         Assembler::new(AssemblerConfig::default()),
         ChainPolicyConfig::default(),
-    )
-    .with_costs(Arc::new(costs));
+    );
     let mut out = Vec::new();
     let mut invocation = 0;
     let mut call = |policy: &mut ChainPolicy, task: TaskId, at_us: u64| {
@@ -430,33 +426,45 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
         }
     };
     for i in 0..40 {
-        for task in [a, b, d] {
+        for task in [a, b] {
             call(&mut policy, task, i * 1_000_000);
         }
     }
     call(&mut policy, c, 0);
     let now = 60_000_000;
-    let p = |task, idle_since| policy.evict_priority(task, idle_since, now);
     let since = 50_000_000;
-    assert!(p(b, since) < p(a, since), "the big instance goes first");
-    assert!(p(c, since) < p(a, since), "the rare task goes first");
-    assert!(p(a, since) < p(d, since), "the cheap start goes first");
+    let p = |task, idle_since_us, memory_mib, cold_start_us| {
+        let instance = IdleInstance {
+            task,
+            idle_since_us,
+            memory_mib,
+            cold_start_us,
+        };
+        policy.evict_priority(&instance, now)
+    };
     assert!(
-        p(a, 10_000_000) < p(a, since),
+        p(a, since, 512, 50_000) < p(a, since, 128, 50_000),
+        "big goes first"
+    );
+    assert!(
+        p(a, since, 128, 50_000) < p(a, since, 128, 500_000),
+        "cheap goes first"
+    );
+    assert!(
+        p(c, since, 128, 50_000) < p(b, since, 128, 50_000),
+        "rare goes first"
+    );
+    assert!(
+        p(a, 10_000_000, 128, 50_000) < p(a, since, 128, 50_000),
         "of one task, the longest idle goes first"
     );
     assert!(
-        p(a, since) < p(b, now - 1_000),
+        p(a, since, 128, 50_000) < p(a, now - 1_000, 512, 50_000),
         "a big instance just used stays before a small one long idle"
     );
-    // Without costs every task is alike: least recently used first.
-    let (mut tdg, [a, b, ..]) = branching();
-    let plain = ChainPolicy::new(
-        Arc::new(SnapshotCell::new(tdg.snapshot())),
-        ResourcePool::new(ResourceVec::ZERO),
-        Assembler::new(AssemblerConfig::default()),
-        ChainPolicyConfig::default(),
+    assert!(p(a, now, 0, 0).is_finite(), "idle 0 µs, no size, no cost");
+    assert!(
+        p(a, u64::MAX, 128, 50_000).is_finite(),
+        "idle since the future"
     );
-    assert!(plain.evict_priority(a, 1_000, now) < plain.evict_priority(b, 2_000, now));
-    assert!(plain.evict_priority(a, now, now).is_finite(), "idle 0 µs");
 }

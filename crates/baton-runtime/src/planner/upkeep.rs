@@ -2,7 +2,7 @@
 //! learned (through the same conversion a restart replays) and handed to the sink; the
 //! periodic housekeeping; and eviction over the idle-memory budget in the policy's order.
 
-use super::{Planner, PUBLISH_EVERY};
+use super::{NodeColdStarts, Planner, PUBLISH_EVERY};
 use crate::node::{lock, RecordSource};
 use baton_core::PolicyEvent;
 use baton_trace::schema::ExecutionRecord;
@@ -83,7 +83,11 @@ impl Planner {
             .map(|(at, i)| {
                 let task = self.node.ids(&i.function).task;
                 let since = self.node.clock.us_of(i.since);
-                (self.executor.evict_priority(task, since, at_us), at)
+                let cold = NodeColdStarts(&self.node);
+                let priority =
+                    self.executor
+                        .evict_priority(task, since, i.memory_mib, &cold, at_us);
+                (priority, at)
             })
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

@@ -2,11 +2,12 @@
 //! the plan's start) on the cores their reservation named; auxiliary services start before
 //! the step that needs them and stop when idle; a guest's nested calls run through the
 //! director and move their bytes at the reserved bandwidth; idle workers over the memory
-//! budget are evicted in the policy's order.
+//! budget are evicted in the policy's order (the chain policy's weighs their memory).
 
 use crate::common::{process_spec, python, wasm_spec};
+use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec};
 use baton_core::policy::{GreedyDualPolicy, TtlPolicy};
-use baton_core::{Costs, ResourcePool, SnapshotCell, Tdg, TdgConfig};
+use baton_core::{Costs, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
 use baton_runtime::isolation::{self, Isolation};
 use baton_runtime::limits;
@@ -225,4 +226,47 @@ fn idle_workers_over_the_budget_go_in_the_policys_order() {
         1
     );
     assert_eq!(director.pool().idle_memory_mib(), 200);
+}
+
+#[test]
+fn the_chain_policy_evicts_the_idle_worker_that_saves_least_per_mib() {
+    // `small1`, `big`, `small2`, each run once: over the budget, least-recently-used would
+    // evict `small1` (idle longest). The chain policy weighs what each worker holds: `big`
+    // holds 16 times the memory for the same cold start it would save, and goes.
+    let functions = vec![
+        process_spec("small1", "upper.py", "memory_mib = 100"),
+        process_spec("big", "upper.py", "memory_mib = 1600"),
+        process_spec("small2", "upper.py", "memory_mib = 100"),
+    ];
+    let pool = WarmPool::with_budget(functions, isolation::detect().isolation(), Some(1750));
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let policy = spec::build(
+        PolicySpec::new(PolicyName::Chain),
+        &PolicyInputs {
+            graph: Arc::clone(&graph),
+            costs: Arc::new(Costs::new(100_000, 100)),
+            pool: ResourcePool::new(ResourceVec::ZERO),
+            future: None,
+        },
+    )
+    .unwrap();
+    let director = Director::new(pool, tdg, graph, policy)
+        .into_shared()
+        .unwrap();
+    for name in ["small1", "big", "small2"] {
+        director.invoke(name, b"x").unwrap();
+        director.sync();
+    }
+    let idle: Vec<String> = director
+        .pool()
+        .idle()
+        .into_iter()
+        .map(|i| i.function)
+        .collect();
+    assert_eq!(idle, ["small1", "small2"]);
+    assert_eq!(
+        director.pool().counters.evictions.load(Ordering::Relaxed),
+        1
+    );
 }
