@@ -6,7 +6,7 @@
 
 use crate::common::{process_spec, python, wasm_spec};
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec};
-use baton_core::policy::{GreedyDualPolicy, TtlPolicy};
+use baton_core::policy::{GreedyDualPolicy, Policy, TtlPolicy};
 use baton_core::{Costs, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig};
 use baton_runtime::director::Director;
 use baton_runtime::isolation::{self, Isolation};
@@ -204,28 +204,45 @@ fn idle_workers_over_the_budget_go_in_the_policys_order() {
         isolation::detect().isolation(),
         Some(250),
     );
+    let policy = |_: Arc<SnapshotCell>| -> Box<dyn Policy> {
+        Box::new(GreedyDualPolicy::new(
+            Arc::new(Costs::new(100_000, 100)),
+            60_000_000,
+        ))
+    };
+    let (idle, director) = idle_after(pool, policy, &["a", "a", "a", "b", "c"]);
+    assert_eq!(idle, ["a", "c"], "b: as rarely used as c, and ranked first");
+    assert_eq!(director.pool().idle_memory_mib(), 200);
+}
+
+/// Runs `calls` one after another on a director with `policy` (built on its graph) and
+/// returns the functions idle afterwards, once one of them was evicted.
+fn idle_after(
+    pool: Arc<WarmPool>,
+    policy: impl FnOnce(Arc<SnapshotCell>) -> Box<dyn Policy>,
+    calls: &[&str],
+) -> (Vec<String>, Arc<Director>) {
     let tdg = Tdg::new(TdgConfig::default());
     let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
-    let policy = GreedyDualPolicy::new(Arc::new(Costs::new(100_000, 100)), 60_000_000);
-    let director = Director::new(pool, tdg, graph, Box::new(policy))
+    let policy = policy(Arc::clone(&graph));
+    let director = Director::new(pool, tdg, graph, policy)
         .into_shared()
         .unwrap();
-    for name in ["a", "a", "a", "b", "c"] {
+    for name in calls {
         director.invoke(name, b"x").unwrap();
         director.sync();
     }
-    let idle: Vec<String> = director
+    let idle = director
         .pool()
         .idle()
         .into_iter()
         .map(|i| i.function)
         .collect();
-    assert_eq!(idle, ["a", "c"], "b: as rarely used as c, and ranked first");
     assert_eq!(
         director.pool().counters.evictions.load(Ordering::Relaxed),
         1
     );
-    assert_eq!(director.pool().idle_memory_mib(), 200);
+    (idle, director)
 }
 
 #[test]
@@ -239,34 +256,18 @@ fn the_chain_policy_evicts_the_idle_worker_that_saves_least_per_mib() {
         process_spec("small2", "upper.py", "memory_mib = 100"),
     ];
     let pool = WarmPool::with_budget(functions, isolation::detect().isolation(), Some(1750));
-    let tdg = Tdg::new(TdgConfig::default());
-    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
-    let policy = spec::build(
-        PolicySpec::new(PolicyName::Chain),
-        &PolicyInputs {
-            graph: Arc::clone(&graph),
-            costs: Arc::new(Costs::new(100_000, 100)),
-            pool: ResourcePool::new(ResourceVec::ZERO),
-            future: None,
-        },
-    )
-    .unwrap();
-    let director = Director::new(pool, tdg, graph, policy)
-        .into_shared()
-        .unwrap();
-    for name in ["small1", "big", "small2"] {
-        director.invoke(name, b"x").unwrap();
-        director.sync();
-    }
-    let idle: Vec<String> = director
-        .pool()
-        .idle()
-        .into_iter()
-        .map(|i| i.function)
-        .collect();
+    let policy = |graph| {
+        spec::build(
+            PolicySpec::new(PolicyName::Chain),
+            &PolicyInputs {
+                graph,
+                costs: Arc::new(Costs::new(100_000, 100)),
+                pool: ResourcePool::new(ResourceVec::ZERO),
+                future: None,
+            },
+        )
+        .unwrap()
+    };
+    let (idle, _) = idle_after(pool, policy, &["small1", "big", "small2"]);
     assert_eq!(idle, ["small1", "small2"]);
-    assert_eq!(
-        director.pool().counters.evictions.load(Ordering::Relaxed),
-        1
-    );
 }
