@@ -10,9 +10,11 @@
 //! The decisions:
 //! - [`Decision::Prewarm`]: start an instance at `start_at_us` = `ready_at_us −`
 //!   [`lead_us`] (never in the past) and keep it until `until_us` if unused. When it is
-//!   due, an idle instance of the task that no other pre-warm claims and that is ready in
-//!   time is claimed instead ([`choose_for_prewarm`]): two pre-warms of one task get two
-//!   instances.
+//!   due, an idle instance of the task that is ready in time and whose claims leave room
+//!   for it is claimed instead ([`choose_for_prewarm`]). A claim weighs its pre-warm's
+//!   probability of use, and an instance takes claims while they add up to at most one
+//!   expected use: two sure pre-warms of one task get two instances, two even bets share
+//!   one (a pre-warm starts only the shortfall over the instances there are).
 //! - [`Decision::KeepAlive`]: keep the instance of `task` that just finished until
 //!   `until_us` (with none, it is released at once).
 //! - [`Decision::Release`]: release the idle, never-used instances pre-warmed for `plan`
@@ -198,9 +200,26 @@ pub fn event_time(event: &PolicyEvent) -> u64 {
     }
 }
 
+/// The least weight of a claim: a pre-warm given probability 0 still counts a little.
+pub const MIN_CLAIM: f64 = 0.01;
+
+/// What a pre-warm of probability `probability` adds to the claims on its instance: the
+/// probability, at least [`MIN_CLAIM`], at most 1 (1 when it is not a number).
+pub fn claim_weight(probability: f64) -> f64 {
+    if probability.is_nan() {
+        1.0
+    } else {
+        probability.clamp(MIN_CLAIM, 1.0)
+    }
+}
+
+/// Claims that leave no room for another pre-warm (an instance a host keeps from
+/// pre-warms, e.g. one still settling).
+pub const FULL_CLAIMS: f64 = 1.0;
+
 /// An instance not running (idle, or still starting), as the rules see it; `T` is the
 /// host's time (µs in the simulator, an `Instant` in the runtime).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate<T> {
     /// The host's id of the instance (lower: older).
     pub id: u64,
@@ -210,8 +229,14 @@ pub struct Candidate<T> {
     pub keep_until: T,
     /// When it last went idle.
     pub idle_since: T,
-    /// A pre-warm counts on it.
-    pub claimed: bool,
+    /// The pre-warms counting on it: the sum of their [`claim_weight`]s (0: none).
+    pub claims: f64,
+}
+
+impl<T> Candidate<T> {
+    fn claimed(&self) -> bool {
+        self.claims > 0.0
+    }
 }
 
 /// Which instance serves an arrival at `now`: a ready one, one a pre-warm claims first (the
@@ -230,12 +255,12 @@ pub fn choose_for_arrival<T: Ord + Copy>(
         if c.ready_at <= now {
             let better = ready.is_none_or(|r| {
                 (
-                    !c.claimed,
+                    !c.claimed(),
                     c.keep_until,
                     std::cmp::Reverse(c.idle_since),
                     c.id,
                 ) < (
-                    !r.claimed,
+                    !r.claimed(),
                     r.keep_until,
                     std::cmp::Reverse(r.idle_since),
                     r.id,
@@ -251,20 +276,23 @@ pub fn choose_for_arrival<T: Ord + Copy>(
     ready.or(starting).map(|c| c.id)
 }
 
-/// Which idle instance a pre-warm due now claims instead of starting one: one no other
-/// pre-warm claims and that is ready by the later of `ready_at` and `now`; the oldest
+/// Which idle instance a pre-warm of `probability`, due now, claims instead of starting
+/// one: one ready by the later of `ready_at` and `now` whose claims, with this one's
+/// [`claim_weight`], stay within one expected use; the least claimed, then the oldest
 /// (lowest id). `None`: start one.
 pub fn choose_for_prewarm<T: Ord + Copy>(
     candidates: impl IntoIterator<Item = Candidate<T>>,
     ready_at: T,
     now: T,
+    probability: f64,
 ) -> Option<u64> {
     let by = ready_at.max(now);
+    let weight = claim_weight(probability);
     candidates
         .into_iter()
-        .filter(|c| !c.claimed && c.ready_at <= by)
+        .filter(|c| c.ready_at <= by && c.claims + weight <= 1.0 + 1e-9)
+        .min_by(|a, b| a.claims.total_cmp(&b.claims).then(a.id.cmp(&b.id)))
         .map(|c| c.id)
-        .min()
 }
 
 #[cfg(test)]
@@ -284,7 +312,7 @@ mod tests {
             ready_at,
             keep_until,
             idle_since,
-            claimed,
+            claims: if claimed { FULL_CLAIMS } else { 0.0 },
         }
     }
 
@@ -328,9 +356,38 @@ mod tests {
             c(3, 0, 0, 0, true),
             c(5, 400, 0, 0, false),
         ];
-        assert_eq!(choose_for_prewarm(all, 100, 50), Some(7));
-        assert_eq!(choose_for_prewarm(all, 500, 50), Some(5));
-        assert_eq!(choose_for_prewarm([all[1]], 500, 50), None, "claimed");
+        assert_eq!(choose_for_prewarm(all, 100, 50, 1.0), Some(7));
+        assert_eq!(choose_for_prewarm(all, 500, 50, 1.0), Some(5));
+        assert_eq!(choose_for_prewarm([all[1]], 500, 50, 1.0), None, "claimed");
+    }
+
+    #[test]
+    fn pre_warms_share_an_instance_while_their_probabilities_add_up_to_one_use() {
+        let with = |id, claims| Candidate {
+            claims,
+            ..c(id, 0, 0, 0, false)
+        };
+        let one = [with(1, 0.4)];
+        assert_eq!(choose_for_prewarm(one, 0, 0, 0.6), Some(1), "0.4 + 0.6");
+        assert_eq!(
+            choose_for_prewarm(one, 0, 0, 0.7),
+            None,
+            "0.4 + 0.7: start one"
+        );
+        assert_eq!(
+            choose_for_prewarm([with(1, 0.5), with(2, 0.2), with(3, 0.2)], 0, 0, 0.5),
+            Some(2),
+            "the least claimed, then the oldest"
+        );
+        assert_eq!(choose_for_prewarm(one, 0, 0, f64::NAN), None, "NaN is sure");
+        assert_eq!(choose_for_prewarm([with(1, 0.995)], 0, 0, 0.0), None);
+        assert_eq!(claim_weight(-1.0), MIN_CLAIM);
+        assert_eq!(claim_weight(7.0), 1.0);
+        // A partly claimed instance is a claimed one to an arrival.
+        assert_eq!(
+            choose_for_arrival([c(4, 0, 100, 0, false), with(9, 0.1)], 5),
+            Some(9)
+        );
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! pre-warm), else starts a cold one, evicting idle instances lowest
 //! [`Executor::evict_priority`] first when memory is short. A finished instance is released
 //! at once unless the policy keeps it alive. A pre-warm starts at the executor's
-//! `start_at_us` (one lead before its ready time) and claims an idle instance
-//! ([`choose_for_prewarm`]) or starts one, if memory allows.
+//! `start_at_us` (one lead before its ready time) and claims an idle instance whose claims
+//! leave room for its probability ([`choose_for_prewarm`]) or starts one, if memory allows.
 //! Recorded timestamps are not shifted by the delays the simulation adds: each request's
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
 use baton_core::context::Prev;
 use baton_core::exec::{
-    choose_for_arrival, choose_for_prewarm, Candidate, Decision, Executor, PREWARM_GRACE_US,
+    choose_for_arrival, choose_for_prewarm, claim_weight, Candidate, Decision, Executor,
+    PREWARM_GRACE_US,
 };
 use baton_core::request::Request;
 use baton_core::{Costs, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
@@ -149,8 +150,9 @@ struct Instance {
     last_idle_since_us: u64,
     prewarm: Option<Option<u64>>,
     used: bool,
-    /// A pre-warm request counts on this idle instance (until it next runs).
-    claimed: bool,
+    /// The pre-warms counting on this idle instance (until it next runs): the sum of their
+    /// claim weights.
+    claims: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,6 +169,8 @@ enum Event {
         ready_at_us: u64,
         until_us: u64,
         plan: Option<u64>,
+        /// The probability it will be used, in millionths (events are ordered: no float).
+        probability_ppm: u32,
         /// The (task, plan)'s release count when it was scheduled: a release since
         /// drops it, as the runtime drops its jobs not started yet.
         epoch: u64,
@@ -377,10 +381,12 @@ impl Engine<'_> {
                 ready_at_us,
                 until_us,
                 plan,
+                probability_ppm,
                 epoch,
             } => {
                 if self.releases.get(&(task, plan)).copied().unwrap_or(0) == epoch {
-                    self.start_prewarm(task, ready_at_us, until_us, plan);
+                    let probability = f64::from(probability_ppm) / 1e6;
+                    self.start_prewarm(task, ready_at_us, until_us, plan, probability);
                 }
             }
             Event::Tick => {
@@ -433,7 +439,7 @@ impl Engine<'_> {
                 at_us.saturating_sub(from) as f64 * instance.memory_mib as f64;
         }
         instance.busy = true;
-        instance.claimed = false;
+        instance.claims = 0.0;
         if instance.prewarm.is_some() && !instance.used {
             self.stats.prewarms_used += 1;
         }
@@ -514,7 +520,7 @@ impl Engine<'_> {
             last_idle_since_us: self.now,
             prewarm,
             used: false,
-            claimed: prewarm.is_some(),
+            claims: 0.0,
         });
         self.task_instances(task).push(id);
         id
@@ -655,16 +661,25 @@ impl Engine<'_> {
         self.stats.request_critical_cold[request] = n_cold;
     }
 
-    fn start_prewarm(&mut self, task: TaskId, ready_at_us: u64, until_us: u64, plan: Option<u64>) {
+    fn start_prewarm(
+        &mut self,
+        task: TaskId,
+        ready_at_us: u64,
+        until_us: u64,
+        plan: Option<u64>,
+        probability: f64,
+    ) {
         let now = self.now;
         let until_us = until_us.max(ready_at_us + PREWARM_GRACE_US);
-        // An idle instance that no other pre-warm counts on serves: extend and claim it.
-        // Claims keep concurrent needs apart: two pre-warms of one task get two instances.
+        // An idle instance whose claims leave room for this one serves: extend and claim
+        // it. Claims keep concurrent needs apart: two sure pre-warms of one task get two
+        // instances, two even bets share one.
         let candidates = self.candidates(task);
-        let existing = choose_for_prewarm(candidates, ready_at_us, now).map(|id| id as u32);
+        let existing =
+            choose_for_prewarm(candidates, ready_at_us, now, probability).map(|id| id as u32);
         if let Some(id) = existing {
             let instance = &mut self.instances[id as usize];
-            instance.claimed = true;
+            instance.claims += claim_weight(probability);
             if instance.keep_until_us < until_us {
                 instance.keep_until_us = until_us;
                 self.ensure_expiry(id);
@@ -678,6 +693,7 @@ impl Engine<'_> {
         }
         let id = self.new_instance(task, ready_at_us, Some(plan));
         self.instances[id as usize].keep_until_us = until_us;
+        self.instances[id as usize].claims = claim_weight(probability);
         self.stats.prewarms_started += 1;
         self.ensure_expiry(id);
     }
@@ -695,7 +711,7 @@ impl Engine<'_> {
                     ready_at: i.ready_at_us,
                     keep_until: i.keep_until_us,
                     idle_since: i.last_idle_since_us,
-                    claimed: i.claimed,
+                    claims: i.claims,
                 }
             })
             .collect()
@@ -710,6 +726,7 @@ impl Engine<'_> {
                 ready_at_us,
                 until_us,
                 plan,
+                probability,
                 ..
             } => {
                 let cold = self.costs.cold_start_us(task);
@@ -723,11 +740,12 @@ impl Engine<'_> {
                             ready_at_us: ready_at,
                             until_us,
                             plan,
+                            probability_ppm: (claim_weight(probability) * 1e6) as u32,
                             epoch,
                         },
                     );
                 } else {
-                    self.start_prewarm(task, ready_at, until_us, plan);
+                    self.start_prewarm(task, ready_at, until_us, plan, probability);
                 }
             }
             Decision::KeepAlive { task, until_us } => {

@@ -251,8 +251,8 @@ impl Backend for ProcessBackend {
     }
 
     fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool {
-        // An idle worker no other pre-warm counts on: keep it for the step instead.
-        if self.pool.claim_idle(&spec.name, job.until) {
+        // An idle worker whose claims leave room for this one: keep it for the step instead.
+        if self.pool.claim_idle(&spec.name, job.until, job.probability) {
             return true;
         }
         // Due at once, and a step of the function has asked for a worker since the event
@@ -275,6 +275,7 @@ impl Backend for ProcessBackend {
             &name,
             job.until.max(job.ready_at + PREWARM_GRACE),
             job.plan,
+            job.probability,
             job.placement.clone(),
             move || {
                 ensure_services(services.as_deref(), &spec)

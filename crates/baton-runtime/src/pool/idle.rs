@@ -3,7 +3,7 @@
 
 use super::{lock, Idle, WarmPool};
 use crate::process::Worker;
-use baton_core::exec::choose_for_prewarm;
+use baton_core::exec::{choose_for_prewarm, claim_weight};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -46,7 +46,7 @@ impl WarmPool {
             until: keep_until,
             since: Instant::now(),
             prewarmed: None,
-            claimed: false,
+            claims: 0.0,
             settling: true,
         });
         drop(state);
@@ -68,7 +68,7 @@ impl WarmPool {
             };
             let entry = &mut list[at];
             entry.settling = false;
-            if entry.claimed {
+            if entry.claims > 0.0 {
                 // A pre-warm counts on it now: its deadline stands.
                 entry.until = entry.until.max(until);
                 None
@@ -106,22 +106,24 @@ impl WarmPool {
         released.len()
     }
 
-    /// Claims an idle worker of `name` for a pre-warm due now, by the executor's rule (one
-    /// no other pre-warm claims: two pre-warms get two workers), and keeps it until at
-    /// least `until`; returns whether there was one. Then no new process is needed.
-    pub fn claim_idle(&self, name: &str, until: Instant) -> bool {
+    /// Claims an idle worker of `name` for a pre-warm of `probability` due now, by the
+    /// executor's rule (one whose claims leave room for it: two sure pre-warms get two
+    /// workers, two even bets share one), and keeps it until at least `until`; returns
+    /// whether there was one. Then no new process is needed.
+    pub fn claim_idle(&self, name: &str, until: Instant, probability: f64) -> bool {
         let mut state = lock(&self.state);
         let Some(list) = state.idle.get_mut(name) else {
             return false;
         };
         let now = Instant::now();
-        let Some(pid) = choose_for_prewarm(list.iter().map(Idle::candidate), now, now) else {
+        let candidates = list.iter().map(Idle::candidate);
+        let Some(pid) = choose_for_prewarm(candidates, now, now, probability) else {
             return false;
         };
         let Some(idle) = list.iter_mut().find(|i| u64::from(i.worker.pid()) == pid) else {
             return false;
         };
-        idle.claimed = true;
+        idle.claims += claim_weight(probability);
         idle.until = idle.until.max(until);
         true
     }

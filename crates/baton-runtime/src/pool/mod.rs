@@ -26,7 +26,7 @@ mod idle;
 mod lease;
 mod templates;
 
-use baton_core::exec::{choose_for_arrival, Candidate};
+use baton_core::exec::{choose_for_arrival, claim_weight, Candidate, FULL_CLAIMS};
 use lease::BusySlot;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
 use templates::Templates;
@@ -45,8 +45,8 @@ struct Idle {
     since: Instant,
     /// The plan that pre-warmed it, while unused.
     prewarmed: Option<Option<u64>>,
-    /// A pre-warm counts on it (until it next runs).
-    claimed: bool,
+    /// The pre-warms counting on it (until it next runs): the sum of their claim weights.
+    claims: f64,
     /// Given back, its keep-alive not settled by the planner yet: requests may take it,
     /// pre-warms may not claim it (to the executor it is still finishing).
     settling: bool,
@@ -59,7 +59,11 @@ impl Idle {
             ready_at: self.since,
             keep_until: self.until,
             idle_since: self.since,
-            claimed: self.claimed || self.settling,
+            claims: if self.settling {
+                self.claims.max(FULL_CLAIMS)
+            } else {
+                self.claims
+            },
         }
     }
 }
@@ -468,6 +472,7 @@ impl WarmPool {
         name: &str,
         until: Instant,
         plan: Option<u64>,
+        probability: f64,
         placement: Placement,
         before: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) {
@@ -516,7 +521,7 @@ impl WarmPool {
                             until: until.max(Instant::now() + PREWARM_GRACE),
                             since: Instant::now(),
                             prewarmed: Some(plan),
-                            claimed: true,
+                            claims: claim_weight(probability),
                             settling: false,
                         });
                     }

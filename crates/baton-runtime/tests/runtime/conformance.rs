@@ -12,7 +12,9 @@
 //! learned from the fixture.
 
 use baton_core::exec::PREWARM_GRACE_US;
-use baton_core::exec::{choose_for_arrival, choose_for_prewarm, Candidate, Decision, Executor};
+use baton_core::exec::{
+    choose_for_arrival, choose_for_prewarm, claim_weight, Candidate, Decision, Executor,
+};
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec};
 use baton_core::{
     clock::ManualClock, Costs, Request, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig,
@@ -70,7 +72,7 @@ struct Inst {
     dead: bool,
     prewarm: Option<Option<u64>>,
     used: bool,
-    claimed: bool,
+    claims: f64,
 }
 
 /// Instances in manual time, by the executor's rules, and steps that replay the fixture.
@@ -92,7 +94,7 @@ impl TestBackend {
                 ready_at: i.ready_at,
                 keep_until: i.keep_until,
                 idle_since: i.idle_since,
-                claimed: i.claimed,
+                claims: i.claims,
             })
             .collect()
     }
@@ -170,14 +172,14 @@ impl Backend for TestBackend {
                     dead: false,
                     prewarm: None,
                     used: false,
-                    claimed: false,
+                    claims: 0.0,
                 });
                 (instances.len() - 1, Warmth::Cold, COLD_US, None)
             }
         };
         let i = &mut instances[id];
         i.busy = true;
-        i.claimed = false;
+        i.claims = 0.0;
         i.used = true;
         drop(instances);
         self.clock.set(now + wait_us);
@@ -206,11 +208,10 @@ impl Backend for TestBackend {
         let ready = (at + COLD_US).max(job.ready_at_us);
         let until = job.until_us.max(ready + PREWARM_GRACE_US);
         let mut instances = self.instances.lock().unwrap();
-        if let Some(id) =
-            choose_for_prewarm(Self::candidates(&instances, &spec.name, at), ready, at)
-        {
+        let candidates = Self::candidates(&instances, &spec.name, at);
+        if let Some(id) = choose_for_prewarm(candidates, ready, at, job.probability) {
             let i = &mut instances[id as usize];
-            i.claimed = true;
+            i.claims += claim_weight(job.probability);
             i.keep_until = i.keep_until.max(until);
             return true;
         }
@@ -223,7 +224,7 @@ impl Backend for TestBackend {
             dead: false,
             prewarm: Some(job.plan),
             used: false,
-            claimed: true,
+            claims: claim_weight(job.probability),
         });
         false
     }
