@@ -2,6 +2,7 @@
 //! [`ChainPlan`] with a time window per step; and the entry-set plan for fanned-out requests.
 
 use crate::chain::ChainProfile;
+use crate::exec::ColdStarts;
 use crate::ids::{LabelId, TaskId};
 use crate::predict::{Chain, PredictContext, PredictOptions};
 use crate::profile::{Metric, NeedQuantile};
@@ -237,8 +238,9 @@ impl Assembler {
     }
 
     /// At a request's entry: every task the route touches with probability ≥ `threshold`,
-    /// ordered by expected benefit per resource (probability × cold-start cost ÷ memory),
-    /// kept while it fits the pool. Each step is ready just before its early start offset.
+    /// ordered by expected benefit per resource (probability × cold-start cost, as `host`
+    /// knows it, ÷ memory), kept while it fits the pool. Each step is ready just before its
+    /// early start offset.
     pub fn assemble_set(
         &self,
         route: Option<LabelId>,
@@ -246,6 +248,7 @@ impl Assembler {
         snapshot: &TdgSnapshot,
         pool: &ResourcePool,
         now_us: u64,
+        host: &dyn ColdStarts,
     ) -> SetPlan {
         let (set, used_route) = snapshot.entry_set(route);
         let mut candidates: Vec<(f64, PlannedStep)> = set
@@ -255,9 +258,7 @@ impl Assembler {
             .map(|t| {
                 let needs = snapshot.needs(t.task, self.config.quantile);
                 let profile = snapshot.profile(t.task);
-                let cold = profile
-                    .and_then(|p| p.metric(Metric::ColdStartUs))
-                    .map_or(1.0, |q| q.p50.max(1) as f64);
+                let cold = host.cold_start_us(t.task).max(1) as f64;
                 let duration = profile
                     .and_then(|p| p.metric(Metric::WallUs))
                     .map_or(0, |q| q.at(self.config.quantile));
@@ -298,7 +299,7 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::branching;
+    use crate::test_support::{branching, FixedCold};
 
     fn pool(memory_mib: u64) -> ResourcePool {
         ResourcePool::new(ResourceVec {
@@ -360,13 +361,13 @@ mod tests {
         let snapshot = tdg.snapshot();
         let assembler = Assembler::new(AssemblerConfig::default());
         let route = snapshot.label_id("b");
-        let all = assembler.assemble_set(route, 0.3, &snapshot, &pool(1024), 0);
+        let all = assembler.assemble_set(route, 0.3, &snapshot, &pool(1024), 0, &FixedCold(1));
         assert!(all.used_route);
         let tasks: Vec<TaskId> = all.steps.iter().map(|s| s.task).collect();
         assert_eq!(tasks, [c, b], "route b always runs b and c; c is cheaper");
-        let tight = assembler.assemble_set(route, 0.3, &snapshot, &pool(100), 0);
+        let tight = assembler.assemble_set(route, 0.3, &snapshot, &pool(100), 0, &FixedCold(1));
         assert_eq!(tight.left_out, [b]);
-        let any = assembler.assemble_set(None, 0.3, &snapshot, &pool(1024), 0);
+        let any = assembler.assemble_set(None, 0.3, &snapshot, &pool(1024), 0, &FixedCold(1));
         assert!(!any.used_route);
         assert!(any.steps.iter().any(|s| s.task == d));
     }

@@ -140,7 +140,7 @@ impl Executor {
     /// Tells the policy `event` and appends what it asks for to `out`, timed with `cold`.
     pub fn handle(&mut self, event: &PolicyEvent, cold: &dyn ColdStarts, out: &mut Vec<Decision>) {
         let now = event_time(event);
-        self.policy.on_event(event, &mut self.actions);
+        self.policy.on_event(event, cold, &mut self.actions);
         let first = out.len();
         for action in self.actions.drain(..) {
             out.push(match action {

@@ -1,5 +1,6 @@
 //! Helpers for the unit tests: small graphs learned from hand-written requests.
 
+use crate::exec::ColdStarts;
 use crate::ids::{LabelId, TaskId};
 use crate::request::{Invocation, Request, Usage};
 use crate::tdg::{Tdg, TdgConfig};
@@ -63,4 +64,13 @@ pub fn branching() -> (Tdg, [TaskId; 4]) {
     }
     let ids = ["a", "b", "c", "d"].map(|n| tdg.intern_task(n));
     (tdg, ids)
+}
+
+/// A host where every task takes the same time to start, µs.
+pub struct FixedCold(pub u64);
+
+impl ColdStarts for FixedCold {
+    fn cold_start_us(&self, _task: TaskId) -> u64 {
+        self.0
+    }
 }

@@ -14,6 +14,7 @@
 
 use super::{Action, IdleInstance, Policy, PolicyEvent};
 use crate::costs::Costs;
+use crate::exec::ColdStarts;
 use crate::ids::TaskId;
 use crate::predict::{PredictContext, PredictOptions};
 use crate::profile::NeedQuantile;
@@ -28,7 +29,7 @@ impl Policy for NonePolicy {
     fn name(&self) -> &str {
         "none"
     }
-    fn on_event(&mut self, _event: &PolicyEvent, _out: &mut Vec<Action>) {}
+    fn on_event(&mut self, _event: &PolicyEvent, _host: &dyn ColdStarts, _out: &mut Vec<Action>) {}
 }
 
 /// Keep each instance `keep_us` after it finishes.
@@ -48,7 +49,7 @@ impl Policy for TtlPolicy {
     fn name(&self) -> &str {
         "ttl"
     }
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         if let PolicyEvent::End { task, at_us, .. } = *event {
             out.push(Action::KeepAlive {
                 task,
@@ -124,7 +125,7 @@ impl Policy for HistogramPolicy {
         "histogram"
     }
 
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         match *event {
             PolicyEvent::Start { task, at_us, .. } => {
                 let range = self.range_minutes;
@@ -219,7 +220,7 @@ impl Policy for GreedyDualPolicy {
         "greedy-dual"
     }
 
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         match *event {
             PolicyEvent::End { task, at_us, .. } => {
                 if self.frequency.len() <= task.index() {
@@ -280,7 +281,7 @@ impl Policy for MlpPolicy {
         "mlp"
     }
 
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         if let PolicyEvent::End { task, at_us, .. } = *event {
             if self.keep_alive_us > 0 {
                 out.push(Action::KeepAlive {
@@ -380,7 +381,7 @@ impl Policy for OraclePolicy {
         "oracle"
     }
 
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         let (PolicyEvent::Tick { at_us }
         | PolicyEvent::Evicted { at_us, .. }
         | PolicyEvent::Start { at_us, .. }
@@ -392,6 +393,7 @@ impl Policy for OraclePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::FixedCold;
 
     fn end(task: u32, invocation: u64, at_us: u64) -> PolicyEvent {
         PolicyEvent::End {
@@ -414,7 +416,7 @@ mod tests {
     #[test]
     fn ttl_keeps_for_its_time() {
         let mut out = Vec::new();
-        TtlPolicy::new(600).on_event(&end(1, 0, 1_000), &mut out);
+        TtlPolicy::new(600).on_event(&end(1, 0, 1_000), &FixedCold(50_000), &mut out);
         assert_eq!(
             out,
             [Action::KeepAlive {
@@ -431,10 +433,10 @@ mod tests {
         let mut t = 0;
         // Idle times of exactly 30 minutes, many times.
         for i in 0..20 {
-            policy.on_event(&start(0, t), &mut out);
+            policy.on_event(&start(0, t), &FixedCold(50_000), &mut out);
             t += MINUTE_US;
             out.clear();
-            policy.on_event(&end(0, i, t), &mut out);
+            policy.on_event(&end(0, i, t), &FixedCold(50_000), &mut out);
             t += 30 * MINUTE_US;
         }
         match out[0] {
@@ -449,7 +451,7 @@ mod tests {
         }
         // A fresh task is not representative: fixed keep-alive.
         out.clear();
-        policy.on_event(&end(5, 0, 0), &mut out);
+        policy.on_event(&end(5, 0, 0), &FixedCold(50_000), &mut out);
         assert_eq!(
             out,
             [Action::KeepAlive {
@@ -468,7 +470,7 @@ mod tests {
         let mut out = Vec::new();
         for (task, times) in [(0, 1), (1, 1), (2, 5)] {
             for _ in 0..times {
-                policy.on_event(&end(task, 0, 0), &mut out);
+                policy.on_event(&end(task, 0, 0), &FixedCold(50_000), &mut out);
             }
         }
         let p = |policy: &GreedyDualPolicy, t| {
@@ -492,9 +494,10 @@ mod tests {
                 task: TaskId(2),
                 at_us: 1,
             },
+            &FixedCold(50_000),
             &mut out,
         );
-        policy.on_event(&end(0, 0, 2), &mut out);
+        policy.on_event(&end(0, 0, 2), &FixedCold(50_000), &mut out);
         assert_eq!(
             p(&policy, 0),
             5.0 + 2.0 * 10.0,
@@ -509,7 +512,11 @@ mod tests {
         let arrivals = [(a, 0, 10), (a, 60, 10), (a, 5_000_000, 10)];
         let mut policy = OraclePolicy::new(&arrivals, &costs);
         let mut out = Vec::new();
-        policy.on_event(&PolicyEvent::Tick { at_us: 0 }, &mut out);
+        policy.on_event(
+            &PolicyEvent::Tick { at_us: 0 },
+            &FixedCold(50_000),
+            &mut out,
+        );
         let announced: Vec<u64> = out
             .iter()
             .map(|x| match x {
@@ -524,7 +531,7 @@ mod tests {
             .collect();
         assert_eq!(announced, [0, 60], "the far arrival waits for its horizon");
         out.clear();
-        policy.on_event(&end(0, 1, 3_000_000), &mut out);
+        policy.on_event(&end(0, 1, 3_000_000), &FixedCold(50_000), &mut out);
         assert_eq!(out.len(), 1, "announced once it is within the horizon");
         assert!(out.iter().all(|x| !matches!(x, Action::KeepAlive { .. })));
     }

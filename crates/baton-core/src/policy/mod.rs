@@ -22,6 +22,7 @@ pub use baselines::{
 use crate::arrival::{Episodes, EPISODE_GAP_US, MIN_CONFIRMATIONS};
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
 use crate::context::CallContext;
+use crate::exec::ColdStarts;
 use crate::ids::TaskId;
 use crate::predict::PredictContext;
 use crate::reservation::{Reservation, ResourcePool};
@@ -122,8 +123,10 @@ pub struct IdleInstance {
 pub trait Policy: Send {
     /// Its name in reports.
     fn name(&self) -> &str;
-    /// Reacts to `event`, appending actions to `out`.
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>);
+    /// Reacts to `event`, appending actions to `out`. `host` says what starting each task
+    /// costs where the policy runs (the simulator's cost table, the runtime's measurements
+    /// and priors): the one cold-start estimate, as the executor times pre-warms with it.
+    fn on_event(&mut self, event: &PolicyEvent, host: &dyn ColdStarts, out: &mut Vec<Action>);
     /// When memory runs short at `now_us`, idle instances are evicted lowest priority
     /// first. The default is least recently used (the time the instance went idle).
     fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
@@ -333,6 +336,7 @@ impl ChainPolicy {
         context: &PredictContext,
         entry_start_us: u64,
         threshold: f64,
+        host: &dyn ColdStarts,
         out: &mut Vec<Action>,
     ) {
         let snapshot = self.graph.load();
@@ -342,6 +346,7 @@ impl ChainPolicy {
             &snapshot,
             &self.pool,
             entry_start_us,
+            host,
         );
         let steps: Vec<PlannedStep> = set
             .steps
@@ -425,6 +430,7 @@ impl ChainPolicy {
         at_us: u64,
         context: &PredictContext,
         reveals_route: Option<u64>,
+        host: &dyn ColdStarts,
         out: &mut Vec<Action>,
     ) {
         if context.grand_caller.is_none() {
@@ -475,7 +481,7 @@ impl ChainPolicy {
         }
         if let (Some(entry_start_us), Some(threshold)) = (reveals_route, self.config.set_threshold)
         {
-            self.plan_set(task, context, entry_start_us, threshold, out);
+            self.plan_set(task, context, entry_start_us, threshold, host, out);
         }
         let snapshot = self.graph.load();
         let Some(mut plan) = self
@@ -554,7 +560,7 @@ impl Policy for ChainPolicy {
         instance.cold_start_us.max(1) as f64 * uses / (instance.memory_mib.max(1) as f64 * idle_us)
     }
 
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, host: &dyn ColdStarts, out: &mut Vec<Action>) {
         match *event {
             PolicyEvent::Start {
                 task,
@@ -562,22 +568,14 @@ impl Policy for ChainPolicy {
                 ref context,
                 reveals_route,
                 ..
-            } => self.on_start(task, at_us, context, reveals_route, out),
+            } => self.on_start(task, at_us, context, reveals_route, host, out),
             PolicyEvent::End { task, at_us, .. } => {
                 let keep = if self.entry_tasks.contains(&task) {
                     self.config.entry_keep_alive_us
                 } else {
                     self.config.keep_alive_us
                 };
-                let graph = &self.graph;
-                let lead = || {
-                    let cold = graph
-                        .load()
-                        .profile(task)
-                        .and_then(|p| p.metric(crate::profile::Metric::ColdStartUs))
-                        .map_or(0, |q| q.p50);
-                    crate::exec::lead_us(cold)
-                };
+                let lead = || crate::exec::lead_us(host.cold_start_us(task));
                 let mut warmth = self.idle.after_end(task, at_us, keep, lead);
                 // The idle model's re-warm, chosen against keep-alive on many gaps, else
                 // the rhythm's window: a timer seen a few times, or a pattern.
@@ -648,7 +646,7 @@ impl Policy for NextPolicy {
         "next"
     }
 
-    fn on_event(&mut self, event: &PolicyEvent, out: &mut Vec<Action>) {
+    fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         match *event {
             PolicyEvent::Start { task, at_us, .. } => {
                 let snapshot = self.graph.load();

@@ -4,7 +4,7 @@
 use super::*;
 use crate::assembler::AssemblerConfig;
 use crate::resources::ResourceVec;
-use crate::test_support::branching;
+use crate::test_support::{branching, FixedCold};
 
 #[test]
 fn chain_policy_prewarms_each_step_just_in_time_and_releases() {
@@ -34,6 +34,7 @@ fn chain_policy_prewarms_each_step_just_in_time_and_releases() {
             context: PredictContext::default(),
             reveals_route: None,
         },
+        &FixedCold(50_000),
         &mut actions,
     );
     let prewarmed: Vec<(TaskId, u64)> = actions
@@ -53,7 +54,11 @@ fn chain_policy_prewarms_each_step_just_in_time_and_releases() {
     assert!(prewarmed[1].1 > prewarmed[0].1);
     assert_eq!(pool.len(), 2, "both steps reserved");
     actions.clear();
-    policy.on_event(&PolicyEvent::Tick { at_us: 10_000_000 }, &mut actions);
+    policy.on_event(
+        &PolicyEvent::Tick { at_us: 10_000_000 },
+        &FixedCold(50_000),
+        &mut actions,
+    );
     assert_eq!(
         actions
             .iter()
@@ -97,13 +102,13 @@ fn chain_policy_rewarms_a_bursty_task_and_drops_the_rewarm_when_it_comes_early()
             context: PredictContext::default(),
             reveals_route: None,
         };
-        policy.on_event(&start, actions);
+        policy.on_event(&start, &FixedCold(50_000), actions);
         let end = PolicyEvent::End {
             task: a,
             invocation: at,
             at_us: at + 1_000,
         };
-        policy.on_event(&end, actions);
+        policy.on_event(&end, &FixedCold(50_000), actions);
     };
     for i in 0..40 {
         now += if i % 4 == 0 { 3_000_000 } else { 100_000 };
@@ -157,7 +162,11 @@ fn next_policy_prewarms_one_task_above_its_threshold() {
         reveals_route: None,
     };
     let mut actions = Vec::new();
-    NextPolicy::new(Arc::clone(&graph), 0.5, 1_000).on_event(&start, &mut actions);
+    NextPolicy::new(Arc::clone(&graph), 0.5, 1_000).on_event(
+        &start,
+        &FixedCold(50_000),
+        &mut actions,
+    );
     assert_eq!(
         actions,
         [Action::PreWarm {
@@ -170,7 +179,7 @@ fn next_policy_prewarms_one_task_above_its_threshold() {
         }]
     );
     actions.clear();
-    NextPolicy::new(graph, 0.7, 1_000).on_event(&start, &mut actions);
+    NextPolicy::new(graph, 0.7, 1_000).on_event(&start, &FixedCold(50_000), &mut actions);
     assert!(actions.is_empty(), "0.6 is below the threshold");
 }
 
@@ -217,21 +226,21 @@ fn a_starting_step_consumes_its_own_plan_not_an_older_one() {
     };
     let mut actions = Vec::new();
     let t = 1_000_000;
-    policy.on_event(&start(a, 1, t), &mut actions);
+    policy.on_event(&start(a, 1, t), &FixedCold(50_000), &mut actions);
     assert_eq!(prewarms_of_b(&actions), 1, "request 1 plans b");
     for event in [
         start(d, 2, t + 8_000),
         end(d, 2, t + 13_000),
         end(a, 1, t + 50_000),
     ] {
-        policy.on_event(&event, &mut actions);
+        policy.on_event(&event, &FixedCold(50_000), &mut actions);
     }
     actions.clear();
-    policy.on_event(&start(a, 3, t + 200_000), &mut actions);
+    policy.on_event(&start(a, 3, t + 200_000), &FixedCold(50_000), &mut actions);
     assert_eq!(prewarms_of_b(&actions), 1, "request 2 plans b");
-    policy.on_event(&start(b, 4, t + 205_000), &mut actions);
+    policy.on_event(&start(b, 4, t + 205_000), &FixedCold(50_000), &mut actions);
     actions.clear();
-    policy.on_event(&start(a, 5, t + 300_000), &mut actions);
+    policy.on_event(&start(a, 5, t + 300_000), &FixedCold(50_000), &mut actions);
     assert_eq!(
         prewarms_of_b(&actions),
         1,
@@ -288,7 +297,11 @@ fn a_timer_learned_from_a_trace_is_prewarmed_before_its_first_call_is_seen() {
     let mut policy = chain_on(&mut tdg);
     let mut actions = Vec::new();
     let now = 10 * 60 * MINUTE + 30 * MINUTE;
-    policy.on_event(&PolicyEvent::Tick { at_us: now }, &mut actions);
+    policy.on_event(
+        &PolicyEvent::Tick { at_us: now },
+        &FixedCold(50_000),
+        &mut actions,
+    );
     let asked = prewarms(&actions, job);
     assert_eq!(asked.len(), 1, "{actions:?}");
     let (ready, until) = asked[0];
@@ -299,7 +312,11 @@ fn a_timer_learned_from_a_trace_is_prewarmed_before_its_first_call_is_seen() {
         "a window, not a keep-alive: {asked:?}"
     );
     actions.clear();
-    policy.on_event(&PolicyEvent::Tick { at_us: now + 1 }, &mut actions);
+    policy.on_event(
+        &PolicyEvent::Tick { at_us: now + 1 },
+        &FixedCold(50_000),
+        &mut actions,
+    );
     assert!(
         actions.is_empty(),
         "asked once per graph version: {actions:?}"
@@ -326,7 +343,7 @@ fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() 
                 context: PredictContext::default(),
                 reveals_route: None,
             };
-            policy.on_event(&start, &mut actions);
+            policy.on_event(&start, &FixedCold(50_000), &mut actions);
         }
         for i in 0..3 {
             let end = PolicyEvent::End {
@@ -334,7 +351,7 @@ fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() 
                 invocation: invocation - 2 + i,
                 at_us: at + 5_000_000 + i,
             };
-            policy.on_event(&end, &mut actions);
+            policy.on_event(&end, &FixedCold(50_000), &mut actions);
         }
     }
     let last_end = 3 * 30 * MINUTE + 20_000_000 + 5_000_002;
@@ -375,13 +392,13 @@ fn without_a_rhythm_a_finished_instance_keeps_the_fixed_keep_alive() {
             context: PredictContext::default(),
             reveals_route: None,
         };
-        policy.on_event(&start, &mut actions);
+        policy.on_event(&start, &FixedCold(50_000), &mut actions);
         let end = PolicyEvent::End {
             task: job,
             invocation: i as u64,
             at_us: at + 1_000,
         };
-        policy.on_event(&end, &mut actions);
+        policy.on_event(&end, &FixedCold(50_000), &mut actions);
     }
     assert_eq!(
         actions,
@@ -422,7 +439,7 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
                 at_us: at_us + 1_000,
             },
         ] {
-            policy.on_event(&event, &mut out);
+            policy.on_event(&event, &FixedCold(50_000), &mut out);
         }
     };
     for i in 0..40 {
