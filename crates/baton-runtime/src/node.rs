@@ -194,6 +194,7 @@ impl Node {
         }
         self.pool
             .cold_start_estimate(&spec.name)
+            .or_else(|| self.pool.cold_start_prior(spec))
             .unwrap_or(match spec.kind {
                 FunctionKind::Wasm { .. } => DEFAULT_COLD_WASM,
                 FunctionKind::Process { .. } => DEFAULT_COLD_PROCESS,

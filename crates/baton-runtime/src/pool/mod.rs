@@ -22,6 +22,7 @@ use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
 
+mod cold;
 mod idle;
 mod lease;
 mod templates;
@@ -231,35 +232,6 @@ impl WarmPool {
     /// The isolation workers run with.
     pub fn isolation(&self) -> &Isolation {
         &self.isolation
-    }
-
-    /// The cold start of `name` to plan pre-warms with, if any was measured.
-    ///
-    /// The 90th percentile (nearest rank) of the function's last [`COLD_SAMPLES`] cold
-    /// starts: a pre-warm timed by it is late only when a start falls in its tail. A start
-    /// forked from a template, say, mostly waits for the kernel's cgroup migration, whose
-    /// time swings with the machine's load; a mean would put half of them late.
-    pub fn cold_start_estimate(&self, name: &str) -> Option<Duration> {
-        let state = lock(&self.state);
-        let samples = state.cold_us.get(name)?;
-        let mut sorted: Vec<u64> = samples.iter().copied().collect();
-        sorted.sort_unstable();
-        let rank = ((sorted.len() as f64 * 0.9).ceil() as usize).clamp(1, sorted.len());
-        Some(Duration::from_micros(sorted[rank - 1]))
-    }
-
-    /// Notes a measured cold start of `name` (a wasm load, say): the one estimate the
-    /// planner times pre-warms with.
-    pub fn note_cold_start(&self, name: &str, took: Duration) {
-        WarmPool::note_cold_start_in(&mut lock(&self.state), name, took);
-    }
-
-    fn note_cold_start_in(state: &mut State, name: &str, took: Duration) {
-        let samples = state.cold_us.entry(name.to_owned()).or_default();
-        if samples.len() >= COLD_SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back(took.as_micros() as u64);
     }
 
     /// Every idle worker.
@@ -566,27 +538,5 @@ mod tests {
         // An unknown function is refused before it counts as asked.
         assert!(pool.take("g").is_err());
         assert!(!pool.asked_since("g", before));
-    }
-
-    #[test]
-    fn the_cold_start_estimate_is_the_tail_of_the_recent_starts() {
-        let pool = WarmPool::new(Vec::new(), Isolation::none());
-        assert_eq!(pool.cold_start_estimate("f"), None);
-        let ms = Duration::from_millis;
-        pool.note_cold_start("f", ms(10));
-        assert_eq!(pool.cold_start_estimate("f"), Some(ms(10)));
-        // 14 starts of 10 ms and 2 of 40 ms: the 90th percentile is in the tail.
-        for _ in 0..13 {
-            pool.note_cold_start("f", ms(10));
-        }
-        pool.note_cold_start("f", ms(40));
-        assert_eq!(pool.cold_start_estimate("f"), Some(ms(10)), "1 in 15");
-        pool.note_cold_start("f", ms(40));
-        assert_eq!(pool.cold_start_estimate("f"), Some(ms(40)), "2 in 16");
-        // Only the last 16 count: the slow ones age out.
-        for _ in 0..COLD_SAMPLES {
-            pool.note_cold_start("f", ms(12));
-        }
-        assert_eq!(pool.cold_start_estimate("f"), Some(ms(12)));
     }
 }
