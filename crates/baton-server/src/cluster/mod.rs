@@ -76,6 +76,10 @@ pub const MAX_RUNS: i64 = 3;
 const LEARN_EVERY: Duration = Duration::from_millis(20);
 /// At most this many record messages are learned at once.
 const LEARN_BATCH: usize = 512;
+/// How long a record message delivered to a node stays its own before the stream hands it
+/// out again: a node killed after learning a batch but before storing and acknowledging
+/// it gets the batch again this long after the delivery, also across a restart.
+pub const RECORDS_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Batches of records waiting to be published before new ones are dropped (and counted).
 const RECORDS_BACKLOG: usize = 4096;
 /// Largest upload fetched from the object store.

@@ -56,7 +56,7 @@ pub(super) async fn learn_records(
                 durable_name: Some(name.clone()),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: RECORDS_ACK_WAIT,
                 max_ack_pending: 1000,
                 ..Default::default()
             },
