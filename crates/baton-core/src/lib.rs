@@ -18,6 +18,7 @@ pub mod clock;
 pub mod context;
 pub mod costs;
 pub mod decay;
+pub mod drift;
 pub mod eval;
 pub mod exec;
 pub mod histogram;

@@ -111,6 +111,13 @@ pub struct SnapshotParts {
     /// Each task's latest episodes, for its arrival rhythm.
     #[serde(default)]
     pub arrivals: Vec<Episodes>,
+    /// The learner's half-life when this was taken, µs (shorter while the mix drifts; see
+    /// [`crate::drift`]).
+    #[serde(default)]
+    pub half_life_us: Option<u64>,
+    /// Whether the learner saw the mix drifting.
+    #[serde(default)]
+    pub drifting: bool,
 }
 
 mod context_table {
@@ -223,6 +230,12 @@ impl TdgSnapshot {
     /// Graph version.
     pub fn version(&self) -> u64 {
         self.parts.version
+    }
+
+    /// The learner's half-life when this was taken, µs, and whether it was shortened
+    /// because the mix drifts.
+    pub fn half_life_us(&self) -> (Option<u64>, bool) {
+        (self.parts.half_life_us, self.parts.drifting)
     }
 
     /// Time of the latest event learned, µs.

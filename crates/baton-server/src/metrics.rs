@@ -323,6 +323,21 @@ impl Collector for NodeCollector {
             Some(&Unit::Bytes),
             mib(pool.template_memory_mib()),
         )?;
+        let (half_life_us, drifting) = self.director.graph().load().half_life_us();
+        gauge(
+            e,
+            "baton_learner_half_life",
+            "Half-life of the learner's decay (shortened while the request mix drifts)",
+            Some(&Unit::Seconds),
+            half_life_us.map_or(0, |us| i64::try_from(us / 1_000_000).unwrap_or(i64::MAX)),
+        )?;
+        gauge(
+            e,
+            "baton_learner_drifting",
+            "1 while recent calls are predicted clearly worse than usual (the mix drifts)",
+            None,
+            i64::from(drifting),
+        )?;
         // The runtime's counters, the same set `/v1/pool` shows.
         for (name, help, value) in self.director.counters().read() {
             counter(e, &format!("baton_runtime_{name}"), help, value)?;

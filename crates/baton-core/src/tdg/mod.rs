@@ -8,6 +8,7 @@
 use crate::arrival::Episodes;
 use crate::context::{default_context_kinds, CallContext, ContextKind, Prev};
 use crate::decay::Decay;
+use crate::drift::{DriftMonitor, Shift};
 use crate::histogram::LogHistogram;
 use crate::ids::{Interner, LabelId, TaskId};
 use crate::profile::{ProfileSummary, ResourceProfile};
@@ -66,6 +67,9 @@ pub struct TdgState {
     /// Each task's latest episodes (absent from states saved before they were learned).
     #[serde(default)]
     arrivals: Vec<Episodes>,
+    /// How well recent transitions were predicted (absent from older states).
+    #[serde(default)]
+    drift: DriftMonitor,
     now_us: u64,
     n_events: u64,
     version: u64,
@@ -73,12 +77,16 @@ pub struct TdgState {
     context_kinds: Vec<String>,
 }
 
-/// Learner settings. Defaults: half-life 1 h, a context needs 3 events of history, the
-/// default context kinds (route+call-order, call-order, route).
+/// Learner settings. Defaults: half-life 1 h, 5 min while the mix drifts
+/// ([`crate::drift`]), a context needs 3 events of history, the default context kinds
+/// (route+call-order, call-order, route).
 #[derive(Debug, Clone)]
 pub struct TdgConfig {
     /// Half-life of the exponential decay in µs; `None` disables decay.
     pub half_life_us: Option<u64>,
+    /// Half-life while predictions miss (a shift in the mix), µs; `None`: never shortened.
+    /// Used only with a `half_life_us`.
+    pub drift_half_life_us: Option<u64>,
     /// Effective count a context distribution needs before predictions use it.
     pub min_context_count: f64,
     /// Context kinds, most specific first.
@@ -91,6 +99,7 @@ impl Default for TdgConfig {
     fn default() -> Self {
         TdgConfig {
             half_life_us: Some(3_600_000_000),
+            drift_half_life_us: Some(300_000_000),
             min_context_count: 3.0,
             contexts: default_context_kinds(),
             default_needs: ResourceVec {
@@ -219,6 +228,23 @@ impl<T: Outcome> Dist<T> {
         if position > 0 && self.targets[position - 1].weight() < self.targets[position].weight() {
             self.targets.swap(position - 1, position);
         }
+    }
+
+    /// The probability it gives `callee` (`None`: the stop), before any decay; `None` with
+    /// no history.
+    fn probability(&self, callee: Option<TaskId>) -> Option<f64> {
+        if self.total <= 0.0 {
+            return None;
+        }
+        let weight = match callee {
+            None => self.stop,
+            Some(task) => self
+                .targets
+                .iter()
+                .find(|t| t.task() == task)
+                .map_or(0.0, Outcome::weight),
+        };
+        Some(weight / self.total)
     }
 
     fn scale(&mut self, factor: f64) {
@@ -434,6 +460,7 @@ pub struct Tdg {
     entry_by_route: FxHashMap<LabelId, EntryStats>,
     entry_any: EntryStats,
     arrivals: Vec<Episodes>,
+    drift: DriftMonitor,
     now_us: u64,
     n_events: u64,
     version: u64,
@@ -454,6 +481,7 @@ impl Tdg {
             entry_by_route: FxHashMap::default(),
             entry_any: EntryStats::default(),
             arrivals: Vec::new(),
+            drift: DriftMonitor::default(),
             now_us: 0,
             n_events: 0,
             version: 0,
@@ -473,6 +501,7 @@ impl Tdg {
             entry_by_route: self.entry_by_route.clone(),
             entry_any: self.entry_any.clone(),
             arrivals: self.arrivals.clone(),
+            drift: self.drift,
             now_us: self.now_us,
             n_events: self.n_events,
             version: self.version,
@@ -505,6 +534,7 @@ impl Tdg {
             entry_by_route: state.entry_by_route,
             entry_any: state.entry_any,
             arrivals: state.arrivals,
+            drift: state.drift,
             now_us: state.now_us,
             n_events: state.n_events,
             version: state.version,
@@ -607,8 +637,12 @@ impl Tdg {
         self.n_events += 1;
         let caller = context.caller;
         let leaf_or_call = callee.is_some() || !matches!(context.prev, Prev::After(_));
+        let mut shift = None;
         if leaf_or_call {
             if let Some(dist) = self.first_order.get_mut(caller.index()) {
+                if let Some(p) = dist.probability(callee) {
+                    shift = self.drift.observe(p, at_us);
+                }
                 dist.observe(callee, weight, delay_us);
             }
         }
@@ -623,6 +657,47 @@ impl Tdg {
                     .observe(callee, weight, 0);
             }
         }
+        if let Some(shift) = shift {
+            self.shift_half_life(shift);
+        }
+    }
+
+    /// Changes the half-life as `shift` says (see [`crate::drift`]): every stored weight is
+    /// rebased to an effective count now (and, when shortening, scaled down to what the
+    /// short half-life would have kept), and later events decay at the new rate.
+    fn shift_half_life(&mut self, shift: Shift) {
+        let (Some(usual), Some(short)) = (self.config.half_life_us, self.config.drift_half_life_us)
+        else {
+            return;
+        };
+        let half_life = match shift {
+            Shift::Shorten => short.min(usual),
+            Shift::Restore => usual,
+        };
+        if self.decay.half_life_us == Some(half_life) {
+            return;
+        }
+        let mut factor = self.decay.rebase(self.now_us);
+        if shift == Shift::Shorten {
+            // The past counts as much as a learner with the short half-life would hold of
+            // it: a steady mix piles up `half-life ÷ ln 2` seconds' worth of events, twelve
+            // times more under the usual hour than under five minutes, and the new mix
+            // would need as many half-lives more to outweigh it.
+            factor *= half_life as f64 / usual as f64;
+        }
+        self.scale_all(factor);
+        self.decay.half_life_us = Some(half_life);
+    }
+
+    /// The half-life in use, µs (shorter than the configured one while the mix drifts).
+    pub fn half_life_us(&self) -> Option<u64> {
+        self.decay.half_life_us
+    }
+
+    /// Whether the mix is drifting: recent transitions were predicted clearly worse than
+    /// usual, and the short half-life is in use.
+    pub fn drifting(&self) -> bool {
+        self.drift.drifting()
     }
 
     /// Observes the use of one invocation of `task`.
@@ -738,6 +813,8 @@ impl Tdg {
                 .collect(),
             entry_any: self.entry_any.freeze(&decay, now),
             arrivals: self.arrivals.clone(),
+            half_life_us: decay.half_life_us,
+            drifting: self.drift.drifting(),
         })
     }
 }

@@ -292,3 +292,63 @@ fn episodes_of_starts_are_learned_kept_with_the_state_and_forgotten() {
     assert!(tdg.forget("job"));
     assert!(tdg.snapshot().episodes(job).is_some_and(|e| e.is_empty()));
 }
+
+/// `a` calls `b` (with a 10 % chance of `d` instead) every second for two hours, then `c`
+/// (with `d` as before): how long until `c` is the most likely successor, and the
+/// half-life in use then.
+fn minutes_to_learn_a_shift(drift_half_life_us: Option<u64>) -> (u64, Option<u64>) {
+    let mut tdg = Tdg::new(TdgConfig {
+        drift_half_life_us,
+        ..TdgConfig::default()
+    });
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| tdg.intern_task(n));
+    let context = CallContext::first_order(a);
+    let second = 1_000_000;
+    let callee = |i: u64, usual| if i % 10 == 3 { d } else { usual };
+    for i in 0..7_200 {
+        tdg.observe_call(&context, Some(callee(i, b)), 100, i * second);
+    }
+    assert!(!tdg.drifting(), "a steady mix is no drift");
+    for i in 7_200..7_200 + 3 * 3_600 {
+        tdg.observe_call(&context, Some(callee(i, c)), 100, i * second);
+        if tdg.snapshot().first_order(a).targets[0].task == c {
+            return ((i - 7_200) / 60, tdg.half_life_us());
+        }
+    }
+    panic!("never learned");
+}
+
+#[test]
+fn a_shift_in_the_mix_is_learned_in_minutes_not_over_the_hour() {
+    let (adaptive, half_life) = minutes_to_learn_a_shift(Some(300_000_000));
+    let (fixed, _) = minutes_to_learn_a_shift(None);
+    eprintln!("c overtakes b after {adaptive} min (drift), {fixed} min (fixed 1 h half-life)");
+    // Fixed: two hours of `b` weigh 3/4 of a steady hour's worth; `c` outweighs them after
+    // 0.81 half-lives (48 min). Drift: the past is cut to five minutes' worth, so about
+    // one short half-life.
+    assert!(adaptive <= 10, "{adaptive} min");
+    assert!(fixed >= 40, "{fixed} min");
+    assert_eq!(half_life, Some(300_000_000), "shortened while it drifts");
+}
+
+#[test]
+fn the_usual_half_life_returns_once_the_new_mix_is_learned() {
+    let mut tdg = Tdg::new(TdgConfig::default());
+    let [a, b, c] = ["a", "b", "c"].map(|n| tdg.intern_task(n));
+    let context = CallContext::first_order(a);
+    let second = 1_000_000;
+    for i in 0..7_200 {
+        tdg.observe_call(&context, Some(b), 100, i * second);
+    }
+    let mut shortened = false;
+    for i in 7_200..7_200 + 3_600 {
+        tdg.observe_call(&context, Some(c), 100, i * second);
+        shortened |= tdg.drifting();
+    }
+    assert!(shortened);
+    assert!(!tdg.drifting());
+    assert_eq!(tdg.half_life_us(), Some(3_600_000_000));
+    // The drift state survives a state round trip.
+    let restored = Tdg::from_state(TdgConfig::default(), tdg.state()).unwrap();
+    assert_eq!(restored.half_life_us(), tdg.half_life_us());
+}

@@ -272,6 +272,8 @@ fn the_api_deploys_invokes_learns_and_counts() {
     );
     assert!(metrics.contains("baton_reservations "));
     assert!(metrics.contains("baton_idle_memory_bytes "));
+    assert_eq!(metric(&metrics, "baton_learner_half_life_seconds"), 3600.0);
+    assert_eq!(metric(&metrics, "baton_learner_drifting"), 0.0);
     assert!(metrics.contains("baton_build_info{version=\""), "{metrics}");
     promtool_accepts(&metrics);
 
