@@ -5,8 +5,8 @@
 //! (the first-order probability of the callee, or of the stop). [`DriftMonitor`] keeps two
 //! moving means of that probability, a fast one (the last ~[`FAST_EVENTS`] transitions)
 //! and a slow one (~[`SLOW_EVENTS`]). When the fast mean falls clearly below the slow one
-//! (to [`DRIFT_RATIO`] of it and at least [`DRIFT_GAP`] lower), the mix has changed: the
-//! learner shortens its half-life (a rebase, O(graph), then forward decay as before) so the
+//! (to [`DRIFT_RATIO`] of it and at least [`DRIFT_GAP`] lower) and stays so for
+//! [`PERSIST_US`], the mix has changed: the learner shortens its half-life (a rebase, O(graph), then forward decay as before) so the
 //! new mix outweighs the old within minutes. Once the fast mean is back near the slow one
 //! ([`SETTLED_RATIO`]), and at least [`MIN_DWELL_US`] later, the usual half-life returns.
 //!
@@ -29,6 +29,10 @@ pub const DRIFT_GAP: f64 = 0.05;
 pub const SETTLED_RATIO: f64 = 0.95;
 /// Least time a half-life stays once changed, µs (a verdict per minute at most).
 pub const MIN_DWELL_US: u64 = 60_000_000;
+/// How long predictions must stay clearly worse before the half-life is shortened, µs: a
+/// burst of unusual requests (a fault, a retry storm) that passes within it leaves the
+/// learned mix alone.
+pub const PERSIST_US: u64 = 60_000_000;
 
 /// What the learner should do with its half-life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,9 @@ pub struct DriftMonitor {
     events: u64,
     drifting: bool,
     changed_at_us: u64,
+    /// Since when predictions have been clearly worse, while not drifting yet.
+    #[serde(default)]
+    worse_since_us: Option<u64>,
 }
 
 impl DriftMonitor {
@@ -71,10 +78,14 @@ impl DriftMonitor {
         }
         let shift = if self.drifting {
             (self.fast >= SETTLED_RATIO * self.slow).then_some(Shift::Restore)
+        } else if self.fast <= DRIFT_RATIO * self.slow && self.slow - self.fast >= DRIFT_GAP {
+            let since = *self.worse_since_us.get_or_insert(at_us);
+            (at_us >= since.saturating_add(PERSIST_US)).then_some(Shift::Shorten)
         } else {
-            (self.fast <= DRIFT_RATIO * self.slow && self.slow - self.fast >= DRIFT_GAP)
-                .then_some(Shift::Shorten)
+            self.worse_since_us = None;
+            None
         }?;
+        self.worse_since_us = None;
         self.drifting = shift == Shift::Shorten;
         self.changed_at_us = at_us;
         Some(shift)
@@ -111,7 +122,13 @@ mod tests {
         let mut monitor = DriftMonitor::default();
         let mut t = 0;
         assert!(feed(&mut monitor, 0.9, 5_000, &mut t).is_empty(), "steady");
-        let shifts = feed(&mut monitor, 0.1, 200, &mut t);
+        // A burst of misses shorter than PERSIST_US (50 × 0.1 s) changes nothing.
+        assert!(
+            feed(&mut monitor, 0.1, 50, &mut t).is_empty(),
+            "a passing burst"
+        );
+        assert!(feed(&mut monitor, 0.9, 2_000, &mut t).is_empty());
+        let shifts = feed(&mut monitor, 0.1, 1_000, &mut t);
         assert_eq!(shifts.len(), 1);
         assert_eq!(shifts[0].1, Shift::Shorten);
         assert!(monitor.drifting());
@@ -148,10 +165,15 @@ mod tests {
             let p = if i < 5_000 { 0.9 } else { 0.0 };
             assert!(quick.observe(p, i).is_none());
         }
-        assert_eq!(
-            quick.observe(f64::NAN, MIN_DWELL_US),
-            Some(Shift::Shorten),
+        // Judged from the end of the dwell on: shortened once worse has lasted PERSIST_US.
+        assert!(
+            quick.observe(f64::NAN, MIN_DWELL_US).is_none(),
             "NaN counts as a miss"
+        );
+        assert!(quick.observe(0.0, MIN_DWELL_US + PERSIST_US - 1).is_none());
+        assert_eq!(
+            quick.observe(0.0, MIN_DWELL_US + PERSIST_US),
+            Some(Shift::Shorten)
         );
     }
 }
