@@ -15,12 +15,7 @@ impl WarmPool {
     /// forked from a template, say, mostly waits for the kernel's cgroup migration, whose
     /// time swings with the machine's load; a mean would put half of them late.
     pub fn cold_start_estimate(&self, name: &str) -> Option<Duration> {
-        let state = lock(&self.state);
-        let samples = state.cold_us.get(name)?;
-        let mut sorted: Vec<u64> = samples.iter().copied().collect();
-        sorted.sort_unstable();
-        let rank = ((sorted.len() as f64 * 0.9).ceil() as usize).clamp(1, sorted.len());
-        Some(Duration::from_micros(sorted[rank - 1]))
+        estimate(&lock(&self.state), name)
     }
 
     /// Notes a measured cold start of `name` (a wasm load, say): the one estimate the
@@ -50,13 +45,23 @@ impl WarmPool {
             .filter(|other| other.name != spec.name && starts_alike(other, spec))
             .map(|other| other.name.clone())
             .collect();
+        let state = lock(&self.state);
         let mut estimates: Vec<Duration> = siblings
             .iter()
-            .filter_map(|name| self.cold_start_estimate(name))
+            .filter_map(|name| estimate(&state, name))
             .collect();
+        drop(state);
         estimates.sort_unstable();
         estimates.get(estimates.len().checked_sub(1)? / 2).copied()
     }
+}
+
+/// The 90th percentile (nearest rank) of `name`'s recent cold starts, if any.
+fn estimate(state: &State, name: &str) -> Option<Duration> {
+    let mut sorted: Vec<u64> = state.cold_us.get(name)?.iter().copied().collect();
+    sorted.sort_unstable();
+    let rank = ((sorted.len() as f64 * 0.9).ceil() as usize).clamp(1, sorted.len());
+    Some(Duration::from_micros(sorted[rank - 1]))
 }
 
 /// Whether `a` and `b` start the same way (see [`WarmPool::cold_start_prior`]).
