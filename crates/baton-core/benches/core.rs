@@ -120,21 +120,32 @@ fn ingest(c: &mut Criterion) {
     let mut group = c.benchmark_group("tdg_ingest");
     group.throughput(Throughput::Elements(uniform.len() as u64));
     group.sample_size(10);
+    // The last case is the one before it without the drift monitor's half-life changes
+    // (the monitor still runs): what following drift costs.
     let cases = [
-        ("uniform-callers/first-order", &uniform, false),
-        ("uniform-callers/with-3-contexts", &uniform, true),
-        ("zipf-callers/first-order", &skewed, false),
-        ("zipf-callers/with-3-contexts", &skewed, true),
+        ("uniform-callers/first-order", &uniform, false, true),
+        ("uniform-callers/with-3-contexts", &uniform, true, true),
+        ("zipf-callers/first-order", &skewed, false, true),
+        ("zipf-callers/with-3-contexts", &skewed, true, true),
+        (
+            "zipf-callers/with-3-contexts/no-drift",
+            &skewed,
+            true,
+            false,
+        ),
     ];
-    for (name, events, contexts) in cases {
+    for (name, events, contexts, drift) in cases {
         group.bench_function(BenchmarkId::new("1M events", name), |b| {
             b.iter_batched_ref(
                 || {
-                    let config = if contexts {
+                    let mut config = if contexts {
                         TdgConfig::default()
                     } else {
                         first_order_config()
                     };
+                    if !drift {
+                        config.drift_half_life_us = None;
+                    }
                     let mut tdg = learner(config);
                     // Warm the graph so the measured pass updates existing edges, as a
                     // long-running learner does.
