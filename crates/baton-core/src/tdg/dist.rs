@@ -106,11 +106,21 @@ pub(crate) struct Dist<T> {
 }
 
 impl<T: Outcome> Dist<T> {
-    pub(super) fn observe(&mut self, callee: Option<TaskId>, weight: f64, delay_us: u64) {
+    /// Adds one outcome of `weight`; returns the probability the distribution gave it
+    /// just before (`None` with no history), found on the same pass as the update.
+    pub(super) fn observe(
+        &mut self,
+        callee: Option<TaskId>,
+        weight: f64,
+        delay_us: u64,
+    ) -> Option<f64> {
+        let total = self.total;
         self.total += weight;
+        let prior = |had: f64| (total > 0.0).then(|| had / total);
         let Some(callee) = callee else {
+            let had = self.stop;
             self.stop += weight;
-            return;
+            return prior(had);
         };
         let position = match self.targets.iter().position(|t| t.task() == callee) {
             Some(position) => position,
@@ -119,27 +129,12 @@ impl<T: Outcome> Dist<T> {
                 self.targets.len() - 1
             }
         };
+        let had = self.targets[position].weight();
         self.targets[position].add(weight, delay_us);
         if position > 0 && self.targets[position - 1].weight() < self.targets[position].weight() {
             self.targets.swap(position - 1, position);
         }
-    }
-
-    /// The probability it gives `callee` (`None`: the stop), before any decay; `None` with
-    /// no history.
-    pub(super) fn probability(&self, callee: Option<TaskId>) -> Option<f64> {
-        if self.total <= 0.0 {
-            return None;
-        }
-        let weight = match callee {
-            None => self.stop,
-            Some(task) => self
-                .targets
-                .iter()
-                .find(|t| t.task() == task)
-                .map_or(0.0, Outcome::weight),
-        };
-        Some(weight / self.total)
+        prior(had)
     }
 
     pub(super) fn scale(&mut self, factor: f64) {

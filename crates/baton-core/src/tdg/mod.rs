@@ -314,10 +314,9 @@ impl Tdg {
         let mut shift = None;
         if leaf_or_call {
             if let Some(dist) = self.first_order.get_mut(caller.index()) {
-                if let Some(p) = dist.probability(callee) {
+                if let Some(p) = dist.observe(callee, weight, delay_us) {
                     shift = self.drift.observe(p, at_us);
                 }
-                dist.observe(callee, weight, delay_us);
             }
         }
         for (kind_index, kind) in self.config.contexts.iter().enumerate() {
