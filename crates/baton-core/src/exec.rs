@@ -169,24 +169,10 @@ impl Executor {
         }
     }
 
-    /// The policy's eviction priority at `now_us` of an idle instance of `task` that went
-    /// idle at `idle_since_us` and holds `memory_mib` (lowest goes first), its task's cold
-    /// start taken from `cold` as for pre-warms.
-    pub fn evict_priority(
-        &self,
-        task: TaskId,
-        idle_since_us: u64,
-        memory_mib: u64,
-        cold: &dyn ColdStarts,
-        now_us: u64,
-    ) -> f64 {
-        let instance = IdleInstance {
-            task,
-            idle_since_us,
-            memory_mib,
-            cold_start_us: cold.cold_start_us(task),
-        };
-        self.policy.evict_priority(&instance, now_us)
+    /// The policy's eviction priority at `now_us` of `instance` (lowest goes first); the
+    /// host fills in what it holds and its task's cold start, as it knows them.
+    pub fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
+        self.policy.evict_priority(instance, now_us)
     }
 }
 

@@ -201,6 +201,13 @@ impl Node {
             })
     }
 
+    /// [`Node::cold_estimate`] of the function `name`, µs (0 for one not deployed).
+    pub(crate) fn cold_estimate_us(&self, name: &str) -> u64 {
+        self.pool
+            .spec(name)
+            .map_or(0, |spec| self.cold_estimate(&spec).as_micros() as u64)
+    }
+
     /// Now, µs since the epoch: the manual clock's, else the system's.
     pub(crate) fn now_us(&self) -> u64 {
         match &self.manual {

@@ -18,6 +18,7 @@ use baton_core::exec::{
     choose_for_arrival, choose_for_prewarm, claim_weight, Candidate, Decision, Executor,
     PREWARM_GRACE_US,
 };
+use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
 use baton_core::{Costs, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
 use serde::{Deserialize, Serialize};
@@ -475,13 +476,13 @@ impl Engine<'_> {
             .map(|&id| (id, &self.instances[id as usize]))
             .filter(|(_, i)| !i.busy && i.ready_at_us <= self.now)
             .map(|(id, i)| {
-                let priority = self.policy.evict_priority(
-                    i.task,
-                    i.last_idle_since_us,
-                    i.memory_mib,
-                    self.costs,
-                    self.now,
-                );
+                let instance = IdleInstance {
+                    task: i.task,
+                    idle_since_us: i.last_idle_since_us,
+                    memory_mib: i.memory_mib,
+                    cold_start_us: self.costs.cold_start_us(i.task),
+                };
+                let priority = self.policy.evict_priority(&instance, self.now);
                 (priority, id)
             })
             .collect();

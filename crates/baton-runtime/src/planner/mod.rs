@@ -159,10 +159,7 @@ struct NodeColdStarts<'a>(&'a Node);
 impl ColdStarts for NodeColdStarts<'_> {
     fn cold_start_us(&self, task: TaskId) -> u64 {
         let name = lock(&self.0.learner).tasks().name(task.0).to_owned();
-        self.0
-            .pool
-            .spec(&name)
-            .map_or(0, |spec| self.0.cold_estimate(&spec).as_micros() as u64)
+        self.0.cold_estimate_us(&name)
     }
 }
 

@@ -2,8 +2,9 @@
 //! learned (through the same conversion a restart replays) and handed to the sink; the
 //! periodic housekeeping; and eviction over the idle-memory budget in the policy's order.
 
-use super::{NodeColdStarts, Planner, PUBLISH_EVERY};
+use super::{Planner, PUBLISH_EVERY};
 use crate::node::{lock, RecordSource};
+use baton_core::policy::IdleInstance;
 use baton_core::PolicyEvent;
 use baton_trace::schema::ExecutionRecord;
 use std::io::Write;
@@ -81,13 +82,13 @@ impl Planner {
             .iter()
             .enumerate()
             .map(|(at, i)| {
-                let task = self.node.ids(&i.function).task;
-                let since = self.node.clock.us_of(i.since);
-                let cold = NodeColdStarts(&self.node);
-                let priority =
-                    self.executor
-                        .evict_priority(task, since, i.memory_mib, &cold, at_us);
-                (priority, at)
+                let instance = IdleInstance {
+                    task: self.node.ids(&i.function).task,
+                    idle_since_us: self.node.clock.us_of(i.since),
+                    memory_mib: i.memory_mib,
+                    cold_start_us: self.node.cold_estimate_us(&i.function),
+                };
+                (self.executor.evict_priority(&instance, at_us), at)
             })
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
