@@ -232,10 +232,14 @@ impl TdgSnapshot {
         self.parts.version
     }
 
-    /// The learner's half-life when this was taken, µs, and whether it was shortened
-    /// because the mix drifts.
-    pub fn half_life_us(&self) -> (Option<u64>, bool) {
-        (self.parts.half_life_us, self.parts.drifting)
+    /// The learner's half-life when this was taken, µs (`None`: no decay).
+    pub fn half_life_us(&self) -> Option<u64> {
+        self.parts.half_life_us
+    }
+
+    /// Whether the learner's half-life was shortened then because the mix drifts.
+    pub fn drifting(&self) -> bool {
+        self.parts.drifting
     }
 
     /// Time of the latest event learned, µs.

@@ -323,7 +323,10 @@ impl Collector for NodeCollector {
             Some(&Unit::Bytes),
             mib(pool.template_memory_mib()),
         )?;
-        let (half_life_us, drifting) = self.director.graph().load().half_life_us();
+        let (half_life_us, drifting) = {
+            let graph = self.director.graph().load();
+            (graph.half_life_us(), graph.drifting())
+        };
         gauge(
             e,
             "baton_learner_half_life",
