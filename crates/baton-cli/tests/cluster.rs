@@ -15,7 +15,7 @@
 mod common;
 
 use baton_server::client::Client;
-use common::{certificates, free_port, start_listening, start_on_port, Served};
+use common::{certificates, free_port, serve_args, start_listening, start_on_port, Served};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,19 +62,9 @@ fn declare(client: &Client, name: &str, steps: &[&str]) -> baton_server::client:
 fn node(name: &str, data: &Path, nats: &str) -> (Served, String) {
     let (served, url, log, _later) = start_listening(
         Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                &data.display().to_string(),
-                "--no-auth",
-                "--cluster",
-                nats,
-                "--node-name",
-                name,
-                "--allow-process-functions",
-            ])
+            .args(serve_args(data))
+            .args(["--cluster", nats, "--node-name", name])
+            .arg("--allow-process-functions")
             .env("RUST_LOG", "warn"),
         Some(name),
     );
@@ -466,14 +456,7 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
     let serve = |name: &str, tls: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
         command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-auth",
-                "--data-dir",
-            ])
-            .arg(dir.path().join(name))
+            .args(serve_args(&dir.path().join(name)))
             .args(["--cluster", &nats_url, "--node-name", name])
             .args(tls)
             .env("RUST_LOG", "warn");

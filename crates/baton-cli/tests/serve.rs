@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{start_listening, Served};
+use common::{serve_args, start_listening, Served};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -49,17 +49,10 @@ fn serve_under(wrapper: &[&str], data: &Path) -> (Served, String, String) {
         None => (baton, Vec::new()),
     };
     let (served, url, log, _later) = start_listening(
-        Command::new(program).args(&wrapped).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data.display().to_string(),
-            "--no-auth",
-            "--allow-process-functions",
-            "--snapshot-secs",
-            "1",
-        ]),
+        Command::new(program)
+            .args(&wrapped)
+            .args(serve_args(data))
+            .args(["--allow-process-functions", "--snapshot-secs", "1"]),
         None,
     );
     (served, url, log)
@@ -630,14 +623,7 @@ fn the_server_writes_one_access_line_per_request_and_honours_rust_log() {
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
         command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-auth",
-                "--data-dir",
-            ])
-            .arg(data.path().join("data"))
+            .args(serve_args(&data.path().join("data")))
             .stderr(Stdio::from(log));
         command.env_remove("RUST_LOG");
         if let Some(filter) = rust_log {

@@ -143,6 +143,23 @@ pub fn certificates(dir: &Path) {
     }
 }
 
+/// The arguments of `baton serve` on a free loopback port, without auth, keeping its data
+/// in `data`; a test adds its own after them.
+#[allow(dead_code)]
+pub fn serve_args(data: &Path) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-auth",
+        "--data-dir",
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([data.display().to_string()])
+    .collect()
+}
+
 /// A loopback port free now.
 #[allow(dead_code)]
 pub fn free_port() -> u16 {
