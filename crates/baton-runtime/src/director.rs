@@ -19,7 +19,7 @@ pub use crate::backend::{RunFacts, StepError, MAX_HOPS};
 pub use crate::counters::Counters;
 use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
-pub use crate::node::{RecordSink, RecordSource};
+pub use crate::node::{Mark, RecordSink, RecordSource};
 use crate::planner::{Msg, Planner, Started, CATCH_UP, CATCH_UP_MAX};
 use crate::pool::WarmPool;
 use crate::services::Services;
@@ -411,12 +411,13 @@ impl Director {
     }
 
     /// Learns foreign execution records (grouped into requests by trace and parent links),
-    /// hands them to the sink, and publishes the graph; returns how many requests.
-    pub fn learn_records(&self, records: &[ExecutionRecord]) -> u64 {
+    /// hands them to the sink with `mark` (see [`Mark`]), and publishes the graph; returns
+    /// how many requests.
+    pub fn learn_records(&self, records: &[ExecutionRecord], mark: Option<&Mark>) -> u64 {
         let mut learner = lock(&self.node.learner);
         let requests = self
             .node
-            .learn(&mut learner, records, RecordSource::Ingested);
+            .learn(&mut learner, records, RecordSource::Ingested, mark);
         self.node.publish(learner);
         requests
     }

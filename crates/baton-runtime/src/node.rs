@@ -72,8 +72,20 @@ impl Clock for SystemClock {
 }
 
 /// Receives every finished request's records while the learner is locked, so whatever it
-/// persists is exactly what the learner has seen.
-pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource) + Send + Sync>;
+/// persists is exactly what the learner has seen; with them, the [`Mark`] of how far their
+/// source was learned, if the caller gave one.
+pub type RecordSink = Box<dyn Fn(&[ExecutionRecord], RecordSource, Option<&Mark>) + Send + Sync>;
+
+/// A key and value to persist in one transaction with the records it comes with, such as
+/// which messages of a stream those records came from: a restart finds both or neither,
+/// so the records are learned exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// Its name.
+    pub key: String,
+    /// Its value (what the caller reads back on start).
+    pub value: String,
+}
 
 /// Where records came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +294,7 @@ impl Node {
         learner: &mut Tdg,
         records: &[ExecutionRecord],
         source: RecordSource,
+        mark: Option<&Mark>,
     ) -> u64 {
         let (requests, report) = baton_trace::requests::group_requests(
             records,
@@ -292,7 +305,7 @@ impl Node {
             learner.observe_request(request);
         }
         if let Some(sink) = &self.sink {
-            sink(records, source);
+            sink(records, source, mark);
         }
         report.requests
     }

@@ -393,9 +393,9 @@ impl RunningServer {
         let director = Director::new(pool, tdg, graph, policy)
             .with_wasm(Arc::clone(&engine))
             .with_reservations(reservations.clone())
-            .with_sink(Box::new(move |records, source: RecordSource| {
+            .with_sink(Box::new(move |records, source: RecordSource, mark| {
                 // The writer also shares with the cluster what this node ran, once stored.
-                sink_writer.records(records, source);
+                sink_writer.records(records, source, mark.cloned());
                 if source == RecordSource::Baton {
                     if let Some(exporter) = &sink_exporter {
                         exporter.send(records);

@@ -364,6 +364,11 @@ impl Collector for NodeCollector {
                     &c.records_learned,
                 ),
                 (
+                    "records_redelivered",
+                    "Record messages delivered again after they were learned, skipped",
+                    &c.records_redelivered,
+                ),
+                (
                     "installed",
                     "Functions installed from the cluster's registry",
                     &c.installed,

@@ -2,7 +2,7 @@
 //! saves the learner's snapshots, in order, so a snapshot's `last_execution` is exactly
 //! what the state had learned (see ARCHITECTURE.md, `baton-store`).
 
-use baton_runtime::director::{Director, RecordSource};
+use baton_runtime::director::{Director, Mark, RecordSource};
 use baton_store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +12,12 @@ const GROUP_COMMIT: Duration = Duration::from_millis(5);
 
 /// What the store writer thread is asked to do, in order.
 enum Write {
-    /// Append these records.
-    Records(Vec<baton_trace::schema::ExecutionRecord>, RecordSource),
+    /// Append these records, and set their mark in the same transaction.
+    Records(
+        Vec<baton_trace::schema::ExecutionRecord>,
+        RecordSource,
+        Option<Mark>,
+    ),
     /// Save this learner state (a copy; serialized on the writer's thread, outside any
     /// lock); it has learned every record sent before it.
     Snapshot(Box<baton_core::TdgState>),
@@ -32,7 +36,7 @@ pub(crate) struct Writer {
 impl std::fmt::Debug for Write {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Write::Records(records, _) => write!(f, "Records({})", records.len()),
+            Write::Records(records, ..) => write!(f, "Records({})", records.len()),
             Write::Snapshot(_) => f.write_str("Snapshot"),
             Write::Flush(_) => f.write_str("Flush"),
         }
@@ -69,9 +73,16 @@ impl Writer {
                     pending.extend(receiver.try_iter());
                     let mut batch: Vec<baton_trace::schema::ExecutionRecord> = Vec::new();
                     let mut batch_source = RecordSource::Baton;
-                    let flush = |batch: &mut Vec<_>, source: RecordSource| {
-                        if !batch.is_empty() {
-                            match store.append(batch, source.as_str()) {
+                    // The newest mark of the records in `batch` (a mark covers what came
+                    // before it, so a later one of its key replaces an earlier one).
+                    let mut batch_mark: Option<Mark> = None;
+                    let flush = |batch: &mut Vec<_>,
+                                 source: RecordSource,
+                                 mark: &mut Option<Mark>| {
+                        let mark = mark.take();
+                        if !batch.is_empty() || mark.is_some() {
+                            let pair = mark.as_ref().map(|m| (m.key.as_str(), m.value.as_str()));
+                            match store.append_marked(batch, source.as_str(), pair) {
                                 Ok(_) => {
                                     // What this node ran is the cluster's to learn; what it
                                     // learned from others (or ingested) is not sent back.
@@ -92,15 +103,22 @@ impl Writer {
                     };
                     for write in pending {
                         match write {
-                            Write::Records(records, source) => {
-                                if source != batch_source {
-                                    flush(&mut batch, batch_source);
+                            Write::Records(records, source, mark) => {
+                                let other_key = matches!(
+                                    (&batch_mark, &mark),
+                                    (Some(old), Some(new)) if old.key != new.key
+                                );
+                                if source != batch_source || other_key {
+                                    flush(&mut batch, batch_source, &mut batch_mark);
                                     batch_source = source;
                                 }
                                 batch.extend(records);
+                                if mark.is_some() {
+                                    batch_mark = mark;
+                                }
                             }
                             Write::Snapshot(state) => {
-                                flush(&mut batch, batch_source);
+                                flush(&mut batch, batch_source, &mut batch_mark);
                                 let state = match serde_json::to_string(&state) {
                                     Ok(state) => state,
                                     Err(error) => {
@@ -116,12 +134,12 @@ impl Writer {
                                 }
                             }
                             Write::Flush(done) => {
-                                flush(&mut batch, batch_source);
+                                flush(&mut batch, batch_source, &mut batch_mark);
                                 let _ = done.send(());
                             }
                         }
                     }
-                    flush(&mut batch, batch_source);
+                    flush(&mut batch, batch_source, &mut batch_mark);
                 }
             })?;
         Ok(Writer { sender })
@@ -131,8 +149,11 @@ impl Writer {
         &self,
         records: &[baton_trace::schema::ExecutionRecord],
         source: RecordSource,
+        mark: Option<Mark>,
     ) {
-        let _ = self.sender.send(Write::Records(records.to_vec(), source));
+        let _ = self
+            .sender
+            .send(Write::Records(records.to_vec(), source, mark));
     }
 
     /// Waits until everything sent so far is in the store.

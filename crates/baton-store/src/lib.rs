@@ -342,6 +342,18 @@ impl Store {
     /// Appends execution records (`source`: `baton` for its own, `ingested` for foreign
     /// logs); returns the id of the last row.
     pub fn append(&self, records: &[ExecutionRecord], source: &str) -> Result<i64, StoreError> {
+        self.append_marked(records, source, None)
+    }
+
+    /// Appends execution records and, in the same transaction, sets `mark` (a `meta` key
+    /// and value, such as how far a stream's records were learned): after a crash the
+    /// store holds both or neither.
+    pub fn append_marked(
+        &self,
+        records: &[ExecutionRecord],
+        source: &str,
+        mark: Option<(&str, &str)>,
+    ) -> Result<i64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
@@ -366,8 +378,25 @@ impl Store {
                 ])?;
             }
         }
+        // The last execution row's id, before the mark's own insert replaces it.
+        let last = tx.last_insert_rowid();
+        if let Some((key, value)) = mark {
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+        }
         tx.commit()?;
-        Ok(conn.last_insert_rowid())
+        Ok(last)
+    }
+
+    /// The value [`Store::append_marked`] last set for `key`.
+    pub fn mark(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     /// The id of the last execution row (0 when there is none).
@@ -765,5 +794,44 @@ mod tests {
             .unwrap();
         assert_eq!(n, SNAPSHOTS_KEPT);
         assert_eq!(store.last_snapshot().unwrap().unwrap(), (9, "9".into()));
+    }
+
+    #[test]
+    fn a_mark_is_stored_with_its_records_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.mark("cursor").unwrap(), None);
+        let first = store
+            .append_marked(
+                &[record("a", "1"), record("b", "2")],
+                "ingested",
+                Some(("cursor", "2")),
+            )
+            .unwrap();
+        // The id returned is the last execution row's, not the mark's.
+        assert_eq!(first, store.last_execution_id().unwrap());
+        assert_eq!(first, 2);
+        let second = store
+            .append_marked(&[record("c", "3")], "ingested", Some(("cursor", "3")))
+            .unwrap();
+        assert_eq!(second, 3);
+        // A mark that cannot be set (refused by a trigger put there for this test) takes
+        // its records with it.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON meta WHEN NEW.value = 'refused'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let refused =
+            store.append_marked(&[record("d", "4")], "ingested", Some(("cursor", "refused")));
+        assert!(refused.is_err());
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.mark("cursor").unwrap().as_deref(), Some("3"));
+        assert_eq!(store.last_execution_id().unwrap(), 3);
+        assert!(store.tail(10).unwrap().iter().all(|r| r.task != "d"));
     }
 }

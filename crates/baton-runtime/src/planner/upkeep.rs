@@ -33,7 +33,8 @@ impl Planner {
         // The same conversion a restarted server replays its log through (warm timing:
         // waits removed), so a restored graph equals one that never stopped.
         let mut learner = lock(&self.node.learner);
-        self.node.learn(&mut learner, records, RecordSource::Baton);
+        self.node
+            .learn(&mut learner, records, RecordSource::Baton, None);
         let recent = self.timed
             && self
                 .last_publish

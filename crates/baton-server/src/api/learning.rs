@@ -47,7 +47,7 @@ fn learn(state: &AppState, body: &[u8], format: LogFormat) -> Result<Value, Stri
             .unwrap_or_else(|| "no records".into());
         return Err(format!("nothing to learn: {first}"));
     }
-    let requests = state.director.learn_records(&records);
+    let requests = state.director.learn_records(&records, None);
     Ok(json!({
         "format": format.name(),
         "records": records.len(),

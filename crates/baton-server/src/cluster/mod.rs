@@ -77,8 +77,9 @@ const LEARN_EVERY: Duration = Duration::from_millis(20);
 /// At most this many record messages are learned at once.
 const LEARN_BATCH: usize = 512;
 /// How long a record message delivered to a node stays its own before the stream hands it
-/// out again: a node killed after learning a batch but before storing and acknowledging
-/// it gets the batch again this long after the delivery, also across a restart.
+/// out again: a node killed before it stored and acknowledged a batch gets the batch again
+/// this long after the delivery, also across a restart (one that had stored it skips it:
+/// which messages it learned is stored with their records).
 pub const RECORDS_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Batches of records waiting to be published before new ones are dropped (and counted).
 const RECORDS_BACKLOG: usize = 4096;
@@ -241,6 +242,9 @@ pub struct ClusterCounters {
     pub records_dropped: AtomicU64,
     /// Records learned from other nodes.
     pub records_learned: AtomicU64,
+    /// Record messages delivered again after they were learned and stored (their
+    /// acknowledgement was lost, or the node was killed before it), skipped.
+    pub records_redelivered: AtomicU64,
     /// Functions installed from the registry.
     pub installed: AtomicU64,
     /// Registry entries that could not be installed here.

@@ -2,6 +2,13 @@
 //! the other nodes' records.
 
 use super::*;
+use baton_runtime::director::Mark;
+
+/// The store's `meta` key for which record messages this node has learned.
+const LEARNED_KEY: &str = "cluster.records.learned";
+/// At most this many ranges of learned messages are kept; beyond, the oldest go (a gap
+/// between ranges is a message not learned yet, as rare as a lost delivery).
+const LEARNED_RANGES: usize = 64;
 
 /// Publishes this node's record batches, one message per batch (a batch is whole
 /// requests, so a consumer groups them as this node did).
@@ -68,6 +75,17 @@ pub(super) async fn learn_records(
         .await
         .map_err(|e| js(format!("consumer {name}"))(e.to_string()))?;
     let own = format!("baton.records.{}", cluster.node);
+    // Which messages this node has learned, as stored with their records (a stream made
+    // anew, numbered from 1 again, starts an empty set).
+    let created = stream
+        .cached_info()
+        .created
+        .unix_timestamp_nanos()
+        .to_string();
+    let mut learned = match state.upgrade() {
+        Some(state) => Learned::restore(state.store.mark(LEARNED_KEY).ok().flatten(), &created),
+        None => return Ok(()),
+    };
     let mut batch: Vec<jetstream::Message> = Vec::new();
     loop {
         // Messages that come within LEARN_EVERY of the first are learned together: one
@@ -95,7 +113,22 @@ pub(super) async fn learn_records(
             return Ok(());
         };
         let mut records = Vec::new();
-        for message in batch.iter().filter(|m| m.subject.as_str() != own) {
+        let mut marked = learned.clone();
+        for message in &batch {
+            let sequence = message.info().ok().map(|info| info.stream_sequence);
+            if let Some(sequence) = sequence {
+                if marked.contains(sequence) {
+                    cluster
+                        .counters
+                        .records_redelivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                marked.insert(sequence);
+            }
+            if message.subject.as_str() == own {
+                continue;
+            }
             let text = String::from_utf8_lossy(&message.payload);
             for (n, line) in text
                 .lines()
@@ -113,19 +146,25 @@ pub(super) async fn learn_records(
             }
         }
         if !records.is_empty() {
-            let learned = records.len() as u64;
-            // Stored before they are acknowledged: a node killed in between gets them
-            // again from the stream, never neither.
+            let count = records.len() as u64;
+            // Stored, with which messages they came from, before they are acknowledged: a
+            // node killed in between gets them again from the stream and skips them.
+            let mark = Mark {
+                key: LEARNED_KEY.to_owned(),
+                value: marked.to_json(),
+            };
             let _ = tokio::task::spawn_blocking(move || {
-                state.director.learn_records(&records);
+                state.director.learn_records(&records, Some(&mark));
                 state.writer.flush();
             })
             .await;
             cluster
                 .counters
                 .records_learned
-                .fetch_add(learned, Ordering::Relaxed);
+                .fetch_add(count, Ordering::Relaxed);
         }
+        // Its own messages (not learned) need no storing: they are skipped by subject.
+        learned = marked;
         for message in batch.drain(..) {
             if let Err(error) = message.ack().await {
                 tracing::warn!("cluster: records ack: {error}");
@@ -134,5 +173,116 @@ pub(super) async fn learn_records(
         if ended {
             return Ok(());
         }
+    }
+}
+
+/// Which messages of the records stream this node has learned (or passed over as its
+/// own), as sorted, disjoint, inclusive ranges of stream sequences: usually one range, as
+/// the stream delivers in order; a redelivery after a lost acknowledgement falls inside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Learned {
+    /// The stream's creation time (ns since the epoch): a stream made anew numbers its
+    /// messages from 1 again.
+    stream: String,
+    /// Sorted, disjoint, not adjacent.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Learned {
+    /// The set stored as `stored` if it is of the stream created at `created`, else empty
+    /// (a value that does not parse is reported and starts empty: at worst a redelivered
+    /// message is learned twice).
+    pub(super) fn restore(stored: Option<String>, created: &str) -> Learned {
+        let fresh = Learned {
+            stream: created.to_owned(),
+            ranges: Vec::new(),
+        };
+        let Some(stored) = stored else {
+            return fresh;
+        };
+        match serde_json::from_str::<Learned>(&stored) {
+            Ok(learned) if learned.stream == created => learned,
+            Ok(_) => fresh,
+            Err(error) => {
+                tracing::warn!("cluster: the stored `{LEARNED_KEY}` is unreadable: {error}");
+                fresh
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, sequence: u64) -> bool {
+        let at = self.ranges.partition_point(|&(_, end)| end < sequence);
+        self.ranges
+            .get(at)
+            .is_some_and(|&(start, _)| start <= sequence)
+    }
+
+    pub(super) fn insert(&mut self, sequence: u64) {
+        let at = self
+            .ranges
+            .partition_point(|&(_, end)| end.saturating_add(1) < sequence);
+        match self.ranges.get_mut(at) {
+            Some((start, end)) if *start <= sequence.saturating_add(1) => {
+                *start = (*start).min(sequence);
+                *end = (*end).max(sequence);
+                // It may now touch the next range.
+                if let Some(&(next_start, next_end)) = self.ranges.get(at + 1) {
+                    if next_start <= self.ranges[at].1.saturating_add(1) {
+                        self.ranges[at].1 = next_end;
+                        self.ranges.remove(at + 1);
+                    }
+                }
+            }
+            _ => {
+                self.ranges.insert(at, (sequence, sequence));
+                if self.ranges.len() > LEARNED_RANGES {
+                    self.ranges.remove(0);
+                }
+            }
+        }
+    }
+
+    pub(super) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_messages_merge_into_ranges_and_holes_stay_unlearned() {
+        let mut learned = Learned::restore(None, "1");
+        for sequence in [1, 2, 3, 5, 7, 6] {
+            learned.insert(sequence);
+        }
+        assert_eq!(learned.ranges, vec![(1, 3), (5, 7)]);
+        assert!(!learned.contains(4) && !learned.contains(8) && !learned.contains(0));
+        assert!((1..=3).chain(5..=7).all(|s| learned.contains(s)));
+        // Filling the hole joins the ranges; inserting twice changes nothing.
+        learned.insert(4);
+        learned.insert(4);
+        assert_eq!(learned.ranges, vec![(1, 7)]);
+        // Below the first range.
+        learned.insert(0);
+        assert_eq!(learned.ranges, vec![(0, 7)]);
+        // Bounded: the oldest ranges go.
+        for sequence in (0..200).map(|i| 100 + 2 * i) {
+            learned.insert(sequence);
+        }
+        assert_eq!(learned.ranges.len(), LEARNED_RANGES);
+        assert!(learned.contains(498) && !learned.contains(3));
+    }
+
+    #[test]
+    fn a_stored_set_is_kept_for_its_stream_only() {
+        let mut learned = Learned::restore(None, "10");
+        learned.insert(42);
+        let stored = Some(learned.to_json());
+        assert!(Learned::restore(stored.clone(), "10").contains(42));
+        // The stream was made anew: its message 42 is another one.
+        assert!(!Learned::restore(stored, "11").contains(42));
+        assert!(!Learned::restore(Some("{not json".into()), "10").contains(42));
     }
 }
