@@ -182,7 +182,14 @@ pub fn start_on_port(command: &mut Command, port: u16, what: &str) -> Served {
             .unwrap(),
     );
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // A connection to itself is not a listener: the port is in the ephemeral range, so
+    // while nothing listens yet, a connect may pick it as its own source port and
+    // succeed (TCP simultaneous open).
+    let listening = || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+    };
+    while !listening() {
         assert!(
             std::time::Instant::now() < until,
             "{what} did not start on port {port}"
