@@ -48,6 +48,72 @@ pub fn prewarm_start_us(ready_at_us: u64, cold_us: u64, now_us: u64) -> u64 {
     ready_at_us.saturating_sub(lead_us(cold_us)).max(now_us)
 }
 
+/// How a task's last instance went, as a host remembers it per task to tell why the
+/// task's next start is cold (see [`cold_cause`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gone {
+    /// Evicted to make room for another.
+    Evicted,
+    /// Its keep-alive ended, or it was released, or it stopped.
+    Ended,
+}
+
+/// Why an arrival found no instance to take and started one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColdCause {
+    /// The task's first instance (on this host, since it was deployed or the replay
+    /// began).
+    First,
+    /// Instances of the task were alive but all busy (or starting for other calls).
+    Concurrent,
+    /// Its last instance had been evicted.
+    Evicted,
+    /// Its last instance had ended (keep-alive over, or released).
+    Expired,
+}
+
+/// Why a start is cold, from the instances of its task busy at that moment and how its
+/// last instance went (`None`: it never had one). The simulator's engine and the
+/// runtime's pool both classify their cold starts with it.
+pub fn cold_cause(busy: usize, last_gone: Option<Gone>) -> ColdCause {
+    match (busy, last_gone) {
+        (busy, _) if busy > 0 => ColdCause::Concurrent,
+        (_, None) => ColdCause::First,
+        (_, Some(Gone::Evicted)) => ColdCause::Evicted,
+        (_, Some(Gone::Ended)) => ColdCause::Expired,
+    }
+}
+
+/// Cold starts counted by [`ColdCause`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdCauses {
+    /// [`ColdCause::First`].
+    pub first: u64,
+    /// [`ColdCause::Concurrent`].
+    pub concurrent: u64,
+    /// [`ColdCause::Evicted`].
+    pub evicted: u64,
+    /// [`ColdCause::Expired`].
+    pub expired: u64,
+}
+
+impl ColdCauses {
+    /// Counts one.
+    pub fn add(&mut self, cause: ColdCause) {
+        match cause {
+            ColdCause::First => self.first += 1,
+            ColdCause::Concurrent => self.concurrent += 1,
+            ColdCause::Evicted => self.evicted += 1,
+            ColdCause::Expired => self.expired += 1,
+        }
+    }
+
+    /// Their sum.
+    pub fn total(&self) -> u64 {
+        self.first + self.concurrent + self.evicted + self.expired
+    }
+}
+
 /// What the host is to do.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Decision {

@@ -64,6 +64,14 @@ counters! {
     forked_starts,
     /// Worker processes a step started itself (cold).
     cold_starts,
+    /// Of those, the function's first worker (since it was deployed or the node started).
+    cold_first,
+    /// Of those, started while every worker of the function was busy (concurrency).
+    cold_concurrent,
+    /// Of those, after the function's last idle worker was evicted for the budget.
+    cold_evicted,
+    /// Of those, after the function's last worker ended (keep-alive over, released, died).
+    cold_expired,
     /// Steps that waited for a worker because of a cap.
     capped_waits,
     /// Idle workers evicted to stay within the idle-memory budget.
@@ -76,6 +84,20 @@ counters! {
     log_write_errors,
 }
 
+impl Counters {
+    /// Counts a cold start's cause (beside `cold_starts`).
+    pub fn count_cold(&self, cause: baton_core::exec::ColdCause) {
+        use baton_core::exec::ColdCause;
+        let counter = match cause {
+            ColdCause::First => &self.cold_first,
+            ColdCause::Concurrent => &self.cold_concurrent,
+            ColdCause::Evicted => &self.cold_evicted,
+            ColdCause::Expired => &self.cold_expired,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +107,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 26);
+        assert_eq!(read.len(), 30);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

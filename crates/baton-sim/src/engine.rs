@@ -15,8 +15,8 @@
 
 use baton_core::context::Prev;
 use baton_core::exec::{
-    choose_for_arrival, choose_for_prewarm, claim_weight, Candidate, Decision, Executor,
-    PREWARM_GRACE_US,
+    choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, Candidate, ColdCauses,
+    Decision, Executor, Gone, PREWARM_GRACE_US,
 };
 use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
@@ -114,6 +114,10 @@ pub struct RunStats {
     pub evictions: u64,
     /// Cold starts admitted beyond node memory (nothing idle left to evict).
     pub overcommits: u64,
+    /// Why the cold starts were cold: the first call of a function in the replay, every
+    /// instance of it busy (concurrency), or its last instance gone by eviction or by the
+    /// end of its keep-alive (or a policy's release). They add up to `cold_starts`.
+    pub cold_causes: ColdCauses,
     /// Memory held by instances not running, MiB·µs.
     pub idle_mib_us: f64,
     /// Of that, what served nothing after it: each instance's idle time from its last use
@@ -194,6 +198,10 @@ struct Engine<'a> {
     /// pre-warm can use. Busy ones are left out, so a deep chain whose callers all wait for
     /// their callees costs nothing per arrival (the engine stays linear in chain depth).
     by_task: Vec<Vec<u32>>,
+    /// Busy instances per task (those `by_task` leaves out).
+    busy_by_task: Vec<u32>,
+    /// How each task's last instance went (`None`: it never had one).
+    gone: Vec<Option<Gone>>,
     free_mib: i64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
     seq: u64,
@@ -240,6 +248,8 @@ pub fn run(
         arrivals,
         instances: Vec::new(),
         by_task: Vec::new(),
+        busy_by_task: Vec::new(),
+        gone: Vec::new(),
         free_mib: i64::try_from(config.memory_mib).unwrap_or(i64::MAX),
         queue: BinaryHeap::new(),
         seq: 0,
@@ -351,6 +361,8 @@ impl Engine<'_> {
     fn task_instances(&mut self, task: TaskId) -> &mut Vec<u32> {
         if self.by_task.len() <= task.index() {
             self.by_task.resize(task.index() + 1, Vec::new());
+            self.busy_by_task.resize(task.index() + 1, 0);
+            self.gone.resize(task.index() + 1, None);
         }
         &mut self.by_task[task.index()]
     }
@@ -434,6 +446,7 @@ impl Engine<'_> {
         if let Some(at) = free.iter().position(|&i| i == id) {
             free.swap_remove(at);
         }
+        self.busy_by_task[task.index()] += 1;
         let instance = &mut self.instances[id as usize];
         if let Some(from) = instance.idle_from_us.take() {
             self.stats.idle_mib_us +=
@@ -461,6 +474,8 @@ impl Engine<'_> {
         self.free_mib += instance.memory_mib as i64;
         let task = instance.task;
         self.task_instances(task).retain(|&i| i != id);
+        // An eviction says so after this (see `make_room`).
+        self.gone[task.index()] = Some(Gone::Ended);
     }
 
     /// Frees memory for `needed_mib` by evicting idle instances, lowest priority first.
@@ -494,6 +509,7 @@ impl Engine<'_> {
             let task = self.instances[id as usize].task;
             let now = self.now;
             self.release(id, now);
+            self.gone[task.index()] = Some(Gone::Evicted);
             self.stats.evictions += 1;
             self.tell(PolicyEvent::Evicted { task, at_us: now });
         }
@@ -559,6 +575,10 @@ impl Engine<'_> {
                 }
                 self.stats.cold_starts += 1;
                 self.stats.function_cold_starts[slot] += 1;
+                let busy = self.busy_by_task[slot] as usize;
+                self.stats
+                    .cold_causes
+                    .add(cold_cause(busy, self.gone[slot]));
                 self.cold[index as usize] = true;
                 (self.new_instance(task, now + cold, None), cold)
             }
@@ -605,6 +625,7 @@ impl Engine<'_> {
         let now = self.now;
         self.stats.served += 1;
         let task = self.instances[id as usize].task;
+        self.busy_by_task[task.index()] -= 1;
         {
             let instance = &mut self.instances[id as usize];
             instance.busy = false;

@@ -13,13 +13,13 @@ fn precision(result: &PolicyResult) -> String {
 /// The results as a markdown table.
 pub fn markdown(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "| policy | knob | memory GiB | cold-start ratio | p75 function cold rate | critical cold/request | added p50 ms | added p99 ms | idle GB·s | wasted GB·s | pre-warm precision | pre-warm recall | policy µs/event | evictions |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| policy | knob | memory GiB | cold-start ratio | p75 function cold rate | critical cold/request | added p50 ms | added p99 ms | idle GB·s | wasted GB·s | pre-warm precision | pre-warm recall | policy µs/event | evictions | cold: first / busy / evicted / expired |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {:.2} | {} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {:.2} | {} | {} / {} / {} / {} |",
             r.policy,
             r.knob,
             r.memory_mib as f64 / 1024.0,
@@ -34,6 +34,10 @@ pub fn markdown(results: &[PolicyResult]) -> String {
             r.prewarm_recall,
             r.policy_us_per_event,
             r.stats.evictions,
+            r.stats.cold_causes.first,
+            r.stats.cold_causes.concurrent,
+            r.stats.cold_causes.evicted,
+            r.stats.cold_causes.expired,
         );
     }
     out
@@ -42,12 +46,12 @@ pub fn markdown(results: &[PolicyResult]) -> String {
 /// The results as CSV.
 pub fn csv(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits\n",
+        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired\n",
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{}",
+            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{},{},{},{},{}",
             r.policy,
             r.knob,
             r.memory_mib,
@@ -67,6 +71,10 @@ pub fn csv(results: &[PolicyResult]) -> String {
             r.policy_us_per_event,
             r.stats.evictions,
             r.stats.overcommits,
+            r.stats.cold_causes.first,
+            r.stats.cold_causes.concurrent,
+            r.stats.cold_causes.evicted,
+            r.stats.cold_causes.expired,
         );
     }
     out

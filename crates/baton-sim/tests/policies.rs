@@ -2,6 +2,7 @@
 //! random ones: every arrival served exactly once, the same input gives the same table,
 //! the oracle is never worse than another policy at the same memory.
 
+use baton_core::exec::ColdCauses;
 use baton_core::policy::spec::PolicyName;
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{Costs, LabelId, Tdg, TdgConfig};
@@ -100,6 +101,15 @@ fn ttl_is_cold_exactly_after_gaps_longer_than_its_keep_alive() {
     let sim = simulation(&single(&times), &[]);
     let result = run(&sim, "ttl", 0.1, 1 << 20);
     assert_eq!(result.stats.cold_starts, 3);
+    // The first call, then twice after the keep-alive ended.
+    assert_eq!(
+        result.stats.cold_causes,
+        ColdCauses {
+            first: 1,
+            expired: 2,
+            ..ColdCauses::default()
+        }
+    );
     // Idle time: kept 60 s after each run, cut short by the next use. Runs last 1 ms, plus
     // 100 ms when cold: 0→0.101 (cold), idle to 30; 30.001, idle 60 s, expires; 120→120.101
     // (cold), idle to 179; 179.001, idle 60 s; 240 (cold), idle 60 s.
@@ -273,8 +283,49 @@ fn memory_pressure_evicts_and_is_counted() {
     let result = run(&sim, "ttl", 1.0, 100);
     assert_eq!(result.stats.cold_starts, 6);
     assert_eq!(result.stats.evictions, 5);
+    // Each function's first call, then every call after the other one evicted it.
+    assert_eq!(
+        result.stats.cold_causes,
+        ColdCauses {
+            first: 2,
+            evicted: 4,
+            ..ColdCauses::default()
+        }
+    );
     let roomy = run(&sim, "ttl", 1.0, 200);
     assert_eq!(roomy.stats.cold_starts, 2);
+    assert_eq!(roomy.stats.cold_causes.first, 2);
+}
+
+#[test]
+fn a_call_while_every_instance_is_busy_is_a_concurrent_cold_start() {
+    // Three overlapping 10 s calls of one function, then one after they all ended: two
+    // extra instances are started for concurrency; the last call finds one idle.
+    let specs: Vec<_> = [0, SECOND, 2 * SECOND, 30 * SECOND]
+        .iter()
+        .map(|&t| (t, vec![(0, None, 0, 10 * SECOND)]))
+        .collect();
+    let sim = simulation(&specs, &[]);
+    let result = run(&sim, "ttl", 1.0, 1 << 20);
+    assert_eq!(
+        result.stats.cold_causes,
+        ColdCauses {
+            first: 1,
+            concurrent: 2,
+            ..ColdCauses::default()
+        }
+    );
+    // Without keep-alive, the last call is cold again, for the end of the last instance.
+    let none = run(&sim, "none", 1.0, 1 << 20);
+    assert_eq!(
+        none.stats.cold_causes,
+        ColdCauses {
+            first: 1,
+            concurrent: 2,
+            expired: 1,
+            ..ColdCauses::default()
+        }
+    );
 }
 
 #[test]
@@ -340,6 +391,7 @@ proptest! {
             prop_assert_eq!(result.stats.served, result.stats.invocations, "{}", result.policy);
             prop_assert_eq!(result.stats.invocations as usize, sim.arrivals().len());
             prop_assert!(result.stats.cold_starts <= result.stats.invocations);
+            prop_assert_eq!(result.stats.cold_causes.total(), result.stats.cold_starts, "{}", result.policy);
         }
         let again: Vec<PolicyResult> = policy_names().iter().map(|p| run(&sim, p, 1.0, memory)).collect();
         prop_assert_eq!(table(&first), table(&again));

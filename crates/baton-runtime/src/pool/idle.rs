@@ -3,7 +3,7 @@
 
 use super::{lock, Idle, WarmPool};
 use crate::process::Worker;
-use baton_core::exec::{choose_for_prewarm, claim_weight};
+use baton_core::exec::{choose_for_prewarm, claim_weight, Gone};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,10 +14,14 @@ impl WarmPool {
         let evicted = {
             let mut state = lock(&self.state);
             let list = state.idle.get_mut(name);
-            list.and_then(|list| {
+            let evicted = list.and_then(|list| {
                 let at = list.iter().position(|i| i.worker.pid() == pid)?;
                 Some(list.swap_remove(at))
-            })
+            });
+            if evicted.is_some() {
+                state.gone.insert(name.to_owned(), Gone::Evicted);
+            }
+            evicted
         };
         let Some(evicted) = evicted else {
             return false;
@@ -76,7 +80,9 @@ impl WarmPool {
                 entry.until = until;
                 None
             } else {
-                Some(list.swap_remove(at))
+                let released = list.swap_remove(at);
+                state.gone.insert(name.to_owned(), Gone::Ended);
+                Some(released)
             }
         };
         drop(released);
@@ -98,6 +104,9 @@ impl WarmPool {
                         index += 1;
                     }
                 }
+            }
+            if !released.is_empty() {
+                state.gone.insert(name.to_owned(), Gone::Ended);
             }
         }
         self.counters
@@ -133,7 +142,9 @@ impl WarmPool {
         let mut expired = Vec::new();
         {
             let mut state = lock(&self.state);
-            for list in state.idle.values_mut() {
+            let state = &mut *state;
+            for (name, list) in state.idle.iter_mut() {
+                let before = expired.len();
                 let mut index = 0;
                 while index < list.len() {
                     if list[index].until <= now {
@@ -141,6 +152,9 @@ impl WarmPool {
                     } else {
                         index += 1;
                     }
+                }
+                if expired.len() > before {
+                    state.gone.insert(name.clone(), Gone::Ended);
                 }
             }
         }

@@ -27,7 +27,9 @@ mod idle;
 mod lease;
 mod templates;
 
-use baton_core::exec::{choose_for_arrival, claim_weight, Candidate, FULL_CLAIMS};
+use baton_core::exec::{
+    choose_for_arrival, claim_weight, cold_cause, Candidate, Gone, FULL_CLAIMS,
+};
 use lease::BusySlot;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
 use templates::Templates;
@@ -85,6 +87,10 @@ struct State {
     cold_us: HashMap<String, std::collections::VecDeque<u64>>,
     /// When a request last asked for a worker, per function.
     asked: HashMap<String, Instant>,
+    /// How each function's last worker went, to tell why its next cold start is cold (no
+    /// entry: it never had one). A start writes `Ended` ahead, so a worker lost on a path
+    /// that does not say how counts as ended.
+    gone: HashMap<String, Gone>,
 }
 
 /// A pre-warmed worker that became ready after (or just before) the end of the window it
@@ -183,7 +189,11 @@ impl WarmPool {
             .is_some();
         if replaced {
             // Dropped after the lock: a worker's drop kills its tree and empties its groups.
-            let stale = lock(&self.state).idle.remove(&name);
+            let stale = {
+                let mut state = lock(&self.state);
+                state.gone.remove(&name);
+                state.idle.remove(&name)
+            };
             drop(stale);
             self.templates.forget(&name);
         }
@@ -197,7 +207,11 @@ impl WarmPool {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .is_some();
-        let stale = lock(&self.state).idle.remove(name);
+        let stale = {
+            let mut state = lock(&self.state);
+            state.gone.remove(name);
+            state.idle.remove(name)
+        };
         drop(stale);
         self.templates.forget(name);
         existed
@@ -404,10 +418,17 @@ impl WarmPool {
                 break;
             }
         }
+        let running = [&state.busy, &state.cold]
+            .iter()
+            .filter_map(|map| map.get(name))
+            .sum();
+        let cause = cold_cause(running, state.gone.get(name).copied());
+        state.gone.insert(name.to_owned(), Gone::Ended);
         *state.cold.entry(name.to_owned()).or_default() += 1;
         state.spawning += 1;
         drop(state);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
+        self.counters.count_cold(cause);
         let worker = self.start_worker(&spec, &Placement::default());
         let mut state = lock(&self.state);
         if let Some(cold) = state.cold.get_mut(name) {
@@ -488,6 +509,8 @@ impl WarmPool {
                 match worker {
                     Ok(worker) => {
                         WarmPool::note_cold_start_in(&mut state, &name, worker.cold_start());
+                        // The function has had a worker now (see `State::gone`).
+                        state.gone.insert(name.clone(), Gone::Ended);
                         state.idle.entry(name).or_default().push(Idle {
                             worker,
                             until: until.max(Instant::now() + PREWARM_GRACE),

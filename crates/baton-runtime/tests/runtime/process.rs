@@ -265,3 +265,49 @@ fn the_cost_of_a_move_into_groups_is_measured_and_leaves_nothing() {
         }
     }
 }
+
+#[test]
+fn the_pool_says_why_each_cold_start_was_cold() {
+    use baton_runtime::pool::WarmPool;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let pool = WarmPool::new(vec![spec("why", 256, 10_000, "upper.py")], isolation());
+    let causes = |pool: &WarmPool| {
+        let c = &pool.counters;
+        [
+            &c.cold_first,
+            &c.cold_concurrent,
+            &c.cold_evicted,
+            &c.cold_expired,
+        ]
+        .map(|counter| counter.load(Ordering::Relaxed))
+    };
+    let later = Instant::now() + Duration::from_secs(600);
+    // The function's first worker, then a second while the first is busy.
+    let first = pool.take("why").unwrap();
+    assert_eq!(causes(&pool), [1, 0, 0, 0]);
+    let second = pool.take("why").unwrap();
+    assert_eq!(causes(&pool), [1, 1, 0, 0]);
+    // Out of their leases (which count them busy until the block ends).
+    let (one, two) = {
+        let (first, second) = (first, second);
+        (first.worker, second.worker)
+    };
+    let one = pool.give_back("why", one, later).unwrap();
+    let two = pool.give_back("why", two, later).unwrap();
+    // One released at the end of its keep-alive, then the other evicted: the next start
+    // is cold for the eviction.
+    pool.settle("why", two, Instant::now());
+    assert!(pool.evict("why", one));
+    let three = {
+        let third = pool.take("why").unwrap();
+        third.worker
+    };
+    assert_eq!(causes(&pool), [1, 1, 1, 0]);
+    let three = pool.give_back("why", three, later).unwrap();
+    // Released at the end of its keep-alive: the next start is cold for that.
+    pool.settle("why", three, Instant::now());
+    let _fourth = pool.take("why").unwrap();
+    assert_eq!(causes(&pool), [1, 1, 1, 1]);
+    assert_eq!(pool.counters.cold_starts.load(Ordering::Relaxed), 4);
+}
