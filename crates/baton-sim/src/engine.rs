@@ -289,12 +289,10 @@ pub fn run(
             (None, None) => break,
             (Some(a), Some(e)) if e < a || (e == a && !expiry_first) => engine.pop_event(),
             (None, Some(_)) => {
-                // Only ticks would remain forever: stop once nothing else is pending.
-                if engine
-                    .queue
-                    .iter()
-                    .all(|Reverse((_, _, e))| *e == Event::Tick)
-                {
+                // The replay ends when its last invocation does: what is kept alive past
+                // it is not charged (every policy is measured over the same span; a
+                // keep-alive of a day would otherwise be charged a day).
+                if engine.stats.served as usize == arrivals.len() {
                     break;
                 }
                 engine.pop_event();
@@ -308,7 +306,7 @@ pub fn run(
             }
         }
     }
-    // Whatever is still alive is released at the end: its idle time counts up to now.
+    // Whatever is still alive is released at the end: its idle time counts up to then.
     let now = engine.now;
     let alive: Vec<u32> = (0..engine.instances.len() as u32)
         .filter(|&id| engine.instances[id as usize].alive)
