@@ -12,9 +12,14 @@
 //!   [`lead_us`] (never in the past) and keep it until `until_us` if unused. When it is
 //!   due, an idle instance of the task that is ready in time and whose claims leave room
 //!   for it is claimed instead ([`choose_for_prewarm`]). A claim weighs its pre-warm's
-//!   probability of use, and an instance takes claims while they add up to at most one
-//!   expected use: two sure pre-warms of one task get two instances, two even bets share
-//!   one (a pre-warm starts only the shortfall over the instances there are).
+//!   probability of use over the interval the pre-warm expects its step to hold the
+//!   instance (`ready_at_us` to `claim_until_us`: the end of its window plus the task's
+//!   run time as the executor has seen it, [`RunTimes`]; see [`Claims`]), and an instance
+//!   takes claims while
+//!   those that overlap add up to at most one expected use: two sure pre-warms of one task
+//!   for the same instant get two instances, two even bets share one, and pre-warms whose
+//!   steps come one after another share one (a pre-warm starts only the shortfall over the
+//!   instances there are at its step's time).
 //! - [`Decision::KeepAlive`]: keep the instance of `task` that just finished until
 //!   `until_us` (with none, it is released at once).
 //! - [`Decision::Release`]: release the idle, never-used instances pre-warmed for `plan`
@@ -25,6 +30,7 @@ use crate::costs::Costs;
 use crate::ids::TaskId;
 use crate::policy::{Action, IdleInstance, Policy, PolicyEvent};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// A pre-warmed instance is kept at least this long after it is ready, µs: a step a little
 /// later than its window (real timings jitter) still finds it.
@@ -127,6 +133,9 @@ pub enum Decision {
         ready_at_us: u64,
         /// Kept until, if unused, µs.
         until_us: u64,
+        /// Its claim on the instance lasts until, µs: `until_us` plus the task's run time
+        /// (its step, coming as late as its window allows, holds the instance until then).
+        claim_until_us: u64,
         /// The plan it belongs to.
         plan: Option<u64>,
         /// The reservation that holds its resources (cores, GPU units), by id.
@@ -167,6 +176,67 @@ pub struct Executor {
     policy: Box<dyn Policy>,
     actions: Vec<Action>,
     trail: Option<Vec<(u64, Decision)>>,
+    runs: RunTimes,
+}
+
+/// At most this many steps in flight are timed by [`RunTimes`]; past it, new ones are not.
+pub const MAX_TIMED_RUNS: usize = 1 << 16;
+
+/// How long each task's steps hold an instance, as the executor sees them start and end:
+/// a high-water mark that jumps to a longer run at once and sinks an eighth of the way
+/// towards each shorter one (a claim that underestimates lets two steps meet on one
+/// instance, one that overestimates only starts an instance more).
+#[derive(Debug, Default, Clone)]
+pub struct RunTimes {
+    started: HashMap<u64, (TaskId, u64)>,
+    run_us: Vec<u64>,
+}
+
+impl RunTimes {
+    /// Takes in `event`.
+    pub fn observe(&mut self, event: &PolicyEvent) {
+        match *event {
+            PolicyEvent::Start {
+                task,
+                invocation,
+                at_us,
+                ..
+            } => {
+                if self.started.len() < MAX_TIMED_RUNS {
+                    self.started.insert(invocation, (task, at_us));
+                }
+            }
+            PolicyEvent::End {
+                task,
+                invocation,
+                at_us,
+            } => {
+                let Some((started, from)) = self.started.remove(&invocation) else {
+                    return;
+                };
+                if started != task {
+                    return;
+                }
+                let run = at_us.saturating_sub(from);
+                let slot = task.index();
+                if self.run_us.len() <= slot {
+                    self.run_us.resize(slot + 1, 0);
+                }
+                let mark = &mut self.run_us[slot];
+                *mark = if run >= *mark {
+                    run
+                } else {
+                    *mark - (*mark - run) / 8
+                };
+            }
+            PolicyEvent::Tick { .. } | PolicyEvent::Evicted { .. } => {}
+        }
+    }
+
+    /// How long a step of `task` holds its instance, µs (0 before one was seen).
+    pub fn run_us(&self, task: TaskId) -> u64 {
+        self.run_us.get(task.index()).copied().unwrap_or(0)
+    }
 }
 
 impl std::fmt::Debug for Executor {
@@ -184,6 +254,7 @@ impl Executor {
             policy,
             actions: Vec::new(),
             trail: None,
+            runs: RunTimes::default(),
         }
     }
 
@@ -206,6 +277,7 @@ impl Executor {
     /// Tells the policy `event` and appends what it asks for to `out`, timed with `cold`.
     pub fn handle(&mut self, event: &PolicyEvent, cold: &dyn ColdStarts, out: &mut Vec<Decision>) {
         let now = event_time(event);
+        self.runs.observe(event);
         self.policy.on_event(event, cold, &mut self.actions);
         let first = out.len();
         for action in self.actions.drain(..) {
@@ -222,6 +294,7 @@ impl Executor {
                     start_at_us: prewarm_start_us(at_us, cold.cold_start_us(task), now),
                     ready_at_us: at_us,
                     until_us: until_us.max(at_us),
+                    claim_until_us: until_us.max(at_us).saturating_add(self.runs.run_us(task)),
                     plan,
                     reservation,
                     probability,
@@ -269,6 +342,112 @@ pub fn claim_weight(probability: f64) -> f64 {
 /// pre-warms, e.g. one still settling).
 pub const FULL_CLAIMS: f64 = 1.0;
 
+/// At most this many claims are kept per instance; past it the one that ends first goes
+/// (claims of overlapping intervals add up to at most one use, so only pre-warms spread
+/// over a long time can come near it).
+pub const MAX_CLAIMS: usize = 64;
+
+/// One pre-warm counting on an instance: it expects its step between `from` and `until`,
+/// with weight [`claim_weight`] of its probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Claim<T> {
+    /// Its pre-warm's ready time.
+    pub from: T,
+    /// The end of its pre-warm's window.
+    pub until: T,
+    /// Its [`claim_weight`].
+    pub weight: f64,
+}
+
+/// The pre-warms counting on one instance, each over its interval (see the module docs);
+/// `T` is the host's time. Hosts keep one per instance and give the rules the weight over
+/// the interval in question ([`Claims::over`]) as [`Candidate::claims`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claims<T> {
+    list: Vec<Claim<T>>,
+}
+
+impl<T> Default for Claims<T> {
+    fn default() -> Self {
+        Claims { list: Vec::new() }
+    }
+}
+
+impl<T: Ord + Copy> Claim<T> {
+    /// The claim of a pre-warm of `probability` expecting its step between `from` and
+    /// `until` (swapped if given the wrong way round).
+    pub fn new(from: T, until: T, probability: f64) -> Claim<T> {
+        Claim {
+            from: from.min(until),
+            until: from.max(until),
+            weight: claim_weight(probability),
+        }
+    }
+}
+
+impl<T: Ord + Copy> Claims<T> {
+    /// Adds `claim`.
+    pub fn push(&mut self, claim: Claim<T>) {
+        if self.list.len() >= MAX_CLAIMS {
+            if let Some(first) = (0..self.list.len()).min_by_key(|&i| self.list[i].until) {
+                self.list.swap_remove(first);
+            }
+        }
+        self.list.push(claim);
+    }
+
+    /// Adds the claim of a pre-warm of `probability` expecting its step between `from`
+    /// and `until` ([`Claim::new`]).
+    pub fn add(&mut self, from: T, until: T, probability: f64) {
+        self.push(Claim::new(from, until, probability));
+    }
+
+    /// The weight of the claims whose interval meets `from..=until`.
+    pub fn over(&self, from: T, until: T) -> f64 {
+        self.list
+            .iter()
+            .filter(|c| c.from <= until && c.until >= from)
+            .map(|c| c.weight)
+            .sum()
+    }
+
+    /// An arrival at `at` takes the instance: the claim it answers (the one whose interval
+    /// holds `at` and ends first) is settled, and claims that ended before `at` go. An
+    /// arrival no claim here expected settles none: taking another step's claim would
+    /// leave that step to find no instance when it comes, and the next arrival to take
+    /// another's, and so on (the arrival's own claim, elsewhere, lapses at its end).
+    pub fn serve(&mut self, at: T) {
+        self.forget_ended(at);
+        let answered = (0..self.list.len())
+            .filter(|&i| self.list[i].from <= at)
+            .min_by_key(|&i| self.list[i].until);
+        if let Some(i) = answered {
+            self.list.swap_remove(i);
+        }
+    }
+
+    /// Drops the claims whose interval ended before `now`.
+    pub fn forget_ended(&mut self, now: T) {
+        self.list.retain(|c| c.until >= now);
+    }
+
+    /// The end of the latest claim's interval: a host keeps the instance until then (and a
+    /// grace), whatever its keep-alive says.
+    pub fn latest_until(&self) -> Option<T> {
+        self.list.iter().map(|c| c.until).max()
+    }
+
+    /// Whether no claim stands.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// How many claims stand.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
 /// An instance not running (idle, or still starting), as the rules see it; `T` is the
 /// host's time (µs in the simulator, an `Instant` in the runtime).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -281,7 +460,9 @@ pub struct Candidate<T> {
     pub keep_until: T,
     /// When it last went idle.
     pub idle_since: T,
-    /// The pre-warms counting on it: the sum of their [`claim_weight`]s (0: none).
+    /// The pre-warms counting on it over the interval in question (an arrival's instant,
+    /// a pre-warm's interval): the sum of their [`claim_weight`]s ([`Claims::over`]; 0:
+    /// none).
     pub claims: f64,
 }
 
@@ -295,8 +476,9 @@ impl<T> Candidate<T> {
 /// arrival is most likely the step it was claimed for; left claimed, it would turn every
 /// later pre-warm of the task into a new start), then the one due to expire first
 /// (instances kept longer stay for later arrivals, which keep-alive plans count on; ties:
-/// most recently idle, then lowest id); else the one still starting that is ready first
-/// (the arrival waits for it). `None`: start a cold one.
+/// most recently idle, then lowest id); else one still starting, again one a pre-warm
+/// claims first, then the one ready first (the arrival waits for it). `None`: start a cold
+/// one.
 pub fn choose_for_arrival<T: Ord + Copy>(
     candidates: impl IntoIterator<Item = Candidate<T>>,
     now: T,
@@ -321,7 +503,9 @@ pub fn choose_for_arrival<T: Ord + Copy>(
             if better {
                 ready = Some(c);
             }
-        } else if starting.is_none_or(|s| (c.ready_at, c.id) < (s.ready_at, s.id)) {
+        } else if starting
+            .is_none_or(|s| (!c.claimed(), c.ready_at, c.id) < (!s.claimed(), s.ready_at, s.id))
+        {
             starting = Some(c);
         }
     }
@@ -329,9 +513,9 @@ pub fn choose_for_arrival<T: Ord + Copy>(
 }
 
 /// Which idle instance a pre-warm of `probability`, due now, claims instead of starting
-/// one: one ready by the later of `ready_at` and `now` whose claims, with this one's
-/// [`claim_weight`], stay within one expected use; the least claimed, then the oldest
-/// (lowest id). `None`: start one.
+/// one: one ready by the later of `ready_at` and `now` whose claims over the pre-warm's
+/// interval ([`Claims::over`]), with this one's [`claim_weight`], stay within one expected
+/// use; the least claimed, then the oldest (lowest id). `None`: start one.
 pub fn choose_for_prewarm<T: Ord + Copy>(
     candidates: impl IntoIterator<Item = Candidate<T>>,
     ready_at: T,
@@ -396,9 +580,122 @@ mod tests {
         );
         assert_eq!(
             choose_for_arrival([all[3], c(5, 150, 0, 0, false)], 100),
-            Some(5)
+            Some(4),
+            "starting, claimed first (a late pre-warm's own step)"
+        );
+        assert_eq!(
+            choose_for_arrival([c(7, 300, 0, 0, false), c(5, 150, 0, 0, false)], 100),
+            Some(5),
+            "starting, ready first"
         );
         assert_eq!(choose_for_arrival(Vec::<Candidate<u64>>::new(), 100), None);
+    }
+
+    #[test]
+    fn claims_count_where_their_intervals_meet_and_an_arrival_settles_the_one_it_answers() {
+        let mut claims = Claims::default();
+        claims.add(100u64, 200, 1.0);
+        claims.add(300, 400, 0.5);
+        assert_eq!(claims.over(150, 150), 1.0, "the first step's instant");
+        assert_eq!(claims.over(250, 280), 0.0, "between the two: free");
+        assert_eq!(claims.over(190, 310), 1.5, "an interval meeting both");
+        assert_eq!(claims.over(401, 500), 0.0, "after both");
+        // Two sure pre-warms one after another share the instance; a third for the same
+        // time as the first needs another.
+        let one = Candidate {
+            id: 1,
+            ready_at: 0u64,
+            keep_until: 1_000,
+            idle_since: 0,
+            claims: claims.over(250, 280),
+        };
+        assert_eq!(choose_for_prewarm([one], 250, 240, 1.0), Some(1));
+        let busy_then = Candidate {
+            claims: claims.over(120, 180),
+            ..one
+        };
+        assert_eq!(choose_for_prewarm([busy_then], 120, 100, 1.0), None);
+        // An arrival at 150 answers the first claim; the second stays.
+        claims.serve(150);
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims.over(0, 1_000), 0.5);
+        // An arrival before any claim's interval answers none.
+        claims.add(600, 700, 1.0);
+        claims.serve(10);
+        assert_eq!(claims.over(0, 1_000), 1.5, "both claims stand");
+        claims.serve(350);
+        assert_eq!(claims.over(0, 1_000), 1.0, "the 300–400 claim was answered");
+        assert_eq!(claims.latest_until(), Some(700), "kept for the latest");
+        // Ended claims go.
+        claims.forget_ended(701);
+        assert!(claims.is_empty());
+        // Backwards intervals are turned round; the list stays bounded.
+        claims.add(50, 10, 1.0);
+        assert_eq!(claims.over(20, 20), 1.0);
+        for i in 0..(MAX_CLAIMS as u64 * 2) {
+            claims.add(1_000 + i, 1_000 + i, 0.0);
+        }
+        assert_eq!(claims.len(), MAX_CLAIMS);
+        assert_eq!(claims.over(10, 50), 0.0, "the one ending first went");
+    }
+
+    #[test]
+    fn run_times_jump_to_a_longer_run_and_sink_slowly_and_lengthen_claims() {
+        let start = |invocation, at_us| PolicyEvent::Start {
+            task: TaskId(2),
+            invocation,
+            at_us,
+            context: Default::default(),
+            reveals_route: None,
+        };
+        let end = |invocation, at_us| PolicyEvent::End {
+            task: TaskId(2),
+            invocation,
+            at_us,
+        };
+        let mut runs = RunTimes::default();
+        assert_eq!(runs.run_us(TaskId(2)), 0, "nothing seen");
+        for event in [start(1, 0), start(2, 10), end(2, 1_010), end(1, 8_000)] {
+            runs.observe(&event);
+        }
+        assert_eq!(runs.run_us(TaskId(2)), 8_000, "the longer run");
+        runs.observe(&start(3, 9_000));
+        runs.observe(&end(3, 9_000));
+        assert_eq!(runs.run_us(TaskId(2)), 7_000, "an eighth towards 0");
+        runs.observe(&end(99, 20_000));
+        assert_eq!(
+            runs.run_us(TaskId(2)),
+            7_000,
+            "an end never started is ignored"
+        );
+        assert_eq!(runs.run_us(TaskId(7)), 0);
+        // The executor lengthens a pre-warm's claim by the run time it saw.
+        let mut executor = Executor::new(Box::new(crate::policy::baselines::OraclePolicy::new(
+            &[(TaskId(2), 50_000, 1_000), (TaskId(2), 5_000_000, 1_000)],
+            &Costs::new(10_000, 64),
+        )));
+        let mut out = Vec::new();
+        let tick = PolicyEvent::Tick { at_us: 3_000_000 };
+        for event in [start(1, 0), end(1, 4_000), tick] {
+            executor.handle(&event, &Costs::new(10_000, 64), &mut out);
+        }
+        let claims: Vec<_> = out
+            .iter()
+            .filter_map(|d| match *d {
+                Decision::Prewarm {
+                    until_us,
+                    claim_until_us,
+                    ..
+                } => Some((until_us, claim_until_us)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            claims,
+            [(51_000, 51_000), (5_001_000, 5_005_000)],
+            "announced before a run was seen, then after one of 4 ms"
+        );
+        assert_eq!(executor.runs.run_us(TaskId(2)), 4_000);
     }
 
     #[test]

@@ -9,14 +9,15 @@
 //! [`Executor::evict_priority`] first when memory is short. A finished instance is released
 //! at once unless the policy keeps it alive. A pre-warm starts at the executor's
 //! `start_at_us` (one lead before its ready time) and claims an idle instance whose claims
-//! leave room for its probability ([`choose_for_prewarm`]) or starts one, if memory allows.
+//! over its interval leave room for its probability ([`choose_for_prewarm`]) or starts one,
+//! if memory allows.
 //! Recorded timestamps are not shifted by the delays the simulation adds: each request's
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
 use baton_core::context::Prev;
 use baton_core::exec::{
-    choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, Candidate, ColdCauses,
-    Decision, Executor, Gone, PREWARM_GRACE_US,
+    choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, Candidate, Claims,
+    ColdCauses, Decision, Executor, Gone, PREWARM_GRACE_US,
 };
 use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
@@ -155,9 +156,8 @@ struct Instance {
     last_idle_since_us: u64,
     prewarm: Option<Option<u64>>,
     used: bool,
-    /// The pre-warms counting on this idle instance (until it next runs): the sum of their
-    /// claim weights.
-    claims: f64,
+    /// The pre-warms counting on this idle instance, each over its interval.
+    claims: Claims<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -173,6 +173,8 @@ enum Event {
         task: TaskId,
         ready_at_us: u64,
         until_us: u64,
+        /// Its claim's interval (see `start_prewarm`).
+        claim_us: (u64, u64),
         plan: Option<u64>,
         /// The probability it will be used, in millionths (events are ordered: no float).
         probability_ppm: u32,
@@ -391,13 +393,15 @@ impl Engine<'_> {
                 task,
                 ready_at_us,
                 until_us,
+                claim_us,
                 plan,
                 probability_ppm,
                 epoch,
             } => {
                 if self.releases.get(&(task, plan)).copied().unwrap_or(0) == epoch {
                     let probability = f64::from(probability_ppm) / 1e6;
-                    self.start_prewarm(task, ready_at_us, until_us, plan, probability);
+                    let window = (ready_at_us, until_us, claim_us);
+                    self.start_prewarm(task, window, plan, probability);
                 }
             }
             Event::Tick => {
@@ -451,7 +455,7 @@ impl Engine<'_> {
                 at_us.saturating_sub(from) as f64 * instance.memory_mib as f64;
         }
         instance.busy = true;
-        instance.claims = 0.0;
+        instance.claims.serve(at_us);
         if instance.prewarm.is_some() && !instance.used {
             self.stats.prewarms_used += 1;
         }
@@ -535,7 +539,7 @@ impl Engine<'_> {
             last_idle_since_us: self.now,
             prewarm,
             used: false,
-            claims: 0.0,
+            claims: Claims::default(),
         });
         self.task_instances(task).push(id);
         id
@@ -553,7 +557,7 @@ impl Engine<'_> {
         }
         self.stats.function_invocations[slot] += 1;
         self.task_instances(task);
-        let candidates = self.candidates(task);
+        let candidates = self.candidates(task, now, now);
         let (instance, delay) = match choose_for_arrival(candidates, now).map(|id| id as u32) {
             Some(id) => {
                 let instance = &self.instances[id as usize];
@@ -629,7 +633,12 @@ impl Engine<'_> {
             instance.busy = false;
             instance.idle_from_us = Some(now);
             instance.last_idle_since_us = now;
-            instance.keep_until_us = now;
+            // Pre-warms still counting on it keep it, whatever the policy says next.
+            instance.claims.forget_ended(now);
+            instance.keep_until_us = instance
+                .claims
+                .latest_until()
+                .map_or(now, |until| until + PREWARM_GRACE_US);
         }
         if self.instances[id as usize].alive {
             self.task_instances(task).push(id);
@@ -681,25 +690,29 @@ impl Engine<'_> {
         self.stats.request_critical_cold[request] = n_cold;
     }
 
+    /// Starts or claims an instance of `task` ready at, kept until (if unused) and claimed
+    /// over the times of `window` (µs). The claim spans the policy's window and the task's
+    /// run time from the ready time the policy asked for, even when the instance can only
+    /// be ready later: an arrival in that interval answers it.
     fn start_prewarm(
         &mut self,
         task: TaskId,
-        ready_at_us: u64,
-        until_us: u64,
+        (ready_at_us, until_us, (claim_from, claim_until)): (u64, u64, (u64, u64)),
         plan: Option<u64>,
         probability: f64,
     ) {
         let now = self.now;
         let until_us = until_us.max(ready_at_us + PREWARM_GRACE_US);
         // An idle instance whose claims leave room for this one serves: extend and claim
-        // it. Claims keep concurrent needs apart: two sure pre-warms of one task get two
-        // instances, two even bets share one.
-        let candidates = self.candidates(task);
+        // it. Claims keep concurrent needs apart: two sure pre-warms of one task for the
+        // same time get two instances, two even bets share one, pre-warms one after another
+        // share one.
+        let candidates = self.candidates(task, claim_from, claim_until);
         let existing =
             choose_for_prewarm(candidates, ready_at_us, now, probability).map(|id| id as u32);
         if let Some(id) = existing {
             let instance = &mut self.instances[id as usize];
-            instance.claims += claim_weight(probability);
+            instance.claims.add(claim_from, claim_until, probability);
             if instance.keep_until_us < until_us {
                 instance.keep_until_us = until_us;
                 self.ensure_expiry(id);
@@ -713,13 +726,19 @@ impl Engine<'_> {
         }
         let id = self.new_instance(task, ready_at_us, Some(plan));
         self.instances[id as usize].keep_until_us = until_us;
-        self.instances[id as usize].claims = claim_weight(probability);
+        // Ready later than asked, its step waits for it and holds it as much longer.
+        let late = ready_at_us.saturating_sub(claim_from);
+        self.instances[id as usize]
+            .claims
+            .add(claim_from, claim_until + late, probability);
         self.stats.prewarms_started += 1;
         self.ensure_expiry(id);
     }
 
-    /// Every live instance of `task` that is not busy, as the executor's rules see it.
-    fn candidates(&mut self, task: TaskId) -> Vec<Candidate<u64>> {
+    /// Every live instance of `task` that is not busy, as the executor's rules see it, with
+    /// the weight of its claims over `from..=until` (an arrival's instant, a pre-warm's
+    /// interval).
+    fn candidates(&mut self, task: TaskId, from: u64, until: u64) -> Vec<Candidate<u64>> {
         self.task_instances(task);
         let instances = &self.instances;
         self.by_task[task.index()]
@@ -731,7 +750,7 @@ impl Engine<'_> {
                     ready_at: i.ready_at_us,
                     keep_until: i.keep_until_us,
                     idle_since: i.last_idle_since_us,
-                    claims: i.claims,
+                    claims: i.claims.over(from, until),
                 }
             })
             .collect()
@@ -745,6 +764,7 @@ impl Engine<'_> {
                 start_at_us,
                 ready_at_us,
                 until_us,
+                claim_until_us,
                 plan,
                 probability,
                 ..
@@ -759,13 +779,15 @@ impl Engine<'_> {
                             task,
                             ready_at_us: ready_at,
                             until_us,
+                            claim_us: (ready_at_us, claim_until_us),
                             plan,
                             probability_ppm: (claim_weight(probability) * 1e6) as u32,
                             epoch,
                         },
                     );
                 } else {
-                    self.start_prewarm(task, ready_at, until_us, plan, probability);
+                    let window = (ready_at, until_us, (ready_at_us, claim_until_us));
+                    self.start_prewarm(task, window, plan, probability);
                 }
             }
             Decision::KeepAlive { task, until_us } => {

@@ -324,15 +324,17 @@ impl Policy for MlpPolicy {
 /// One arrival as the oracle sees it: (task, start µs, duration µs), indexed by invocation id.
 pub type Arrival = (TaskId, u64, u64);
 
-/// The clairvoyant policy. See the module docs. Every arrival gets its own instance, made
-/// ready exactly at its start and released when it ends: no cold start while memory allows,
-/// and the idle memory of one cold-start window per invocation. (Keeping an instance for a
-/// next use closer than a cold start would idle a little less; planning such reuse on the
-/// recorded times breaks as soon as one delay shifts an end, so the oracle does not.)
+/// The clairvoyant policy. See the module docs. Every arrival gets a pre-warm ready exactly
+/// at its start whose window covers its run, released when it ends: no cold start while
+/// memory allows, and at most the idle memory of one cold-start window per invocation. (The
+/// executor lets a pre-warm claim an idle instance whose claimed runs are over by then, as
+/// it does for every policy; the oracle plans no keep-alive of its own: reuse planned on
+/// the recorded times breaks as soon as one delay shifts an end.)
 #[derive(Debug)]
 pub struct OraclePolicy {
-    /// Just-in-time pre-warms still to announce: (ready at, task), earliest first.
-    prewarms: Vec<(u64, TaskId)>,
+    /// Just-in-time pre-warms still to announce: (ready at, run time, task), earliest
+    /// first.
+    prewarms: Vec<(u64, u64, TaskId)>,
     next_prewarm: usize,
     horizon_us: u64,
 }
@@ -340,9 +342,9 @@ pub struct OraclePolicy {
 impl OraclePolicy {
     /// Plans every arrival of `arrivals` with `costs`.
     pub fn new(arrivals: &[Arrival], costs: &Costs) -> OraclePolicy {
-        let mut prewarms: Vec<(u64, TaskId)> = arrivals
+        let mut prewarms: Vec<(u64, u64, TaskId)> = arrivals
             .iter()
-            .map(|&(task, start, _)| (start, task))
+            .map(|&(task, start, duration)| (start, duration, task))
             .collect();
         prewarms.sort();
         let max_cold = arrivals
@@ -359,14 +361,16 @@ impl OraclePolicy {
     }
 
     fn announce(&mut self, now_us: u64, out: &mut Vec<Action>) {
-        while let Some(&(at_us, task)) = self.prewarms.get(self.next_prewarm) {
+        while let Some(&(at_us, run_us, task)) = self.prewarms.get(self.next_prewarm) {
             if at_us > now_us + self.horizon_us {
                 break;
             }
             out.push(Action::PreWarm {
                 task,
                 at_us,
-                until_us: at_us + 1,
+                // Its step holds the instance until it ends: the window covers it, so no
+                // other arrival's pre-warm counts on the instance meanwhile.
+                until_us: at_us + run_us.max(1),
                 plan: None,
                 reservation: None,
                 probability: 1.0,
@@ -523,7 +527,7 @@ mod tests {
                 Action::PreWarm {
                     at_us, until_us, ..
                 } => {
-                    assert_eq!(*until_us, at_us + 1);
+                    assert_eq!(*until_us, at_us + 10, "its window covers its run");
                     *at_us
                 }
                 other => panic!("unexpected {other:?}"),

@@ -13,6 +13,7 @@ use crate::pool::{Lease, WarmPool, Warmth, PREWARM_GRACE};
 use crate::process::WorkerError;
 use crate::services::{ServiceError, Services};
 use crate::wasm::{NestedCall, WasmError};
+use baton_core::exec::Claim;
 use baton_trace::schema::Status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,7 +220,7 @@ impl Instance for ProcessInstance {
     fn finish(self: Box<Self>, keep_until: Instant) -> Option<u32> {
         let ProcessInstance { lease, pool } = *self;
         let name = lease.function().to_owned();
-        pool.give_back(&name, lease.worker, keep_until)
+        pool.give_back(&name, lease.worker, lease.claims, keep_until)
     }
 }
 
@@ -252,7 +253,10 @@ impl Backend for ProcessBackend {
 
     fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool {
         // An idle worker whose claims leave room for this one: keep it for the step instead.
-        if self.pool.claim_idle(&spec.name, job.until, job.probability) {
+        // The claim spans the policy's window and the function's run time, from its ready
+        // time.
+        let claim = Claim::new(job.ready_at, job.claim_until, job.probability);
+        if self.pool.claim_idle(&spec.name, claim, job.until) {
             return true;
         }
         // Due at once, and a step of the function has asked for a worker since the event
@@ -275,7 +279,7 @@ impl Backend for ProcessBackend {
             &name,
             job.until.max(job.ready_at + PREWARM_GRACE),
             job.plan,
-            job.probability,
+            claim,
             job.placement.clone(),
             move || {
                 ensure_services(services.as_deref(), &spec)

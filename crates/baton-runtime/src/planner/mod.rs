@@ -102,6 +102,9 @@ pub struct PrewarmJob {
     pub ready_at: Instant,
     /// Kept until, if unused.
     pub until: Instant,
+    /// Its claim on the instance lasts until then (its window and the function's run
+    /// time: the executor's `claim_until_us`).
+    pub claim_until: Instant,
     /// When it is due to start, µs (the executor's `start_at_us`).
     pub start_at_us: u64,
     /// When the policy wants it ready, µs.
@@ -352,6 +355,7 @@ impl Planner {
                     start_at_us,
                     ready_at_us,
                     until_us,
+                    claim_until_us,
                     plan,
                     reservation,
                     probability,
@@ -372,6 +376,7 @@ impl Planner {
                         function,
                         ready_at: clock.instant_of(ready_at_us),
                         until: clock.instant_of(until_us),
+                        claim_until: clock.instant_of(claim_until_us),
                         start_at_us: start_at_us.max(now),
                         ready_at_us,
                         until_us,

@@ -1,9 +1,9 @@
 //! Idle workers coming and going: given back after a step (settled by the planner),
 //! claimed by a pre-warm, released unused, evicted over the budget, expired.
 
-use super::{lock, Idle, WarmPool};
+use super::{lock, Idle, WarmPool, PREWARM_GRACE};
 use crate::process::Worker;
-use baton_core::exec::{choose_for_prewarm, claim_weight, Gone};
+use baton_core::exec::{choose_for_prewarm, Claim, Claims, Gone};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -36,13 +36,25 @@ impl WarmPool {
         true
     }
 
-    /// Returns a worker to the pool until `keep_until` (the planner settles the real
-    /// deadline with [`WarmPool::settle`]); returns its pid, or `None` when it was dead and
-    /// dropped.
-    pub fn give_back(&self, name: &str, worker: Worker, keep_until: Instant) -> Option<u32> {
+    /// Returns a worker to the pool, with the claims it carried, until `keep_until` (the
+    /// planner settles the real deadline with [`WarmPool::settle`]); returns its pid, or
+    /// `None` when it was dead and dropped.
+    pub fn give_back(
+        &self,
+        name: &str,
+        worker: Worker,
+        claims: Claims<Instant>,
+        keep_until: Instant,
+    ) -> Option<u32> {
         if !worker.is_alive() {
             return None;
         }
+        // Pre-warms still counting on it keep it, whatever the policy says next.
+        let mut claims = claims;
+        claims.forget_ended(Instant::now());
+        let keep_until = claims
+            .latest_until()
+            .map_or(keep_until, |until| keep_until.max(until + PREWARM_GRACE));
         let pid = worker.pid();
         let mut state = lock(&self.state);
         state.idle.entry(name.to_owned()).or_default().push(Idle {
@@ -50,7 +62,7 @@ impl WarmPool {
             until: keep_until,
             since: Instant::now(),
             prewarmed: None,
-            claims: 0.0,
+            claims,
             settling: true,
         });
         drop(state);
@@ -72,7 +84,8 @@ impl WarmPool {
             };
             let entry = &mut list[at];
             entry.settling = false;
-            if entry.claims > 0.0 {
+            entry.claims.forget_ended(Instant::now());
+            if !entry.claims.is_empty() {
                 // A pre-warm counts on it now: its deadline stands.
                 entry.until = entry.until.max(until);
                 None
@@ -115,24 +128,25 @@ impl WarmPool {
         released.len()
     }
 
-    /// Claims an idle worker of `name` for a pre-warm of `probability` due now, by the
-    /// executor's rule (one whose claims leave room for it: two sure pre-warms get two
-    /// workers, two even bets share one), and keeps it until at least `until`; returns
-    /// whether there was one. Then no new process is needed.
-    pub fn claim_idle(&self, name: &str, until: Instant, probability: f64) -> bool {
+    /// Claims an idle worker of `name` for a pre-warm due now, by the executor's rule (one
+    /// whose claims over the pre-warm's interval leave room for it: two sure pre-warms for
+    /// one time get two workers, two even bets share one, pre-warms one after another
+    /// share one), and keeps it until at least `until`; returns whether there was one.
+    /// Then no new process is needed.
+    pub fn claim_idle(&self, name: &str, claim: Claim<Instant>, until: Instant) -> bool {
         let mut state = lock(&self.state);
         let Some(list) = state.idle.get_mut(name) else {
             return false;
         };
         let now = Instant::now();
-        let candidates = list.iter().map(Idle::candidate);
-        let Some(pid) = choose_for_prewarm(candidates, now, now, probability) else {
+        let candidates = list.iter().map(|i| i.candidate(claim.from, claim.until));
+        let Some(pid) = choose_for_prewarm(candidates, claim.from, now, claim.weight) else {
             return false;
         };
         let Some(idle) = list.iter_mut().find(|i| u64::from(i.worker.pid()) == pid) else {
             return false;
         };
-        idle.claims += claim_weight(probability);
+        idle.claims.push(claim);
         idle.until = idle.until.max(until);
         true
     }

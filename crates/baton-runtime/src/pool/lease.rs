@@ -4,6 +4,7 @@
 
 use super::{lock, WarmPool};
 use crate::process::Worker;
+use baton_core::exec::Claims;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ pub struct Lease {
     pub plan: Option<u64>,
     /// Whether the request waited for a pre-warm still starting (it came late).
     pub waited_for_prewarm: bool,
+    /// The claims of later pre-warms on this worker, given back with it.
+    pub claims: Claims<Instant>,
     /// Counts the worker as busy until the lease is gone.
     pub(super) _busy: BusySlot,
 }

@@ -28,7 +28,7 @@ mod lease;
 mod templates;
 
 use baton_core::exec::{
-    choose_for_arrival, claim_weight, cold_cause, Candidate, Gone, FULL_CLAIMS,
+    choose_for_arrival, cold_cause, Candidate, Claim, Claims, Gone, FULL_CLAIMS,
 };
 use lease::BusySlot;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
@@ -48,24 +48,27 @@ struct Idle {
     since: Instant,
     /// The plan that pre-warmed it, while unused.
     prewarmed: Option<Option<u64>>,
-    /// The pre-warms counting on it (until it next runs): the sum of their claim weights.
-    claims: f64,
+    /// The pre-warms counting on it, each over its interval (kept while it runs: see
+    /// [`Lease`]).
+    claims: Claims<Instant>,
     /// Given back, its keep-alive not settled by the planner yet: requests may take it,
     /// pre-warms may not claim it (to the executor it is still finishing).
     settling: bool,
 }
 
 impl Idle {
-    fn candidate(&self) -> Candidate<Instant> {
+    /// As the executor's rules see it, with the weight of its claims over `from..=until`
+    /// (an arrival's instant, a pre-warm's interval).
+    fn candidate(&self, from: Instant, until: Instant) -> Candidate<Instant> {
         Candidate {
             id: u64::from(self.worker.pid()),
             ready_at: self.since,
             keep_until: self.until,
             idle_since: self.since,
             claims: if self.settling {
-                self.claims.max(FULL_CLAIMS)
+                FULL_CLAIMS.max(self.claims.over(from, until))
             } else {
-                self.claims
+                self.claims.over(from, until)
             },
         }
     }
@@ -352,11 +355,15 @@ impl WarmPool {
         loop {
             if let Some(list) = state.idle.get_mut(name) {
                 // The executor's rule, as in the simulator: the one due to expire first.
-                let chosen = choose_for_arrival(list.iter().map(Idle::candidate), Instant::now());
+                let now = Instant::now();
+                let chosen = choose_for_arrival(list.iter().map(|i| i.candidate(now, now)), now);
                 let position = chosen
                     .and_then(|pid| list.iter().position(|i| u64::from(i.worker.pid()) == pid));
                 if let Some(position) = position {
-                    let idle = list.remove(position);
+                    let mut idle = list.remove(position);
+                    // The claim this step answers is settled; the others stay with the
+                    // worker and come back with it.
+                    idle.claims.serve(now);
                     let warmth = if idle.prewarmed.is_some() {
                         self.counters.prewarms_used.fetch_add(1, Ordering::Relaxed);
                         Warmth::Prewarmed
@@ -373,6 +380,7 @@ impl WarmPool {
                         // A pre-warmed worker it had to wait for came late, whether the
                         // wait was for it or for a start slot the pre-warms held.
                         waited_for_prewarm: waited && idle.prewarmed.is_some(),
+                        claims: idle.claims,
                         _busy: busy(),
                     });
                 }
@@ -453,19 +461,22 @@ impl WarmPool {
             wait_us: asked.elapsed().as_micros() as u64,
             plan: None,
             waited_for_prewarm: waited && !capped,
+            claims: Claims::default(),
             _busy: busy(),
         })
     }
 
     /// Starts a worker for `name` for `plan` on `placement` in the background, after
     /// `before` (which starts the services it needs) succeeds; kept until `until` if
-    /// unused. A request for `name` meanwhile waits for it rather than starting another.
+    /// unused, with the pre-warm's `claim` on it. A request for `name` meanwhile waits for
+    /// it rather than starting another.
+    #[allow(clippy::too_many_arguments)]
     pub fn prewarm_with(
         self: &Arc<Self>,
         name: &str,
         until: Instant,
         plan: Option<u64>,
-        probability: f64,
+        claim: Claim<Instant>,
         placement: Placement,
         before: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) {
@@ -516,7 +527,18 @@ impl WarmPool {
                             until: until.max(Instant::now() + PREWARM_GRACE),
                             since: Instant::now(),
                             prewarmed: Some(plan),
-                            claims: claim_weight(probability),
+                            claims: {
+                                // Ready later than asked, its step waits for it and holds
+                                // it as much longer (as the simulator counts it).
+                                let now = Instant::now();
+                                let late = now.saturating_duration_since(claim.from);
+                                let mut claims = Claims::default();
+                                claims.push(Claim {
+                                    until: claim.until + late,
+                                    ..claim
+                                });
+                                claims
+                            },
                             settling: false,
                         });
                     }

@@ -33,6 +33,7 @@ fn a_burst_beyond_the_instance_cap_waits_and_is_served_by_the_capped_workers() {
                 pool.give_back(
                     "capped",
                     lease.worker,
+                    lease.claims,
                     Instant::now() + Duration::from_secs(30),
                 );
                 answer

@@ -293,8 +293,12 @@ fn the_pool_says_why_each_cold_start_was_cold() {
         let (first, second) = (first, second);
         (first.worker, second.worker)
     };
-    let one = pool.give_back("why", one, later).unwrap();
-    let two = pool.give_back("why", two, later).unwrap();
+    let one = pool
+        .give_back("why", one, Default::default(), later)
+        .unwrap();
+    let two = pool
+        .give_back("why", two, Default::default(), later)
+        .unwrap();
     // One released at the end of its keep-alive, then the other evicted: the next start
     // is cold for the eviction.
     pool.settle("why", two, Instant::now());
@@ -304,10 +308,72 @@ fn the_pool_says_why_each_cold_start_was_cold() {
         third.worker
     };
     assert_eq!(causes(&pool), [1, 1, 1, 0]);
-    let three = pool.give_back("why", three, later).unwrap();
+    let three = pool
+        .give_back("why", three, Default::default(), later)
+        .unwrap();
     // Released at the end of its keep-alive: the next start is cold for that.
     pool.settle("why", three, Instant::now());
     let _fourth = pool.take("why").unwrap();
     assert_eq!(causes(&pool), [1, 1, 1, 1]);
     assert_eq!(pool.counters.cold_starts.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn a_workers_claims_in_time_share_it_travel_with_its_lease_and_keep_it() {
+    use baton_core::exec::Claim;
+    use baton_runtime::pool::{WarmPool, Warmth};
+    use std::time::{Duration, Instant};
+    let pool = WarmPool::new(vec![spec("claims", 256, 10_000, "upper.py")], isolation());
+    let s = Duration::from_secs;
+    let first = pool.take("claims").unwrap();
+    let pid = pool
+        .give_back(
+            "claims",
+            first.worker,
+            first.claims,
+            Instant::now() + s(600),
+        )
+        .unwrap();
+    pool.settle("claims", pid, Instant::now() + s(600));
+    let now = Instant::now();
+    // Two sure pre-warms for steps one after another share the idle worker; a third for
+    // the first one's time needs a worker of its own.
+    assert!(pool.claim_idle(
+        "claims",
+        Claim::new(now + s(20), now + s(30), 1.0),
+        now + s(30)
+    ));
+    assert!(pool.claim_idle(
+        "claims",
+        Claim::new(now + s(40), now + s(50), 1.0),
+        now + s(50)
+    ));
+    assert!(!pool.claim_idle(
+        "claims",
+        Claim::new(now + s(25), now + s(26), 1.0),
+        now + s(26)
+    ));
+    // A step now answers neither: both claims go with its lease and come back with the
+    // worker, which stays past a keep-alive of zero, until the last claim ends.
+    let second = pool.take("claims").unwrap();
+    assert_eq!(second.worker.pid(), pid);
+    assert_eq!(second.warmth, Warmth::Warm);
+    assert_eq!(second.claims.len(), 2);
+    let pid = pool
+        .give_back("claims", second.worker, second.claims, Instant::now())
+        .unwrap();
+    pool.settle("claims", pid, Instant::now());
+    let kept = pool.idle();
+    let kept = kept
+        .iter()
+        .find(|i| i.pid == pid)
+        .expect("kept for its claims");
+    assert!(kept.until >= now + s(50), "until the last claim ends");
+    // Without claims, the same keep-alive of zero lets it go.
+    let third = pool.take("claims").unwrap();
+    let pid = pool
+        .give_back("claims", third.worker, Default::default(), Instant::now())
+        .unwrap();
+    pool.settle("claims", pid, Instant::now());
+    assert!(pool.idle().iter().all(|i| i.pid != pid), "released");
 }
