@@ -367,6 +367,12 @@ pub struct Claims<T> {
     list: Vec<Claim<T>>,
 }
 
+impl<T> From<Claim<T>> for Claims<T> {
+    fn from(claim: Claim<T>) -> Self {
+        Claims { list: vec![claim] }
+    }
+}
+
 impl<T> Default for Claims<T> {
     fn default() -> Self {
         Claims { list: Vec::new() }
@@ -435,6 +441,18 @@ impl<T: Ord + Copy> Claims<T> {
     /// grace), whatever its keep-alive says.
     pub fn latest_until(&self) -> Option<T> {
         self.list.iter().map(|c| c.until).max()
+    }
+
+    /// Until when an instance that just finished a step is held for the claims still
+    /// standing at `now` (the latest one's end plus `grace`); `None`: none stands. Drops
+    /// the ended ones. The hosts' one rule for it (µs in the simulator, `Instant` in the
+    /// runtime).
+    pub fn hold_until<D>(&mut self, now: T, grace: D) -> Option<T>
+    where
+        T: std::ops::Add<D, Output = T>,
+    {
+        self.forget_ended(now);
+        self.latest_until().map(|until| until + grace)
     }
 
     /// Whether no claim stands.
@@ -626,6 +644,7 @@ mod tests {
         claims.serve(350);
         assert_eq!(claims.over(0, 1_000), 1.0, "the 300–400 claim was answered");
         assert_eq!(claims.latest_until(), Some(700), "kept for the latest");
+        assert_eq!(claims.clone().hold_until(650, 5), Some(705));
         // Ended claims go.
         claims.forget_ended(701);
         assert!(claims.is_empty());

@@ -634,11 +634,10 @@ impl Engine<'_> {
             instance.idle_from_us = Some(now);
             instance.last_idle_since_us = now;
             // Pre-warms still counting on it keep it, whatever the policy says next.
-            instance.claims.forget_ended(now);
             instance.keep_until_us = instance
                 .claims
-                .latest_until()
-                .map_or(now, |until| until + PREWARM_GRACE_US);
+                .hold_until(now, PREWARM_GRACE_US)
+                .unwrap_or(now);
         }
         if self.instances[id as usize].alive {
             self.task_instances(task).push(id);

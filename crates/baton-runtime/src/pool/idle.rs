@@ -51,10 +51,9 @@ impl WarmPool {
         }
         // Pre-warms still counting on it keep it, whatever the policy says next.
         let mut claims = claims;
-        claims.forget_ended(Instant::now());
         let keep_until = claims
-            .latest_until()
-            .map_or(keep_until, |until| keep_until.max(until + PREWARM_GRACE));
+            .hold_until(Instant::now(), PREWARM_GRACE)
+            .map_or(keep_until, |until| keep_until.max(until));
         let pid = worker.pid();
         let mut state = lock(&self.state);
         state.idle.entry(name.to_owned()).or_default().push(Idle {

@@ -527,18 +527,13 @@ impl WarmPool {
                             until: until.max(Instant::now() + PREWARM_GRACE),
                             since: Instant::now(),
                             prewarmed: Some(plan),
-                            claims: {
-                                // Ready later than asked, its step waits for it and holds
-                                // it as much longer (as the simulator counts it).
-                                let now = Instant::now();
-                                let late = now.saturating_duration_since(claim.from);
-                                let mut claims = Claims::default();
-                                claims.push(Claim {
-                                    until: claim.until + late,
-                                    ..claim
-                                });
-                                claims
-                            },
+                            // Ready later than asked, its step waits for it and holds it
+                            // as much longer (as the simulator counts it).
+                            claims: Claims::from(Claim {
+                                until: claim.until
+                                    + Instant::now().saturating_duration_since(claim.from),
+                                ..claim
+                            }),
                             settling: false,
                         });
                     }
