@@ -90,6 +90,43 @@ pub fn arrivals(requests: &[Request]) -> Vec<Arrival> {
     out
 }
 
+/// Pre-warmed instances started, and used at least once, by what asked for them: a
+/// route's task set (`chain`, when the route becomes known), a plan from the running task
+/// (a predicted path, or a baseline's next task), or no plan (a re-warm from a task's
+/// idle-time or rhythm model).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrewarmSources {
+    /// Started for a route's task set.
+    pub route_started: u64,
+    /// Of those, used.
+    pub route_used: u64,
+    /// Started for a plan from the running task.
+    pub path_started: u64,
+    /// Of those, used.
+    pub path_used: u64,
+    /// Started for a re-warm (no plan).
+    pub rewarm_started: u64,
+    /// Of those, used.
+    pub rewarm_used: u64,
+}
+
+impl PrewarmSources {
+    fn count(&mut self, plan: Option<u64>, used: bool) {
+        let (started, used_count) = match plan {
+            Some(id) if baton_core::policy::is_route_plan(id) => {
+                (&mut self.route_started, &mut self.route_used)
+            }
+            Some(_) => (&mut self.path_started, &mut self.path_used),
+            None => (&mut self.rewarm_started, &mut self.rewarm_used),
+        };
+        if used {
+            *used_count += 1;
+        } else {
+            *started += 1;
+        }
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunStats {
@@ -111,6 +148,8 @@ pub struct RunStats {
     pub prewarms_failed: u64,
     /// Pre-warmed instances used at least once before release.
     pub prewarms_used: u64,
+    /// The pre-warmed instances started and used, by what asked for them.
+    pub prewarm_sources: PrewarmSources,
     /// Idle instances evicted to make room.
     pub evictions: u64,
     /// Cold starts admitted beyond node memory (nothing idle left to evict).
@@ -456,8 +495,9 @@ impl Engine<'_> {
         }
         instance.busy = true;
         instance.claims.serve(at_us);
-        if instance.prewarm.is_some() && !instance.used {
+        if let (Some(plan), false) = (instance.prewarm, instance.used) {
             self.stats.prewarms_used += 1;
+            self.stats.prewarm_sources.count(plan, true);
         }
         instance.used = true;
     }
@@ -731,6 +771,7 @@ impl Engine<'_> {
             .claims
             .add(claim_from, claim_until + late, probability);
         self.stats.prewarms_started += 1;
+        self.stats.prewarm_sources.count(plan, false);
         self.ensure_expiry(id);
     }
 

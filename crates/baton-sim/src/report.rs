@@ -46,12 +46,12 @@ pub fn markdown(results: &[PolicyResult]) -> String {
 /// The results as CSV.
 pub fn csv(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired\n",
+        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired,prewarms_route_started,prewarms_route_used,prewarms_path_started,prewarms_path_used,prewarms_rewarm_started,prewarms_rewarm_used\n",
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.policy,
             r.knob,
             r.memory_mib,
@@ -75,6 +75,12 @@ pub fn csv(results: &[PolicyResult]) -> String {
             r.stats.cold_causes.concurrent,
             r.stats.cold_causes.evicted,
             r.stats.cold_causes.expired,
+            r.stats.prewarm_sources.route_started,
+            r.stats.prewarm_sources.route_used,
+            r.stats.prewarm_sources.path_started,
+            r.stats.prewarm_sources.path_used,
+            r.stats.prewarm_sources.rewarm_started,
+            r.stats.prewarm_sources.rewarm_used,
         );
     }
     out

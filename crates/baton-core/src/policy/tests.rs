@@ -323,12 +323,9 @@ fn a_timer_learned_from_a_trace_is_prewarmed_before_its_first_call_is_seen() {
     );
 }
 
-#[test]
-fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() {
-    // Every 30 min, a burst of three calls at once; nothing learned before.
-    let mut tdg = crate::test_support::tdg();
-    let job = tdg.intern_task("job");
-    let mut policy = chain_on(&mut tdg);
+/// Every 30 min (the odd ones 20 s late), a burst of three calls of `job` at once, each
+/// running 5 s, through `policy`; the actions of the last burst.
+fn bursts_every_half_hour(policy: &mut ChainPolicy, job: TaskId) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut invocation = 0;
     for k in 0..4u64 {
@@ -354,6 +351,17 @@ fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() 
             policy.on_event(&end, &FixedCold(50_000), &mut actions);
         }
     }
+    actions
+}
+
+#[test]
+fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() {
+    // Nothing learned before; the rhythm's window (±90 s, for a 75 % bet) is shorter than
+    // the 10 min keep-alive.
+    let mut tdg = crate::test_support::tdg();
+    let job = tdg.intern_task("job");
+    let mut policy = chain_on(&mut tdg);
+    let actions = bursts_every_half_hour(&mut policy, job);
     let last_end = 3 * 30 * MINUTE + 20_000_000 + 5_000_002;
     let asked = prewarms(&actions, job);
     assert_eq!(
@@ -374,6 +382,24 @@ fn a_live_rhythm_lets_the_instance_go_and_rewarms_as_many_as_the_burst_needed() 
         Some(last_end + crate::arrival::EPISODE_GAP_US),
         "kept only while the burst may go on, not 10 min: {actions:?}"
     );
+}
+
+#[test]
+fn a_rhythm_window_wider_than_the_keep_alive_warrants_gets_one_instance() {
+    // The same bursts where a finished instance is kept 1 min: holding three instances
+    // through a 3 min window for a 75 % bet costs more per expected use than the keep-alive
+    // would; one is re-warmed, the burst's others start when it comes.
+    let mut tdg = crate::test_support::tdg();
+    let job = tdg.intern_task("job");
+    let mut policy = chain_on(&mut tdg);
+    policy.config.keep_alive_us = MINUTE;
+    policy.config.entry_keep_alive_us = MINUTE;
+    let actions = bursts_every_half_hour(&mut policy, job);
+    let asked = prewarms(&actions, job);
+    assert_eq!(asked.len(), 1, "one instance: {actions:?}");
+    let next = 4 * 30 * MINUTE;
+    let (ready, until) = asked[0];
+    assert!(ready <= next && next + 20_000_000 <= until, "{asked:?}");
 }
 
 #[test]
