@@ -354,7 +354,8 @@ impl WarmPool {
         }
         loop {
             if let Some(list) = state.idle.get_mut(name) {
-                // The executor's rule, as in the simulator: the one due to expire first.
+                // The executor's rule, as in the simulator: a claimed one, else the one idle
+                // the shortest time.
                 let now = Instant::now();
                 let chosen = choose_for_arrival(list.iter().map(|i| i.candidate(now, now)), now);
                 let position = chosen
