@@ -92,8 +92,8 @@ pub fn arrivals(requests: &[Request]) -> Vec<Arrival> {
 
 /// Pre-warmed instances started, and used at least once, by what asked for them: a
 /// route's task set (`chain`, when the route becomes known), a plan from the running task
-/// (a predicted path, or a baseline's next task), or no plan (a re-warm from a task's
-/// idle-time or rhythm model).
+/// (`chain`'s predicted path), or no plan (`chain`'s re-warms from a task's idle-time or
+/// rhythm model, and every baseline's pre-warms).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrewarmSources {
     /// Started for a route's task set.
@@ -104,10 +104,10 @@ pub struct PrewarmSources {
     pub path_started: u64,
     /// Of those, used.
     pub path_used: u64,
-    /// Started for a re-warm (no plan).
-    pub rewarm_started: u64,
+    /// Started for no plan.
+    pub unplanned_started: u64,
     /// Of those, used.
-    pub rewarm_used: u64,
+    pub unplanned_used: u64,
 }
 
 impl PrewarmSources {
@@ -117,7 +117,7 @@ impl PrewarmSources {
                 (&mut self.route_started, &mut self.route_used)
             }
             Some(_) => (&mut self.path_started, &mut self.path_used),
-            None => (&mut self.rewarm_started, &mut self.rewarm_used),
+            None => (&mut self.unplanned_started, &mut self.unplanned_used),
         };
         if used {
             *used_count += 1;

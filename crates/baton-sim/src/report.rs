@@ -46,7 +46,7 @@ pub fn markdown(results: &[PolicyResult]) -> String {
 /// The results as CSV.
 pub fn csv(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired,prewarms_route_started,prewarms_route_used,prewarms_path_started,prewarms_path_used,prewarms_rewarm_started,prewarms_rewarm_used\n",
+        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired,prewarms_route_started,prewarms_route_used,prewarms_path_started,prewarms_path_used,prewarms_unplanned_started,prewarms_unplanned_used\n",
     );
     for r in results {
         let _ = writeln!(
@@ -79,8 +79,8 @@ pub fn csv(results: &[PolicyResult]) -> String {
             r.stats.prewarm_sources.route_used,
             r.stats.prewarm_sources.path_started,
             r.stats.prewarm_sources.path_used,
-            r.stats.prewarm_sources.rewarm_started,
-            r.stats.prewarm_sources.rewarm_used,
+            r.stats.prewarm_sources.unplanned_started,
+            r.stats.prewarm_sources.unplanned_used,
         );
     }
     out

@@ -394,9 +394,9 @@ proptest! {
             prop_assert!(result.stats.cold_starts <= result.stats.invocations);
             prop_assert_eq!(result.stats.cold_causes.total(), result.stats.cold_starts, "{}", result.policy);
             let sources = result.stats.prewarm_sources;
-            prop_assert_eq!(sources.route_started + sources.path_started + sources.rewarm_started, result.stats.prewarms_started, "{}", result.policy);
-            prop_assert_eq!(sources.route_used + sources.path_used + sources.rewarm_used, result.stats.prewarms_used, "{}", result.policy);
-            prop_assert!(sources.route_used <= sources.route_started && sources.path_used <= sources.path_started && sources.rewarm_used <= sources.rewarm_started, "{}", result.policy);
+            prop_assert_eq!(sources.route_started + sources.path_started + sources.unplanned_started, result.stats.prewarms_started, "{}", result.policy);
+            prop_assert_eq!(sources.route_used + sources.path_used + sources.unplanned_used, result.stats.prewarms_used, "{}", result.policy);
+            prop_assert!(sources.route_used <= sources.route_started && sources.path_used <= sources.path_started && sources.unplanned_used <= sources.unplanned_started, "{}", result.policy);
         }
         let again: Vec<PolicyResult> = policy_names().iter().map(|p| run(&sim, p, 1.0, memory)).collect();
         prop_assert_eq!(table(&first), table(&again));
