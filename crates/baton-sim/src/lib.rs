@@ -4,12 +4,13 @@
 //!
 //! [`Simulation`] holds one workload (a graph learned on the training window, the test
 //! requests, per-function costs); [`Simulation::run`] replays it under one policy, knob and
-//! node size and returns a [`PolicyResult`]. [`report`] renders results as markdown, CSV,
-//! JSON and a Pareto SVG.
+//! node size and returns a [`PolicyResult`] ([`engine`] replays, [`stats`] holds what a run
+//! measured). [`report`] renders results as markdown, CSV, JSON and a Pareto SVG.
 #![deny(missing_docs)]
 
 pub mod engine;
 pub mod report;
+pub mod stats;
 
 use baton_core::policy::baselines::Arrival as OracleArrival;
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec, SpecError};
