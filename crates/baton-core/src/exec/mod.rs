@@ -26,11 +26,12 @@
 //!   whose keep time (at least [`PREWARM_GRACE_US`] past ready) is over, and drop its
 //!   pre-warms not started yet.
 
+pub mod claims;
+
 use crate::costs::Costs;
 use crate::ids::TaskId;
 use crate::policy::{Action, IdleInstance, Policy, PolicyEvent};
 use serde::{Deserialize, Serialize};
-pub mod claims;
 
 pub use claims::{
     claim_weight, Claim, Claims, RunTimes, FULL_CLAIMS, MAX_CLAIMS, MAX_TIMED_RUNS, MIN_CLAIM,
