@@ -10,7 +10,9 @@
 //! at once unless the policy keeps it alive. A pre-warm starts at the executor's
 //! `start_at_us` (one lead before its ready time) and claims an idle instance whose claims
 //! over its interval leave room for its probability ([`choose_for_prewarm`]) or starts one,
-//! if memory allows.
+//! if memory allows or idle instances the policy values below the pre-warm's bet (its
+//! `evict_priority` of an `IdleInstance` with a `bet`) can make way; never for a less
+//! likely need.
 //! Recorded timestamps are not shifted by the delays the simulation adds: each request's
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
@@ -433,7 +435,16 @@ impl Engine<'_> {
     }
 
     /// Frees memory for `needed_mib` by evicting idle instances, lowest priority first.
+    /// Evicts idle instances, lowest [`Executor::evict_priority`] first, until `needed_mib`
+    /// is free; whether it is.
     fn make_room(&mut self, needed_mib: u64) -> bool {
+        self.evict_below(needed_mib, None)
+    }
+
+    /// Evicts for `needed_mib`, lowest priority first: any idle instance (`None`), or for a
+    /// pre-warm of priority `worth` only unclaimed ones below it, and then only when they
+    /// free enough (a bet displaces nothing it cannot fit in). Whether `needed_mib` is free.
+    fn evict_below(&mut self, needed_mib: u64, worth: Option<f64>) -> bool {
         if self.free_mib >= needed_mib as i64 {
             return true;
         }
@@ -444,17 +455,29 @@ impl Engine<'_> {
             .flatten()
             .map(|&id| (id, &self.instances[id as usize]))
             .filter(|(_, i)| !i.busy && i.ready_at_us <= self.now)
+            .filter(|(_, i)| worth.is_none() || i.claims.is_empty())
             .map(|(id, i)| {
                 let instance = IdleInstance {
                     task: i.task,
                     idle_since_us: i.last_idle_since_us,
                     memory_mib: i.memory_mib,
                     cold_start_us: self.costs.cold_start_us(i.task),
+                    bet: None,
                 };
                 let priority = self.policy.evict_priority(&instance, self.now);
                 (priority, id)
             })
+            .filter(|&(priority, _)| worth.is_none_or(|worth| priority < worth))
             .collect();
+        if worth.is_some() {
+            let freeable: i64 = idle
+                .iter()
+                .map(|&(_, id)| self.instances[id as usize].memory_mib as i64)
+                .sum();
+            if self.free_mib + freeable < needed_mib as i64 {
+                return false;
+            }
+        }
         idle.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         for (_, id) in idle {
             if self.free_mib >= needed_mib as i64 {
@@ -671,7 +694,17 @@ impl Engine<'_> {
             self.stats.prewarms_extended += 1;
             return;
         }
-        if self.free_mib < self.costs.memory_mib(task) as i64 {
+        // No room: idle instances the policy values below this bet make way for it.
+        let memory_mib = self.costs.memory_mib(task);
+        let bet = IdleInstance {
+            task,
+            idle_since_us: now,
+            memory_mib,
+            cold_start_us: self.costs.cold_start_us(task),
+            bet: Some((claim_weight(probability), claim_until)),
+        };
+        let worth = self.policy.evict_priority(&bet, now);
+        if !self.evict_below(memory_mib, Some(worth)) {
             self.stats.prewarms_failed += 1;
             return;
         }

@@ -249,6 +249,9 @@ impl Policy for GreedyDualPolicy {
     }
 
     fn evict_priority(&self, instance: &IdleInstance, _now_us: u64) -> f64 {
+        if instance.bet.is_some() {
+            return f64::NEG_INFINITY;
+        }
         self.priority
             .get(instance.task.index())
             .copied()
@@ -483,6 +486,7 @@ mod tests {
                 idle_since_us: 0,
                 memory_mib: 1,
                 cold_start_us: 1,
+                bet: None,
             };
             policy.evict_priority(&instance, 0)
         };

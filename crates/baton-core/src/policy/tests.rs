@@ -482,6 +482,7 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
             idle_since_us,
             memory_mib,
             cold_start_us,
+            bet: None,
         };
         policy.evict_priority(&instance, now)
     };
@@ -510,4 +511,47 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
         p(a, u64::MAX, 128, 50_000).is_finite(),
         "idle since the future"
     );
+    // A pre-warm asking for room, held until its claim ends 500 ms from now, against an
+    // instance of the same task idle 10 s: a sure bet displaces it, a 1 % one does not.
+    let bet = |probability: f64| {
+        let instance = IdleInstance {
+            task: a,
+            idle_since_us: now,
+            memory_mib: 128,
+            cold_start_us: 50_000,
+            bet: Some((probability, now + 500_000)),
+        };
+        policy.evict_priority(&instance, now)
+    };
+    let idle_10s = p(a, since, 128, 50_000);
+    assert!(
+        bet(1.0) > idle_10s,
+        "a sure bet outranks an instance idle 10 s"
+    );
+    assert!(bet(0.01) < idle_10s, "a 1 % bet does not");
+    assert!(bet(0.5) < bet(1.0));
+    let ending = IdleInstance {
+        task: a,
+        idle_since_us: now,
+        memory_mib: 128,
+        cold_start_us: 50_000,
+        bet: Some((1.0, now)),
+    };
+    assert!(
+        policy.evict_priority(&ending, now).is_finite(),
+        "claim ending now"
+    );
+}
+
+#[test]
+fn a_baselines_prewarm_evicts_nothing() {
+    let bet = IdleInstance {
+        task: TaskId(0),
+        idle_since_us: 5,
+        memory_mib: 128,
+        cold_start_us: 50_000,
+        bet: Some((1.0, 10)),
+    };
+    let policy = crate::policy::baselines::TtlPolicy::new(1_000);
+    assert_eq!(policy.evict_priority(&bet, 5), f64::NEG_INFINITY);
 }

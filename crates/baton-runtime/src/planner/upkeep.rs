@@ -88,6 +88,7 @@ impl Planner {
                     idle_since_us: self.node.clock.us_of(i.since),
                     memory_mib: i.memory_mib,
                     cold_start_us: self.node.cold_estimate_us(&i.function),
+                    bet: None,
                 };
                 (self.executor.evict_priority(&instance, at_us), at)
             })
