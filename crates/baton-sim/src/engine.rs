@@ -457,12 +457,20 @@ impl Engine<'_> {
             .filter(|(_, i)| !i.busy && i.ready_at_us <= self.now)
             .filter(|(_, i)| worth.is_none() || i.claims.is_empty())
             .map(|(id, i)| {
+                // An unused pre-warm is weighed as the bet it stands for (as the runtime's
+                // budget enforcement weighs one).
+                let bet = (i.prewarm.is_some() && !i.used).then(|| {
+                    (
+                        i.claims.from_on(self.now),
+                        i.claims.latest_until().unwrap_or(self.now),
+                    )
+                });
                 let instance = IdleInstance {
                     task: i.task,
                     idle_since_us: i.last_idle_since_us,
                     memory_mib: i.memory_mib,
                     cold_start_us: self.costs.cold_start_us(i.task),
-                    bet: None,
+                    bet,
                 };
                 let priority = self.policy.evict_priority(&instance, self.now);
                 (priority, id)
@@ -703,7 +711,7 @@ impl Engine<'_> {
             cold_start_us: self.costs.cold_start_us(task),
             bet: Some((claim_weight(probability), claim_until)),
         };
-        let worth = self.policy.evict_priority(&bet, now);
+        let worth = self.policy.bet_priority(&bet, now);
         if !self.evict_below(memory_mib, Some(worth)) {
             self.stats.prewarms_failed += 1;
             return;

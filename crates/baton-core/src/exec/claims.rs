@@ -181,6 +181,16 @@ impl<T: Ord + Copy> Claims<T> {
         self.list.retain(|c| c.until >= now);
     }
 
+    /// The weight of the claims whose interval ends at `at` or later: what still counts
+    /// on the instance from `at` on.
+    pub fn from_on(&self, at: T) -> f64 {
+        self.list
+            .iter()
+            .filter(|c| c.until >= at)
+            .map(|c| c.weight)
+            .sum()
+    }
+
     /// The end of the latest claim's interval: a host keeps the instance until then (and a
     /// grace), whatever its keep-alive says.
     pub fn latest_until(&self) -> Option<T> {

@@ -258,6 +258,11 @@ impl Executor {
     pub fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
         self.policy.evict_priority(instance, now_us)
     }
+
+    /// The policy's priority of a pre-warm asking for room ([`Policy::bet_priority`]).
+    pub fn bet_priority(&self, bet: &IdleInstance, now_us: u64) -> f64 {
+        self.policy.bet_priority(bet, now_us)
+    }
 }
 
 /// When `event` happened, µs.

@@ -249,9 +249,6 @@ impl Policy for GreedyDualPolicy {
     }
 
     fn evict_priority(&self, instance: &IdleInstance, _now_us: u64) -> f64 {
-        if instance.bet.is_some() {
-            return f64::NEG_INFINITY;
-        }
         self.priority
             .get(instance.task.index())
             .copied()

@@ -117,9 +117,9 @@ pub struct IdleInstance {
     pub memory_mib: u64,
     /// What starting another instance of its task costs, µs.
     pub cold_start_us: u64,
-    /// `Some`: not an instance but a pre-warm asking for room, with its probability of use
-    /// and when its claim ends, µs: the host evicts for it only idle instances of lower
-    /// priority than this one (a pre-warm never displaces a likelier need).
+    /// `Some` for a bet rather than a kept instance: a pre-warm asking for room
+    /// ([`Policy::bet_priority`]), or a pre-warmed instance no step has used yet, with its
+    /// probability of use (the weight of its claims) and when its claim ends, µs.
     pub bet: Option<(f64, u64)>,
 }
 
@@ -133,14 +133,17 @@ pub trait Policy: Send {
     fn on_event(&mut self, event: &PolicyEvent, host: &dyn ColdStarts, out: &mut Vec<Action>);
     /// When memory runs short at `now_us`, idle instances are evicted lowest priority
     /// first. The default is least recently used (the time the instance went idle).
-    /// A pre-warm asking for room ([`IdleInstance::bet`]) gets the lowest priority by
-    /// default: it evicts nothing (the baselines' pre-warms take only free memory).
     fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
         let _ = now_us;
-        if instance.bet.is_some() {
-            return f64::NEG_INFINITY;
-        }
         instance.idle_since_us as f64
+    }
+    /// The priority, on [`Policy::evict_priority`]'s scale, of a pre-warm of `bet.task`
+    /// asking at `now_us` for room it does not find free (`bet.bet` holds its probability
+    /// and the end of its claim): the host evicts for it only idle instances below it. The
+    /// default evicts nothing (the baselines' pre-warms take only free memory).
+    fn bet_priority(&self, bet: &IdleInstance, now_us: u64) -> f64 {
+        let _ = (bet, now_us);
+        f64::NEG_INFINITY
     }
 }
 
@@ -589,11 +592,15 @@ impl Policy for ChainPolicy {
     /// age). Under pressure a big instance goes before several small ones idle as long, a
     /// cheap start before a dear one, a rare task before a frequent one.
     ///
-    /// A pre-warm asking for room is weighed the same way, its probability of use in the
-    /// frequency term and the time until its claim ends in place of the idle time: it
-    /// displaces an idle instance only when it expects to save more cold-start time per MiB
+    /// A bet (a pre-warm asking for room, [`Policy::bet_priority`], or a pre-warmed instance
+    /// not used yet) is weighed the same way, its probability of use in the frequency term
+    /// and the time until its claim ends in place of the idle time: a pre-warm displaces an idle instance only when it expects to save more cold-start time per MiB
     /// and µs held (TrainTicket 15:00-24:00 at 4 GiB, knob 1: 0.3890 of calls cold at 113.1k
     /// GB·s when pre-warms took only free memory, 0.3277 at 101.3k with this).
+    fn bet_priority(&self, bet: &IdleInstance, now_us: u64) -> f64 {
+        self.evict_priority(bet, now_us)
+    }
+
     fn evict_priority(&self, instance: &IdleInstance, now_us: u64) -> f64 {
         let uses = (self.idle.samples(instance.task).max(0.0) + 1.0).ln_1p();
         let (weight, held_us) = match instance.bet {

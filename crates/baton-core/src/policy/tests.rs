@@ -521,7 +521,7 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
             cold_start_us: 50_000,
             bet: Some((probability, now + 500_000)),
         };
-        policy.evict_priority(&instance, now)
+        policy.bet_priority(&instance, now)
     };
     let idle_10s = p(a, since, 128, 50_000);
     assert!(
@@ -553,5 +553,10 @@ fn a_baselines_prewarm_evicts_nothing() {
         bet: Some((1.0, 10)),
     };
     let policy = crate::policy::baselines::TtlPolicy::new(1_000);
-    assert_eq!(policy.evict_priority(&bet, 5), f64::NEG_INFINITY);
+    assert_eq!(policy.bet_priority(&bet, 5), f64::NEG_INFINITY);
+    assert_eq!(
+        policy.evict_priority(&bet, 5),
+        5.0,
+        "an unused pre-warm: least recently used, as any"
+    );
 }

@@ -88,7 +88,12 @@ impl Planner {
                     idle_since_us: self.node.clock.us_of(i.since),
                     memory_mib: i.memory_mib,
                     cold_start_us: self.node.cold_estimate_us(&i.function),
-                    bet: None,
+                    // An unused pre-warm is weighed as the bet it stands for, as the
+                    // simulator weighs one: it keeps its room only against what is worth
+                    // less.
+                    bet: i
+                        .bet
+                        .map(|(weight, until)| (weight, self.node.clock.us_of(until))),
                 };
                 (self.executor.evict_priority(&instance, at_us), at)
             })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One idle worker, for reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdleInfo {
     /// Its function.
     pub function: String,
@@ -25,6 +25,10 @@ pub struct IdleInfo {
     pub until: Instant,
     /// Idle since.
     pub since: Instant,
+    /// For a pre-warmed worker nobody used yet, the bet it stands for: the weight of the
+    /// claims on it from now on and when the latest ends (eviction weighs it as a bet, as
+    /// the simulator does).
+    pub bet: Option<(f64, Instant)>,
 }
 
 /// How a worker was obtained.

@@ -253,12 +253,19 @@ impl WarmPool {
 
     /// Every idle worker.
     pub fn idle(&self) -> Vec<IdleInfo> {
+        let now = Instant::now();
         let state = lock(&self.state);
         let mut all: Vec<IdleInfo> = state
             .idle
             .iter()
             .flat_map(|(name, list)| {
                 list.iter().map(move |i| IdleInfo {
+                    bet: i.prewarmed.is_some().then(|| {
+                        (
+                            i.claims.from_on(now),
+                            i.claims.latest_until().unwrap_or(now),
+                        )
+                    }),
                     function: name.clone(),
                     pid: i.worker.pid(),
                     memory_mib: i.worker.memory_mib(),
