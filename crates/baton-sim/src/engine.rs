@@ -459,12 +459,7 @@ impl Engine<'_> {
             .map(|(id, i)| {
                 // An unused pre-warm is weighed as the bet it stands for (as the runtime's
                 // budget enforcement weighs one).
-                let bet = (i.prewarm.is_some() && !i.used).then(|| {
-                    (
-                        i.claims.from_on(self.now),
-                        i.claims.latest_until().unwrap_or(self.now),
-                    )
-                });
+                let bet = (i.prewarm.is_some() && !i.used).then(|| i.claims.bet(self.now));
                 let instance = IdleInstance {
                     task: i.task,
                     idle_since_us: i.last_idle_since_us,

@@ -105,7 +105,7 @@ pub struct Claim<T> {
 
 /// The pre-warms counting on one instance, each over its interval (see the module docs);
 /// `T` is the host's time. Hosts keep one per instance and give the rules the weight over
-/// the interval in question ([`Claims::over`]) as [`Candidate::claims`].
+/// the interval in question ([`Claims::over`]) as [`super::Candidate::claims`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claims<T> {
     list: Vec<Claim<T>>,
@@ -181,14 +181,17 @@ impl<T: Ord + Copy> Claims<T> {
         self.list.retain(|c| c.until >= now);
     }
 
-    /// The weight of the claims whose interval ends at `at` or later: what still counts
-    /// on the instance from `at` on.
-    pub fn from_on(&self, at: T) -> f64 {
-        self.list
+    /// The bet a pre-warmed instance no step has used yet stands for at `now` (see
+    /// `IdleInstance::bet`): the weight of the claims still standing (ending at `now` or
+    /// later) and the end of the latest (`now` when none). The hosts' one rule for it.
+    pub fn bet(&self, now: T) -> (f64, T) {
+        let weight = self
+            .list
             .iter()
-            .filter(|c| c.until >= at)
+            .filter(|c| c.until >= now)
             .map(|c| c.weight)
-            .sum()
+            .sum();
+        (weight, self.latest_until().unwrap_or(now).max(now))
     }
 
     /// The end of the latest claim's interval: a host keeps the instance until then (and a
@@ -261,6 +264,8 @@ mod tests {
         assert_eq!(claims.over(0, 1_000), 1.0, "the 300–400 claim was answered");
         assert_eq!(claims.latest_until(), Some(700), "kept for the latest");
         assert_eq!(claims.clone().hold_until(650, 5), Some(705));
+        assert_eq!(claims.bet(650), (1.0, 700), "what still stands, until when");
+        assert_eq!(claims.bet(701), (0.0, 701), "nothing stands");
         // Ended claims go.
         claims.forget_ended(701);
         assert!(claims.is_empty());

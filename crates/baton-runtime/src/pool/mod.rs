@@ -260,12 +260,7 @@ impl WarmPool {
             .iter()
             .flat_map(|(name, list)| {
                 list.iter().map(move |i| IdleInfo {
-                    bet: i.prewarmed.is_some().then(|| {
-                        (
-                            i.claims.from_on(now),
-                            i.claims.latest_until().unwrap_or(now),
-                        )
-                    }),
+                    bet: i.prewarmed.is_some().then(|| i.claims.bet(now)),
                     function: name.clone(),
                     pid: i.worker.pid(),
                     memory_mib: i.worker.memory_mib(),
