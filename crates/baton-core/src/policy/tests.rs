@@ -2,7 +2,8 @@
 //! consume, re-warms.
 
 use super::*;
-use crate::assembler::AssemblerConfig;
+use crate::assembler::{Assembler, AssemblerConfig};
+use crate::reservation::ResourcePool;
 use crate::resources::ResourceVec;
 use crate::test_support::{branching, FixedCold};
 
@@ -250,6 +251,11 @@ fn a_starting_step_consumes_its_own_plan_not_an_older_one() {
 
 /// A chain policy on `tdg`'s graph with a 10 min keep-alive for every task.
 fn chain_on(tdg: &mut crate::tdg::Tdg) -> ChainPolicy {
+    chain_keeping(tdg, 600_000_000)
+}
+
+/// A chain policy on `tdg`'s graph keeping every task `keep_us`.
+fn chain_keeping(tdg: &mut crate::tdg::Tdg, keep_us: u64) -> ChainPolicy {
     ChainPolicy::new(
         Arc::new(SnapshotCell::new(tdg.snapshot())),
         ResourcePool::new(ResourceVec {
@@ -258,8 +264,8 @@ fn chain_on(tdg: &mut crate::tdg::Tdg) -> ChainPolicy {
         }),
         Assembler::new(AssemblerConfig::default()),
         ChainPolicyConfig {
-            keep_alive_us: 600_000_000,
-            entry_keep_alive_us: 600_000_000,
+            keep_alive_us: keep_us,
+            entry_keep_alive_us: keep_us,
             set_threshold: None,
         },
     )
@@ -391,9 +397,7 @@ fn a_rhythm_window_wider_than_the_keep_alive_warrants_gets_one_instance() {
     // would; one is re-warmed, the burst's others start when it comes.
     let mut tdg = crate::test_support::tdg();
     let job = tdg.intern_task("job");
-    let mut policy = chain_on(&mut tdg);
-    policy.config.keep_alive_us = MINUTE;
-    policy.config.entry_keep_alive_us = MINUTE;
+    let mut policy = chain_keeping(&mut tdg, MINUTE);
     let actions = bursts_every_half_hour(&mut policy, job);
     let asked = prewarms(&actions, job);
     assert_eq!(asked.len(), 1, "one instance: {actions:?}");
