@@ -10,9 +10,8 @@
 //! at once unless the policy keeps it alive. A pre-warm starts at the executor's
 //! `start_at_us` (one lead before its ready time) and claims an idle instance whose claims
 //! over its interval leave room for its probability ([`choose_for_prewarm`]) or starts one,
-//! if memory allows or idle instances the policy values below the pre-warm's bet (its
-//! `evict_priority` of an `IdleInstance` with a `bet`) can make way; never for a less
-//! likely need.
+//! if memory allows or idle instances the policy values below the pre-warm's bet
+//! ([`Executor::bet_priority`]) can make way; never for a less likely need.
 //! Recorded timestamps are not shifted by the delays the simulation adds: each request's
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
@@ -697,19 +696,22 @@ impl Engine<'_> {
             self.stats.prewarms_extended += 1;
             return;
         }
-        // No room: idle instances the policy values below this bet make way for it.
+        // No room: idle instances the policy values below this bet make way for it (the
+        // bet is weighed only then).
         let memory_mib = self.costs.memory_mib(task);
-        let bet = IdleInstance {
-            task,
-            idle_since_us: now,
-            memory_mib,
-            cold_start_us: self.costs.cold_start_us(task),
-            bet: Some((claim_weight(probability), claim_until)),
-        };
-        let worth = self.policy.bet_priority(&bet, now);
-        if !self.evict_below(memory_mib, Some(worth)) {
-            self.stats.prewarms_failed += 1;
-            return;
+        if self.free_mib < memory_mib as i64 {
+            let bet = IdleInstance {
+                task,
+                idle_since_us: now,
+                memory_mib,
+                cold_start_us: self.costs.cold_start_us(task),
+                bet: Some((claim_weight(probability), claim_until)),
+            };
+            let worth = self.policy.bet_priority(&bet, now);
+            if !self.evict_below(memory_mib, Some(worth)) {
+                self.stats.prewarms_failed += 1;
+                return;
+            }
         }
         let id = self.new_instance(task, ready_at_us, Some(plan));
         self.instances[id as usize].keep_until_us = until_us;
