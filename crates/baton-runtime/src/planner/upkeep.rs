@@ -69,12 +69,15 @@ impl Planner {
     }
 
     /// Evicts idle workers, lowest policy priority first, while their declared memory is
-    /// over the pool's idle budget.
+    /// over the pool's idle budget. Workers still settling (given back, their end not
+    /// heard yet) are neither counted nor evicted: the policy has not weighed their last
+    /// use, and settling them enforces the budget again.
     pub(super) fn enforce_budget(&mut self, at_us: u64) {
         let Some(budget) = self.node.pool.idle_budget_mib() else {
             return;
         };
-        let idle = self.node.pool.idle();
+        let mut idle = self.node.pool.idle();
+        idle.retain(|i| !i.settling);
         let mut used: u64 = idle.iter().map(|i| i.memory_mib).sum();
         if used <= budget {
             return;

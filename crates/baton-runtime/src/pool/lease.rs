@@ -29,6 +29,10 @@ pub struct IdleInfo {
     /// claims on it from now on and when the latest ends (eviction weighs it as a bet, as
     /// the simulator does).
     pub bet: Option<(f64, Instant)>,
+    /// Given back by a request whose end the planner has not heard yet: to the executor
+    /// it is still finishing, so budget enforcement leaves it to the planner's settling
+    /// (where it is weighed with its use counted).
+    pub settling: bool,
 }
 
 /// How a worker was obtained.

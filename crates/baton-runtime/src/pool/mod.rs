@@ -268,6 +268,7 @@ impl WarmPool {
                     prewarmed: i.prewarmed.is_some(),
                     until: i.until,
                     since: i.since,
+                    settling: i.settling,
                 })
             })
             .collect();
