@@ -51,11 +51,13 @@ pub struct SimArgs {
     instance_mib: u64,
     /// Model templates, as `baton serve` keeps for Python functions: every function has one
     /// from the start, and a cold start is a fork from it taking this long, ms (`baton
-    /// bench coldstart` measures it: about 15 ms here). Needs --template-mib.
+    /// bench coldstart` measures it: about 15 ms here). A policy that manages templates
+    /// (chain) lets a function's go when it is not used for long; its next start is then
+    /// from nothing (the cost table's cold start). Needs --template-mib.
     #[arg(long, requires = "template_mib")]
     template_start_ms: Option<f64>,
-    /// A template's own memory, MiB (held by every function for the whole replay, counted
-    /// as idle memory; `baton bench coldstart` measures its PSS: about 11 MiB here).
+    /// A template's own memory, MiB (held by every function for the whole replay, or as
+    /// long as a policy that manages templates holds it; counted as idle memory; `baton bench coldstart` measures its PSS: about 11 MiB here).
     #[arg(long, requires = "template_start_ms")]
     template_mib: Option<u64>,
     /// Per-service memory from a pod-metrics CSV (PodName, MemoryUsage(Mi); median per
@@ -229,7 +231,7 @@ pub fn sim(args: SimArgs) -> Result<()> {
         args.cold_start_ms,
         match (args.template_start_ms, args.template_mib) {
             (Some(ms), Some(mib)) => format!(
-                " (templates: a start forked from one takes {ms} ms; each holds {mib} MiB, counted as idle)"
+                " (templates: a start forked from one takes {ms} ms; each holds {mib} MiB, counted as idle; chain manages its own)"
             ),
             _ => String::new(),
         },

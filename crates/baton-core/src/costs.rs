@@ -64,13 +64,25 @@ impl Costs {
     /// `task`'s cold-start time, µs: a start forked from its template when there are
     /// templates (at most its own).
     pub fn cold_start_us(&self, task: TaskId) -> u64 {
-        let own = self
-            .cold_start_us
+        let own = self.own_cold_start_us(task);
+        self.templates.map_or(own, |t| t.start_us.min(own))
+    }
+
+    /// `task`'s cold-start time from nothing (no template), µs: also what starting its
+    /// template takes.
+    pub fn own_cold_start_us(&self, task: TaskId) -> u64 {
+        self.cold_start_us
             .get(task.index())
             .copied()
             .flatten()
-            .unwrap_or(self.default_cold_start_us);
-        self.templates.map_or(own, |t| t.start_us.min(own))
+            .unwrap_or(self.default_cold_start_us)
+    }
+
+    /// A start of `task` forked from its template, µs (never more than its own), when
+    /// there are templates.
+    pub fn template_start_us(&self, task: TaskId) -> Option<u64> {
+        let own = self.own_cold_start_us(task);
+        self.templates.map(|t| t.start_us.min(own))
     }
 
     /// `task`'s instance memory, MiB.

@@ -62,6 +62,8 @@ counters! {
     template_starts,
     /// Worker processes forked from a template (cold starts and pre-warms alike).
     forked_starts,
+    /// Templates let go when the policy's hold on them ended (the warmth tiers).
+    templates_retired,
     /// Worker processes a step started itself (cold).
     cold_starts,
     /// Of those, the function's first worker (since it was deployed or the node started).
@@ -107,7 +109,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 30);
+        assert_eq!(read.len(), 31);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

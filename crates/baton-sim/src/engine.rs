@@ -16,6 +16,7 @@
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
 use baton_core::context::Prev;
+use baton_core::exec::ColdStarts;
 use baton_core::exec::{
     choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, Candidate, Claims, Decision,
     Executor, Gone, PREWARM_GRACE_US,
@@ -29,6 +30,7 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 pub use crate::stats::{added_latency, PrewarmSources, RunStats};
+use crate::templates::{Host, Templates};
 
 /// Ends sort after every other event of their instant (whose sequence numbers count up
 /// from 0), latest arrival first.
@@ -172,6 +174,8 @@ struct Engine<'a> {
     last_publish_us: u64,
     /// Releases per (task, plan): scheduled pre-warms of an older count are dropped.
     releases: std::collections::HashMap<(TaskId, Option<u64>), u64>,
+    /// With templates: who holds them, and what a start costs with them.
+    templates: Option<Templates>,
 }
 
 /// Runs `policy` over `requests` (sorted by start) on a node of `config`. With a learner,
@@ -193,6 +197,13 @@ pub fn run(
         remaining[arrival.request as usize] += 1;
         of_request[arrival.request as usize].push(global as u32);
     }
+    let start_us = arrivals.first().map_or(0, |a| a.start_us);
+    let templates = Templates::new(
+        costs,
+        policy.manages_templates(),
+        arrivals.iter().map(|a| a.task),
+        start_us,
+    );
     let mut engine = Engine {
         config: *config,
         costs,
@@ -223,6 +234,7 @@ pub fn run(
         learned_since_publish: false,
         last_publish_us: 0,
         releases: std::collections::HashMap::new(),
+        templates,
     };
     engine.last_publish_us = engine.now;
     let start = engine.now;
@@ -268,18 +280,20 @@ pub fn run(
     for id in alive {
         engine.release(id, now);
     }
-    // Templates: every function of the replay holds one from the start (made at deploy).
-    if let Some(templates) = costs.templates {
+    // Templates: what the policy held, or one per function of the replay from the start
+    // (made at deploy).
+    if let Some(templates) = &engine.templates {
         let functions = engine
             .stats
             .function_invocations
             .iter()
             .filter(|&&n| n > 0)
             .count();
-        let held =
-            functions as f64 * templates.memory_mib as f64 * now.saturating_sub(start) as f64;
+        let held = templates.held_mib_us(start, now, functions);
         engine.stats.template_mib_us = held;
         engine.stats.idle_mib_us += held;
+        engine.stats.forked_starts = templates.forked;
+        engine.stats.templates_started = templates.started;
     }
     progress(arrivals.len(), arrivals.len());
     engine.stats
@@ -294,12 +308,17 @@ impl Engine<'_> {
     fn tell(&mut self, event: PolicyEvent) {
         // Reading the clock costs as much as a cheap policy: time one event in 16 and
         // scale, which keeps the estimate and the replay fast.
+        let host = Host {
+            costs: self.costs,
+            templates: self.templates.as_ref(),
+            now_us: self.now,
+        };
         if self.stats.policy_events % POLICY_TIMING_SAMPLE == 0 {
             let started = Instant::now();
-            self.policy.handle(&event, self.costs, &mut self.actions);
+            self.policy.handle(&event, &host, &mut self.actions);
             self.stats.policy_ns += started.elapsed().as_nanos() as u64 * POLICY_TIMING_SAMPLE;
         } else {
-            self.policy.handle(&event, self.costs, &mut self.actions);
+            self.policy.handle(&event, &host, &mut self.actions);
         }
         self.stats.policy_events += 1;
         let actions = std::mem::take(&mut self.actions);
@@ -308,6 +327,16 @@ impl Engine<'_> {
         }
         self.actions = actions;
         self.actions.clear();
+    }
+
+    /// What starting `task` now takes, with the templates as they are held.
+    fn cold_estimate_us(&self, task: TaskId) -> u64 {
+        Host {
+            costs: self.costs,
+            templates: self.templates.as_ref(),
+            now_us: self.now,
+        }
+        .cold_start_us(task)
     }
 
     fn task_instances(&mut self, task: TaskId) -> &mut Vec<u32> {
@@ -463,7 +492,7 @@ impl Engine<'_> {
                     task: i.task,
                     idle_since_us: i.last_idle_since_us,
                     memory_mib: i.memory_mib,
-                    cold_start_us: self.costs.cold_start_us(i.task),
+                    cold_start_us: self.cold_estimate_us(i.task),
                     bet,
                 };
                 let priority = self.policy.evict_priority(&instance, self.now);
@@ -548,7 +577,10 @@ impl Engine<'_> {
                 (id, delay)
             }
             None => {
-                let cold = self.costs.cold_start_us(task);
+                let cold = match self.templates.as_mut() {
+                    Some(templates) => templates.cold_start(self.costs, task, now),
+                    None => self.costs.cold_start_us(task),
+                };
                 if !self.make_room(self.costs.memory_mib(task)) {
                     self.stats.overcommits += 1;
                 }
@@ -704,7 +736,7 @@ impl Engine<'_> {
                 task,
                 idle_since_us: now,
                 memory_mib,
-                cold_start_us: self.costs.cold_start_us(task),
+                cold_start_us: self.cold_estimate_us(task),
                 bet: Some((claim_weight(probability), claim_until)),
             };
             let worth = self.policy.bet_priority(&bet, now);
@@ -759,7 +791,7 @@ impl Engine<'_> {
                 probability,
                 ..
             } => {
-                let cold = self.costs.cold_start_us(task);
+                let cold = self.cold_estimate_us(task);
                 let ready_at = (start_at_us + cold).max(ready_at_us);
                 if start_at_us > now {
                     let epoch = self.releases.get(&(task, plan)).copied().unwrap_or(0);
@@ -788,6 +820,11 @@ impl Engine<'_> {
                 if instance.alive && !instance.busy && until_us > instance.keep_until_us {
                     instance.keep_until_us = until_us;
                     self.ensure_expiry(id);
+                }
+            }
+            Decision::HoldTemplate { task, until_us } => {
+                if let Some(templates) = self.templates.as_mut() {
+                    templates.prepare(self.costs, task, now, until_us);
                 }
             }
             Decision::Release { task, plan } => {

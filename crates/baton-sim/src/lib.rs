@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod report;
 pub mod stats;
+mod templates;
 
 use baton_core::policy::baselines::Arrival as OracleArrival;
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec, SpecError};

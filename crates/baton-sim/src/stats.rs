@@ -78,8 +78,14 @@ pub struct RunStats {
     /// Of that, what served nothing after it: each instance's idle time from its last use
     /// (or, never used, from its start) to its release, MiB·µs.
     pub wasted_mib_us: f64,
-    /// Of the idle memory, what templates held (one per function, the whole replay), MiB·µs.
+    /// Of the idle memory, what templates held (one per function, the whole replay, or
+    /// what a policy that manages them held), MiB·µs.
     pub template_mib_us: f64,
+    /// Of the cold starts, those forked from a template.
+    pub forked_starts: u64,
+    /// Templates started (by a policy's prepare, or by a cold start that found none held;
+    /// 0 when every function holds one throughout).
+    pub templates_started: u64,
     /// Invocations per function (by task index).
     pub function_invocations: Vec<u64>,
     /// Cold starts per function (by task index).

@@ -161,6 +161,43 @@ fn with_templates_a_cold_start_is_a_fork_and_templates_hold_memory() {
 }
 
 #[test]
+fn the_chain_policy_holds_a_template_long_after_its_last_end_then_lets_it_go() {
+    // The warmth tiers: one function (an entry: its worker kept 10 min × knob 0.01 = 6 s),
+    // called at 0, 300, 1000 and 1200 s. Its template, made at deploy, is held ten
+    // keep-alives, at least 10 min, after each end. So: 0 a fork (15 ms), 300 a fork,
+    // 1000 from nothing (100 ms: the hold ended at 900.016 s), 1200 a fork. Every
+    // baseline holds every template throughout: all four are forks.
+    let mut tdg = Tdg::new(TdgConfig::default());
+    let times = [0, 300 * SECOND, 1000 * SECOND, 1200 * SECOND];
+    let test = requests(&mut tdg, &single(&times));
+    let mut costs = Costs::new(100_000, 100);
+    costs.templates = Some(baton_core::costs::TemplateCosts {
+        start_us: 15_000,
+        memory_mib: 11,
+    });
+    let sim = Simulation::new(tdg, test, costs);
+    let chain = run(&sim, "chain", 0.01, 1 << 20);
+    assert_eq!(chain.stats.cold_starts, 4);
+    assert_eq!(chain.stats.forked_starts, 3);
+    assert_eq!(chain.stats.templates_started, 1);
+    let mut latencies = chain.stats.request_latency_us.clone();
+    latencies.sort_unstable();
+    assert_eq!(latencies, [15_000, 15_000, 15_000, 100_000]);
+    // Held 0 to 900.016 s, then 1000 s to the replay's end (1200.016 s).
+    let held_s = 900.016 + 200.016;
+    let template_gb_s = held_s * 11.0 / 1024.0;
+    assert!(
+        (chain.template_gb_s - template_gb_s).abs() < 1e-6,
+        "{} vs {template_gb_s}",
+        chain.template_gb_s
+    );
+    let ttl = run(&sim, "ttl", 0.01, 1 << 20);
+    assert_eq!(ttl.stats.forked_starts, 4);
+    assert_eq!(ttl.stats.templates_started, 0);
+    assert!(ttl.template_gb_s > chain.template_gb_s);
+}
+
+#[test]
 fn the_p75_function_cold_rate_ranks_functions_by_their_own_rate() {
     // Four functions, each called 4 times 2 min apart (past ttl's 60 s at knob 0.1) except
     // where noted: t0 every 10 s (cold once of 4), t1, t2, t3 every 2 min (cold 4 of 4).

@@ -22,6 +22,10 @@
 //!   instances there are at its step's time).
 //! - [`Decision::KeepAlive`]: keep the instance of `task` that just finished until
 //!   `until_us` (with none, it is released at once).
+//! - [`Decision::HoldTemplate`]: hold the task's template (the cheap warmth tier) until
+//!   `until_us`, starting one if none is held; a host with templates does so when the
+//!   policy manages them ([`Executor::manages_templates`]), else holds every template
+//!   while its function is deployed.
 //! - [`Decision::Release`]: release the idle, never-used instances pre-warmed for `plan`
 //!   whose keep time (at least [`PREWARM_GRACE_US`] past ready) is over, and drop its
 //!   pre-warms not started yet.
@@ -155,6 +159,13 @@ pub enum Decision {
         /// Until, µs.
         until_us: u64,
     },
+    /// Hold `task`'s template until `until_us` (see [`Action::HoldTemplate`]).
+    HoldTemplate {
+        /// The task.
+        task: TaskId,
+        /// Until, µs.
+        until_us: u64,
+    },
     /// Release the unused pre-warms of `plan` for `task`.
     Release {
         /// The task.
@@ -168,11 +179,20 @@ pub enum Decision {
 pub trait ColdStarts {
     /// The cold start of `task`, µs.
     fn cold_start_us(&self, task: TaskId) -> u64;
+    /// A start of `task` forked from its template, µs, when the host has templates for
+    /// it (`None`: it has none; [`Action::HoldTemplate`] means nothing there).
+    fn template_start_us(&self, task: TaskId) -> Option<u64> {
+        let _ = task;
+        None
+    }
 }
 
 impl ColdStarts for Costs {
     fn cold_start_us(&self, task: TaskId) -> u64 {
         Costs::cold_start_us(self, task)
+    }
+    fn template_start_us(&self, task: TaskId) -> Option<u64> {
+        Costs::template_start_us(self, task)
     }
 }
 
@@ -245,6 +265,9 @@ impl Executor {
                     probability,
                 },
                 Action::KeepAlive { task, until_us } => Decision::KeepAlive { task, until_us },
+                Action::HoldTemplate { task, until_us } => {
+                    Decision::HoldTemplate { task, until_us }
+                }
                 Action::Release { task, plan } => Decision::Release { task, plan },
             });
         }
@@ -262,6 +285,12 @@ impl Executor {
     /// The policy's priority of a pre-warm asking for room ([`Policy::bet_priority`]).
     pub fn bet_priority(&self, bet: &IdleInstance, now_us: u64) -> f64 {
         self.policy.bet_priority(bet, now_us)
+    }
+
+    /// Whether templates are held as the policy's [`Decision::HoldTemplate`]s say
+    /// ([`Policy::manages_templates`]).
+    pub fn manages_templates(&self) -> bool {
+        self.policy.manages_templates()
     }
 }
 

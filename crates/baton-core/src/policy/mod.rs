@@ -91,6 +91,17 @@ pub enum Action {
         /// Until, µs.
         until_us: u64,
     },
+    /// Hold `task`'s template (the cheap warmth tier: a process that has imported the
+    /// function, so a start is a fork of it instead of a start from nothing) until
+    /// `until_us`, starting it if none is held. Only a policy that
+    /// [`Policy::manages_templates`] asks for it; hosts without templates for `task`
+    /// ignore it.
+    HoldTemplate {
+        /// The task.
+        task: TaskId,
+        /// Until, µs.
+        until_us: u64,
+    },
     /// Let the idle instances of `task` that this policy asked for go.
     Release {
         /// The task.
@@ -139,6 +150,13 @@ pub trait Policy: Send {
     fn bet_priority(&self, bet: &IdleInstance, now_us: u64) -> f64 {
         let _ = (bet, now_us);
         f64::NEG_INFINITY
+    }
+    /// Whether a host with templates holds each function's template only as this
+    /// policy's [`Action::HoldTemplate`]s say (and as long as a cold start that made one
+    /// needs it), instead of for as long as the function is deployed (the default: every
+    /// baseline). The warmth tiers: none, a template, a warm instance.
+    fn manages_templates(&self) -> bool {
+        false
     }
 }
 

@@ -181,6 +181,17 @@ pub trait Backend: Send + Sync {
         let _ = spec;
         None
     }
+    /// Whether `spec`'s workers start from a template (the cheap warmth tier the policy
+    /// may hold: [`Backend::hold_template`]).
+    fn has_template(&self, spec: &FunctionSpec) -> bool {
+        let _ = spec;
+        false
+    }
+    /// Holds `spec`'s template at least until `until`, starting it in the background if
+    /// none is alive (the policy's `Decision::HoldTemplate`).
+    fn hold_template(&self, spec: &Arc<FunctionSpec>, until: Instant) {
+        let _ = (spec, until);
+    }
 }
 
 /// Warm worker processes, kept by the [`WarmPool`].
@@ -299,6 +310,14 @@ impl Backend for ProcessBackend {
     }
 
     fn forget(&self, _name: &str) {}
+
+    fn has_template(&self, spec: &FunctionSpec) -> bool {
+        spec.template
+    }
+
+    fn hold_template(&self, spec: &Arc<FunctionSpec>, until: Instant) {
+        self.pool.hold_template(spec, until);
+    }
 
     fn prepare(&self, spec: Arc<FunctionSpec>) {
         if !spec.template {

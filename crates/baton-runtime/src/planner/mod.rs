@@ -164,6 +164,16 @@ impl ColdStarts for NodeColdStarts<'_> {
         let name = lock(&self.0.learner).tasks().name(task.0).to_owned();
         self.0.cold_estimate_us(&name)
     }
+
+    /// A function whose workers fork from a template: its measured starts (mostly forks).
+    fn template_start_us(&self, task: TaskId) -> Option<u64> {
+        let name = lock(&self.0.learner).tasks().name(task.0).to_owned();
+        let spec = self.0.pool.spec(&name)?;
+        self.0
+            .backend(&spec)
+            .has_template(&spec)
+            .then(|| self.0.cold_estimate_us(&name))
+    }
 }
 
 impl Planner {
@@ -396,6 +406,13 @@ impl Planner {
                     keep = Some(until_us);
                 }
                 Decision::KeepAlive { .. } => {}
+                Decision::HoldTemplate { task, until_us } => {
+                    let function = self.name_of(task);
+                    if let Some(spec) = self.node.pool.spec(&function) {
+                        let until = self.node.clock.instant_of(until_us);
+                        self.node.backend(&spec).hold_template(&spec, until);
+                    }
+                }
                 Decision::Release { task, plan } => {
                     let function = self.name_of(task);
                     self.jobs

@@ -178,6 +178,10 @@ impl WarmPool {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        let retired = self.templates.retire(now);
+        self.counters
+            .templates_retired
+            .fetch_add(retired as u64, Ordering::Relaxed);
         expired.len()
     }
 }

@@ -225,6 +225,20 @@ impl WarmPool {
         self.templates.ensure(spec, &self.isolation, &self.counters);
     }
 
+    /// Holds `spec`'s template at least until `until` (the policy's warmth tier), starting
+    /// it in the background if none is alive. Functions without templates: nothing.
+    pub fn hold_template(self: &Arc<Self>, spec: &Arc<FunctionSpec>, until: Instant) {
+        if !spec.template || self.templates.hold(&spec.name, until) {
+            return;
+        }
+        // One start per function at a time: `ensure` holds the slot's lock while it starts.
+        let pool = Arc::clone(self);
+        let spec = Arc::clone(spec);
+        let _ = std::thread::Builder::new()
+            .name(format!("baton-template-{}", spec.name))
+            .spawn(move || pool.prepare_template(&spec));
+    }
+
     /// The memory the live templates hold, measured (their proportional set sizes), MiB:
     /// idle memory too, beside the idle workers' declared memory.
     pub fn template_memory_mib(&self) -> u64 {

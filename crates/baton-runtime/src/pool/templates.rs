@@ -5,6 +5,11 @@
 //! program does not speak the template protocol: it never says `T`) is started the plain
 //! way until it is deployed again; a template that died is replaced at the next cold
 //! start. At most [`MAX_TEMPLATES`] templates live at once; past that, workers start plain.
+//!
+//! A policy that manages templates (the warmth tiers, `Decision::HoldTemplate`) sets how
+//! long each is held; once its hold is over, housekeeping lets it go
+//! ([`Templates::retire`]) and the function's next cold start starts one again. A template
+//! the policy never said anything about is held while its function is deployed.
 
 use crate::counters::Counters;
 use crate::isolation::Isolation;
@@ -30,6 +35,8 @@ pub(crate) enum Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Templates {
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    /// Until when the policy holds each function's template (none: while deployed).
+    holds: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,8 +127,57 @@ impl Templates {
     /// Drops `name`'s template (a function replaced or removed); its forked workers keep it
     /// until they end.
     pub(crate) fn forget(&self, name: &str) {
+        lock(&self.holds).remove(name);
         let gone = lock(&self.slots).remove(name);
         drop(gone);
+    }
+
+    /// Holds `name`'s template at least until `until`; returns whether one is alive (if
+    /// not, the caller starts it).
+    pub(crate) fn hold(&self, name: &str, until: std::time::Instant) -> bool {
+        {
+            let mut holds = lock(&self.holds);
+            let held = holds.entry(name.to_owned()).or_insert(until);
+            *held = (*held).max(until);
+        }
+        let slot = lock(&self.slots).get(name).cloned();
+        slot.is_some_and(|slot| matches!(&*lock(&slot), Slot::Ready(t) if t.is_alive()))
+    }
+
+    /// Lets go the templates whose hold ended before `now` (their forked workers keep
+    /// them until they end); returns how many were alive.
+    pub(crate) fn retire(&self, now: std::time::Instant) -> usize {
+        let over: Vec<String> = {
+            let mut holds = lock(&self.holds);
+            let over: Vec<String> = holds
+                .iter()
+                .filter(|&(_, &until)| until < now)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &over {
+                holds.remove(name);
+            }
+            over
+        };
+        let mut retired = 0;
+        for name in over {
+            let slot = lock(&self.slots).get(&name).cloned();
+            let Some(slot) = slot else { continue };
+            // Taken out under the slot's lock, dropped (the process stopped) outside it;
+            // a refusal stays (the program does not speak the protocol).
+            let gone = {
+                let mut slot = lock(&slot);
+                match &*slot {
+                    Slot::Ready(_) => std::mem::take(&mut *slot),
+                    _ => Slot::Empty,
+                }
+            };
+            if let Slot::Ready(template) = gone {
+                retired += usize::from(template.is_alive());
+                drop(template);
+            }
+        }
+        retired
     }
 
     /// The memory the live templates hold (their proportional set sizes), MiB.

@@ -81,3 +81,35 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     assert!(director.pool().templates().is_empty());
     assert_eq!(director.pool().template_memory_mib(), 0);
 }
+
+#[test]
+fn a_held_template_is_started_and_let_go_when_its_hold_ends() {
+    // The warmth tiers as the planner carries them out (`Decision::HoldTemplate`): a hold
+    // starts the template in the background; housekeeping after the hold lets it go; the
+    // next cold start starts one again and forks from it.
+    let spec = Arc::new(process_spec("held", "upper.py", "timeout_ms = 10000"));
+    let pool = Arc::new(WarmPool::new(vec![(*spec).clone()], isolation()));
+    let alive = |pool: &WarmPool| pool.templates().first().and_then(|t| t.pid).is_some();
+    assert!(!alive(&pool));
+    pool.hold_template(&spec, Instant::now() + Duration::from_secs(600));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !alive(&pool) {
+        assert!(Instant::now() < deadline, "{:?}", pool.templates());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.counters.template_starts.load(Ordering::Relaxed), 1);
+    // Still held: housekeeping keeps it.
+    pool.expire(Instant::now());
+    assert!(alive(&pool));
+    assert_eq!(pool.counters.templates_retired.load(Ordering::Relaxed), 0);
+    // Past its hold: let go, its memory with it.
+    pool.expire(Instant::now() + Duration::from_secs(601));
+    assert!(!alive(&pool), "{:?}", pool.templates());
+    assert_eq!(pool.counters.templates_retired.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.template_memory_mib(), 0);
+    // The next cold start starts one again, and its worker is a fork.
+    let lease = pool.take("held").unwrap();
+    assert_eq!(pool.counters.template_starts.load(Ordering::Relaxed), 2);
+    assert_eq!(pool.counters.forked_starts.load(Ordering::Relaxed), 1);
+    drop(lease);
+}
