@@ -119,6 +119,13 @@ pub struct ServeArgs {
     /// Largest request body, MiB.
     #[arg(long, env = "BATON_MAX_BODY_MIB", default_value_t = 16)]
     max_body_mib: usize,
+    /// HTTP connections served at once; past it, new ones wait in the kernel's backlog.
+    #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's head; an idle keep-alive connection is
+    /// closed after as long.
+    #[arg(long, env = "BATON_HEADER_TIMEOUT_SECS", default_value_t = 30.0)]
+    header_timeout_secs: f64,
     /// Seconds between snapshots of the learned graph.
     #[arg(long, env = "BATON_SNAPSHOT_SECS", default_value_t = 30)]
     snapshot_secs: u64,
@@ -171,6 +178,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     config.queue_depth = args.queue_depth;
     config.max_body_bytes = args.max_body_mib << 20;
+    if args.max_connections == 0 {
+        bail!("--max-connections 0: expected at least 1");
+    }
+    config.max_connections = args.max_connections;
+    let secs = args.header_timeout_secs;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        bail!("--header-timeout-secs {secs}: expected a number of seconds above 0, at most a day");
+    }
+    config.header_read_timeout = Duration::from_secs_f64(secs);
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));
     config.allow_process_functions = args.allow_process_functions;
     config.otlp_endpoint = args.otlp_endpoint.clone();

@@ -299,6 +299,22 @@ fn serve_refuses_no_auth_off_loopback_and_clients_name_the_server() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("--keep-alive-secs -1"));
+    for (flag, value) in [("--max-connections", "0"), ("--header-timeout-secs", "0")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args([
+                "serve",
+                "--no-auth",
+                "--data-dir",
+                "/tmp/baton-never",
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(&format!("{flag} {value}")), "{message}");
+    }
     let output = baton(&["invoke", "x", "--server", "http://127.0.0.1:1"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));

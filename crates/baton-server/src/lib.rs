@@ -12,6 +12,7 @@
 mod api;
 pub mod client;
 pub mod cluster;
+pub mod listen;
 pub mod metrics;
 pub mod otlp_export;
 mod writer;
@@ -54,6 +55,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Requests waiting or running per function before 429.
     pub queue_depth: usize,
+    /// HTTP connections served at once; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A client must send a request's head within this, and an idle keep-alive connection
+    /// is closed after it.
+    pub header_read_timeout: Duration,
     /// How often the learner is snapshotted into the store.
     pub snapshot_every: Duration,
     /// Whether process functions may be deployed over HTTP (their code then arrives as a
@@ -69,8 +75,8 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults: loopback port 8080, `./baton-data`, token required, the chain policy at
-    /// its defaults, 16 MiB bodies, 64 queued per function, a snapshot every 30 s, no
-    /// process functions over HTTP.
+    /// its defaults, 16 MiB bodies, 64 queued per function, 1024 connections with 30 s to
+    /// send a request's head, a snapshot every 30 s, no process functions over HTTP.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             listen,
@@ -79,6 +85,8 @@ impl ServerConfig {
             policy: PolicySpec::new(PolicyName::Chain),
             max_body_bytes: 16 << 20,
             queue_depth: 64,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
             snapshot_every: Duration::from_secs(30),
             allow_process_functions: false,
             cluster: None,
@@ -462,6 +470,10 @@ impl RunningServer {
         }
 
         let router = api::router(Arc::clone(&state), config.max_body_bytes);
+        let bounds = listen::Bounds {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let snapshot_state = Arc::clone(&state);
         let every = config.snapshot_every;
@@ -483,15 +495,11 @@ impl RunningServer {
                             .await;
                         }
                     });
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
+                    listen::serve(listener, router, bounds, async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
                     snapshots.abort();
-                    if let Err(error) = served {
-                        tracing::error!("server stopped: {error}");
-                    }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })

@@ -779,3 +779,49 @@ fn every_error_is_one_json_body_and_bounds_hold() {
     let error = RunningServer::start(config).unwrap_err().to_string();
     assert!(error.contains("token is empty"), "{error}");
 }
+
+#[test]
+fn idle_connections_are_bounded_and_timed_out() {
+    // Two connections allowed, 300 ms to send a request's head. Two clients that connect
+    // and send nothing (or half a head) hold both; a third request waits in the backlog
+    // until the timeout closes one, then is served; the silent ones are closed (EOF), not
+    // kept forever.
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |config| {
+        config.max_connections = 2;
+        config.header_read_timeout = Duration::from_millis(300);
+    });
+    let silent = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut trickle = std::net::TcpStream::connect(server.addr).unwrap();
+    trickle.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    // Both are accepted (served connections), not just queued: give the loop a moment.
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let response = client(&server).get("/healthz").unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status, 200);
+    assert!(
+        waited >= Duration::from_millis(200),
+        "served after {waited:?}: the bound of 2 connections did not hold"
+    );
+    for (name, mut stream) in [("silent", silent), ("trickling", trickle)] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        // Closed by the server: EOF (maybe after a 408), or a reset; never a timeout.
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(error) => assert!(
+                !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the {name} connection was kept open: {error}"
+            ),
+        }
+    }
+    // A request on a connection of its own is still served at once.
+    assert_eq!(client(&server).get("/healthz").unwrap().status, 200);
+}
