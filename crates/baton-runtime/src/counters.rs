@@ -50,6 +50,8 @@ counters! {
     prewarms_wasted,
     /// Pre-warms whose worker failed to start.
     prewarms_failed,
+    /// Pre-warms not started: over the idle budget, with too little idle worth less than their bet to make room (the simulator's rule, `baton_core::exec::room`).
+    prewarms_refused,
     /// Pre-warms not started: the function was at its instance cap.
     prewarms_capped,
     /// Pre-warms due at once not started: a step of the function asked for a worker after the event that asked for them (the planner is behind the request).
@@ -109,7 +111,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 31);
+        assert_eq!(read.len(), 32);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

@@ -16,6 +16,7 @@
 //! added latency is computed on its call tree instead (see [`added_latency`]).
 
 use baton_core::context::Prev;
+use baton_core::exec::room::{self, Evictable};
 use baton_core::exec::ColdStarts;
 use baton_core::exec::{
     choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, Candidate, Claims, Decision,
@@ -469,21 +470,21 @@ impl Engine<'_> {
         self.evict_below(needed_mib, None)
     }
 
-    /// Evicts for `needed_mib`, lowest priority first: any idle instance (`None`), or for a
-    /// pre-warm of priority `worth` only unclaimed ones below it, and then only when they
-    /// free enough (a bet displaces nothing it cannot fit in). Whether `needed_mib` is free.
+    /// Evicts for `needed_mib` by the executor's rule ([`room::make_room`]): any idle
+    /// instance, lowest priority first (`None`), or for a pre-warm of priority `worth`
+    /// only unclaimed ones below it, and then only when they free enough. Whether
+    /// `needed_mib` is free.
     fn evict_below(&mut self, needed_mib: u64, worth: Option<f64>) -> bool {
         if self.free_mib >= needed_mib as i64 {
             return true;
         }
-        // Idle and starting instances are exactly those in the per-task lists.
-        let mut idle: Vec<(f64, u32)> = self
+        // Idle and ready instances are those in the per-task lists, not busy, ready.
+        let candidates: Vec<Evictable> = self
             .by_task
             .iter()
             .flatten()
             .map(|&id| (id, &self.instances[id as usize]))
             .filter(|(_, i)| !i.busy && i.ready_at_us <= self.now)
-            .filter(|(_, i)| worth.is_none() || i.claims.is_empty())
             .map(|(id, i)| {
                 // An unused pre-warm is weighed as the bet it stands for (as the runtime's
                 // budget enforcement weighs one).
@@ -495,25 +496,17 @@ impl Engine<'_> {
                     cold_start_us: self.cold_estimate_us(i.task),
                     bet,
                 };
-                let priority = self.policy.evict_priority(&instance, self.now);
-                (priority, id)
+                Evictable {
+                    id: u64::from(id),
+                    priority: self.policy.evict_priority(&instance, self.now),
+                    memory_mib: i.memory_mib,
+                    claimed: !i.claims.is_empty(),
+                }
             })
-            .filter(|&(priority, _)| worth.is_none_or(|worth| priority < worth))
             .collect();
-        if worth.is_some() {
-            let freeable: i64 = idle
-                .iter()
-                .map(|&(_, id)| self.instances[id as usize].memory_mib as i64)
-                .sum();
-            if self.free_mib + freeable < needed_mib as i64 {
-                return false;
-            }
-        }
-        idle.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (_, id) in idle {
-            if self.free_mib >= needed_mib as i64 {
-                break;
-            }
+        let (going, _) = room::make_room(&candidates, self.free_mib, needed_mib, worth);
+        for id in going {
+            let id = id as u32;
             let task = self.instances[id as usize].task;
             let now = self.now;
             self.release(id, now);

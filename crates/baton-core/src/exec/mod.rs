@@ -31,6 +31,7 @@
 //!   pre-warms not started yet.
 
 pub mod claims;
+pub mod room;
 
 use crate::costs::Costs;
 use crate::ids::TaskId;

@@ -155,8 +155,15 @@ pub trait Backend: Send + Sync {
     /// nothing warm is there (a pre-warm planned for this step starts, and is waited for).
     fn acquire(&self, spec: &Arc<FunctionSpec>, catch_up: &dyn Fn())
         -> Result<Acquired, StepError>;
-    /// Carries out a pre-warm now; returns whether an idle instance covered it.
-    fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool;
+    /// Carries out a pre-warm now; returns whether an idle instance covered it. Before it
+    /// starts a new instance that counts against the idle budget it asks `admit` with the
+    /// instance's memory (MiB): the planner makes room by the executor's rule, or refuses.
+    fn prewarm(
+        &self,
+        spec: Arc<FunctionSpec>,
+        job: &PrewarmJob,
+        admit: &dyn Fn(u64) -> bool,
+    ) -> bool;
     /// Releases, at `at_us`, the unused pre-warms of `plan` for `name` past their keep;
     /// returns how many.
     fn release_unused(&self, name: &str, plan: Option<u64>, at_us: u64) -> usize;
@@ -262,7 +269,12 @@ impl Backend for ProcessBackend {
         })
     }
 
-    fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool {
+    fn prewarm(
+        &self,
+        spec: Arc<FunctionSpec>,
+        job: &PrewarmJob,
+        admit: &dyn Fn(u64) -> bool,
+    ) -> bool {
         // An idle worker whose claims leave room for this one: keep it for the step instead.
         // The claim spans the policy's window and the function's run time, from its ready
         // time.
@@ -281,6 +293,15 @@ impl Backend for ProcessBackend {
             self.pool
                 .counters
                 .prewarms_overtaken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        // Over the idle budget: room made from idle workers worth less than this bet, or
+        // none started (as the simulator refuses it).
+        if !admit(spec.limits.memory_mib) {
+            self.pool
+                .counters
+                .prewarms_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return false;
         }

@@ -262,7 +262,12 @@ impl Backend for WasmBackend {
     }
 
     /// Compiles (or loads from the cache) and pre-links the function in the background.
-    fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool {
+    fn prewarm(
+        &self,
+        spec: Arc<FunctionSpec>,
+        job: &PrewarmJob,
+        _admit: &dyn Fn(u64) -> bool,
+    ) -> bool {
         let Some(engine) = self.engine.clone() else {
             return false;
         };

@@ -21,7 +21,9 @@ use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
 use crate::process::Placement;
 
-use baton_core::exec::{ColdStarts, Decision, Executor};
+use baton_core::exec::room;
+use baton_core::exec::{claim_weight, ColdStarts, Decision, Executor};
+use baton_core::policy::IdleInstance;
 use baton_core::reservation::{ReservationKind, ReservationRequest, Window};
 use baton_core::{PolicyEvent, PredictContext, Reservation, ResourceVec, TaskId};
 use baton_trace::schema::ExecutionRecord;
@@ -510,10 +512,40 @@ impl Planner {
         let Some(spec) = node.pool.spec(&job.function) else {
             return;
         };
-        if node.backend(&spec).prewarm(Arc::clone(&spec), &job) {
+        // A new worker over the idle budget displaces idle ones the policy values below
+        // its bet, or is refused: the simulator's rule for a pre-warm on a full node.
+        let evicted = std::cell::RefCell::new(Vec::new());
+        let at_us = node.now_us();
+        let admit = |needed_mib: u64| {
+            let Some((idle, evictable, left)) = self.room(at_us) else {
+                return true;
+            };
+            let bet = IdleInstance {
+                task: node.ids(&job.function).task,
+                idle_since_us: at_us,
+                memory_mib: needed_mib,
+                cold_start_us: node.cold_estimate_us(&job.function),
+                bet: Some((
+                    claim_weight(job.probability),
+                    node.clock.us_of(job.claim_until),
+                )),
+            };
+            let worth = self.executor.bet_priority(&bet, at_us);
+            let (going, fits) = room::make_room(&evictable, left, needed_mib, Some(worth));
+            if fits {
+                evicted.borrow_mut().extend(self.evict(&idle, &going));
+            }
+            fits
+        };
+        if node.backend(&spec).prewarm(Arc::clone(&spec), &job, &admit) {
             node.counters
                 .prewarms_covered
                 .fetch_add(1, Ordering::Relaxed);
+        }
+        // Told now; what the policy answers is carried out with the planner's next
+        // decisions.
+        for task in evicted.into_inner() {
+            self.tell(PolicyEvent::Evicted { task, at_us });
         }
     }
 

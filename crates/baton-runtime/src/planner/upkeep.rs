@@ -4,8 +4,10 @@
 
 use super::{Planner, PUBLISH_EVERY};
 use crate::node::{lock, RecordSource};
+use crate::pool::IdleInfo;
+use baton_core::exec::room::{self, Evictable};
 use baton_core::policy::IdleInstance;
-use baton_core::PolicyEvent;
+use baton_core::{PolicyEvent, TaskId};
 use baton_trace::schema::ExecutionRecord;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -69,20 +71,31 @@ impl Planner {
     }
 
     /// Evicts idle workers, lowest policy priority first, while their declared memory is
-    /// over the pool's idle budget. Workers still settling (given back, their end not
-    /// heard yet) are neither counted nor evicted: the policy has not weighed their last
-    /// use, and settling them enforces the budget again.
+    /// over the pool's idle budget (the executor's rule, [`room::make_room`]). Workers still
+    /// settling (given back, their end not heard yet) are neither counted nor evicted: the
+    /// policy has not weighed their last use, and settling them enforces the budget again.
     pub(super) fn enforce_budget(&mut self, at_us: u64) {
-        let Some(budget) = self.node.pool.idle_budget_mib() else {
+        let Some((idle, evictable, free)) = self.room(at_us) else {
             return;
         };
-        let mut idle = self.node.pool.idle();
-        idle.retain(|i| !i.settling);
-        let mut used: u64 = idle.iter().map(|i| i.memory_mib).sum();
-        if used <= budget {
+        let (going, _) = room::make_room(&evictable, free, 0, None);
+        if going.is_empty() {
             return;
         }
-        let mut ranked: Vec<(f64, usize)> = idle
+        for task in self.evict(&idle, &going) {
+            self.tell(PolicyEvent::Evicted { task, at_us });
+        }
+        self.apply_all(None, at_us);
+    }
+
+    /// With an idle budget: the settled idle workers, as the room rule sees them (ids:
+    /// their index), and what the budget has left (negative: over).
+    pub(super) fn room(&self, at_us: u64) -> Option<(Vec<IdleInfo>, Vec<Evictable>, i64)> {
+        let budget = self.node.pool.idle_budget_mib()?;
+        let mut idle = self.node.pool.idle();
+        idle.retain(|i| !i.settling);
+        let used: u64 = idle.iter().map(|i| i.memory_mib).sum();
+        let evictable = idle
             .iter()
             .enumerate()
             .map(|(at, i)| {
@@ -98,21 +111,26 @@ impl Planner {
                         .bet
                         .map(|(weight, until)| (weight, self.node.clock.us_of(until))),
                 };
-                (self.executor.evict_priority(&instance, at_us), at)
+                Evictable {
+                    id: at as u64,
+                    priority: self.executor.evict_priority(&instance, at_us),
+                    memory_mib: i.memory_mib,
+                    claimed: i.claimed,
+                }
             })
             .collect();
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (_, at) in ranked {
-            if used <= budget {
-                break;
-            }
-            let victim = &idle[at];
-            if self.node.pool.evict(&victim.function, victim.pid) {
-                used -= victim.memory_mib;
-                let task = self.node.ids(&victim.function).task;
-                self.tell(PolicyEvent::Evicted { task, at_us });
-            }
-        }
-        self.apply_all(None, at_us);
+        let left = i64::try_from(budget).unwrap_or(i64::MAX) - used as i64;
+        Some((idle, evictable, left))
+    }
+
+    /// Evicts the workers of `idle` at the indices `going`; returns the tasks of those
+    /// evicted (one taken by a step meanwhile is not).
+    pub(super) fn evict(&self, idle: &[IdleInfo], going: &[u64]) -> Vec<TaskId> {
+        going
+            .iter()
+            .filter_map(|&at| idle.get(at as usize))
+            .filter(|victim| self.node.pool.evict(&victim.function, victim.pid))
+            .map(|victim| self.node.ids(&victim.function).task)
+            .collect()
     }
 }

@@ -33,6 +33,8 @@ pub struct IdleInfo {
     /// it is still finishing, so budget enforcement leaves it to the planner's settling
     /// (where it is weighed with its use counted).
     pub settling: bool,
+    /// Whether a pre-warm counts on it (no other pre-warm displaces it).
+    pub claimed: bool,
 }
 
 /// How a worker was obtained.

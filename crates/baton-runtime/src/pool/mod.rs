@@ -283,6 +283,7 @@ impl WarmPool {
                     until: i.until,
                     since: i.since,
                     settling: i.settling,
+                    claimed: !i.claims.is_empty(),
                 })
             })
             .collect();

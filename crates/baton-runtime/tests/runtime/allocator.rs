@@ -279,3 +279,92 @@ fn the_chain_policy_evicts_the_idle_worker_that_saves_least_per_mib() {
     let (idle, _) = idle_after(pool, policy, &["small1", "big", "small2"]);
     assert_eq!(idle, ["small1", "small2"]);
 }
+
+/// Keeps every worker 10 min and, when `c` starts, pre-warms `b` for a sure step; every
+/// idle worker is worth 1, the pre-warm `worth`.
+struct Betting {
+    c: baton_core::TaskId,
+    b: baton_core::TaskId,
+    worth: f64,
+}
+
+impl Policy for Betting {
+    fn name(&self) -> &str {
+        "betting"
+    }
+
+    fn on_event(
+        &mut self,
+        event: &baton_core::PolicyEvent,
+        _host: &dyn baton_core::exec::ColdStarts,
+        out: &mut Vec<baton_core::policy::Action>,
+    ) {
+        use baton_core::policy::Action;
+        use baton_core::PolicyEvent;
+        match *event {
+            PolicyEvent::Start { task, at_us, .. } if task == self.c => out.push(Action::PreWarm {
+                task: self.b,
+                at_us,
+                until_us: at_us + 60_000_000,
+                plan: None,
+                reservation: None,
+                probability: 1.0,
+            }),
+            PolicyEvent::End { task, at_us, .. } => out.push(Action::KeepAlive {
+                task,
+                until_us: at_us + 600_000_000,
+            }),
+            _ => {}
+        }
+    }
+
+    fn evict_priority(&self, _: &baton_core::policy::IdleInstance, _: u64) -> f64 {
+        1.0
+    }
+
+    fn bet_priority(&self, _: &baton_core::policy::IdleInstance, _: u64) -> f64 {
+        self.worth
+    }
+}
+
+#[test]
+fn a_prewarm_over_the_budget_displaces_only_what_is_worth_less_or_is_refused() {
+    // Budget 150 MiB, workers of 100: `a` idle, then `c` starts and asks for `b`. The
+    // pre-warm does not fit beside `a`: worth less than `a`, it is refused (as the
+    // simulator refuses it); worth more, `a` makes way and `b` starts.
+    for (worth, refused, started) in [(0.5, 1, 0), (2.0, 0, 1)] {
+        let pool = WarmPool::with_budget(
+            ["a", "b", "c"]
+                .map(|name| process_spec(name, "upper.py", "memory_mib = 100"))
+                .to_vec(),
+            isolation::detect().isolation(),
+            Some(150),
+        );
+        let mut tdg = Tdg::new(TdgConfig::default());
+        let (b, c) = (tdg.intern_task("b"), tdg.intern_task("c"));
+        let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+        let policy = Box::new(Betting { c, b, worth });
+        let director = Director::new(pool, tdg, graph, policy)
+            .into_shared()
+            .unwrap();
+        director.invoke("a", b"x").unwrap();
+        director.sync();
+        director.invoke("c", b"x").unwrap();
+        director.sync();
+        let counters = &director.pool().counters;
+        assert_eq!(
+            counters.prewarms_refused.load(Ordering::Relaxed),
+            refused,
+            "worth {worth}"
+        );
+        assert_eq!(
+            counters.prewarm_starts.load(Ordering::Relaxed),
+            started,
+            "worth {worth}"
+        );
+        if started == 1 {
+            // `a` went for it (and `c`, idle after its step, over the budget beside `b`).
+            assert!(counters.evictions.load(Ordering::Relaxed) >= 1);
+        }
+    }
+}

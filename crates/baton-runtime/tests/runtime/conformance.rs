@@ -203,7 +203,12 @@ impl Backend for TestBackend {
         })
     }
 
-    fn prewarm(&self, spec: Arc<FunctionSpec>, job: &PrewarmJob) -> bool {
+    fn prewarm(
+        &self,
+        spec: Arc<FunctionSpec>,
+        job: &PrewarmJob,
+        _admit: &dyn Fn(u64) -> bool,
+    ) -> bool {
         let at = job.start_at_us;
         let ready = (at + COLD_US).max(job.ready_at_us);
         let until = job.until_us.max(ready + PREWARM_GRACE_US);
