@@ -226,9 +226,10 @@ impl WarmPool {
     }
 
     /// Holds `spec`'s template at least until `until` (the policy's warmth tier), starting
-    /// it in the background if none is alive. Functions without templates: nothing.
+    /// it in the background if none is alive or starting. Functions without templates:
+    /// nothing. Never waits for a start (the planner calls it).
     pub fn hold_template(self: &Arc<Self>, spec: &Arc<FunctionSpec>, until: Instant) {
-        if !spec.template || self.templates.hold(&spec.name, until) {
+        if !spec.template || !self.templates.hold(&spec.name, until) {
             return;
         }
         // One start per function at a time: `ensure` holds the slot's lock while it starts.

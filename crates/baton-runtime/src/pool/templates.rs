@@ -132,8 +132,9 @@ impl Templates {
         drop(gone);
     }
 
-    /// Holds `name`'s template at least until `until`; returns whether one is alive (if
-    /// not, the caller starts it).
+    /// Holds `name`'s template at least until `until`; returns whether one must be
+    /// started for it (none alive, none starting, not refused). Never waits for a start
+    /// under way (the planner calls it).
     pub(crate) fn hold(&self, name: &str, until: std::time::Instant) -> bool {
         {
             let mut holds = lock(&self.holds);
@@ -141,11 +142,25 @@ impl Templates {
             *held = (*held).max(until);
         }
         let slot = lock(&self.slots).get(name).cloned();
-        slot.is_some_and(|slot| matches!(&*lock(&slot), Slot::Ready(t) if t.is_alive()))
+        let Some(slot) = slot else {
+            return true;
+        };
+        let guard = match slot.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            // `ensure` holds the slot while it starts one.
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        match &*guard {
+            Slot::Ready(template) => !template.is_alive(),
+            Slot::Refused(_) => false,
+            Slot::Empty => true,
+        }
     }
 
     /// Lets go the templates whose hold ended before `now` (their forked workers keep
-    /// them until they end); returns how many were alive.
+    /// them until they end); returns how many were alive. Never waits for a start under
+    /// way.
     pub(crate) fn retire(&self, now: std::time::Instant) -> usize {
         let over: Vec<String> = {
             let mut holds = lock(&self.holds);
@@ -164,9 +179,17 @@ impl Templates {
             let slot = lock(&self.slots).get(&name).cloned();
             let Some(slot) = slot else { continue };
             // Taken out under the slot's lock, dropped (the process stopped) outside it;
-            // a refusal stays (the program does not speak the protocol).
+            // a refusal stays (the program does not speak the protocol). One being started
+            // is looked at again next time (its hold put back): the planner never waits.
             let gone = {
-                let mut slot = lock(&slot);
+                let mut slot = match slot.try_lock() {
+                    Ok(guard) => guard,
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        lock(&self.holds).entry(name).or_insert(now);
+                        continue;
+                    }
+                };
                 match &*slot {
                     Slot::Ready(_) => std::mem::take(&mut *slot),
                     _ => Slot::Empty,

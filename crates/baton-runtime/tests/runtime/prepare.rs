@@ -98,6 +98,10 @@ fn a_held_template_is_started_and_let_go_when_its_hold_ends() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(pool.counters.template_starts.load(Ordering::Relaxed), 1);
+    // Held again while alive: extended, not started twice.
+    pool.hold_template(&spec, Instant::now() + Duration::from_secs(300));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(pool.counters.template_starts.load(Ordering::Relaxed), 1);
     // Still held: housekeeping keeps it.
     pool.expire(Instant::now());
     assert!(alive(&pool));
