@@ -89,14 +89,14 @@ pub const MAX_REWARM_INSTANCES: u32 = 16;
 /// task's keep-alive, and at least [`TEMPLATE_KEEP_MIN_US`]: a template holds a fraction
 /// of a worker's memory (11 MiB against 100-1000 here) for most of the start it saves, so
 /// it stays worth its room that much longer. Past that the function's next start is from
-/// nothing (the Azure sample with templates at 16 GiB, knob 0.1: templates hold 64.5k
-/// GB·s instead of 110.5k when every function keeps one).
+/// nothing (the Azure sample with templates at 16 GiB, knob 0.1: templates hold 76.5k
+/// GB·s instead of 110.5k when every function keeps one, at the same cold-start ratio).
 pub const TEMPLATE_KEEP_FACTOR: u64 = 10;
 
 /// The least a finished task's template is held, µs (10 min). Shorter holds at low knobs
 /// saved little and cost much: TrainTicket 15:00-16:00 with templates at knob 0.01, held
-/// 10 keep-alives only, 578 GB·s of templates instead of 1,073 for a p50 added latency of
-/// 42 ms instead of 23.
+/// 10 keep-alives only (and none made at deploy), 578 GB·s of templates instead of 1,073
+/// for a p50 added latency of 42 ms instead of 23.
 pub const TEMPLATE_KEEP_MIN_US: u64 = 600_000_000;
 
 /// The most instances of a task that ran at once in its current and its previous episode
