@@ -420,6 +420,19 @@ fn the_director_and_the_simulator_decide_alike_for_every_policy() {
                 at.checked_sub(1).and_then(|p| live.get(p))
             );
         }
+        if name == PolicyName::Chain {
+            // Route-set plans run live (the route taken from the request, as the simulator
+            // takes it from the trace), not only path plans.
+            let route = live
+                .iter()
+                .filter(|(_, d)| {
+                    matches!(d, Decision::Prewarm { plan: Some(id), .. }
+                        if baton_core::policy::is_route_plan(*id))
+                })
+                .count();
+            eprintln!("chain: {route} of its pre-warms from route-set plans");
+            assert!(route > 0, "no route-set plan ran live");
+        }
     }
 }
 
