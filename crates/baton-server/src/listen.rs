@@ -39,7 +39,9 @@ pub async fn serve(
     bounds: Bounds,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(
+        bounds.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {

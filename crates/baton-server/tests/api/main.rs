@@ -824,4 +824,9 @@ fn idle_connections_are_bounded_and_timed_out() {
     }
     // A request on a connection of its own is still served at once.
     assert_eq!(client(&server).get("/healthz").unwrap().status, 200);
+    drop(server);
+    // A bound past what the semaphore can count is taken as its most, not a panic.
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |config| config.max_connections = usize::MAX);
+    assert_eq!(client(&server).get("/healthz").unwrap().status, 200);
 }
