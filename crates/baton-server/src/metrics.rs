@@ -38,6 +38,13 @@ struct FunctionLabel {
     function: String,
 }
 
+/// A function and the warmth tier its step's instance came from.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    function: String,
+    tier: String,
+}
+
 type Histograms = Family<FunctionLabel, Histogram, fn() -> Histogram>;
 
 fn histogram() -> Histogram {
@@ -67,6 +74,7 @@ pub struct Metrics {
     cold_starts: Family<FunctionLabel, Counter>,
     prewarm_hits: Family<FunctionLabel, Counter>,
     failures: Family<FunctionLabel, Counter>,
+    tiers: Family<TierLabel, Counter>,
     duration: Histograms,
     cold_start: Histograms,
     hop: Histogram,
@@ -84,6 +92,7 @@ impl Default for Metrics {
             cold_starts: Family::default(),
             prewarm_hits: Family::default(),
             failures: Family::default(),
+            tiers: Family::default(),
             duration: Family::new_with_constructor(histogram),
             cold_start: Family::new_with_constructor(histogram),
             hop: histogram(),
@@ -120,6 +129,11 @@ impl Default for Metrics {
             "baton_failures",
             "Steps that failed, by function",
             metrics.failures.clone(),
+        );
+        r.register(
+            "baton_steps_by_tier",
+            "Steps by function and by what their instance was made from (the warmth tier): instance (a wasm instance made ahead), compiled (instantiated from the compiled module), worker (a warm worker), forked (a worker forked from its template), spawned (a worker started from nothing)",
+            metrics.tiers.clone(),
         );
         r.register_with_unit(
             "baton_step_duration",
@@ -194,6 +208,14 @@ impl Metrics {
             }
             if prewarmed {
                 prewarm_hits.inc();
+            }
+            if let Some(tier) = facts.tier {
+                self.tiers
+                    .get_or_create(&TierLabel {
+                        function: record.task.clone(),
+                        tier: tier.to_owned(),
+                    })
+                    .inc();
             }
             if record
                 .status

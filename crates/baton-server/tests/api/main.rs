@@ -255,6 +255,23 @@ fn the_api_deploys_invokes_learns_and_counts() {
         0.0,
         "compiled at deploy"
     );
+    // Each step's warmth tier, by function: price's one cold step forked from its
+    // template (started at deploy), the other three on a warm worker; validate's steps
+    // on instances made ahead or instantiated from the module compiled at deploy.
+    let tier = |function: &str, tier: &str| {
+        let line = format!("baton_steps_by_tier_total{{function=\"{function}\",tier=\"{tier}\"}}");
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .map_or(0.0, |_| metric(&metrics, &line))
+    };
+    assert_eq!(tier("price", "forked"), 1.0, "{metrics}");
+    assert_eq!(tier("price", "worker"), 3.0);
+    assert_eq!(tier("price", "spawned"), 0.0);
+    assert_eq!(
+        tier("validate", "instance") + tier("validate", "compiled"),
+        metric(&metrics, "baton_invocations_total{function=\"validate\"}")
+    );
     assert_eq!(metric(&metrics, "baton_hop_latency_seconds_count"), 12.0);
     assert_eq!(
         metric(
