@@ -1,4 +1,4 @@
-//! What the director and the planner share ([`Node`]): the backends (warm worker
+//! What the director and the planner share (`Node`): the backends (warm worker
 //! processes, wasm guests), the reservations, the clock, the learner and its published
 //! graph, the name → ids map request threads read, the counters, and the planner's bounded
 //! inbox.

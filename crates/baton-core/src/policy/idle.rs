@@ -15,7 +15,7 @@
 //! always a candidate, so on the gaps seen the choice is never worse than the fixed
 //! keep-alive in either measure; for bursts separated by long pauses it keeps an instance
 //! through the burst, lets it go, and has one ready again where the next burst begins. The
-//! choice is made on the gaps spread a little ([`SPREAD`]) and held to the guarantee on the
+//! choice is made on the gaps spread a little (`SPREAD`) and held to the guarantee on the
 //! gaps as seen; a re-warm must also win clearly there ([`CLEAR_GAIN`]).
 //! Every bound is a bucket edge, so a chosen keep or window covers each gap of the buckets
 //! it spans (buckets are 1/8 of a power of two wide). With fewer gaps, the fixed keep-alive.

@@ -12,7 +12,10 @@ mod chain;
 pub mod idle;
 pub mod spec;
 
-pub use chain::{ChainPolicy, ChainPolicyConfig, BET_MIN_HOLD_US, MAX_REWARM_INSTANCES};
+pub use chain::{
+    ChainPolicy, ChainPolicyConfig, BET_MIN_HOLD_US, MAX_REWARM_INSTANCES, TEMPLATE_KEEP_FACTOR,
+    TEMPLATE_KEEP_MIN_US,
+};
 
 pub use baselines::{
     GreedyDualPolicy, HistogramPolicy, MlpPolicy, NonePolicy, OraclePolicy, TtlPolicy,

@@ -1,6 +1,6 @@
 //! The backends a step runs on, behind one [`Backend`] trait: wasm guests in this process
-//! ([`WasmBackend`]: compiled and pre-linked modules, each instance made ahead) and warm
-//! worker processes ([`ProcessBackend`]: the [`WarmPool`]). The director and the planner
+//! (`WasmBackend`: compiled and pre-linked modules, each instance made ahead) and warm
+//! worker processes (`ProcessBackend`: the [`WarmPool`]). The director and the planner
 //! pick a backend by the function's kind once and never branch on it again.
 //!
 //! A backend hands out an [`Instance`] for a step (how it was obtained: cold, warm,

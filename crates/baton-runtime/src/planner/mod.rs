@@ -1,6 +1,6 @@
 //! The planner: the proactive allocator's one thread, and everything off the request path.
 //!
-//! A request thread only pushes [`Msg`]s into a bounded inbox (a lock held for a push, a
+//! A request thread only pushes `Msg`s into a bounded inbox (a lock held for a push, a
 //! wake-up only when the planner sleeps) and reads immutable state. The planner owns the
 //! policy, driven through the plan executor of `baton_core::exec` exactly as the simulator
 //! drives it: it turns step starts and ends into decisions, reserves committed resources

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 /// Most bytes of a worker's stderr kept per invocation; the rest is counted, not kept.
 pub const OUTPUT_CAP: usize = 64 << 10;
 
-/// What a worker wrote on stderr since the last [`Worker::take_output`], within the cap.
+/// What a worker wrote on stderr since the last [`super::Worker::take_output`], within the cap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CapturedOutput {
     /// The bytes kept, as text (invalid UTF-8 replaced).
