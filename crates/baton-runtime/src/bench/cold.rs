@@ -1,7 +1,8 @@
 //! `baton bench coldstart`: pre-warmed versus cold for a C guest compiled to wasm (compile
 //! not cached, then cached on disk) and for a Python worker that imports heavy standard
 //! modules, started plain (jailed and bare) and forked from its template, with the memory
-//! of a plain worker, a template and a forked worker.
+//! of each warmth tier: a compiled wasm module, a plain worker, a template and a forked
+//! worker.
 
 use super::{setup, spec, tempfile_dir, time_ns, wasm_spec, BenchError, Summary};
 use crate::process::Worker;
@@ -36,8 +37,9 @@ pub struct ColdReport {
     pub move_us: Option<f64>,
     /// Whether a cgroup hierarchy is mounted with `favordynmods` (see `baton doctor`).
     pub favordynmods: bool,
-    /// Memory of a Python worker started plain, of its template, and of a worker forked
-    /// from it (each after one invocation).
+    /// Memory of each tier: what a compiled, pre-linked wasm module adds to the host, a
+    /// Python worker started plain, its template, and a worker forked from it (each after
+    /// one invocation).
     pub memory: Vec<MemoryRow>,
 }
 
@@ -91,6 +93,18 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
     let cache = tempfile_dir("cold")?;
     let engine = WasmEngine::new(&cache, 8, 64).map_err(setup("wasm engine"))?;
     let warm_fn = engine.load(&guest).map_err(setup("validate.wasm"))?;
+    // The compiled tier's memory: what this process grows by when one more module is
+    // compiled and pre-linked (its code mapped, its linker), the engine being up already.
+    let other = wasm_spec("reserve", &examples.join("wasm/reserve.wasm"))?;
+    let before = memory_row("", std::process::id());
+    let other = engine.load(&other).map_err(setup("reserve.wasm"))?;
+    let after = memory_row("", std::process::id());
+    drop(other);
+    let module = MemoryRow {
+        case: "wasm module compiled, pre-linked (+host)".into(),
+        pss_kib: after.pss_kib.saturating_sub(before.pss_kib),
+        rss_kib: after.rss_kib.saturating_sub(before.rss_kib),
+    };
     let mut warm = Vec::new();
     for _ in 0..(cold_runs * 20).max(200) {
         warm.push(time_ns(|| {
@@ -174,7 +188,10 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
     let placement = crate::process::Placement::default();
     let (mut cold, mut cold_bare, mut forked) = (Vec::new(), Vec::new(), Vec::new());
     let mut forked_rlimit = Vec::new();
-    let mut memory = vec![memory_row("python worker, started plain", worker.pid())];
+    let mut memory = vec![
+        module,
+        memory_row("python worker, started plain", worker.pid()),
+    ];
     for run in 0..cold_runs {
         for (isolation, samples) in [(&isolation, &mut cold), (&bare, &mut cold_bare)] {
             samples.push(time_ns(|| {
