@@ -463,7 +463,6 @@ impl Engine<'_> {
         self.gone[task.index()] = Some(Gone::Ended);
     }
 
-    /// Frees memory for `needed_mib` by evicting idle instances, lowest priority first.
     /// Evicts idle instances, lowest [`Executor::evict_priority`] first, until `needed_mib`
     /// is free; whether it is.
     fn make_room(&mut self, needed_mib: u64) -> bool {
@@ -817,7 +816,7 @@ impl Engine<'_> {
             }
             Decision::HoldTemplate { task, until_us } => {
                 if let Some(templates) = self.templates.as_mut() {
-                    templates.prepare(self.costs, task, now, until_us);
+                    templates.hold(self.costs, task, now, until_us);
                 }
             }
             Decision::Release { task, plan } => {

@@ -109,14 +109,14 @@ impl Templates {
             self.forked += 1;
         } else {
             let ready = now_us.saturating_add(took);
-            self.hold(task, now_us, ready, UNTIL_TOLD);
+            self.start(task, now_us, ready, UNTIL_TOLD);
         }
         took
     }
 
-    /// The policy's prepare: `task`'s template held until `until_us`, started now if none
-    /// is held.
-    pub(crate) fn prepare(&mut self, costs: &Costs, task: TaskId, now_us: u64, until_us: u64) {
+    /// The policy's hold: `task`'s template held until `until_us`, started now if none is
+    /// held.
+    pub(crate) fn hold(&mut self, costs: &Costs, task: TaskId, now_us: u64, until_us: u64) {
         if !self.managed {
             return;
         }
@@ -130,11 +130,11 @@ impl Templates {
             return;
         }
         let ready = now_us.saturating_add(costs.own_cold_start_us(task));
-        self.hold(task, now_us, ready, until_us.max(ready));
+        self.start(task, now_us, ready, until_us.max(ready));
     }
 
     /// Starts a template of `task` (none is held): the lapsed one's memory is counted.
-    fn hold(&mut self, task: TaskId, now_us: u64, ready_at_us: u64, until_us: u64) {
+    fn start(&mut self, task: TaskId, now_us: u64, ready_at_us: u64, until_us: u64) {
         if self.held.len() <= task.index() {
             self.held.resize(task.index() + 1, None);
         }
@@ -185,8 +185,8 @@ impl ColdStarts for Host<'_> {
         }
     }
 
-    fn template_start_us(&self, task: TaskId) -> Option<u64> {
-        self.costs.template_start_us(task)
+    fn has_template(&self, _task: TaskId) -> bool {
+        self.costs.templates.is_some()
     }
 }
 
@@ -205,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn a_managed_template_is_held_as_prepared_and_forks_while_held() {
+    fn a_managed_template_is_held_as_told_and_forks_while_held() {
         let costs = costs();
         let t = TaskId(0);
         let mut templates = Templates::new(&costs, true, [], 0).unwrap();
@@ -213,17 +213,17 @@ mod tests {
         assert_eq!(templates.cold_start(&costs, t, 0), 100_000);
         assert_eq!(templates.forked, 0);
         assert_eq!(templates.started, 1);
-        // Prepared past its end: a fork, while held.
-        templates.prepare(&costs, t, 100_000, 1_000_000);
+        // Held past its end: a fork, while held.
+        templates.hold(&costs, t, 100_000, 1_000_000);
         assert_eq!(templates.cold_start(&costs, t, 500_000), 5_000);
         assert_eq!(templates.forked, 1);
         // Lapsed: from nothing again, and held until the policy says (at its end).
         assert_eq!(templates.cold_start(&costs, t, 2_000_000), 100_000);
         assert_eq!(templates.cold_start(&costs, t, 2_050_000), 5_000 + 50_000);
-        templates.prepare(&costs, t, 2_200_000, 2_500_000);
-        // A prepare of a lapsed template starts one, ready a start later: a start before
+        templates.hold(&costs, t, 2_200_000, 2_500_000);
+        // A hold of a lapsed template starts one, ready a start later: a start before
         // then waits for it.
-        templates.prepare(&costs, t, 3_000_000, 4_000_000);
+        templates.hold(&costs, t, 3_000_000, 4_000_000);
         let host = Host {
             costs: &costs,
             templates: Some(&templates),
@@ -241,7 +241,7 @@ mod tests {
         let costs = costs();
         let mut templates = Templates::new(&costs, false, [TaskId(3)], 0).unwrap();
         assert_eq!(templates.cold_start(&costs, TaskId(3), 0), 5_000);
-        templates.prepare(&costs, TaskId(3), 0, 10);
+        templates.hold(&costs, TaskId(3), 0, 10);
         assert_eq!(templates.started, 0);
         assert_eq!(templates.held_mib_us(0, 1_000, 4), 4.0 * 10.0 * 1_000.0);
         assert!(Templates::new(&Costs::new(1, 1), true, [], 0).is_none());
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(templates.cold_start(&costs, t, 50_000), 5_000);
         assert_eq!(templates.started, 0);
         // Told: t is held 1 s after its end; u, never told, until the end.
-        templates.prepare(&costs, t, 60_000, 1_060_000);
+        templates.hold(&costs, t, 60_000, 1_060_000);
         assert_eq!(templates.cold_start(&costs, t, 2_000_000), 100_000);
         assert_eq!(templates.cold_start(&costs, u, 2_000_000), 5_000);
         let held = templates.held_mib_us(1_000, 3_000_000, 2);

@@ -180,11 +180,11 @@ pub enum Decision {
 pub trait ColdStarts {
     /// The cold start of `task`, µs.
     fn cold_start_us(&self, task: TaskId) -> u64;
-    /// A start of `task` forked from its template, µs, when the host has templates for
-    /// it (`None`: it has none; [`Action::HoldTemplate`] means nothing there).
-    fn template_start_us(&self, task: TaskId) -> Option<u64> {
+    /// Whether the host starts `task` from a template (without one,
+    /// [`Action::HoldTemplate`] means nothing there).
+    fn has_template(&self, task: TaskId) -> bool {
         let _ = task;
-        None
+        false
     }
 }
 
@@ -192,8 +192,8 @@ impl ColdStarts for Costs {
     fn cold_start_us(&self, task: TaskId) -> u64 {
         Costs::cold_start_us(self, task)
     }
-    fn template_start_us(&self, task: TaskId) -> Option<u64> {
-        Costs::template_start_us(self, task)
+    fn has_template(&self, _task: TaskId) -> bool {
+        self.templates.is_some()
     }
 }
 

@@ -543,7 +543,7 @@ impl Policy for ChainPolicy {
                         until_us: at_us.saturating_add(warmth.keep_us),
                     });
                 }
-                if host.template_start_us(task).is_some() {
+                if host.has_template(task) {
                     out.push(Action::HoldTemplate {
                         task,
                         until_us: at_us.saturating_add(

@@ -167,14 +167,12 @@ impl ColdStarts for NodeColdStarts<'_> {
         self.0.cold_estimate_us(&name)
     }
 
-    /// A function whose workers fork from a template: its measured starts (mostly forks).
-    fn template_start_us(&self, task: TaskId) -> Option<u64> {
+    fn has_template(&self, task: TaskId) -> bool {
         let name = lock(&self.0.learner).tasks().name(task.0).to_owned();
-        let spec = self.0.pool.spec(&name)?;
         self.0
-            .backend(&spec)
-            .has_template(&spec)
-            .then(|| self.0.cold_estimate_us(&name))
+            .pool
+            .spec(&name)
+            .is_some_and(|spec| self.0.backend(&spec).has_template(&spec))
     }
 }
 
@@ -517,7 +515,7 @@ impl Planner {
         let evicted = std::cell::RefCell::new(Vec::new());
         let at_us = node.now_us();
         let admit = |needed_mib: u64| {
-            let Some((idle, evictable, left)) = self.room(at_us) else {
+            let Some((idle, evictable, left)) = self.room(at_us, needed_mib) else {
                 return true;
             };
             let bet = IdleInstance {

@@ -75,7 +75,7 @@ impl Planner {
     /// settling (given back, their end not heard yet) are neither counted nor evicted: the
     /// policy has not weighed their last use, and settling them enforces the budget again.
     pub(super) fn enforce_budget(&mut self, at_us: u64) {
-        let Some((idle, evictable, free)) = self.room(at_us) else {
+        let Some((idle, evictable, free)) = self.room(at_us, 0) else {
             return;
         };
         let (going, _) = room::make_room(&evictable, free, 0, None);
@@ -89,12 +89,22 @@ impl Planner {
     }
 
     /// With an idle budget: the settled idle workers, as the room rule sees them (ids:
-    /// their index), and what the budget has left (negative: over).
-    pub(super) fn room(&self, at_us: u64) -> Option<(Vec<IdleInfo>, Vec<Evictable>, i64)> {
+    /// their index), and what the budget has left (negative: over). When `needed_mib`
+    /// fits in what is left, no worker is weighed (nothing will go): this runs at every
+    /// step's end.
+    pub(super) fn room(
+        &self,
+        at_us: u64,
+        needed_mib: u64,
+    ) -> Option<(Vec<IdleInfo>, Vec<Evictable>, i64)> {
         let budget = self.node.pool.idle_budget_mib()?;
         let mut idle = self.node.pool.idle();
         idle.retain(|i| !i.settling);
         let used: u64 = idle.iter().map(|i| i.memory_mib).sum();
+        let left = i64::try_from(budget).unwrap_or(i64::MAX) - used as i64;
+        if left >= i64::try_from(needed_mib).unwrap_or(i64::MAX) {
+            return Some((idle, Vec::new(), left));
+        }
         let evictable = idle
             .iter()
             .enumerate()
@@ -119,7 +129,6 @@ impl Planner {
                 }
             })
             .collect();
-        let left = i64::try_from(budget).unwrap_or(i64::MAX) - used as i64;
         Some((idle, evictable, left))
     }
 
