@@ -43,6 +43,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The slot's guard unless `ensure` holds it (starting a template): for the planner,
+/// which never waits for a start.
+fn try_lock(slot: &Mutex<Slot>) -> Option<MutexGuard<'_, Slot>> {
+    match slot.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 impl Templates {
     /// A new worker of `spec` on `placement`: forked from its template when it has one
     /// (started now if need be), else started plain.
@@ -145,11 +155,9 @@ impl Templates {
         let Some(slot) = slot else {
             return true;
         };
-        let guard = match slot.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            // `ensure` holds the slot while it starts one.
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+        // Busy: `ensure` is starting one.
+        let Some(guard) = try_lock(&slot) else {
+            return false;
         };
         match &*guard {
             Slot::Ready(template) => !template.is_alive(),
@@ -162,18 +170,14 @@ impl Templates {
     /// them until they end); returns how many were alive. Never waits for a start under
     /// way.
     pub(crate) fn retire(&self, now: std::time::Instant) -> usize {
-        let over: Vec<String> = {
-            let mut holds = lock(&self.holds);
-            let over: Vec<String> = holds
-                .iter()
-                .filter(|&(_, &until)| until < now)
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in &over {
-                holds.remove(name);
+        let mut over = Vec::new();
+        lock(&self.holds).retain(|name, &mut until| {
+            let ended = until < now;
+            if ended {
+                over.push(name.clone());
             }
-            over
-        };
+            !ended
+        });
         let mut retired = 0;
         for name in over {
             let slot = lock(&self.slots).get(&name).cloned();
@@ -182,13 +186,9 @@ impl Templates {
             // a refusal stays (the program does not speak the protocol). One being started
             // is looked at again next time (its hold put back): the planner never waits.
             let gone = {
-                let mut slot = match slot.try_lock() {
-                    Ok(guard) => guard,
-                    Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
-                        lock(&self.holds).entry(name).or_insert(now);
-                        continue;
-                    }
+                let Some(mut slot) = try_lock(&slot) else {
+                    lock(&self.holds).entry(name).or_insert(now);
+                    continue;
                 };
                 match &*slot {
                     Slot::Ready(_) => std::mem::take(&mut *slot),
