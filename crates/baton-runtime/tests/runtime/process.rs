@@ -336,9 +336,15 @@ fn a_workers_claims_in_time_share_it_travel_with_its_lease_and_keep_it() {
         .unwrap();
     // Given back, it is settling until the planner sets its keep-alive: budget
     // enforcement leaves it alone until then.
-    assert!(pool.idle().iter().all(|i| i.settling && i.pid == pid));
+    let settling = |pool: &WarmPool| {
+        let idle = pool.idle();
+        assert_eq!(idle.len(), 1, "{idle:?}");
+        assert_eq!(idle[0].pid, pid);
+        idle[0].settling
+    };
+    assert!(settling(&pool));
     pool.settle("claims", pid, Instant::now() + s(600));
-    assert!(pool.idle().iter().all(|i| !i.settling && i.pid == pid));
+    assert!(!settling(&pool));
     let now = Instant::now();
     // Two sure pre-warms for steps one after another share the idle worker; a third for
     // the first one's time needs a worker of its own.
