@@ -125,11 +125,7 @@ fn print_cold(report: &ColdReport) {
         println!(
             "moving a process into its groups (every forked start does): {:.2} ms p50, {}",
             us / 1000.0,
-            if report.favordynmods {
-                "a cgroup hierarchy is mounted with favordynmods"
-            } else {
-                "no hierarchy with favordynmods mounted (see `baton doctor --favor-dynmods`)"
-            }
+            report.move_mode
         );
     }
     println!(

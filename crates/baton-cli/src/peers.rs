@@ -688,11 +688,12 @@ pub fn run(args: PeersArgs) -> Result<()> {
         });
     }
     let machine = format!(
-        "{} cores, {}",
+        "{} cores, {}; cgroup moves (each forked Python worker makes one): {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        baton_runtime::limits::MoveMode::now()
     );
     let report = PeersReport {
         machine,

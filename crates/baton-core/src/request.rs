@@ -39,6 +39,11 @@ pub struct Invocation {
     pub start_us: u64,
     /// What it used.
     pub usage: Usage,
+    /// How long it waited for its instance before it ran, µs, when its calls' start times
+    /// include that wait (baton's own records grouped keeping recorded starts, as the
+    /// conformance test replays them); 0 when the starts are warm timing or it is unknown.
+    #[serde(default)]
+    pub waited_us: u64,
 }
 
 /// Longest run time taken as given, µs (about 11.6 days); longer is clamped to it.
@@ -286,6 +291,7 @@ mod tests {
             label: LabelId(label),
             parent,
             start_us,
+            waited_us: 0,
             usage: Usage {
                 wall_us: 10,
                 ..Usage::default()

@@ -18,6 +18,7 @@ pub fn request(tdg: &mut Tdg, calls: &[Call<'_>]) -> Request {
             label: LabelId(tdg.intern_label(name).0),
             parent,
             start_us,
+            waited_us: 0,
             usage: Usage {
                 wall_us,
                 cpu_us: Some(wall_us / 2),

@@ -1,13 +1,15 @@
 //! The step runner: one step of a request on the calling thread. It opens the step's
 //! record, tells the planner the step started (with the simulator's context: the caller,
-//! the operation, the request's route once the entry's first call reveals it), gets an
-//! instance from the function's [`crate::backend::Backend`], runs it, gives it back, tells
+//! the operation, the request's route once the entry's first call reveals it) as soon as
+//! the function's [`crate::backend::Backend`] has chosen its instance (before waiting for
+//! a cold start, so what follows starts meanwhile), runs it, gives it back, tells
 //! the planner the step ended, and closes the record with the step's typed
 //! [`StepFacts`] (also written into the record for the log).
 
 use crate::backend::RunFacts;
 use crate::backend::{ensure_services, StepCall, StepError};
 use crate::director::{Director, RequestState};
+use crate::manifest::FunctionSpec;
 use crate::node::lock;
 use crate::planner::{Msg, PROVISIONAL_KEEP};
 use crate::pool::Warmth;
@@ -19,7 +21,7 @@ use baton_trace::schema::{ExecutionRecord, Status};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How a step went, typed (its record carries the same in schema-v1 fields and `extra`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,6 +115,30 @@ impl Director {
             request.steps[index] = facts;
         };
         let mut record = ExecutionRecord::default();
+        let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The planner hears of the step once its instance is chosen, before the step waits
+        // for it (as the simulator tells the policy at the arrival): what follows is
+        // pre-warmed while this step's own cold start runs.
+        let unsaid = std::cell::RefCell::new(Some((context, reveals_route)));
+        let told = std::cell::RefCell::new(None::<Arc<FunctionSpec>>);
+        // `wait_us`: the wait ahead of the step (the policy's `wait_us`).
+        let tell = |spec: &Arc<FunctionSpec>, warmth: Warmth, wait_us: u64| {
+            let Some((context, reveals_route)) = unsaid.borrow_mut().take() else {
+                return;
+            };
+            *told.borrow_mut() = Some(Arc::clone(spec));
+            // The planner reserves for a step nobody planned (preempting speculation).
+            self.send(Msg::Start {
+                task,
+                invocation,
+                at_us: start_us,
+                context,
+                reveals_route,
+                planned: warmth == Warmth::Prewarmed,
+                wait_us,
+                needs: (spec.limits, spec.timeout_ms * 1000),
+            });
+        };
         let acquired = self
             .node
             .pool
@@ -120,15 +146,33 @@ impl Director {
             .ok_or_else(|| StepError::Unknown(name.to_owned()))
             .and_then(|spec| {
                 let services = ensure_services(self.node.services().map(|s| &**s), &spec)?;
-                let acquired = self
-                    .node
-                    .backend(&spec)
-                    .acquire(&spec, &|| self.catch_up(&spec))?;
+                let acquired = self.node.backend(&spec).acquire(
+                    &spec,
+                    &|| self.catch_up(&spec),
+                    &|warmth, started_ago| {
+                        // The wait ahead, as the node's cold-start estimate has it.
+                        let wait = match warmth {
+                            Warmth::Warm => Duration::ZERO,
+                            _ => self.node.cold_estimate(&spec).saturating_sub(started_ago),
+                        };
+                        tell(&spec, warmth, services + wait.as_micros() as u64);
+                    },
+                )?;
                 Ok((spec, services, acquired))
             });
         let (spec, service_wait, acquired) = match acquired {
             Ok(acquired) => acquired,
             Err(source) => {
+                if let Some(spec) = told.take() {
+                    // Told it started: it ended here, with no worker to give back.
+                    self.send(Msg::End {
+                        task,
+                        spec,
+                        invocation,
+                        at_us: self.now_us(),
+                        worker: None,
+                    });
+                }
                 counters.failed_steps.fetch_add(1, Ordering::Relaxed);
                 record.status = Some(Status::Error);
                 record.cold = Some(true);
@@ -156,17 +200,7 @@ impl Director {
             wait_us: acquired.wait_us + service_wait,
             ..StepFacts::default()
         };
-        // The planner reserves for a step nobody planned (preempting speculation).
-        let invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.send(Msg::Start {
-            task,
-            invocation,
-            at_us: start_us,
-            context,
-            reveals_route,
-            planned: warmth == Warmth::Prewarmed,
-            needs: (spec.limits, spec.timeout_ms * 1000),
-        });
+        tell(&spec, warmth, facts.wait_us);
         let nested = || -> Option<NestedCall> {
             let me = self.me.upgrade()?;
             let state = Arc::clone(state);

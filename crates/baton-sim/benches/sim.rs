@@ -36,6 +36,7 @@ fn workload(n_requests: u64) -> (Tdg, Vec<Request>, Vec<Request>) {
             label: LabelId(0),
             parent: None,
             start_us: t,
+            waited_us: 0,
             usage: Usage {
                 wall_us: 20_000,
                 ..Usage::default()
@@ -49,6 +50,7 @@ fn workload(n_requests: u64) -> (Tdg, Vec<Request>, Vec<Request>) {
                 label: LabelId(0),
                 parent: Some(step as u32 - 1),
                 start_us: t + step * 5_000,
+                waited_us: 0,
                 usage: Usage {
                     wall_us: 10_000,
                     ..Usage::default()
@@ -97,6 +99,7 @@ fn deep_chain(depth: u32) -> (Tdg, Request) {
             label: LabelId(0),
             parent: i.checked_sub(1),
             start_us: u64::from(i),
+            waited_us: 0,
             usage: Usage {
                 wall_us: 1,
                 ..Usage::default()

@@ -621,6 +621,9 @@ impl Engine<'_> {
                 operation: Some(invocation.label),
             },
             reveals_route,
+            // Its calls come as recorded: later by its wait only where the recorded starts
+            // include it (the simulator does not shift them by the waits it adds).
+            wait_us: invocation.waited_us,
         });
     }
 

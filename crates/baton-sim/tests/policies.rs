@@ -35,6 +35,7 @@ fn requests(tdg: &mut Tdg, specs: &[Spec]) -> Vec<Request> {
                         label: LabelId(tdg.intern_label(&format!("t{task}")).0),
                         parent,
                         start_us: start + offset,
+                        waited_us: 0,
                         usage: Usage {
                             wall_us: duration,
                             ..Usage::default()

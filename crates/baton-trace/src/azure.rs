@@ -318,6 +318,7 @@ fn into_requests(mut raws: Vec<Raw>, options: &AzureOptions, tdg: &mut Tdg) -> V
             label,
             parent: (!current.is_empty()).then(|| current.len() as u32 - 1),
             start_us: raw.start_us,
+            waited_us: 0,
             usage: Usage {
                 wall_us: raw.duration_us,
                 ..Usage::default()

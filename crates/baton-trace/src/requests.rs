@@ -136,6 +136,7 @@ impl RequestGrouper {
             parent: None,
             start_us: record.ts_ns / 1_000,
             usage,
+            waited_us: if self.recorded_starts { wait_us } else { 0 },
         });
     }
 

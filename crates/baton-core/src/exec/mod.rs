@@ -467,6 +467,7 @@ mod tests {
             at_us,
             context: Default::default(),
             reveals_route: None,
+            wait_us: 0,
         };
         let end = |invocation, at_us| PolicyEvent::End {
             task: TaskId(2),

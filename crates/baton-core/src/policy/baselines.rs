@@ -414,6 +414,7 @@ mod tests {
             at_us,
             context: PredictContext::default(),
             reveals_route: None,
+            wait_us: 0,
         }
     }
 

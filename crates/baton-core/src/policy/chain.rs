@@ -340,10 +340,11 @@ impl ChainPolicy {
             })
     }
 
+    /// A step of `task` arrived at `at_us` and runs after a cold start of `wait_us`.
     fn on_start(
         &mut self,
         task: TaskId,
-        at_us: u64,
+        (at_us, wait_us): (u64, u64),
         context: &PredictContext,
         reveals_route: Option<u64>,
         host: &dyn ColdStarts,
@@ -400,9 +401,12 @@ impl ChainPolicy {
             self.plan_set(task, context, entry_start_us, threshold, host, out);
         }
         let snapshot = self.graph.load();
+        // The learned delays are from a step's run (waits removed): a cold step's calls come
+        // after its cold start.
+        let runs_at_us = at_us.saturating_add(wait_us);
         let Some(mut plan) = self
             .assembler
-            .assemble(task, context, &snapshot, &self.pool, at_us)
+            .assemble(task, context, &snapshot, &self.pool, runs_at_us)
         else {
             return;
         };
@@ -507,8 +511,9 @@ impl Policy for ChainPolicy {
                 at_us,
                 ref context,
                 reveals_route,
+                wait_us,
                 ..
-            } => self.on_start(task, at_us, context, reveals_route, host, out),
+            } => self.on_start(task, (at_us, wait_us), context, reveals_route, host, out),
             PolicyEvent::End { task, at_us, .. } => {
                 let keep = self.keep_alive_us(task);
                 let lead = || crate::exec::lead_us(host.cold_start_us(task));

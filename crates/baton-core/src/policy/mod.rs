@@ -45,6 +45,10 @@ pub enum PolicyEvent {
         /// This start is the request's first call below its entry: the route (in `context`)
         /// has just become known, and `entry_start_us` is when the request arrived.
         reveals_route: Option<u64>,
+        /// How long the step waits for its instance before it runs, µs (a cold start, the
+        /// rest of a late pre-warm): what it calls comes that much later than the learned
+        /// delays say; 0 when its instance was ready.
+        wait_us: u64,
     },
     /// An invocation ended.
     End {

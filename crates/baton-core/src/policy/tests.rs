@@ -34,6 +34,7 @@ fn chain_policy_prewarms_each_step_just_in_time_and_releases() {
             at_us: 1_000_000,
             context: PredictContext::default(),
             reveals_route: None,
+            wait_us: 0,
         },
         &FixedCold(50_000),
         &mut actions,
@@ -102,6 +103,7 @@ fn chain_policy_rewarms_a_bursty_task_and_drops_the_rewarm_when_it_comes_early()
             at_us: at,
             context: PredictContext::default(),
             reveals_route: None,
+            wait_us: 0,
         };
         policy.on_event(&start, &FixedCold(50_000), actions);
         let end = PolicyEvent::End {
@@ -161,6 +163,7 @@ fn next_policy_prewarms_one_task_above_its_threshold() {
         at_us: 0,
         context: PredictContext::default(),
         reveals_route: None,
+        wait_us: 0,
     };
     let mut actions = Vec::new();
     NextPolicy::new(Arc::clone(&graph), 0.5, 1_000).on_event(
@@ -213,6 +216,7 @@ fn a_starting_step_consumes_its_own_plan_not_an_older_one() {
         at_us,
         context: PredictContext::default(),
         reveals_route: None,
+        wait_us: 0,
     };
     let end = |task, invocation, at_us| PolicyEvent::End {
         task,
@@ -345,6 +349,7 @@ fn bursts_every_half_hour(policy: &mut ChainPolicy, job: TaskId) -> Vec<Action> 
                 at_us: at + i * 1_000,
                 context: PredictContext::default(),
                 reveals_route: None,
+                wait_us: 0,
             };
             policy.on_event(&start, &FixedCold(50_000), &mut actions);
         }
@@ -421,6 +426,7 @@ fn without_a_rhythm_a_finished_instance_keeps_the_fixed_keep_alive() {
             at_us: at,
             context: PredictContext::default(),
             reveals_route: None,
+            wait_us: 0,
         };
         policy.on_event(&start, &FixedCold(50_000), &mut actions);
         let end = PolicyEvent::End {
@@ -462,6 +468,7 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
                 at_us,
                 context: PredictContext::default(),
                 reveals_route: None,
+                wait_us: 0,
             },
             PolicyEvent::End {
                 task,

@@ -217,6 +217,7 @@ mod state_tests {
                 label,
                 parent: (i > 0).then(|| i as u32 - 1),
                 start_us: at_us + i as u64 * 1_000,
+                waited_us: 0,
                 usage: Usage {
                     wall_us: 500,
                     ..Usage::default()

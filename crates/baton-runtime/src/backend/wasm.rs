@@ -205,6 +205,7 @@ impl Backend for WasmBackend {
         &self,
         spec: &Arc<FunctionSpec>,
         catch_up: &dyn Fn(),
+        chosen: &dyn Fn(Warmth, std::time::Duration),
     ) -> Result<Acquired, StepError> {
         let engine = Arc::clone(self.engine(&spec.name)?);
         let mut found = self.take_loaded(&spec.name);
@@ -233,6 +234,7 @@ impl Backend for WasmBackend {
                 late: false,
             });
         }
+        chosen(Warmth::Cold, std::time::Duration::ZERO);
         let started = Instant::now();
         let function = Arc::new(engine.load(spec)?);
         self.pool.note_cold_start(&spec.name, started.elapsed());

@@ -32,11 +32,10 @@ pub struct ColdReport {
     /// How worker limits were applied.
     pub limits: String,
     /// What moving a process into its groups costs here (median, µs), which every forked
-    /// start pays with cgroup v1, and whether `favordynmods` made it cheap; `None` without
-    /// cgroup v1.
+    /// start pays with cgroup v1; `None` without cgroup v1.
     pub move_us: Option<f64>,
-    /// Whether a cgroup hierarchy is mounted with `favordynmods` (see `baton doctor`).
-    pub favordynmods: bool,
+    /// The kernel mode that made it cheap, if any (see `baton doctor`).
+    pub move_mode: crate::limits::MoveMode,
     /// Memory of each tier: what a compiled, pre-linked wasm module adds to the host, a
     /// Python worker started plain, its template, and a worker forked from it (each after
     /// one invocation).
@@ -176,7 +175,8 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         crate::process::Template::start(&price, &isolation).map_err(setup("price.py template"))?,
     );
     // The same with limits by rlimit, which a fork inherits: no cgroup migration (on cgroup
-    // v1 a migration waits for an RCU grace period unless `favordynmods` is set:
+    // v1 a migration waits for an RCU grace period unless `favordynmods` or expedited
+    // grace periods are set:
     // `limits::move_cost`, reported beside).
     let inherited = crate::isolation::Isolation {
         limits: crate::limits::Mechanism::Rlimit,
@@ -255,7 +255,7 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         rows,
         limits,
         move_us,
-        favordynmods: crate::limits::dynmods_mounted(),
+        move_mode: crate::limits::MoveMode::now(),
         memory,
     })
 }

@@ -9,7 +9,12 @@
 //! kernels measured here, outlives the hierarchy that set it (until reboot), so baton never
 //! sets it on its own: `baton doctor --favor-dynmods` does, when an operator asks, by
 //! mounting a named hierarchy (`name=baton-dynmods`) with that option at [`DYNMODS_AT`],
-//! where `mount` shows who did it. [`move_cost`] measures either way.
+//! where `mount` shows who did it. The other way out is reversible: with
+//! `/sys/kernel/rcu_expedited` at 1 ([`RCU_EXPEDITED`]) the kernel expedites every grace
+//! period, so the wait a move begins with takes about 0.1 ms instead of 5–13 (at the price
+//! of an interrupt to every CPU per grace period, host-wide); `baton doctor --expedite-rcu
+//! on|off` sets and clears it. [`move_cost`] measures whichever mode is in force, and
+//! [`MoveMode`] names it for reports.
 
 use super::{create_group, own_prefix, LimitGuard, Mechanism, NEXT_GROUP};
 use std::fs;
@@ -20,6 +25,70 @@ use std::time::{Duration, Instant};
 
 /// Where `favor_dynmods` mounts its hierarchy.
 pub const DYNMODS_AT: &str = "/run/baton/dynmods";
+
+/// The kernel's switch for expedited RCU grace periods.
+pub const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
+
+/// Which kernel mode, if any, makes moving a process into a group cheap here now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MoveMode {
+    /// A cgroup hierarchy is mounted with `favordynmods`.
+    pub favordynmods: bool,
+    /// `/sys/kernel/rcu_expedited` is 1.
+    pub rcu_expedited: bool,
+}
+
+impl MoveMode {
+    /// The mode in force now.
+    pub fn now() -> MoveMode {
+        MoveMode {
+            favordynmods: dynmods_mounted(),
+            rcu_expedited: rcu_expedited(),
+        }
+    }
+
+    /// Whether a move skips the normal grace period.
+    pub fn is_cheap(&self) -> bool {
+        self.favordynmods || self.rcu_expedited
+    }
+}
+
+impl std::fmt::Display for MoveMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.favordynmods, self.rcu_expedited) {
+            (true, true) => f.write_str(
+                "a cgroup hierarchy is mounted with favordynmods and RCU grace periods are expedited",
+            ),
+            (true, false) => f.write_str("a cgroup hierarchy is mounted with favordynmods"),
+            (false, true) => f.write_str("RCU grace periods are expedited (rcu_expedited = 1)"),
+            (false, false) => f.write_str(
+                "the kernel's default mode: a move waits for an RCU grace period \
+                 (`baton doctor --expedite-rcu on` or `--favor-dynmods` make it cheap)",
+            ),
+        }
+    }
+}
+
+/// Whether the kernel expedites RCU grace periods now.
+pub fn rcu_expedited() -> bool {
+    fs::read_to_string(RCU_EXPEDITED).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Sets (`on`) or clears the kernel's expedited RCU grace periods ([`RCU_EXPEDITED`],
+/// root): host-wide, until set again or reboot. Says what it did.
+pub fn expedite_rcu(on: bool) -> Result<String, String> {
+    let value = if on { "1" } else { "0" };
+    fs::write(RCU_EXPEDITED, value).map_err(|e| {
+        format!(
+            "cannot write {value} to {RCU_EXPEDITED}: {e} (it needs root and a kernel that has it)"
+        )
+    })?;
+    Ok(if on {
+        format!("{RCU_EXPEDITED} set to 1: grace periods expedited host-wide (`baton doctor --expedite-rcu off` undoes it)")
+    } else {
+        format!("{RCU_EXPEDITED} set to 0: the kernel's normal grace periods")
+    })
+}
 
 /// The median time to move a process into a group after the kernel has been left alone for
 /// a while (as between two cold starts), measured by moving a child `sleep` between two

@@ -72,6 +72,8 @@ pub(crate) enum Msg {
         reveals_route: Option<u64>,
         /// Its instance was pre-warmed for it (its plan's reservation backs it).
         planned: bool,
+        /// Started cold: the cold start it waits for, µs (the policy's `wait_us`).
+        wait_us: u64,
         /// What it needs and for how long, µs, for a committed reservation when unplanned.
         needs: (ResourceVec, u64),
     },
@@ -275,8 +277,8 @@ impl Planner {
 
     pub(crate) fn handle(&mut self, message: Msg) {
         if self.manual {
-            // Up to the message's own instant: a step's start is told after its instance
-            // was obtained (the clock may have moved on while it waited).
+            // Up to the message's own instant: a step's start is told once its instance is
+            // chosen, an end after it (the clock may have moved on meanwhile).
             let until = match &message {
                 Msg::Start { at_us, .. } | Msg::End { at_us, .. } => Some(*at_us),
                 Msg::Finished(_) => None,
@@ -294,6 +296,7 @@ impl Planner {
                 context,
                 reveals_route,
                 planned,
+                wait_us,
                 needs,
             } => {
                 if !planned {
@@ -307,6 +310,7 @@ impl Planner {
                     at_us,
                     context,
                     reveals_route,
+                    wait_us,
                 });
                 self.apply_all(None, at_us);
             }

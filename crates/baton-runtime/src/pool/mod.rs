@@ -79,6 +79,8 @@ struct State {
     idle: HashMap<String, Vec<Idle>>,
     /// Pre-warms under way per function.
     starting: HashMap<String, usize>,
+    /// When the latest pre-warm of each function began starting.
+    prewarm_began: HashMap<String, Instant>,
     /// Cold starts under way per function.
     cold: HashMap<String, usize>,
     /// Processes being started on the node now: cold starts and pre-warms past their wait
@@ -353,6 +355,16 @@ impl WarmPool {
     /// node at its cold-start bound: then it waits for a worker to come back or a start to
     /// finish (at most [`CAP_WAIT`]).
     pub fn take(self: &Arc<Self>, name: &str) -> Result<Lease, WorkerError> {
+        self.take_telling(name, &|_, _| {})
+    }
+
+    /// [`WarmPool::take`], calling `chosen` (with no lock held) before it waits for a
+    /// pre-warm still starting or starts a worker cold: see `Backend::acquire`.
+    pub fn take_telling(
+        self: &Arc<Self>,
+        name: &str,
+        chosen: &dyn Fn(Warmth, Duration),
+    ) -> Result<Lease, WorkerError> {
         let spec = self.spec(name).ok_or_else(|| WorkerError::Function {
             function: name.to_owned(),
             message: "unknown function".into(),
@@ -360,6 +372,7 @@ impl WarmPool {
         let asked = Instant::now();
         let mut waited = false;
         let mut capped = false;
+        let mut told = false;
         let busy = || BusySlot {
             pool: Arc::clone(self),
             function: name.to_owned(),
@@ -413,6 +426,15 @@ impl WarmPool {
             if prewarming == 0 && !at_cap && !node_busy {
                 break;
             }
+            if !told && !at_cap && !node_busy {
+                // It waits for a pre-warm under way: the planner hears of the step now.
+                told = true;
+                let began = state.prewarm_began.get(name).map(Instant::elapsed);
+                drop(state);
+                chosen(Warmth::Prewarmed, began.unwrap_or_default());
+                state = lock(&self.state);
+                continue;
+            }
             if at_cap || node_busy {
                 if !capped {
                     self.counters.capped_waits.fetch_add(1, Ordering::Relaxed);
@@ -455,6 +477,9 @@ impl WarmPool {
         *state.cold.entry(name.to_owned()).or_default() += 1;
         state.spawning += 1;
         drop(state);
+        if !told {
+            chosen(Warmth::Cold, Duration::ZERO);
+        }
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         self.counters.count_cold(cause);
         let worker = self.start_worker(&spec, &Placement::default());
@@ -517,6 +542,7 @@ impl WarmPool {
                 return;
             }
             *state.starting.entry(name.to_owned()).or_default() += 1;
+            state.prewarm_began.insert(name.to_owned(), Instant::now());
         }
         self.counters.prewarm_starts.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);

@@ -144,6 +144,7 @@ impl Backend for TestBackend {
         &self,
         spec: &Arc<FunctionSpec>,
         catch_up: &dyn Fn(),
+        told: &dyn Fn(Warmth, Duration),
     ) -> Result<Acquired, StepError> {
         // Everything due before this arrival happens first, as in the simulator's queue.
         catch_up();
@@ -182,6 +183,15 @@ impl Backend for TestBackend {
         i.claims = 0.0;
         i.used = true;
         drop(instances);
+        // The planner hears of the step before it waits, as the runtime's backends tell it.
+        if wait_us > 0 {
+            // How long it has been starting, so that the runtime's estimate of the wait
+            // (its cold-start time less that) is the wait itself.
+            told(
+                warmth,
+                Duration::from_micros(COLD_US.saturating_sub(wait_us)),
+            );
+        }
         self.clock.set(now + wait_us);
         Ok(Acquired {
             instance: Box::new(Step {
@@ -453,6 +463,7 @@ fn the_director_and_the_simulator_decide_alike_for_a_timer() {
             label,
             parent: None,
             start_us,
+            waited_us: 0,
             usage: Usage {
                 wall_us: 200_000,
                 ..Usage::default()

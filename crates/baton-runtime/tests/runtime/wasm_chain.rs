@@ -46,6 +46,7 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
             label,
             parent,
             start_us,
+            waited_us: 0,
             usage: Usage {
                 wall_us: 10,
                 ..Usage::default()
