@@ -402,8 +402,12 @@ impl ChainPolicy {
         }
         let snapshot = self.graph.load();
         // The learned delays are from a step's run (waits removed): a cold step's calls come
-        // after its cold start.
-        let runs_at_us = at_us.saturating_add(wait_us);
+        // after its cold start. A plan timed late leaves its steps cold, one timed early
+        // only holds their pre-warms a little longer (at least `PREWARM_GRACE_US` past
+        // ready), so the wait is counted less half that grace: an estimate too long by up
+        // to half of it costs nothing, and a wait shorter than it plans from the arrival.
+        let runs_at_us =
+            at_us.saturating_add(wait_us.saturating_sub(crate::exec::PREWARM_GRACE_US / 2));
         let Some(mut plan) = self
             .assembler
             .assemble(task, context, &snapshot, &self.pool, runs_at_us)
