@@ -1,7 +1,7 @@
 //! Failures through the director: a guest that loops forever is stopped by its timeout, one
 //! that grows past its memory limit fails with `oom`, a worker that crashes is replaced;
 //! each is recorded with its status and reason (a worker forked from its template too),
-//! and the host keeps serving.
+//! and the host keeps serving; a worker that never starts leaves no reservation behind.
 
 use crate::common::{process_spec, wasm_spec};
 use baton_core::policy::TtlPolicy;
@@ -87,4 +87,30 @@ fn timeouts_ooms_and_crashes_are_recorded_and_the_host_survives() {
         director.invoke("spin", b"").unwrap_err(),
         DirectorError::Step { .. }
     ));
+}
+
+/// A step is told to the planner before its cold start (so what follows starts meanwhile);
+/// when that start fails, the step is told ended too: the reservation committed for it goes,
+/// and the next request finds the node as it was.
+#[test]
+fn a_step_whose_worker_never_starts_leaves_no_reservation_behind() {
+    let detection = isolation::detect();
+    // A module that is not there: the interpreter exits before the worker's ready frame.
+    let (director, reservations) = crate::common::predicting_director(
+        vec![process_spec("dud", "no_such_step.py", "template = false")],
+        detection.isolation(),
+        0,
+    );
+    for _ in 0..2 {
+        let error = director.invoke("dud", b"x").unwrap_err();
+        eprintln!("{error}");
+        let record = error.records().last().cloned().unwrap();
+        assert_eq!(record.status, Some(Status::Error));
+        assert!(
+            reservations.is_empty(),
+            "a failed cold start holds nothing: {:?}",
+            reservations.reservations()
+        );
+    }
+    assert_eq!(director.counters().failed_steps.load(Ordering::Relaxed), 2);
 }
