@@ -215,6 +215,10 @@ impl WarmPool {
         let stale = {
             let mut state = lock(&self.state);
             state.gone.remove(name);
+            // Keyed by names a client chooses: nothing of a removed one stays.
+            state.asked.remove(name);
+            state.prewarm_began.remove(name);
+            state.cold_us.remove(name);
             state.idle.remove(name)
         };
         drop(stale);
@@ -624,5 +628,10 @@ mod tests {
         // An unknown function is refused before it counts as asked.
         assert!(pool.take("g").is_err());
         assert!(!pool.asked_since("g", before));
+        // Removed, nothing keyed by its name stays (names come from clients).
+        assert!(pool.remove("f"));
+        assert!(!pool.asked_since("f", before));
+        let state = lock(&pool.state);
+        assert!(!state.prewarm_began.contains_key("f") && !state.cold_us.contains_key("f"));
     }
 }
