@@ -120,13 +120,11 @@ impl Director {
         // for it (as the simulator tells the policy at the arrival): what follows is
         // pre-warmed while this step's own cold start runs.
         let unsaid = std::cell::RefCell::new(Some((context, reveals_route)));
-        let told = std::cell::RefCell::new(None::<Arc<FunctionSpec>>);
         // `wait_us`: the wait ahead of the step (the policy's `wait_us`).
-        let tell = |spec: &Arc<FunctionSpec>, warmth: Warmth, wait_us: u64| {
+        let tell = |spec: &FunctionSpec, warmth: Warmth, wait_us: u64| {
             let Some((context, reveals_route)) = unsaid.borrow_mut().take() else {
                 return;
             };
-            *told.borrow_mut() = Some(Arc::clone(spec));
             // The planner reserves for a step nobody planned (preempting speculation).
             self.send(Msg::Start {
                 task,
@@ -139,10 +137,9 @@ impl Director {
                 needs: (spec.limits, spec.timeout_ms * 1000),
             });
         };
-        let acquired = self
-            .node
-            .pool
-            .spec(name)
+        let found = self.node.pool.spec(name);
+        let acquired = found
+            .clone()
             .ok_or_else(|| StepError::Unknown(name.to_owned()))
             .and_then(|spec| {
                 let services = ensure_services(self.node.services().map(|s| &**s), &spec)?;
@@ -163,7 +160,7 @@ impl Director {
         let (spec, service_wait, acquired) = match acquired {
             Ok(acquired) => acquired,
             Err(source) => {
-                if let Some(spec) = told.take() {
+                if let Some(spec) = found.filter(|_| unsaid.borrow().is_none()) {
                     // Told it started: it ended here, with no worker to give back.
                     self.send(Msg::End {
                         task,

@@ -46,11 +46,6 @@ impl MoveMode {
             rcu_expedited: rcu_expedited(),
         }
     }
-
-    /// Whether a move skips the normal grace period.
-    pub fn is_cheap(&self) -> bool {
-        self.favordynmods || self.rcu_expedited
-    }
 }
 
 impl std::fmt::Display for MoveMode {

@@ -16,10 +16,7 @@ mod migration;
 pub(crate) use detect::stat_field;
 pub use detect::{detect, Detection, Mechanism};
 use detect::{own_prefix, start_time, NEXT_GROUP};
-pub use migration::{
-    dynmods_mounted, expedite_rcu, favor_dynmods, move_cost, rcu_expedited, MoveMode, DYNMODS_AT,
-    RCU_EXPEDITED,
-};
+pub use migration::{expedite_rcu, favor_dynmods, move_cost, MoveMode, DYNMODS_AT, RCU_EXPEDITED};
 
 use std::fs;
 use std::os::fd::OwnedFd;

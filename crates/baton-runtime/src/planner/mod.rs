@@ -72,7 +72,8 @@ pub(crate) enum Msg {
         reveals_route: Option<u64>,
         /// Its instance was pre-warmed for it (its plan's reservation backs it).
         planned: bool,
-        /// Started cold: the cold start it waits for, µs (the policy's `wait_us`).
+        /// The wait ahead of it (a cold start, the rest of a late pre-warm), µs: the
+        /// policy's `wait_us`.
         wait_us: u64,
         /// What it needs and for how long, µs, for a committed reservation when unplanned.
         needs: (ResourceVec, u64),
