@@ -628,10 +628,28 @@ mod tests {
         // An unknown function is refused before it counts as asked.
         assert!(pool.take("g").is_err());
         assert!(!pool.asked_since("g", before));
-        // Removed, nothing keyed by its name stays (names come from clients).
+    }
+
+    #[test]
+    fn a_removed_function_leaves_nothing_keyed_by_its_name() {
+        // Names come from clients: when it was asked for, its cold-start samples and when
+        // its latest pre-warm began all go with it.
+        let spec = FunctionSpec::from_toml(
+            "name = \"f\"\nkind = \"process\"\ncommand = [\"true\"]\ntemplate = false\ntimeout_ms = 2000\n",
+        )
+        .unwrap();
+        let pool = WarmPool::new(vec![spec], Isolation::none());
+        let before = Instant::now();
+        assert!(pool.take("f").is_err());
+        assert!(pool.asked_since("f", before));
+        pool.note_cold_start("f", Duration::from_millis(5));
+        let now = Instant::now();
+        let claim = Claim::new(now, now, 1.0);
+        pool.prewarm_with("f", now, None, claim, Placement::default(), || Ok(()));
+        assert!(lock(&pool.state).prewarm_began.contains_key("f"));
         assert!(pool.remove("f"));
         assert!(!pool.asked_since("f", before));
-        let state = lock(&pool.state);
-        assert!(!state.prewarm_began.contains_key("f") && !state.cold_us.contains_key("f"));
+        assert_eq!(pool.cold_start_estimate("f"), None);
+        assert!(!lock(&pool.state).prewarm_began.contains_key("f"));
     }
 }
