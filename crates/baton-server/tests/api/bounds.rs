@@ -41,12 +41,7 @@ fn oversized_bodies_and_full_queues_are_refused() {
     // Still running: it cannot be forgotten yet.
     let running = accepted.header("location").unwrap().to_owned();
     let early = api.request("DELETE", &running, "text/plain", b"").unwrap();
-    assert_eq!(early.status, 409, "{}", early.text());
-    assert!(
-        early.text().contains("once it has ended"),
-        "{}",
-        early.text()
-    );
+    assert_refused(&early, 409, "once it has ended");
     let refused = invoke(&api, "slow", "now");
     assert_eq!(refused.status, 429, "{}", refused.text());
     assert_eq!(refused.header("retry-after"), Some("1"));
@@ -98,12 +93,7 @@ fn every_error_is_one_json_body_and_bounds_hold() {
         "huge",
         &json!({ "manifest": huge, "module_base64": "AA==" }),
     );
-    assert_eq!(response.status, 400, "{}", response.text());
-    assert!(
-        response.text().contains("memory_mib"),
-        "{}",
-        response.text()
-    );
+    assert_refused(&response, 400, "memory_mib");
     // A name that is not a safe identifier is refused.
     let dots = "name = \"..\"\nkind = \"wasm\"\nmodule = \"x.wasm\"\n";
     let response = put_json(

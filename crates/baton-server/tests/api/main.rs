@@ -27,6 +27,16 @@ fn declare(api: &Client, name: &str, steps: &[&str]) -> Response {
     .unwrap()
 }
 
+/// Asserts that `response` answered `status` with a body that says `says`.
+fn assert_refused(response: &Response, status: u16, says: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    assert!(
+        response.text().contains(says),
+        "expected {says:?} in {}",
+        response.text()
+    );
+}
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
@@ -161,8 +171,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
     assert_eq!(anonymous.get("/v1/functions").unwrap().status, 401);
     let wrong = Client::new(&format!("http://{}", server.addr), Some("nope".into())).unwrap();
     let response = wrong.get("/metrics").unwrap();
-    assert_eq!(response.status, 401);
-    assert!(response.text().contains("bearer token"));
+    assert_refused(&response, 401, "bearer token");
 
     deploy_order_app(&api);
     let listed = api.get("/v1/functions").unwrap().json();
@@ -174,15 +183,9 @@ fn the_api_deploys_invokes_learns_and_counts() {
         "bad",
         "name = \"bad\"\nkind = \"lambda\"\ncommand = [\"x\"]",
     );
-    assert_eq!(response.status, 400);
-    assert!(
-        response.text().contains("manifest field `kind`"),
-        "{}",
-        response.text()
-    );
+    assert_refused(&response, 400, "manifest field `kind`");
     let response = put_toml(&api, "other", &python_manifest("mismatch", "upper.py", ""));
-    assert_eq!(response.status, 400);
-    assert!(response.text().contains("path names `other`"));
+    assert_refused(&response, 400, "path names `other`");
     let body = json!({
         "manifest": "name = \"broken\"\nkind = \"wasm\"\nmodule = \"x.wasm\"\n",
         "module_base64": base64::engine::general_purpose::STANDARD.encode(b"not a module"),
@@ -195,12 +198,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
             body.to_string().as_bytes(),
         )
         .unwrap();
-    assert_eq!(response.status, 400);
-    assert!(
-        response.text().contains("invalid module"),
-        "{}",
-        response.text()
-    );
+    assert_refused(&response, 400, "invalid module");
 
     // Deployed functions are made ready in the background: the wasm modules compiled and
     // instantiated, the Python functions' templates started.
@@ -337,8 +335,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
     assert_eq!(shouted["output"], "HEY");
     assert_eq!(shouted["steps"].as_array().unwrap().len(), 2);
     let response = declare(&api, "bad", &["ghost"]);
-    assert_eq!(response.status, 400);
-    assert!(response.text().contains("`ghost`"));
+    assert_refused(&response, 400, "`ghost`");
     let shout = api.get("/v1/sequences/shout").unwrap().json();
     assert_eq!(shout["steps"], json!(["upper", "upper"]));
     assert_eq!(api.get("/v1/sequences/ghost").unwrap().status, 404);
@@ -436,8 +433,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
     let response = api
         .request("POST", "/v1/logs", "application/x-ndjson", b"garbage\n")
         .unwrap();
-    assert_eq!(response.status, 400);
-    assert!(response.text().contains("nothing to learn"));
+    assert_refused(&response, 400, "nothing to learn");
 
     let pool = api.get("/v1/pool").unwrap().json();
     assert_eq!(pool["policy"], "chain");
@@ -554,12 +550,7 @@ fn a_deploy_never_opens_a_path_the_request_names() {
             put_toml(&api, "peek", &manifest),
             put_json(&api, "peek", &json!({ "manifest": manifest })),
         ] {
-            assert_eq!(response.status, 400, "{}", response.text());
-            assert!(
-                response.text().contains("module_base64"),
-                "{}",
-                response.text()
-            );
+            assert_refused(&response, 400, "module_base64");
             assert!(
                 !response.text().contains("TOP-SECRET"),
                 "{}",
@@ -578,12 +569,7 @@ fn a_deploy_never_opens_a_path_the_request_names() {
         dir.path().display().to_string()
     );
     let response = put_toml(&api, "peek", &manifest);
-    assert_eq!(response.status, 400, "{}", response.text());
-    assert!(
-        response.text().contains("code_base64"),
-        "{}",
-        response.text()
-    );
+    assert_refused(&response, 400, "code_base64");
     // An absolute program, or one climbing out of the uploaded code, is refused.
     for program in ["/bin/sh", "../bin/sh"] {
         let manifest = format!("name = \"peek\"\nkind = \"process\"\ncommand = [{program:?}]\n");
@@ -600,12 +586,7 @@ fn process_functions_over_http_are_refused_by_default() {
     let server = start(dir.path(), |c| c.allow_process_functions = false);
     let api = client(&server);
     let response = put_python(&api, "upper", &python_manifest("upper", "upper.py", ""));
-    assert_eq!(response.status, 403, "{}", response.text());
-    assert!(
-        response.text().contains("--allow-process-functions"),
-        "{}",
-        response.text()
-    );
+    assert_refused(&response, 403, "--allow-process-functions");
     // Wasm still deploys.
     let response = wasm_deploy(&api, "validate", "wasm/validate.wasm");
     assert_eq!(response.status, 201, "{}", response.text());
@@ -633,12 +614,7 @@ fn uploaded_code_runs_and_a_hostile_archive_is_refused() {
         "code_base64": base64::engine::general_purpose::STANDARD.encode(b"not a tar.gz"),
     });
     let response = put_json(&api, "evil", &body);
-    assert_eq!(response.status, 400, "{}", response.text());
-    assert!(
-        response.text().contains("code archive"),
-        "{}",
-        response.text()
-    );
+    assert_refused(&response, 400, "code archive");
 }
 
 #[test]
