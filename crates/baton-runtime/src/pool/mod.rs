@@ -611,14 +611,19 @@ impl WarmPool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_request_asking_for_a_worker_is_remembered_for_pre_warms_due_at_once() {
-        // A program that exits at once: the request fails, but it did ask.
+    /// A pool of one function `f` whose program exits at once: a request for it fails, but
+    /// it did ask.
+    fn pool_of_a_dud() -> Arc<WarmPool> {
         let spec = FunctionSpec::from_toml(
             "name = \"f\"\nkind = \"process\"\ncommand = [\"true\"]\ntemplate = false\ntimeout_ms = 2000\n",
         )
         .unwrap();
-        let pool = WarmPool::new(vec![spec], Isolation::none());
+        WarmPool::new(vec![spec], Isolation::none())
+    }
+
+    #[test]
+    fn a_request_asking_for_a_worker_is_remembered_for_pre_warms_due_at_once() {
+        let pool = pool_of_a_dud();
         let before = Instant::now();
         assert!(!pool.asked_since("f", before));
         assert!(pool.take("f").is_err());
@@ -634,11 +639,7 @@ mod tests {
     fn a_removed_function_leaves_nothing_keyed_by_its_name() {
         // Names come from clients: when it was asked for, its cold-start samples and when
         // its latest pre-warm began all go with it.
-        let spec = FunctionSpec::from_toml(
-            "name = \"f\"\nkind = \"process\"\ncommand = [\"true\"]\ntemplate = false\ntimeout_ms = 2000\n",
-        )
-        .unwrap();
-        let pool = WarmPool::new(vec![spec], Isolation::none());
+        let pool = pool_of_a_dud();
         let before = Instant::now();
         assert!(pool.take("f").is_err());
         assert!(pool.asked_since("f", before));
