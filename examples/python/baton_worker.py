@@ -57,8 +57,9 @@ def _template(handle) -> None:
     control = socket.socket(fileno=3)
     control.settimeout(10)
     control.sendall(b"T")
+    # Children are reaped only when baton says so (W): it reads how one ended from the
+    # zombie first, so a child must not be reaped behind its back.
     while True:
-        _reap()
         try:
             message, fds, _, _ = socket.recv_fds(control, 1, 3)
         except socket.timeout:
@@ -114,16 +115,6 @@ def _recv_exact(sock, n: int) -> bytes:
             raise EOFError
         data += chunk
     return data
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _serve(handle) -> None:

@@ -60,6 +60,16 @@ pub struct SimArgs {
     /// long as a policy that manages templates holds it; counted as idle memory; `baton bench coldstart` measures its PSS: about 11 MiB here).
     #[arg(long, requires = "template_start_ms")]
     template_mib: Option<u64>,
+    /// Model each template's spare, as `baton serve` keeps one: a worker forked ahead that
+    /// a start (cold or pre-warm) takes in this long, ms (`baton bench coldstart`'s
+    /// "template's spare" row: under 1 ms here); the next one is ready a fork later.
+    /// Needs the template options and --spare-mib.
+    #[arg(long, requires_all = ["template_start_ms", "spare_mib"])]
+    spare_start_ms: Option<f64>,
+    /// A spare's own memory, MiB, held with its template (`baton bench coldstart`
+    /// measures its private pages: about 1 MiB here).
+    #[arg(long, requires = "spare_start_ms")]
+    spare_mib: Option<u64>,
     /// Per-service memory from a pod-metrics CSV (PodName, MemoryUsage(Mi); median per
     /// service), e.g. shared/data/trainticket-nezha/pod_metrics_2023-01-30.csv.xz.
     #[arg(long)]
@@ -184,9 +194,20 @@ pub fn sim(args: SimArgs) -> Result<()> {
         if !(start_ms.is_finite() && start_ms >= 0.0) {
             bail!("--template-start-ms {start_ms}: expected a duration in ms");
         }
+        let spare = match (args.spare_start_ms, args.spare_mib) {
+            (Some(ms), _) if !(ms.is_finite() && ms >= 0.0) => {
+                bail!("--spare-start-ms {ms}: expected a duration in ms")
+            }
+            (Some(ms), Some(memory_mib)) => Some(baton_core::costs::SpareCosts {
+                start_us: (ms * 1000.0) as u64,
+                memory_mib,
+            }),
+            _ => None,
+        };
         costs.templates = Some(baton_core::costs::TemplateCosts {
             start_us: (start_ms * 1000.0) as u64,
             memory_mib,
+            spare,
         });
     }
     for &(task, mib) in &loaded.memory_mib {
@@ -231,7 +252,13 @@ pub fn sim(args: SimArgs) -> Result<()> {
         args.cold_start_ms,
         match (args.template_start_ms, args.template_mib) {
             (Some(ms), Some(mib)) => format!(
-                " (templates: a start forked from one takes {ms} ms; each holds {mib} MiB, counted as idle; chain manages its own)"
+                " (templates: a start forked from one takes {ms} ms; each holds {mib} MiB, counted as idle; chain manages its own{})",
+                match (args.spare_start_ms, args.spare_mib) {
+                    (Some(spare_ms), Some(spare_mib)) => format!(
+                        "; each keeps a spare taken in {spare_ms} ms, holding {spare_mib} MiB more"
+                    ),
+                    _ => String::new(),
+                }
             ),
             _ => String::new(),
         },

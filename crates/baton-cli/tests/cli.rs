@@ -546,14 +546,14 @@ fn bench_hop_and_coldstart_print_their_figures() {
     let rows = cold["rows"].as_array().unwrap();
     assert_eq!(
         rows.len(),
-        6,
-        "wasm uncached, wasm cached, python sandboxed, python bare, forked, forked by rlimit"
+        7,
+        "wasm uncached, wasm cached, python sandboxed, python bare, forked, forked by rlimit, spare"
     );
     let memory = cold["memory"].as_array().unwrap();
     assert_eq!(
         memory.len(),
-        4,
-        "a compiled module's growth of the host, plain worker, template, forked worker"
+        5,
+        "a compiled module's growth of the host, plain worker, template, forked worker, spare"
     );
     assert!(memory[0]["case"]
         .as_str()
@@ -563,6 +563,7 @@ fn bench_hop_and_coldstart_print_their_figures() {
     // allocation elsewhere can hide), so only its presence is checked.
     for row in &memory[1..] {
         assert!(row["pss_kib"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["private_kib"].as_u64().unwrap() > 0, "{row}");
     }
     for row in rows {
         assert!(

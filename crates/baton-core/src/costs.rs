@@ -30,6 +30,21 @@ pub struct TemplateCosts {
     pub start_us: u64,
     /// The template's own memory, held while its function is deployed, MiB.
     pub memory_mib: u64,
+    /// Its spare, when templates keep one (as `baton serve`'s do).
+    #[serde(default)]
+    pub spare: Option<SpareCosts>,
+}
+
+/// What a template's spare costs: a worker forked ahead and put under its limits, which a
+/// start takes instead of forking; the template forks the next one at once (a fork,
+/// [`TemplateCosts::start_us`], later it is ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpareCosts {
+    /// A start that takes the spare: ready for its call, µs.
+    pub start_us: u64,
+    /// The spare's own memory (its private pages beside its template's), held with the
+    /// template, MiB.
+    pub memory_mib: u64,
 }
 
 impl Costs {
@@ -111,6 +126,7 @@ mod tests {
         costs.templates = Some(TemplateCosts {
             start_us: 15_000,
             memory_mib: 11,
+            spare: None,
         });
         assert_eq!(costs.cold_start_us(TaskId(0)), 15_000);
         assert_eq!(costs.cold_start_us(TaskId(1)), 5_000, "its own is faster");

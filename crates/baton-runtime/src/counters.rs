@@ -62,8 +62,12 @@ counters! {
     hits,
     /// Templates started (a function's first cold start, or one replacing a dead template).
     template_starts,
-    /// Worker processes forked from a template (cold starts and pre-warms alike).
+    /// Worker processes forked from a template for a start (cold starts and pre-warms alike; spares apart).
     forked_starts,
+    /// Starts served by their template's spare, a worker forked ahead (cold starts and pre-warms alike).
+    spare_starts,
+    /// Spares forked (one per live template, forked again once taken).
+    spares_forked,
     /// Templates let go when the policy's hold on them ended (the warmth tiers).
     templates_retired,
     /// Worker processes a step started itself (cold).
@@ -111,7 +115,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 32);
+        assert_eq!(read.len(), 34);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

@@ -35,7 +35,8 @@ pub struct StepFacts {
     /// From the previous output to this instance holding its input, and to its result, ns.
     pub hop_ns: Option<(u64, u64)>,
     /// What its instance was made from: for a process function `worker` (one already
-    /// running), `forked` (from its template) or `spawned`; for a wasm function
+    /// running), `spare` (its template's spare, forked ahead), `forked` (from its template
+    /// now) or `spawned`; for a wasm function
     /// `instance` (made ahead), `module` (instantiated from its loaded module) or
     /// `compiled` (loaded first).
     pub tier: Option<&'static str>,

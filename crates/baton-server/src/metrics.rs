@@ -132,7 +132,7 @@ impl Default for Metrics {
         );
         r.register(
             "baton_steps_by_tier",
-            "Steps by function and by what their instance was made from (the warmth tier): instance (a wasm instance made ahead), compiled (instantiated from the compiled module), worker (a warm worker), forked (a worker forked from its template), spawned (a worker started from nothing)",
+            "Steps by function and by what their instance was made from (the warmth tier): instance (a wasm instance made ahead), compiled (instantiated from the compiled module), worker (a warm worker), spare (a worker its template forked ahead, taken by a cold start), forked (a worker forked from its template), spawned (a worker started from nothing)",
             metrics.tiers.clone(),
         );
         r.register_with_unit(

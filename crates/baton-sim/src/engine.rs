@@ -294,6 +294,7 @@ pub fn run(
         engine.stats.template_mib_us = held;
         engine.stats.idle_mib_us += held;
         engine.stats.forked_starts = templates.forked;
+        engine.stats.spare_starts = templates.spares_taken;
         engine.stats.templates_started = templates.started;
     }
     progress(arrivals.len(), arrivals.len());
@@ -739,6 +740,9 @@ impl Engine<'_> {
                 self.stats.prewarms_failed += 1;
                 return;
             }
+        }
+        if let Some(templates) = self.templates.as_mut() {
+            templates.prewarm_start(self.costs, task, now);
         }
         let id = self.new_instance(task, ready_at_us, Some(plan));
         self.instances[id as usize].keep_until_us = until_us;

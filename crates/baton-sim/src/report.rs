@@ -46,12 +46,12 @@ pub fn markdown(results: &[PolicyResult]) -> String {
 /// The results as CSV.
 pub fn csv(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired,prewarms_route_started,prewarms_route_used,prewarms_path_started,prewarms_path_used,prewarms_unplanned_started,prewarms_unplanned_used,template_gb_s,forked_starts,templates_started\n",
+        "policy,knob,memory_mib,requests,invocations,cold_starts,cold_start_ratio,p75_function_cold_rate,critical_cold_per_request,latency_p50_ms,latency_p99_ms,idle_gb_s,wasted_gb_s,prewarm_precision,prewarm_recall,policy_us_per_event,evictions,overcommits,cold_first,cold_concurrent,cold_evicted,cold_expired,prewarms_route_started,prewarms_route_used,prewarms_path_started,prewarms_path_used,prewarms_unplanned_started,prewarms_unplanned_used,template_gb_s,forked_starts,templates_started,spare_starts\n",
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{}",
+            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.3},{:.3},{:.3},{:.3},{},{:.6},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{}",
             r.policy,
             r.knob,
             r.memory_mib,
@@ -84,6 +84,7 @@ pub fn csv(results: &[PolicyResult]) -> String {
             r.template_gb_s,
             r.stats.forked_starts,
             r.stats.templates_started,
+            r.stats.spare_starts,
         );
     }
     out

@@ -83,6 +83,8 @@ pub struct RunStats {
     pub template_mib_us: f64,
     /// Of the cold starts, those forked from a template.
     pub forked_starts: u64,
+    /// Starts (cold starts and pre-warms) that took their template's spare.
+    pub spare_starts: u64,
     /// Templates started (by a policy's prepare, or by a cold start that found none held;
     /// 0 when every function holds one throughout).
     pub templates_started: u64,

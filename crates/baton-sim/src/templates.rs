@@ -14,8 +14,20 @@
 //! not take node memory (they are small beside the instances); the memory they hold over
 //! time is counted as idle memory, and apart.
 //!
+//! Spares ([`SpareCosts`], as `baton serve`'s templates keep one each): a held template
+//! has a worker forked ahead, ready a fork after the template is; a cold start or a
+//! pre-warm that finds it ready takes it ([`SpareCosts::start_us`]) and the template forks
+//! the next one, ready a fork later; one that finds it still coming forks as without
+//! spares. The policy plans with the start that does not count on the spare (the fork),
+//! as the runtime's estimate leaves spare takes out. A spare's memory is held with its
+//! template's.
+//!
+//! [`SpareCosts`]: baton_core::costs::SpareCosts
+//! [`SpareCosts::start_us`]: baton_core::costs::SpareCosts::start_us
+//!
 //! [`Executor::manages_templates`]: baton_core::exec::Executor::manages_templates
 
+use baton_core::costs::SpareCosts;
 use baton_core::exec::ColdStarts;
 use baton_core::{Costs, TaskId};
 
@@ -38,6 +50,10 @@ pub(crate) struct Templates {
     memory_mib: u64,
     managed: bool,
     held: Vec<Option<Held>>,
+    spare: Option<SpareCosts>,
+    /// When each task's spare is ready (by task index; 0: since deploy). Meaningful while
+    /// its template is held.
+    spare_ready_at: Vec<u64>,
     /// Memory held by templates no longer held, MiB·µs (the ones held now are added at
     /// the end).
     lapsed_mib_us: f64,
@@ -45,6 +61,8 @@ pub(crate) struct Templates {
     pub(crate) started: u64,
     /// Cold starts forked from a template.
     pub(crate) forked: u64,
+    /// Starts (cold starts and pre-warms) that took their template's spare.
+    pub(crate) spares_taken: u64,
 }
 
 impl Templates {
@@ -71,12 +89,15 @@ impl Templates {
             }
         }
         Some(Templates {
-            memory_mib: templates.memory_mib,
+            memory_mib: templates.memory_mib + templates.spare.map_or(0, |s| s.memory_mib),
             managed,
             held,
+            spare: templates.spare,
+            spare_ready_at: Vec::new(),
             lapsed_mib_us: 0.0,
             started: 0,
             forked: 0,
+            spares_taken: 0,
         })
     }
 
@@ -100,16 +121,46 @@ impl Templates {
         }
     }
 
-    /// A cold start of `task` at `now_us`: what it takes, µs. Forked from the template when
-    /// one is held (after waiting for it, if it is still starting); else from nothing,
-    /// leaving a template held until the policy's next hold on it says how long.
+    /// Takes `task`'s spare at `now_us` if its template is held and the spare ready: what
+    /// the start takes then, µs; the template forks the next one.
+    fn take_spare(&mut self, costs: &Costs, task: TaskId, now_us: u64) -> Option<u64> {
+        let spare = self.spare?;
+        if self.managed && self.held(task, now_us).is_none() {
+            return None;
+        }
+        if self.spare_ready_at.len() <= task.index() {
+            self.spare_ready_at.resize(task.index() + 1, 0);
+        }
+        let ready_at = &mut self.spare_ready_at[task.index()];
+        if *ready_at > now_us {
+            return None;
+        }
+        *ready_at = now_us.saturating_add(costs.template_start_us(task).unwrap_or(0));
+        self.spares_taken += 1;
+        Some(spare.start_us)
+    }
+
+    /// A pre-warm of `task` starting at `now_us` takes its template's spare when it is
+    /// ready, as the runtime's does (it is then ready at once; the executor's instant
+    /// stands, counted on the fork).
+    pub(crate) fn prewarm_start(&mut self, costs: &Costs, task: TaskId, now_us: u64) {
+        let _ = self.take_spare(costs, task, now_us);
+    }
+
+    /// A cold start of `task` at `now_us`: what it takes, µs. Its template's spare when one
+    /// is ready; forked from the template when one is held (after waiting for it, if it
+    /// is still starting); else from nothing, leaving a template held until the policy's
+    /// next hold on it says how long.
     pub(crate) fn cold_start(&mut self, costs: &Costs, task: TaskId, now_us: u64) -> u64 {
+        if let Some(took) = self.take_spare(costs, task, now_us) {
+            return took;
+        }
         let took = self.start_us(costs, task, now_us);
         if !self.managed || self.held(task, now_us).is_some() {
             self.forked += 1;
         } else {
             let ready = now_us.saturating_add(took);
-            self.start(task, now_us, ready, UNTIL_TOLD);
+            self.start(costs, task, now_us, (ready, UNTIL_TOLD));
         }
         took
     }
@@ -130,13 +181,27 @@ impl Templates {
             return;
         }
         let ready = now_us.saturating_add(costs.own_cold_start_us(task));
-        self.start(task, now_us, ready, until_us.max(ready));
+        self.start(costs, task, now_us, (ready, until_us.max(ready)));
     }
 
-    /// Starts a template of `task` (none is held): the lapsed one's memory is counted.
-    fn start(&mut self, task: TaskId, now_us: u64, ready_at_us: u64, until_us: u64) {
+    /// Starts a template of `task` (none is held): the lapsed one's memory is counted;
+    /// its spare is ready a fork after it.
+    fn start(
+        &mut self,
+        costs: &Costs,
+        task: TaskId,
+        now_us: u64,
+        (ready_at_us, until_us): (u64, u64),
+    ) {
         if self.held.len() <= task.index() {
             self.held.resize(task.index() + 1, None);
+        }
+        if self.spare.is_some() {
+            if self.spare_ready_at.len() <= task.index() {
+                self.spare_ready_at.resize(task.index() + 1, 0);
+            }
+            self.spare_ready_at[task.index()] =
+                ready_at_us.saturating_add(costs.template_start_us(task).unwrap_or(0));
         }
         if let Some(old) = self.held[task.index()].take() {
             self.lapsed_mib_us +=
@@ -193,13 +258,14 @@ impl ColdStarts for Host<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::costs::TemplateCosts;
+    use baton_core::costs::{SpareCosts, TemplateCosts};
 
     fn costs() -> Costs {
         let mut costs = Costs::new(100_000, 256);
         costs.templates = Some(TemplateCosts {
             start_us: 5_000,
             memory_mib: 10,
+            spare: None,
         });
         costs
     }
@@ -263,5 +329,48 @@ mod tests {
         // t: 1_000..1_060_000, then 2_000_000..end; u: 1_000..end.
         let held_us = (1_060_000.0 - 1_000.0) + 1_000_000.0 + (3_000_000.0 - 1_000.0);
         assert_eq!(held, 10.0 * held_us);
+    }
+
+    #[test]
+    fn a_spare_serves_a_start_and_the_next_is_ready_a_fork_later() {
+        let mut costs = costs();
+        costs.templates = costs.templates.map(|t| TemplateCosts {
+            spare: Some(SpareCosts {
+                start_us: 500,
+                memory_mib: 1,
+            }),
+            ..t
+        });
+        let t = TaskId(0);
+        // Every function's template and spare from deploy: the first start takes the
+        // spare, one a fork later forks (the next spare is coming), then a spare again.
+        let mut templates = Templates::new(&costs, false, [t], 0).unwrap();
+        assert_eq!(templates.cold_start(&costs, t, 0), 500);
+        assert_eq!(templates.cold_start(&costs, t, 1_000), 5_000);
+        assert_eq!(templates.cold_start(&costs, t, 5_000), 500);
+        assert_eq!((templates.spares_taken, templates.forked), (2, 1));
+        // A pre-warm takes it as a cold start does.
+        templates.prewarm_start(&costs, t, 20_000);
+        assert_eq!(templates.cold_start(&costs, t, 21_000), 5_000);
+        assert_eq!(templates.spares_taken, 3);
+        // The policy plans with the fork: it never counts on the spare.
+        let host = Host {
+            costs: &costs,
+            templates: Some(&templates),
+            now_us: 30_000,
+        };
+        assert_eq!(host.cold_start_us(t), 5_000);
+        // Its memory is held with its template's: 10 + 1 MiB.
+        assert_eq!(templates.held_mib_us(0, 1_000, 1), 11.0 * 1_000.0);
+
+        // Managed: a template started from nothing has its spare a fork after it is ready.
+        let mut templates = Templates::new(&costs, true, [], 0).unwrap();
+        assert_eq!(templates.cold_start(&costs, t, 0), 100_000);
+        assert_eq!(templates.cold_start(&costs, t, 104_999), 5_000);
+        assert_eq!(templates.cold_start(&costs, t, 105_000), 500);
+        // Let go: no spare either, a start from nothing again.
+        templates.hold(&costs, t, 200_000, 300_000);
+        assert_eq!(templates.cold_start(&costs, t, 400_000), 100_000);
+        assert_eq!(templates.spares_taken, 1);
     }
 }

@@ -144,6 +144,7 @@ fn with_templates_a_cold_start_is_a_fork_and_templates_hold_memory() {
     costs.templates = Some(baton_core::costs::TemplateCosts {
         start_us: 15_000,
         memory_mib: 11,
+        spare: None,
     });
     let sim = Simulation::new(tdg, test, costs);
     let result = run(&sim, "none", 1.0, 1 << 20);
@@ -175,6 +176,7 @@ fn the_chain_policy_holds_a_template_long_after_its_last_end_then_lets_it_go() {
     costs.templates = Some(baton_core::costs::TemplateCosts {
         start_us: 15_000,
         memory_mib: 11,
+        spare: None,
     });
     let sim = Simulation::new(tdg, test, costs);
     let chain = run(&sim, "chain", 0.01, 1 << 20);

@@ -269,6 +269,7 @@ impl Backend for ProcessBackend {
             plan: lease.plan,
             late: lease.waited_for_prewarm,
             tier: match lease.warmth {
+                Warmth::Cold if lease.worker.is_spare() => "spare",
                 Warmth::Cold if lease.worker.is_forked() => "forked",
                 Warmth::Cold => "spawned",
                 _ => "worker",

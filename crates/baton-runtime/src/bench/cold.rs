@@ -1,8 +1,9 @@
 //! `baton bench coldstart`: pre-warmed versus cold for a C guest compiled to wasm (compile
 //! not cached, then cached on disk) and for a Python worker that imports heavy standard
-//! modules, started plain (jailed and bare) and forked from its template, with the memory
-//! of each warmth tier: a compiled wasm module, a plain worker, a template and a forked
-//! worker.
+//! modules, started plain (jailed and bare), forked from its template, and taken as its
+//! template's spare through the warm pool (a worker forked ahead, as `baton serve` keeps
+//! one per template), with the memory of each warmth tier: a compiled wasm module, a plain
+//! worker, a template, a spare and a forked worker.
 
 use super::{setup, spec, tempfile_dir, time_ns, wasm_spec, BenchError, Summary};
 use crate::process::Worker;
@@ -51,6 +52,9 @@ pub struct MemoryRow {
     pub pss_kib: u64,
     /// Resident set size, KiB.
     pub rss_kib: u64,
+    /// Its private pages (clean and dirty), KiB: what it adds beside the processes it
+    /// shares pages with (a forked worker beside its template).
+    pub private_kib: u64,
 }
 
 /// `pid`'s memory as `case` (zeros when it cannot be read).
@@ -67,6 +71,7 @@ fn memory_row(case: &str, pid: u32) -> MemoryRow {
         case: case.into(),
         pss_kib: field("Pss:"),
         rss_kib: field("Rss:"),
+        private_kib: field("Private_Clean:") + field("Private_Dirty:"),
     }
 }
 
@@ -103,6 +108,7 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         case: "wasm module compiled, pre-linked (+host)".into(),
         pss_kib: after.pss_kib.saturating_sub(before.pss_kib),
         rss_kib: after.rss_kib.saturating_sub(before.rss_kib),
+        private_kib: after.private_kib.saturating_sub(before.private_kib),
     };
     let mut warm = Vec::new();
     for _ in 0..(cold_runs * 20).max(200) {
@@ -186,6 +192,10 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         crate::process::Template::start(&price, &inherited).map_err(setup("price.py template"))?,
     );
     let placement = crate::process::Placement::default();
+    // The runtime's own path for a cold start with a spare ready: the pool's take.
+    let pool = crate::pool::WarmPool::new(vec![price.clone()], isolation.clone());
+    pool.prepare_template(&Arc::new(price.clone()));
+    let mut spared = Vec::new();
     let (mut cold, mut cold_bare, mut forked) = (Vec::new(), Vec::new(), Vec::new());
     let mut forked_rlimit = Vec::new();
     let mut memory = vec![
@@ -220,12 +230,27 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
                 .map(drop)
                 .map_err(setup("price.py forked"))
         })?);
+        let spare = wait_for_spare(&pool, &price)?;
         if run == 0 {
             if let Some(child) = &child {
                 memory.push(memory_row("its template", template.pid()));
                 memory.push(memory_row("a worker forked from it", child.pid()));
             }
+            memory.push(memory_row("a spare (forked ahead, no call yet)", spare));
         }
+        let mut lease = None;
+        spared.push(time_ns(|| {
+            let taken = lease.insert(pool.take("price").map_err(setup("price.py spare"))?);
+            if !taken.worker.is_spare() {
+                return Err(BenchError::Setup("price.py: expected its spare".into()));
+            }
+            taken
+                .worker
+                .invoke(payload)
+                .map(drop)
+                .map_err(setup("price.py spare"))
+        })?);
+        drop(lease);
     }
     let jailed = if isolation.sandbox.is_jailed() {
         "python worker (heavy imports), sandboxed"
@@ -245,9 +270,10 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
     ));
     rows.push(row(
         "  forked, limits by rlimit (no cgroup move)",
-        warm,
+        warm.clone(),
         forked_rlimit,
     ));
+    rows.push(row("python worker, its template's spare", warm, spared));
     let move_us = crate::limits::move_cost(&isolation.limits, 7)
         .map_err(BenchError::Setup)?
         .map(|d| d.as_secs_f64() * 1e6);
@@ -258,4 +284,25 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
         move_mode: crate::limits::MoveMode::now(),
         memory,
     })
+}
+
+/// The pid of `pool`'s spare of `spec` once it is ready (at most the function's timeout).
+fn wait_for_spare(
+    pool: &crate::pool::WarmPool,
+    spec: &crate::manifest::FunctionSpec,
+) -> Result<u32, BenchError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(spec.timeout_ms);
+    loop {
+        let info = pool.templates();
+        if let Some(pid) = info.iter().find_map(|t| t.pid.and(t.spare)) {
+            return Ok(pid);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "{}: no spare within {} ms: {info:?}",
+                spec.name, spec.timeout_ms
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }

@@ -25,12 +25,10 @@ use crate::process::{Placement, Worker, WorkerError};
 mod cold;
 mod idle;
 mod lease;
+mod take;
 mod templates;
 
-use baton_core::exec::{
-    choose_for_arrival, cold_cause, Candidate, Claim, Claims, Gone, FULL_CLAIMS,
-};
-use lease::BusySlot;
+use baton_core::exec::{Candidate, Claim, Claims, Gone, FULL_CLAIMS};
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
 use templates::Templates;
 pub use templates::{TemplateInfo, MAX_TEMPLATES};
@@ -226,9 +224,38 @@ impl WarmPool {
         existed
     }
 
-    /// Starts `spec`'s template now unless it has one (or it was refused).
-    pub fn prepare_template(&self, spec: &FunctionSpec) {
+    /// Starts `spec`'s template now unless it has one (or it was refused), then its spare.
+    pub fn prepare_template(self: &Arc<Self>, spec: &Arc<FunctionSpec>) {
         self.templates.ensure(spec, &self.isolation, &self.counters);
+        self.refill_spare(spec);
+    }
+
+    /// Forks `spec`'s next spare in the background when its template is alive and it has
+    /// none ready or coming (see `templates.rs`). Never waits.
+    fn refill_spare(self: &Arc<Self>, spec: &Arc<FunctionSpec>) {
+        if !spec.template {
+            return;
+        }
+        if !self.templates.spare_due(&spec.name) {
+            return;
+        }
+        let (pool, owned) = (Arc::clone(self), Arc::clone(spec));
+        let spawned = std::thread::Builder::new()
+            .name(format!("baton-spare-{}", spec.name))
+            .spawn(move || {
+                let Some(template) = pool.templates.spare_template(&owned.name) else {
+                    return;
+                };
+                let made = template.fork(&owned, &pool.isolation, &Placement::default());
+                if made.is_ok() {
+                    pool.counters.spares_forked.fetch_add(1, Ordering::Relaxed);
+                }
+                pool.templates.put_spare(&owned.name, &template, made);
+            });
+        if spawned.is_err() {
+            // No thread: the mark goes (the next start tries again).
+            self.templates.clear_spare_mark(&spec.name);
+        }
     }
 
     /// Holds `spec`'s template at least until `until` (the policy's warmth tier), starting
@@ -257,14 +284,18 @@ impl WarmPool {
         self.templates.states()
     }
 
-    /// A new worker of `spec`: forked from its template, or started plain.
+    /// A new worker of `spec`: its template's spare, forked from its template, or started
+    /// plain; the template's next spare is forked in the background.
     fn start_worker(
-        &self,
-        spec: &FunctionSpec,
+        self: &Arc<Self>,
+        spec: &Arc<FunctionSpec>,
         placement: &Placement,
     ) -> Result<Worker, WorkerError> {
-        self.templates
-            .start_worker(spec, &self.isolation, placement, &self.counters)
+        let worker = self
+            .templates
+            .start_worker(spec, &self.isolation, placement, &self.counters);
+        self.refill_spare(spec);
+        worker
     }
 
     /// The isolation workers run with.
@@ -354,167 +385,6 @@ impl WarmPool {
         self.started.notify_all();
     }
 
-    /// A worker for `name`: an idle one (pre-warmed first), else one still being pre-warmed
-    /// (waited for), else a cold start, unless the function is at its instance cap or the
-    /// node at its cold-start bound: then it waits for a worker to come back or a start to
-    /// finish (at most [`CAP_WAIT`]).
-    pub fn take(self: &Arc<Self>, name: &str) -> Result<Lease, WorkerError> {
-        self.take_telling(name, &|_, _| {})
-    }
-
-    /// [`WarmPool::take`], calling `chosen` (with no lock held) before it waits for a
-    /// pre-warm still starting or starts a worker cold: see `Backend::acquire`.
-    pub fn take_telling(
-        self: &Arc<Self>,
-        name: &str,
-        chosen: &dyn Fn(Warmth, Duration),
-    ) -> Result<Lease, WorkerError> {
-        let spec = self.spec(name).ok_or_else(|| WorkerError::Function {
-            function: name.to_owned(),
-            message: "unknown function".into(),
-        })?;
-        let asked = Instant::now();
-        let mut waited = false;
-        let mut capped = false;
-        let mut told = false;
-        let busy = || BusySlot {
-            pool: Arc::clone(self),
-            function: name.to_owned(),
-        };
-        let mut state = lock(&self.state);
-        match state.asked.get_mut(name) {
-            Some(at) => *at = asked,
-            None => {
-                state.asked.insert(name.to_owned(), asked);
-            }
-        }
-        loop {
-            if let Some(list) = state.idle.get_mut(name) {
-                // The executor's rule, as in the simulator: a claimed one, else the one idle
-                // the shortest time.
-                let now = Instant::now();
-                let chosen = choose_for_arrival(list.iter().map(|i| i.candidate(now, now)), now);
-                let position = chosen
-                    .and_then(|pid| list.iter().position(|i| u64::from(i.worker.pid()) == pid));
-                if let Some(position) = position {
-                    let mut idle = list.remove(position);
-                    // The claim this step answers is settled; the others stay with the
-                    // worker and come back with it.
-                    idle.claims.serve(now);
-                    let warmth = if idle.prewarmed.is_some() {
-                        self.counters.prewarms_used.fetch_add(1, Ordering::Relaxed);
-                        Warmth::Prewarmed
-                    } else {
-                        Warmth::Warm
-                    };
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    *state.busy.entry(name.to_owned()).or_default() += 1;
-                    return Ok(Lease {
-                        worker: idle.worker,
-                        warmth,
-                        wait_us: asked.elapsed().as_micros() as u64,
-                        plan: idle.prewarmed.flatten(),
-                        // A pre-warmed worker it had to wait for came late, whether the
-                        // wait was for it or for a start slot the pre-warms held.
-                        waited_for_prewarm: waited && idle.prewarmed.is_some(),
-                        claims: idle.claims,
-                        _busy: busy(),
-                    });
-                }
-            }
-            let count = |map: &HashMap<String, usize>| map.get(name).copied().unwrap_or(0);
-            let prewarming = count(&state.starting);
-            let live = prewarming + count(&state.cold) + count(&state.busy);
-            let at_cap = live >= spec.max_instances as usize;
-            let node_busy = state.spawning >= self.max_cold_starts;
-            if prewarming == 0 && !at_cap && !node_busy {
-                break;
-            }
-            if !told && !at_cap && !node_busy {
-                // It waits for a pre-warm under way: the planner hears of the step now.
-                told = true;
-                let began = state.prewarm_began.get(name).map(Instant::elapsed);
-                drop(state);
-                chosen(Warmth::Prewarmed, began.unwrap_or_default());
-                state = lock(&self.state);
-                continue;
-            }
-            if at_cap || node_busy {
-                if !capped {
-                    self.counters.capped_waits.fetch_add(1, Ordering::Relaxed);
-                }
-                capped = true;
-            }
-            waited = true;
-            let left = CAP_WAIT.saturating_sub(asked.elapsed());
-            if left.is_zero() {
-                return Err(WorkerError::Saturated {
-                    function: name.to_owned(),
-                    waited_ms: CAP_WAIT.as_millis() as u64,
-                });
-            }
-            let patience = if prewarming > 0 && !at_cap && !node_busy {
-                Duration::from_millis(spec.timeout_ms).min(left)
-            } else {
-                left
-            };
-            let (guard, timed_out) = self
-                .started
-                .wait_timeout(state, patience)
-                .map(|(guard, timeout)| (guard, timeout.timed_out()))
-                .unwrap_or_else(|p| {
-                    let (guard, timeout) = p.into_inner();
-                    (guard, timeout.timed_out())
-                });
-            state = guard;
-            if timed_out && prewarming > 0 && !at_cap && !node_busy {
-                // The pre-warm never came: start one.
-                break;
-            }
-        }
-        let running = [&state.busy, &state.cold]
-            .iter()
-            .filter_map(|map| map.get(name))
-            .sum();
-        let cause = cold_cause(running, state.gone.get(name).copied());
-        state.gone.insert(name.to_owned(), Gone::Ended);
-        *state.cold.entry(name.to_owned()).or_default() += 1;
-        state.spawning += 1;
-        drop(state);
-        if !told {
-            chosen(Warmth::Cold, Duration::ZERO);
-        }
-        self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
-        self.counters.count_cold(cause);
-        let worker = self.start_worker(&spec, &Placement::default());
-        let mut state = lock(&self.state);
-        if let Some(cold) = state.cold.get_mut(name) {
-            *cold = cold.saturating_sub(1);
-        }
-        state.spawning = state.spawning.saturating_sub(1);
-        let worker = match worker {
-            Ok(worker) => worker,
-            Err(e) => {
-                drop(state);
-                self.started.notify_all();
-                return Err(e);
-            }
-        };
-        *state.busy.entry(name.to_owned()).or_default() += 1;
-        WarmPool::note_cold_start_in(&mut state, name, worker.cold_start());
-        drop(state);
-        self.started.notify_all();
-        Ok(Lease {
-            worker,
-            warmth: Warmth::Cold,
-            wait_us: asked.elapsed().as_micros() as u64,
-            plan: None,
-            waited_for_prewarm: waited && !capped,
-            claims: Claims::default(),
-            _busy: busy(),
-        })
-    }
-
     /// Starts a worker for `name` for `plan` on `placement` in the background, after
     /// `before` (which starts the services it needs) succeeds; kept until `until` if
     /// unused, with the pre-warm's `claim` on it. A request for `name` meanwhile waits for
@@ -569,7 +439,9 @@ impl WarmPool {
                 }
                 match worker {
                     Ok(worker) => {
-                        WarmPool::note_cold_start_in(&mut state, &name, worker.cold_start());
+                        if !worker.is_spare() {
+                            WarmPool::note_cold_start_in(&mut state, &name, worker.cold_start());
+                        }
                         // The function has had a worker now (see `State::gone`).
                         state.gone.insert(name.clone(), Gone::Ended);
                         state.idle.entry(name).or_default().push(Idle {

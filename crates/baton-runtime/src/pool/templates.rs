@@ -10,6 +10,16 @@
 //! long each is held; once its hold is over, housekeeping lets it go
 //! ([`Templates::retire`]) and the function's next cold start starts one again. A template
 //! the policy never said anything about is held while its function is deployed.
+//!
+//! Each live template keeps one **spare**: a worker forked from it ahead of any start, put
+//! under its own limits (its own groups: the cgroup move, which waits for an RCU grace
+//! period on this kind of kernel, is paid here, off every request's path), ready and
+//! waiting for its first call, as Android's zygote keeps a pool of unspecialized
+//! processes. A start with no cores to pin to takes the spare (the tier `spare`: no fork,
+//! no move) and the pool forks the next one in the background; a start that finds none
+//! (taken, still coming, or pinned cores needing a cpuset group of their own) forks as
+//! before. A spare goes with its template (retired, replaced, removed) and its memory is
+//! counted with it. One per template, so at most [`MAX_TEMPLATES`] spares on a node.
 
 use crate::counters::Counters;
 use crate::isolation::Isolation;
@@ -31,10 +41,20 @@ pub(crate) enum Slot {
     Refused(String),
 }
 
+/// A template's spare worker.
+#[derive(Debug)]
+enum Spare {
+    /// Being forked (by a background thread).
+    Coming,
+    Ready(Box<Worker>),
+}
+
 /// Templates by function name.
 #[derive(Debug, Default)]
 pub(crate) struct Templates {
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    /// Each live template's spare, by function.
+    spares: Mutex<HashMap<String, Spare>>,
     /// Until when the policy holds each function's template (none: while deployed).
     holds: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -66,6 +86,13 @@ impl Templates {
         let plain = || Worker::spawn_on(spec, isolation, placement);
         if !spec.template {
             return plain();
+        }
+        if *placement == Placement::default() {
+            let asked = std::time::Instant::now();
+            if let Some(spare) = self.take_spare(&spec.name) {
+                counters.spare_starts.fetch_add(1, Ordering::Relaxed);
+                return Ok(spare.taken_as_spare(asked.elapsed()));
+            }
         }
         let Some((slot, template)) = self.ensure(spec, isolation, counters) else {
             return plain();
@@ -134,12 +161,116 @@ impl Templates {
         template.map(|template| (slot, template))
     }
 
-    /// Drops `name`'s template (a function replaced or removed); its forked workers keep it
-    /// until they end.
+    /// `name`'s spare, if one is ready and its process still there (one that died is
+    /// dropped here).
+    fn take_spare(&self, name: &str) -> Option<Worker> {
+        let spare = {
+            let mut spares = lock(&self.spares);
+            match spares.get(name) {
+                Some(Spare::Ready(_)) => spares.remove(name),
+                _ => None,
+            }
+        };
+        match spare {
+            Some(Spare::Ready(worker)) if worker.is_running() => Some(*worker),
+            // Dropped (its groups emptied and removed) outside the lock.
+            _ => None,
+        }
+    }
+
+    /// Whether `name` needs a spare forked: it has a template (alive, or its slot busy:
+    /// being started, or only looked at) and no spare, ready or coming; marks it coming.
+    /// Never waits for a template start under way: [`Templates::spare_template`], on the
+    /// thread that forks, does.
+    pub(crate) fn spare_due(&self, name: &str) -> bool {
+        let Some(slot) = lock(&self.slots).get(name).cloned() else {
+            return false;
+        };
+        if let Some(slot) = try_lock(&slot) {
+            if !matches!(&*slot, Slot::Ready(template) if template.is_alive()) {
+                return false;
+            }
+        }
+        let mut spares = lock(&self.spares);
+        if spares.contains_key(name) {
+            return false;
+        }
+        spares.insert(name.to_owned(), Spare::Coming);
+        true
+    }
+
+    /// The live template to fork `name`'s due spare from, waiting for a start under way;
+    /// none (and the mark cleared) when it has none.
+    pub(crate) fn spare_template(&self, name: &str) -> Option<Arc<Template>> {
+        let template = self.current(name);
+        if template.is_none() {
+            self.clear_spare_mark(name);
+        }
+        template
+    }
+
+    /// Clears `name`'s mark of a spare coming (none will).
+    pub(crate) fn clear_spare_mark(&self, name: &str) {
+        let mut spares = lock(&self.spares);
+        if matches!(spares.get(name), Some(Spare::Coming)) {
+            spares.remove(name);
+        }
+    }
+
+    /// `name`'s live template, waiting for a start under way.
+    fn current(&self, name: &str) -> Option<Arc<Template>> {
+        let slot = lock(&self.slots).get(name).cloned()?;
+        let slot = lock(&slot);
+        match &*slot {
+            Slot::Ready(template) if template.is_alive() => Some(Arc::clone(template)),
+            _ => None,
+        }
+    }
+
+    /// Keeps `made`, forked from `template` as `name`'s spare, if that template is still
+    /// the function's and the spare still due; else drops it. A failed fork clears the
+    /// mark (the next start tries again).
+    pub(crate) fn put_spare(
+        &self,
+        name: &str,
+        template: &Arc<Template>,
+        made: Result<Worker, WorkerError>,
+    ) {
+        let current = self
+            .current(name)
+            .is_some_and(|t| Arc::ptr_eq(&t, template));
+        let unused = {
+            let mut spares = lock(&self.spares);
+            let due = matches!(spares.get(name), Some(Spare::Coming));
+            match made {
+                Ok(worker) if due && current => {
+                    spares.insert(name.to_owned(), Spare::Ready(Box::new(worker)));
+                    None
+                }
+                Ok(worker) => {
+                    if due {
+                        spares.remove(name);
+                    }
+                    Some(worker)
+                }
+                Err(_) => {
+                    if due {
+                        spares.remove(name);
+                    }
+                    None
+                }
+            }
+        };
+        drop(unused);
+    }
+
+    /// Drops `name`'s template (a function replaced or removed) and its spare; its other
+    /// forked workers keep it until they end.
     pub(crate) fn forget(&self, name: &str) {
         lock(&self.holds).remove(name);
+        let spare = lock(&self.spares).remove(name);
         let gone = lock(&self.slots).remove(name);
-        drop(gone);
+        drop((spare, gone));
     }
 
     /// Holds `name`'s template at least until `until`; returns whether one must be
@@ -197,23 +328,33 @@ impl Templates {
             };
             if let Slot::Ready(template) = gone {
                 retired += usize::from(template.is_alive());
-                drop(template);
+                // Its spare first: the spare holds it.
+                let spare = lock(&self.spares).remove(&name);
+                drop((spare, template));
             }
         }
         retired
     }
 
-    /// The memory the live templates hold (their proportional set sizes), MiB.
+    /// The memory the live templates and their spares hold (their proportional set
+    /// sizes), MiB.
     pub(crate) fn memory_mib(&self) -> u64 {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
-        let kib: u64 = slots
+        let templates: u64 = slots
             .iter()
             .filter_map(|slot| match &*lock(slot) {
                 Slot::Ready(template) => template.pss_kib(),
                 _ => None,
             })
             .sum();
-        kib.div_ceil(1024)
+        let spares: u64 = lock(&self.spares)
+            .values()
+            .filter_map(|spare| match spare {
+                Spare::Ready(worker) => worker.pss_kib(),
+                Spare::Coming => None,
+            })
+            .sum();
+        (templates + spares).div_ceil(1024)
     }
 
     /// Every function's template state, by function.
@@ -230,9 +371,14 @@ impl Templates {
                     Slot::Refused(why) => (None, Some(why.clone())),
                     _ => (None, None),
                 };
+                let spare = match lock(&self.spares).get(&function) {
+                    Some(Spare::Ready(worker)) if pid.is_some() => Some(worker.pid()),
+                    _ => None,
+                };
                 TemplateInfo {
                     function,
                     pid,
+                    spare,
                     refused,
                 }
             })
@@ -249,6 +395,9 @@ pub struct TemplateInfo {
     pub function: String,
     /// Its template's process, while one is alive.
     pub pid: Option<u32>,
+    /// Its spare's process (a worker forked ahead, waiting for its first call), while
+    /// one is ready.
+    pub spare: Option<u32>,
     /// Why it has none and never will until redeployed (its template could not start).
     pub refused: Option<String>,
 }

@@ -33,6 +33,25 @@ pub use template::Template;
 
 type Frame = Result<(FrameKind, Vec<u8>), String>;
 
+/// Whether process `pid` is there and neither a zombie nor dead (`/proc/PID/stat`).
+pub(crate) fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next());
+        !matches!(state, None | Some("Z" | "X"))
+    })
+}
+
+/// Process `pid`'s proportional set size, KiB (`/proc/PID/smaps_rollup`), if readable.
+pub(crate) fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
 /// A started worker process, handed to [`Worker::attach`].
 pub(crate) struct Attach<'a> {
     pub(crate) spec: &'a FunctionSpec,
@@ -74,6 +93,8 @@ pub struct Worker {
     stderr_pipe: Option<std::os::fd::OwnedFd>,
     limits: LimitGuard,
     ready_after: Duration,
+    /// Forked ahead as its template's spare, then taken by a start.
+    spare: bool,
     alive: bool,
     /// CPU time and peak memory as last read, and invocations since the peak was read.
     last_usage: ProcessUsage,
@@ -175,6 +196,7 @@ impl Worker {
             stderr_pipe,
             limits,
             ready_after: Duration::ZERO,
+            spare: false,
             alive: true,
             last_usage: ProcessUsage::default(),
             since_peak_read: u32::MAX,
@@ -249,7 +271,32 @@ impl Worker {
         self.template.is_some()
     }
 
-    /// How long the worker took to become ready (its cold start).
+    /// Whether it was its template's spare (forked ahead, taken by a start).
+    pub fn is_spare(&self) -> bool {
+        self.spare
+    }
+
+    /// This spare, taken by a start that took `took` (its cold start from now on).
+    pub(crate) fn taken_as_spare(mut self, took: Duration) -> Worker {
+        self.spare = true;
+        self.ready_after = took;
+        self
+    }
+
+    /// Whether its process is still there (not ended, not a zombie), read from `/proc`
+    /// without a call: for a worker that has run none yet (a spare).
+    pub(crate) fn is_running(&self) -> bool {
+        running(self.main_pid)
+    }
+
+    /// Its proportional memory (shared pages split with their other users), KiB
+    /// (`/proc/PID/smaps_rollup`), if readable.
+    pub fn pss_kib(&self) -> Option<u64> {
+        pss_kib(self.main_pid)
+    }
+
+    /// How long the worker took to become ready (its cold start; for a spare, how long
+    /// the start that took it waited).
     pub fn cold_start(&self) -> Duration {
         self.ready_after
     }

@@ -126,12 +126,7 @@ impl Template {
     /// The template's proportional memory (its shared pages split with its forked workers),
     /// KiB (`/proc/PID/smaps_rollup`), if readable.
     pub fn pss_kib(&self) -> Option<u64> {
-        let rollup =
-            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.main_pid)).ok()?;
-        rollup
-            .lines()
-            .find(|l| l.starts_with("Pss:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        super::pss_kib(self.main_pid)
     }
 
     /// How long the template took to become ready.
@@ -151,12 +146,7 @@ impl Template {
 
     /// Whether it is still there to fork.
     pub fn is_alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.main_pid)).is_ok_and(|stat| {
-            let state = stat
-                .rfind(')')
-                .and_then(|end| stat[end + 1..].split_whitespace().next());
-            !matches!(state, None | Some("Z" | "X"))
-        })
+        super::running(self.main_pid)
     }
 
     /// A new worker of `spec`, forked from this template and put under its own limits on
@@ -217,6 +207,7 @@ impl Template {
             Ok(limits) => limits,
             Err(message) => {
                 kill_forked(main_pid);
+                self.reap(inner_pid);
                 return Err(WorkerError::Limits {
                     function: spec.name.clone(),
                     message,

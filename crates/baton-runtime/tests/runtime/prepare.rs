@@ -26,13 +26,14 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     director.deploy(wasm_spec("upper", "wat/upper_native.wat", ""));
     director.deploy(process_spec("py-upper", "upper.py", "timeout_ms = 10000"));
 
-    // Both are prepared in the background; wait for the template (the slower).
+    // Both are prepared in the background; wait for the template (the slower) and its
+    // spare.
     let deadline = Instant::now() + Duration::from_secs(20);
     while director
         .pool()
         .templates()
         .first()
-        .and_then(|t| t.pid)
+        .and_then(|t| t.pid.and(t.spare))
         .is_none()
     {
         assert!(
@@ -44,7 +45,9 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     }
     let counters = director.counters();
     assert_eq!(counters.template_starts.load(Ordering::Relaxed), 1);
-    // It holds memory while nothing runs: counted, measured.
+    assert_eq!(counters.spares_forked.load(Ordering::Relaxed), 1);
+    let spare = director.pool().templates()[0].spare.unwrap();
+    // It holds memory while nothing runs (the template and its spare): counted, measured.
     let held = director.pool().template_memory_mib();
     eprintln!("template memory: {held} MiB (PSS)");
     assert!((1..128).contains(&held), "{held} MiB");
@@ -55,17 +58,34 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     assert_eq!(wasm.records[0].cold, Some(false), "compiled at deploy");
     assert_eq!(counters.instances_ahead.load(Ordering::Relaxed), 1);
 
-    let python = director.invoke("py-upper", b"forked").unwrap();
-    assert_eq!(python.output, b"FORKED");
+    let python = director.invoke("py-upper", b"spare").unwrap();
+    assert_eq!(python.output, b"SPARE");
     let record = &python.records[0];
     eprintln!(
         "first Python call: cold start {:?} µs, {}",
         record.cold_start_us, record.extra["limits"]
     );
     assert_eq!(record.cold, Some(true), "a new worker, but");
-    assert_eq!(record.extra["tier"], "forked", "forked from its template");
+    assert_eq!(
+        record.extra["tier"], "spare",
+        "its template's spare, forked ahead"
+    );
     assert_eq!(counters.template_starts.load(Ordering::Relaxed), 1);
-    assert_eq!(counters.forked_starts.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.spare_starts.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.forked_starts.load(Ordering::Relaxed), 0);
+    // The spare was taken: the pool forks the next one in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while director.pool().templates()[0]
+        .spare
+        .is_none_or(|pid| pid == spare)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no spare after the first was taken"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(counters.spares_forked.load(Ordering::Relaxed), 2);
 
     // Replaced, the function's template goes (its workers keep theirs until they end).
     director.deploy(process_spec("py-upper", "upper.py", "timeout_ms = 9000"));
@@ -98,6 +118,7 @@ fn a_held_template_is_started_and_let_go_when_its_hold_ends() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(pool.counters.template_starts.load(Ordering::Relaxed), 1);
+    let spare = wait_for_spare(&pool);
     // Held again while alive: extended, not started twice.
     pool.hold_template(&spec, Instant::now() + Duration::from_secs(300));
     std::thread::sleep(Duration::from_millis(50));
@@ -106,9 +127,10 @@ fn a_held_template_is_started_and_let_go_when_its_hold_ends() {
     pool.expire(Instant::now());
     assert!(alive(&pool));
     assert_eq!(pool.counters.templates_retired.load(Ordering::Relaxed), 0);
-    // Past its hold: let go, its memory with it.
+    // Past its hold: let go, its spare and its memory with it.
     pool.expire(Instant::now() + Duration::from_secs(601));
     assert!(!alive(&pool), "{:?}", pool.templates());
+    wait_until_gone(spare);
     assert_eq!(pool.counters.templates_retired.load(Ordering::Relaxed), 1);
     assert_eq!(pool.template_memory_mib(), 0);
     // The next cold start starts one again, and its worker is a fork.
@@ -116,4 +138,68 @@ fn a_held_template_is_started_and_let_go_when_its_hold_ends() {
     assert_eq!(pool.counters.template_starts.load(Ordering::Relaxed), 2);
     assert_eq!(pool.counters.forked_starts.load(Ordering::Relaxed), 1);
     drop(lease);
+}
+
+/// The pid of `pool`'s first template's spare, once it is ready (at most 20 s).
+fn wait_for_spare(pool: &WarmPool) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = pool.templates().first().and_then(|t| t.pid.and(t.spare)) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spare: {:?}",
+            pool.templates()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (at most 5 s) until process `pid` has ended and been reaped.
+fn wait_until_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "process {pid} is still there");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_spare_that_died_is_never_handed_out() {
+    // A spare waits for its first call for as long as its template is held: whatever ends
+    // it meanwhile (the OOM killer, an operator's kill), the start that would have taken
+    // it forks a worker instead, and the pool forks a new spare.
+    let spec = Arc::new(process_spec("spared", "upper.py", "timeout_ms = 10000"));
+    let pool = Arc::new(WarmPool::new(vec![(*spec).clone()], isolation()));
+    pool.prepare_template(&spec);
+    let spare = wait_for_spare(&pool);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &spare.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Killed, not reaped (its template reaps it when told): a zombie, never handed out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{spare}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z"))
+    {
+        assert!(Instant::now() < deadline, "spare {spare} still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lease = pool.take("spared").unwrap();
+    assert!(!lease.worker.is_spare(), "a dead spare was handed out");
+    assert_eq!(lease.worker.invoke(b"alive").unwrap(), b"ALIVE");
+    assert_eq!(pool.counters.forked_starts.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.counters.spare_starts.load(Ordering::Relaxed), 0);
+    drop(lease);
+    wait_until_gone(spare);
+    // A new spare replaces it, and serves the next start.
+    let next = wait_for_spare(&pool);
+    assert_ne!(next, spare);
+    let mut lease = pool.take("spared").unwrap();
+    assert!(lease.worker.is_spare());
+    assert_eq!(lease.worker.pid(), next);
+    assert_eq!(lease.worker.invoke(b"spare").unwrap(), b"SPARE");
+    assert_eq!(pool.counters.spare_starts.load(Ordering::Relaxed), 1);
 }

@@ -560,7 +560,14 @@ async fn pool(State(state): State<Shared>) -> Response {
         .pool()
         .templates()
         .into_iter()
-        .map(|t| json!({"function": t.function, "pid": t.pid, "refused": t.refused.is_some()}))
+        .map(|t| {
+            json!({
+                "function": t.function,
+                "pid": t.pid,
+                "spare": t.spare,
+                "refused": t.refused.is_some(),
+            })
+        })
         .collect();
     let counters: serde_json::Map<String, Value> = state
         .director

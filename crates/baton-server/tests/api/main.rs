@@ -201,7 +201,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
     assert_refused(&response, 400, "invalid module");
 
     // Deployed functions are made ready in the background: the wasm modules compiled and
-    // instantiated, the Python functions' templates started.
+    // instantiated, the Python functions' templates started, each with its spare.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let pool = api.get("/v1/pool").unwrap().json();
@@ -210,7 +210,7 @@ fn the_api_deploys_invokes_learns_and_counts() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|t| t["pid"].is_u64())
+            .filter(|t| t["pid"].is_u64() && t["spare"].is_u64())
             .count();
         if modules == 3 && templates == 2 {
             break;
@@ -219,8 +219,8 @@ fn the_api_deploys_invokes_learns_and_counts() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
-    // Invoke: the first request is cold (its Python workers are forked), later ones warm
-    // or pre-warmed.
+    // Invoke: the first request is cold (its Python workers are their templates' spares),
+    // later ones warm or pre-warmed.
     let order = r#"{"order":1,"item":"book","qty":2,"credit":100}"#;
     let first = invoke(&api, "validate", order).json();
     assert_eq!(first["cold"], true, "{first}");
@@ -254,8 +254,8 @@ fn the_api_deploys_invokes_learns_and_counts() {
         0.0,
         "compiled at deploy"
     );
-    // Each step's warmth tier, by function: price's one cold step forked from its
-    // template (started at deploy), the other three on a warm worker; validate's steps
+    // Each step's warmth tier, by function: price's one cold step took its template's
+    // spare (both made at deploy), the other three ran on a warm worker; validate's steps
     // on instances made ahead or instantiated from the module compiled at deploy.
     let tier = |function: &str, tier: &str| {
         let line = format!("baton_steps_by_tier_total{{function=\"{function}\",tier=\"{tier}\"}}");
@@ -264,7 +264,8 @@ fn the_api_deploys_invokes_learns_and_counts() {
             .find(|l| l.starts_with(&line))
             .map_or(0.0, |_| metric(&metrics, &line))
     };
-    assert_eq!(tier("price", "forked"), 1.0, "{metrics}");
+    assert_eq!(tier("price", "spare"), 1.0, "{metrics}");
+    assert_eq!(tier("price", "forked"), 0.0);
     assert_eq!(tier("price", "worker"), 3.0);
     assert_eq!(tier("price", "spawned"), 0.0);
     assert_eq!(
