@@ -12,6 +12,9 @@
 //! once baton has read how it ended). baton then puts the child under its own limits (its own
 //! groups, as any worker's) before it is handed a call.
 //!
+//! A template runs at nice 10: its forks (mostly spares, made while steps run) give way to
+//! the steps; each child is set back to the default priority as soon as its pid is known.
+//!
 //! A template is per function and lives inside that function's jail, so nothing of one
 //! function is visible to another; its forked workers share its jail (namespaces, its
 //! private `/tmp`) and, copy-on-write, its memory. Each forked worker holds its template:
@@ -120,6 +123,9 @@ impl Template {
             template.jail_init = init;
             template.main_pid = main.unwrap_or(template.main_pid);
         }
+        // Its forks (spares, mostly) yield the CPU to the steps running meanwhile; each
+        // child is put back to the default priority as soon as it is known.
+        set_nice(template.main_pid, TEMPLATE_NICE);
         Ok(template)
     }
 
@@ -202,6 +208,7 @@ impl Template {
         let main_pid = self
             .host_pid_of(inner_pid)
             .ok_or_else(|| self.failed("its forked worker is not among its children"))?;
+        set_nice(main_pid, 0);
         let limits = limits::apply_to(&isolation.limits, &worker_limits(spec, placement), main_pid);
         let limits = match limits {
             Ok(limits) => limits,
@@ -286,6 +293,17 @@ impl Drop for Template {
         // Its forked workers each hold it (an `Arc`): none is left when it goes. Jailed, the
         // jail's init goes, and with it every process of the jail.
         kill_tree(&mut self.child, self.jailed, self.jail_init, &self.limits);
+    }
+}
+
+/// How nice a template runs: its forks give way to the steps running meanwhile.
+const TEMPLATE_NICE: i32 = 10;
+
+/// Sets `pid`'s nice value (as root; unprivileged, only ever upwards: then a forked worker
+/// keeps its template's, which only makes it yield more).
+fn set_nice(pid: u32, nice: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::setpriority_process(Some(pid), nice);
     }
 }
 

@@ -46,7 +46,12 @@ fn a_deployed_function_is_ready_before_its_first_call() {
     let counters = director.counters();
     assert_eq!(counters.template_starts.load(Ordering::Relaxed), 1);
     assert_eq!(counters.spares_forked.load(Ordering::Relaxed), 1);
-    let spare = director.pool().templates()[0].spare.unwrap();
+    let info = director.pool().templates()[0].clone();
+    let spare = info.spare.unwrap();
+    // The template's forks give way to running steps; its workers run at the default
+    // priority.
+    assert_eq!(nice(info.pid.unwrap()), 10, "the template");
+    assert_eq!(nice(spare), 0, "its spare");
     // It holds memory while nothing runs (the template and its spare): counted, measured.
     let held = director.pool().template_memory_mib();
     eprintln!("template memory: {held} MiB (PSS)");
@@ -202,4 +207,11 @@ fn a_spare_that_died_is_never_handed_out() {
     assert_eq!(lease.worker.pid(), next);
     assert_eq!(lease.worker.invoke(b"spare").unwrap(), b"SPARE");
     assert_eq!(pool.counters.spare_starts.load(Ordering::Relaxed), 1);
+}
+
+/// Process `pid`'s nice value (`/proc/PID/stat`, field 19).
+fn nice(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
