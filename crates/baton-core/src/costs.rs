@@ -35,9 +35,18 @@ pub struct TemplateCosts {
     pub spare: Option<SpareCosts>,
 }
 
+/// How long after a spare is taken its template starts forking the next one, µs: after the
+/// burst the take belongs to, not during it. Forked at once, the next spare's fork and
+/// cgroup move competed with the very steps that took spares (`baton demo` on 2 cores,
+/// 2026-12-02: the predicted steps after an idle gap ran 1.4–8.9 ms and came late 2–4
+/// times a run; with the fork deferred 100 ms, 0.7–2.9 ms and never late). The simulator
+/// and the runtime's pool both wait this long.
+pub const SPARE_REFILL_DELAY_US: u64 = 100_000;
+
 /// What a template's spare costs: a worker forked ahead and put under its limits, which a
-/// start takes instead of forking; the template forks the next one at once (a fork,
-/// [`TemplateCosts::start_us`], later it is ready).
+/// start takes instead of forking; the template forks the next one
+/// [`SPARE_REFILL_DELAY_US`] later (ready a fork, [`TemplateCosts::start_us`], after that).
+/// A template's first spare is forked as soon as the template is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpareCosts {
     /// A start that takes the spare: ready for its call, µs.

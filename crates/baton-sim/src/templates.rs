@@ -17,12 +17,13 @@
 //! Spares ([`SpareCosts`], as `baton serve`'s templates keep one each): a held template
 //! has a worker forked ahead, ready a fork after the template is; a cold start or a
 //! pre-warm that finds it ready takes it ([`SpareCosts::start_us`]) and the template forks
-//! the next one, ready a fork later; one that finds it still coming forks as without
-//! spares. The policy plans with the start that does not count on the spare (the fork),
+//! the next one after [`SPARE_REFILL_DELAY_US`], ready a fork later; one that finds none
+//! ready forks as without spares. The policy plans with the start that does not count on the spare (the fork),
 //! as the runtime's estimate leaves spare takes out. A spare's memory is held with its
 //! template's.
 //!
 //! [`SpareCosts`]: baton_core::costs::SpareCosts
+//! [`SPARE_REFILL_DELAY_US`]: baton_core::costs::SPARE_REFILL_DELAY_US
 //! [`SpareCosts::start_us`]: baton_core::costs::SpareCosts::start_us
 //!
 //! [`Executor::manages_templates`]: baton_core::exec::Executor::manages_templates
@@ -135,7 +136,9 @@ impl Templates {
         if *ready_at > now_us {
             return None;
         }
-        *ready_at = now_us.saturating_add(costs.template_start_us(task).unwrap_or(0));
+        *ready_at = now_us
+            .saturating_add(baton_core::costs::SPARE_REFILL_DELAY_US)
+            .saturating_add(costs.template_start_us(task).unwrap_or(0));
         self.spares_taken += 1;
         Some(spare.start_us)
     }
@@ -343,21 +346,22 @@ mod tests {
         });
         let t = TaskId(0);
         // Every function's template and spare from deploy: the first start takes the
-        // spare, one a fork later forks (the next spare is coming), then a spare again.
+        // spare; the next is forked 100 ms later and ready a fork after that, so a start
+        // before then forks.
         let mut templates = Templates::new(&costs, false, [t], 0).unwrap();
         assert_eq!(templates.cold_start(&costs, t, 0), 500);
-        assert_eq!(templates.cold_start(&costs, t, 1_000), 5_000);
-        assert_eq!(templates.cold_start(&costs, t, 5_000), 500);
+        assert_eq!(templates.cold_start(&costs, t, 104_999), 5_000);
+        assert_eq!(templates.cold_start(&costs, t, 105_000), 500);
         assert_eq!((templates.spares_taken, templates.forked), (2, 1));
         // A pre-warm takes it as a cold start does.
-        templates.prewarm_start(&costs, t, 20_000);
-        assert_eq!(templates.cold_start(&costs, t, 21_000), 5_000);
+        templates.prewarm_start(&costs, t, 300_000);
+        assert_eq!(templates.cold_start(&costs, t, 301_000), 5_000);
         assert_eq!(templates.spares_taken, 3);
         // The policy plans with the fork: it never counts on the spare.
         let host = Host {
             costs: &costs,
             templates: Some(&templates),
-            now_us: 30_000,
+            now_us: 310_000,
         };
         assert_eq!(host.cold_start_us(t), 5_000);
         // Its memory is held with its template's: 10 + 1 MiB.

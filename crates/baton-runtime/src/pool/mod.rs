@@ -25,6 +25,7 @@ use crate::process::{Placement, Worker, WorkerError};
 mod cold;
 mod idle;
 mod lease;
+mod spares;
 mod take;
 mod templates;
 
@@ -112,6 +113,8 @@ pub struct WarmPool {
     idle_budget_mib: Option<u64>,
     max_cold_starts: usize,
     templates: Templates,
+    /// Where spares to fork are sent (`spares.rs`).
+    refills: spares::Refills,
     /// The counts (the runtime's one set, shared with the director and the planner).
     pub counters: Arc<Counters>,
 }
@@ -159,6 +162,7 @@ impl WarmPool {
             // cores only makes each slower.
             max_cold_starts: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             templates: Templates::default(),
+            refills: spares::Refills::default(),
             counters: Arc::new(Counters::default()),
         })
     }
@@ -227,35 +231,7 @@ impl WarmPool {
     /// Starts `spec`'s template now unless it has one (or it was refused), then its spare.
     pub fn prepare_template(self: &Arc<Self>, spec: &Arc<FunctionSpec>) {
         self.templates.ensure(spec, &self.isolation, &self.counters);
-        self.refill_spare(spec);
-    }
-
-    /// Forks `spec`'s next spare in the background when its template is alive and it has
-    /// none ready or coming (see `templates.rs`). Never waits.
-    fn refill_spare(self: &Arc<Self>, spec: &Arc<FunctionSpec>) {
-        if !spec.template {
-            return;
-        }
-        if !self.templates.spare_due(&spec.name) {
-            return;
-        }
-        let (pool, owned) = (Arc::clone(self), Arc::clone(spec));
-        let spawned = std::thread::Builder::new()
-            .name(format!("baton-spare-{}", spec.name))
-            .spawn(move || {
-                let Some(template) = pool.templates.spare_template(&owned.name) else {
-                    return;
-                };
-                let made = template.fork(&owned, &pool.isolation, &Placement::default());
-                if made.is_ok() {
-                    pool.counters.spares_forked.fetch_add(1, Ordering::Relaxed);
-                }
-                pool.templates.put_spare(&owned.name, &template, made);
-            });
-        if spawned.is_err() {
-            // No thread: the mark goes (the next start tries again).
-            self.templates.clear_spare_mark(&spec.name);
-        }
+        self.refill_spare(spec, Duration::ZERO);
     }
 
     /// Holds `spec`'s template at least until `until` (the policy's warmth tier), starting
@@ -285,7 +261,9 @@ impl WarmPool {
     }
 
     /// A new worker of `spec`: its template's spare, forked from its template, or started
-    /// plain; the template's next spare is forked in the background.
+    /// plain; the template's next spare is forked in the background (one taken is
+    /// replaced [`SPARE_REFILL_DELAY_US`](baton_core::costs::SPARE_REFILL_DELAY_US) later,
+    /// after the burst that took it).
     fn start_worker(
         self: &Arc<Self>,
         spec: &Arc<FunctionSpec>,
@@ -294,7 +272,8 @@ impl WarmPool {
         let worker = self
             .templates
             .start_worker(spec, &self.isolation, placement, &self.counters);
-        self.refill_spare(spec);
+        let took_spare = worker.as_ref().is_ok_and(Worker::is_spare);
+        self.refill_spare(spec, spares::refill_after(took_spare));
         worker
     }
 
@@ -419,12 +398,20 @@ impl WarmPool {
             state.prewarm_began.insert(name.to_owned(), Instant::now());
         }
         self.counters.prewarm_starts.fetch_add(1, Ordering::Relaxed);
+        // A spare needs no thread (nothing to start first, no cores to pin): taken here, it
+        // is idle at once, ahead of a step that comes microseconds after the event.
+        if spec.services.is_empty() && placement == Placement::default() {
+            if let Some(worker) = self.templates.start_from_spare(&spec, &self.counters) {
+                self.refill_spare(&spec, spares::refill_after(true));
+                self.prewarm_done(name, Ok(worker), until, plan, claim);
+                return;
+            }
+        }
         let pool = Arc::clone(self);
         let owned = name.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("baton-prewarm-{name}"))
             .spawn(move || {
-                let name = owned;
                 let worker = before().and_then(|()| {
                     // Past the node's start bound, a pre-warm waits for a slot on its own
                     // thread (a request meanwhile waits for it, or starts its own).
@@ -433,40 +420,7 @@ impl WarmPool {
                     pool.give_start_slot();
                     worker.map_err(|e| e.to_string())
                 });
-                let mut state = lock(&pool.state);
-                if let Some(count) = state.starting.get_mut(&name) {
-                    *count = count.saturating_sub(1);
-                }
-                match worker {
-                    Ok(worker) => {
-                        if !worker.is_spare() {
-                            WarmPool::note_cold_start_in(&mut state, &name, worker.cold_start());
-                        }
-                        // The function has had a worker now (see `State::gone`).
-                        state.gone.insert(name.clone(), Gone::Ended);
-                        state.idle.entry(name).or_default().push(Idle {
-                            worker,
-                            until: until.max(Instant::now() + PREWARM_GRACE),
-                            since: Instant::now(),
-                            prewarmed: Some(plan),
-                            // Ready later than asked, its step waits for it and holds it
-                            // as much longer (as the simulator counts it).
-                            claims: Claims::from(Claim {
-                                until: claim.until
-                                    + Instant::now().saturating_duration_since(claim.from),
-                                ..claim
-                            }),
-                            settling: false,
-                        });
-                    }
-                    Err(_) => {
-                        pool.counters
-                            .prewarms_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                drop(state);
-                pool.started.notify_all();
+                pool.prewarm_done(&owned, worker, until, plan, claim);
             });
         if spawned.is_err() {
             if let Some(count) = lock(&self.state).starting.get_mut(name) {
@@ -476,6 +430,51 @@ impl WarmPool {
                 .prewarms_failed
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A pre-warm of `name` is over: its worker idles, kept until `until` with its claim,
+    /// or it failed; a request waiting for it is woken.
+    fn prewarm_done(
+        &self,
+        name: &str,
+        worker: Result<Worker, String>,
+        until: Instant,
+        plan: Option<u64>,
+        claim: Claim<Instant>,
+    ) {
+        let mut state = lock(&self.state);
+        if let Some(count) = state.starting.get_mut(name) {
+            *count = count.saturating_sub(1);
+        }
+        match worker {
+            Ok(worker) => {
+                if !worker.is_spare() {
+                    WarmPool::note_cold_start_in(&mut state, name, worker.cold_start());
+                }
+                // The function has had a worker now (see `State::gone`).
+                state.gone.insert(name.to_owned(), Gone::Ended);
+                state.idle.entry(name.to_owned()).or_default().push(Idle {
+                    worker,
+                    until: until.max(Instant::now() + PREWARM_GRACE),
+                    since: Instant::now(),
+                    prewarmed: Some(plan),
+                    // Ready later than asked, its step waits for it and holds it as much
+                    // longer (as the simulator counts it).
+                    claims: Claims::from(Claim {
+                        until: claim.until + Instant::now().saturating_duration_since(claim.from),
+                        ..claim
+                    }),
+                    settling: false,
+                });
+            }
+            Err(_) => {
+                self.counters
+                    .prewarms_failed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(state);
+        self.started.notify_all();
     }
 }
 

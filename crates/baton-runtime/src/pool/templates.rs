@@ -88,10 +88,8 @@ impl Templates {
             return plain();
         }
         if *placement == Placement::default() {
-            let asked = std::time::Instant::now();
-            if let Some(spare) = self.take_spare(&spec.name) {
-                counters.spare_starts.fetch_add(1, Ordering::Relaxed);
-                return Ok(spare.taken_as_spare(asked.elapsed()));
+            if let Some(spare) = self.start_from_spare(spec, counters) {
+                return Ok(spare);
             }
         }
         let Some((slot, template)) = self.ensure(spec, isolation, counters) else {
@@ -159,6 +157,22 @@ impl Templates {
         };
         drop(guard);
         template.map(|template| (slot, template))
+    }
+
+    /// A start of `spec` that takes its template's spare, if one is ready (no cores to pin:
+    /// the caller's to check).
+    pub(crate) fn start_from_spare(
+        &self,
+        spec: &FunctionSpec,
+        counters: &Counters,
+    ) -> Option<Worker> {
+        if !spec.template {
+            return None;
+        }
+        let asked = std::time::Instant::now();
+        let spare = self.take_spare(&spec.name)?;
+        counters.spare_starts.fetch_add(1, Ordering::Relaxed);
+        Some(spare.taken_as_spare(asked.elapsed()))
     }
 
     /// `name`'s spare, if one is ready and its process still there (one that died is

@@ -215,3 +215,32 @@ fn nice(pid: u32) -> i64 {
     let after = &stat[stat.rfind(')').unwrap() + 1..];
     after.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
+
+#[test]
+fn a_prewarm_takes_a_ready_spare_before_it_returns() {
+    // A pre-warm of a function with a spare ready (no services, no cores to pin) needs no
+    // thread: the worker idles before the planner's call returns, so a step that comes
+    // microseconds after the event that asked for it finds it ready. The next spare is
+    // forked after the refill delay.
+    let spec = Arc::new(process_spec("ahead", "upper.py", "timeout_ms = 10000"));
+    let pool = Arc::new(WarmPool::new(vec![(*spec).clone()], isolation()));
+    pool.prepare_template(&spec);
+    let spare = wait_for_spare(&pool);
+    let now = Instant::now();
+    let claim = baton_core::exec::Claim {
+        from: now,
+        until: now + Duration::from_secs(1),
+        weight: 1.0,
+    };
+    let until = now + Duration::from_secs(60);
+    pool.prewarm_with("ahead", until, Some(7), claim, Default::default(), || {
+        Err("the spare needs nothing started first".into())
+    });
+    assert_eq!(pool.idle_count("ahead"), 1, "idle before the call returned");
+    assert_eq!(pool.counters.spare_starts.load(Ordering::Relaxed), 1);
+    let mut lease = pool.take("ahead").unwrap();
+    assert_eq!(lease.worker.pid(), spare);
+    assert_eq!(lease.plan, Some(7));
+    assert_eq!(lease.worker.invoke(b"ahead").unwrap(), b"AHEAD");
+    assert_ne!(wait_for_spare(&pool), spare, "a new spare after the delay");
+}
