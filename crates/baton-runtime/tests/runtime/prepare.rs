@@ -161,6 +161,16 @@ fn wait_for_spare(pool: &WarmPool) -> u32 {
     }
 }
 
+/// A pool of one Python function `name` (upper.py) whose template is started, and the pid
+/// of its spare once ready.
+fn pool_with_a_spare(name: &str) -> (Arc<WarmPool>, u32) {
+    let spec = Arc::new(process_spec(name, "upper.py", "timeout_ms = 10000"));
+    let pool = WarmPool::new(vec![(*spec).clone()], isolation());
+    pool.prepare_template(&spec);
+    let spare = wait_for_spare(&pool);
+    (pool, spare)
+}
+
 /// Waits (at most 5 s) until process `pid` has ended and been reaped.
 fn wait_until_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -175,10 +185,7 @@ fn a_spare_that_died_is_never_handed_out() {
     // A spare waits for its first call for as long as its template is held: whatever ends
     // it meanwhile (the OOM killer, an operator's kill), the start that would have taken
     // it forks a worker instead, and the pool forks a new spare.
-    let spec = Arc::new(process_spec("spared", "upper.py", "timeout_ms = 10000"));
-    let pool = Arc::new(WarmPool::new(vec![(*spec).clone()], isolation()));
-    pool.prepare_template(&spec);
-    let spare = wait_for_spare(&pool);
+    let (pool, spare) = pool_with_a_spare("spared");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &spare.to_string()])
         .status()
@@ -222,10 +229,7 @@ fn a_prewarm_takes_a_ready_spare_before_it_returns() {
     // thread: the worker idles before the planner's call returns, so a step that comes
     // microseconds after the event that asked for it finds it ready. The next spare is
     // forked after the refill delay.
-    let spec = Arc::new(process_spec("ahead", "upper.py", "timeout_ms = 10000"));
-    let pool = Arc::new(WarmPool::new(vec![(*spec).clone()], isolation()));
-    pool.prepare_template(&spec);
-    let spare = wait_for_spare(&pool);
+    let (pool, spare) = pool_with_a_spare("ahead");
     let now = Instant::now();
     let claim = baton_core::exec::Claim {
         from: now,
