@@ -16,9 +16,9 @@
 //! period on this kind of kernel, is paid here, off every request's path), ready and
 //! waiting for its first call, as Android's zygote keeps a pool of unspecialized
 //! processes. A start with no cores to pin to takes the spare (the tier `spare`: no fork,
-//! no move) and the pool forks the next one in the background; a start that finds none
-//! (taken, still coming, or pinned cores needing a cpuset group of their own) forks as
-//! before. A spare goes with its template (retired, replaced, removed) and its memory is
+//! no move) and the pool forks the next one in the background, after the burst that took
+//! it (`spares.rs`); a start that finds none (taken, still coming, or pinned cores needing
+//! a cpuset group of their own) forks as before. A spare goes with its template (retired, replaced, removed) and its memory is
 //! counted with it. One per template, so at most [`MAX_TEMPLATES`] spares on a node.
 
 use crate::counters::Counters;
@@ -361,13 +361,15 @@ impl Templates {
                 _ => None,
             })
             .sum();
-        let spares: u64 = lock(&self.spares)
+        // Read outside the lock a start takes spares under.
+        let spares: Vec<u32> = lock(&self.spares)
             .values()
             .filter_map(|spare| match spare {
-                Spare::Ready(worker) => worker.pss_kib(),
+                Spare::Ready(worker) => Some(worker.pid()),
                 Spare::Coming => None,
             })
-            .sum();
+            .collect();
+        let spares: u64 = spares.into_iter().filter_map(crate::process::pss_kib).sum();
         (templates + spares).div_ceil(1024)
     }
 

@@ -289,12 +289,6 @@ impl Worker {
         running(self.main_pid)
     }
 
-    /// Its proportional memory (shared pages split with their other users), KiB
-    /// (`/proc/PID/smaps_rollup`), if readable.
-    pub fn pss_kib(&self) -> Option<u64> {
-        pss_kib(self.main_pid)
-    }
-
     /// How long the worker took to become ready (its cold start; for a spare, how long
     /// the start that took it waited).
     pub fn cold_start(&self) -> Duration {
