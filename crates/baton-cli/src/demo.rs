@@ -107,6 +107,8 @@ pub struct Phase {
     pub requests: usize,
     /// Steps that started cold.
     pub cold_starts: u64,
+    /// Of those, steps that took their template's spare (a worker forked ahead).
+    pub spare_starts: u64,
     /// Steps served by a pre-warmed instance.
     pub prewarmed_steps: u64,
     /// Of those, steps that waited for their pre-warm to finish.
@@ -250,7 +252,7 @@ fn run_phase(
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(plan.len());
     let mut rows = Vec::with_capacity(plan.len());
-    let (mut cold, mut prewarmed, mut late, mut late_after_idle) = (0, 0, 0, 0);
+    let (mut cold, mut spare, mut prewarmed, mut late, mut late_after_idle) = (0, 0, 0, 0, 0);
     let measuring = progress.then(|| crate::progress::bar(name, plan.len() as u64));
     for (i, request) in plan.iter().enumerate() {
         std::thread::sleep(request.gap);
@@ -289,7 +291,10 @@ fn run_phase(
         });
         for step in document["steps"].as_array().into_iter().flatten() {
             match step["warmth"].as_str() {
-                Some("cold") => cold += 1,
+                Some("cold") => {
+                    cold += 1;
+                    spare += u64::from(step["tier"] == "spare");
+                }
                 Some("prewarmed") => prewarmed += 1,
                 Some("prewarm-late") => {
                     prewarmed += 1;
@@ -337,6 +342,7 @@ fn run_phase(
         policy: policy_word(policy).to_owned(),
         requests: plan.len(),
         cold_starts: cold,
+        spare_starts: spare,
         prewarmed_steps: prewarmed,
         late_prewarms: late,
         late_after_idle,
@@ -459,9 +465,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "\n{:<24} {:>11} {:>10} {:>6} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9}",
+        "\n{:<24} {:>11} {:>6} {:>10} {:>6} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9}",
         "",
         "cold starts",
+        "spare",
         "pre-warmed",
         "late",
         "after idle",
@@ -474,9 +481,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     );
     for phase in [&off, &on] {
         println!(
-            "{:<24} {:>11} {:>10} {:>6} {:>10} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>11.0} {:>9.0}",
+            "{:<24} {:>11} {:>6} {:>10} {:>6} {:>10} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>11.0} {:>9.0}",
             phase.name,
             phase.cold_starts,
+            phase.spare_starts,
             phase.prewarmed_steps,
             phase.late_prewarms,
             phase.late_after_idle,
@@ -489,7 +497,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     println!(
-        "\ncold starts avoided: {} of {}; mean latency {:.1} → {:.1} ms ({:.2} ×); \"late\": a pre-warm still starting when its step came (the step waited for the rest of it instead of a whole cold start), \"after idle\": of those, in requests after an idle gap; \"route\": pre-warms planned from the request's route (its task set) once its entry's first call revealed it; idle memory: idle workers' declared memory plus the templates' measured memory (PSS)",
+        "\ncold starts avoided: {} of {}; mean latency {:.1} → {:.1} ms ({:.2} ×); \"spare\": cold starts that took their template's spare (a worker forked ahead, no fork on the way), \"late\": a pre-warm still starting when its step came (the step waited for the rest of it instead of a whole cold start), \"after idle\": of those, in requests after an idle gap; \"route\": pre-warms planned from the request's route (its task set) once its entry's first call revealed it; idle memory: idle workers' declared memory plus the templates' and their spares' measured memory (PSS)",
         off.cold_starts.saturating_sub(on.cold_starts),
         off.cold_starts,
         off.mean_ms,
