@@ -17,7 +17,8 @@
 //! pure = true                   # safe to run speculatively
 //! services = ["cache"]          # auxiliary services it needs
 //! workdir = "/srv/fns"          # where a process runs (default: the manifest's directory)
-//! template = true               # fork workers from a template of it (default: Python)
+//! template = true               # fork workers from a template of it (default: Python); the
+//!                               # template and its one spare are beside max_instances
 //! [env]
 //! LEVEL = "info"
 //! ```
