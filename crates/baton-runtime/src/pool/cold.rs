@@ -5,6 +5,7 @@
 
 use super::{lock, State, WarmPool, COLD_SAMPLES};
 use crate::manifest::{FunctionKind, FunctionSpec};
+use crate::process::Worker;
 use std::time::Duration;
 
 impl WarmPool {
@@ -22,6 +23,15 @@ impl WarmPool {
     /// planner times pre-warms with.
     pub fn note_cold_start(&self, name: &str, took: Duration) {
         WarmPool::note_cold_start_in(&mut lock(&self.state), name, took);
+    }
+
+    /// Notes `worker`'s start as a cold-start sample of `name`, unless it took a spare: a
+    /// spare's take is no start to plan by, so the estimate stays what a start takes when
+    /// the spare is gone (the simulator's `Host` says the same).
+    pub(super) fn note_worker_start_in(state: &mut State, name: &str, worker: &Worker) {
+        if !worker.is_spare() {
+            WarmPool::note_cold_start_in(state, name, worker.cold_start());
+        }
     }
 
     pub(super) fn note_cold_start_in(state: &mut State, name: &str, took: Duration) {

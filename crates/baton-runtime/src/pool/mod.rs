@@ -260,20 +260,22 @@ impl WarmPool {
         self.templates.states()
     }
 
-    /// A new worker of `spec`: its template's spare, forked from its template, or started
-    /// plain; the template's next spare is forked in the background (one taken is
-    /// replaced [`SPARE_REFILL_DELAY_US`](baton_core::costs::SPARE_REFILL_DELAY_US) later,
-    /// after the burst that took it).
+    /// A new worker of `spec`: its template's spare (no cores to pin), forked from its
+    /// template, or started plain; a template started on the way has its spare forked.
     fn start_worker(
         self: &Arc<Self>,
         spec: &Arc<FunctionSpec>,
         placement: &Placement,
     ) -> Result<Worker, WorkerError> {
+        if *placement == Placement::default() {
+            if let Some(spare) = self.start_from_spare(spec) {
+                return Ok(spare);
+            }
+        }
         let worker = self
             .templates
             .start_worker(spec, &self.isolation, placement, &self.counters);
-        let took_spare = worker.as_ref().is_ok_and(Worker::is_spare);
-        self.refill_spare(spec, spares::refill_after(took_spare));
+        self.refill_spare(spec, Duration::ZERO);
         worker
     }
 
@@ -401,8 +403,7 @@ impl WarmPool {
         // A spare needs no thread (nothing to start first, no cores to pin): taken here, it
         // is idle at once, ahead of a step that comes microseconds after the event.
         if spec.services.is_empty() && placement == Placement::default() {
-            if let Some(worker) = self.templates.start_from_spare(&spec, &self.counters) {
-                self.refill_spare(&spec, spares::refill_after(true));
+            if let Some(worker) = self.start_from_spare(&spec) {
                 self.prewarm_done(name, Ok(worker), until, plan, claim);
                 return;
             }
@@ -448,9 +449,7 @@ impl WarmPool {
         }
         match worker {
             Ok(worker) => {
-                if !worker.is_spare() {
-                    WarmPool::note_cold_start_in(&mut state, name, worker.cold_start());
-                }
+                WarmPool::note_worker_start_in(&mut state, name, &worker);
                 // The function has had a worker now (see `State::gone`).
                 state.gone.insert(name.to_owned(), Gone::Ended);
                 state.idle.entry(name.to_owned()).or_default().push(Idle {

@@ -7,7 +7,7 @@
 
 use super::{Placement, WarmPool, MAX_TEMPLATES};
 use crate::manifest::FunctionSpec;
-use crate::process::WorkerError;
+use crate::process::Worker;
 use baton_core::costs::SPARE_REFILL_DELAY_US;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -32,16 +32,16 @@ impl std::fmt::Debug for Refills {
     }
 }
 
-/// How long after a start of `took_spare` kind the next spare is forked.
-pub(super) fn refill_after(took_spare: bool) -> Duration {
-    if took_spare {
-        Duration::from_micros(SPARE_REFILL_DELAY_US)
-    } else {
-        Duration::ZERO
-    }
-}
-
 impl WarmPool {
+    /// A start of `spec` that takes its template's spare, if one is ready; the next one is
+    /// forked [`SPARE_REFILL_DELAY_US`] later, after the burst that took it. The caller
+    /// checks there are no cores to pin.
+    pub(super) fn start_from_spare(self: &Arc<Self>, spec: &Arc<FunctionSpec>) -> Option<Worker> {
+        let spare = self.templates.start_from_spare(spec, &self.counters)?;
+        self.refill_spare(spec, Duration::from_micros(SPARE_REFILL_DELAY_US));
+        Some(spare)
+    }
+
     /// Has `spec`'s next spare forked `after` from now when its template is alive and it
     /// has none ready or coming. Never waits: it only sends to the dispatcher.
     pub(super) fn refill_spare(self: &Arc<Self>, spec: &Arc<FunctionSpec>, after: Duration) {
@@ -117,15 +117,9 @@ fn dispatch(pool: &Weak<WarmPool>, inbox: &Receiver<Refill>) {
             let spawned = std::thread::Builder::new()
                 .name(format!("baton-spare-{name}"))
                 .spawn(move || forker.fork_spare(&refill.spec));
-            if let Err(source) = spawned {
-                let made = Err(WorkerError::Spawn {
-                    function: name.clone(),
-                    program: "spare thread".into(),
-                    source,
-                });
-                if let Some(template) = pool.templates.spare_template(&name) {
-                    pool.templates.put_spare(&name, &template, made);
-                }
+            if spawned.is_err() {
+                // None is coming (the next start tries again).
+                pool.templates.clear_spare_mark(&name);
             }
         }
     }

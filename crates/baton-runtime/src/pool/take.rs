@@ -160,11 +160,7 @@ impl WarmPool {
             }
         };
         *state.busy.entry(name.to_owned()).or_default() += 1;
-        // A spare's take is no start to plan by: the estimate stays what a start takes
-        // when the spare is gone (the simulator's `Host` says the same).
-        if !worker.is_spare() {
-            WarmPool::note_cold_start_in(&mut state, name, worker.cold_start());
-        }
+        WarmPool::note_worker_start_in(&mut state, name, &worker);
         drop(state);
         self.started.notify_all();
         Ok(Lease {

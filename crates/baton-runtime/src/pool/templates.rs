@@ -87,11 +87,6 @@ impl Templates {
         if !spec.template {
             return plain();
         }
-        if *placement == Placement::default() {
-            if let Some(spare) = self.start_from_spare(spec, counters) {
-                return Ok(spare);
-            }
-        }
         let Some((slot, template)) = self.ensure(spec, isolation, counters) else {
             return plain();
         };
@@ -160,7 +155,7 @@ impl Templates {
     }
 
     /// A start of `spec` that takes its template's spare, if one is ready (no cores to pin:
-    /// the caller's to check).
+    /// the caller's to check; `WarmPool::start_from_spare` also has the next one forked).
     pub(crate) fn start_from_spare(
         &self,
         spec: &FunctionSpec,
