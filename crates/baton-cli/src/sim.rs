@@ -250,17 +250,21 @@ pub fn sim(args: SimArgs) -> Result<()> {
         simulation.arrivals().len(),
         train.len(),
         args.cold_start_ms,
-        match (args.template_start_ms, args.template_mib) {
-            (Some(ms), Some(mib)) => format!(
-                " (templates: a start forked from one takes {ms} ms; each holds {mib} MiB, counted as idle; chain manages its own{})",
-                match (args.spare_start_ms, args.spare_mib) {
-                    (Some(spare_ms), Some(spare_mib)) => format!(
-                        "; each keeps a spare taken in {spare_ms} ms, holding {spare_mib} MiB more"
+        match simulation.costs().templates {
+            Some(t) => format!(
+                " (templates: a start forked from one takes {} ms; each holds {} MiB, counted as idle; chain manages its own{})",
+                t.start_us as f64 / 1000.0,
+                t.memory_mib,
+                match t.spare {
+                    Some(spare) => format!(
+                        "; each keeps a spare taken in {} ms, holding {} MiB more",
+                        spare.start_us as f64 / 1000.0,
+                        spare.memory_mib
                     ),
-                    _ => String::new(),
+                    None => String::new(),
                 }
             ),
-            _ => String::new(),
+            None => String::new(),
         },
         memory_note,
         if args.offline { "frozen" } else { "keep learning" },

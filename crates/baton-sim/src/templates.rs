@@ -18,9 +18,9 @@
 //! has a worker forked ahead, ready a fork after the template is; a cold start or a
 //! pre-warm that finds it ready takes it ([`SpareCosts::start_us`]) and the template forks
 //! the next one after [`SPARE_REFILL_DELAY_US`], ready a fork later; one that finds none
-//! ready forks as without spares. The policy plans with the start that does not count on the spare (the fork),
-//! as the runtime's estimate leaves spare takes out. A spare's memory is held with its
-//! template's.
+//! ready forks as without spares. The policy plans with the fork, never counting on the
+//! spare, as the runtime's estimate leaves spare takes out. A spare's memory is held with
+//! its template's.
 //!
 //! [`SpareCosts`]: baton_core::costs::SpareCosts
 //! [`SPARE_REFILL_DELAY_US`]: baton_core::costs::SPARE_REFILL_DELAY_US
@@ -129,10 +129,7 @@ impl Templates {
         if self.managed && self.held(task, now_us).is_none() {
             return None;
         }
-        if self.spare_ready_at.len() <= task.index() {
-            self.spare_ready_at.resize(task.index() + 1, 0);
-        }
-        let ready_at = &mut self.spare_ready_at[task.index()];
+        let ready_at = self.spare_ready_at(task);
         if *ready_at > now_us {
             return None;
         }
@@ -141,6 +138,14 @@ impl Templates {
             .saturating_add(costs.template_start_us(task).unwrap_or(0));
         self.spares_taken += 1;
         Some(spare.start_us)
+    }
+
+    /// When `task`'s spare is ready (0, since deploy, until said otherwise).
+    fn spare_ready_at(&mut self, task: TaskId) -> &mut u64 {
+        if self.spare_ready_at.len() <= task.index() {
+            self.spare_ready_at.resize(task.index() + 1, 0);
+        }
+        &mut self.spare_ready_at[task.index()]
     }
 
     /// A pre-warm of `task` starting at `now_us` takes its template's spare when it is
@@ -200,10 +205,7 @@ impl Templates {
             self.held.resize(task.index() + 1, None);
         }
         if self.spare.is_some() {
-            if self.spare_ready_at.len() <= task.index() {
-                self.spare_ready_at.resize(task.index() + 1, 0);
-            }
-            self.spare_ready_at[task.index()] =
+            *self.spare_ready_at(task) =
                 ready_at_us.saturating_add(costs.template_start_us(task).unwrap_or(0));
         }
         if let Some(old) = self.held[task.index()].take() {
