@@ -117,6 +117,18 @@ fn print_hop(report: &HopReport) {
             row.gap_ms, row.invoke.p50_us, row.ratio_to_tight, row.engine_ratio_to_tight, row.handoff.p50_us
         );
     }
+    for row in &report.sparse {
+        println!(
+            "machine, {:>4} ms idle before each probe: compute {:.2}x, {} scattered cache lines {:.2}x ({:.2}x when the gap is spun, not slept; {:.0} ns more a line); the sparse invoke's extra time is {:.0} such lines",
+            row.gap_ms,
+            row.machine.compute_ratio,
+            bench::PROBE_LINES,
+            row.machine.memory_ratio,
+            row.machine.memory_ratio_spinning,
+            row.machine.cold_line_ns,
+            row.cold_lines
+        );
+    }
 }
 
 fn print_cold(report: &ColdReport) {

@@ -521,11 +521,25 @@ fn bench_hop_and_coldstart_print_their_figures() {
         "hop",
         "--iterations",
         "200",
+        "--sparse",
+        "3",
         "--examples",
         &examples(),
         "--json",
     ]);
     assert_eq!(hop["handoff"]["n"], 200);
+    let sparse = hop["sparse"].as_array().unwrap();
+    assert_eq!(sparse.len(), 2, "10 and 100 ms: {hop}");
+    for row in sparse {
+        assert_eq!(row["invoke"]["n"], 3, "{row}");
+        // Each machine probe ran: a ratio of two medians, each over at least one run.
+        for probe in ["compute_ratio", "memory_ratio", "memory_ratio_spinning"] {
+            assert!(
+                row["machine"][probe].as_f64().unwrap() > 0.0,
+                "{probe}: {row}"
+            );
+        }
+    }
     for field in ["handoff", "http", "handoff_with_result", "http_with_result"] {
         assert!(
             hop[field]["p50_us"].as_f64().unwrap() > 0.0,

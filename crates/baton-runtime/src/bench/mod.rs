@@ -13,7 +13,9 @@
 //! then cached on disk) and for a Python worker that imports heavy standard modules.
 
 mod cold;
+mod machine;
 pub use cold::{coldstart, ColdReport, ColdRow, MemoryRow};
+pub use machine::{MachinePenalty, LINES as PROBE_LINES};
 
 use crate::director::Director;
 use crate::manifest::FunctionSpec;
@@ -106,9 +108,15 @@ pub struct SparseRow {
     pub invoke: Summary,
     /// `invoke.p50 / invoke_tight.p50`.
     pub ratio_to_tight: f64,
-    /// The machine's own penalty: a and b run straight on the engine (no director, no
-    /// planner) after the same gap, p50 over the same calls back to back.
+    /// a and b run straight on the engine (no director, no planner) after the same gap,
+    /// p50 over the same calls back to back.
     pub engine_ratio_to_tight: f64,
+    /// The machine's own penalty after the same gap, without baton (see `machine.rs`).
+    pub machine: MachinePenalty,
+    /// The invocation's extra time after the gap in the machine's cold cache lines:
+    /// `(invoke.p50 − invoke_tight.p50) / machine.cold_line_ns`, about how many lines and
+    /// pages the call touches that the gap took away.
+    pub cold_lines: f64,
 }
 
 fn spec(text: &str) -> Result<FunctionSpec, BenchError> {
@@ -300,6 +308,8 @@ pub fn hop(
     let _ = server.join();
     let invoke_tight = Summary::of(invoke_tight);
     let engine_tight = Summary::of(engine_tight);
+    let probes =
+        (sparse_samples > 0).then(|| machine::Probes::new((invoke_tight.p50_us * 1e3) as u64, 200));
     let mut sparse = Vec::new();
     for gap_ms in [10u64, 100] {
         let n = if gap_ms >= 100 {
@@ -316,13 +326,17 @@ pub fn hop(
             std::thread::sleep(Duration::from_millis(gap_ms));
             direct.push(engine_pair(&payload)?);
         }
-        if !invokes.is_empty() && !hops.is_empty() {
+        if let (false, false, Some(probes)) = (invokes.is_empty(), hops.is_empty(), &probes) {
             let invoke = Summary::of(invokes);
+            let machine = probes.after(Duration::from_millis(gap_ms), n);
             sparse.push(SparseRow {
                 gap_ms,
                 ratio_to_tight: invoke.p50_us / invoke_tight.p50_us.max(1e-3),
                 engine_ratio_to_tight: Summary::of(direct).p50_us / engine_tight.p50_us.max(1e-3),
                 handoff: Summary::of(hops),
+                cold_lines: (invoke.p50_us - invoke_tight.p50_us).max(0.0) * 1e3
+                    / machine.cold_line_ns.max(1e-3),
+                machine,
                 invoke,
             });
         }
