@@ -24,7 +24,7 @@ use baton_runtime::director::{DirectorError, Outcome, StepFacts};
 use baton_runtime::manifest::{FunctionKind, FunctionSpec};
 use baton_runtime::trace_context::{self, TraceParent};
 use baton_trace::schema::ExecutionRecord;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -228,29 +228,89 @@ impl Drop for QueueSlot {
     }
 }
 
-/// One step of an invocation's response: its record's identity and its typed facts.
-fn step_json(record: &ExecutionRecord, facts: &StepFacts) -> Value {
-    json!({
-        "task": record.task,
-        "invocation": record.invocation,
-        "parent": record.parent,
-        "cold": record.cold,
-        "warmth": facts.warmth_word(),
-        "tier": facts.tier,
-        "plan": record.chain,
-        "status": record.status.map(|s| s.as_str()),
-        "duration_us": record.duration_us,
-        "ready_wait_us": facts.warmth.map(|_| facts.wait_us),
-        "hop_ns": facts.hop_ns.map(|(hop, _)| hop),
-        "error": facts.error,
-        "stderr": facts.run.stderr,
-        "stderr_dropped_bytes": (facts.run.stderr_dropped_bytes > 0)
-            .then_some(facts.run.stderr_dropped_bytes),
-    })
+/// One step in an invocation's response document. Fields in alphabetical order: the
+/// document is written straight from these types (no `Value` tree on the request path),
+/// byte for byte as the sorted map it replaced.
+#[derive(Debug, Serialize)]
+pub(crate) struct StepBody {
+    cold: Option<bool>,
+    duration_us: u64,
+    error: Option<String>,
+    hop_ns: Option<u64>,
+    invocation: String,
+    parent: Option<String>,
+    plan: Option<String>,
+    ready_wait_us: Option<u64>,
+    status: Option<&'static str>,
+    stderr: Option<String>,
+    stderr_dropped_bytes: Option<u64>,
+    task: String,
+    tier: Option<&'static str>,
+    warmth: Option<&'static str>,
 }
 
-/// The response document of an invocation.
-fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (StatusCode, Value) {
+impl StepBody {
+    fn of(record: &ExecutionRecord, facts: &StepFacts) -> StepBody {
+        StepBody {
+            cold: record.cold,
+            duration_us: record.duration_us,
+            error: facts.error.clone(),
+            hop_ns: facts.hop_ns.map(|(hop, _)| hop),
+            invocation: record.invocation.clone(),
+            parent: record.parent.clone(),
+            plan: record.chain.clone(),
+            ready_wait_us: facts.warmth.map(|_| facts.wait_us),
+            status: record.status.map(|s| s.as_str()),
+            stderr: facts.run.stderr.clone(),
+            stderr_dropped_bytes: (facts.run.stderr_dropped_bytes > 0)
+                .then_some(facts.run.stderr_dropped_bytes),
+            task: record.task.clone(),
+            tier: facts.tier,
+            warmth: facts.warmth_word(),
+        }
+    }
+}
+
+/// An invocation's timings in its response document.
+#[derive(Debug, Serialize)]
+pub(crate) struct Timings {
+    total_us: u64,
+}
+
+/// The response document of an invocation (`Outcome` in `docs/openapi.json`, its steps
+/// `Step`), in alphabetical field order (see [`StepBody`]).
+#[derive(Debug, Serialize)]
+pub(crate) struct OutcomeBody {
+    cold: bool,
+    cold_steps: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+    /// The cluster node that ran it, when in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_base64: Option<String>,
+    plan: Option<String>,
+    steps: Vec<StepBody>,
+    timings: Timings,
+    trace: Option<String>,
+}
+
+impl OutcomeBody {
+    /// The `traceparent` a response carries: the trace continues at the chain's first step.
+    fn traceparent(&self) -> Option<String> {
+        let (trace, first) = (self.trace.as_ref()?, self.steps.first()?);
+        Some(format!("00-{trace}-{}-01", first.invocation))
+    }
+}
+
+/// The response document of an invocation and its status.
+fn outcome_body(
+    result: &Result<Outcome, DirectorError>,
+    total_us: u64,
+) -> (StatusCode, OutcomeBody) {
     let (records, steps, output, failure) = match result {
         Ok(outcome) => (
             &outcome.records[..],
@@ -260,28 +320,30 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
         ),
         Err(e) => (e.records(), e.steps(), None, Some(e.to_string())),
     };
-    let plan = records.iter().find_map(|r| r.chain.clone());
-    let mut body = json!({
-        "cold": records.iter().any(|r| r.cold == Some(true)),
-        "cold_steps": records.iter().filter(|r| r.cold == Some(true)).count(),
-        "plan": plan,
-        "trace": records.first().and_then(|r| r.trace.clone()),
-        "timings": { "total_us": total_us },
-        "steps": records
+    let (output, output_base64) = match output.map(|bytes| std::str::from_utf8(bytes)) {
+        None => (None, None),
+        Some(Ok(text)) => (Some(text.to_owned()), None),
+        Some(Err(_)) => (
+            None,
+            output.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+    let body = OutcomeBody {
+        cold: records.iter().any(|r| r.cold == Some(true)),
+        cold_steps: records.iter().filter(|r| r.cold == Some(true)).count(),
+        error: None,
+        node: None,
+        output,
+        output_base64,
+        plan: records.iter().find_map(|r| r.chain.clone()),
+        steps: records
             .iter()
             .zip(steps)
-            .map(|(record, facts)| step_json(record, facts))
-            .collect::<Vec<_>>(),
-    });
-    if let Some(output) = output {
-        match std::str::from_utf8(output) {
-            Ok(text) => body["output"] = Value::from(text),
-            Err(_) => {
-                body["output_base64"] =
-                    Value::from(base64::engine::general_purpose::STANDARD.encode(output))
-            }
-        }
-    }
+            .map(|(record, facts)| StepBody::of(record, facts))
+            .collect(),
+        timings: Timings { total_us },
+        trace: records.first().and_then(|r| r.trace.clone()),
+    };
     let status = match (&failure, result) {
         (None, _) => StatusCode::OK,
         (
@@ -303,10 +365,13 @@ fn outcome_json(result: &Result<Outcome, DirectorError>, total_us: u64) -> (Stat
         ) => StatusCode::SERVICE_UNAVAILABLE,
         (Some(_), _) => StatusCode::BAD_GATEWAY,
     };
-    if let Some(failure) = failure {
-        body["error"] = Value::from(failure);
-    }
-    (status, body)
+    (
+        status,
+        OutcomeBody {
+            error: failure,
+            ..body
+        },
+    )
 }
 
 /// Whether running `name` twice is harmless: a pure function, or a sequence of pure
@@ -352,12 +417,27 @@ fn caller_trace(headers: &HeaderMap) -> Option<TraceParent> {
     TraceParent::parse(value).ok()
 }
 
+/// Runs an invocation and gives its response document as a JSON value (for the store and
+/// the cluster's replies); see [`run_invocation_body`].
 pub(crate) fn run_invocation(
     state: &AppState,
     name: &str,
     payload: &[u8],
     caller: Option<TraceParent>,
 ) -> (StatusCode, Value) {
+    let (status, body) = run_invocation_body(state, name, payload, caller);
+    let value = serde_json::to_value(&body)
+        .unwrap_or_else(|e| json!({ "error": format!("the response could not be written: {e}") }));
+    (status, value)
+}
+
+/// Runs an invocation (blocking) and gives its status and response document.
+pub(crate) fn run_invocation_body(
+    state: &AppState,
+    name: &str,
+    payload: &[u8],
+    caller: Option<TraceParent>,
+) -> (StatusCode, OutcomeBody) {
     let started = Instant::now();
     let result = state.director.invoke_traced(name, payload, caller);
     let (records, steps) = match &result {
@@ -365,7 +445,7 @@ pub(crate) fn run_invocation(
         Err(e) => (e.records(), e.steps()),
     };
     state.metrics.observe(records, steps);
-    outcome_json(&result, started.elapsed().as_micros() as u64)
+    outcome_body(&result, started.elapsed().as_micros() as u64)
 }
 
 /// Runs an accepted asynchronous invocation to its end (blocking) and stores the outcome.
@@ -491,27 +571,29 @@ async fn invoke(
             }
         }
     }
-    // The chain runs on this worker thread (tokio moves its other tasks elsewhere): no
-    // hand-off to a blocking thread and back on the request path.
-    let (status, body) = match forwarded {
-        Some(answer) => answer,
+    let (status, mut response, traceparent) = match forwarded {
+        Some((status, body)) => {
+            // The trace continues at the chain's first step.
+            let traceparent = body["trace"]
+                .as_str()
+                .zip(body["steps"][0]["invocation"].as_str())
+                .map(|(trace, span)| format!("00-{trace}-{span}-01"));
+            (status, Json(body).into_response(), traceparent)
+        }
+        // The chain runs on this worker thread (tokio moves its other tasks elsewhere): no
+        // hand-off to a blocking thread and back on the request path.
         None => tokio::task::block_in_place(|| {
             let _slot = slot;
-            let (status, mut body) = run_invocation(&state, &name, &body, caller);
-            if let (Some(cluster), Some(fields)) = (&state.cluster, body.as_object_mut()) {
-                fields.insert("node".into(), cluster.node.clone().into());
+            let (status, mut body) = run_invocation_body(&state, &name, &body, caller);
+            if let Some(cluster) = &state.cluster {
+                body.node = Some(cluster.node.clone());
             }
-            (status, body)
+            let traceparent = body.traceparent();
+            (status, Json(body).into_response(), traceparent)
         }),
     };
-    // The trace continues at the chain's first step.
-    let traceparent = body["trace"]
-        .as_str()
-        .zip(body["steps"][0]["invocation"].as_str())
-        .map(|(trace, span)| format!("00-{trace}-{span}-01"))
-        .and_then(|value| HeaderValue::from_str(&value).ok());
-    let mut response = (status, Json(body)).into_response();
-    if let Some(value) = traceparent {
+    *response.status_mut() = status;
+    if let Some(value) = traceparent.and_then(|value| HeaderValue::from_str(&value).ok()) {
         response.headers_mut().insert("traceparent", value);
     }
     response
@@ -616,4 +698,48 @@ async fn metrics(State(state): State<Shared>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_is_written_in_sorted_key_order_as_the_map_it_replaced() {
+        let step = |task: &str, parent: Option<&str>| StepBody {
+            cold: Some(false),
+            duration_us: 12,
+            error: None,
+            hop_ns: parent.map(|_| 1500),
+            invocation: format!("{task}-id"),
+            parent: parent.map(str::to_owned),
+            plan: None,
+            ready_wait_us: Some(0),
+            status: Some("ok"),
+            stderr: Some("a line\n".into()),
+            stderr_dropped_bytes: None,
+            task: task.into(),
+            tier: Some("instance"),
+            warmth: Some("warm"),
+        };
+        let body = OutcomeBody {
+            cold: false,
+            cold_steps: 0,
+            error: Some("step b failed".into()),
+            node: Some("n1".into()),
+            output: Some("HELLO".into()),
+            output_base64: None,
+            plan: Some("p".into()),
+            steps: vec![step("a", None), step("b", Some("a-id"))],
+            timings: Timings { total_us: 40 },
+            trace: Some("t".into()),
+        };
+        let written = serde_json::to_string(&body).unwrap();
+        // A `Value` keeps its keys sorted: the same bytes mean every struct lists its
+        // fields in that order, so clients see the document they saw before.
+        let sorted = serde_json::to_value(&body).unwrap().to_string();
+        assert_eq!(written, sorted);
+        assert!(!written.contains("output_base64"), "{written}");
+        assert_eq!(body.traceparent().as_deref(), Some("00-t-a-id-01"));
+    }
 }
