@@ -16,11 +16,14 @@
 mod common;
 
 use baton_server::client::Client;
-use common::{certificates, free_port, serve_args, start_listening, start_on_port, Served};
+use common::{certificates, serve_args, start_announcing, start_listening, Served};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// What nats-server logs, followed by `HOST:PORT`, once its client port is bound.
+const NATS_LISTENING: &str = "Listening for client connections on ";
 
 /// The nats-server binary; without one, `None` after saying that the test did not run
 /// (under CI its absence fails the test: `.ci/run` installs it).
@@ -170,12 +173,12 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     };
     eprintln!("running against {}", nats.display());
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _nats = start_on_port(
+    // Port -1: nats-server picks a free one and logs it.
+    let (_nats, port) = start_announcing(
         Command::new(&nats)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
             .arg(dir.path().join("jetstream")),
-        port,
+        NATS_LISTENING,
         "nats-server",
     );
     let nats_url = format!("nats://127.0.0.1:{port}");
@@ -495,13 +498,12 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
     };
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let port = free_port();
     let config = dir.path().join("nats.conf");
     let at = |name: &str| dir.path().join(name).display().to_string();
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\ntls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 5\n}}\n",
+            "listen: \"127.0.0.1:-1\"\njetstream {{ store_dir: {:?} }}\ntls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 5\n}}\n",
             at("jetstream"),
             at("server.pem"),
             at("server.key"),
@@ -509,9 +511,9 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
         ),
     )
     .unwrap();
-    let _nats = start_on_port(
+    let (_nats, port) = start_announcing(
         Command::new(&nats).arg("-c").arg(&config),
-        port,
+        NATS_LISTENING,
         "nats-server",
     );
     let nats_url = format!("nats://127.0.0.1:{port}");

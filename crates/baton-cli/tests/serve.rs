@@ -869,15 +869,15 @@ fn the_cli_talks_https_to_a_server_behind_a_private_ca() {
         r#"{"functions":[{"name":"behind-tls","kind":"wasm"}]}"#,
     )
     .unwrap();
-    let port = common::free_port();
     let pem = |name: &str| dir.path().join(name).display().to_string();
-    let _tls = common::start_on_port(
+    // Port 0: it prints `ACCEPT 127.0.0.1:PORT` once bound.
+    let (_tls, port) = common::start_announcing(
         Command::new("openssl")
-            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .args(["s_server", "-accept", "127.0.0.1:0"])
             .args(["-cert", &pem("server.pem"), "-key", &pem("server.key")])
-            .args(["-WWW", "-quiet"])
+            .arg("-WWW")
             .current_dir(&www),
-        port,
+        "ACCEPT ",
         "openssl s_server",
     );
     let url = format!("https://127.0.0.1:{port}");

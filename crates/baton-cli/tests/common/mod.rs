@@ -160,41 +160,53 @@ pub fn serve_args(data: &Path) -> Vec<String> {
     .collect()
 }
 
-/// A loopback port free now.
+/// Spawns `command`, which was told to listen on loopback port 0 (so the kernel picks a
+/// free one, and no other test can take it between a choice and a bind), and reads its
+/// stdout and stderr until a line with `marker` followed by `HOST:PORT`, the port it got.
+/// Its later output is read to the end by threads, so it never blocks on a full pipe.
+/// Panics, with what it printed, if it exits or says nothing of the kind within 10 s.
 #[allow(dead_code)]
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Spawns `command` (its output dropped) and waits up to 10 s until something listens on
-/// loopback `port`; `what` names it if nothing does.
-#[allow(dead_code)]
-pub fn start_on_port(command: &mut Command, port: u16, what: &str) -> Served {
-    let served = Served(
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    // A connection to itself is not a listener: the port is in the ephemeral range, so
-    // while nothing listens yet, a connect may pick it as its own source port and
-    // succeed (TCP simultaneous open).
-    let listening = || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
-    };
-    while !listening() {
-        assert!(
-            std::time::Instant::now() < until,
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+pub fn start_announcing(command: &mut Command, marker: &str, what: &str) -> (Served, u16) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let (sender, lines) = std::sync::mpsc::channel();
+    let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for pipe in [out, err] {
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
     }
-    served
+    drop(sender);
+    let served = Served(child);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = String::new();
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let line = match lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(e) => panic!("{what} did not say where it listens ({e:?}):\n{log}"),
+        };
+        log.push_str(&line);
+        log.push('\n');
+        let Some((_, rest)) = line.split_once(marker) else {
+            continue;
+        };
+        let address = rest.split_whitespace().next().unwrap_or_default();
+        let port = address.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+        match port {
+            Some(port) => {
+                // The rest of its output goes nowhere, but is read.
+                std::thread::spawn(move || for _ in lines {});
+                return (served, port);
+            }
+            None => panic!("{what} said {line:?}, without a port"),
+        }
+    }
 }
