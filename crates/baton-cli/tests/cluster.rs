@@ -457,7 +457,15 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
             )
             .unwrap();
         assert_eq!(response.status, 200, "{}", response.text());
-        response.json()
+        let body = response.json();
+        // Whichever node ran it, the trace continues at the chain's first step.
+        let expected = format!(
+            "00-{}-{}-01",
+            body["trace"].as_str().unwrap(),
+            body["steps"][0]["invocation"].as_str().unwrap()
+        );
+        assert_eq!(response.header("traceparent"), Some(expected.as_str()));
+        body
     };
     let first = invoke(&clients[0]);
     assert_eq!(first["node"], "n1", "{first}");

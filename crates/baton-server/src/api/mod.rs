@@ -434,7 +434,7 @@ async fn invoke(
             let traceparent = body["trace"]
                 .as_str()
                 .zip(body["steps"][0]["invocation"].as_str())
-                .map(|(trace, span)| format!("00-{trace}-{span}-01"));
+                .map(|(trace, first)| outcome::traceparent(trace, first));
             (status, Json(body).into_response(), traceparent)
         }
         // The chain runs on this worker thread (tokio moves its other tasks elsewhere): no

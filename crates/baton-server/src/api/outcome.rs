@@ -81,8 +81,14 @@ impl OutcomeBody {
     /// The `traceparent` a response carries: the trace continues at the chain's first step.
     pub(super) fn traceparent(&self) -> Option<String> {
         let (trace, first) = (self.trace.as_ref()?, self.steps.first()?);
-        Some(format!("00-{trace}-{}-01", first.invocation))
+        Some(traceparent(trace, &first.invocation))
     }
+}
+
+/// The `traceparent` of a response whose trace is `trace` and whose chain's first step is
+/// `first_step` (sampled), for this node's answers and those a peer gave.
+pub(super) fn traceparent(trace: &str, first_step: &str) -> String {
+    format!("00-{trace}-{first_step}-01")
 }
 
 /// The response document of an invocation and its status.
