@@ -32,37 +32,71 @@ impl Drop for Served {
 
 /// Starts `command` with its stderr piped and reads it until `baton listening on URL`.
 /// Returns the child, the URL, what it printed up to there, and its later stderr lines
-/// (read by a thread to the end, so the child never blocks on a full pipe; each also
-/// echoed with `tag` when one is given).
+/// (each also echoed with `tag` when one is given).
 pub fn start_listening(
     command: &mut Command,
     tag: Option<&str>,
 ) -> (Served, String, String, Receiver<String>) {
-    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    start_until(command, false, "baton listening on ", tag, "baton")
+}
+
+/// Spawns `command` with its stderr piped (and its stdout, when `stdout`), each read to the
+/// end by a thread into one channel, so the child never blocks on a full pipe (every line
+/// echoed with `tag` when one is given), and waits up to 30 s for a line with `marker`.
+/// Returns the child, the word after the marker, what it printed up to there, and its
+/// later lines. Panics, with that output, if `what` exits or prints no such line in time.
+fn start_until(
+    command: &mut Command,
+    stdout: bool,
+    marker: &str,
+    tag: Option<&str>,
+    what: &str,
+) -> (Served, String, String, Receiver<String>) {
+    if stdout {
+        command.stdout(Stdio::piped());
+    }
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut pipes: Vec<Box<dyn std::io::Read + Send>> = Vec::new();
+    if stdout {
+        pipes.extend(child.stdout.take().map(|out| Box::new(out) as _));
+    }
+    pipes.extend(child.stderr.take().map(|err| Box::new(err) as _));
     let served = Served(child);
+    let (sender, lines) = std::sync::mpsc::channel();
+    for pipe in pipes {
+        let (sender, tag) = (sender.clone(), tag.map(str::to_owned));
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(tag) = &tag {
+                    eprintln!("[{tag}] {line}");
+                }
+                let _ = sender.send(line);
+            }
+        });
+    }
+    drop(sender);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut log = String::new();
-    let url = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("stopped before listening:\n{log}");
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let line = match lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(e) => panic!("{what} stopped or printed no `{marker}` ({e:?}):\n{log}"),
         };
         log.push_str(&line);
         log.push('\n');
-        if let Some(rest) = line.strip_prefix("baton listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
+        if let Some((_, rest)) = line.split_once(marker) {
+            let word = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return (served, word, log, lines);
         }
-    };
-    let (sender, later) = std::sync::mpsc::channel();
-    let tag = tag.map(str::to_owned);
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Some(tag) = &tag {
-                eprintln!("[{tag}] {line}");
-            }
-            let _ = sender.send(line);
-        }
-    });
-    (served, url, log, later)
+    }
 }
 
 /// Runs `openssl` with `args` in `dir`.
@@ -163,50 +197,11 @@ pub fn serve_args(data: &Path) -> Vec<String> {
 /// Spawns `command`, which was told to listen on loopback port 0 (so the kernel picks a
 /// free one, and no other test can take it between a choice and a bind), and reads its
 /// stdout and stderr until a line with `marker` followed by `HOST:PORT`, the port it got.
-/// Its later output is read to the end by threads, so it never blocks on a full pipe.
-/// Panics, with what it printed, if it exits or says nothing of the kind within 10 s.
 #[allow(dead_code)]
 pub fn start_announcing(command: &mut Command, marker: &str, what: &str) -> (Served, u16) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let (sender, lines) = std::sync::mpsc::channel();
-    let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-    let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-    for pipe in [out, err] {
-        let sender = sender.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-    }
-    drop(sender);
-    let served = Served(child);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut log = String::new();
-    loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        let line = match lines.recv_timeout(left) {
-            Ok(line) => line,
-            Err(e) => panic!("{what} did not say where it listens ({e:?}):\n{log}"),
-        };
-        log.push_str(&line);
-        log.push('\n');
-        let Some((_, rest)) = line.split_once(marker) else {
-            continue;
-        };
-        let address = rest.split_whitespace().next().unwrap_or_default();
-        let port = address.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
-        match port {
-            Some(port) => {
-                // The rest of its output goes nowhere, but is read.
-                std::thread::spawn(move || for _ in lines {});
-                return (served, port);
-            }
-            None => panic!("{what} said {line:?}, without a port"),
-        }
+    let (served, address, _, _) = start_until(command, true, marker, None, what);
+    match address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+        Some(port) => (served, port),
+        None => panic!("{what} printed `{marker}{address}`, without a port"),
     }
 }

@@ -94,9 +94,9 @@ fn a_prewarm_starts_just_before_its_step_on_the_reserved_core() {
 /// no connection or port-0 listener of a concurrent test is given it before the service
 /// binds it (the service is told its port in advance, so it cannot pick its own).
 fn free_port() -> u16 {
-    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    let offset = (std::process::id() % 10_000) as u16;
     (0..10_000u16)
-        .map(|i| 20_000 + (start - 20_000 + i) % 10_000)
+        .map(|i| 20_000 + (offset + i) % 10_000)
         .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         .expect("a free loopback port in 20000-29999")
 }
