@@ -1,20 +1,15 @@
 //! Black-box tests of the `baton` binary on the committed Nezha fixture and on broken logs.
 
+mod common;
+
+use common::baton;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/nezha-spans-faultfree-2023-01-30.csv.xz")
-}
-
-fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .output()
-        .expect("the baton binary runs")
 }
 
 fn ok_json(args: &[&str]) -> Value {

@@ -1,10 +1,11 @@
-//! What the CLI's integration tests share: a child process that is killed when dropped,
-//! a `baton` (serve or up) started until it says where it listens, and a CA with server and
-//! client certificates made by `openssl`.
+//! What the CLI's integration tests share: the `baton` binary run to its end, a child
+//! process that is killed when dropped, a `baton` (serve or up) or another server started
+//! until it says where it listens, and a CA with server and client certificates made by
+//! `openssl`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 
 /// A running child, killed (SIGKILL) and reaped when dropped, so that a failing test
@@ -28,6 +29,53 @@ impl Drop for Served {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs the `baton` binary with `args` to its end.
+#[allow(dead_code)]
+pub fn baton(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .output()
+        .expect("the baton binary runs")
+}
+
+/// [`baton`], which must succeed: its stdout.
+#[allow(dead_code)]
+pub fn ok(args: &[&str]) -> String {
+    let output = baton(args);
+    assert!(
+        output.status.success(),
+        "baton {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Starts `baton serve` (process functions allowed, a snapshot every second) keeping its
+/// data in `data`, and waits for its "listening" line; returns the server, its URL and
+/// what it printed.
+#[allow(dead_code)]
+pub fn serve(data: &Path) -> (Served, String, String) {
+    serve_under(&[], data)
+}
+
+/// [`serve`] with `wrapper` (a program and its arguments) in front of the binary.
+#[allow(dead_code)]
+pub fn serve_under(wrapper: &[&str], data: &Path) -> (Served, String, String) {
+    let baton = env!("CARGO_BIN_EXE_baton");
+    let (program, wrapped) = match wrapper.split_first() {
+        Some((program, rest)) => (*program, [rest, &[baton]].concat()),
+        None => (baton, Vec::new()),
+    };
+    let (served, url, log, _later) = start_listening(
+        Command::new(program)
+            .args(&wrapped)
+            .args(serve_args(data))
+            .args(["--allow-process-functions", "--snapshot-secs", "1"]),
+        None,
+    );
+    (served, url, log)
 }
 
 /// Starts `command` with its stderr piped and reads it until `baton listening on URL`.
