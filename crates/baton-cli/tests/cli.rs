@@ -542,6 +542,19 @@ fn bench_hop_and_coldstart_print_their_figures() {
         );
     }
     assert!(hop["ratio_p50"].as_f64().unwrap() > 0.0);
+    // --sparse 0 skips the sparse rows.
+    let tight = ok_json(&[
+        "bench",
+        "hop",
+        "--iterations",
+        "20",
+        "--sparse",
+        "0",
+        "--examples",
+        &examples(),
+        "--json",
+    ]);
+    assert_eq!(tight["sparse"], serde_json::json!([]), "{tight}");
 
     let cold = ok_json(&[
         "bench",

@@ -308,10 +308,12 @@ pub fn hop(
     let _ = server.join();
     let invoke_tight = Summary::of(invoke_tight);
     let engine_tight = Summary::of(engine_tight);
+    let mut sparse = Vec::new();
     let probes =
         (sparse_samples > 0).then(|| machine::Probes::new((invoke_tight.p50_us * 1e3) as u64, 200));
-    let mut sparse = Vec::new();
     for gap_ms in [10u64, 100] {
+        // 0 samples: no sparse rows, and none of their gaps slept.
+        let Some(probes) = &probes else { break };
         let n = if gap_ms >= 100 {
             sparse_samples.div_ceil(4).max(3)
         } else {
@@ -326,20 +328,21 @@ pub fn hop(
             std::thread::sleep(Duration::from_millis(gap_ms));
             direct.push(engine_pair(&payload)?);
         }
-        if let (false, false, Some(probes)) = (invokes.is_empty(), hops.is_empty(), &probes) {
-            let invoke = Summary::of(invokes);
-            let machine = probes.after(Duration::from_millis(gap_ms), n);
-            sparse.push(SparseRow {
-                gap_ms,
-                ratio_to_tight: invoke.p50_us / invoke_tight.p50_us.max(1e-3),
-                engine_ratio_to_tight: Summary::of(direct).p50_us / engine_tight.p50_us.max(1e-3),
-                handoff: Summary::of(hops),
-                cold_lines: (invoke.p50_us - invoke_tight.p50_us).max(0.0) * 1e3
-                    / machine.cold_line_ns.max(1e-3),
-                machine,
-                invoke,
-            });
+        if hops.is_empty() {
+            continue;
         }
+        let invoke = Summary::of(invokes);
+        let machine = probes.after(Duration::from_millis(gap_ms), n);
+        sparse.push(SparseRow {
+            gap_ms,
+            ratio_to_tight: invoke.p50_us / invoke_tight.p50_us.max(1e-3),
+            engine_ratio_to_tight: Summary::of(direct).p50_us / engine_tight.p50_us.max(1e-3),
+            handoff: Summary::of(hops),
+            cold_lines: (invoke.p50_us - invoke_tight.p50_us).max(0.0) * 1e3
+                / machine.cold_line_ns.max(1e-3),
+            machine,
+            invoke,
+        });
     }
     drop(director);
     let _ = std::fs::remove_dir_all(&cache);
