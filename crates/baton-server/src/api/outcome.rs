@@ -96,7 +96,9 @@ pub(super) fn outcome_body(
     result: &Result<Outcome, DirectorError>,
     total_us: u64,
 ) -> (StatusCode, OutcomeBody) {
-    let (records, steps, output, failure) = match result {
+    use baton_runtime::director::StepError;
+    use baton_runtime::process::WorkerError;
+    let (records, steps, output, error) = match result {
         Ok(outcome) => (
             &outcome.records[..],
             &outcome.steps[..],
@@ -105,18 +107,32 @@ pub(super) fn outcome_body(
         ),
         Err(e) => (e.records(), e.steps(), None, Some(e.to_string())),
     };
-    let (output, output_base64) = match output.map(|bytes| std::str::from_utf8(bytes)) {
+    let (output, output_base64) = match output {
         None => (None, None),
-        Some(Ok(text)) => (Some(text.to_owned()), None),
-        Some(Err(_)) => (
-            None,
-            output.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ),
+        },
+    };
+    let status = match result {
+        Ok(_) => StatusCode::OK,
+        Err(DirectorError::Step {
+            source: StepError::Unknown(_),
+            ..
+        }) => StatusCode::NOT_FOUND,
+        Err(DirectorError::Step {
+            source: StepError::Process(WorkerError::Saturated { .. }),
+            ..
+        }) => StatusCode::SERVICE_UNAVAILABLE,
+        Err(_) => StatusCode::BAD_GATEWAY,
     };
     let body = OutcomeBody {
         cold: records.iter().any(|r| r.cold == Some(true)),
         cold_steps: records.iter().filter(|r| r.cold == Some(true)).count(),
-        error: None,
+        error,
         node: None,
         output,
         output_base64,
@@ -129,34 +145,7 @@ pub(super) fn outcome_body(
         timings: Timings { total_us },
         trace: records.first().and_then(|r| r.trace.clone()),
     };
-    let status = match (&failure, result) {
-        (None, _) => StatusCode::OK,
-        (
-            Some(_),
-            Err(DirectorError::Step {
-                source: baton_runtime::director::StepError::Unknown(_),
-                ..
-            }),
-        ) => StatusCode::NOT_FOUND,
-        (
-            Some(_),
-            Err(DirectorError::Step {
-                source:
-                    baton_runtime::director::StepError::Process(
-                        baton_runtime::process::WorkerError::Saturated { .. },
-                    ),
-                ..
-            }),
-        ) => StatusCode::SERVICE_UNAVAILABLE,
-        (Some(_), _) => StatusCode::BAD_GATEWAY,
-    };
-    (
-        status,
-        OutcomeBody {
-            error: failure,
-            ..body
-        },
-    )
+    (status, body)
 }
 
 #[cfg(test)]
