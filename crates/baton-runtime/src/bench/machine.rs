@@ -69,6 +69,19 @@ fn next_random(state: &mut u64) -> u64 {
     state.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
+/// `iterations` of a dependent arithmetic loop that touches no memory, ns.
+fn compute(iterations: u64) -> u64 {
+    let started = Instant::now();
+    let mut x = black_box(0x1234_5678u64);
+    for _ in 0..iterations {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+    }
+    black_box(x);
+    started.elapsed().as_nanos() as u64
+}
+
 /// The median of `samples`, ns, by the rule the bench's other figures use.
 fn median(mut samples: Vec<u64>) -> u64 {
     samples.sort_unstable();
@@ -99,46 +112,27 @@ impl Probes {
         for (k, &slot) in slots.iter().enumerate() {
             chase[slot] = slots[(k + 1) % LINES] as u64;
         }
+        // Size the compute loop: double until it takes a measurable time, then scale.
+        let mut iterations = 1024u64;
+        let compute_iterations = loop {
+            let took = compute(iterations);
+            if took >= 20_000 || iterations >= 1 << 34 {
+                let scaled = iterations as u128 * compute_ns.max(1) as u128 / took.max(1) as u128;
+                break (scaled as u64).max(1);
+            }
+            iterations *= 2;
+        };
         let mut probes = Probes {
             chase,
             start: slots[0],
-            compute_iterations: 1,
+            compute_iterations,
             tight_compute_ns: 0,
             tight_chase_ns: 0,
         };
-        // Size the compute loop: double until it takes a measurable time, then scale.
-        let mut iterations = 1024u64;
-        loop {
-            let took = probes.compute_with(iterations);
-            if took >= 20_000 || iterations >= 1 << 34 {
-                probes.compute_iterations =
-                    (iterations as u128 * compute_ns.max(1) as u128 / took.max(1) as u128) as u64;
-                break;
-            }
-            iterations *= 2;
-        }
-        probes.compute_iterations = probes.compute_iterations.max(1);
         let tight = tight.max(3);
-        probes.tight_compute_ns = median((0..tight).map(|_| probes.compute()).collect());
+        probes.tight_compute_ns = median((0..tight).map(|_| compute(compute_iterations)).collect());
         probes.tight_chase_ns = median((0..tight).map(|_| probes.walk()).collect());
         probes
-    }
-
-    fn compute_with(&self, iterations: u64) -> u64 {
-        let started = Instant::now();
-        let mut x = black_box(0x1234_5678u64);
-        for _ in 0..iterations {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-        }
-        black_box(x);
-        started.elapsed().as_nanos() as u64
-    }
-
-    /// One run of the compute loop, ns.
-    fn compute(&self) -> u64 {
-        self.compute_with(self.compute_iterations)
     }
 
     /// One walk of the chase, ns.
@@ -154,10 +148,10 @@ impl Probes {
 
     /// Both probes after `gap` each, `samples` times.
     pub fn after(&self, gap: Duration, samples: usize) -> MachinePenalty {
-        let (mut compute, mut chase, mut spun) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut computed, mut chase, mut spun) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..samples.max(1) {
             std::thread::sleep(gap);
-            compute.push(self.compute());
+            computed.push(compute(self.compute_iterations));
             std::thread::sleep(gap);
             chase.push(self.walk());
             let until = Instant::now() + gap;
@@ -166,10 +160,10 @@ impl Probes {
             }
             spun.push(self.walk());
         }
-        let (compute, chase, spun) = (median(compute), median(chase), median(spun));
+        let (computed, chase, spun) = (median(computed), median(chase), median(spun));
         let tight_chase = self.tight_chase_ns.max(1) as f64;
         MachinePenalty {
-            compute_ratio: compute as f64 / self.tight_compute_ns.max(1) as f64,
+            compute_ratio: computed as f64 / self.tight_compute_ns.max(1) as f64,
             memory_ratio: chase as f64 / tight_chase,
             cold_line_ns: chase.saturating_sub(self.tight_chase_ns) as f64 / LINES as f64,
             memory_ratio_spinning: spun as f64 / tight_chase,
