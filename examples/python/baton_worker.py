@@ -12,7 +12,9 @@ the new worker's stdin, stdout and stderr) it forks; the child takes those as it
 starts a session of its own, re-seeds its random state and serves as any worker (R, then
 I/O frames); the template answers with the child's pid (big-endian u32). W and a pid
 (big-endian u32) has it reap that child (answered w), which baton sends once it has read
-how the child ended; any other ended child is reaped within 10 s. A template never runs
+how the child ended; any other ended child is reaped within 10 s. The template makes
+itself non-dumpable first, so no worker forked from it can read a sibling's memory
+through /proc (the jail's system-call filter refuses ptrace). A template never runs
 handle() itself.
 """
 import os
@@ -53,7 +55,19 @@ def serve(handle) -> None:
         os._exit(0)
 
 
+def _not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: no other process of the same user (a sibling worker forked from
+    the same template) may open this one's memory through /proc; forks inherit it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _template(handle) -> None:
+    _not_dumpable()
     control = socket.socket(fileno=3)
     control.settimeout(10)
     control.sendall(b"T")

@@ -82,6 +82,10 @@ counters! {
     cold_expired,
     /// Steps that waited for a worker because of a cap.
     capped_waits,
+    /// Worker starts that waited for memory: the node's workers had declared all of it.
+    memory_waits,
+    /// Worker starts refused for memory (a step after its wait, a pre-warm or spare at once).
+    memory_refused,
     /// Idle workers evicted to stay within the idle-memory budget.
     evictions,
     /// Committed reservations that preempted speculative ones.
@@ -115,7 +119,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 34);
+        assert_eq!(read.len(), 36);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

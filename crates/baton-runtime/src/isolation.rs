@@ -15,12 +15,12 @@ pub struct Isolation {
 }
 
 impl Isolation {
-    /// No limits and no jail: for pools that only run wasm, and for tests of the bare
-    /// fallback.
+    /// No limits and no jail, chosen explicitly: for pools that only run wasm, and for
+    /// tests of the bare fallback.
     pub fn none() -> Isolation {
         Isolation {
             limits: Mechanism::None,
-            sandbox: Sandbox::None,
+            sandbox: Sandbox::Unjailed,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod sandbox;
+pub mod seccomp;
 pub mod services;
 mod step;
 pub mod trace_context;

@@ -6,9 +6,15 @@
 //! host's `/usr` and a few files of `/etc`, read-only; its own directory read-only at the
 //! same path; a private `/tmp` (tmpfs, charged to its memory group); a fresh `/proc` and a
 //! minimal `/dev`; no environment but what baton sets; user and group 65534 with no
-//! capabilities and `no_new_privs`. Nothing of the server's data directory is visible but the
-//! function's own directory. When bubblewrap is missing or cannot build namespaces here, the
-//! fallback (no jail) is named by [`SandboxDetection`] and `baton doctor`, loudly.
+//! capabilities and `no_new_privs`; a system-call filter ([`crate::seccomp`]: no ptrace,
+//! no new namespaces, no mounts, no kernel surfaces), handed to bubblewrap on a pipe. Nothing of the server's data directory is visible but the
+//! function's own directory.
+//!
+//! Fail closed: when bubblewrap is missing or cannot build namespaces here, detection
+//! gives [`Sandbox::Missing`], under which every worker start is refused with the reason
+//! and how to install it ([`INSTALL_HINT`]). Running unjailed ([`Sandbox::Unjailed`]) is
+//! only ever an explicit choice: the server's `--insecure-unjailed-process-functions`, or
+//! a library user (tests of the bare fallback) naming it.
 //!
 //! The process tree is `bwrap` (outside) → bwrap's init (PID 1 inside, a reaper) → the
 //! command (PID 2 inside). Killing the inner PID 1 makes the kernel kill every process of
@@ -44,6 +50,12 @@ const ETC_NETWORK_ENTRIES: &[&str] = &["resolv.conf", "hosts", "nsswitch.conf", 
 /// either links into it (merged `/usr`) or directories of their own.
 const ROOT_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
+/// How to get a working jail, said wherever a start is refused for want of one.
+pub const INSTALL_HINT: &str = "install bubblewrap and util-linux (Debian and Ubuntu: \
+    `apt-get install bubblewrap util-linux`; Fedora: `dnf install bubblewrap`), then check \
+    with `baton doctor`; or start the server with --insecure-unjailed-process-functions to \
+    run process functions as the server's own user";
+
 /// The jail in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sandbox {
@@ -54,8 +66,25 @@ pub enum Sandbox {
         /// The `setpriv` binary.
         setpriv: PathBuf,
     },
-    /// No jail: workers run as the server's own user (printed loudly).
-    None,
+    /// No jail, chosen explicitly: workers run as the server's own user (printed loudly).
+    Unjailed,
+    /// No working jail on this host: every worker start is refused (fail closed).
+    Missing {
+        /// Why (what detection found).
+        why: String,
+    },
+}
+
+/// Why a worker could not be jailed. Its message names no host detail (what detection
+/// found is in `why`, for the operator's log and `baton doctor`), since it reaches clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no working sandbox on this node (see `baton doctor`): process functions are refused; \
+     {INSTALL_HINT}"
+)]
+pub struct NoSandbox {
+    /// What detection found.
+    pub why: String,
 }
 
 /// What detection found, for the report.
@@ -73,12 +102,17 @@ impl std::fmt::Display for SandboxDetection {
             Sandbox::Bubblewrap { bwrap, .. } => writeln!(
                 f,
                 "sandbox: bubblewrap ({}): uid {SANDBOX_UID}, own PID/mount/IPC/UTS namespaces, \
-                 no network unless reserved, read-only root, private /tmp",
+                 no network unless reserved, read-only root, private /tmp, seccomp filter",
                 bwrap.display()
             )?,
-            Sandbox::None => writeln!(
+            Sandbox::Unjailed => writeln!(
                 f,
-                "sandbox: NONE. WARNING: worker processes run unjailed as this server's user"
+                "sandbox: NONE, by request. WARNING: worker processes run unjailed as this \
+                 server's user"
+            )?,
+            Sandbox::Missing { .. } => writeln!(
+                f,
+                "sandbox: MISSING: process functions are refused; {INSTALL_HINT}"
             )?,
         }
         for note in &self.notes {
@@ -96,24 +130,39 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+impl SandboxDetection {
+    /// The detection with a missing jail replaced by [`Sandbox::Unjailed`] when `unjailed`
+    /// (the operator's explicit, loudly named choice); unchanged otherwise.
+    pub fn unjailed_if_missing(mut self, unjailed: bool) -> SandboxDetection {
+        if unjailed && matches!(self.sandbox, Sandbox::Missing { .. }) {
+            self.sandbox = Sandbox::Unjailed;
+        }
+        self
+    }
+}
+
+/// A detection that found no working jail: [`Sandbox::Missing`] with the notes as its
+/// reason.
+fn missing(notes: Vec<String>) -> SandboxDetection {
+    SandboxDetection {
+        sandbox: Sandbox::Missing {
+            why: notes.join("; "),
+        },
+        notes,
+    }
+}
+
 /// Detects the jail: both programs present, and a probe (`true` inside a full jail) passes.
 pub fn detect() -> SandboxDetection {
     let mut notes = Vec::new();
     let (Some(bwrap), Some(setpriv)) = (find_on_path("bwrap"), find_on_path("setpriv")) else {
-        notes
-            .push("bwrap or setpriv not found (install Debian's bubblewrap and util-linux)".into());
-        return SandboxDetection {
-            sandbox: Sandbox::None,
-            notes,
-        };
+        notes.push("bwrap or setpriv not found".into());
+        return missing(notes);
     };
     let sandbox = Sandbox::Bubblewrap { bwrap, setpriv };
     let Some(probe_program) = find_on_path("true") else {
         notes.push("no `true` program to probe the jail with".into());
-        return SandboxDetection {
-            sandbox: Sandbox::None,
-            notes,
-        };
+        return missing(notes);
     };
     let jail = Jail {
         program: &probe_program,
@@ -122,8 +171,11 @@ pub fn detect() -> SandboxDetection {
         network: false,
         tmp_bytes: 1 << 20,
     };
-    let probe = sandbox
-        .command(&jail)
+    let Ok(mut probe) = sandbox.command(&jail) else {
+        notes.push("the jail refused its own probe".into());
+        return missing(notes);
+    };
+    let probe = probe
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -140,17 +192,11 @@ pub fn detect() -> SandboxDetection {
                 output.status,
                 stderr.lines().next().unwrap_or("").trim()
             ));
-            SandboxDetection {
-                sandbox: Sandbox::None,
-                notes,
-            }
+            missing(notes)
         }
         Err(e) => {
             notes.push(format!("probe could not start bwrap: {e}"));
-            SandboxDetection {
-                sandbox: Sandbox::None,
-                notes,
-            }
+            missing(notes)
         }
     }
 }
@@ -207,13 +253,53 @@ fn make_parents(command: &mut Command, made: &mut Vec<PathBuf>, path: &Path) {
     }
 }
 
+/// The read end of a pipe holding `program` (the writer closed), at a descriptor of 10 or
+/// more, so that no descriptor a child is given a fixed number (its template socket's 3)
+/// replaces it. A pipe's buffer (64 KiB) holds the few hundred bytes of the filter.
+fn filter_pipe(program: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    let (reader, writer) = rustix::pipe::pipe()?;
+    let written = rustix::io::write(&writer, program)?;
+    if written != program.len() {
+        return Err(std::io::Error::other("the filter did not fit in a pipe"));
+    }
+    drop(writer);
+    Ok(rustix::io::fcntl_dupfd_cloexec(&reader, 10)?)
+}
+
+/// Has the child `command` starts keep `fd` across exec: as `target` (moved there), or
+/// at its own number. The parent's copy closes with the command.
+pub(crate) fn pass_fd(command: &mut Command, fd: std::os::fd::OwnedFd, target: Option<i32>) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    #[allow(unsafe_code)]
+    // SAFETY: `pre_exec` runs the closure in the forked child before exec; it makes one or
+    // two system calls (dup2, fcntl) on a descriptor the parent owns, allocates nothing and
+    // takes no lock, so it is async-signal-safe. The `OwnedFd` made for the target number
+    // is forgotten, so nothing closes it.
+    unsafe {
+        command.pre_exec(move || match target {
+            Some(target) if fd.as_raw_fd() != target => {
+                let mut at = std::os::fd::OwnedFd::from_raw_fd(target);
+                let result = rustix::io::dup2(&fd, &mut at);
+                std::mem::forget(at);
+                result.map_err(Into::into)
+            }
+            _ => {
+                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
+                Ok(())
+            }
+        });
+    }
+}
+
 impl Sandbox {
-    /// The command that runs `jail` inside the sandbox (or bare, without one). Its
-    /// environment is empty but for `PATH`, `HOME=/tmp` and `LANG`; the caller adds the
-    /// function's own variables.
-    pub fn command(&self, jail: &Jail<'_>) -> Command {
+    /// The command that runs `jail` inside the sandbox (or bare, when unjailed by
+    /// choice); refused when the jail is missing. Its environment is empty but for `PATH`,
+    /// `HOME=/tmp` and `LANG`; the caller adds the function's own variables.
+    pub fn command(&self, jail: &Jail<'_>) -> Result<Command, NoSandbox> {
         let mut command = match self {
-            Sandbox::None => {
+            Sandbox::Missing { why } => return Err(NoSandbox { why: why.clone() }),
+            Sandbox::Unjailed => {
                 let mut command = Command::new(jail.program);
                 command.args(jail.args);
                 if let Some(dir) = jail.workdir {
@@ -225,6 +311,15 @@ impl Sandbox {
             }
             Sandbox::Bubblewrap { bwrap, setpriv } => {
                 let mut command = Command::new(bwrap);
+                let filter = crate::seccomp::program().ok_or_else(|| NoSandbox {
+                    why: "no system-call filter for this architecture".into(),
+                })?;
+                let fd = filter_pipe(&filter).map_err(|e| NoSandbox {
+                    why: format!("cannot hand the system-call filter to bubblewrap: {e}"),
+                })?;
+                use std::os::fd::AsRawFd;
+                command.arg("--seccomp").arg(fd.as_raw_fd().to_string());
+                pass_fd(&mut command, fd, None);
                 command.args([
                     "--die-with-parent",
                     "--new-session",
@@ -316,7 +411,7 @@ impl Sandbox {
             .env("PATH", SANDBOX_PATH)
             .env("HOME", "/tmp")
             .env("LANG", "C.UTF-8");
-        command
+        Ok(command)
     }
 
     /// Whether workers run jailed.

@@ -174,7 +174,7 @@ pub fn coldstart(examples: &Path, cold_runs: usize) -> Result<ColdReport, BenchE
     // The same cold start jailed, bare and forked from a template (jailed), interleaved,
     // so that the jail's cost and the template's gain are read off one run.
     let bare = crate::isolation::Isolation {
-        sandbox: crate::sandbox::Sandbox::None,
+        sandbox: crate::sandbox::Sandbox::Unjailed,
         ..isolation.clone()
     };
     let template = Arc::new(

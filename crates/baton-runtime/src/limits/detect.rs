@@ -1,6 +1,15 @@
 //! Which limit mechanism this machine offers: cgroup v1 child groups under the process's own
-//! groups where they are writable, else rlimits and affinity; detected at start, never
-//! assumed ([`detect`]).
+//! groups where they are writable; else cgroup v2 child groups under the process's own
+//! delegated group (the unified hierarchy of every current distribution); else rlimits and
+//! affinity. Detected at start, never assumed ([`detect`]).
+//!
+//! cgroup v2 forbids processes in a group whose controllers are enabled for its children
+//! ("no internal processes"). When this process's own group holds it (and nothing else)
+//! and the controllers cannot be enabled for that reason, this process moves itself into a
+//! leaf of its own, `<prefix>server`, as container runtimes do, and enables them in the
+//! group it left; a later detection in the same process sees the leaf and uses its parent.
+//! Under systemd that group is the service's own with `Delegate=yes`
+//! (`docs/systemd/baton.service`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +28,19 @@ pub enum Mechanism {
         cpuset: Option<PathBuf>,
         /// Parent pids group directory, when writable.
         pids: Option<PathBuf>,
+    },
+    /// cgroup v2: child groups under this process's delegated group (memory always; cpu,
+    /// cpuset and pids when delegated too).
+    CgroupV2 {
+        /// The group worker groups are made in (`cgroup.subtree_control` enables the
+        /// controllers below it).
+        parent: PathBuf,
+        /// `cpu.max` quotas.
+        cpu: bool,
+        /// `cpuset.cpus` pinning (else `sched_setaffinity`).
+        cpuset: bool,
+        /// `pids.max`.
+        pids: bool,
     },
     /// An address-space rlimit (no CPU quota, no process limit).
     Rlimit,
@@ -56,6 +78,28 @@ impl std::fmt::Display for Detection {
                     under(cpu),
                     under(cpuset),
                     under(pids)
+                )?
+            }
+            Mechanism::CgroupV2 {
+                parent,
+                cpu,
+                cpuset,
+                pids,
+            } => {
+                let has = |on: &bool, what: &str| {
+                    if *on {
+                        what.to_owned()
+                    } else {
+                        format!("NO {what}")
+                    }
+                };
+                writeln!(
+                    f,
+                    "limits: cgroup v2 under {} (memory, {}, {}, {})",
+                    parent.display(),
+                    has(cpu, "cpu"),
+                    has(cpuset, "cpuset"),
+                    has(pids, "pids")
                 )?
             }
             Mechanism::Rlimit => writeln!(
@@ -194,19 +238,165 @@ pub fn detect() -> Detection {
     } else {
         notes.push("no cgroup v1 memory controller for this process".into());
     }
-    let v2 = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
-    let v2_root = Path::new("/sys/fs/cgroup/cgroup.controllers");
-    let controllers = fs::read_to_string(v2)
-        .or_else(|_| fs::read_to_string(v2_root))
-        .unwrap_or_default();
-    if controllers.split_whitespace().any(|c| c == "memory") {
-        notes.push("cgroup v2 has a memory controller, but baton drives v1 only so far".into());
-    } else {
-        notes.push("cgroup v2: no controllers enabled".into());
+    if let Some(mechanism) = detect_v2(&mut notes) {
+        return Detection { mechanism, notes };
     }
     notes.push("rlimit: address space per worker".into());
     Detection {
         mechanism: Mechanism::Rlimit,
         notes,
     }
+}
+
+/// The unified hierarchy's mount point.
+const V2_ROOT: &str = "/sys/fs/cgroup";
+
+/// The controllers baton uses, in the order `cgroup.subtree_control` is given them.
+const V2_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuset", "pids"];
+
+/// This process's group in the unified hierarchy (the `0::` line), when it is mounted at
+/// [`V2_ROOT`] (a hybrid host mounts it elsewhere, with no controllers).
+fn own_v2_group() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    Some(Path::new(V2_ROOT).join(path.trim().trim_start_matches('/')))
+}
+
+/// The leaf this process moves itself into when its group must have no processes.
+fn server_leaf_name() -> String {
+    format!("{}server", own_prefix())
+}
+
+fn words(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Enables `wanted` for `group`'s children; on EBUSY (processes in `group`), moves this
+/// process into its own leaf first, when it is the only one there.
+fn enable_v2(group: &Path, wanted: &[&str]) -> Result<(), String> {
+    let control = group.join("cgroup.subtree_control");
+    let missing: Vec<&str> = {
+        let enabled = words(&control);
+        wanted
+            .iter()
+            .copied()
+            .filter(|c| !enabled.iter().any(|e| e == c))
+            .collect()
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let line: String = missing.iter().map(|c| format!("+{c} ")).collect();
+    match fs::write(&control, line.trim_end()) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(16) => {
+            return Err(format!(
+                "cannot enable {} in {}: {e}",
+                missing.join(" "),
+                control.display()
+            ))
+        }
+        Err(_) => {}
+    }
+    // EBUSY: the group has processes of its own. Only ours may be moved.
+    let ours = std::process::id().to_string();
+    let others: Vec<String> = words(&group.join("cgroup.procs"))
+        .into_iter()
+        .filter(|p| *p != ours)
+        .collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "{} holds other processes ({}), so its controllers cannot be given to child \
+             groups: run baton in a group of its own (systemd: Delegate=yes, \
+             docs/systemd/baton.service)",
+            group.display(),
+            others.len()
+        ));
+    }
+    let leaf = group.join(server_leaf_name());
+    if !leaf.is_dir() {
+        fs::create_dir(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
+    }
+    fs::write(leaf.join("cgroup.procs"), &ours)
+        .map_err(|e| format!("cannot move this process into {}: {e}", leaf.display()))?;
+    fs::write(&control, line.trim_end()).map_err(|e| {
+        format!(
+            "cannot enable {} in {}: {e}",
+            missing.join(" "),
+            control.display()
+        )
+    })
+}
+
+/// cgroup v2 under this process's delegated group, when its memory controller is there and
+/// the group is writable.
+fn detect_v2(notes: &mut Vec<String>) -> Option<Mechanism> {
+    if !Path::new(V2_ROOT).join("cgroup.controllers").exists() {
+        notes.push(format!("cgroup v2: not mounted at {V2_ROOT}"));
+        return None;
+    }
+    let Some(mut group) = own_v2_group() else {
+        notes.push("cgroup v2: this process has no group in the unified hierarchy".into());
+        return None;
+    };
+    // Our own leaf from an earlier detection: the delegated group is its parent.
+    if group.file_name().is_some_and(|n| *n == *server_leaf_name()) {
+        group = group.parent()?.to_owned();
+    }
+    let available = words(&group.join("cgroup.controllers"));
+    if !available.iter().any(|c| c == "memory") {
+        notes.push(format!(
+            "cgroup v2: no memory controller delegated to {} (controllers: {}); under \
+             systemd give the service Delegate=yes (docs/systemd/baton.service)",
+            group.display(),
+            if available.is_empty() {
+                "none".to_owned()
+            } else {
+                available.join(" ")
+            }
+        ));
+        return None;
+    }
+    let wanted: Vec<&str> = V2_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| available.iter().any(|a| a == c))
+        .collect();
+    if let Err(e) = enable_v2(&group, &wanted) {
+        notes.push(format!("cgroup v2: {e}"));
+        return None;
+    }
+    if let Err(e) = probe_writable(&group) {
+        notes.push(format!("cgroup v2: {e}"));
+        return None;
+    }
+    let enabled = words(&group.join("cgroup.subtree_control"));
+    let has = |c: &str| enabled.iter().any(|e| e == c);
+    for (controller, fallback) in [
+        ("cpu", "no CPU quota"),
+        ("cpuset", "pinning with sched_setaffinity"),
+        ("pids", "NO per-worker process limit"),
+    ] {
+        if !has(controller) {
+            notes.push(format!(
+                "cgroup v2: {controller} not delegated to {}; {fallback}",
+                group.display()
+            ));
+        }
+    }
+    notes.push(format!(
+        "cgroup v2: worker groups under {} ({})",
+        group.display(),
+        enabled.join(" ")
+    ));
+    Some(Mechanism::CgroupV2 {
+        cpu: has("cpu"),
+        cpuset: has("cpuset"),
+        pids: has("pids"),
+        parent: group,
+    })
 }

@@ -87,10 +87,12 @@ pub fn expedite_rcu(on: bool) -> Result<String, String> {
 
 /// The median time to move a process into a group after the kernel has been left alone for
 /// a while (as between two cold starts), measured by moving a child `sleep` between two
-/// fresh memory groups `rounds` times. `None` without cgroup v1 (nothing is moved then).
+/// fresh memory groups `rounds` times. `None` without cgroups (nothing is moved then).
 pub fn move_cost(mechanism: &Mechanism, rounds: usize) -> Result<Option<Duration>, String> {
-    let Mechanism::CgroupV1 { memory, .. } = mechanism else {
-        return Ok(None);
+    let memory = match mechanism {
+        Mechanism::CgroupV1 { memory, .. } => memory,
+        Mechanism::CgroupV2 { parent, .. } => parent,
+        Mechanism::Rlimit | Mechanism::None => return Ok(None),
     };
     let mut guard = LimitGuard::default();
     let name = |n| {

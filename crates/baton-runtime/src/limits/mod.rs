@@ -3,8 +3,11 @@
 //!
 //! Preferred: cgroup v1 (memory limit, CPU quota, cpuset pinning to the reserved cores, a
 //! pids limit) in child groups created under the process's own memory, cpu, cpuset and pids
-//! groups, which is writable as root on this kind of machine; otherwise an address-space
-//! rlimit and `sched_setaffinity` for pinning. Either way the limits are in
+//! groups, which is writable as root on this kind of machine; else the same from cgroup v2
+//! in one child group under the process's own delegated group (`memory.max` with
+//! `memory.swap.max` 0, `cpu.max`, `cpuset.cpus`, `pids.max`; out-of-memory kills read from
+//! `memory.events`); otherwise an address-space rlimit and `sched_setaffinity` for
+//! pinning. Either way the limits are in
 //! place before the worker's program runs: the spawned child joins its groups and sets its
 //! rlimits between fork and exec, so nothing it forks escapes them. Each worker gets its own
 //! groups; they are emptied (every process in them killed) and removed when it ends, and a
@@ -83,12 +86,23 @@ fn empty_and_remove(groups: &[PathBuf], patience: Duration) -> bool {
 }
 
 impl LimitGuard {
-    /// The worker's memory group, if it has one.
+    /// The worker's memory group, if it has one (v1: its memory controller's; v2: its
+    /// one group).
     pub fn memory_group(&self) -> Option<&Path> {
         self.groups
             .iter()
-            .find(|g| g.join("memory.limit_in_bytes").exists())
+            .find(|g| g.join("memory.limit_in_bytes").exists() || g.join("memory.max").exists())
             .map(PathBuf::as_path)
+    }
+
+    /// The most memory the worker's group has held, bytes (v1 `memory.max_usage_in_bytes`,
+    /// v2 `memory.peak` where the kernel has it).
+    pub fn memory_peak(&self) -> Option<u64> {
+        let group = self.memory_group()?;
+        ["memory.max_usage_in_bytes", "memory.peak"]
+            .iter()
+            .find_map(|file| fs::read_to_string(group.join(file)).ok())
+            .and_then(|text| text.trim().parse().ok())
     }
 
     /// The worker's groups (one per controller), removed when this drops.
@@ -101,17 +115,24 @@ impl LimitGuard {
         self.groups.first().map(|g| group_procs(g))
     }
 
-    /// Whether the kernel killed something in this worker's memory group for memory.
+    /// Whether the kernel killed something in this worker's memory group for memory (v1
+    /// `memory.oom_control` or a failed charge, v2 `memory.events`).
     pub fn oom_killed(&self) -> bool {
-        self.memory_group()
-            .and_then(|g| fs::read_to_string(g.join("memory.oom_control")).ok())
-            .is_some_and(|text| {
-                text.lines().any(|l| {
-                    l.strip_prefix("oom_kill ")
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .is_some_and(|n| n > 0)
+        let counted = |file: &str, keys: &[&str]| {
+            self.memory_group()
+                .and_then(|g| fs::read_to_string(g.join(file)).ok())
+                .is_some_and(|text| {
+                    text.lines().any(|l| {
+                        keys.iter().any(|key| {
+                            l.strip_prefix(key)
+                                .and_then(|n| n.trim().parse::<u64>().ok())
+                                .is_some_and(|n| n > 0)
+                        })
+                    })
                 })
-            })
+        };
+        counted("memory.oom_control", &["oom_kill "])
+            || counted("memory.events", &["oom_kill ", "oom "])
             || self
                 .memory_group()
                 .and_then(|g| fs::read_to_string(g.join("memory.failcnt")).ok())
@@ -131,16 +152,16 @@ impl Drop for LimitGuard {
 /// killing whatever still runs in them. Groups of live baton processes are left alone.
 /// Returns how many were removed.
 pub fn reclaim_stale(mechanism: &Mechanism) -> usize {
-    let Mechanism::CgroupV1 {
-        memory,
-        cpu,
-        cpuset,
-        pids,
-    } = mechanism
-    else {
-        return 0;
+    let parents = match mechanism {
+        Mechanism::CgroupV1 {
+            memory,
+            cpu,
+            cpuset,
+            pids,
+        } => [Some(memory), cpu.as_ref(), cpuset.as_ref(), pids.as_ref()],
+        Mechanism::CgroupV2 { parent, .. } => [Some(parent), None, None, None],
+        Mechanism::Rlimit | Mechanism::None => return 0,
     };
-    let parents = [Some(memory), cpu.as_ref(), cpuset.as_ref(), pids.as_ref()];
     let mut removed = 0;
     for parent in parents.into_iter().flatten() {
         let Ok(entries) = fs::read_dir(parent) else {
@@ -371,6 +392,53 @@ fn prepare(
                     }
                 }
             }
+        }
+        Mechanism::CgroupV2 {
+            parent,
+            cpu,
+            cpuset,
+            pids,
+        } => {
+            let name = format!(
+                "{}{}",
+                own_prefix(),
+                NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
+            );
+            let group = create_group(parent, &name, &mut guard)?;
+            write(&group.join("memory.max"), &(memory_mib << 20).to_string())?;
+            // No escape into swap (the file is absent without swap accounting).
+            let swap = group.join("memory.swap.max");
+            if swap.exists() {
+                write(&swap, "0")?;
+            }
+            guard.how = format!("cgroup v2 memory {memory_mib} MiB");
+            if *cpu {
+                let quota = (cpu_millicores * 100).max(1000);
+                write(&group.join("cpu.max"), &format!("{quota} 100000"))?;
+                guard
+                    .how
+                    .push_str(&format!(", cpu {cpu_millicores} millicores"));
+            }
+            if *pids {
+                write(&group.join("pids.max"), &max_processes.to_string())?;
+                guard.how.push_str(&format!(", pids {max_processes}"));
+            } else {
+                guard.how.push_str(", no process limit");
+            }
+            if !cores.is_empty() {
+                if *cpuset {
+                    write(&group.join("cpuset.cpus"), &core_list(cores))?;
+                    guard
+                        .how
+                        .push_str(&format!(", cpuset {}", core_list(cores)));
+                } else {
+                    pre_exec.affinity = Some(cpu_set(cores));
+                    guard
+                        .how
+                        .push_str(&format!(", affinity {}", core_list(cores)));
+                }
+            }
+            pre_exec.procs.push(open_procs(&group)?);
         }
         Mechanism::Rlimit => {
             // Address space, not resident memory: interpreters map more than they touch, so

@@ -70,8 +70,8 @@ impl Planner {
         self.enforce_budget(at_us);
     }
 
-    /// Evicts idle workers, lowest policy priority first, while their declared memory is
-    /// over the pool's idle budget (the executor's rule, [`room::make_room`]). Workers still
+    /// Evicts idle workers, lowest policy priority first, while the declared memory of
+    /// the node's workers (and of starts waiting for room) is over the pool's budget (the executor's rule, [`room::make_room`]). Workers still
     /// settling (given back, their end not heard yet) are neither counted nor evicted: the
     /// policy has not weighed their last use, and settling them enforces the budget again.
     pub(super) fn enforce_budget(&mut self, at_us: u64) {
@@ -101,7 +101,11 @@ impl Planner {
         let mut idle = self.node.pool.idle();
         idle.retain(|i| !i.settling);
         let used: u64 = idle.iter().map(|i| i.memory_mib).sum();
-        let left = i64::try_from(budget).unwrap_or(i64::MAX) - used as i64;
+        // The budget is the node's memory for workers: busy and starting workers, spares
+        // and the starts waiting for room count against it too (the pool's admission), so
+        // idle workers make room for them.
+        let left = (i64::try_from(budget).unwrap_or(i64::MAX) - used as i64)
+            .min(self.node.pool.room_mib().unwrap_or(i64::MAX));
         if left >= i64::try_from(needed_mib).unwrap_or(i64::MAX) {
             return Some((idle, Vec::new(), left));
         }

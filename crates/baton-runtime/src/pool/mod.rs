@@ -17,11 +17,17 @@
 //! calls out while its lock is held, and a worker leaving it is dropped (killed, its groups
 //! removed) after the lock is released. Eviction under an idle-memory budget is the
 //! planner's: it ranks with the policy and calls [`WarmPool::evict`].
+//!
+//! Memory is admitted (`admission.rs`): with a budget, every worker's declared memory
+//! counts against it from its start (a spare's from its take: until then it is its
+//! template's, as in the simulator), and a start that does not fit waits (a request's) or
+//! is not made (a pre-warm's).
 
 use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
 
+mod admission;
 mod cold;
 mod idle;
 mod lease;
@@ -29,6 +35,8 @@ mod spares;
 mod take;
 mod templates;
 
+use admission::Admission;
+pub use admission::Charge;
 use baton_core::exec::{Candidate, Claim, Claims, Gone, FULL_CLAIMS};
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
 use templates::Templates;
@@ -111,6 +119,8 @@ pub struct WarmPool {
     state: Mutex<State>,
     started: Condvar,
     idle_budget_mib: Option<u64>,
+    /// The budget as admission of every live worker's declared memory.
+    admission: Arc<Admission>,
     max_cold_starts: usize,
     templates: Templates,
     /// Where spares to fork are sent (`spares.rs`).
@@ -141,7 +151,9 @@ impl WarmPool {
         WarmPool::with_budget(functions, isolation, None)
     }
 
-    /// A pool that keeps at most `idle_budget_mib` of declared memory in idle workers.
+    /// A pool whose workers, idle or not, declare at most `idle_budget_mib` of memory
+    /// together: starts past it wait or are refused, and the planner evicts idle workers
+    /// to make room.
     pub fn with_budget(
         functions: Vec<FunctionSpec>,
         isolation: Isolation,
@@ -158,6 +170,7 @@ impl WarmPool {
             state: Mutex::new(State::default()),
             started: Condvar::new(),
             idle_budget_mib,
+            admission: Admission::new(idle_budget_mib),
             // Each cold start is mostly CPU (an interpreter importing): more at once than
             // cores only makes each slower.
             max_cold_starts: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
@@ -266,17 +279,71 @@ impl WarmPool {
         self: &Arc<Self>,
         spec: &Arc<FunctionSpec>,
         placement: &Placement,
+        wait_for_memory: bool,
     ) -> Result<Worker, WorkerError> {
-        if *placement == Placement::default() {
-            if let Some(spare) = self.start_from_spare(spec) {
-                return Ok(spare);
+        let charge = self.admit(&spec.name, spec.limits.memory_mib, wait_for_memory)?;
+        let spare = if *placement == Placement::default() {
+            self.start_from_spare(spec)
+        } else {
+            None
+        };
+        let worker = match spare {
+            Some(spare) => Ok(spare),
+            None => {
+                let worker =
+                    self.templates
+                        .start_worker(spec, &self.isolation, placement, &self.counters);
+                self.refill_spare(spec, Duration::ZERO);
+                worker
             }
+        };
+        worker.map(|mut worker| {
+            worker.hold(charge);
+            worker
+        })
+    }
+
+    /// `function`'s `mib` admitted: at once, or (`wait`) once it fits, within [`CAP_WAIT`].
+    fn admit(&self, function: &str, mib: u64, wait: bool) -> Result<Charge, WorkerError> {
+        let mut waited = false;
+        let charge = if wait {
+            self.admission.admit(mib, CAP_WAIT, &mut waited)
+        } else {
+            self.admission.try_admit(mib)
+        };
+        if waited {
+            self.counters.memory_waits.fetch_add(1, Ordering::Relaxed);
         }
-        let worker = self
-            .templates
-            .start_worker(spec, &self.isolation, placement, &self.counters);
-        self.refill_spare(spec, Duration::ZERO);
-        worker
+        charge.ok_or_else(|| {
+            self.counters.memory_refused.fetch_add(1, Ordering::Relaxed);
+            WorkerError::NoMemory {
+                function: function.to_owned(),
+                needed_mib: mib,
+                capacity_mib: self.admission.capacity_mib().unwrap_or(0),
+                waited_ms: if waited {
+                    CAP_WAIT.as_millis() as u64
+                } else {
+                    0
+                },
+            }
+        })
+    }
+
+    /// What the memory budget has left for idle workers, MiB (negative: over): the budget
+    /// less every live worker's declared memory and what starts waiting for room need.
+    /// `None` without a budget.
+    pub fn room_mib(&self) -> Option<i64> {
+        let capacity = self.admission.capacity_mib()?;
+        let (admitted, waiting) = self.admission.used_mib();
+        Some(
+            i64::try_from(capacity).unwrap_or(i64::MAX)
+                - i64::try_from(admitted.saturating_add(waiting)).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Declared memory of the live workers (idle, busy, starting, spares), MiB.
+    pub fn admitted_mib(&self) -> u64 {
+        self.admission.used_mib().0
     }
 
     /// The isolation workers run with.
@@ -403,7 +470,11 @@ impl WarmPool {
         // A spare needs no thread (nothing to start first, no cores to pin): taken here, it
         // is idle at once, ahead of a step that comes microseconds after the event.
         if spec.services.is_empty() && placement == Placement::default() {
-            if let Some(worker) = self.start_from_spare(&spec) {
+            let charge = self.admission.try_admit(spec.limits.memory_mib);
+            if let Some((charge, mut worker)) =
+                charge.and_then(|charge| Some((charge, self.start_from_spare(&spec)?)))
+            {
+                worker.hold(charge);
                 self.prewarm_done(name, Ok(worker), until, plan, claim);
                 return;
             }
@@ -417,7 +488,7 @@ impl WarmPool {
                     // Past the node's start bound, a pre-warm waits for a slot on its own
                     // thread (a request meanwhile waits for it, or starts its own).
                     pool.take_start_slot();
-                    let worker = pool.start_worker(&spec, &placement);
+                    let worker = pool.start_worker(&spec, &placement, false);
                     pool.give_start_slot();
                     worker.map_err(|e| e.to_string())
                 });

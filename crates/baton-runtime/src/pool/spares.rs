@@ -72,6 +72,7 @@ impl WarmPool {
         let Some(template) = self.templates.spare_template(&spec.name) else {
             return;
         };
+        // Its declared memory is admitted when a start takes it.
         let made = template.fork(spec, &self.isolation, &Placement::default());
         if made.is_ok() {
             self.counters.spares_forked.fetch_add(1, Ordering::Relaxed);

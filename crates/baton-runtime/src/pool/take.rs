@@ -145,7 +145,7 @@ impl WarmPool {
         }
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         self.counters.count_cold(cause);
-        let worker = self.start_worker(&spec, &Placement::default());
+        let worker = self.start_worker(&spec, &Placement::default(), true);
         let mut state = lock(&self.state);
         if let Some(cold) = state.cold.get_mut(name) {
             *cold = cold.saturating_sub(1);

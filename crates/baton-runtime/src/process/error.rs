@@ -19,6 +19,14 @@ pub enum WorkerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// No working jail on this host: nothing is started (fail closed).
+    #[error("function `{function}`: {refused}")]
+    NoSandbox {
+        /// The function.
+        function: String,
+        /// Why, and how to get one.
+        refused: crate::sandbox::NoSandbox,
+    },
     /// Limits could not be applied (the worker was killed).
     #[error("function `{function}`: cannot apply limits: {message}")]
     Limits {
@@ -92,6 +100,22 @@ pub enum WorkerError {
         /// How long the request waited.
         waited_ms: u64,
     },
+    /// No room for the worker's declared memory on the node (a step's start after its
+    /// wait, a pre-warm's at once).
+    #[error(
+        "function `{function}`: no memory for a worker: it declares {needed_mib} MiB and the \
+         node's workers hold the rest of its {capacity_mib} MiB (waited {waited_ms} ms)"
+    )]
+    NoMemory {
+        /// The function.
+        function: String,
+        /// Its declared memory.
+        needed_mib: u64,
+        /// The node's memory for workers.
+        capacity_mib: u64,
+        /// How long the start waited.
+        waited_ms: u64,
+    },
     /// The worker broke the protocol (it was killed).
     #[error("function `{function}`: protocol error: {message}")]
     Protocol {
@@ -116,7 +140,10 @@ impl WorkerError {
     pub fn worker_lost(&self) -> bool {
         !matches!(
             self,
-            WorkerError::Function { .. } | WorkerError::Saturated { .. }
+            WorkerError::Function { .. }
+                | WorkerError::Saturated { .. }
+                | WorkerError::NoMemory { .. }
+                | WorkerError::NoSandbox { .. }
         )
     }
 }

@@ -98,6 +98,9 @@ pub struct Worker {
     alive: bool,
     /// CPU time and peak memory as last read, and invocations since the peak was read.
     last_usage: ProcessUsage,
+    /// Its declared memory as admitted on the node (the pool's), returned when it is
+    /// dropped: after its processes are killed and its groups removed.
+    charge: Option<crate::pool::Charge>,
     since_peak_read: u32,
 }
 
@@ -200,6 +203,7 @@ impl Worker {
             alive: true,
             last_usage: ProcessUsage::default(),
             since_peak_read: u32::MAX,
+            charge: None,
         };
         let stderr = std::fs::File::from(stderr);
         std::thread::Builder::new()
@@ -325,6 +329,11 @@ impl Worker {
         self.memory_mib
     }
 
+    /// Holds `charge` (its admitted memory) until it is dropped.
+    pub(crate) fn hold(&mut self, charge: crate::pool::Charge) {
+        self.charge = Some(charge);
+    }
+
     fn read_peak(&self, pid: u32) -> Option<u64> {
         // The process's own peak resident set; its memory group's peak misses what it
         // allocated before it was moved into the group.
@@ -335,12 +344,7 @@ impl Worker {
                 let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
                 Some(kib << 10)
             })
-            .or_else(|| {
-                self.limits
-                    .memory_group()
-                    .and_then(|g| std::fs::read_to_string(g.join("memory.max_usage_in_bytes")).ok())
-                    .and_then(|t| t.trim().parse().ok())
-            })
+            .or_else(|| self.limits.memory_peak())
     }
 
     /// The CPU time of the last invocation (ms) and the peak memory (bytes), read once after

@@ -91,7 +91,14 @@ pub(super) fn command_for(
         network: spec.limits.net_mbps > 0 || !spec.services.is_empty(),
         tmp_bytes: spec.limits.memory_mib << 20,
     };
-    let mut builder = isolation.sandbox.command(&jail);
+    let mut builder =
+        isolation
+            .sandbox
+            .command(&jail)
+            .map_err(|refused| WorkerError::NoSandbox {
+                function: spec.name.clone(),
+                refused,
+            })?;
     builder
         .envs(&spec.env)
         .env("BATON_FUNCTION", &spec.name)

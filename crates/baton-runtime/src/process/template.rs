@@ -28,7 +28,7 @@ use crate::isolation::Isolation;
 use crate::limits::{self, LimitGuard};
 use crate::manifest::FunctionSpec;
 use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,7 @@ impl Template {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        install_fd3(&mut command, theirs);
+        crate::sandbox::pass_fd(&mut command, theirs, Some(3));
         let mut child = launch(command).map_err(|source| WorkerError::Spawn {
             function: spec.name.clone(),
             program: program.clone(),
@@ -312,28 +312,5 @@ fn kill_forked(pid: u32) {
     use rustix::process::{kill_process, Pid, Signal};
     if let Some(pid) = Pid::from_raw(pid as i32) {
         let _ = kill_process(pid, Signal::KILL);
-    }
-}
-
-/// Makes `fd` the started process's fd 3 (its only descriptor besides 0–2).
-fn install_fd3(command: &mut std::process::Command, fd: OwnedFd) {
-    use std::os::unix::process::CommandExt;
-    #[allow(unsafe_code)]
-    // SAFETY: `pre_exec` runs the closure in the forked child before exec; it makes two
-    // system calls (dup2, fcntl) on a descriptor the parent owns, allocates nothing and
-    // takes no lock, so it is async-signal-safe. The `OwnedFd` for fd 3 is forgotten, so
-    // nothing closes it.
-    unsafe {
-        command.pre_exec(move || {
-            use std::os::fd::FromRawFd;
-            if fd.as_raw_fd() == 3 {
-                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
-                return Ok(());
-            }
-            let mut three = OwnedFd::from_raw_fd(3);
-            let result = rustix::io::dup2(&fd, &mut three);
-            std::mem::forget(three);
-            result.map_err(Into::into)
-        });
     }
 }

@@ -4,9 +4,14 @@
 read:PATH  write:PATH  procs  signal:PID  connect:PORT  fork:N  forkwait:N:SECONDS  uid
 flood:BYTES (that many bytes on stderr)  say:TEXT (one line on stderr)
 random (a draw from `random`, which a forked worker must not share with its siblings)
+spin:SECONDS (a busy loop that long by the wall clock; answers the CPU seconds it got)
+peek (ptrace and /proc/PID/mem on every other visible process)  newuser (a user namespace)
+thread (a thread started and joined: must work)
 """
+import ctypes
 import errno
 import os
+import threading
 import random
 import socket
 import sys
@@ -32,6 +37,32 @@ def spawn_children(n: int, linger: float) -> int:
             os._exit(0)
         made += 1
     return made
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _errno_name() -> str:
+    code = ctypes.get_errno()
+    return errno.errorcode.get(code, str(code))
+
+
+def peek() -> bytes:
+    results = []
+    for p in sorted(os.listdir("/proc")):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{p}/mem", "rb"):
+                results.append(f"mem:{p}:ok")
+        except OSError as e:
+            results.append(f"mem:{p}:{errno.errorcode.get(e.errno, e.errno)}")
+        if _LIBC.ptrace(16, int(p), None, None) == 0:  # PTRACE_ATTACH
+            results.append(f"ptrace:{p}:ok")
+            _LIBC.ptrace(17, int(p), None, None)  # PTRACE_DETACH
+        else:
+            results.append(f"ptrace:{p}:{_errno_name()}")
+    return " ".join(results).encode()
 
 
 def handle(payload: bytes) -> bytes:
@@ -69,6 +100,23 @@ def handle(payload: bytes) -> bytes:
             return b"said"
         if verb == "random":
             return repr(random.random()).encode()
+        if verb == "spin":
+            start, cpu = time.monotonic(), time.process_time()
+            while time.monotonic() - start < float(arg):
+                pass
+            return b"%.3f" % (time.process_time() - cpu)
+        if verb == "peek":
+            return peek()
+        if verb == "newuser":
+            if _LIBC.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+                return b"ok unshared"
+            return b"denied " + _errno_name().encode()
+        if verb == "thread":
+            ran = []
+            worker = threading.Thread(target=lambda: ran.append(1))
+            worker.start()
+            worker.join()
+            return b"ok thread" if ran else b"no thread"
         if verb == "uid":
             return b"%d %d" % (os.getuid(), os.getgid())
     except OSError as e:

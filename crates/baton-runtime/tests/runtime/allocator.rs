@@ -77,8 +77,9 @@ fn a_prewarm_starts_just_before_its_step_on_the_reserved_core() {
     match &director.pool().isolation().limits {
         limits::Mechanism::CgroupV1 {
             cpuset: Some(_), ..
-        } => {
-            eprintln!("path: cgroup v1 cpuset pinning");
+        }
+        | limits::Mechanism::CgroupV2 { cpuset: true, .. } => {
+            eprintln!("path: cgroup cpuset pinning");
             assert!(limits.contains("cpuset"), "{limits}");
         }
         _ => {
@@ -332,16 +333,16 @@ impl Policy for Betting {
 
 #[test]
 fn a_prewarm_over_the_budget_displaces_only_what_is_worth_less_or_is_refused() {
-    // Budget 150 MiB, workers of 100: `a` idle, then `c` starts and asks for `b`. The
-    // pre-warm does not fit beside `a`: worth less than `a`, it is refused (as the
-    // simulator refuses it); worth more, `a` makes way and `b` starts.
+    // Budget 250 MiB, workers of 100: `a` idle, then `c` starts (busy: it counts too) and
+    // asks for `b`. The pre-warm does not fit beside `a` and `c`: worth less than `a`, it
+    // is refused (as the simulator refuses it); worth more, `a` makes way and `b` starts.
     for (worth, refused, started) in [(0.5, 1, 0), (2.0, 0, 1)] {
         let pool = WarmPool::with_budget(
             ["a", "b", "c"]
                 .map(|name| process_spec(name, "upper.py", "memory_mib = 100"))
                 .to_vec(),
             isolation::detect().isolation(),
-            Some(150),
+            Some(250),
         );
         let mut tdg = Tdg::new(TdgConfig::default());
         let (b, c) = (tdg.intern_task("b"), tdg.intern_task("c"));
@@ -370,4 +371,61 @@ fn a_prewarm_over_the_budget_displaces_only_what_is_worth_less_or_is_refused() {
             assert!(counters.evictions.load(Ordering::Relaxed) >= 1);
         }
     }
+}
+
+#[test]
+fn a_burst_never_holds_more_declared_memory_than_the_node_gives_workers() {
+    // Eight calls at once of a function declaring 100 MiB, on a node giving workers 300:
+    // three run, the others wait for room (counted), which the planner makes by evicting
+    // idle workers as the first ones finish; every call is served, and at no instant do
+    // the live workers declare more than 300 MiB.
+    let pool = WarmPool::with_budget(
+        vec![process_spec(
+            "hog",
+            "upper.py",
+            "memory_mib = 100\nmax_instances = 8\ntimeout_ms = 10000",
+        )],
+        isolation::detect().isolation(),
+        Some(300),
+    );
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director = Arc::new(
+        Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(60_000_000)))
+            .into_shared()
+            .unwrap(),
+    );
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (director, running) = (Arc::clone(&director), Arc::clone(&running));
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(director.pool().admitted_mib());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            peak
+        })
+    };
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let director = Arc::clone(&director);
+            std::thread::spawn(move || director.invoke("hog", b"sleep:0.3").map(|o| o.output))
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.join().unwrap().unwrap(), b"slept");
+    }
+    running.store(false, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let counters = &director.pool().counters;
+    let waits = counters.memory_waits.load(Ordering::Relaxed);
+    eprintln!(
+        "peak declared {peak} MiB of 300; {waits} starts waited for memory, {} evictions",
+        counters.evictions.load(Ordering::Relaxed)
+    );
+    assert!(peak <= 300, "{peak} MiB declared at once");
+    assert!(peak >= 200, "the burst ran side by side: {peak}");
+    assert!(waits >= 1, "nothing waited for memory");
+    assert_eq!(counters.memory_refused.load(Ordering::Relaxed), 0);
 }

@@ -16,12 +16,24 @@ pub fn python() -> String {
 }
 
 /// This machine's isolation for workers, with what was detected printed (`--nocapture`
-/// shows which jail and limits ran).
+/// shows which jail and limits ran). `BATON_EXPECT_LIMITS=cgroup-v1|cgroup-v2` (set by
+/// `.ci/guest-v2.sh` in its cgroup v2 guest) makes any other mechanism a failure, so a
+/// run meant for one hierarchy cannot pass on a fallback.
 #[allow(dead_code)]
 pub fn isolation() -> baton_runtime::isolation::Isolation {
     let detection = baton_runtime::isolation::detect();
     eprint!("{detection}");
-    detection.isolation()
+    let isolation = detection.isolation();
+    if let Ok(expected) = std::env::var("BATON_EXPECT_LIMITS") {
+        let found = match &isolation.limits {
+            baton_runtime::limits::Mechanism::CgroupV1 { .. } => "cgroup-v1",
+            baton_runtime::limits::Mechanism::CgroupV2 { .. } => "cgroup-v2",
+            baton_runtime::limits::Mechanism::Rlimit => "rlimit",
+            baton_runtime::limits::Mechanism::None => "none",
+        };
+        assert_eq!(found, expected, "BATON_EXPECT_LIMITS: {detection}");
+    }
+    isolation
 }
 
 /// A file under the repository's `examples/`.

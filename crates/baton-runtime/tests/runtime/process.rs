@@ -77,8 +77,11 @@ fn memory_beyond_the_limit_fails_and_the_host_survives() {
     let mut worker = Worker::spawn(&spec("hog", 64, 20_000, "upper.py"), &isolation).unwrap();
     let error = worker.invoke(b"alloc:800").unwrap_err();
     match &isolation.limits {
-        Mechanism::CgroupV1 { .. } => {
-            eprintln!("path: cgroup v1 memory limit -> {error}");
+        Mechanism::CgroupV1 { .. } | Mechanism::CgroupV2 { .. } => {
+            eprintln!(
+                "path: cgroup memory limit ({:?}) -> {error}",
+                isolation.limits
+            );
             assert!(
                 matches!(error, WorkerError::OutOfMemory { limit_mib: 64, .. }),
                 "{error}"
@@ -219,7 +222,7 @@ fn a_template_cannot_name_another_process_as_its_worker() {
     ))
     .unwrap();
     let bare = Isolation {
-        sandbox: baton_runtime::sandbox::Sandbox::None,
+        sandbox: baton_runtime::sandbox::Sandbox::Unjailed,
         ..isolation()
     };
     let template =
@@ -245,8 +248,11 @@ fn the_cost_of_a_move_into_groups_is_measured_and_leaves_nothing() {
     let mechanism = isolation().limits;
     let cost = baton_runtime::limits::move_cost(&mechanism, 3).unwrap();
     match (&mechanism, cost) {
-        (Mechanism::CgroupV1 { memory, .. }, Some(cost)) => {
-            eprintln!("path: cgroup v1, a move took {cost:?}");
+        (
+            Mechanism::CgroupV1 { memory, .. } | Mechanism::CgroupV2 { parent: memory, .. },
+            Some(cost),
+        ) => {
+            eprintln!("path: cgroups ({mechanism:?}), a move took {cost:?}");
             assert!(cost > std::time::Duration::ZERO);
             assert!(cost < std::time::Duration::from_secs(2), "{cost:?}");
             let own = format!("baton-{}-", std::process::id());
@@ -258,9 +264,11 @@ fn the_cost_of_a_move_into_groups_is_measured_and_leaves_nothing() {
                 .collect();
             assert!(left.is_empty(), "groups left behind: {left:?}");
         }
-        (Mechanism::CgroupV1 { .. }, None) => panic!("cgroup v1 but nothing measured"),
+        (Mechanism::CgroupV1 { .. } | Mechanism::CgroupV2 { .. }, None) => {
+            panic!("cgroups but nothing measured")
+        }
         (_, cost) => {
-            eprintln!("path: no cgroup v1, nothing to move");
+            eprintln!("path: no cgroups, nothing to move");
             assert_eq!(cost, None);
         }
     }

@@ -99,14 +99,53 @@ fn a_worker_cannot_fork_past_its_process_limit() {
     let answer = ask(&mut worker, "fork:40");
     let forked: u32 = answer.trim_start_matches("forked ").parse().unwrap();
     match &isolation.limits {
-        Mechanism::CgroupV1 { pids: Some(_), .. } => {
-            eprintln!("path: cgroup v1 pids limit");
+        Mechanism::CgroupV1 { pids: Some(_), .. } | Mechanism::CgroupV2 { pids: true, .. } => {
+            eprintln!("path: cgroup pids limit ({:?})", isolation.limits);
             assert!(
                 forked > 0 && forked < 16,
                 "forked {forked} under pids.max 16"
             );
         }
         _ => eprintln!("path: NO per-worker process limit on this machine (forked {forked})"),
+    }
+}
+
+#[test]
+fn a_workers_cpu_quota_throttles_it_and_its_groups_go_with_it() {
+    let isolation = isolation();
+    let (_root, dir, _) = function_dir();
+    let mut worker = Worker::spawn(
+        // A long start allowed: a quarter of a core starts Python slowly under emulation
+        // (the cgroup v2 guest of `.ci/guest-v2.sh`).
+        &escape_spec("spinner", &dir, "cpu_millicores = 250\ntimeout_ms = 60000"),
+        &isolation,
+    )
+    .unwrap();
+    eprintln!("limits: {}", worker.limits());
+    let groups = worker.limit_groups().to_vec();
+    let cpu_seconds: f64 = ask(&mut worker, "spin:1").parse().unwrap();
+    // The kernel's own count of the periods the group was held back in (cpu.stat: v1's
+    // cpu group, v2's one group), not a timing: a 1 s busy loop under a 25 % quota is
+    // throttled in most of its 100 ms periods.
+    let throttled = groups.iter().find_map(|g| {
+        let stat = std::fs::read_to_string(g.join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    });
+    match (&isolation.limits, throttled) {
+        (Mechanism::CgroupV1 { cpu: Some(_), .. } | Mechanism::CgroupV2 { cpu: true, .. }, _) => {
+            eprintln!(
+                "path: cgroup cpu quota ({:?}): {cpu_seconds} CPU s in 1 s, throttled {throttled:?}",
+                isolation.limits
+            );
+            assert!(throttled.is_some_and(|n| n >= 3), "{throttled:?}");
+        }
+        _ => eprintln!("path: NO CPU quota on this machine ({cpu_seconds} CPU s in 1 s)"),
+    }
+    drop(worker);
+    for group in &groups {
+        assert!(!group.exists(), "{} outlived its worker", group.display());
     }
 }
 
@@ -182,7 +221,7 @@ fn a_timed_out_worker_leaves_no_process_and_no_group_behind() {
         eprintln!("path: NO SANDBOX on this machine; only the unjailed path is tested");
     }
     let unjailed = Isolation {
-        sandbox: Sandbox::None,
+        sandbox: Sandbox::Unjailed,
         ..isolation
     };
     two_hundred_children_die_with_their_worker(&unjailed, "unjailed");
@@ -204,7 +243,9 @@ fn a_worker_outlives_the_thread_that_started_it() {
 #[test]
 fn a_start_removes_the_groups_a_killed_predecessor_left() {
     let detection = baton_runtime::limits::detect();
-    let Mechanism::CgroupV1 { memory, .. } = &detection.mechanism else {
+    let (Mechanism::CgroupV1 { memory, .. } | Mechanism::CgroupV2 { parent: memory, .. }) =
+        &detection.mechanism
+    else {
         eprintln!("path: no cgroups on this machine, nothing to reclaim");
         return;
     };
@@ -219,7 +260,10 @@ fn a_start_removes_the_groups_a_killed_predecessor_left() {
     std::fs::write(stale.join("cgroup.procs"), orphan.id().to_string()).unwrap();
     // A group of this (live) process is not touched.
     let reclaimed = baton_runtime::limits::reclaim_stale(&detection.mechanism);
-    eprintln!("path: cgroup v1, reclaimed {reclaimed} stale groups");
+    eprintln!(
+        "path: {:?}, reclaimed {reclaimed} stale groups",
+        detection.mechanism
+    );
     assert!(reclaimed >= 1);
     assert!(!stale.exists(), "the stale group is gone");
     let status = orphan.wait().unwrap();
@@ -296,6 +340,13 @@ fn escapes_fail(worker: &mut Worker, dir: &Path, secret: &Path, visible_at_most:
         "denied EPERM",
         "the jail's init is not its own"
     );
+    // The system-call filter: no new user namespace, no ptrace or memory of any other
+    // process it can see; threads and forks still work.
+    assert_eq!(ask(worker, "newuser"), "denied EPERM");
+    let peeked = ask(worker, "peek");
+    assert!(!peeked.contains(":ok"), "{peeked}");
+    assert_eq!(ask(worker, "thread"), "ok thread");
+    assert_eq!(ask(worker, "fork:2"), "forked 2");
 }
 
 #[test]
@@ -326,8 +377,11 @@ fn workers_forked_from_a_template_are_jailed_limited_and_unique() {
     // Each re-seeded its random state after the fork.
     assert_ne!(ask(&mut first, "random"), ask(&mut second, "random"));
     // Each is under its own limits, not its template's.
-    if let Mechanism::CgroupV1 { .. } = &isolation.limits {
-        eprintln!("path: cgroup v1 groups per forked worker");
+    if let Mechanism::CgroupV1 { .. } | Mechanism::CgroupV2 { .. } = &isolation.limits {
+        eprintln!(
+            "path: cgroup groups per forked worker ({:?})",
+            isolation.limits
+        );
         let groups = first.limit_groups().to_vec();
         assert!(!groups.is_empty());
         for group in &groups {
@@ -339,7 +393,10 @@ fn workers_forked_from_a_template_are_jailed_limited_and_unique() {
                 group.display()
             );
         }
-        let limit = std::fs::read_to_string(groups[0].join("memory.limit_in_bytes")).unwrap();
+        let limit = ["memory.limit_in_bytes", "memory.max"]
+            .iter()
+            .find_map(|file| std::fs::read_to_string(groups[0].join(file)).ok())
+            .unwrap();
         assert_eq!(limit.trim(), (96u64 << 20).to_string());
     } else {
         eprintln!(
