@@ -370,6 +370,10 @@ pub struct UpArgs {
     /// The payload for --once.
     #[arg(long, default_value = "", requires = "once")]
     data: String,
+    /// On a host with no working sandbox (no bubblewrap), run process functions unjailed,
+    /// as your own user, instead of refusing them. Never on a machine others can reach.
+    #[arg(long)]
+    insecure_unjailed_process_functions: bool,
 }
 
 /// Newest modification time of the app's files (hidden entries, `__pycache__` and the
@@ -428,8 +432,14 @@ pub fn up(args: UpArgs) -> Result<()> {
         .unwrap_or_else(|| app.dir.join(".baton"));
     let mut config = baton_server::ServerConfig::new(listen, data_dir.clone());
     config.allow_process_functions = true;
+    config.unjailed_process_functions = args.insecure_unjailed_process_functions;
     let server = baton_server::RunningServer::start(config)
         .with_context(|| format!("starting the server in {}", data_dir.display()))?;
+    if !server.sandboxed {
+        // Fail closed, visibly: no jail means process functions are refused (or, by the
+        // flag, run unjailed), and the developer is told which before the first deploy.
+        eprint!("{}", server.detection);
+    }
     let url = format!("http://{}", server.addr);
     let client = Client::new(&url, None)?;
     if let Some(function) = &args.once {

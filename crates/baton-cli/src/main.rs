@@ -115,7 +115,7 @@ fn doctor(args: DoctorArgs) -> Result<()> {
             cost.as_secs_f64() * 1e3,
             limits::MoveMode::now()
         ),
-        Ok(None) => println!("moving a process into its groups: not needed (no cgroup v1)"),
+        Ok(None) => println!("moving a process into its groups: not needed (no cgroups)"),
         Err(e) => println!("moving a process into its groups: cannot measure: {e}"),
     }
     Ok(())
@@ -128,8 +128,14 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_FAILED_THERE: u8 = 4;
 
 fn main() -> std::process::ExitCode {
-    restore_sigpipe();
     let cli = Cli::parse();
+    // A command that runs workers (a server, the demo, the benches) keeps SIGPIPE ignored,
+    // as Rust sets it: a worker that closes its end of a pipe makes the next write fail
+    // with EPIPE, that worker's failure, instead of killing the server with every other
+    // worker and call in it.
+    if !cli.command.runs_workers() {
+        restore_sigpipe();
+    }
     // RUST_LOG when set; else the server logs each request (`baton::access`) and what
     // went wrong, and every other command only warnings.
     let default = if matches!(cli.command, Command::Serve(_)) {
@@ -163,11 +169,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+impl Command {
+    /// Whether this command starts worker processes (whose pipes a function may close).
+    fn runs_workers(&self) -> bool {
+        matches!(
+            self,
+            Command::Serve(_) | Command::Up(_) | Command::Demo(_) | Command::Bench(_)
+        )
+    }
+}
+
 /// Lets a closed pipe end the process quietly, as it does any Unix tool (`baton top | head`),
 /// instead of a panic on the next write: Rust ignores SIGPIPE by default.
 fn restore_sigpipe() {
     #[allow(unsafe_code)]
-    // SAFETY: called first thing in `main`, before any other thread exists; setting a
+    // SAFETY: called in `main` before any other thread exists; setting a
     // signal's disposition to the default has no memory-safety preconditions.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

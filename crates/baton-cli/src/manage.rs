@@ -1,7 +1,7 @@
 //! `baton functions`, `baton sequences` and `baton invocations`: what a server holds, listed,
 //! shown and removed, and how an asynchronous invocation went.
 
-use crate::server::{checked, Remote};
+use crate::server::{checked, shown, Remote};
 use anyhow::Result;
 use baton_server::client::Client;
 use clap::{Args, Subcommand};
@@ -118,10 +118,10 @@ pub fn functions(args: FunctionsArgs) -> Result<()> {
             for f in all["functions"].as_array().into_iter().flatten() {
                 println!(
                     "{:<24} {:<8} {:>6} MiB  {}",
-                    f["name"].as_str().unwrap_or("?"),
-                    f["kind"].as_str().unwrap_or("?"),
+                    shown(f["name"].as_str().unwrap_or("?")),
+                    shown(f["kind"].as_str().unwrap_or("?")),
                     f["memory_mib"],
-                    f["target"].as_str().unwrap_or("")
+                    shown(f["target"].as_str().unwrap_or(""))
                 );
             }
             Ok(())
@@ -157,8 +157,8 @@ pub fn sequences(args: SequencesArgs) -> Result<()> {
                     .collect();
                 println!(
                     "{:<24} {}",
-                    s["name"].as_str().unwrap_or("?"),
-                    steps.join(" → ")
+                    shown(s["name"].as_str().unwrap_or("?")),
+                    shown(&steps.join(" → "))
                 );
             }
             Ok(())
@@ -211,12 +211,12 @@ pub fn invocations(args: InvocationsArgs) -> Result<()> {
             for i in all["invocations"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {:<9} {}{}",
-                    i["id"].as_str().unwrap_or("?"),
-                    i["state"].as_str().unwrap_or("?"),
-                    i["function"].as_str().unwrap_or("?"),
+                    shown(i["id"].as_str().unwrap_or("?")),
+                    shown(i["state"].as_str().unwrap_or("?")),
+                    shown(i["function"].as_str().unwrap_or("?")),
                     i["error"]
                         .as_str()
-                        .map(|e| format!("  ({e})"))
+                        .map(|e| format!("  ({})", shown(e)))
                         .unwrap_or_default()
                 );
             }

@@ -66,6 +66,27 @@ impl std::fmt::Display for FailedThere {
 impl std::error::Error for FailedThere {}
 
 /// Fails with the server's own error message unless the status is a success.
+/// `text` fit for a terminal: control characters (escape sequences, bells, carriage
+/// returns) written as `\u{…}` escapes; line breaks and tabs kept. What a server says can
+/// come from a function or an ingested log.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 pub(crate) fn checked(response: Response, what: &str) -> Result<Response> {
     if (200..300).contains(&response.status) {
         return Ok(response);
@@ -73,6 +94,8 @@ pub(crate) fn checked(response: Response, what: &str) -> Result<Response> {
     let message = response.json()["error"]
         .as_str()
         .map_or_else(|| response.text(), str::to_owned);
+    // A function's error is the function's text: never raw control bytes on a terminal.
+    let message = shown(&message).into_owned();
     Err(FailedThere {
         what: what.to_owned(),
         status: response.status,
@@ -126,6 +149,17 @@ pub struct ServeArgs {
     /// closed after as long.
     #[arg(long, env = "BATON_HEADER_TIMEOUT_SECS", default_value_t = 30.0)]
     header_timeout_secs: f64,
+    /// Seconds a client has to send a request's whole body, once its head has arrived
+    /// (408 past it).
+    #[arg(long, env = "BATON_BODY_TIMEOUT_SECS", default_value_t = 60.0)]
+    body_timeout_secs: f64,
+    /// Keep execution records this long (`90s`, `30m`, `12h`, `7d`; `forever`): older ones
+    /// are pruned after each snapshot (never one a restart still replays).
+    #[arg(long, env = "BATON_RETAIN_RECORDS", default_value = "7d", value_parser = parse_age)]
+    retain_records: RetainAge,
+    /// Keep at most this many MiB of execution records (0: no bound); the oldest go first.
+    #[arg(long, env = "BATON_RETAIN_MIB", default_value_t = 1024)]
+    retain_mib: u64,
     /// Seconds between snapshots of the learned graph.
     #[arg(long, env = "BATON_SNAPSHOT_SECS", default_value_t = 30)]
     snapshot_secs: u64,
@@ -137,6 +171,15 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     allow_process_functions: bool,
+    /// On a host with no working sandbox (no bubblewrap, or its probe fails), run process
+    /// functions unjailed, as this server's user. Without it such a host refuses them at
+    /// deploy and at every start, and says how to install the sandbox.
+    #[arg(
+        long,
+        env = "BATON_INSECURE_UNJAILED_PROCESS_FUNCTIONS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_unjailed_process_functions: bool,
     /// Join a baton cluster through these NATS servers (JetStream on; comma-separated
     /// `nats://[USER:PASSWORD@]HOST:PORT`; a password is never printed): functions,
     /// sequences, the learned graph and asynchronous invocations are shared with every
@@ -163,6 +206,36 @@ pub struct ServeArgs {
     otlp_endpoint: Option<String>,
 }
 
+/// `--retain-records`: how long records are kept (`None`: forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RetainAge(Option<Duration>);
+
+/// `--retain-records`: a number with a unit (`s`, `m`, `h`, `d`), or `forever`.
+fn parse_age(text: &str) -> Result<RetainAge, String> {
+    if text == "forever" {
+        return Ok(RetainAge(None));
+    }
+    let expected = || format!("{text:?}: expected a number with s, m, h or d (7d), or forever");
+    let unit = text.chars().last().ok_or_else(expected)?;
+    let seconds = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return Err(expected()),
+    };
+    let number: u64 = text[..text.len() - 1].parse().map_err(|_| expected())?;
+    if number == 0 {
+        return Err(format!(
+            "{text:?}: a retention of 0 keeps nothing; say forever or more"
+        ));
+    }
+    number
+        .checked_mul(seconds)
+        .map(|s| RetainAge(Some(Duration::from_secs(s))))
+        .ok_or_else(expected)
+}
+
 pub fn serve(args: ServeArgs) -> Result<()> {
     if args.token.is_none() && !args.no_auth {
         bail!("give --token T (or BATON_TOKEN), or --no-auth on a loopback address");
@@ -187,8 +260,18 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         bail!("--header-timeout-secs {secs}: expected a number of seconds above 0, at most a day");
     }
     config.header_read_timeout = Duration::from_secs_f64(secs);
+    let secs = args.body_timeout_secs;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        bail!("--body-timeout-secs {secs}: expected a number of seconds above 0, at most a day");
+    }
+    config.body_read_timeout = Duration::from_secs_f64(secs);
+    config.retention = baton_server::Retention {
+        age: args.retain_records.0,
+        bytes: (args.retain_mib > 0).then_some(args.retain_mib << 20),
+    };
     config.snapshot_every = Duration::from_secs(args.snapshot_secs.max(1));
     config.allow_process_functions = args.allow_process_functions;
+    config.unjailed_process_functions = args.insecure_unjailed_process_functions;
     config.otlp_endpoint = args.otlp_endpoint.clone();
     if !args.cluster.is_empty() {
         config.cluster = Some(baton_server::ClusterConfig {
@@ -212,6 +295,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         r.rerun,
         r.failed
     );
+    if r.removed_uploads > 0 {
+        eprintln!(
+            "removed {} uploads no function uses any more",
+            r.removed_uploads
+        );
+    }
     if r.reclaimed_groups > 0 {
         eprintln!(
             "removed {} worker groups left by a killed predecessor",
@@ -222,10 +311,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         eprintln!("not restored: {skipped}");
     }
     if args.allow_process_functions && !server.sandboxed {
-        eprintln!(
-            "WARNING: --allow-process-functions without a sandbox (see above): uploaded \
-             code runs as this server's user"
-        );
+        if args.insecure_unjailed_process_functions {
+            eprintln!(
+                "WARNING: --insecure-unjailed-process-functions: uploaded code runs UNJAILED \
+                 as this server's user"
+            );
+        } else {
+            eprintln!("process functions are REFUSED: no working sandbox on this host (see above)");
+        }
     }
     if let Some(node) = server.cluster_node() {
         let servers: Vec<String> = args
@@ -631,5 +724,33 @@ pub fn top(args: TopArgs) -> Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_plain_text_is_untouched() {
+        assert!(matches!(
+            shown("plain → text\n\tok"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            shown("red\u{1b}[31m bell\u{7} cr\r"),
+            "red\\u{1b}[31m bell\\u{7} cr\\u{d}"
+        );
+    }
+
+    #[test]
+    fn a_retention_age_is_a_number_with_a_unit_or_forever() {
+        let age = |s| Ok(RetainAge(Some(Duration::from_secs(s))));
+        assert_eq!(parse_age("7d"), age(7 * 86_400));
+        assert_eq!(parse_age("90s"), age(90));
+        assert_eq!(parse_age("forever"), Ok(RetainAge(None)));
+        for bad in ["", "7", "d", "0h", "7w", "-1d", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 }

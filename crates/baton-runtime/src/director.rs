@@ -413,7 +413,11 @@ impl Director {
     /// Learns foreign execution records (grouped into requests by trace and parent links),
     /// hands them to the sink with `mark` (see [`Mark`]), and publishes the graph; returns
     /// how many requests.
-    pub fn learn_records(&self, records: &[ExecutionRecord], mark: Option<&Mark>) -> u64 {
+    pub fn learn_records(
+        &self,
+        records: &[ExecutionRecord],
+        mark: Option<&Mark>,
+    ) -> baton_trace::requests::GroupReport {
         let mut learner = lock(&self.node.learner);
         let requests = self
             .node

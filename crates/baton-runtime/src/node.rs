@@ -295,7 +295,7 @@ impl Node {
         records: &[ExecutionRecord],
         source: RecordSource,
         mark: Option<&Mark>,
-    ) -> u64 {
+    ) -> baton_trace::requests::GroupReport {
         let (requests, report) = baton_trace::requests::group_requests(
             records,
             learner,
@@ -307,7 +307,7 @@ impl Node {
         if let Some(sink) = &self.sink {
             sink(records, source, mark);
         }
-        report.requests
+        report
     }
 
     /// Publishes the learner's graph now.

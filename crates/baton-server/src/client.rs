@@ -96,13 +96,18 @@ impl std::fmt::Debug for Client {
 /// The agent: no redirects, no pooled connections, statuses returned as they are, connect
 /// within 10 s, the whole exchange within 120 s, and the TLS roots given.
 fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    agent_within(tls, Duration::from_secs(120))
+}
+
+/// [`agent`] with the whole exchange within `total`.
+fn agent_within(tls: ureq::tls::TlsConfig, total: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .max_idle_connections(0)
         .max_idle_connections_per_host(0)
         .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_global(Some(Duration::from_secs(120)))
+        .timeout_global(Some(total))
         .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls)
         .build()
@@ -167,6 +172,14 @@ impl Client {
         let roots = ureq::tls::RootCerts::new_with_certs(&certificates);
         self.agent = agent(ureq::tls::TlsConfig::builder().root_certs(roots).build());
         Ok(self)
+    }
+
+    /// The same client with each exchange bounded by `total` (connect included) instead of
+    /// 120 s, for a sender that must not stall (the OTLP exporter). Plain HTTP only: a
+    /// client with a private CA keeps its own agent.
+    pub fn within(mut self, total: Duration) -> Client {
+        self.agent = agent_within(ureq::tls::TlsConfig::default(), total);
+        self
     }
 
     /// The server URL.

@@ -33,7 +33,8 @@ use metrics::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-pub(crate) use writer::{snapshot, Writer};
+pub use writer::Retention;
+pub(crate) use writer::{snapshot, DiskCounters, Writer};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,14 +61,23 @@ pub struct ServerConfig {
     /// A client must send a request's head within this, and an idle keep-alive connection
     /// is closed after it.
     pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this after its head (408 otherwise), so
+    /// slow bodies cannot hold the connection slots.
+    pub body_read_timeout: Duration,
     /// How often the learner is snapshotted into the store.
     pub snapshot_every: Duration,
     /// Whether process functions may be deployed over HTTP (their code then arrives as a
     /// tar.gz and runs in the sandbox). Off by default: wasm guests only.
     pub allow_process_functions: bool,
+    /// Whether process functions run unjailed, as the server's own user, on a host with no
+    /// working sandbox (`--insecure-unjailed-process-functions`). Off: such a host refuses
+    /// them at deploy and at every start, saying how to install the sandbox.
+    pub unjailed_process_functions: bool,
     /// The NATS cluster to join, if any (`None`: one node, SQLite only). A node without a
     /// name is named after its host and port.
     pub cluster: Option<ClusterConfig>,
+    /// Which execution records are kept (by age and bytes; pruned after each snapshot).
+    pub retention: Retention,
     /// An OTLP/HTTP collector to send every execution record to as a span
     /// (`http://HOST:PORT`; `None`: no export).
     pub otlp_endpoint: Option<String>,
@@ -76,7 +86,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Defaults: loopback port 8080, `./baton-data`, token required, the chain policy at
     /// its defaults, 16 MiB bodies, 64 queued per function, 1024 connections with 30 s to
-    /// send a request's head, a snapshot every 30 s, no process functions over HTTP.
+    /// send a request's head and 60 s for its body, a snapshot every 30 s, no process functions over HTTP.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             listen,
@@ -87,8 +97,14 @@ impl ServerConfig {
             queue_depth: 64,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
             snapshot_every: Duration::from_secs(30),
             allow_process_functions: false,
+            unjailed_process_functions: false,
+            retention: Retention {
+                age: Some(Duration::from_secs(7 * 86_400)),
+                bytes: Some(1 << 30),
+            },
             cluster: None,
             otlp_endpoint: None,
         }
@@ -154,6 +170,8 @@ pub struct Restored {
     pub failed: usize,
     /// Worker groups left by a killed predecessor, emptied and removed.
     pub reclaimed_groups: usize,
+    /// Uploads (modules, code directories) no function used any more, removed.
+    pub removed_uploads: usize,
     /// Functions that could not be restored, with the reason.
     pub skipped: Vec<String>,
 }
@@ -166,6 +184,10 @@ pub(crate) struct AppState {
     pub(crate) engine: Arc<WasmEngine>,
     pub(crate) reservations: ResourcePool,
     pub(crate) dirs: UploadDirs,
+    /// Held while an upload is installed or the unused ones are swept, so a sweep never
+    /// takes what an install is about to store.
+    pub(crate) uploads: Mutex<()>,
+    pub(crate) disk: Arc<DiskCounters>,
     pub(crate) allow_process_functions: bool,
     pub(crate) token: Option<String>,
     pub(crate) queue_depth: usize,
@@ -223,6 +245,52 @@ fn machine_capacity() -> ResourceVec {
 pub(crate) struct UploadDirs {
     pub(crate) modules: PathBuf,
     pub(crate) code: PathBuf,
+}
+
+/// Removes what `dirs` holds that no stored function uses (a redeploy's old module or code
+/// directory, a deleted function's); staging directories (`.unpacking-…`) of installs
+/// under way are left. Returns how many went. Callers hold `AppState::uploads` (or run
+/// before serving).
+pub(crate) fn sweep_uploads(store: &Store, dirs: &UploadDirs, disk: &DiskCounters) -> usize {
+    let used: std::collections::HashSet<String> = match store.functions() {
+        Ok(functions) => functions
+            .into_iter()
+            .filter_map(|f| f.module_hash)
+            .collect(),
+        // Nothing is removed on a guess.
+        Err(error) => {
+            tracing::error!("cannot list functions to sweep uploads: {error}");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for (dir, suffix) in [(&dirs.modules, ".wasm"), (&dirs.code, "")] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hash) = name.strip_suffix(suffix) else {
+                continue;
+            };
+            if name.starts_with('.') || used.contains(hash) {
+                continue;
+            }
+            let path = entry.path();
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(error) => tracing::warn!("cannot remove {}: {error}", path.display()),
+            }
+        }
+    }
+    disk.uploads_removed
+        .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+    removed
 }
 
 /// A stored manifest made runnable from its upload (never from a path the manifest names):
@@ -364,7 +432,10 @@ impl RunningServer {
             }
         }
         restored.functions = functions.len();
-        let detection = isolation::detect();
+        let mut detection = isolation::detect();
+        detection.sandbox = detection
+            .sandbox
+            .unjailed_if_missing(config.unjailed_process_functions);
         let isolation = detection.isolation();
         restored.reclaimed_groups = limits::reclaim_stale(&isolation.limits);
         let capacity = machine_capacity();
@@ -388,8 +459,15 @@ impl RunningServer {
                 future: None,
             },
         )?;
-        let writer = Writer::start(Arc::clone(&store), cluster.clone())
-            .map_err(io("cannot start the store writer"))?;
+        let disk = Arc::new(DiskCounters::default());
+        restored.removed_uploads = sweep_uploads(&store, &dirs, &disk);
+        let writer = Writer::start(
+            Arc::clone(&store),
+            cluster.clone(),
+            config.retention,
+            Arc::clone(&disk),
+        )
+        .map_err(io("cannot start the store writer"))?;
         let exporter = match &config.otlp_endpoint {
             Some(endpoint) => Some(Arc::new(
                 otlp_export::Exporter::start(endpoint).map_err(ServerError::Config)?,
@@ -425,6 +503,7 @@ impl RunningServer {
             reservations.clone(),
             cluster.clone(),
             exporter.as_ref().map(|e| Arc::clone(&e.counters)),
+            (Arc::clone(&store), Arc::clone(&disk)),
         );
         let state = Arc::new(AppState {
             director,
@@ -433,6 +512,8 @@ impl RunningServer {
             engine,
             reservations,
             dirs,
+            uploads: Mutex::new(()),
+            disk,
             allow_process_functions: config.allow_process_functions,
             token: config.token.clone(),
             queue_depth: config.queue_depth.max(1),
@@ -469,7 +550,13 @@ impl RunningServer {
             }
         }
 
-        let router = api::router(Arc::clone(&state), config.max_body_bytes);
+        let router = api::router(
+            Arc::clone(&state),
+            api::BodyBounds {
+                max_bytes: config.max_body_bytes,
+                timeout: config.body_read_timeout,
+            },
+        );
         let bounds = listen::Bounds {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,

@@ -176,12 +176,15 @@ impl Metrics {
         reservations: ResourcePool,
         cluster: Option<Arc<Cluster>>,
         otlp: Option<Arc<ExportCounters>>,
+        disk: (Arc<baton_store::Store>, Arc<crate::DiskCounters>),
     ) {
         self.registry.register_collector(Box::new(NodeCollector {
             director,
             reservations,
             cluster,
             otlp,
+            store: disk.0,
+            disk: disk.1,
         }));
     }
 
@@ -283,6 +286,8 @@ struct NodeCollector {
     reservations: ResourcePool,
     cluster: Option<Arc<Cluster>>,
     otlp: Option<Arc<ExportCounters>>,
+    store: Arc<baton_store::Store>,
+    disk: Arc<crate::DiskCounters>,
 }
 
 fn counter(
@@ -362,6 +367,33 @@ impl Collector for NodeCollector {
             "1 while recent calls are predicted clearly worse than usual (the mix drifts)",
             None,
             i64::from(drifting),
+        )?;
+        gauge(
+            e,
+            "baton_store_records",
+            "Bytes of the execution records kept (--retain-mib, --retain-records)",
+            Some(&Unit::Bytes),
+            self.store
+                .executions_bytes()
+                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        )?;
+        counter(
+            e,
+            "baton_store_records_pruned",
+            "Execution records removed by the retention rule",
+            self.disk.records_pruned.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "baton_store_record_bytes_pruned",
+            "Bytes of the execution records removed by the retention rule",
+            self.disk.record_bytes_pruned.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "baton_uploads_removed",
+            "Uploaded modules and code directories removed once no function used them",
+            self.disk.uploads_removed.load(Ordering::Relaxed),
         )?;
         // The runtime's counters, the same set `/v1/pool` shows.
         for (name, help, value) in self.director.counters().read() {

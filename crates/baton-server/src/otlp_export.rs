@@ -39,15 +39,22 @@ pub struct Exporter {
     pub counters: Arc<ExportCounters>,
 }
 
+/// Longest one export may take.
+const EXCHANGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Exporter {
     /// Starts the sending thread for `endpoint` (`http://HOST:PORT`, with or without
     /// `/v1/traces`); an endpoint that is not such a URL is an error naming it.
     pub fn start(endpoint: &str) -> Result<Exporter, String> {
         let base = endpoint.trim().trim_end_matches('/');
         let base = base.strip_suffix("/v1/traces").unwrap_or(base);
-        let client = Client::new(base, None).map_err(|e| {
-            format!("--otlp-endpoint {endpoint}: {e} (expected http://HOST:PORT, OTLP/HTTP)")
-        })?;
+        // A collector that takes a batch and never answers holds the sender 10 s at most
+        // (then the batch is counted failed and a warning is logged).
+        let client = Client::new(base, None)
+            .map_err(|e| {
+                format!("--otlp-endpoint {endpoint}: {e} (expected http://HOST:PORT, OTLP/HTTP)")
+            })?
+            .within(EXCHANGE_WITHIN);
         let (queue, records) = std::sync::mpsc::sync_channel(QUEUED);
         let counters = Arc::new(ExportCounters::default());
         let shared = Arc::clone(&counters);

@@ -1,11 +1,33 @@
 //! The store writer: the one thread that appends execution records (group-committed) and
 //! saves the learner's snapshots, in order, so a snapshot's `last_execution` is exactly
-//! what the state had learned (see ARCHITECTURE.md, `baton-store`).
+//! what the state had learned (see ARCHITECTURE.md, `baton-store`). After each snapshot it
+//! prunes the records the snapshots no longer need by the retention rule ([`Retention`]).
 
 use baton_runtime::director::{Director, Mark, RecordSource};
 use baton_store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Which execution records are kept: at most so old, at most so many bytes (each `None`:
+/// no bound). Records a restart still replays are kept whatever the rule says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Age, from the record's timestamp.
+    pub age: Option<Duration>,
+    /// The records' bytes (their JSON).
+    pub bytes: Option<u64>,
+}
+
+/// What the server removed from its disk (for `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct DiskCounters {
+    /// Execution records pruned by the retention rule.
+    pub(crate) records_pruned: std::sync::atomic::AtomicU64,
+    /// Their bytes.
+    pub(crate) record_bytes_pruned: std::sync::atomic::AtomicU64,
+    /// Uploaded modules and code directories removed once no function used them.
+    pub(crate) uploads_removed: std::sync::atomic::AtomicU64,
+}
 
 /// How long the store writer waits for more records before committing a batch.
 const GROUP_COMMIT: Duration = Duration::from_millis(5);
@@ -51,6 +73,8 @@ impl Writer {
     pub(crate) fn start(
         store: Arc<Store>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
+        retention: Retention,
+        disk: Arc<DiskCounters>,
     ) -> std::io::Result<Writer> {
         let (sender, receiver) = std::sync::mpsc::channel::<Write>();
         std::thread::Builder::new()
@@ -132,6 +156,7 @@ impl Writer {
                                 if let Err(error) = saved {
                                     tracing::error!("snapshot failed: {error}");
                                 }
+                                prune(&store, retention, &disk);
                             }
                             Write::Flush(done) => {
                                 flush(&mut batch, batch_source, &mut batch_mark);
@@ -166,6 +191,30 @@ impl Writer {
 }
 
 /// Saves a snapshot of the learner consistent with the execution log, and waits for it.
+/// Prunes the execution records by `retention` (after a snapshot: what it learned is safe
+/// to drop), counting what went.
+fn prune(store: &Store, retention: Retention, disk: &DiskCounters) {
+    use std::sync::atomic::Ordering;
+    let before_ns = retention.age.map(|age| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(now.saturating_sub(age).as_nanos()).unwrap_or(i64::MAX)
+    });
+    if before_ns.is_none() && retention.bytes.is_none() {
+        return;
+    }
+    match store.prune_executions(before_ns, retention.bytes) {
+        Ok(pruned) => {
+            disk.records_pruned
+                .fetch_add(pruned.rows, Ordering::Relaxed);
+            disk.record_bytes_pruned
+                .fetch_add(pruned.bytes, Ordering::Relaxed);
+        }
+        Err(error) => tracing::error!("cannot prune execution records: {error}"),
+    }
+}
+
 pub(crate) fn snapshot(director: &Director, writer: &Writer) -> Result<(), String> {
     // Copied and queued under the learner lock (so it follows exactly the records the
     // learner had seen), serialized by the writer outside it.

@@ -65,7 +65,23 @@ const MIGRATIONS: &[&str] = &[
          pure INTEGER NOT NULL);",
     // 2: `baton logs --invocation` reads one trace's records.
     "CREATE INDEX executions_trace ON executions(trace);",
+    // 3: the bytes of the execution records, kept up to date, for their retention.
+    "INSERT OR REPLACE INTO meta(key, value)
+         SELECT 'executions_bytes', COALESCE(SUM(length(CAST(record AS BLOB))), 0)
+         FROM executions;",
 ];
+
+/// The `meta` key of the execution records' bytes.
+const EXECUTIONS_BYTES: &str = "executions_bytes";
+
+/// What [`Store::prune_executions`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Execution rows.
+    pub rows: u64,
+    /// Their records' bytes.
+    pub bytes: u64,
+}
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -159,6 +175,16 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// Adds `delta` to the execution records' bytes in `meta`.
+fn add_bytes(tx: &rusqlite::Transaction<'_>, delta: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + ?2",
+        params![EXECUTIONS_BYTES, delta],
+    )?;
+    Ok(())
+}
+
 fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -244,6 +270,12 @@ impl Store {
             "INSERT INTO functions(name, manifest, module_hash, updated_ns) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET manifest = ?2, module_hash = ?3, updated_ns = ?4",
             params![name, manifest, hash, now_ns()],
+        )?;
+        // A redeploy's old upload goes once no function uses it.
+        tx.execute(
+            "DELETE FROM modules WHERE hash NOT IN
+                 (SELECT module_hash FROM functions WHERE module_hash IS NOT NULL)",
+            [],
         )?;
         tx.commit()?;
         Ok(hash)
@@ -362,7 +394,10 @@ impl Store {
                      cold, status, chain, source, record)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
+            let mut bytes = 0u64;
             for record in records {
+                let text = record.to_json().to_string();
+                bytes += text.len() as u64;
                 insert.execute(params![
                     record.ts_ns as i64,
                     record.task,
@@ -374,9 +409,10 @@ impl Store {
                     record.status.map(|s| s.as_str()),
                     record.chain,
                     source,
-                    record.to_json().to_string(),
+                    text,
                 ])?;
             }
+            add_bytes(&tx, bytes as i64)?;
         }
         // The last execution row's id, before the mark's own insert replaces it.
         let last = tx.last_insert_rowid();
@@ -389,6 +425,96 @@ impl Store {
         }
         tx.commit()?;
         Ok(last)
+    }
+
+    /// The bytes of the execution records kept.
+    pub fn executions_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1",
+                [EXECUTIONS_BYTES],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |n| n.max(0) as u64))
+    }
+
+    /// Removes execution records no snapshot still needs (ids up to the oldest kept
+    /// snapshot's last learned execution: a restart replays only what follows it) that are
+    /// older than `before_ns`, then the oldest of them while the records kept are over
+    /// `max_bytes`. Returns what went.
+    pub fn prune_executions(
+        &self,
+        before_ns: Option<i64>,
+        max_bytes: Option<u64>,
+    ) -> Result<Pruned, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let upto: i64 = tx.query_row(
+            "SELECT COALESCE(MIN(last_execution), 0) FROM snapshots",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut pruned = Pruned::default();
+        let mut take = |tx: &rusqlite::Transaction<'_>, cut: i64| -> Result<(), StoreError> {
+            let (rows, bytes): (i64, i64) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(record AS BLOB))), 0)
+                 FROM executions WHERE id <= ?1",
+                [cut],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute("DELETE FROM executions WHERE id <= ?1", [cut])?;
+            add_bytes(tx, -bytes)?;
+            pruned.rows += rows as u64;
+            pruned.bytes += bytes as u64;
+            Ok(())
+        };
+        if let Some(before) = before_ns {
+            // Ids grow with time: the newest old-enough row's id is the cut.
+            let cut: Option<i64> = tx.query_row(
+                "SELECT MAX(id) FROM executions WHERE id <= ?1 AND ts_ns < ?2",
+                params![upto, before],
+                |r| r.get(0),
+            )?;
+            if let Some(cut) = cut {
+                take(&tx, cut)?;
+            }
+        }
+        if let Some(max) = max_bytes {
+            let kept: i64 = tx
+                .query_row(
+                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1",
+                    [EXECUTIONS_BYTES],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let over = kept - i64::try_from(max).unwrap_or(i64::MAX);
+            if over > 0 {
+                // The oldest rows whose bytes add up to the excess, walked in id order.
+                let mut statement = tx.prepare(
+                    "SELECT id, length(CAST(record AS BLOB)) FROM executions
+                     WHERE id <= ?1 ORDER BY id",
+                )?;
+                let mut rows = statement.query([upto])?;
+                let (mut freed, mut cut) = (0i64, None);
+                while let Some(row) = rows.next()? {
+                    freed += row.get::<_, i64>(1)?;
+                    cut = Some(row.get::<_, i64>(0)?);
+                    if freed >= over {
+                        break;
+                    }
+                }
+                drop(rows);
+                drop(statement);
+                if let Some(cut) = cut {
+                    take(&tx, cut)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(pruned)
     }
 
     /// The value [`Store::append_marked`] last set for `key`.
@@ -833,5 +959,64 @@ mod tests {
         assert_eq!(store.mark("cursor").unwrap().as_deref(), Some("3"));
         assert_eq!(store.last_execution_id().unwrap(), 3);
         assert!(store.tail(10).unwrap().iter().all(|r| r.task != "d"));
+    }
+
+    #[test]
+    fn records_go_by_age_then_by_size_but_never_past_the_oldest_snapshot() {
+        let store = Store::in_memory().unwrap();
+        let at = |n: i64| ExecutionRecord {
+            ts_ns: (n * 1_000_000_000) as u64,
+            ..record("f", &format!("i{n:02}"))
+        };
+        let all: Vec<ExecutionRecord> = (1..=10).map(at).collect();
+        store.append(&all, "baton").unwrap();
+        let one = all[0].to_json().to_string().len() as u64;
+        assert_eq!(store.executions_bytes().unwrap(), 10 * one);
+        // No snapshot: every record may still be needed for a restart.
+        assert_eq!(
+            store.prune_executions(Some(i64::MAX), Some(0)).unwrap(),
+            Pruned::default()
+        );
+        // A snapshot has learned up to row 8: rows 1–8 may go, 9–10 stay whatever the
+        // rules say.
+        store.save_snapshot(8, "{}").unwrap();
+        let by_age = store.prune_executions(Some(4_000_000_000), None).unwrap();
+        assert_eq!(
+            by_age,
+            Pruned {
+                rows: 3,
+                bytes: 3 * one
+            },
+            "ts 1, 2, 3 s"
+        );
+        let by_size = store.prune_executions(None, Some(5 * one)).unwrap();
+        assert_eq!(by_size.rows, 2, "rows 4, 5");
+        assert_eq!(store.executions_bytes().unwrap(), 5 * one);
+        let rest = store.prune_executions(Some(i64::MAX), Some(0)).unwrap();
+        assert_eq!(rest.rows, 3, "rows 6–8; 9 and 10 follow the snapshot");
+        let kept: Vec<String> = store
+            .tail(10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.invocation)
+            .collect();
+        assert_eq!(kept, ["i09", "i10"]);
+        assert_eq!(store.executions_bytes().unwrap(), 2 * one);
+    }
+
+    #[test]
+    fn a_redeploy_drops_the_upload_no_function_uses() {
+        let store = Store::in_memory().unwrap();
+        let old = store.put_function("f", "m", Some(b"v1")).unwrap().unwrap();
+        store.put_function("g", "m", Some(b"shared")).unwrap();
+        let new = store.put_function("f", "m", Some(b"v2")).unwrap().unwrap();
+        assert!(store.module(&old).unwrap().is_none());
+        assert!(store.module(&new).unwrap().is_some());
+        store.put_function("h", "m", Some(b"shared")).unwrap();
+        store.delete_function("g").unwrap();
+        assert!(
+            store.module(&content_key(b"shared")).unwrap().is_some(),
+            "h uses it"
+        );
     }
 }

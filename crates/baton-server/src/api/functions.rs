@@ -25,6 +25,16 @@ fn decode_base64(field: &str, value: Option<String>) -> Result<Option<Vec<u8>>, 
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("{field}: {e}")))
 }
 
+/// Why this node refuses process functions for want of a jail (fail closed), if it does.
+fn sandbox_missing(state: &AppState) -> Option<String> {
+    match &state.detection.sandbox.sandbox {
+        baton_runtime::sandbox::Sandbox::Missing { why } => {
+            Some(baton_runtime::sandbox::NoSandbox { why: why.clone() }.to_string())
+        }
+        _ => None,
+    }
+}
+
 /// What a deploy uploads: the bytes the function runs from. Paths in a manifest (`module`,
 /// `workdir`) name files on the client's machine; the server never opens them.
 fn deploy_upload(
@@ -48,6 +58,10 @@ fn deploy_upload(
             "process functions are disabled on this server (start it with \
              --allow-process-functions); wasm functions are always accepted"
                 .to_owned(),
+        )),
+        (FunctionKind::Process { .. }, _, _) if sandbox_missing(state).is_some() => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            sandbox_missing(state).unwrap_or_default(),
         )),
         (FunctionKind::Process { .. }, Some(_), _) => {
             bad("a module was uploaded for a process function; it uploads `code_base64`")
@@ -178,8 +192,19 @@ pub(crate) fn install(
     spec: FunctionSpec,
     upload: Vec<u8>,
 ) -> Result<(String, bool, Vec<u8>, String), Refusal> {
-    let server = |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    // The server's own failures name its paths: they go to its log, never to the client.
+    let server = |e: &dyn std::fmt::Display| {
+        tracing::error!("deploying `{}`: {e}", spec.name);
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server could not store the function; its log says why".to_owned(),
+        )
+    };
     let hash = baton_core::ids::content_key(&upload);
+    let _uploads = state
+        .uploads
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // What is uploaded must be usable before it is stored: a broken module or archive is
     // a 400, not a failure at the first invocation.
     match &spec.kind {
@@ -210,6 +235,8 @@ pub(crate) fn install(
     let spec =
         materialize(&state.store, &state.dirs, manifest, Some(&hash)).map_err(|e| server(&e))?;
     state.director.deploy(spec);
+    // The version it replaced, if no other function uses its upload.
+    crate::sweep_uploads(&state.store, &state.dirs, &state.disk);
     Ok((hash, existed, upload, manifest.to_owned()))
 }
 
@@ -285,6 +312,12 @@ pub(super) async fn delete_function(
     if let Err(e) = state.store.delete_function(&name) {
         return internal(e);
     }
+    let sweeper = Arc::clone(&state);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _uploads = sweeper.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        crate::sweep_uploads(&sweeper.store, &sweeper.dirs, &sweeper.disk);
+    })
+    .await;
     forget_in_graph(&state, &name).await;
     if let Some(cluster) = &state.cluster {
         if let Err(e) = cluster.forget_function(&name).await {

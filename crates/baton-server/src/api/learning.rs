@@ -47,11 +47,16 @@ fn learn(state: &AppState, body: &[u8], format: LogFormat) -> Result<Value, Stri
             .unwrap_or_else(|| "no records".into());
         return Err(format!("nothing to learn: {first}"));
     }
-    let requests = state.director.learn_records(&records, None);
+    let grouped = state.director.learn_records(&records, None);
     Ok(json!({
         "format": format.name(),
         "records": records.len(),
-        "requests": requests,
+        "requests": grouped.requests,
+        // Records dropped because their parent links form a cycle, and requests lost whole
+        // to one (every record in it); records whose parent is missing are kept as roots.
+        "cycles": grouped.cycles,
+        "rootless": grouped.rootless,
+        "missing_parents": grouped.missing_parents,
         "skipped": report.skipped,
         "errors": report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
     }))

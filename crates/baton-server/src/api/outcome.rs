@@ -124,7 +124,12 @@ pub(super) fn outcome_body(
             ..
         }) => StatusCode::NOT_FOUND,
         Err(DirectorError::Step {
-            source: StepError::Process(WorkerError::Saturated { .. }),
+            source:
+                StepError::Process(
+                    WorkerError::Saturated { .. }
+                    | WorkerError::NoSandbox { .. }
+                    | WorkerError::NoMemory { .. },
+                ),
             ..
         }) => StatusCode::SERVICE_UNAVAILABLE,
         Err(_) => StatusCode::BAD_GATEWAY,

@@ -21,6 +21,12 @@ pub(super) async fn put(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
+    if !baton_runtime::manifest::is_valid_name(&name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a sequence name is {}", baton_runtime::manifest::NAME_RULE),
+        );
+    }
     let body: SequenceBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),

@@ -160,3 +160,47 @@ fn idle_connections_are_bounded_and_timed_out() {
     let server = start(dir.path(), |config| config.max_connections = usize::MAX);
     assert_eq!(client(&server).get("/healthz").unwrap().status, 200);
 }
+
+#[test]
+fn a_body_that_trickles_is_cut_off_and_its_connection_freed() {
+    // One connection allowed, 400 ms for a body once its head is in. A client that sends
+    // its head and then a byte now and then is answered 408 and closed, so the next client
+    // is served; a body sent at once is unaffected.
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |config| {
+        config.max_connections = 1;
+        config.body_read_timeout = Duration::from_millis(400);
+    });
+    assert_eq!(
+        wasm_deploy(&client(&server), "upper", "../examples/wat/upper.wat").status,
+        201
+    );
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/functions/upper/invoke HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nab",
+        server.addr
+    )
+    .unwrap();
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            if slow.write_all(b"c").is_err() {
+                break;
+            }
+        }
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = slow.read_to_string(&mut answer);
+        answer
+    });
+    // The only slot is held until the trickler is cut off, then this is served.
+    let response = invoke(&client(&server), "upper", "next");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer = trickler.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 0.4 s"), "{answer}");
+}

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod bounds;
+mod browser;
 mod dashboard;
+mod disk;
 mod otlp;
 
 const TOKEN: &str = "s3cret";
@@ -435,6 +437,28 @@ fn the_api_deploys_invokes_learns_and_counts() {
         .request("POST", "/v1/logs", "application/x-ndjson", b"garbage\n")
         .unwrap();
     assert_refused(&response, 400, "nothing to learn");
+    // Records whose parent links form a cycle are dropped, and the answer says so: here
+    // a request whose two records are each other's parent (lost whole), beside one whose
+    // parent is missing (kept as a root).
+    let looped = format!(
+        "{{\"ts\":{now_ns},\"task\":\"x\",\"invocation\":\"a\",\"parent\":\"b\",\"trace\":\"loop\",\"duration_us\":1}}\n\
+         {{\"ts\":{now_ns},\"task\":\"y\",\"invocation\":\"b\",\"parent\":\"a\",\"trace\":\"loop\",\"duration_us\":1}}\n\
+         {{\"ts\":{now_ns},\"task\":\"z\",\"invocation\":\"c\",\"parent\":\"gone\",\"trace\":\"orphan\",\"duration_us\":1}}\n"
+    );
+    let response = api
+        .request(
+            "POST",
+            "/v1/logs",
+            "application/x-ndjson",
+            looped.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let report = response.json();
+    assert_eq!(report["cycles"], 2, "{report}");
+    assert_eq!(report["rootless"], 1, "{report}");
+    assert_eq!(report["missing_parents"], 1, "{report}");
+    assert_eq!(report["requests"], 1, "{report}");
 
     let pool = api.get("/v1/pool").unwrap().json();
     assert_eq!(pool["policy"], "chain");
