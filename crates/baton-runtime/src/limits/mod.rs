@@ -315,6 +315,23 @@ pub fn apply_to(
     Ok(guard)
 }
 
+/// A new worker group's name: this process's prefix and a number never used before.
+fn worker_group_name() -> String {
+    format!(
+        "{}{}",
+        own_prefix(),
+        NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Pins the worker to `cores` with `sched_setaffinity` (no cpuset to do it).
+fn pin_by_affinity(pre_exec: &mut PreExec, guard: &mut LimitGuard, cores: &[u32]) {
+    pre_exec.affinity = Some(cpu_set(cores));
+    guard
+        .how
+        .push_str(&format!(", affinity {}", core_list(cores)));
+}
+
 fn prepare(
     mechanism: &Mechanism,
     limits: &WorkerLimits<'_>,
@@ -334,11 +351,7 @@ fn prepare(
             cpuset,
             pids,
         } => {
-            let name = format!(
-                "{}{}",
-                own_prefix(),
-                NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
-            );
+            let name = worker_group_name();
             let group = create_group(memory, &name, &mut guard)?;
             write(
                 &group.join("memory.limit_in_bytes"),
@@ -384,12 +397,7 @@ fn prepare(
                             .how
                             .push_str(&format!(", cpuset {}", core_list(cores)));
                     }
-                    None => {
-                        pre_exec.affinity = Some(cpu_set(cores));
-                        guard
-                            .how
-                            .push_str(&format!(", affinity {}", core_list(cores)));
-                    }
+                    None => pin_by_affinity(&mut pre_exec, &mut guard, cores),
                 }
             }
         }
@@ -399,11 +407,7 @@ fn prepare(
             cpuset,
             pids,
         } => {
-            let name = format!(
-                "{}{}",
-                own_prefix(),
-                NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
-            );
+            let name = worker_group_name();
             let group = create_group(parent, &name, &mut guard)?;
             write(&group.join("memory.max"), &(memory_mib << 20).to_string())?;
             // No escape into swap (the file is absent without swap accounting).
@@ -432,10 +436,7 @@ fn prepare(
                         .how
                         .push_str(&format!(", cpuset {}", core_list(cores)));
                 } else {
-                    pre_exec.affinity = Some(cpu_set(cores));
-                    guard
-                        .how
-                        .push_str(&format!(", affinity {}", core_list(cores)));
+                    pin_by_affinity(&mut pre_exec, &mut guard, cores);
                 }
             }
             pre_exec.procs.push(open_procs(&group)?);
@@ -449,19 +450,13 @@ fn prepare(
                 memory_mib + 512
             );
             if !cores.is_empty() {
-                pre_exec.affinity = Some(cpu_set(cores));
-                guard
-                    .how
-                    .push_str(&format!(", affinity {}", core_list(cores)));
+                pin_by_affinity(&mut pre_exec, &mut guard, cores);
             }
         }
         Mechanism::None => {
             guard.how = "no limits (none available)".into();
             if !cores.is_empty() {
-                pre_exec.affinity = Some(cpu_set(cores));
-                guard
-                    .how
-                    .push_str(&format!(", affinity {}", core_list(cores)));
+                pin_by_affinity(&mut pre_exec, &mut guard, cores);
             }
         }
     }

@@ -50,7 +50,7 @@ fn learned_chains_start_warm_and_mispredictions_start_cold() {
     for i in 2..5 {
         let outcome = director
             .invoke("validate", format!("order-{i}").as_bytes())
-            .unwrap();
+            .unwrap_or_else(|e| panic!("request {i}: {e}; steps {:?}", e.steps()));
         let cold: Vec<(&str, bool)> = outcome
             .records
             .iter()
