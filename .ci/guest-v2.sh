@@ -12,6 +12,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || missing+=(linux-image-amd64)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} for the cgroup v2 guest"
   apt-get update -q >/dev/null
@@ -38,8 +39,8 @@ hostile=$(binary baton-cli hostile)
 [ -x "$runtime" ] && [ -x "$hostile" ] || { echo "no test binaries"; exit 1; }
 
 # The limits (memory OOM, pids, CPU quota, each worker's group removed with it, stale
-# groups reclaimed, forked workers' own groups), the jail and its system-call filter, and
-# a function that attacks its server. Tests whose deadlines assume a real CPU (a 300 ms
+# groups reclaimed, forked workers' own groups), the jail and its system-call filter, the
+# private shaped network, and a function that attacks its server. Tests whose deadlines assume a real CPU (a 300 ms
 # start, 200 forks in 2.5 s) stay on the host: Python starts about 40 times slower here.
 tests="process::memory_beyond_the_limit_fails_and_the_host_survives
 process::a_crashed_worker_is_reported_and_replaced
@@ -48,11 +49,13 @@ sandbox::a_worker_cannot_fork_past_its_process_limit
 sandbox::a_workers_cpu_quota_throttles_it_and_its_groups_go_with_it
 sandbox::a_start_removes_the_groups_a_killed_predecessor_left
 sandbox::every_escape_attempt_fails
+sandbox::a_reserved_bandwidth_is_a_shaped_private_network
 sandbox::workers_forked_from_a_template_are_jailed_limited_and_unique"
 log=$(mktemp)
 start=$(date +%s)
 echo "== cgroup v2 guest: $kernel"
-run="cd $PWD && export BATON_EXPECT_LIMITS=cgroup-v2"
+# The private network's interface needs the TUN device (a module in Debian's kernel).
+run="modprobe tun && cd $PWD && export BATON_EXPECT_LIMITS=cgroup-v2"
 run="$run && $runtime --exact $(echo $tests) --test-threads 2 --nocapture 2>&1"
 run="$run && $hostile a_function_that_closes_its_pipe_or_kills_its_template --nocapture 2>&1"
 "$venv/bin/vng" --run "$kernel" --disable-kvm --memory 2G --cpus 2 \

@@ -1,7 +1,8 @@
 //! What a function, or the host, cannot take from `baton serve` (a real process, since a
 //! signal's disposition is the process's): a worker that closes its end of a pipe or kills
-//! the template it was forked from breaks only itself, and a host with no working sandbox
-//! refuses process functions, in `serve` and in `up`, saying how to install one.
+//! the template it was forked from breaks only itself; a host with no working sandbox
+//! refuses process functions, in `serve` and in `up`, and one without a private network
+//! the functions that reserve bandwidth, each saying how to install what is missing.
 
 mod common;
 
@@ -15,12 +16,17 @@ fn examples() -> PathBuf {
 
 /// Deploys `examples/python/upper.py` as `name` on the server at `url`.
 fn deploy_upper(url: &str, dir: &Path, name: &str) -> std::process::Output {
+    deploy_upper_with(url, dir, name, "")
+}
+
+/// [`deploy_upper`] with `extra` manifest lines.
+fn deploy_upper_with(url: &str, dir: &Path, name: &str, extra: &str) -> std::process::Output {
     let manifest = dir.join(format!("{name}.toml"));
     let code = examples().join("python").display().to_string();
     std::fs::write(
         &manifest,
         format!(
-            "name = \"{name}\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", \"upper.py\"]\nworkdir = {code:?}\n"
+            "name = \"{name}\"\nkind = \"process\"\ncommand = [\"python3\", \"-u\", \"upper.py\"]\nworkdir = {code:?}\n{extra}\n"
         ),
     )
     .unwrap();
@@ -93,20 +99,21 @@ fn a_function_that_closes_its_pipe_or_kills_its_template_breaks_only_itself() {
     assert!(server.0.try_wait().unwrap().is_none());
 }
 
-/// The wrapper that runs baton where bubblewrap is gone (a private mount namespace with
-/// `/dev/null` bound over `bwrap`), or `None` when this host cannot make one (not root,
-/// or no `unshare`): the test then says so and checks what it can.
-fn without_bubblewrap() -> Option<Vec<String>> {
-    let bwrap = ["/usr/bin/bwrap", "/bin/bwrap"]
+/// The wrapper that runs baton where `program` is gone (a private mount namespace with
+/// `/dev/null` bound over it), or `None` when this host cannot make one (not root, no
+/// `unshare`, or no such program): the test then says so and checks what it can.
+fn hiding(program: &str) -> Option<Vec<String>> {
+    let path = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
         .into_iter()
+        .map(|dir| format!("{dir}/{program}"))
         .find(|p| Path::new(p).exists())?;
-    let script = format!("mount --bind /dev/null {bwrap} && exec \"$@\"");
+    let script = format!("mount --bind /dev/null {path} && exec \"$@\"");
     let wrapper: Vec<String> = ["unshare", "--mount", "sh", "-c", &script, "sh"]
         .map(str::to_owned)
         .to_vec();
     let probe = std::process::Command::new(&wrapper[0])
         .args(&wrapper[1..])
-        .args([bwrap, "--version"])
+        .args([path.as_str(), "--version"])
         .output()
         .ok()?;
     // /dev/null cannot be run.
@@ -115,7 +122,7 @@ fn without_bubblewrap() -> Option<Vec<String>> {
 
 #[test]
 fn a_host_without_a_working_sandbox_refuses_process_functions_in_serve_and_up() {
-    let Some(wrapper) = without_bubblewrap() else {
+    let Some(wrapper) = hiding("bwrap") else {
         eprintln!(
             "PATH TAKEN: this host cannot hide bubblewrap from a child (needs root and \
              unshare --mount); the refusal is not exercised here"
@@ -173,4 +180,35 @@ fn a_host_without_a_working_sandbox_refuses_process_functions_in_serve_and_up() 
         String::from_utf8_lossy(&up.stderr)
     );
     assert!(String::from_utf8_lossy(&up.stderr).contains("NONE, by request"));
+}
+
+#[test]
+fn a_host_without_a_private_network_refuses_functions_that_reserve_bandwidth() {
+    let Some(wrapper) = hiding("slirp4netns") else {
+        eprintln!(
+            "PATH TAKEN: this host cannot hide slirp4netns from a child (needs root, unshare \
+             --mount and slirp4netns); the refusal is not exercised here"
+        );
+        return;
+    };
+    eprintln!("PATH TAKEN: baton under a mount namespace whose slirp4netns is /dev/null");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url, log) = serve_under(&wrapper, &dir.path().join("data"));
+    assert!(log.contains("NO private network"), "{log}");
+    let out = deploy_upper_with(&url, dir.path(), "online", "net_mbps = 8");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "deployed without a private network: {out:?}"
+    );
+    assert!(
+        said.contains("503") && said.contains("apt-get install slirp4netns"),
+        "{said}"
+    );
+    // A function without network still runs there.
+    let out = deploy_upper(&url, dir.path(), "offline");
+    assert!(out.status.success(), "{out:?}");
+    let ran = ok(&["invoke", "offline", "--data", "fine", "--server", &url]);
+    assert!(ran.contains("FINE"), "{ran}");
 }

@@ -13,6 +13,7 @@ pub mod director;
 pub mod isolation;
 pub mod limits;
 pub mod manifest;
+pub mod netns;
 pub mod node;
 pub mod planner;
 pub mod pool;

@@ -1,8 +1,9 @@
 //! The jail every worker process runs in: bubblewrap (Debian's `bubblewrap`) builds the
 //! namespaces and the file system, `setpriv` (util-linux) drops to an unprivileged uid.
 //!
-//! A jailed worker gets its own PID, mount, IPC and UTS namespaces (and a network namespace
-//! with nothing in it unless its manifest reserves bandwidth); a root file system made of the
+//! A jailed worker gets its own PID, mount, IPC, UTS and network namespaces (the network
+//! empty, or, when its manifest reserves bandwidth, a private one with shaped egress and
+//! no way back to this host: [`crate::netns`]); a root file system made of the
 //! host's `/usr` and a few files of `/etc`, read-only; its own directory read-only at the
 //! same path; a private `/tmp` (tmpfs, charged to its memory group); a fresh `/proc` and a
 //! minimal `/dev`; no environment but what baton sets; user and group 65534 with no
@@ -65,6 +66,9 @@ pub enum Sandbox {
         bwrap: PathBuf,
         /// The `setpriv` binary.
         setpriv: PathBuf,
+        /// What a private network needs, or why it cannot be had here (a function that
+        /// reserves bandwidth is then refused).
+        network: Result<crate::netns::NetworkTools, String>,
     },
     /// No jail, chosen explicitly: workers run as the server's own user (printed loudly).
     Unjailed,
@@ -78,13 +82,25 @@ pub enum Sandbox {
 /// Why a worker could not be jailed. Its message names no host detail (what detection
 /// found is in `why`, for the operator's log and `baton doctor`), since it reaches clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "no working sandbox on this node (see `baton doctor`): process functions are refused; \
-     {INSTALL_HINT}"
-)]
-pub struct NoSandbox {
-    /// What detection found.
-    pub why: String,
+pub enum NoSandbox {
+    /// No working jail at all.
+    #[error(
+        "no working sandbox on this node (see `baton doctor`): process functions are \
+         refused; {INSTALL_HINT}"
+    )]
+    Missing {
+        /// What detection found.
+        why: String,
+    },
+    /// A jail, but no private network for a function that reserves bandwidth.
+    #[error(
+        "no private network on this node (see `baton doctor`): {}",
+        crate::netns::NETWORK_HINT
+    )]
+    NoNetwork {
+        /// What detection found.
+        why: String,
+    },
 }
 
 /// What detection found, for the report.
@@ -99,12 +115,28 @@ pub struct SandboxDetection {
 impl std::fmt::Display for SandboxDetection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.sandbox {
-            Sandbox::Bubblewrap { bwrap, .. } => writeln!(
-                f,
-                "sandbox: bubblewrap ({}): uid {SANDBOX_UID}, own PID/mount/IPC/UTS namespaces, \
-                 no network unless reserved, read-only root, private /tmp, seccomp filter",
-                bwrap.display()
-            )?,
+            Sandbox::Bubblewrap { bwrap, network, .. } => {
+                writeln!(
+                    f,
+                    "sandbox: bubblewrap ({}): uid {SANDBOX_UID}, own PID/mount/IPC/UTS/network \
+                     namespaces, read-only root, private /tmp, seccomp filter",
+                    bwrap.display()
+                )?;
+                match network {
+                    Ok(tools) => writeln!(
+                        f,
+                        "  reserved bandwidth: a private network through {}, egress shaped, \
+                         this host unreachable",
+                        tools.slirp4netns.display()
+                    )?,
+                    Err(why) => writeln!(
+                        f,
+                        "  NO private network ({why}): functions that reserve bandwidth are \
+                         refused; {}",
+                        crate::netns::NETWORK_HINT
+                    )?,
+                }
+            }
             Sandbox::Unjailed => writeln!(
                 f,
                 "sandbox: NONE, by request. WARNING: worker processes run unjailed as this \
@@ -125,7 +157,12 @@ impl std::fmt::Display for SandboxDetection {
 fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from(SANDBOX_PATH));
     std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/bin".into()])
+        .chain([
+            "/usr/bin".into(),
+            "/bin".into(),
+            "/usr/sbin".into(),
+            "/sbin".into(),
+        ])
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }
@@ -159,7 +196,12 @@ pub fn detect() -> SandboxDetection {
         notes.push("bwrap or setpriv not found".into());
         return missing(notes);
     };
-    let sandbox = Sandbox::Bubblewrap { bwrap, setpriv };
+    let network = crate::netns::find_tools(find_on_path);
+    let sandbox = Sandbox::Bubblewrap {
+        bwrap,
+        setpriv,
+        network,
+    };
     let Some(probe_program) = find_on_path("true") else {
         notes.push("no `true` program to probe the jail with".into());
         return missing(notes);
@@ -168,10 +210,10 @@ pub fn detect() -> SandboxDetection {
         program: &probe_program,
         args: &[],
         workdir: None,
-        network: false,
+        network: JailNetwork::None,
         tmp_bytes: 1 << 20,
     };
-    let Ok(mut probe) = sandbox.command(&jail) else {
+    let Ok((mut probe, _)) = sandbox.command(&jail) else {
         notes.push("the jail refused its own probe".into());
         return missing(notes);
     };
@@ -201,6 +243,22 @@ pub fn detect() -> SandboxDetection {
     }
 }
 
+/// The network a jail gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailNetwork {
+    /// None: a namespace with only loopback.
+    None,
+    /// A private namespace with egress through slirp4netns, shaped to this many Mbit/s,
+    /// this host unreachable ([`crate::netns`]).
+    Private {
+        /// The reserved egress.
+        mbps: u64,
+    },
+    /// The host's own network (a function that names auxiliary services on this host's
+    /// loopback; to be replaced by forwarding each service's port alone).
+    Host,
+}
+
 /// One program to jail.
 #[derive(Debug, Clone, Copy)]
 pub struct Jail<'a> {
@@ -210,8 +268,8 @@ pub struct Jail<'a> {
     pub args: &'a [String],
     /// The function's directory: bound read-only at the same path, and the working directory.
     pub workdir: Option<&'a Path>,
-    /// Whether it gets the host's network.
-    pub network: bool,
+    /// Its network.
+    pub network: JailNetwork,
     /// Size of its private `/tmp`.
     pub tmp_bytes: u64,
 }
@@ -255,7 +313,8 @@ fn make_parents(command: &mut Command, made: &mut Vec<PathBuf>, path: &Path) {
 
 /// The read end of a pipe holding `program` (the writer closed), at a descriptor of 10 or
 /// more, so that no descriptor a child is given a fixed number (its template socket's 3)
-/// replaces it. A pipe's buffer (64 KiB) holds the few hundred bytes of the filter.
+/// replaces it. A pipe's buffer (64 KiB) holds the few hundred bytes of the filter (or of
+/// a file's content for `--ro-bind-data`).
 fn filter_pipe(program: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
     let (reader, writer) = rustix::pipe::pipe()?;
     let written = rustix::io::write(&writer, program)?;
@@ -294,11 +353,17 @@ pub(crate) fn pass_fd(command: &mut Command, fd: std::os::fd::OwnedFd, target: O
 
 impl Sandbox {
     /// The command that runs `jail` inside the sandbox (or bare, when unjailed by
-    /// choice); refused when the jail is missing. Its environment is empty but for `PATH`,
-    /// `HOME=/tmp` and `LANG`; the caller adds the function's own variables.
-    pub fn command(&self, jail: &Jail<'_>) -> Result<Command, NoSandbox> {
+    /// choice), and, for a private network, what the caller completes once it started
+    /// (the program waits for it: [`crate::netns::PendingNetwork::establish`]); refused
+    /// when the jail is missing. Its environment is empty but for `PATH`, `HOME=/tmp` and
+    /// `LANG`; the caller adds the function's own variables.
+    pub fn command(
+        &self,
+        jail: &Jail<'_>,
+    ) -> Result<(Command, Option<crate::netns::PendingNetwork>), NoSandbox> {
+        let mut pending = None;
         let mut command = match self {
-            Sandbox::Missing { why } => return Err(NoSandbox { why: why.clone() }),
+            Sandbox::Missing { why } => return Err(NoSandbox::Missing { why: why.clone() }),
             Sandbox::Unjailed => {
                 let mut command = Command::new(jail.program);
                 command.args(jail.args);
@@ -309,12 +374,16 @@ impl Sandbox {
                 std::os::unix::process::CommandExt::process_group(&mut command, 0);
                 command
             }
-            Sandbox::Bubblewrap { bwrap, setpriv } => {
+            Sandbox::Bubblewrap {
+                bwrap,
+                setpriv,
+                network,
+            } => {
                 let mut command = Command::new(bwrap);
-                let filter = crate::seccomp::program().ok_or_else(|| NoSandbox {
+                let filter = crate::seccomp::program().ok_or_else(|| NoSandbox::Missing {
                     why: "no system-call filter for this architecture".into(),
                 })?;
-                let fd = filter_pipe(&filter).map_err(|e| NoSandbox {
+                let fd = filter_pipe(&filter).map_err(|e| NoSandbox::Missing {
                     why: format!("cannot hand the system-call filter to bubblewrap: {e}"),
                 })?;
                 use std::os::fd::AsRawFd;
@@ -330,8 +399,34 @@ impl Sandbox {
                     "--hostname",
                     "baton",
                 ]);
-                if !jail.network {
+                if jail.network != JailNetwork::Host {
                     command.arg("--unshare-net");
+                }
+                if let JailNetwork::Private { mbps } = jail.network {
+                    let tools = network
+                        .as_ref()
+                        .map_err(|why| NoSandbox::NoNetwork { why: why.clone() })?;
+                    let failed = |e: std::io::Error| NoSandbox::NoNetwork {
+                        why: format!("cannot make its pipes: {e}"),
+                    };
+                    let ((info, block), waiting) =
+                        crate::netns::pending(tools, mbps).map_err(failed)?;
+                    command
+                        .arg("--info-fd")
+                        .arg(info.as_raw_fd().to_string())
+                        .arg("--block-fd")
+                        .arg(block.as_raw_fd().to_string());
+                    pass_fd(&mut command, info, None);
+                    pass_fd(&mut command, block, None);
+                    // slirp4netns's DNS, not the host's resolver (often on its loopback).
+                    let resolv =
+                        filter_pipe(crate::netns::RESOLV_CONF.as_bytes()).map_err(failed)?;
+                    command
+                        .args(["--perms", "0644", "--ro-bind-data"])
+                        .arg(resolv.as_raw_fd().to_string())
+                        .arg("/etc/resolv.conf");
+                    pass_fd(&mut command, resolv, None);
+                    pending = Some(waiting);
                 }
                 let root = Path::new("/");
                 for entry in ROOT_ENTRIES {
@@ -352,10 +447,11 @@ impl Sandbox {
                 let mut made: Vec<PathBuf> = Vec::new();
                 let etc = Path::new("/etc");
                 make_parents(&mut command, &mut made, &etc.join("x"));
-                let network_entries = if jail.network {
-                    ETC_NETWORK_ENTRIES
-                } else {
-                    &[]
+                let network_entries = match jail.network {
+                    JailNetwork::None => &[],
+                    // resolv.conf comes with the private network's own DNS.
+                    JailNetwork::Private { .. } => &ETC_NETWORK_ENTRIES[1..],
+                    JailNetwork::Host => ETC_NETWORK_ENTRIES,
                 };
                 for entry in ETC_ENTRIES.iter().chain(network_entries) {
                     let path = etc.join(entry);
@@ -411,7 +507,7 @@ impl Sandbox {
             .env("PATH", SANDBOX_PATH)
             .env("HOME", "/tmp")
             .env("LANG", "C.UTF-8");
-        Ok(command)
+        Ok((command, pending))
     }
 
     /// Whether workers run jailed.

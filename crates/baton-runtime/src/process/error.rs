@@ -27,6 +27,15 @@ pub enum WorkerError {
         /// Why, and how to get one.
         refused: crate::sandbox::NoSandbox,
     },
+    /// Its private network could not be set up (the jail was killed before its program
+    /// ran).
+    #[error("function `{function}`: no private network: {message}")]
+    Network {
+        /// The function.
+        function: String,
+        /// What failed.
+        message: String,
+    },
     /// Limits could not be applied (the worker was killed).
     #[error("function `{function}`: cannot apply limits: {message}")]
     Limits {

@@ -28,7 +28,7 @@ pub use error::WorkerError;
 use output::{capture_stderr, Captured, InFlight};
 pub use output::{CapturedOutput, OUTPUT_CAP};
 pub use spawn::resolve_program;
-use spawn::{command_for, jailed_tree, kill_tree, launch, read_cpu_ns, zombie_status};
+use spawn::{command_for, jailed_tree, kill_tree, read_cpu_ns, zombie_status};
 pub use template::Template;
 
 type Frame = Result<(FrameKind, Vec<u8>), String>;
@@ -102,6 +102,9 @@ pub struct Worker {
     /// dropped: after its processes are killed and its groups removed.
     charge: Option<crate::pool::Charge>,
     since_peak_read: u32,
+    /// Its private network (a plain start that reserved bandwidth; a forked worker's is
+    /// its template's), ended after the worker.
+    network: Option<crate::netns::Network>,
 }
 
 /// Where a worker runs: the cores its reservation named (none: anywhere) and the GPU units
@@ -137,12 +140,8 @@ impl Worker {
         placement: &Placement,
     ) -> Result<Worker, WorkerError> {
         let started = Instant::now();
-        let (builder, program, limits) = command_for(spec, isolation, placement)?;
-        let mut child = launch(builder).map_err(|source| WorkerError::Spawn {
-            function: spec.name.clone(),
-            program,
-            source,
-        })?;
+        let (mut child, limits, network) =
+            command_for(spec, isolation, placement)?.start(&spec.name)?;
         let jailed = isolation.sandbox.is_jailed();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -154,7 +153,7 @@ impl Worker {
                 message: "no pipes to the worker".into(),
             });
         };
-        Worker::attach(Attach {
+        let mut worker = Worker::attach(Attach {
             spec,
             main_pid: child.id(),
             child: Some(child),
@@ -163,7 +162,9 @@ impl Worker {
             pipes: [stdin.into(), stdout.into(), stderr.into()],
             limits,
             started,
-        })
+        })?;
+        worker.network = network;
+        Ok(worker)
     }
 
     /// Reads the worker's stdout (frames) and stderr (captured) on threads of their own and
@@ -204,6 +205,7 @@ impl Worker {
             last_usage: ProcessUsage::default(),
             since_peak_read: u32::MAX,
             charge: None,
+            network: None,
         };
         let stderr = std::fs::File::from(stderr);
         std::thread::Builder::new()

@@ -6,7 +6,7 @@ use super::{Placement, WorkerError};
 use crate::isolation::Isolation;
 use crate::limits::{self, LimitGuard, WorkerLimits};
 use crate::manifest::{FunctionKind, FunctionSpec};
-use crate::sandbox::Jail;
+use crate::sandbox::{Jail, JailNetwork};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -60,13 +60,55 @@ pub(super) fn worker_limits<'a>(spec: &FunctionSpec, placement: &'a Placement) -
     }
 }
 
-/// The command that starts a worker of `spec` (jailed, its environment, piped stdio) with
-/// its limits arranged, the program's name for errors, and the limits' guard.
+/// A worker's start, prepared: the command (jailed, its environment, piped stdio, its
+/// limits arranged), the program's name for errors, the limits' guard, and the private
+/// network to give it once started.
+pub(super) struct Prepared {
+    pub(super) command: Command,
+    pub(super) program: String,
+    pub(super) limits: LimitGuard,
+    network: Option<crate::netns::PendingNetwork>,
+}
+
+impl Prepared {
+    /// Starts the prepared process (from the launcher) and, for a private network, gives
+    /// it its network before its program runs; a start whose network fails is killed.
+    pub(super) fn start(
+        self,
+        function: &str,
+    ) -> Result<(Child, LimitGuard, Option<crate::netns::Network>), WorkerError> {
+        let Prepared {
+            command,
+            program,
+            limits,
+            network,
+        } = self;
+        let mut child = launch(command).map_err(|source| WorkerError::Spawn {
+            function: function.to_owned(),
+            program,
+            source,
+        })?;
+        let network = match network.map(crate::netns::PendingNetwork::establish) {
+            None => None,
+            Some(Ok(network)) => Some(network),
+            Some(Err(message)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Network {
+                    function: function.to_owned(),
+                    message,
+                });
+            }
+        };
+        Ok((child, limits, network))
+    }
+}
+
 pub(super) fn command_for(
     spec: &FunctionSpec,
     isolation: &Isolation,
     placement: &Placement,
-) -> Result<(Command, String, LimitGuard), WorkerError> {
+) -> Result<Prepared, WorkerError> {
     let FunctionKind::Process { command } = &spec.kind else {
         return Err(WorkerError::NotProcess(spec.name.clone()));
     };
@@ -87,11 +129,20 @@ pub(super) fn command_for(
         program: &program,
         args: &command[1..],
         workdir: spec.workdir.as_deref(),
-        // Bandwidth reserved, or services to talk to: the host's network.
-        network: spec.limits.net_mbps > 0 || !spec.services.is_empty(),
+        // Services to talk to on this host's loopback: its network (to be narrowed to the
+        // services' ports); bandwidth reserved: a private network shaped to it.
+        network: if !spec.services.is_empty() {
+            JailNetwork::Host
+        } else if spec.limits.net_mbps > 0 {
+            JailNetwork::Private {
+                mbps: spec.limits.net_mbps,
+            }
+        } else {
+            JailNetwork::None
+        },
         tmp_bytes: spec.limits.memory_mib << 20,
     };
-    let mut builder =
+    let (mut builder, network) =
         isolation
             .sandbox
             .command(&jail)
@@ -116,7 +167,12 @@ pub(super) fn command_for(
         function: spec.name.clone(),
         message,
     })?;
-    Ok((builder, program.display().to_string(), limits))
+    Ok(Prepared {
+        command: builder,
+        program: program.display().to_string(),
+        limits,
+        network,
+    })
 }
 
 type Launch = (Command, mpsc::Sender<std::io::Result<Child>>);

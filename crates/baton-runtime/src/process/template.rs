@@ -23,7 +23,7 @@
 use super::error::WorkerError;
 use super::output::{capture_stderr, stderr_tail, Captured, InFlight};
 use super::spawn::{jailed_tree, kill_tree, worker_limits};
-use super::{launch, Attach, Placement, Worker};
+use super::{Attach, Placement, Worker};
 use crate::isolation::Isolation;
 use crate::limits::{self, LimitGuard};
 use crate::manifest::FunctionSpec;
@@ -48,6 +48,9 @@ pub struct Template {
     stderr: Arc<Mutex<Captured>>,
     limits: LimitGuard,
     ready_after: Duration,
+    /// The jail's private network (shared by every worker forked in it), ended after the
+    /// template.
+    _network: Option<crate::netns::Network>,
 }
 
 impl Template {
@@ -55,8 +58,8 @@ impl Template {
     /// loaded the module and says it is ready to fork.
     pub fn start(spec: &FunctionSpec, isolation: &Isolation) -> Result<Template, WorkerError> {
         let started = Instant::now();
-        let (mut command, program, limits) =
-            super::command_for(spec, isolation, &Placement::default())?;
+        let mut prepared = super::command_for(spec, isolation, &Placement::default())?;
+        let command = &mut prepared.command;
         let (ours, theirs) = UnixStream::pair().map_err(|source| WorkerError::Spawn {
             function: spec.name.clone(),
             program: "template socket".into(),
@@ -68,12 +71,8 @@ impl Template {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        crate::sandbox::pass_fd(&mut command, theirs, Some(3));
-        let mut child = launch(command).map_err(|source| WorkerError::Spawn {
-            function: spec.name.clone(),
-            program: program.clone(),
-            source,
-        })?;
+        crate::sandbox::pass_fd(command, theirs, Some(3));
+        let (mut child, limits, network) = prepared.start(&spec.name)?;
         let stderr = Arc::new(Mutex::new(Captured::default()));
         if let Some(pipe) = child.stderr.take() {
             let (kept, in_flight) = (Arc::clone(&stderr), InFlight::default());
@@ -93,6 +92,7 @@ impl Template {
             stderr,
             limits,
             ready_after: Duration::ZERO,
+            _network: network,
         };
         let timeout = Duration::from_millis(spec.timeout_ms.max(1));
         let mut ready = [0u8; 1];

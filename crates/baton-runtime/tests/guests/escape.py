@@ -7,6 +7,7 @@ random (a draw from `random`, which a forked worker must not share with its sibl
 spin:SECONDS (a busy loop that long by the wall clock; answers the CPU seconds it got)
 peek (ptrace and /proc/PID/mem on every other visible process)  newuser (a user namespace)
 thread (a thread started and joined: must work)
+connectto:HOST:PORT  send:HOST:PORT:SECONDS (zeros as fast as the network takes them)
 """
 import ctypes
 import errno
@@ -105,6 +106,20 @@ def handle(payload: bytes) -> bytes:
             while time.monotonic() - start < float(arg):
                 pass
             return b"%.3f" % (time.process_time() - cpu)
+        if verb == "connectto":
+            host, _, port = arg.rpartition(":")
+            with socket.create_connection((host, int(port)), timeout=2):
+                return b"ok connected"
+        if verb == "send":
+            host, port, seconds = arg.split(":")
+            block = bytes(65536)
+            sent = 0
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                end = time.monotonic() + float(seconds)
+                while time.monotonic() < end:
+                    conn.sendall(block)
+                    sent += len(block)
+            return b"sent %d" % sent
         if verb == "peek":
             return peek()
         if verb == "newuser":

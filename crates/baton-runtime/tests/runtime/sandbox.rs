@@ -77,12 +77,158 @@ fn every_escape_attempt_fails() {
     let port = listener.local_addr().unwrap().port();
     assert!(ask(&mut worker, &format!("connect:{port}")).starts_with("denied"));
     drop(worker);
+    // A function that reserves bandwidth gets a private network: this host, on its
+    // loopback or on any of its own addresses, is out of reach.
+    let Sandbox::Bubblewrap { network: Ok(_), .. } = &isolation.sandbox else {
+        eprintln!("path: NO private network tools here: a networked worker is refused");
+        let refused = Worker::spawn(&escape_spec("networked", &dir, "net_mbps = 1"), &isolation);
+        assert!(
+            matches!(refused, Err(WorkerError::NoSandbox { .. })),
+            "{refused:?}"
+        );
+        return;
+    };
     let mut networked =
         Worker::spawn(&escape_spec("networked", &dir, "net_mbps = 1"), &isolation).unwrap();
-    assert_eq!(
-        ask(&mut networked, &format!("connect:{port}")),
-        "ok connected",
-        "a function that reserves bandwidth has the network"
+    assert!(ask(&mut networked, &format!("connect:{port}")).starts_with("denied"));
+    let everywhere = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let open_port = everywhere.local_addr().unwrap().port();
+    for address in host_addresses() {
+        let said = ask(&mut networked, &format!("connectto:{address}:{open_port}"));
+        assert!(said.starts_with("denied"), "{address}: {said}");
+    }
+    // Its resolver is the private network's own (slirp4netns's), readable.
+    assert_eq!(ask(&mut networked, "read:/etc/resolv.conf"), "ok read");
+    eprintln!("path: private network, this host unreachable");
+}
+
+/// This host's IPv4 addresses (`ip -o -4 addr show`).
+fn host_addresses() -> Vec<String> {
+    let output = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let addresses: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| *w != "inet").skip(1);
+            Some(words.next()?.split('/').next()?.to_owned())
+        })
+        .collect();
+    assert!(!addresses.is_empty(), "{text}");
+    addresses
+}
+
+/// A test host: a network namespace of this test's own with a veth pair to this host
+/// (10.231.N.1 here, 10.231.N.2 there), removed when dropped.
+struct TestHost {
+    name: String,
+    address: String,
+}
+
+impl TestHost {
+    fn new() -> Option<TestHost> {
+        let n = std::process::id() % 250;
+        let name = format!("baton-t{}", std::process::id());
+        let (outside, inside) = (format!("bt{n}h"), format!("bt{n}n"));
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let made = ip(&["netns", "add", &name]);
+        let host = TestHost {
+            name: name.clone(),
+            address: format!("10.231.{n}.2"),
+        };
+        let ok =
+            made && ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ]) && ip(&["link", "set", &inside, "netns", &name])
+                && ip(&["addr", "add", &format!("10.231.{n}.1/30"), "dev", &outside])
+                && ip(&["link", "set", &outside, "up"])
+                && ip(&[
+                    "-n",
+                    &name,
+                    "addr",
+                    "add",
+                    &format!("{}/30", host.address),
+                    "dev",
+                    &inside,
+                ])
+                && ip(&["-n", &name, "link", "set", &inside, "up"])
+                && ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ok.then_some(host)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // The namespace takes its end of the pair with it, and the pair goes whole.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_reserved_bandwidth_is_a_shaped_private_network() {
+    let isolation = isolation();
+    let Sandbox::Bubblewrap { network: Ok(_), .. } = &isolation.sandbox else {
+        eprintln!("path: NO private network here (no jail or no slirp4netns): not measured");
+        return;
+    };
+    let Some(host) = TestHost::new() else {
+        eprintln!("path: cannot make a test host namespace here (not root?): not measured");
+        return;
+    };
+    // A sink on the test host counts what arrives from the first byte to the last.
+    let sink = "import socket, sys, time\n\
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(30); print('ready', flush=True)\n\
+        c, _ = s.accept(); n = 0; first = last = None\n\
+        while True:\n\
+        \x20   b = c.recv(65536)\n\
+        \x20   if not b: break\n\
+        \x20   now = time.monotonic(); first = first or now; last = now; n += len(b)\n\
+        print(n, last - first, flush=True)\n";
+    let mut receiver = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &host.name,
+            &python(),
+            "-c",
+            sink,
+            &host.address,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (_root, dir, _) = function_dir();
+    let mut worker = Worker::spawn(
+        &escape_spec("shaped", &dir, "net_mbps = 8\ntimeout_ms = 30000"),
+        &isolation,
+    )
+    .unwrap();
+    let sent = ask(&mut worker, &format!("send:{}:5001:4", host.address));
+    let counted = lines.next().unwrap().unwrap();
+    let _ = receiver.wait();
+    let mut words = counted.split_whitespace();
+    let bytes: f64 = words.next().unwrap().parse().unwrap();
+    let seconds: f64 = words.next().unwrap().parse().unwrap();
+    let mbps = bytes * 8.0 / seconds / 1e6;
+    eprintln!(
+        "path: private network, 8 Mbit/s reserved: {sent}; received {bytes} bytes in {seconds:.2} s = {mbps:.2} Mbit/s"
+    );
+    assert!(
+        (6.4..=9.6).contains(&mbps),
+        "{mbps:.2} Mbit/s for 8 reserved"
     );
 }
 

@@ -25,11 +25,16 @@ fn decode_base64(field: &str, value: Option<String>) -> Result<Option<Vec<u8>>, 
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("{field}: {e}")))
 }
 
-/// Why this node refuses process functions for want of a jail (fail closed), if it does.
-fn sandbox_missing(state: &AppState) -> Option<String> {
+/// Why this node refuses `spec`, a process function, for want of a jail or of the
+/// private network its reserved bandwidth needs (fail closed), if it does.
+fn sandbox_refusal(state: &AppState, spec: &FunctionSpec) -> Option<String> {
+    use baton_runtime::sandbox::{NoSandbox, Sandbox};
     match &state.detection.sandbox.sandbox {
-        baton_runtime::sandbox::Sandbox::Missing { why } => {
-            Some(baton_runtime::sandbox::NoSandbox { why: why.clone() }.to_string())
+        Sandbox::Missing { why } => Some(NoSandbox::Missing { why: why.clone() }.to_string()),
+        Sandbox::Bubblewrap {
+            network: Err(why), ..
+        } if spec.limits.net_mbps > 0 && spec.services.is_empty() => {
+            Some(NoSandbox::NoNetwork { why: why.clone() }.to_string())
         }
         _ => None,
     }
@@ -59,9 +64,9 @@ fn deploy_upload(
              --allow-process-functions); wasm functions are always accepted"
                 .to_owned(),
         )),
-        (FunctionKind::Process { .. }, _, _) if sandbox_missing(state).is_some() => Err((
+        (FunctionKind::Process { .. }, _, _) if sandbox_refusal(state, spec).is_some() => Err((
             StatusCode::SERVICE_UNAVAILABLE,
-            sandbox_missing(state).unwrap_or_default(),
+            sandbox_refusal(state, spec).unwrap_or_default(),
         )),
         (FunctionKind::Process { .. }, Some(_), _) => {
             bad("a module was uploaded for a process function; it uploads `code_base64`")

@@ -128,6 +128,7 @@ pub(super) fn outcome_body(
                 StepError::Process(
                     WorkerError::Saturated { .. }
                     | WorkerError::NoSandbox { .. }
+                    | WorkerError::Network { .. }
                     | WorkerError::NoMemory { .. },
                 ),
             ..
