@@ -25,23 +25,32 @@ if [ ! -x "$venv/bin/vng" ]; then
 fi
 
 kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
-# The test binaries CI has just built (package, test target).
+# The test binaries CI has just built: (package, test target), or (package, --lib).
 binary() {
-  cargo test -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null \
+  local target=(--test "$2") name="$2"
+  if [ "$2" = --lib ]; then target=(--lib); name="${1//-/_}"; fi
+  cargo test -p "$1" "${target[@]}" --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
-        print(m["executable"])' "$2"
+        print(m["executable"])' "$name"
 }
 runtime=$(binary baton-runtime runtime)
+runtime_lib=$(binary baton-runtime --lib)
 hostile=$(binary baton-cli hostile)
-[ -x "$runtime" ] && [ -x "$hostile" ] || { echo "no test binaries"; exit 1; }
+api=$(binary baton-server api)
+for b in "$runtime" "$runtime_lib" "$hostile" "$api"; do
+  [ -x "$b" ] || { echo "no test binary ($b)"; exit 1; }
+done
 
 # The limits (memory OOM, pids, CPU quota, each worker's group removed with it, stale
 # groups reclaimed, forked workers' own groups), the jail and its system-call filter, the
-# private shaped network, and a function that attacks its server. Tests whose deadlines assume a real CPU (a 300 ms
-# start, 200 forks in 2.5 s) stay on the host: Python starts about 40 times slower here.
+# private shaped network; a function that attacks its server and a host without the
+# sandbox or its network (hostile.rs); the upload and HTTP bounds (code::, browser::,
+# disk::, bounds:: but the queue test). Tests whose deadlines assume a real CPU (a 300 ms
+# start, 200 forks in 2.5 s, a queue held by a 1.5 s call) or that only compute
+# (decompressing 256 MiB) stay on the host: Python starts about 40 times slower here.
 tests="process::memory_beyond_the_limit_fails_and_the_host_survives
 process::a_crashed_worker_is_reported_and_replaced
 process::the_cost_of_a_move_into_groups_is_measured_and_leaves_nothing
@@ -51,18 +60,43 @@ sandbox::a_start_removes_the_groups_a_killed_predecessor_left
 sandbox::every_escape_attempt_fails
 sandbox::a_reserved_bandwidth_is_a_shaped_private_network
 sandbox::workers_forked_from_a_template_are_jailed_limited_and_unique"
+http="bounds::a_body_that_trickles_is_cut_off_and_its_connection_freed
+bounds::every_error_is_one_json_body_and_bounds_hold
+bounds::idle_connections_are_bounded_and_timed_out"
 log=$(mktemp)
 start=$(date +%s)
 echo "== cgroup v2 guest: $kernel"
 # The private network's interface needs the TUN device (a module in Debian's kernel).
 run="modprobe tun && cd $PWD && export BATON_EXPECT_LIMITS=cgroup-v2"
 run="$run && $runtime --exact $(echo $tests) --test-threads 2 --nocapture 2>&1"
-run="$run && $hostile a_function_that_closes_its_pipe_or_kills_its_template --nocapture 2>&1"
-"$venv/bin/vng" --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
-  --exec "$run; echo guest-exit=\$?" >"$log" 2>&1 || true
+run="$run && $runtime_lib code:: seccomp:: --skip an_archive_cannot_expand 2>&1"
+run="$run && $hostile --nocapture 2>&1"
+run="$run && $api browser:: disk:: $(echo $http) 2>&1"
+# A boot under emulation has been seen to stall (twice in about fifteen runs, QEMU idle,
+# before the command started). The console is followed: a guest that has not started its
+# script within 240 s is ended and booted again (three tries); a run whose tests fail is
+# not retried, and a whole run is bounded at 900 s.
+for try in 1 2 3; do
+  setsid timeout --signal=KILL 900 "$venv/bin/vng" --run "$kernel" --disable-kvm \
+    --memory 2G --cpus 2 --verbose --exec "$run; echo guest-exit=\$?" >"$log" 2>&1 &
+  guest=$!
+  started=no
+  for _ in $(seq 240); do
+    if grep -q "virtme-ng-init: starting script" "$log"; then started=yes; break; fi
+    kill -0 "$guest" 2>/dev/null || break
+    sleep 1
+  done
+  if [ "$started" = yes ]; then
+    wait "$guest" || true
+    break
+  fi
+  kill -KILL -- "-$guest" 2>/dev/null || true
+  wait "$guest" 2>/dev/null || true
+  echo "== the guest did not start its tests within 240 s (try $try): $(tail -n 2 "$log" | tr '\n' ' ')"
+done
 echo "== cgroup v2 guest took $(( $(date +%s) - start )) s"
 grep -E "^(test |limits: |path: |test result)" "$log" || true
-if ! grep -q "^guest-exit=0" "$log" || [ "$(grep -c "^test result: ok" "$log")" != 2 ]; then
+if ! grep -q "^guest-exit=0" "$log" || [ "$(grep -c "^test result: ok" "$log")" != 4 ]; then
   echo "== the cgroup v2 guest run failed; its whole output:"
   cat "$log"
   exit 1
