@@ -49,6 +49,7 @@ fn deploy_upload(
     code: Option<Vec<u8>>,
 ) -> Result<Vec<u8>, Refusal> {
     let bad = |message: &str| Err((StatusCode::BAD_REQUEST, message.to_owned()));
+    let refusal = sandbox_refusal(state, spec);
     match (&spec.kind, module, code) {
         (FunctionKind::Wasm { .. }, Some(module), None) => Ok(module),
         (FunctionKind::Wasm { .. }, _, Some(_)) => {
@@ -64,10 +65,9 @@ fn deploy_upload(
              --allow-process-functions); wasm functions are always accepted"
                 .to_owned(),
         )),
-        (FunctionKind::Process { .. }, _, _) if sandbox_refusal(state, spec).is_some() => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            sandbox_refusal(state, spec).unwrap_or_default(),
-        )),
+        (FunctionKind::Process { .. }, _, _) if refusal.is_some() => {
+            Err((StatusCode::SERVICE_UNAVAILABLE, refusal.unwrap_or_default()))
+        }
         (FunctionKind::Process { .. }, Some(_), _) => {
             bad("a module was uploaded for a process function; it uploads `code_base64`")
         }
