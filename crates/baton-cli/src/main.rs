@@ -5,6 +5,7 @@
 
 mod app;
 mod bench;
+mod cluster;
 mod commands;
 mod demo;
 mod load;
@@ -48,6 +49,9 @@ enum Command {
     Doctor(DoctorArgs),
     /// Run the server: the HTTP API over the runtime, state kept in --data-dir.
     Serve(server::ServeArgs),
+    /// Set up a cluster: its signing key and NATS users.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Deploy functions from their manifests, or an app (baton.toml), to a server.
     Deploy(server::DeployArgs),
     /// Create an app from a template: a function (python, wat or c) with its test.
@@ -209,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Invocations(args) => manage::invocations(args),
         Command::Logs(args) => server::logs(args),
         Command::Top(args) => server::top(args),
+        Command::Cluster(command) => cluster::cluster(command),
         Command::Demo(args) => demo::demo(args),
         Command::Doctor(args) => doctor(args),
         Command::Completions { shell } => {

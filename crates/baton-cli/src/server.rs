@@ -200,6 +200,21 @@ pub struct ServeArgs {
     /// The key of `--cluster-cert` (PEM).
     #[arg(long, env = "BATON_CLUSTER_KEY", requires = "cluster_cert")]
     cluster_key: Option<PathBuf>,
+    /// NATS credentials: a `.creds` file, or a file holding a user's nkey seed (`baton
+    /// cluster init` writes `node.nk`). A node refuses a NATS server that admits clients
+    /// without credentials.
+    #[arg(long, env = "BATON_CLUSTER_CREDS", requires = "cluster")]
+    cluster_creds: Option<PathBuf>,
+    /// The cluster's signing key (`baton cluster init` writes `cluster.key`; mode 600):
+    /// every registry entry, invocation record and message a node writes is signed with
+    /// it, and nothing read from NATS is believed without it.
+    #[arg(long, env = "BATON_CLUSTER_SIGNING_KEY", requires = "cluster")]
+    cluster_signing_key: Option<PathBuf>,
+    /// Join a NATS server that admits anonymous clients, and run without a signing key if
+    /// none is given: whoever reaches NATS then owns the cluster. A private test network
+    /// only.
+    #[arg(long, requires = "cluster")]
+    cluster_insecure: bool,
     /// Send every execution record as a span to this OTLP/HTTP collector
     /// (`http://HOST:4318`; protobuf to `/v1/traces`), on the invocations' trace ids.
     #[arg(long, env = "BATON_OTLP_ENDPOINT")]
@@ -279,6 +294,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             node: args.node_name.clone().unwrap_or_default(),
             ca: args.cluster_ca.clone(),
             client_cert: args.cluster_cert.clone().zip(args.cluster_key.clone()),
+            creds: args.cluster_creds.clone(),
+            signing_key: args.cluster_signing_key.clone(),
+            insecure: args.cluster_insecure,
         });
     }
     let server = RunningServer::start(config)

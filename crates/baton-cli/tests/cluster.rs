@@ -62,18 +62,63 @@ fn declare(client: &Client, name: &str, steps: &[&str]) -> baton_server::client:
         .unwrap()
 }
 
-/// Starts a node and waits for its "listening" line; returns it and its URL.
-fn node(name: &str, data: &Path, nats: &str) -> (Served, String) {
+/// Starts a node with the node role's credentials and the cluster's signing key from
+/// `keys` (as `baton cluster init` wrote them) and waits for its "listening" line; returns
+/// it and its URL.
+fn node(name: &str, data: &Path, nats: &str, keys: &Path) -> (Served, String) {
     let (served, url, log, _later) = start_listening(
         Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(serve_args(data))
             .args(["--cluster", nats, "--node-name", name])
+            .arg("--cluster-creds")
+            .arg(keys.join("node.nk"))
+            .arg("--cluster-signing-key")
+            .arg(keys.join("cluster.key"))
             .arg("--allow-process-functions")
             .env("RUST_LOG", "warn"),
         Some(name),
     );
     assert!(log.contains(&format!("as node {name}")), "{log}");
     (served, url)
+}
+
+/// Writes a cluster's keys into `dir/keys` with `baton cluster init` and returns that
+/// directory.
+fn cluster_init(dir: &Path) -> PathBuf {
+    let keys = dir.join("keys");
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["cluster", "init"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    keys
+}
+
+/// Starts nats-server with JetStream on a free loopback port, admitting only the users of
+/// `keys/nats-auth.conf` (`keys` in `dir`: nats-server reads an include beside its
+/// configuration); returns it and its port.
+fn nats_with_users(nats: &Path, dir: &Path, keys: &Path) -> (Served, u16) {
+    let config = dir.join("nats.conf");
+    let include = keys.strip_prefix(dir).unwrap().join("nats-auth.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:-1\"\njetstream {{ store_dir: {:?} }}\ninclude {:?}\n",
+            dir.join("jetstream").display().to_string(),
+            include.display().to_string(),
+        ),
+    )
+    .unwrap();
+    start_announcing(
+        Command::new(nats).arg("-c").arg(&config),
+        NATS_LISTENING,
+        "nats-server",
+    )
 }
 
 fn deploy(url: &str, manifest: &Path) {
@@ -109,9 +154,9 @@ fn counter(client: &Client, name: &str) -> u64 {
         .map_or(0, |value| value as u64)
 }
 
-/// Sends one request to the NATS server on loopback `port` (its text protocol) and
-/// returns the reply's payload.
-fn nats_request(port: u16, subject: &str) -> String {
+/// Sends one request to the NATS server on loopback `port` (its text protocol), as the
+/// user whose nkey seed is in `seed_file`, and returns the reply's payload.
+fn nats_request(port: u16, seed_file: &Path, subject: &str) -> String {
     use std::io::{BufRead, BufReader, Read, Write};
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -120,11 +165,22 @@ fn nats_request(port: u16, subject: &str) -> String {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("INFO"), "{line}");
+    let info: Value = serde_json::from_str(line.strip_prefix("INFO ").unwrap()).unwrap();
+    // The server's nonce, signed with the user's key, proves who connects.
+    let seed = std::fs::read_to_string(seed_file).unwrap();
+    let pair = nkeys::KeyPair::from_seed(seed.lines().last().unwrap()).unwrap();
+    let signature = {
+        use base64::Engine;
+        let signed = pair
+            .sign(info["nonce"].as_str().unwrap().as_bytes())
+            .unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signed)
+    };
+    let connect = json!({ "verbose": false, "nkey": pair.public_key(), "sig": signature });
     let mut writer = stream;
     write!(
         writer,
-        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test 0\r\n\r\n"
+        "CONNECT {connect}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test 0\r\n\r\n"
     )
     .unwrap();
     loop {
@@ -173,18 +229,24 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     };
     eprintln!("running against {}", nats.display());
     let dir = tempfile::tempdir().unwrap();
-    // Port -1: nats-server picks a free one and logs it.
-    let (_nats, port) = start_announcing(
-        Command::new(&nats)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.path().join("jetstream")),
-        NATS_LISTENING,
-        "nats-server",
-    );
+    let keys = cluster_init(dir.path());
+    let (_nats, port) = nats_with_users(&nats, dir.path(), &keys);
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let (_n1, url1) = node("n1", &dir.path().join("n1"), &nats_url);
-    let (mut n2, url2) = node("n2", &dir.path().join("n2"), &nats_url);
-    let (_n3, url3) = node("n3", &dir.path().join("n3"), &nats_url);
+    // The three nodes start at the same moment on a JetStream that has none of baton's
+    // buckets yet: they race to make them, and all come up.
+    let mut started: Vec<(Served, String)> = std::thread::scope(|scope| {
+        let starts: Vec<_> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|name| {
+                let (data, nats_url, keys) = (dir.path().join(name), &nats_url, &keys);
+                scope.spawn(move || node(name, &data, nats_url, keys))
+            })
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let (_n3, url3) = started.pop().unwrap();
+    let (mut n2, url2) = started.pop().unwrap();
+    let (_n1, url1) = started.pop().unwrap();
     let clients: Vec<Client> = [&url1, &url2, &url3]
         .iter()
         .map(|u| Client::new(u, None).unwrap())
@@ -386,9 +448,13 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     // first, so the stream hands it every message again, also those it had learned and
     // stored (as it does, later, with a batch stored but not acknowledged before a kill):
     // it must learn each exactly once.
-    let deleted = nats_request(port, "$JS.API.CONSUMER.DELETE.BATON_RECORDS.records-n2");
+    let deleted = nats_request(
+        port,
+        &keys.join("node.nk"),
+        "$JS.API.CONSUMER.DELETE.BATON_RECORDS.records-n2",
+    );
     assert!(deleted.contains("\"success\":true"), "{deleted}");
-    let (_n2, url2) = node("n2", &dir.path().join("n2"), &nats_url);
+    let (_n2, url2) = node("n2", &dir.path().join("n2"), &nats_url, &keys);
     let back = Client::new(&url2, None).unwrap();
     assert_eq!(back.get("/v1/functions/busy").unwrap().status, 200);
     // Caught up: the same edges, and (within 5 %) the same learned weight of `upper` and
@@ -525,11 +591,16 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
         "nats-server",
     );
     let nats_url = format!("nats://127.0.0.1:{port}");
+    // The server admits no one without a certificate of its CA: the certificate is the
+    // credential, so no NATS user is given; the signing key is still needed.
+    let keys = cluster_init(dir.path());
     let serve = |name: &str, tls: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
         command
             .args(serve_args(&dir.path().join(name)))
             .args(["--cluster", &nats_url, "--node-name", name])
+            .arg("--cluster-signing-key")
+            .arg(keys.join("cluster.key"))
             .args(tls)
             .env("RUST_LOG", "warn");
         command
@@ -586,5 +657,349 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
             "{name}: {}",
             stderr.trim_end().lines().last().unwrap_or_default()
         );
+    }
+}
+
+/// The nkey seed in a file `baton cluster init` wrote.
+fn seed(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines().last().unwrap().trim().to_owned()
+}
+
+/// Someone who holds the node role's NATS credentials but not the cluster's signing key (a
+/// leaked `node.nk`, a host that was not meant to be a node) writes straight into
+/// JetStream everything a node writes: a new function, another function's code, a bare
+/// delete, a signed entry moved under another name, a node advertisement, an answer in a
+/// real node's place, an invocation's result, a queued invocation, execution records and a
+/// forwarded call. Nothing of it is installed, forwarded to, served, run or learned, and
+/// each refusal is counted in `/metrics`. nats-server itself refuses an anonymous client,
+/// and the reader role writes nothing.
+#[test]
+fn a_nats_writer_without_the_signing_key_changes_nothing() {
+    use async_nats::jetstream;
+    use baton_server::cluster::trust::{ClusterKeys, Purpose, Trust};
+    let Some(nats) = nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = cluster_init(dir.path());
+    let (_nats, port) = nats_with_users(&nats, dir.path(), &keys);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let (_n1, url1) = node("n1", &dir.path().join("n1"), &nats_url, &keys);
+    let (_n2, url2) = node("n2", &dir.path().join("n2"), &nats_url, &keys);
+    let clients = [
+        Client::new(&url1, None).unwrap(),
+        Client::new(&url2, None).unwrap(),
+    ];
+    deploy(&url1, &fixtures().join("upper.toml"));
+    deploy(&url1, &fixtures().join("pyupper.toml"));
+    for client in &clients {
+        assert!(
+            eventually(Duration::from_secs(20), || ["upper", "pyupper"].iter().all(
+                |f| client.get(&format!("/v1/functions/{f}")).unwrap().status == 200
+            )),
+            "a node never installed the functions"
+        );
+    }
+    let upper_hash = clients[1].get("/v1/functions/upper").unwrap().json()["module_hash"].clone();
+    // A genuine asynchronous result.
+    let accepted = clients[0]
+        .request(
+            "POST",
+            "/v1/functions/upper/invoke?async=true",
+            "application/octet-stream",
+            b"genuine",
+        )
+        .unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let mut genuine = Value::Null;
+    assert!(eventually(Duration::from_secs(20), || {
+        genuine = clients[1]
+            .get(&format!("/v1/invocations/{id}"))
+            .unwrap()
+            .json();
+        genuine["state"] == "succeeded"
+    }));
+    assert_eq!(genuine["response"]["output"], "GENUINE", "{genuine}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let forwarded_to_impostors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let impostors = runtime.block_on(async {
+        // No credentials: nats-server refuses.
+        assert!(async_nats::connect(&nats_url).await.is_err());
+        // The reader role reads, and writes nothing.
+        let reader = async_nats::ConnectOptions::new()
+            .nkey(seed(&keys.join("reader.nk")))
+            .connect(&nats_url)
+            .await
+            .unwrap();
+        let mut reader = jetstream::new(reader);
+        reader.set_timeout(Duration::from_secs(2));
+        let stored = match reader
+            .publish("$KV.baton-functions.by-reader", "x".into())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!stored, "the reader role wrote into the registry");
+        assert!(
+            reader.get_key_value("baton-functions").await.is_ok(),
+            "the reader role cannot read the registry"
+        );
+
+        let client = async_nats::ConnectOptions::new()
+            .nkey(seed(&keys.join("node.nk")))
+            .connect(&nats_url)
+            .await
+            .unwrap();
+        let js = jetstream::new(client.clone());
+        let functions = js.get_key_value("baton-functions").await.unwrap();
+        let modules = js.get_object_store("baton-modules").await.unwrap();
+        let other_key = Trust::Signed(ClusterKeys::parse(&ClusterKeys::generate(), "k").unwrap());
+        // Its own code, in the object store under its true digest.
+        let code = std::fs::read(fixtures().join("busy.wat")).unwrap();
+        let hash = baton_core::ids::content_key(&code);
+        modules
+            .put(hash.as_str(), &mut std::io::Cursor::new(code))
+            .await
+            .unwrap();
+        // `upper`'s entry, with that code and a newer version: unsigned, then signed with
+        // another cluster's key; then under a new name; then upper's signed entry as is
+        // under another name.
+        let entry = functions.get("upper").await.unwrap().unwrap();
+        let body = &entry[entry.iter().position(|&b| b == b'\n').unwrap() + 1..];
+        let mut shared: Value = serde_json::from_slice(body).unwrap();
+        shared["module_hash"] = json!(hash);
+        shared["version"] = json!(u64::MAX / 2);
+        let forged = serde_json::to_vec(&shared).unwrap();
+        functions.put("upper", forged.clone().into()).await.unwrap();
+        let sealed = other_key.seal(Purpose::Function, "upper", &forged);
+        functions.put("upper", sealed.into()).await.unwrap();
+        shared["manifest"] = json!(shared["manifest"]
+            .as_str()
+            .unwrap()
+            .replace("name = \"upper\"", "name = \"evil\""));
+        let evil = serde_json::to_vec(&shared).unwrap();
+        functions
+            .put(
+                "evil",
+                other_key.seal(Purpose::Function, "evil", &evil).into(),
+            )
+            .await
+            .unwrap();
+        functions.put("evil2", entry.clone()).await.unwrap();
+        // A bare delete.
+        functions.delete("pyupper").await.unwrap();
+        // Posing as a warm node, and answering in node 1's place.
+        let nodes = js.get_key_value("baton-nodes").await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let advert = json!({ "warm": { "pyupper": 9 }, "told_ns": now }).to_string();
+        nodes.put("evil", advert.into()).await.unwrap();
+        let mut impostors = Vec::new();
+        for subject in ["baton.node.evil.invoke", "baton.node.n1.invoke"] {
+            let mut calls = client.subscribe(subject).await.unwrap();
+            let (client, count) = (client.clone(), forwarded_to_impostors.clone());
+            let counts = subject.contains("evil");
+            impostors.push(tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while let Some(call) = calls.next().await {
+                    if counts {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(reply) = call.reply {
+                        let answer = json!({ "status": 200, "body": { "output": "FORGED" } });
+                        let _ = client.publish(reply, answer.to_string().into()).await;
+                    }
+                }
+            }));
+        }
+        // A forged result of the genuine invocation.
+        let invocations = js.get_key_value("baton-invocations").await.unwrap();
+        let mut record = genuine.clone();
+        record["response"]["output"] = json!("FORGED");
+        record["state"] = json!("succeeded");
+        invocations
+            .put(id.as_str(), record.to_string().into())
+            .await
+            .unwrap();
+        // A queued invocation nobody accepted.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "forged-1");
+        headers.insert("Baton-Id", "forged-1");
+        headers.insert("Baton-Function", "upper");
+        let queued = json!({ "id": "forged-1", "function": "upper", "state": "queued",
+            "node": "n1", "runs": 0, "pure": true, "created_ns": now });
+        invocations
+            .put("forged-1", queued.to_string().into())
+            .await
+            .unwrap();
+        js.publish_with_headers("baton.invoke", headers, "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // Execution records of a made-up chain.
+        let record = |task: &str, parent: Option<&str>, ts_ns: u64| {
+            json!({ "ts_ns": ts_ns, "task": task, "invocation": format!("inv-{task}"),
+                "duration_us": 10, "parent": parent.map(|p| format!("inv-{p}")),
+                "trace": "forged" })
+            .to_string()
+        };
+        let lines = format!(
+            "{}\n{}\n",
+            record("evil-a", None, now),
+            record("evil-b", Some("evil-a"), now + 20_000)
+        );
+        js.publish("baton.records.ghost", lines.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // A forwarded call, unsigned: node 2 runs nothing and does not answer.
+        let call = client
+            .send_request(
+                "baton.node.n2.invoke",
+                async_nats::Request::new()
+                    .headers({
+                        let mut h = async_nats::HeaderMap::new();
+                        h.insert("Baton-Function", "upper");
+                        h
+                    })
+                    .payload("x".into())
+                    .timeout(Some(Duration::from_secs(2))),
+            )
+            .await;
+        assert!(call.is_err(), "node 2 answered an unsigned call");
+        impostors
+    });
+
+    // Node 1 warms pyupper; node 2 then hands its call to node 1 (the impostor answering
+    // first on node 1's subject is passed over), never to `evil`.
+    let invoke = |client: &Client| {
+        let response = client
+            .request(
+                "POST",
+                "/v1/functions/pyupper/invoke",
+                "application/octet-stream",
+                b"quiet",
+            )
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()
+    };
+    invoke(&clients[0]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let handed = invoke(&clients[1]);
+    assert_eq!(handed["output"], "QUIET", "{handed}");
+    assert_ne!(handed["node"], "evil", "{handed}");
+    assert_eq!(
+        forwarded_to_impostors.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a call was forwarded to the node an impostor advertised"
+    );
+
+    let rejected = |client: &Client, what: &str| {
+        counter(
+            client,
+            &format!("baton_cluster_rejected_total{{what=\"{what}\"}}"),
+        )
+    };
+    for (n, client) in clients.iter().enumerate() {
+        for f in ["evil", "evil2"] {
+            assert_eq!(
+                client.get(&format!("/v1/functions/{f}")).unwrap().status,
+                404,
+                "node {} installed `{f}`",
+                n + 1
+            );
+        }
+        assert_eq!(
+            client.get("/v1/functions/pyupper").unwrap().status,
+            200,
+            "node {} believed a bare delete",
+            n + 1
+        );
+        let upper = client.get("/v1/functions/upper").unwrap().json();
+        assert_eq!(upper["module_hash"], upper_hash, "node {}: {upper}", n + 1);
+        let invoked = client
+            .request(
+                "POST",
+                "/v1/functions/upper/invoke",
+                "application/octet-stream",
+                b"still",
+            )
+            .unwrap();
+        assert_eq!(invoked.json()["output"], "STILL", "{}", invoked.text());
+        let read = client.get(&format!("/v1/invocations/{id}")).unwrap().json();
+        assert_eq!(
+            read["response"]["output"],
+            "GENUINE",
+            "node {}: {read}",
+            n + 1
+        );
+        let listed = client.get("/v1/invocations?limit=100").unwrap().text();
+        assert!(!listed.contains("FORGED"), "{listed}");
+        assert_eq!(
+            client.get("/v1/invocations/forged-1").unwrap().status,
+            404,
+            "node {} serves a record nobody signed",
+            n + 1
+        );
+        let graph = client.get("/v1/graph").unwrap().text();
+        assert!(
+            !graph.contains("evil-a"),
+            "node {} learned forged records",
+            n + 1
+        );
+        // Four registry entries and the bare delete; the advertisement; the forged result
+        // (read here); the records batch.
+        assert!(rejected(client, "function") >= 5, "node {}", n + 1);
+        assert!(rejected(client, "node") >= 1, "node {}", n + 1);
+        assert!(rejected(client, "invocation") >= 1, "node {}", n + 1);
+        assert!(
+            eventually(Duration::from_secs(10), || rejected(client, "records") >= 1),
+            "node {}",
+            n + 1
+        );
+    }
+    assert!(rejected(&clients[1], "forward") >= 1);
+    assert!(
+        rejected(&clients[1], "answer") >= 1,
+        "the impostor's answer"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || clients
+            .iter()
+            .map(|c| rejected(c, "work"))
+            .sum::<u64>()
+            >= 1),
+        "the forged queued invocation was not refused"
+    );
+    let summary: Vec<String> = [
+        "function",
+        "node",
+        "invocation",
+        "work",
+        "records",
+        "forward",
+        "answer",
+    ]
+    .iter()
+    .map(|w| {
+        format!(
+            "{w} {}+{}",
+            rejected(&clients[0], w),
+            rejected(&clients[1], w)
+        )
+    })
+    .collect();
+    eprintln!("refused on node 1 + node 2: {}", summary.join(", "));
+    for impostor in impostors {
+        impostor.abort();
     }
 }

@@ -38,6 +38,12 @@ struct FunctionLabel {
     function: String,
 }
 
+/// What kind of entry the cluster refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: String,
+}
+
 /// A function and the warmth tier its step's instance came from.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TierLabel {
@@ -464,6 +470,19 @@ impl Collector for NodeCollector {
                     help,
                     value.load(Ordering::Relaxed),
                 )?;
+            }
+            let mut family = e.encode_descriptor(
+                "baton_cluster_rejected",
+                "Entries and messages read from NATS and refused: unsigned, signed by another key, or replayed",
+                None,
+                MetricType::Counter,
+            )?;
+            for purpose in crate::cluster::trust::Purpose::ALL {
+                let label = WhatLabel {
+                    what: purpose.as_str().to_owned(),
+                };
+                let value = c.rejected[purpose.index()].load(Ordering::Relaxed);
+                ConstCounter::new(value).encode(family.encode_family(&label)?)?;
             }
         }
         if let Some(otlp) = &self.otlp {

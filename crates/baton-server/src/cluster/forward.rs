@@ -8,6 +8,11 @@
 //!
 //! A node that is busy (all its forwarded-invocation slots taken), gone or slow to answer
 //! is not waited for: the invocation runs here, cold.
+//!
+//! Warm sets, forwarded calls and their answers are signed (`trust.rs`): a call binds a
+//! fresh nonce, its answer that nonce, so a client that may subscribe to a node's subject
+//! can neither run functions there nor answer in its place (a forged answer is passed
+//! over for the node's own).
 
 use super::*;
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +33,9 @@ pub const FORWARD_MIN: Duration = Duration::from_millis(2);
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct WarmSet {
     warm: BTreeMap<String, usize>,
+    /// When it was told (ns since the epoch).
+    #[serde(default)]
+    told_ns: u64,
 }
 
 /// What this node knows of the others' warm sets.
@@ -84,32 +92,71 @@ impl Cluster {
         caller: Option<TraceParent>,
         timeout: Duration,
     ) -> Forwarded {
+        let subject = format!("baton.node.{peer}.invoke");
+        let nonce = async_nats::Client::new_inbox(&self.context.client());
+        let traceparent = caller.map(|c| c.to_string()).unwrap_or_default();
         let mut headers = HeaderMap::new();
         headers.insert("Baton-Function", name);
-        if let Some(caller) = caller {
-            headers.insert("traceparent", caller.to_string().as_str());
+        headers.insert("Baton-Nonce", nonce.as_str());
+        if !traceparent.is_empty() {
+            headers.insert("traceparent", traceparent.as_str());
         }
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(payload.to_vec().into())
-            .timeout(Some(timeout));
-        let answer = self
-            .context
-            .client()
-            .send_request(format!("baton.node.{peer}.invoke"), request)
-            .await;
-        let message = match answer {
-            Ok(message) => message,
-            Err(error) if error.kind() == async_nats::RequestErrorKind::TimedOut => {
-                return Forwarded::Lost(format!(
-                    "handed to node {peer}, which did not answer within {} ms",
-                    timeout.as_millis()
-                ));
+        let signed = [
+            subject.as_bytes(),
+            name.as_bytes(),
+            traceparent.as_bytes(),
+            nonce.as_bytes(),
+            payload,
+        ];
+        if let Some(signature) = self.trust.sign(Purpose::Forward, &signed) {
+            headers.insert(SIGNATURE, signature.as_str());
+        }
+        let client = self.context.client();
+        let not_taken = |error: &dyn std::fmt::Display| {
+            // No connection: nothing ran there.
+            tracing::warn!("cluster: `{name}` not forwarded to {peer}: {error}");
+            Forwarded::NotTaken
+        };
+        let inbox = client.new_inbox();
+        let mut answers = match client.subscribe(inbox.clone()).await {
+            Ok(answers) => answers,
+            Err(error) => return not_taken(&error),
+        };
+        if let Err(error) = client
+            .publish_with_reply_and_headers(subject, inbox, headers, payload.to_vec().into())
+            .await
+        {
+            return not_taken(&error);
+        }
+        // The first answer that verifies; forged ones are counted and passed over.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let message = loop {
+            let message = match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return not_taken(&"the connection closed"),
+                Err(_) => {
+                    return Forwarded::Lost(format!(
+                        "handed to node {peer}, which did not answer within {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            };
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                // The node is gone: nothing ran there.
+                return not_taken(&"no responders");
             }
-            Err(error) => {
-                // No responder (the node is gone) or no connection: nothing ran there.
-                tracing::warn!("cluster: `{name}` not forwarded to {peer}: {error}");
-                return Forwarded::NotTaken;
+            let signature = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SIGNATURE))
+                .map(|v| v.as_str().to_owned());
+            match self.trust.check(
+                Purpose::Answer,
+                &[nonce.as_bytes(), &message.payload],
+                signature.as_deref(),
+            ) {
+                Ok(()) => break message,
+                Err(why) => self.reject(Purpose::Answer, peer, &why),
             }
         };
         let Some((status, reply)) = serde_json::from_slice::<Reply>(&message.payload)
@@ -141,6 +188,9 @@ pub(crate) enum Forwarded {
     Lost(String),
 }
 
+/// The header that carries a message's signature.
+pub(super) const SIGNATURE: &str = "Baton-Signature";
+
 /// Answers the invocations other nodes hand to this one, at most `workers` at once (past
 /// that it answers "busy" at once and the asker runs the invocation itself).
 pub(super) async fn serve_forwarded(
@@ -159,7 +209,6 @@ pub(super) async fn serve_forwarded(
         let Some(reply_to) = request.reply.clone() else {
             continue;
         };
-        let answer = |reply: Reply| serde_json::to_vec(&reply).unwrap_or_default();
         let header = |name: &str| {
             request
                 .headers
@@ -167,24 +216,67 @@ pub(super) async fn serve_forwarded(
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_owned())
         };
-        let (Some(state), Some(function)) = (state.upgrade(), header("Baton-Function")) else {
-            let refused = Reply {
+        let nonce = header("Baton-Nonce").unwrap_or_default();
+        let (function, traceparent) = (
+            header("Baton-Function").unwrap_or_default(),
+            header("traceparent").unwrap_or_default(),
+        );
+        let signed = [
+            subject.as_bytes(),
+            function.as_bytes(),
+            traceparent.as_bytes(),
+            nonce.as_bytes(),
+            &request.payload,
+        ];
+        if let Err(why) =
+            cluster
+                .trust
+                .check(Purpose::Forward, &signed, header(SIGNATURE).as_deref())
+        {
+            // Not from a node of this cluster: nothing runs, and no answer is owed.
+            cluster.reject(Purpose::Forward, &function, &why);
+            continue;
+        }
+        let answer = {
+            let (cluster, client, reply_to, nonce) = (
+                Arc::clone(&cluster),
+                client.clone(),
+                reply_to.clone(),
+                nonce.clone(),
+            );
+            move |reply: Reply| async move {
+                let body = serde_json::to_vec(&reply).unwrap_or_default();
+                let mut headers = HeaderMap::new();
+                if let Some(signature) = cluster
+                    .trust
+                    .sign(Purpose::Answer, &[nonce.as_bytes(), &body])
+                {
+                    headers.insert(SIGNATURE, signature.as_str());
+                }
+                let _ = client
+                    .publish_with_headers(reply_to, headers, body.into())
+                    .await;
+            }
+        };
+        let Some(state) = state.upgrade().filter(|_| !function.is_empty()) else {
+            answer(Reply {
                 status: 400,
                 body: serde_json::json!({ "error": "a forwarded invocation names no function" }),
-            };
-            let _ = client.publish(reply_to, answer(refused).into()).await;
+            })
+            .await;
             continue;
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            let busy = Reply {
+            answer(Reply {
                 status: 503,
                 body: serde_json::json!({ "error": "busy", "busy": true }),
-            };
-            let _ = client.publish(reply_to, answer(busy).into()).await;
+            })
+            .await;
             continue;
         };
-        let caller = header("traceparent").and_then(|t| TraceParent::parse(&t).ok());
-        let client = client.clone();
+        let caller = (!traceparent.is_empty())
+            .then(|| TraceParent::parse(&traceparent).ok())
+            .flatten();
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
             let _slot = slot;
@@ -207,7 +299,7 @@ pub(super) async fn serve_forwarded(
                 .counters
                 .served_for_others
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = client.publish(reply_to, answer(reply).into()).await;
+            answer(reply).await;
         });
     }
     Ok(())
@@ -233,9 +325,18 @@ pub(super) async fn tell_warm(
         drop(state);
         let fresh = told
             .as_ref()
-            .is_some_and(|(set, at)| *set == now && at.elapsed() < WARM_REPEAT);
+            .is_some_and(|(set, at)| set.warm == now.warm && at.elapsed() < WARM_REPEAT);
         if !fresh {
-            put_json(&cluster.nodes, &cluster.node, &now, "telling the warm set").await?;
+            now.told_ns = now_ns();
+            cluster
+                .put_json(
+                    &cluster.nodes,
+                    Purpose::Node,
+                    &cluster.node,
+                    &now,
+                    "telling the warm set",
+                )
+                .await?;
             told = Some((now, Instant::now()));
         }
     }
@@ -250,24 +351,32 @@ pub(super) async fn watch_peers(cluster: Arc<Cluster>) -> Result<(), ClusterErro
         .map_err(|e| js(format!("watching {NODES}"))(e.to_string()))?;
     while let Some(entry) = watch.next().await {
         let Ok(entry) = entry else { continue };
+        let told = match entry.operation {
+            kv::Operation::Put => {
+                let Some(set) = cluster.opened::<WarmSet>(Purpose::Node, &entry.key, &entry.value)
+                else {
+                    continue;
+                };
+                // Seen when it was told, not when it arrived: a dead node's last set,
+                // replayed to a node that joins later, is already stale; and a signed set
+                // put again later by someone else is as old as its own signed time says.
+                let now = now_ns() as i128;
+                let age = (now - entry.created.unix_timestamp_nanos())
+                    .max(now - set.told_ns as i128)
+                    .max(0);
+                let age = Duration::from_nanos(u64::try_from(age).unwrap_or(u64::MAX));
+                let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                Some((set.warm, seen))
+            }
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
         let Ok(mut peers) = cluster.peers.lock() else {
             continue;
         };
-        match entry.operation {
-            kv::Operation::Put => {
-                if let Ok(set) = serde_json::from_slice::<WarmSet>(&entry.value) {
-                    // Seen when it was told, not when it arrived: a dead node's last set,
-                    // replayed to a node that joins later, is already stale.
-                    let age = (now_ns() as i128 - entry.created.unix_timestamp_nanos()).max(0);
-                    let age = Duration::from_nanos(u64::try_from(age).unwrap_or(u64::MAX));
-                    let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                    peers.warm.insert(entry.key, (set.warm, seen));
-                }
-            }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                peers.warm.remove(&entry.key);
-            }
-        }
+        match told {
+            Some(told) => peers.warm.insert(entry.key, told),
+            None => peers.warm.remove(&entry.key),
+        };
     }
     Ok(())
 }

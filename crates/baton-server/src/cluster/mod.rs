@@ -22,6 +22,10 @@
 //!
 //! Synchronous invocations run on the node that receives them (every node holds every
 //! function), so a chain's hand-offs stay in-process.
+//!
+//! Who may write is NATS's to decide: a node refuses a server that admits clients without
+//! credentials (unless `--cluster-insecure`). What is believed is the cluster's signing
+//! key's (`trust.rs`): every entry and message is signed, and checked before it is used.
 
 use crate::{api, AppState};
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
@@ -42,6 +46,8 @@ mod forward;
 mod queue;
 mod records;
 mod registry;
+pub mod setup;
+pub mod trust;
 
 pub(crate) use forward::Forwarded;
 use forward::{serve_forwarded, tell_warm, watch_peers};
@@ -49,6 +55,7 @@ pub use forward::{FORWARD_MIN, NODES};
 use queue::run_queued;
 use records::{learn_records, publish_records};
 use registry::{watch_functions, watch_sequences};
+use trust::{ClusterKeys, Purpose, Trust};
 
 /// The functions' bucket.
 pub const FUNCTIONS: &str = "baton-functions";
@@ -85,6 +92,44 @@ pub const RECORDS_ACK_WAIT: Duration = Duration::from_secs(30);
 const RECORDS_BACKLOG: usize = 4096;
 /// Largest upload fetched from the object store.
 const MAX_UPLOAD: usize = 256 << 20;
+/// Revisions kept of each asynchronous invocation's record.
+const INVOCATION_HISTORY: i64 = 5;
+
+/// `options` with the NATS credentials in `path`: a `.creds` file (a user JWT and its
+/// seed) or a user's nkey seed alone. Neither the file's content nor the seed is shown.
+async fn with_credentials(
+    options: async_nats::ConnectOptions,
+    path: &std::path::Path,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let failed = |reason: String| ClusterError::Credentials {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| failed(e.to_string()))?;
+    if meta.len() > 64 << 10 {
+        return Err(failed("over 64 KiB: not a credentials file".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    if text.contains("-----BEGIN NATS USER JWT-----") {
+        return options
+            .credentials(&text)
+            .map_err(|_| failed("a .creds file whose JWT or seed cannot be read".into()));
+    }
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default();
+    match nkeys::KeyPair::from_seed(seed) {
+        Ok(pair) if matches!(pair.key_pair_type(), nkeys::KeyPairType::User) => {
+            Ok(options.nkey(seed.to_owned()))
+        }
+        _ => Err(failed(
+            "neither a .creds file nor a user nkey seed (`SU…`, as `baton cluster init` writes)"
+                .into(),
+        )),
+    }
+}
 
 /// How to join a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +142,15 @@ pub struct ClusterConfig {
     pub ca: Option<PathBuf>,
     /// A client certificate and its key (PEM), for servers that verify clients.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// NATS credentials: a `.creds` file (user JWT and seed) or a file holding a user's
+    /// nkey seed (`SU…`, as `baton cluster init` writes).
+    pub creds: Option<PathBuf>,
+    /// The cluster's signing keys (`baton cluster init` writes one); required unless
+    /// `insecure`.
+    pub signing_key: Option<PathBuf>,
+    /// Join a NATS server that admits anonymous clients, and without a signing key believe
+    /// whatever is read: a private test network only.
+    pub insecure: bool,
 }
 
 /// Why the cluster could not be joined or used.
@@ -124,6 +178,39 @@ pub enum ClusterError {
     /// The queue is at [`QUEUE_LIMIT`].
     #[error("the cluster's invocation queue is full ({QUEUE_LIMIT} waiting)")]
     QueueFull,
+    /// The NATS server lets anyone in.
+    #[error(
+        "NATS at {0} admits clients without credentials: whoever reaches it could read and \
+         change the cluster. Give it users (`baton cluster init DIR` writes keys and a \
+         nats-server configuration; scripts/cluster-up.sh uses them) and join with \
+         --cluster-creds, or pass --cluster-insecure on a private test network"
+    )]
+    Anonymous(String),
+    /// No signing key and not insecure.
+    #[error(
+        "a cluster node needs the cluster's signing key (--cluster-signing-key FILE; \
+         `baton cluster init DIR` writes one): without it, anyone who may write to NATS \
+         could install code on every node. --cluster-insecure runs without, on a private \
+         test network"
+    )]
+    NoSigningKey,
+    /// The signing key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] trust::TrustError),
+    /// The NATS user may not do what a node does.
+    #[error(
+        "NATS refused what a node must do ({0}): join with the node role's credentials \
+         (node.nk from `baton cluster init`), not a reader's"
+    )]
+    NotANode(String),
+    /// The credentials file cannot be used.
+    #[error("--cluster-creds {path}: {reason}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ClusterError {
@@ -183,18 +270,29 @@ fn valid_node(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// A function as the registry holds it.
+/// A function as the registry holds it; a removal is an entry too (`removed`), signed
+/// like any other, so a bare delete written by someone without the key changes nothing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct SharedFunction {
     manifest: String,
     module_hash: String,
     node: String,
+    /// When it was deployed (ns since the epoch, made to grow on each node): an entry
+    /// older than the one a node applied is a replay and is refused.
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    removed: bool,
 }
 
 /// A sequence as the registry holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SharedSequence {
     steps: Vec<String>,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    removed: bool,
 }
 
 /// An asynchronous invocation's record, what `GET /v1/invocations/{id}` answers on any
@@ -259,6 +357,9 @@ pub struct ClusterCounters {
     pub forwarded: AtomicU64,
     /// Synchronous invocations other nodes handed to this one.
     pub served_for_others: AtomicU64,
+    /// Entries and messages refused (no or a wrong signature, or a replay), by
+    /// [`Purpose`].
+    pub rejected: [AtomicU64; Purpose::ALL.len()],
 }
 
 /// This node's membership.
@@ -272,6 +373,14 @@ pub(crate) struct Cluster {
     modules: object_store::ObjectStore,
     nodes: kv::Store,
     peers: std::sync::Mutex<forward::Peers>,
+    /// Signs what this node writes and checks what it reads.
+    trust: Trust,
+    /// The registry version applied per entry (functions and sequences): older ones are
+    /// replays.
+    applied: std::sync::Mutex<std::collections::HashMap<(Purpose, String), u64>>,
+    /// The last version this node gave an entry (versions grow even if the clock does
+    /// not).
+    last_version: AtomicU64,
     records_out: tokio::sync::mpsc::Sender<Vec<ExecutionRecord>>,
     records_in: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Vec<ExecutionRecord>>>>,
     pub(crate) counters: ClusterCounters,
@@ -293,28 +402,102 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Puts `value` as JSON under `key`.
-async fn put_json(
-    bucket: &kv::Store,
-    key: &str,
-    value: &impl Serialize,
-    what: &str,
-) -> Result<(), ClusterError> {
-    let bytes =
-        serde_json::to_vec(value).map_err(|e| js(format!("{what} {key}"))(e.to_string()))?;
-    bucket
-        .put(key, bytes.into())
-        .await
-        .map(|_| ())
-        .map_err(|e| js(format!("{what} {key}"))(e.to_string()))
-}
+impl Cluster {
+    /// `value` as JSON, sealed for `purpose` under `key`.
+    fn sealed(
+        &self,
+        purpose: Purpose,
+        key: &str,
+        value: &impl Serialize,
+        what: &str,
+    ) -> Result<Vec<u8>, ClusterError> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| js(format!("{what} {key}"))(e.to_string()))?;
+        Ok(self.trust.seal(purpose, key, &bytes))
+    }
 
-/// Deletes `key` (watchers see a delete).
-async fn remove_key(bucket: &kv::Store, key: &str, what: &str) -> Result<(), ClusterError> {
-    bucket
-        .delete(key)
-        .await
-        .map_err(|e| js(format!("{what} {key}"))(e.to_string()))
+    /// Puts `value` as JSON under `key`, sealed for `purpose`.
+    async fn put_json(
+        &self,
+        bucket: &kv::Store,
+        purpose: Purpose,
+        key: &str,
+        value: &impl Serialize,
+        what: &str,
+    ) -> Result<u64, ClusterError> {
+        let bytes = self.sealed(purpose, key, value, what)?;
+        bucket
+            .put(key, bytes.into())
+            .await
+            .map_err(|e| js(format!("{what} {key}"))(e.to_string()))
+    }
+
+    /// The JSON body of a key-value entry once its seal verifies; a refusal is counted
+    /// and logged, a body that does not parse is logged.
+    fn opened<T: serde::de::DeserializeOwned>(
+        &self,
+        purpose: Purpose,
+        key: &str,
+        value: &[u8],
+    ) -> Option<T> {
+        let body = match self.trust.open(purpose, key, value) {
+            Ok(body) => body,
+            Err(why) => {
+                self.reject(purpose, key, &why);
+                return None;
+            }
+        };
+        match serde_json::from_slice(body) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::warn!("cluster: {purpose} `{key}`: {error}");
+                None
+            }
+        }
+    }
+
+    /// Counts and logs something this node refused to believe.
+    fn reject(&self, purpose: Purpose, key: &str, why: &dyn std::fmt::Display) {
+        self.counters.rejected[purpose.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("cluster: refused {purpose} `{}`: {why}", key.escape_debug());
+    }
+
+    /// A version for an entry this node writes: now, or one past the last it gave.
+    fn next_version(&self) -> u64 {
+        let now = now_ns();
+        let mut last = self.last_version.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.last_version.compare_exchange(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Whether registry `version` of `key` is new here (and then it is applied): an older
+    /// one is a replay, refused and counted; the same one is not new.
+    fn apply_version(&self, purpose: Purpose, key: &str, version: u64) -> bool {
+        let Ok(mut applied) = self.applied.lock() else {
+            return false;
+        };
+        let known = applied.entry((purpose, key.to_owned())).or_insert(0);
+        if version < *known {
+            drop(applied);
+            self.reject(purpose, key, &"older than the version applied (a replay)");
+            return false;
+        }
+        if version == *known && version != 0 {
+            return false;
+        }
+        *known = version;
+        true
+    }
 }
 
 /// A key-value bucket: its stream made here, as JetStream's key-value convention (ADR-8)
@@ -323,6 +506,7 @@ async fn remove_key(bucket: &kv::Store, key: &str, what: &str) -> Result<(), Clu
 async fn bucket(
     context: &jetstream::Context,
     config: kv::Config,
+    refused: &Refusals,
 ) -> Result<kv::Store, ClusterError> {
     let name = config.bucket.clone();
     ensure_stream(
@@ -346,6 +530,7 @@ async fn bucket(
             discard: stream::DiscardPolicy::New,
             ..Default::default()
         },
+        refused,
     )
     .await?;
     context
@@ -354,16 +539,129 @@ async fn bucket(
         .map_err(|e| js(format!("bucket {name}"))(e.to_string()))
 }
 
-/// The stream `config` names, made unless it is there (the first node makes it).
+/// How many times a node tries to make or find a stream that nodes starting together
+/// race to create.
+const CREATE_TRIES: u32 = 8;
+
+/// The stream `config` names, made unless it is there. Nodes started together race to
+/// make it: the loser's create fails (JetStream answers "subjects overlap" or "already in
+/// use"), so a failed create is followed by a lookup, and both are tried again after a
+/// pause that grows, before the error is given.
 async fn ensure_stream(
     context: &jetstream::Context,
     config: stream::Config,
+    refused: &Refusals,
 ) -> Result<stream::Stream, ClusterError> {
     let name = config.name.clone();
-    context
-        .get_or_create_stream(config)
-        .await
-        .map_err(|e| js(format!("stream {name}"))(e.to_string()))
+    let mut last = String::new();
+    for attempt in 0..CREATE_TRIES {
+        match context.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = error.to_string(),
+        }
+        refused.check()?;
+        if let Ok(stream) = context.get_stream(&name).await {
+            return Ok(stream);
+        }
+        refused.check()?;
+        tokio::time::sleep(Duration::from_millis(25 << attempt.min(5))).await;
+    }
+    Err(js(format!("stream {name}"))(last))
+}
+
+/// The permission violations NATS reported on this node's connection (the server says
+/// so on the connection, and a refused JetStream call only times out).
+#[derive(Debug, Clone, Default)]
+struct Refusals(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Refusals {
+    /// Connect options that note violations (and log every connection event, as the
+    /// client's default does).
+    fn watch(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let seen = self.clone();
+        options.event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) =
+                    &event
+                {
+                    if message.contains("Permissions Violation") {
+                        if let Ok(mut slot) = seen.0.lock() {
+                            *slot = Some(message.clone());
+                        }
+                    }
+                }
+                tracing::info!("cluster: NATS: {event}");
+            }
+        })
+    }
+
+    /// `Err` once NATS refused something.
+    fn check(&self) -> Result<(), ClusterError> {
+        match self.0.lock().ok().and_then(|slot| slot.clone()) {
+            Some(message) => Err(ClusterError::NotANode(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The object store `config` names, made unless it is there (raced as [`ensure_stream`]).
+async fn ensure_object_store(
+    context: &jetstream::Context,
+    config: object_store::Config,
+    refused: &Refusals,
+) -> Result<object_store::ObjectStore, ClusterError> {
+    let name = config.bucket.clone();
+    let mut last = String::new();
+    for attempt in 0..CREATE_TRIES {
+        if let Ok(store) = context.get_object_store(&name).await {
+            return Ok(store);
+        }
+        refused.check()?;
+        match context.create_object_store(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(error) => last = error.to_string(),
+        }
+        refused.check()?;
+        tokio::time::sleep(Duration::from_millis(25 << attempt.min(5))).await;
+    }
+    Err(js(format!("object store {name}"))(last))
+}
+
+/// `addrs` without any user or password they carry.
+fn anonymous(addrs: &[async_nats::ServerAddr]) -> Vec<async_nats::ServerAddr> {
+    addrs
+        .iter()
+        .filter_map(|addr| {
+            let mut url = addr.clone().into_inner();
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            async_nats::ServerAddr::from_url(url).ok()
+        })
+        .collect()
+}
+
+/// Whether the servers let in a client with no credentials and no client certificate.
+async fn admits_anonymous(addrs: &[async_nats::ServerAddr], ca: Option<&PathBuf>) -> bool {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("baton anonymous-access check")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(ca) = ca {
+        options = options.require_tls(true).add_root_certificates(ca.clone());
+    }
+    // The client logs the refusal as an error: here it is the answer hoped for, so the
+    // check runs with no subscriber.
+    use tracing::instrument::WithSubscriber;
+    let probe = options
+        .connect(anonymous(addrs))
+        .with_subscriber(tracing::subscriber::NoSubscriber::default());
+    match probe.await {
+        Ok(client) => {
+            let _ = client.drain().await;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 impl Cluster {
@@ -372,6 +670,11 @@ impl Cluster {
         if !valid_node(&config.node) {
             return Err(ClusterError::NodeName(config.node.clone()));
         }
+        let trust = match (&config.signing_key, config.insecure) {
+            (Some(path), _) => Trust::Signed(ClusterKeys::load(path)?),
+            (None, true) => Trust::Unsigned,
+            (None, false) => return Err(ClusterError::NoSigningKey),
+        };
         // Shown in messages and logs without any password a URL carries.
         let servers = config
             .servers
@@ -418,7 +721,16 @@ impl Cluster {
                 .require_tls(true)
                 .add_client_certificate(cert.clone(), key.clone());
         }
-        let client = options
+        if let Some(path) = &config.creds {
+            options = with_credentials(options, path).await?;
+        }
+        // Credentials keep no one out of a server that also lets anyone in.
+        if !config.insecure && admits_anonymous(&addrs, config.ca.as_ref()).await {
+            return Err(ClusterError::Anonymous(servers));
+        }
+        let refused = Refusals::default();
+        let client = refused
+            .watch(options)
             .connect(addrs)
             .await
             .map_err(|e| connect(e.to_string()))?;
@@ -432,6 +744,7 @@ impl Cluster {
                 storage: stream::StorageType::File,
                 ..Default::default()
             },
+            &refused,
         )
         .await?;
         let sequences = bucket(
@@ -443,19 +756,23 @@ impl Cluster {
                 storage: stream::StorageType::File,
                 ..Default::default()
             },
+            &refused,
         )
         .await?;
         let invocations = bucket(
             &context,
             kv::Config {
                 bucket: INVOCATIONS.into(),
-                history: 1,
+                // Earlier revisions stay readable: a forged latest one is passed over for
+                // the last that verifies.
+                history: INVOCATION_HISTORY,
                 max_value_size: 32 << 20,
                 max_age: Duration::from_secs(24 * 3600),
                 max_bytes: 1 << 30,
                 storage: stream::StorageType::File,
                 ..Default::default()
             },
+            &refused,
         )
         .await?;
         let nodes = bucket(
@@ -468,23 +785,20 @@ impl Cluster {
                 storage: stream::StorageType::Memory,
                 ..Default::default()
             },
+            &refused,
         )
         .await?;
-        let modules = match context
-            .create_object_store(object_store::Config {
+        let modules = ensure_object_store(
+            &context,
+            object_store::Config {
                 bucket: MODULES.into(),
                 max_bytes: 4 << 30,
                 storage: stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-        {
-            Ok(store) => store,
-            Err(created) => context
-                .get_object_store(MODULES)
-                .await
-                .map_err(|e| js(format!("object store {MODULES}"))(format!("{created}; {e}")))?,
-        };
+            },
+            &refused,
+        )
+        .await?;
         ensure_stream(
             &context,
             stream::Config {
@@ -496,6 +810,7 @@ impl Cluster {
                 storage: stream::StorageType::File,
                 ..Default::default()
             },
+            &refused,
         )
         .await?;
         ensure_stream(
@@ -511,6 +826,7 @@ impl Cluster {
                 storage: stream::StorageType::File,
                 ..Default::default()
             },
+            &refused,
         )
         .await?;
         let (records_out, records_in) = tokio::sync::mpsc::channel(RECORDS_BACKLOG);
@@ -524,6 +840,9 @@ impl Cluster {
             modules,
             nodes,
             peers: std::sync::Mutex::new(forward::Peers::default()),
+            trust,
+            applied: std::sync::Mutex::new(std::collections::HashMap::new()),
+            last_version: AtomicU64::new(0),
             records_out,
             records_in: std::sync::Mutex::new(Some(records_in)),
             counters: ClusterCounters::default(),
@@ -563,23 +882,58 @@ impl Cluster {
             manifest: manifest.to_owned(),
             module_hash: hash.to_owned(),
             node: self.node.clone(),
+            version: self.next_version(),
+            removed: false,
         };
-        put_json(&self.functions, name, &shared, "sharing function").await
+        self.put_function(name, shared).await
+    }
+
+    /// Puts a function's registry entry, signed, and counts its version as applied here.
+    async fn put_function(&self, name: &str, shared: SharedFunction) -> Result<(), ClusterError> {
+        let version = shared.version;
+        self.put_json(
+            &self.functions,
+            Purpose::Function,
+            name,
+            &shared,
+            "sharing function",
+        )
+        .await?;
+        self.apply_version(Purpose::Function, name, version);
+        Ok(())
+    }
+
+    /// Function `name`'s registry entry, if it verifies (`None` when there is none or it
+    /// does not verify, which is counted).
+    async fn shared_function(&self, name: &str) -> Result<Option<SharedFunction>, ClusterError> {
+        let entry = self
+            .functions
+            .get(name)
+            .await
+            .map_err(|e| js(format!("reading function `{name}`"))(e.to_string()))?;
+        Ok(entry.and_then(|bytes| self.opened(Purpose::Function, name, &bytes)))
     }
 
     /// Whether the registry holds function `name` (deployed through any node, perhaps not
     /// yet installed on this one).
     pub(crate) async fn has_function(&self, name: &str) -> Result<bool, ClusterError> {
-        self.functions
-            .get(name)
-            .await
-            .map(|entry| entry.is_some())
-            .map_err(|e| js(format!("reading function `{name}`"))(e.to_string()))
+        Ok(self
+            .shared_function(name)
+            .await?
+            .is_some_and(|shared| !shared.removed))
     }
 
-    /// Removes a function from the registry (every node undeploys it).
+    /// Removes a function from the registry (every node undeploys it): a signed removal
+    /// entry, not a bare delete, which a node would not believe.
     pub(crate) async fn forget_function(&self, name: &str) -> Result<(), ClusterError> {
-        remove_key(&self.functions, name, "removing function").await
+        let removed = SharedFunction {
+            manifest: String::new(),
+            module_hash: String::new(),
+            node: self.node.clone(),
+            version: self.next_version(),
+            removed: true,
+        };
+        self.put_function(name, removed).await
     }
 
     /// Shares a sequence.
@@ -590,13 +944,35 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let shared = SharedSequence {
             steps: steps.to_vec(),
+            version: self.next_version(),
+            removed: false,
         };
-        put_json(&self.sequences, name, &shared, "sharing sequence").await
+        self.put_sequence(name, shared).await
     }
 
-    /// Removes a sequence from the registry.
+    /// Puts a sequence's registry entry, signed, and counts its version as applied here.
+    async fn put_sequence(&self, name: &str, shared: SharedSequence) -> Result<(), ClusterError> {
+        let version = shared.version;
+        self.put_json(
+            &self.sequences,
+            Purpose::Sequence,
+            name,
+            &shared,
+            "sharing sequence",
+        )
+        .await?;
+        self.apply_version(Purpose::Sequence, name, version);
+        Ok(())
+    }
+
+    /// Removes a sequence from the registry (a signed removal entry).
     pub(crate) async fn forget_sequence(&self, name: &str) -> Result<(), ClusterError> {
-        remove_key(&self.sequences, name, "removing sequence").await
+        let removed = SharedSequence {
+            steps: Vec::new(),
+            version: self.next_version(),
+            removed: true,
+        };
+        self.put_sequence(name, removed).await
     }
 
     /// Starts this node's part: the record publisher and consumer, the registry watchers,

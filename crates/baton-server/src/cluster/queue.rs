@@ -1,6 +1,8 @@
 //! Asynchronous invocations in a cluster: recorded and queued before the 202, claimed by
 //! compare-and-set, kept alive while they run, and acknowledged only after the outcome is
-//! recorded.
+//! recorded. Records and queued messages are signed: a queued message that does not
+//! verify is dropped unrun, and a record that does not verify is passed over for the
+//! last earlier revision that does (the bucket keeps [`INVOCATION_HISTORY`]).
 
 use super::*;
 
@@ -27,11 +29,24 @@ impl Cluster {
             pure,
             created_ns: now_ns(),
         };
-        put_json(&self.invocations, id, &record, "recording invocation").await?;
+        self.put_json(
+            &self.invocations,
+            Purpose::Invocation,
+            id,
+            &record,
+            "recording invocation",
+        )
+        .await?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         headers.insert("Baton-Id", id);
         headers.insert("Baton-Function", function);
+        if let Some(signature) = self.trust.sign(
+            Purpose::Work,
+            &[id.as_bytes(), function.as_bytes(), payload],
+        ) {
+            headers.insert(forward::SIGNATURE, signature.as_str());
+        }
         let published = self
             .context
             .publish_with_headers("baton.invoke", headers, payload.to_vec().into())
@@ -47,7 +62,15 @@ impl Cluster {
                 error: Some(format!("not queued: {reason}")),
                 ..record
             };
-            let _ = put_json(&self.invocations, id, &failed, "recording invocation").await;
+            let _ = self
+                .put_json(
+                    &self.invocations,
+                    Purpose::Invocation,
+                    id,
+                    &failed,
+                    "recording invocation",
+                )
+                .await;
             if reason.contains("maximum messages") || reason.contains("maximum bytes") {
                 return Err(ClusterError::QueueFull);
             }
@@ -90,12 +113,25 @@ impl Cluster {
                         .unwrap_or_default()
                         .to_owned();
                     let removed = message.headers.get("KV-Operation").is_some();
-                    if seen.insert(key) && !removed {
-                        if let Ok(record) =
-                            serde_json::from_slice::<SharedInvocation>(&message.payload)
-                        {
-                            if function.is_none_or(|f| record.function == f) {
-                                out.push(record);
+                    // A revision that does not verify is passed over: an earlier one of
+                    // the same invocation is its record.
+                    let body = if removed {
+                        Some(&message.payload[..0])
+                    } else {
+                        match self.trust.open(Purpose::Invocation, &key, &message.payload) {
+                            Ok(body) => Some(body),
+                            Err(why) => {
+                                self.reject(Purpose::Invocation, &key, &why);
+                                None
+                            }
+                        }
+                    };
+                    if let Some(body) = body {
+                        if seen.insert(key) && !removed {
+                            if let Ok(record) = serde_json::from_slice::<SharedInvocation>(body) {
+                                if function.is_none_or(|f| record.function == f) {
+                                    out.push(record);
+                                }
                             }
                         }
                     }
@@ -118,7 +154,10 @@ impl Cluster {
         Ok(match self.invocation(id).await? {
             None => baton_store::Removal::Unknown,
             Some(record) if record.state == "succeeded" || record.state == "failed" => {
-                remove_key(&self.invocations, id, "removing invocation").await?;
+                self.invocations
+                    .delete(id)
+                    .await
+                    .map_err(|e| js(format!("removing invocation {id}"))(e.to_string()))?;
                 baton_store::Removal::Removed
             }
             Some(record) => baton_store::Removal::NotEnded(record.state),
@@ -130,12 +169,55 @@ impl Cluster {
         &self,
         id: &str,
     ) -> Result<Option<SharedInvocation>, ClusterError> {
+        Ok(self
+            .verified_invocation(id)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// An invocation's latest record that verifies, with the revision of its latest entry
+    /// (a forged one included: a compare-and-set writes over it). `None`: no record, or
+    /// removed.
+    async fn verified_invocation(
+        &self,
+        id: &str,
+    ) -> Result<Option<(SharedInvocation, u64)>, ClusterError> {
+        let failed = |e: String| js(format!("reading invocation {id}"))(e);
         let entry = self
             .invocations
-            .get(id)
+            .entry(id)
             .await
-            .map_err(|e| js(format!("reading invocation {id}"))(e.to_string()))?;
-        Ok(entry.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+            .map_err(|e| failed(e.to_string()))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let latest = entry.revision;
+        match self.trust.open(Purpose::Invocation, id, &entry.value) {
+            Ok(body) => {
+                return Ok(serde_json::from_slice(body).ok().map(|r| (r, latest)));
+            }
+            Err(why) => self.reject(Purpose::Invocation, id, &why),
+        }
+        // The earlier revisions, oldest first: the last that verifies is the record.
+        let mut history = self
+            .invocations
+            .history(id)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut found = None;
+        while let Some(entry) = history.next().await {
+            let Ok(entry) = entry else { continue };
+            if entry.operation != kv::Operation::Put {
+                found = None;
+                continue;
+            }
+            if let Ok(body) = self.trust.open(Purpose::Invocation, id, &entry.value) {
+                if let Ok(record) = serde_json::from_slice::<SharedInvocation>(body) {
+                    found = Some(record);
+                }
+            }
+        }
+        Ok(found.map(|record| (record, latest)))
     }
 }
 
@@ -232,21 +314,31 @@ async fn run_one(
         let _ = message.ack_with(jetstream::AckKind::Term).await;
         return Ok(());
     };
+    if let Err(why) = cluster.trust.check(
+        Purpose::Work,
+        &[id.as_bytes(), function.as_bytes(), &message.payload],
+        header(forward::SIGNATURE).as_deref(),
+    ) {
+        // Not queued by a node of this cluster: dropped unrun, its record untouched.
+        cluster.reject(Purpose::Work, &id, &why);
+        let _ = message.ack_with(jetstream::AckKind::Term).await;
+        return Ok(());
+    }
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let entry = cluster
-        .invocations
-        .entry(id.as_str())
-        .await
-        .map_err(|e| js(format!("reading invocation {id}"))(e.to_string()))?;
-    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-        // Its record expired (a day): nothing to report to.
+    let Some((mut record, revision)) = cluster.verified_invocation(&id).await? else {
+        // Its record expired (a day), or none verifies: nothing to report to.
         let _ = message.ack().await;
         return Ok(());
     };
-    let Ok(mut record) = serde_json::from_slice::<SharedInvocation>(&entry.value) else {
+    if record.id != id || record.function != function {
+        cluster.reject(
+            Purpose::Work,
+            &id,
+            &"names another invocation than its record",
+        );
         let _ = message.ack_with(jetstream::AckKind::Term).await;
         return Ok(());
-    };
+    }
     match record.state.as_str() {
         "succeeded" | "failed" => {
             // Already ended (a duplicate delivery): acknowledged, not run again.
@@ -270,10 +362,10 @@ async fn run_one(
                     )
                 });
                 record.node = cluster.node.clone();
-                let value = serde_json::to_vec(&record).unwrap_or_default();
+                let value = cluster.sealed(Purpose::Invocation, &id, &record, "recording")?;
                 if cluster
                     .invocations
-                    .update(id.as_str(), value.into(), entry.revision)
+                    .update(id.as_str(), value.into(), revision)
                     .await
                     .is_ok()
                 {
@@ -295,10 +387,10 @@ async fn run_one(
     record.state = "running".into();
     record.node = cluster.node.clone();
     record.runs += 1;
-    let claim = serde_json::to_vec(&record).unwrap_or_default();
+    let claim = cluster.sealed(Purpose::Invocation, &id, &record, "claiming")?;
     let revision = match cluster
         .invocations
-        .update(id.as_str(), claim.into(), entry.revision)
+        .update(id.as_str(), claim.into(), revision)
         .await
     {
         Ok(revision) => revision,
@@ -342,7 +434,12 @@ async fn run_one(
         record.error = body["error"].as_str().map(str::to_owned);
     }
     record.response = body;
-    let value = serde_json::to_vec(&record).unwrap_or_default();
+    let value = cluster.sealed(
+        Purpose::Invocation,
+        &id,
+        &record,
+        "recording the outcome of",
+    )?;
     cluster
         .invocations
         .update(id.as_str(), value.into(), revision)

@@ -1,5 +1,6 @@
 //! The cluster's one graph: each node publishes the records of what it ran and learns
-//! the other nodes' records.
+//! the other nodes' records. A batch is signed with its subject, so no one without the
+//! cluster's key can teach the nodes a graph (or pose as a node by its subject).
 
 use super::*;
 use baton_runtime::director::Mark;
@@ -22,7 +23,18 @@ pub(super) async fn publish_records(
         for record in &batch {
             let _ = record.write_line(&mut lines);
         }
-        let published = match cluster.context.publish(subject.clone(), lines.into()).await {
+        let mut headers = HeaderMap::new();
+        if let Some(signature) = cluster
+            .trust
+            .sign(Purpose::Records, &[subject.as_bytes(), &lines])
+        {
+            headers.insert(forward::SIGNATURE, signature.as_str());
+        }
+        let published = match cluster
+            .context
+            .publish_with_headers(subject.clone(), headers, lines.into())
+            .await
+        {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -127,6 +139,19 @@ pub(super) async fn learn_records(
                 marked.insert(sequence);
             }
             if message.subject.as_str() == own {
+                continue;
+            }
+            let signature = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(forward::SIGNATURE))
+                .map(|v| v.as_str().to_owned());
+            if let Err(why) = cluster.trust.check(
+                Purpose::Records,
+                &[message.subject.as_bytes(), &message.payload],
+                signature.as_deref(),
+            ) {
+                cluster.reject(Purpose::Records, message.subject.as_str(), &why);
                 continue;
             }
             let text = String::from_utf8_lossy(&message.payload);

@@ -28,7 +28,8 @@ async fn next_entry(
 }
 
 /// Installs what the registry holds and this node does not (at start: everything), and
-/// removes what it no longer holds.
+/// removes what it no longer holds. An entry is believed only once its signature verifies
+/// and its version is not older than the one applied; a bare delete is not believed.
 pub(super) async fn watch_functions(
     cluster: Arc<Cluster>,
     state: Weak<AppState>,
@@ -36,31 +37,40 @@ pub(super) async fn watch_functions(
     let mut watch = watch(&cluster.functions, FUNCTIONS).await?;
     while let Some((state, entry)) = next_entry(&mut watch, FUNCTIONS, &state).await {
         let name = entry.key.clone();
-        match entry.operation {
+        let shared = match entry.operation {
             kv::Operation::Put => {
-                let shared: SharedFunction = match serde_json::from_slice(&entry.value) {
-                    Ok(shared) => shared,
-                    Err(error) => {
-                        tracing::warn!("cluster: function `{name}` in the registry: {error}");
-                        continue;
-                    }
+                let Some(shared) =
+                    cluster.opened::<SharedFunction>(Purpose::Function, &name, &entry.value)
+                else {
+                    continue;
                 };
-                match install_shared(&cluster, &state, &name, shared).await {
-                    Ok(true) => {
-                        cluster.counters.installed.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("cluster: installed `{name}` from the registry");
-                    }
-                    Ok(false) => {}
-                    Err(error) => {
-                        cluster
-                            .counters
-                            .install_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("cluster: function `{name}` not installed here: {error}");
-                    }
+                if !cluster.apply_version(Purpose::Function, &name, shared.version) {
+                    continue;
                 }
+                Some(shared)
             }
-            kv::Operation::Delete | kv::Operation::Purge => {
+            kv::Operation::Delete | kv::Operation::Purge if cluster.trust.is_signed() => {
+                cluster.reject(Purpose::Function, &name, &BARE_DELETE);
+                continue;
+            }
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        match shared.filter(|shared| !shared.removed) {
+            Some(shared) => match install_shared(&cluster, &state, &name, shared).await {
+                Ok(true) => {
+                    cluster.counters.installed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("cluster: installed `{name}` from the registry");
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    cluster
+                        .counters
+                        .install_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("cluster: function `{name}` not installed here: {error}");
+                }
+            },
+            None => {
                 let removed = {
                     let (state, name) = (Arc::clone(&state), name.clone());
                     tokio::task::spawn_blocking(move || {
@@ -82,6 +92,9 @@ pub(super) async fn watch_functions(
     }
     Ok(())
 }
+
+/// Why a key-value delete is not believed in a signed cluster.
+const BARE_DELETE: &str = "a bare delete (a removal is a signed entry)";
 
 /// Installs one registry entry unless this node already has exactly it. `Ok(false)`: it
 /// had.
@@ -125,6 +138,19 @@ async fn install_shared(
             bytes
         }
     };
+    // The signed entry names the upload by its digest: bytes that do not match it were
+    // put in the object store by someone else.
+    if baton_core::ids::content_key(&upload) != shared.module_hash {
+        cluster.reject(
+            Purpose::Function,
+            name,
+            &format!("upload {} does not match its digest", shared.module_hash),
+        );
+        return Err(format!(
+            "upload {} does not match its digest: not installed",
+            shared.module_hash
+        ));
+    }
     let spec = baton_runtime::manifest::FunctionSpec::from_toml(&shared.manifest)
         .map_err(|e| e.to_string())?;
     if spec.name != name {
@@ -151,20 +177,34 @@ pub(super) async fn watch_sequences(
     let mut watch = watch(&cluster.sequences, SEQUENCES).await?;
     while let Some((state, entry)) = next_entry(&mut watch, SEQUENCES, &state).await {
         let name = entry.key.clone();
-        match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<SharedSequence>(&entry.value) {
-                Ok(shared) => {
-                    let known = state.director.sequence(&name).as_ref() == Some(&shared.steps);
-                    if !known {
-                        if let Err(error) = state.store.put_sequence(&name, &shared.steps) {
-                            tracing::error!("cluster: sequence `{name}`: {error}");
-                        }
-                        state.director.declare_sequence(&name, shared.steps);
-                    }
+        let steps = match entry.operation {
+            kv::Operation::Put => {
+                let Some(shared) =
+                    cluster.opened::<SharedSequence>(Purpose::Sequence, &name, &entry.value)
+                else {
+                    continue;
+                };
+                if !cluster.apply_version(Purpose::Sequence, &name, shared.version) {
+                    continue;
                 }
-                Err(error) => tracing::warn!("cluster: sequence `{name}` in the registry: {error}"),
-            },
-            kv::Operation::Delete | kv::Operation::Purge => {
+                (!shared.removed).then_some(shared.steps)
+            }
+            kv::Operation::Delete | kv::Operation::Purge if cluster.trust.is_signed() => {
+                cluster.reject(Purpose::Sequence, &name, &BARE_DELETE);
+                continue;
+            }
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        match steps {
+            Some(steps) => {
+                if state.director.sequence(&name).as_ref() != Some(&steps) {
+                    if let Err(error) = state.store.put_sequence(&name, &steps) {
+                        tracing::error!("cluster: sequence `{name}`: {error}");
+                    }
+                    state.director.declare_sequence(&name, steps);
+                }
+            }
+            None => {
                 if state.director.remove_sequence(&name) {
                     let _ = state.store.delete_sequence(&name);
                 }
