@@ -129,6 +129,15 @@ pub fn load(file: &Path) -> Result<App> {
     Ok(app)
 }
 
+/// What a deploy's line adds when a cluster node could not share it yet.
+pub fn pending_note(response: &baton_server::client::Response) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+    match body["cluster_note"].as_str() {
+        Some(note) if body["cluster"] == "pending" => format!(" ({})", crate::server::shown(note)),
+        _ => String::new(),
+    }
+}
+
 /// Deploys every function of `app`, then its sequences; writes one line each to `out`.
 pub fn deploy_app(client: &Client, app: &App, out: &mut dyn std::io::Write) -> Result<()> {
     for function in &app.functions {
@@ -141,7 +150,7 @@ pub fn deploy_app(client: &Client, app: &App, out: &mut dyn std::io::Write) -> R
         } else {
             "replaced"
         };
-        writeln!(out, "{verb} {name}")?;
+        writeln!(out, "{verb} {name}{}", pending_note(&response))?;
     }
     for (name, steps) in &app.sequences {
         let body = serde_json::json!({ "steps": steps }).to_string();

@@ -465,7 +465,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         } else {
             "replaced"
         };
-        println!("{verb} {name}");
+        println!("{verb} {name}{}", crate::app::pending_note(&response));
     }
     Ok(())
 }

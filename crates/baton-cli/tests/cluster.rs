@@ -103,12 +103,18 @@ fn cluster_init(dir: &Path) -> PathBuf {
 /// `keys/nats-auth.conf` (`keys` in `dir`: nats-server reads an include beside its
 /// configuration); returns it and its port.
 fn nats_with_users(nats: &Path, dir: &Path, keys: &Path) -> (Served, u16) {
+    nats_on(nats, dir, keys, None)
+}
+
+/// [`nats_with_users`] on `port` (a free one when `None`).
+fn nats_on(nats: &Path, dir: &Path, keys: &Path, port: Option<u16>) -> (Served, u16) {
     let config = dir.join("nats.conf");
     let include = keys.strip_prefix(dir).unwrap().join("nats-auth.conf");
+    let port = port.map_or("-1".to_owned(), |p| p.to_string());
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:-1\"\njetstream {{ store_dir: {:?} }}\ninclude {:?}\n",
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\ninclude {:?}\n",
             dir.join("jetstream").display().to_string(),
             include.display().to_string(),
         ),
@@ -1002,4 +1008,193 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
     for impostor in impostors {
         impostor.abort();
     }
+}
+
+/// Deploys `manifest` through `url` and returns what `baton deploy` printed.
+fn deploy_saying(url: &str, manifest: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["deploy", "--server", url, &manifest.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// While nats-server is down, node 2 replaces `upper` and declares a sequence, then node 1
+/// replaces `upper` again (later) and stops. Each node keeps its change and says so; when
+/// NATS is back (same port, same data), node 2 shares its changes on reconnecting, node 1
+/// (started again on its data) shares its own, kept in its store, and the later version of
+/// `upper` wins on both nodes, explicitly, by version.
+#[test]
+fn changes_made_while_nats_is_down_reach_the_cluster_and_the_later_one_wins() {
+    let Some(nats) = nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = cluster_init(dir.path());
+    let (mut server, port) = nats_with_users(&nats, dir.path(), &keys);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let (mut n1, url1) = node("n1", &dir.path().join("n1"), &nats_url, &keys);
+    let (_n2, url2) = node("n2", &dir.path().join("n2"), &nats_url, &keys);
+    let c2 = Client::new(&url2, None).unwrap();
+    deploy(&url1, &fixtures().join("upper.toml"));
+    let hash =
+        |client: &Client| client.get("/v1/functions/upper").unwrap().json()["module_hash"].clone();
+    assert!(eventually(Duration::from_secs(20), || !hash(&c2).is_null()));
+    // Two other versions of `upper`: its code with a comment added, and again.
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wat/upper.wat"),
+    )
+    .unwrap();
+    for version in ["a", "b"] {
+        std::fs::write(
+            manifests.join(format!("upper-{version}.wat")),
+            format!(";; version {version}\n{source}"),
+        )
+        .unwrap();
+        std::fs::write(
+            manifests.join(format!("upper-{version}.toml")),
+            format!("name = \"upper\"\nkind = \"wasm\"\nmodule = \"upper-{version}.wat\"\npure = true\n"),
+        )
+        .unwrap();
+    }
+
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    let said = deploy_saying(&url2, &manifests.join("upper-a.toml"));
+    assert!(said.contains("the cluster gets it"), "{said}");
+    let declared = declare(&c2, "twice", &["upper", "upper"]);
+    assert_eq!(declared.status, 201, "{}", declared.text());
+    assert_eq!(declared.json()["cluster"], "pending", "{}", declared.text());
+    let said = deploy_saying(&url1, &manifests.join("upper-b.toml"));
+    assert!(said.contains("the cluster gets it"), "{said}");
+    let b = Client::new(&url1, None)
+        .unwrap()
+        .get("/v1/functions/upper")
+        .unwrap()
+        .json()["module_hash"]
+        .clone();
+    let a = hash(&c2);
+    assert!(b.is_string() && a.is_string() && a != b, "{a} {b}");
+    n1.0.kill().unwrap();
+    n1.0.wait().unwrap();
+
+    let (_server, _) = nats_on(&nats, dir.path(), &keys, Some(port));
+    // Node 2 reconnects by itself and shares its changes; then node 1 comes back.
+    assert!(
+        eventually(Duration::from_secs(30), || counter(
+            &c2,
+            "baton_cluster_pending_shared_total"
+        ) >= 2),
+        "node 2 never shared what it changed while NATS was down"
+    );
+    let (_n1, url1) = node("n1", &dir.path().join("n1"), &nats_url, &keys);
+    let c1 = Client::new(&url1, None).unwrap();
+    let mut seen = (Value::Null, Value::Null);
+    let converged = eventually(Duration::from_secs(30), || {
+        seen = (hash(&c1), hash(&c2));
+        seen.0 == b && seen.1 == b
+    });
+    assert!(
+        converged,
+        "upper: node 1 {} and node 2 {}, the later is {b}",
+        seen.0, seen.1
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || c1
+            .get("/v1/sequences/twice")
+            .unwrap()
+            .status
+            == 200),
+        "node 1 never got the sequence declared on node 2 while NATS was down"
+    );
+    assert!(counter(&c1, "baton_cluster_pending_shared_total") >= 1);
+    // Nothing here was a forgery.
+    for client in [&c1, &c2] {
+        assert_eq!(
+            counter(client, "baton_cluster_rejected_total{what=\"function\"}"),
+            0
+        );
+    }
+}
+
+/// A node refuses a nats-server that lets anyone in (saying how to fix it) unless
+/// `--cluster-insecure` is given, needs the signing key otherwise, and cannot join with a
+/// NATS user of the reader role.
+#[test]
+fn a_node_refuses_an_open_nats_unless_insecure_and_a_reader_cannot_be_a_node() {
+    let Some(nats) = nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = cluster_init(dir.path());
+    let (_open, open_port) = start_announcing(
+        Command::new(&nats)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(dir.path().join("open-jetstream")),
+        NATS_LISTENING,
+        "nats-server",
+    );
+    let open_url = format!("nats://127.0.0.1:{open_port}");
+    let serve = |name: &str, url: &str, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(serve_args(&dir.path().join(name)))
+            .args(["--cluster", url, "--node-name", name])
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let key = keys.join("cluster.key").display().to_string();
+    let refused = |name: &str, url: &str, extra: &[&str], expected: &[&str]| {
+        let output = serve(name, url, extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} joined: {stderr}");
+        for words in expected {
+            assert!(stderr.contains(words), "{name}: {stderr}");
+        }
+        eprintln!(
+            "{name}: {}",
+            stderr.trim_end().lines().last().unwrap_or_default()
+        );
+    };
+    refused(
+        "open",
+        &open_url,
+        &["--cluster-signing-key", &key],
+        &["admits clients without credentials", "--cluster-insecure"],
+    );
+    refused(
+        "keyless",
+        &open_url,
+        &[],
+        &["--cluster-signing-key", "baton cluster init"],
+    );
+    let (_insecure, _, log, _) = start_listening(
+        &mut serve("insecure", &open_url, &["--cluster-insecure"]),
+        Some("insecure"),
+    );
+    assert!(log.contains("as node insecure"), "{log}");
+
+    let (_users, port) = nats_with_users(&nats, dir.path(), &keys);
+    let url = format!("nats://127.0.0.1:{port}");
+    let reader = keys.join("reader.nk").display().to_string();
+    refused(
+        "reader",
+        &url,
+        &["--cluster-creds", &reader, "--cluster-signing-key", &key],
+        &["node role", "Permissions Violation"],
+    );
+    refused(
+        "nobody",
+        &url,
+        &["--cluster-signing-key", &key],
+        &["cannot reach NATS", "authorization violation"],
+    );
 }

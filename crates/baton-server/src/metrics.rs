@@ -434,6 +434,11 @@ impl Collector for NodeCollector {
                     &c.installed,
                 ),
                 (
+                    "pending_shared",
+                    "Registry changes made here and shared later (NATS was unreachable, or another node wrote in between)",
+                    &c.pending_shared,
+                ),
+                (
                     "install_failed",
                     "Registry entries that could not be installed here",
                     &c.install_failed,

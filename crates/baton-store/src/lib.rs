@@ -517,7 +517,17 @@ impl Store {
         Ok(pruned)
     }
 
-    /// The value [`Store::append_marked`] last set for `key`.
+    /// Sets `key`'s value (a mark kept apart from any records).
+    pub fn set_mark(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The value [`Store::append_marked`] or [`Store::set_mark`] last set for `key`.
     pub fn mark(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()
@@ -893,6 +903,15 @@ mod tests {
         store.delete_function("b").unwrap();
         assert!(store.module(&hash).unwrap().is_none());
         assert_eq!(store.tail(2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_set_mark_is_read_back_and_replaced() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.mark("k").unwrap(), None);
+        store.set_mark("k", "1").unwrap();
+        store.set_mark("k", "2").unwrap();
+        assert_eq!(store.mark("k").unwrap().as_deref(), Some("2"));
     }
 
     #[test]

@@ -136,33 +136,28 @@ pub(super) async fn put_function(
     let state2 = Arc::clone(&state);
     let installed =
         tokio::task::spawn_blocking(move || install(&state2, &manifest, spec, upload)).await;
-    let (hash, existed, upload, manifest) = match installed {
-        Ok(Ok(installed)) => installed,
+    let (hash, existed) = match installed {
+        Ok(Ok((hash, existed, _, _))) => (hash, existed),
         Ok(Err((status, message))) => return error(status, message),
         Err(e) => return internal(e),
     };
-    if let Some(cluster) = &state.cluster {
-        // Shared after it works here: a deploy the cluster sees is one that loads.
-        if let Err(e) = cluster
-            .share_function(&name, &manifest, &hash, upload)
-            .await
-        {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!("`{name}` is deployed on this node but not shared with the cluster: {e}"),
-            );
-        }
-    }
+    // Shared after it works here: a deploy the cluster sees is one that loads.
+    let sharing = match &state.cluster {
+        Some(cluster) => Some(
+            cluster
+                .share(&state, crate::cluster::trust::Purpose::Function, &name)
+                .await,
+        ),
+        None => None,
+    };
     let status = if existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    (
-        status,
-        Json(json!({ "name": name, "module_hash": hash, "replaced": existed })),
-    )
-        .into_response()
+    let mut body = json!({ "name": name, "module_hash": hash, "replaced": existed });
+    add_sharing(&mut body, sharing.as_ref());
+    (status, Json(body)).into_response()
 }
 
 /// What a deploy must carry before anything is written: the upload its kind needs, a
@@ -284,13 +279,14 @@ pub(super) async fn get_function(
     let Some(spec) = state.director.pool().spec(&name) else {
         return error(StatusCode::NOT_FOUND, format!("unknown function `{name}`"));
     };
-    let manifest = state
-        .store
-        .function(&name)
-        .ok()
-        .flatten()
-        .map(|f| f.manifest);
-    Json(describe(&spec, manifest)).into_response()
+    let stored = state.store.function(&name).ok().flatten();
+    let hash = stored.as_ref().and_then(|f| f.module_hash.clone());
+    let mut described = describe(&spec, stored.map(|f| f.manifest));
+    // Which upload it runs (the same on every node of a cluster once installed).
+    if let (Some(fields), Some(hash)) = (described.as_object_mut(), hash) {
+        fields.insert("module_hash".into(), hash.into());
+    }
+    Json(described).into_response()
 }
 
 /// A removed function leaves the graph too, and a snapshot keeps it out after a restart
@@ -324,13 +320,40 @@ pub(super) async fn delete_function(
     })
     .await;
     forget_in_graph(&state, &name).await;
-    if let Some(cluster) = &state.cluster {
-        if let Err(e) = cluster.forget_function(&name).await {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!("`{name}` is removed from this node but not from the cluster: {e}"),
-            );
+    match &state.cluster {
+        Some(cluster) => {
+            let sharing = cluster
+                .share(&state, crate::cluster::trust::Purpose::Function, &name)
+                .await;
+            removed_response(&sharing)
         }
+        None => StatusCode::NO_CONTENT.into_response(),
     }
-    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Adds to a deploy's or declaration's answer whether the cluster has it (`"cluster":
+/// "shared"`) or this node keeps it until the registry takes it (`"pending"`, and why).
+pub(super) fn add_sharing(body: &mut Value, sharing: Option<&crate::cluster::Sharing>) {
+    let (Some(sharing), Some(fields)) = (sharing, body.as_object_mut()) else {
+        return;
+    };
+    fields.insert("cluster".into(), sharing.as_str().into());
+    if let crate::cluster::Sharing::Pending(why) = sharing {
+        fields.insert(
+            "cluster_note".into(),
+            format!("done on this node; the cluster gets it when the registry takes it ({why})")
+                .into(),
+        );
+    }
+}
+
+/// A removal's answer in a cluster: 204, with `Baton-Cluster: pending` when the registry
+/// has not taken it yet.
+pub(super) fn removed_response(sharing: &crate::cluster::Sharing) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        "baton-cluster",
+        axum::http::HeaderValue::from_static(sharing.as_str()),
+    );
+    response
 }

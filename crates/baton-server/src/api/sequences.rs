@@ -75,19 +75,17 @@ pub(super) async fn put(
         return internal(e);
     }
     state.director.declare_sequence(&name, body.steps.clone());
-    if let Some(cluster) = &state.cluster {
-        if let Err(e) = cluster.share_sequence(&name, &body.steps).await {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!("`{name}` is declared on this node but not shared with the cluster: {e}"),
-            );
-        }
-    }
-    (
-        StatusCode::CREATED,
-        Json(json!({ "name": name, "steps": body.steps })),
-    )
-        .into_response()
+    let sharing = match &state.cluster {
+        Some(cluster) => Some(
+            cluster
+                .share(&state, crate::cluster::trust::Purpose::Sequence, &name)
+                .await,
+        ),
+        None => None,
+    };
+    let mut out = json!({ "name": name, "steps": body.steps });
+    super::functions::add_sharing(&mut out, sharing.as_ref());
+    (StatusCode::CREATED, Json(out)).into_response()
 }
 
 /// `GET /v1/sequences`.
@@ -117,13 +115,13 @@ pub(super) async fn delete(State(state): State<Shared>, Path(name): Path<String>
     if let Err(e) = state.store.delete_sequence(&name) {
         return internal(e);
     }
-    if let Some(cluster) = &state.cluster {
-        if let Err(e) = cluster.forget_sequence(&name).await {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!("`{name}` is removed from this node but not from the cluster: {e}"),
-            );
+    match &state.cluster {
+        Some(cluster) => {
+            let sharing = cluster
+                .share(&state, crate::cluster::trust::Purpose::Sequence, &name)
+                .await;
+            super::functions::removed_response(&sharing)
         }
+        None => StatusCode::NO_CONTENT.into_response(),
     }
-    StatusCode::NO_CONTENT.into_response()
 }

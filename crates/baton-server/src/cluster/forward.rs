@@ -328,7 +328,9 @@ pub(super) async fn tell_warm(
             .is_some_and(|(set, at)| set.warm == now.warm && at.elapsed() < WARM_REPEAT);
         if !fresh {
             now.told_ns = now_ns();
-            cluster
+            // NATS unreachable: told again at the next tick (the others take this node's
+            // last set as stale meanwhile).
+            if let Err(error) = cluster
                 .put_json(
                     &cluster.nodes,
                     Purpose::Node,
@@ -336,7 +338,11 @@ pub(super) async fn tell_warm(
                     &now,
                     "telling the warm set",
                 )
-                .await?;
+                .await
+            {
+                tracing::debug!("cluster: {error}");
+                continue;
+            }
             told = Some((now, Instant::now()));
         }
     }

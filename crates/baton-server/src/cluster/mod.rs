@@ -47,6 +47,7 @@ mod queue;
 mod records;
 mod registry;
 pub mod setup;
+mod sharing;
 pub mod trust;
 
 pub(crate) use forward::Forwarded;
@@ -55,6 +56,7 @@ pub use forward::{FORWARD_MIN, NODES};
 use queue::run_queued;
 use records::{learn_records, publish_records};
 use registry::{watch_functions, watch_sequences};
+pub(crate) use sharing::Sharing;
 use trust::{ClusterKeys, Purpose, Trust};
 
 /// The functions' bucket.
@@ -357,6 +359,9 @@ pub struct ClusterCounters {
     pub forwarded: AtomicU64,
     /// Synchronous invocations other nodes handed to this one.
     pub served_for_others: AtomicU64,
+    /// Registry changes made here that were shared later (NATS was unreachable, or
+    /// another node wrote in between).
+    pub pending_shared: AtomicU64,
     /// Entries and messages refused (no or a wrong signature, or a replay), by
     /// [`Purpose`].
     pub rejected: [AtomicU64; Purpose::ALL.len()],
@@ -375,9 +380,8 @@ pub(crate) struct Cluster {
     peers: std::sync::Mutex<forward::Peers>,
     /// Signs what this node writes and checks what it reads.
     trust: Trust,
-    /// The registry version applied per entry (functions and sequences): older ones are
-    /// replays.
-    applied: std::sync::Mutex<std::collections::HashMap<(Purpose, String), u64>>,
+    /// The registry versions applied here and the changes the cluster has not got yet.
+    registry: std::sync::Mutex<sharing::RegistryState>,
     /// The last version this node gave an entry (versions grow even if the clock does
     /// not).
     last_version: AtomicU64,
@@ -460,43 +464,6 @@ impl Cluster {
     fn reject(&self, purpose: Purpose, key: &str, why: &dyn std::fmt::Display) {
         self.counters.rejected[purpose.index()].fetch_add(1, Ordering::Relaxed);
         tracing::warn!("cluster: refused {purpose} `{}`: {why}", key.escape_debug());
-    }
-
-    /// A version for an entry this node writes: now, or one past the last it gave.
-    fn next_version(&self) -> u64 {
-        let now = now_ns();
-        let mut last = self.last_version.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1);
-            match self.last_version.compare_exchange(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(seen) => last = seen,
-            }
-        }
-    }
-
-    /// Whether registry `version` of `key` is new here (and then it is applied): an older
-    /// one is a replay, refused and counted; the same one is not new.
-    fn apply_version(&self, purpose: Purpose, key: &str, version: u64) -> bool {
-        let Ok(mut applied) = self.applied.lock() else {
-            return false;
-        };
-        let known = applied.entry((purpose, key.to_owned())).or_insert(0);
-        if version < *known {
-            drop(applied);
-            self.reject(purpose, key, &"older than the version applied (a replay)");
-            return false;
-        }
-        if version == *known && version != 0 {
-            return false;
-        }
-        *known = version;
-        true
     }
 }
 
@@ -841,7 +808,7 @@ impl Cluster {
             nodes,
             peers: std::sync::Mutex::new(forward::Peers::default()),
             trust,
-            applied: std::sync::Mutex::new(std::collections::HashMap::new()),
+            registry: std::sync::Mutex::new(sharing::RegistryState::default()),
             last_version: AtomicU64::new(0),
             records_out,
             records_in: std::sync::Mutex::new(Some(records_in)),
@@ -861,46 +828,6 @@ impl Cluster {
                 .records_dropped
                 .fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Shares a deployed function: its upload (once per content key), then its manifest.
-    pub(crate) async fn share_function(
-        &self,
-        name: &str,
-        manifest: &str,
-        hash: &str,
-        upload: Vec<u8>,
-    ) -> Result<(), ClusterError> {
-        if self.modules.info(hash).await.is_err() {
-            let mut reader = std::io::Cursor::new(upload);
-            self.modules
-                .put(hash, &mut reader)
-                .await
-                .map_err(|e| js(format!("storing upload {hash}"))(e.to_string()))?;
-        }
-        let shared = SharedFunction {
-            manifest: manifest.to_owned(),
-            module_hash: hash.to_owned(),
-            node: self.node.clone(),
-            version: self.next_version(),
-            removed: false,
-        };
-        self.put_function(name, shared).await
-    }
-
-    /// Puts a function's registry entry, signed, and counts its version as applied here.
-    async fn put_function(&self, name: &str, shared: SharedFunction) -> Result<(), ClusterError> {
-        let version = shared.version;
-        self.put_json(
-            &self.functions,
-            Purpose::Function,
-            name,
-            &shared,
-            "sharing function",
-        )
-        .await?;
-        self.apply_version(Purpose::Function, name, version);
-        Ok(())
     }
 
     /// Function `name`'s registry entry, if it verifies (`None` when there is none or it
@@ -923,58 +850,6 @@ impl Cluster {
             .is_some_and(|shared| !shared.removed))
     }
 
-    /// Removes a function from the registry (every node undeploys it): a signed removal
-    /// entry, not a bare delete, which a node would not believe.
-    pub(crate) async fn forget_function(&self, name: &str) -> Result<(), ClusterError> {
-        let removed = SharedFunction {
-            manifest: String::new(),
-            module_hash: String::new(),
-            node: self.node.clone(),
-            version: self.next_version(),
-            removed: true,
-        };
-        self.put_function(name, removed).await
-    }
-
-    /// Shares a sequence.
-    pub(crate) async fn share_sequence(
-        &self,
-        name: &str,
-        steps: &[String],
-    ) -> Result<(), ClusterError> {
-        let shared = SharedSequence {
-            steps: steps.to_vec(),
-            version: self.next_version(),
-            removed: false,
-        };
-        self.put_sequence(name, shared).await
-    }
-
-    /// Puts a sequence's registry entry, signed, and counts its version as applied here.
-    async fn put_sequence(&self, name: &str, shared: SharedSequence) -> Result<(), ClusterError> {
-        let version = shared.version;
-        self.put_json(
-            &self.sequences,
-            Purpose::Sequence,
-            name,
-            &shared,
-            "sharing sequence",
-        )
-        .await?;
-        self.apply_version(Purpose::Sequence, name, version);
-        Ok(())
-    }
-
-    /// Removes a sequence from the registry (a signed removal entry).
-    pub(crate) async fn forget_sequence(&self, name: &str) -> Result<(), ClusterError> {
-        let removed = SharedSequence {
-            steps: Vec::new(),
-            version: self.next_version(),
-            removed: true,
-        };
-        self.put_sequence(name, removed).await
-    }
-
     /// Starts this node's part: the record publisher and consumer, the registry watchers,
     /// the invocation worker, the forwarded-invocation answerer and the warm-set exchange, on the server's runtime. They hold the state weakly and
     /// end with the runtime.
@@ -983,6 +858,12 @@ impl Cluster {
             return;
         };
         let weak = Arc::downgrade(state);
+        // Before the watchers: the versions applied before a restart refuse replays.
+        cluster.restore_registry(&state.store);
+        runtime.spawn(logged(
+            "sharing this node's pending registry changes",
+            sharing::keep_registry(Arc::clone(&cluster), weak.clone()),
+        ));
         if let Some(records) = cluster.records_in.lock().ok().and_then(|mut r| r.take()) {
             runtime.spawn(publish_records(Arc::clone(&cluster), records));
         }
