@@ -1197,4 +1197,31 @@ fn a_node_refuses_an_open_nats_unless_insecure_and_a_reader_cannot_be_a_node() {
         &["--cluster-signing-key", &key],
         &["cannot reach NATS", "authorization violation"],
     );
+    // Credentials or a key that other users (a jailed function's) may read are refused.
+    use std::os::unix::fs::PermissionsExt;
+    let exposed = dir.path().join("exposed.nk");
+    std::fs::copy(keys.join("node.nk"), &exposed).unwrap();
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let exposed = exposed.display().to_string();
+    refused(
+        "exposed-creds",
+        &url,
+        &["--cluster-creds", &exposed, "--cluster-signing-key", &key],
+        &["--cluster-creds", "chmod 600"],
+    );
+    let exposed_key = dir.path().join("exposed.key");
+    std::fs::copy(keys.join("cluster.key"), &exposed_key).unwrap();
+    std::fs::set_permissions(&exposed_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let node = keys.join("node.nk").display().to_string();
+    refused(
+        "exposed-key",
+        &url,
+        &[
+            "--cluster-creds",
+            &node,
+            "--cluster-signing-key",
+            &exposed_key.display().to_string(),
+        ],
+        &["signing key", "chmod 600"],
+    );
 }

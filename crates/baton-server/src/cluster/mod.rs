@@ -111,6 +111,16 @@ async fn with_credentials(
     if meta.len() > 64 << 10 {
         return Err(failed("over 64 KiB: not a credentials file".into()));
     }
+    // Functions run as another user on this host: they must not be able to read it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(failed(format!(
+                "other users may read or change it (mode {mode:o}): chmod 600 it"
+            )));
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
     if text.contains("-----BEGIN NATS USER JWT-----") {
         return options
