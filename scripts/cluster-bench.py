@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Throughput of one baton node against several, in one run, on this machine.
 
-Starts nats-server (JetStream, monitoring on) and baton nodes on loopback, deploys a wasm
-function, then measures for 1 node without a cluster, 1 node in a cluster and N nodes in a
-cluster:
+Starts nats-server (JetStream, monitoring on, only baton's users) and baton nodes on
+loopback, deploys a wasm function, then measures for 1 node without a cluster, 1 node in a
+cluster, N nodes in a cluster, and N nodes in an unsigned cluster (--cluster-insecure, on
+an open nats-server of its own: what signing and checking cost):
   - synchronous invocations per second (wrk, POST, a fixed number of connections in all,
     spread over the nodes);
   - asynchronous invocations per second, from the first 202 until the work queue is empty;
@@ -109,15 +110,19 @@ def work_queue_len(mon):
 
 
 def start_nodes(procs, args, n, nats_url, work, tag, keys=None):
+    """`keys` None: an unsigned cluster (--cluster-insecure, on an open NATS)."""
     urls = []
     for i in range(n):
         port = free_port()
         cmd = [args.bin, "serve", "--no-auth", "--listen", f"127.0.0.1:{port}",
                "--data-dir", os.path.join(work, f"{tag}-{i}"), "--queue-depth", "1024"]
         if nats_url:
-            cmd += ["--cluster", nats_url, "--node-name", f"{tag}-{i}",
-                    "--cluster-creds", os.path.join(keys, "node.nk"),
-                    "--cluster-signing-key", os.path.join(keys, "cluster.key")]
+            cmd += ["--cluster", nats_url, "--node-name", f"{tag}-{i}"]
+            if keys:
+                cmd += ["--cluster-creds", os.path.join(keys, "node.nk"),
+                        "--cluster-signing-key", os.path.join(keys, "cluster.key")]
+            else:
+                cmd += ["--cluster-insecure"]
         log = open(os.path.join(work, f"{tag}-{i}.log"), "w")
         env_log = dict(os.environ, RUST_LOG="warn")
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_log)
@@ -223,13 +228,24 @@ def main():
                                  "-m", str(mon), "-sd", os.path.join(work, "js")],
                                 open(os.path.join(work, "nats.log"), "w"))
         wait_port(port)
-        nats_url = f"nats://127.0.0.1:{port}"
-        for label, n, cluster in [("1 node, no cluster", 1, False),
-                                  ("1 node, cluster", 1, True),
-                                  (f"{args.nodes} nodes, cluster", args.nodes, True)]:
+        # The same cluster unsigned, on an open NATS of its own: what trust costs.
+        open_port, open_mon = free_port(), free_port()
+        open_proc = procs.start([nats, "-js", "-a", "127.0.0.1", "-p", str(open_port),
+                                 "-m", str(open_mon), "-sd", os.path.join(work, "js-open")],
+                                open(os.path.join(work, "nats-open.log"), "w"))
+        wait_port(open_port)
+        signed = (f"nats://127.0.0.1:{port}", mon, nats_proc, keys)
+        unsigned = (f"nats://127.0.0.1:{open_port}", open_mon, open_proc, None)
+        for label, n, cluster, (nats_url, mon, nats_proc, setup_keys) in [
+                ("1 node, no cluster", 1, False, signed),
+                ("1 node, cluster", 1, True, signed),
+                (f"{args.nodes} nodes, cluster", args.nodes, True, signed),
+                (f"{args.nodes} nodes, unsigned", args.nodes, True, unsigned)]:
             tag = label.split(",")[0].replace(" ", "") + ("c" if cluster else "")
+            tag += "" if setup_keys else "u"
             before = len(procs.procs)
-            urls = start_nodes(procs, args, n, nats_url if cluster else None, work, tag, keys)
+            urls = start_nodes(procs, args, n, nats_url if cluster else None, work, tag,
+                               setup_keys)
             deploy(args, urls[0])
             wait_deployed(urls)
             for u in urls:  # warm every node
@@ -271,11 +287,15 @@ def main():
              ) if "async_per_s" in r else "-"
         print(f"{r['setup']:<20} {r['sync_per_s']:>7.0f} {r['sync_msgs']:>5.2f} "
               f"{r['sync_bytes']:>6.0f} {r['sync_nats_us']:>5.0f} {r['sync_baton_us']:>6.0f} | {a}")
-    base, one, many = rows
+    base, one, many, bare = rows
     print(f"sync: cluster/no cluster on 1 node {one['sync_per_s'] / base['sync_per_s']:.2f}x, "
           f"{args.nodes} nodes/1 node {many['sync_per_s'] / one['sync_per_s']:.2f}x; "
           f"async: {args.nodes} nodes/1 node {many['async_per_s'] / one['async_per_s']:.2f}x "
           f"(all on {os.cpu_count()} cores)")
+    print(f"trust ({args.nodes} nodes, signed/unsigned): sync {many['sync_per_s'] / bare['sync_per_s']:.2f}x, "
+          f"async {many['async_per_s'] / bare['async_per_s']:.2f}x, baton CPU per invocation "
+          f"+{many['sync_baton_us'] - bare['sync_baton_us']:.0f} µs sync, "
+          f"+{many['async_baton_us'] - bare['async_baton_us']:.0f} µs async")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -139,6 +139,13 @@ fn deploy(url: &str, manifest: &Path) {
     );
 }
 
+/// Posts `payload` (octet-stream) to `path` on `client`'s node.
+fn post(client: &Client, path: &str, payload: &[u8]) -> baton_server::client::Response {
+    client
+        .request("POST", path, "application/octet-stream", payload)
+        .unwrap()
+}
+
 /// Polls `check` until it holds or `limit` passes.
 fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;
@@ -273,14 +280,7 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
             n + 1
         );
     }
-    let sync = clients[2]
-        .request(
-            "POST",
-            "/v1/functions/upper/invoke",
-            "application/octet-stream",
-            b"hi",
-        )
-        .unwrap();
+    let sync = post(&clients[2], "/v1/functions/upper/invoke", b"hi");
     assert_eq!(sync.status, 200, "{}", sync.text());
     // A sequence declared through node 2 is a chain every node can run.
     let declared = declare(&clients[1], "shout", &["upper", "busy"]);
@@ -301,14 +301,11 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
     for i in 0..24 {
         let client = &clients[i % 3];
         let function = if i % 4 == 3 { "busy-impure" } else { "shout" };
-        let response = client
-            .request(
-                "POST",
-                &format!("/v1/functions/{function}/invoke?async=true"),
-                "application/octet-stream",
-                format!("order {i}").as_bytes(),
-            )
-            .unwrap();
+        let response = post(
+            client,
+            &format!("/v1/functions/{function}/invoke?async=true"),
+            format!("order {i}").as_bytes(),
+        );
         assert_eq!(response.status, 202, "{}", response.text());
         accepted.push(response.json()["id"].as_str().unwrap().to_owned());
     }
@@ -520,14 +517,7 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         "node 3 never saw pyupper"
     );
     let invoke = |client: &Client| {
-        let response = client
-            .request(
-                "POST",
-                "/v1/functions/pyupper/invoke",
-                "application/octet-stream",
-                b"quiet",
-            )
-            .unwrap();
+        let response = post(client, "/v1/functions/pyupper/invoke", b"quiet");
         assert_eq!(response.status, 200, "{}", response.text());
         let body = response.json();
         // Whichever node ran it, the trace continues at the chain's first step.
@@ -630,14 +620,7 @@ fn a_node_joins_over_mutual_tls_and_is_refused_without_its_certificate() {
     assert!(log.contains("as node secure"), "{log}");
     deploy(&url, &fixtures().join("upper.toml"));
     let client = Client::new(&url, None).unwrap();
-    let invoked = client
-        .request(
-            "POST",
-            "/v1/functions/upper/invoke",
-            "application/octet-stream",
-            b"tls",
-        )
-        .unwrap();
+    let invoked = post(&client, "/v1/functions/upper/invoke", b"tls");
     assert_eq!(invoked.status, 200, "{}", invoked.text());
     assert_eq!(invoked.json()["output"], "TLS", "{}", invoked.text());
     // Without its certificate the server refuses it; without TLS at all too; a CA file
@@ -709,14 +692,11 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
     }
     let upper_hash = clients[1].get("/v1/functions/upper").unwrap().json()["module_hash"].clone();
     // A genuine asynchronous result.
-    let accepted = clients[0]
-        .request(
-            "POST",
-            "/v1/functions/upper/invoke?async=true",
-            "application/octet-stream",
-            b"genuine",
-        )
-        .unwrap();
+    let accepted = post(
+        &clients[0],
+        "/v1/functions/upper/invoke?async=true",
+        b"genuine",
+    );
     assert_eq!(accepted.status, 202, "{}", accepted.text());
     let id = accepted.json()["id"].as_str().unwrap().to_owned();
     let mut genuine = Value::Null;
@@ -887,14 +867,7 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
     // Node 1 warms pyupper; node 2 then hands its call to node 1 (the impostor answering
     // first on node 1's subject is passed over), never to `evil`.
     let invoke = |client: &Client| {
-        let response = client
-            .request(
-                "POST",
-                "/v1/functions/pyupper/invoke",
-                "application/octet-stream",
-                b"quiet",
-            )
-            .unwrap();
+        let response = post(client, "/v1/functions/pyupper/invoke", b"quiet");
         assert_eq!(response.status, 200, "{}", response.text());
         response.json()
     };
@@ -932,14 +905,7 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
         );
         let upper = client.get("/v1/functions/upper").unwrap().json();
         assert_eq!(upper["module_hash"], upper_hash, "node {}: {upper}", n + 1);
-        let invoked = client
-            .request(
-                "POST",
-                "/v1/functions/upper/invoke",
-                "application/octet-stream",
-                b"still",
-            )
-            .unwrap();
+        let invoked = post(client, "/v1/functions/upper/invoke", b"still");
         assert_eq!(invoked.json()["output"], "STILL", "{}", invoked.text());
         let read = client.get(&format!("/v1/invocations/{id}")).unwrap().json();
         assert_eq!(
