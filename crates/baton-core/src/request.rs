@@ -83,6 +83,14 @@ pub struct Request {
     roots: Vec<u32>,
     /// Whether each invocation is reachable from a root (false: dropped in a cycle).
     reachable: Vec<bool>,
+    /// How many requests alike it stands for (a summary of a cluster node's traffic): the
+    /// learner weighs it so many times. 1 for a request as it ran.
+    #[serde(default = "one")]
+    multiplicity: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// One caller→callee transition (or the end of a caller's calls) with its context.
@@ -161,8 +169,20 @@ impl Request {
             children,
             roots,
             reachable,
+            multiplicity: 1,
         };
         (request, issues)
+    }
+
+    /// The request standing for `multiplicity` requests alike (at least 1).
+    pub fn with_multiplicity(mut self, multiplicity: u64) -> Request {
+        self.multiplicity = multiplicity.max(1);
+        self
+    }
+
+    /// How many requests alike it stands for (1 for a request as it ran).
+    pub fn multiplicity(&self) -> u64 {
+        self.multiplicity
     }
 
     /// All invocations, in the order given.

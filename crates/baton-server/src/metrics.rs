@@ -414,13 +414,23 @@ impl Collector for NodeCollector {
                     &c.records_published,
                 ),
                 (
+                    "requests_summarized",
+                    "This node's requests summarized for the cluster",
+                    &c.requests_summarized,
+                ),
+                (
+                    "summary_records",
+                    "Records in those summaries (requests alike share one representative)",
+                    &c.summary_records,
+                ),
+                (
                     "records_dropped",
                     "Record batches not published (backlog full or refused)",
                     &c.records_dropped,
                 ),
                 (
                     "records_learned",
-                    "Records learned from other nodes",
+                    "Invocations learned from other nodes' summaries",
                     &c.records_learned,
                 ),
                 (

@@ -17,6 +17,7 @@ pub mod report;
 pub mod requests;
 pub mod schema;
 pub mod spans;
+pub mod summary;
 
 use report::ReadReport;
 use schema::ExecutionRecord;

@@ -78,6 +78,8 @@ struct Keys {
     trace: Option<u128>,
     /// How long the step waited for its instance (`ready_wait_us`, baton's own records).
     wait_us: u64,
+    /// How many invocations alike the record stands for (`count`, a summary's).
+    count: u64,
 }
 
 /// How long a step of baton's own waited for its instance (a cold start, the rest of a
@@ -125,6 +127,7 @@ impl RequestGrouper {
             parent: record.parent.as_deref().map(key_of),
             trace: record.trace.as_deref().map(key_of),
             wait_us,
+            count: record.count.unwrap_or(1),
         });
         let mut usage = usage_of(record);
         if wait_us > 0 {
@@ -230,12 +233,16 @@ impl RequestGrouper {
                 });
             }
         }
+        let counts: Vec<u64> = keys.iter().map(|k| k.count).collect();
         drop(keys);
         let mut requests = Vec::with_capacity(n_groups as usize);
         for group in 0..n_groups as usize {
             let span = &members[starts[group] as usize..starts[group + 1] as usize];
             let (request, issues) =
                 Request::build(span.iter().map(|&r| invocations[r as usize]).collect());
+            // A summary's records all carry its count.
+            let count = span.iter().map(|&r| counts[r as usize]).max().unwrap_or(1);
+            let request = request.with_multiplicity(count);
             for issue in &issues {
                 match issue {
                     RequestIssue::Cycle { .. } => report.cycles += 1,

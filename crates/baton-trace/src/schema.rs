@@ -3,8 +3,10 @@
 //! Required: `ts` (start; RFC 3339 string or integer epoch ns), `task`, `invocation`,
 //! `duration_us`. Optional: `parent`, `trace`, `app`, `cold`, `cpu_ms`, `mem_peak_mib`,
 //! `net_bytes`, `gpu_ms`, `status` (`ok`/`error`/`timeout`/`oom`), `chain`; baton also writes
-//! `operation` and `cold_start_us` when it knows them. Unknown fields are kept (and written
-//! back) but otherwise ignored. Every problem names the line and the field.
+//! `operation` and `cold_start_us` when it knows them, and a cluster node writes `count`
+//! (a positive integer) on a summary record that stands for that many invocations alike.
+//! Unknown fields are kept (and written back) but otherwise ignored. Every problem names
+//! the line and the field.
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -79,6 +81,9 @@ pub struct ExecutionRecord {
     pub operation: Option<String>,
     /// Cold-start time, µs.
     pub cold_start_us: Option<u64>,
+    /// How many invocations alike this record stands for (a cluster node's summary of its
+    /// traffic, `baton_trace::summary`); `None` is one.
+    pub count: Option<u64>,
     /// Fields this version does not know, kept as they came.
     pub extra: Map<String, Value>,
 }
@@ -240,6 +245,13 @@ impl ExecutionRecord {
             chain: take_string(&mut map, "chain")?,
             operation: take_string(&mut map, "operation")?,
             cold_start_us: take_u64(&mut map, "cold_start_us")?,
+            count: match map.remove("count") {
+                None | Some(Value::Null) => None,
+                Some(value) => match value.as_u64() {
+                    Some(count) if count > 0 => Some(count),
+                    _ => return Err(invalid("count", "a positive integer", &value)),
+                },
+            },
             extra: map,
         })
     }
@@ -278,6 +290,7 @@ impl ExecutionRecord {
         for (field, value) in [
             ("net_bytes", self.net_bytes),
             ("cold_start_us", self.cold_start_us),
+            ("count", self.count),
         ] {
             if let Some(value) = value {
                 map.insert(field.into(), Value::from(value));
@@ -313,6 +326,23 @@ fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_count_is_a_positive_integer_and_round_trips() {
+        let line = r#"{"ts":1,"task":"a","invocation":"i","duration_us":5,"count":40}"#;
+        let record = ExecutionRecord::parse(line).unwrap();
+        assert_eq!(record.count, Some(40));
+        let mut out = Vec::new();
+        record.write_line(&mut out).unwrap();
+        let back = ExecutionRecord::parse(std::str::from_utf8(&out).unwrap()).unwrap();
+        assert_eq!(back, record);
+        for bad in ["0", "-1", "1.5", "\"x\""] {
+            let line =
+                format!(r#"{{"ts":1,"task":"a","invocation":"i","duration_us":5,"count":{bad}}}"#);
+            let error = ExecutionRecord::parse(&line).unwrap_err().to_string();
+            assert!(error.contains("`count`"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn round_trip_keeps_unknown_fields() {

@@ -307,8 +307,21 @@ impl Tdg {
         delay_us: u64,
         at_us: u64,
     ) {
-        let weight = self.weight_at(at_us);
-        self.n_events += 1;
+        self.observe_calls(context, callee, delay_us, at_us, 1);
+    }
+
+    /// [`Tdg::observe_call`] for `count` calls alike at once (a summary's weight); the
+    /// drift monitor sees the transition once.
+    pub fn observe_calls(
+        &mut self,
+        context: &CallContext,
+        callee: Option<TaskId>,
+        delay_us: u64,
+        at_us: u64,
+        count: u64,
+    ) {
+        let weight = self.weight_at(at_us) * count as f64;
+        self.n_events += count;
         let caller = context.caller;
         let leaf_or_call = callee.is_some() || !matches!(context.prev, Prev::After(_));
         let mut shift = None;
@@ -426,19 +439,33 @@ impl Tdg {
         true
     }
 
-    /// Observes a whole request: its calls, its invocations' use and its entry set.
+    /// Observes a whole request: its calls, its invocations' use and its entry set, each
+    /// weighed by the request's multiplicity. Arrival rhythms are learned from requests as
+    /// they ran only: a summary's one start stands for many at other instants.
     pub fn observe_request(&mut self, request: &Request) {
+        let count = request.multiplicity();
         request.for_each_call(|event: &CallEvent| {
-            self.observe_call(&event.context, event.callee, event.delay_us, event.at_us);
+            self.observe_calls(
+                &event.context,
+                event.callee,
+                event.delay_us,
+                event.at_us,
+                count,
+            );
         });
         for (index, invocation) in request.invocations().iter().enumerate() {
             if request.is_reachable(index as u32) {
-                self.observe_usage(invocation.task, &invocation.usage, invocation.start_us);
-                self.observe_start(invocation.task, invocation.start_us);
+                let weight = self.weight_at(invocation.start_us) * count as f64;
+                if let Some(profile) = self.profiles.get_mut(invocation.task.index()) {
+                    profile.record(&invocation.usage, weight);
+                }
+                if count == 1 {
+                    self.observe_start(invocation.task, invocation.start_us);
+                }
             }
         }
         if let Some(start) = request.start_us() {
-            let weight = self.weight_at(start);
+            let weight = self.weight_at(start) * count as f64;
             let downstream = request.downstream_tasks();
             if let Some(route) = request.route() {
                 self.entry_by_route

@@ -348,9 +348,13 @@ impl SharedInvocation {
 pub struct ClusterCounters {
     /// Record batches published.
     pub records_published: AtomicU64,
+    /// This node's requests summarized for the cluster.
+    pub requests_summarized: AtomicU64,
+    /// Records in those summaries (a representative's records each).
+    pub summary_records: AtomicU64,
     /// Record batches dropped because the publisher fell behind.
     pub records_dropped: AtomicU64,
-    /// Records learned from other nodes.
+    /// Invocations learned from other nodes (a summary's record counts many).
     pub records_learned: AtomicU64,
     /// Record messages delivered again after they were learned and stored (their
     /// acknowledgement was lost, or the node was killed before it), skipped.

@@ -1,57 +1,139 @@
-//! The cluster's one graph: each node publishes the records of what it ran and learns
-//! the other nodes' records. A batch is signed with its subject, so no one without the
-//! cluster's key can teach the nodes a graph (or pose as a node by its subject).
+//! The cluster's one graph: each node publishes a summary of what it ran and learns the
+//! other nodes' summaries. Every [`SUMMARY_EVERY`] a node's committed records are
+//! summarized per application (`baton_trace::summary`: requests alike become one
+//! representative whose records carry their count), so what crosses NATS grows with the
+//! variety of the requests, not their number, and are published on
+//! `baton.records.<node>.<app>` (a node could learn only the applications it serves by
+//! subject). A node's raw records stay in its own store. A message is signed with its
+//! subject, so no one without the cluster's key can teach the nodes a graph (or pose as a
+//! node by its subject).
 
 use super::*;
 use baton_runtime::director::Mark;
+use std::collections::BTreeMap;
 
 /// The store's `meta` key for which record messages this node has learned.
 const LEARNED_KEY: &str = "cluster.records.learned";
 /// At most this many ranges of learned messages are kept; beyond, the oldest go (a gap
 /// between ranges is a message not learned yet, as rare as a lost delivery).
 const LEARNED_RANGES: usize = 64;
+/// How long a node gathers its committed records before it summarizes and publishes them
+/// (the others learn them this much later; a node killed loses at most this much of
+/// what it would have told).
+pub const SUMMARY_EVERY: Duration = Duration::from_millis(250);
+/// Records gathered past this are summarized at once.
+const SUMMARY_MAX_RECORDS: usize = 50_000;
 
-/// Publishes this node's record batches, one message per batch (a batch is whole
-/// requests, so a consumer groups them as this node did).
+/// An application's subject token: letters, digits, `-` and `_` kept, anything else `_`;
+/// no application is `_`.
+fn app_token(app: Option<&str>) -> String {
+    match app {
+        None | Some("") => "_".into(),
+        Some(app) => app
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Publishes summaries of this node's committed records (batches of whole requests, so
+/// a summary never splits a request).
 pub(super) async fn publish_records(
     cluster: Arc<Cluster>,
     mut records: tokio::sync::mpsc::Receiver<Vec<ExecutionRecord>>,
 ) {
-    let subject = format!("baton.records.{}", cluster.node);
-    while let Some(batch) = records.recv().await {
-        let mut lines = Vec::new();
-        for record in &batch {
-            let _ = record.write_line(&mut lines);
-        }
-        let mut headers = HeaderMap::new();
-        if let Some(signature) = cluster
-            .trust
-            .sign(Purpose::Records, &[subject.as_bytes(), &lines])
-        {
-            headers.insert(forward::SIGNATURE, signature.as_str());
-        }
-        let published = match cluster
-            .context
-            .publish_with_headers(subject.clone(), headers, lines.into())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+    let mut sequence = 0u64;
+    let mut closed = false;
+    while !closed {
+        let Some(first) = records.recv().await else {
+            return;
         };
-        match published {
-            Ok(()) => {
-                cluster
-                    .counters
-                    .records_published
-                    .fetch_add(1, Ordering::Relaxed);
+        let mut gathered = first;
+        let until = tokio::time::Instant::now() + SUMMARY_EVERY;
+        while gathered.len() < SUMMARY_MAX_RECORDS {
+            match tokio::time::timeout_at(until, records.recv()).await {
+                Ok(Some(batch)) => gathered.extend(batch),
+                Ok(None) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
             }
-            Err(error) => {
-                cluster
-                    .counters
-                    .records_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("cluster: {} records not published: {error}", batch.len());
-            }
+        }
+        let mut by_app: BTreeMap<Option<String>, Vec<ExecutionRecord>> = BTreeMap::new();
+        for record in gathered {
+            by_app.entry(record.app.clone()).or_default().push(record);
+        }
+        for (app, records) in by_app {
+            sequence += 1;
+            let prefix = format!("{}-{}-{sequence}", cluster.node, now_ns());
+            let summary = tokio::task::spawn_blocking(move || {
+                baton_trace::summary::summarize(&records, app.as_deref(), &prefix)
+            })
+            .await
+            .unwrap_or_default();
+            let subject = format!(
+                "baton.records.{}.{}",
+                cluster.node,
+                app_token(summary.records.first().and_then(|r| r.app.as_deref()))
+            );
+            publish_summary(&cluster, &subject, &summary).await;
+        }
+    }
+}
+
+/// Publishes one summary, signed with its subject.
+async fn publish_summary(
+    cluster: &Cluster,
+    subject: &str,
+    summary: &baton_trace::summary::Summary,
+) {
+    if summary.records.is_empty() {
+        return;
+    }
+    let mut lines = Vec::new();
+    for record in &summary.records {
+        let _ = record.write_line(&mut lines);
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(signature) = cluster
+        .trust
+        .sign(Purpose::Records, &[subject.as_bytes(), &lines])
+    {
+        headers.insert(forward::SIGNATURE, signature.as_str());
+    }
+    let published = match cluster
+        .context
+        .publish_with_headers(subject.to_owned(), headers, lines.into())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let counters = &cluster.counters;
+    match published {
+        Ok(()) => {
+            counters.records_published.fetch_add(1, Ordering::Relaxed);
+            counters
+                .requests_summarized
+                .fetch_add(summary.requests, Ordering::Relaxed);
+            counters
+                .summary_records
+                .fetch_add(summary.records.len() as u64, Ordering::Relaxed);
+        }
+        Err(error) => {
+            counters.records_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "cluster: a summary of {} requests not published: {error}",
+                summary.requests
+            );
         }
     }
 }
@@ -86,7 +168,10 @@ pub(super) async fn learn_records(
         .messages()
         .await
         .map_err(|e| js(format!("consumer {name}"))(e.to_string()))?;
+    // This node's own subjects (learned live): `baton.records.<node>.<app>`, and
+    // `baton.records.<node>` as nodes before summaries published.
     let own = format!("baton.records.{}", cluster.node);
+    let own_prefix = format!("{own}.");
     // Which messages this node has learned, as stored with their records (a stream made
     // anew, numbered from 1 again, starts an empty set).
     let created = stream
@@ -138,7 +223,7 @@ pub(super) async fn learn_records(
                 }
                 marked.insert(sequence);
             }
-            if message.subject.as_str() == own {
+            if message.subject.as_str() == own || message.subject.starts_with(&own_prefix) {
                 continue;
             }
             let signature = message
@@ -171,7 +256,8 @@ pub(super) async fn learn_records(
             }
         }
         if !records.is_empty() {
-            let count = records.len() as u64;
+            // Invocations they stand for (a summary's record counts many).
+            let count = records.iter().map(|r| r.count.unwrap_or(1)).sum::<u64>();
             // Stored, with which messages they came from, before they are acknowledged: a
             // node killed in between gets them again from the stream and skips them.
             let mark = Mark {
