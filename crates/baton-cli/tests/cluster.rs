@@ -846,6 +846,29 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
             .unwrap()
             .await
             .unwrap();
+        // Every summary the nodes published, put into the stream again as it was (signed):
+        // replays, which the other node refuses.
+        let mut records_stream = js.get_stream("BATON_RECORDS").await.unwrap();
+        let last = records_stream.info().await.unwrap().state.last_sequence;
+        let mut replayed = 0;
+        for sequence in 1..=last {
+            let Ok(message) = records_stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            if message.subject.starts_with("baton.records.n") {
+                js.publish_with_headers(
+                    message.subject.to_string(),
+                    message.headers.clone(),
+                    message.payload.clone(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                replayed += 1;
+            }
+        }
+        assert!(replayed >= 1, "no summary to replay");
         // A forwarded call, unsigned: node 2 runs nothing and does not answer.
         let call = client
             .send_request(
@@ -939,6 +962,15 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
             n + 1
         );
     }
+    // The forged batch on each node, and the replayed summaries of the other node.
+    assert!(
+        eventually(Duration::from_secs(10), || clients
+            .iter()
+            .map(|c| rejected(c, "records"))
+            .sum::<u64>()
+            >= 3),
+        "replayed summaries were not refused"
+    );
     assert!(rejected(&clients[1], "forward") >= 1);
     assert!(
         rejected(&clients[1], "answer") >= 1,

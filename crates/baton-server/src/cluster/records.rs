@@ -1,6 +1,6 @@
 //! The cluster's one graph: each node publishes a summary of what it ran and learns the
-//! other nodes' summaries. Every [`SUMMARY_EVERY`] a node's committed records are
-//! summarized per application (`baton_trace::summary`: requests alike become one
+//! other nodes' summaries. At most every [`SUMMARY_EVERY`] (at once after a quiet spell) a
+//! node's committed records are summarized per application (`baton_trace::summary`: requests alike become one
 //! representative whose records carry their count), so what crosses NATS grows with the
 //! variety of the requests, not their number, and are published on
 //! `baton.records.<node>.<app>` (a node could learn only the applications it serves by
@@ -17,10 +17,13 @@ const LEARNED_KEY: &str = "cluster.records.learned";
 /// At most this many ranges of learned messages are kept; beyond, the oldest go (a gap
 /// between ranges is a message not learned yet, as rare as a lost delivery).
 const LEARNED_RANGES: usize = 64;
-/// How long a node gathers its committed records before it summarizes and publishes them
-/// (the others learn them this much later; a node killed loses at most this much of
-/// what it would have told).
+/// A node publishes at most one summary per application this often: records committed
+/// after a quiet spell go at once, those committed within the interval after a summary are
+/// gathered into the next (the others learn them up to this much later; a node killed
+/// loses at most this much of what it would have told).
 pub const SUMMARY_EVERY: Duration = Duration::from_millis(250);
+/// The header naming a summary message: its node's run (start, ns) and its number in it.
+const BATCH: &str = "Baton-Batch";
 /// Records gathered past this are summarized at once.
 const SUMMARY_MAX_RECORDS: usize = 50_000;
 
@@ -49,15 +52,24 @@ pub(super) async fn publish_records(
     cluster: Arc<Cluster>,
     mut records: tokio::sync::mpsc::Receiver<Vec<ExecutionRecord>>,
 ) {
+    // Each message's id: this run's start and a number, signed with it, so a message put
+    // again (a replay) is told from a new one.
+    let boot = now_ns();
     let mut sequence = 0u64;
     let mut closed = false;
+    // At most one summary per application every SUMMARY_EVERY: what comes after a quiet
+    // spell goes at once, what comes within the interval after it is gathered.
+    let mut last = {
+        let now = tokio::time::Instant::now();
+        now.checked_sub(SUMMARY_EVERY).unwrap_or(now)
+    };
     while !closed {
         let Some(first) = records.recv().await else {
             return;
         };
         let mut gathered = first;
-        let until = tokio::time::Instant::now() + SUMMARY_EVERY;
-        while gathered.len() < SUMMARY_MAX_RECORDS {
+        let until = last + SUMMARY_EVERY;
+        while gathered.len() < SUMMARY_MAX_RECORDS && tokio::time::Instant::now() < until {
             match tokio::time::timeout_at(until, records.recv()).await {
                 Ok(Some(batch)) => gathered.extend(batch),
                 Ok(None) => {
@@ -67,6 +79,7 @@ pub(super) async fn publish_records(
                 Err(_) => break,
             }
         }
+        last = tokio::time::Instant::now();
         let mut by_app: BTreeMap<Option<String>, Vec<ExecutionRecord>> = BTreeMap::new();
         for record in gathered {
             by_app.entry(record.app.clone()).or_default().push(record);
@@ -84,7 +97,8 @@ pub(super) async fn publish_records(
                 cluster.node,
                 app_token(summary.records.first().and_then(|r| r.app.as_deref()))
             );
-            publish_summary(&cluster, &subject, &summary).await;
+            let batch = format!("{boot}.{sequence}");
+            publish_summary(&cluster, &subject, &batch, &summary).await;
         }
     }
 }
@@ -93,6 +107,7 @@ pub(super) async fn publish_records(
 async fn publish_summary(
     cluster: &Cluster,
     subject: &str,
+    batch: &str,
     summary: &baton_trace::summary::Summary,
 ) {
     if summary.records.is_empty() {
@@ -103,10 +118,11 @@ async fn publish_summary(
         let _ = record.write_line(&mut lines);
     }
     let mut headers = HeaderMap::new();
-    if let Some(signature) = cluster
-        .trust
-        .sign(Purpose::Records, &[subject.as_bytes(), &lines])
-    {
+    headers.insert(BATCH, batch);
+    if let Some(signature) = cluster.trust.sign(
+        Purpose::Records,
+        &[subject.as_bytes(), batch.as_bytes(), &lines],
+    ) {
         headers.insert(forward::SIGNATURE, signature.as_str());
     }
     let published = match cluster
@@ -226,18 +242,43 @@ pub(super) async fn learn_records(
             if message.subject.as_str() == own || message.subject.starts_with(&own_prefix) {
                 continue;
             }
-            let signature = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(forward::SIGNATURE))
-                .map(|v| v.as_str().to_owned());
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            let batch = header(BATCH).unwrap_or_default();
             if let Err(why) = cluster.trust.check(
                 Purpose::Records,
-                &[message.subject.as_bytes(), &message.payload],
-                signature.as_deref(),
+                &[
+                    message.subject.as_bytes(),
+                    batch.as_bytes(),
+                    &message.payload,
+                ],
+                header(forward::SIGNATURE).as_deref(),
             ) {
                 cluster.reject(Purpose::Records, message.subject.as_str(), &why);
                 continue;
+            }
+            // A signed message put again is a new stream message with an old id.
+            let sender = message.subject.split('.').nth(2).unwrap_or_default();
+            match parse_batch(&batch) {
+                Some((run, number)) if !marked.first_time(sender, run, number) => {
+                    cluster.reject(
+                        Purpose::Records,
+                        message.subject.as_str(),
+                        &format!("batch {batch} was learned before (a replay)"),
+                    );
+                    continue;
+                }
+                Some(_) => {}
+                None if cluster.trust.is_signed() => {
+                    cluster.reject(Purpose::Records, message.subject.as_str(), &"no batch id");
+                    continue;
+                }
+                None => {}
             }
             let text = String::from_utf8_lossy(&message.payload);
             for (n, line) in text
@@ -287,9 +328,17 @@ pub(super) async fn learn_records(
     }
 }
 
+/// A summary message's id, `RUN.NUMBER`.
+fn parse_batch(batch: &str) -> Option<(u64, u64)> {
+    let (run, number) = batch.split_once('.')?;
+    Some((run.parse().ok()?, number.parse().ok()?))
+}
+
 /// Which messages of the records stream this node has learned (or passed over as its
 /// own), as sorted, disjoint, inclusive ranges of stream sequences: usually one range, as
 /// the stream delivers in order; a redelivery after a lost acknowledgement falls inside.
+/// And, per sending node, the message numbers of its latest run learned, so that a signed
+/// message put into the stream again is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Learned {
     /// The stream's creation time (ns since the epoch): a stream made anew numbers its
@@ -297,6 +346,10 @@ pub(super) struct Learned {
     stream: String,
     /// Sorted, disjoint, not adjacent.
     ranges: Vec<(u64, u64)>,
+    /// Per sending node: its latest run (start, ns) and the numbers learned of it, as
+    /// ranges.
+    #[serde(default)]
+    senders: std::collections::BTreeMap<String, (u64, Vec<(u64, u64)>)>,
 }
 
 impl Learned {
@@ -306,7 +359,7 @@ impl Learned {
     pub(super) fn restore(stored: Option<String>, created: &str) -> Learned {
         let fresh = Learned {
             stream: created.to_owned(),
-            ranges: Vec::new(),
+            ..Learned::default()
         };
         let Some(stored) = stored else {
             return fresh;
@@ -322,39 +375,68 @@ impl Learned {
     }
 
     pub(super) fn contains(&self, sequence: u64) -> bool {
-        let at = self.ranges.partition_point(|&(_, end)| end < sequence);
-        self.ranges
-            .get(at)
-            .is_some_and(|&(start, _)| start <= sequence)
+        ranges_contain(&self.ranges, sequence)
     }
 
     pub(super) fn insert(&mut self, sequence: u64) {
-        let at = self
-            .ranges
-            .partition_point(|&(_, end)| end.saturating_add(1) < sequence);
-        match self.ranges.get_mut(at) {
-            Some((start, end)) if *start <= sequence.saturating_add(1) => {
-                *start = (*start).min(sequence);
-                *end = (*end).max(sequence);
-                // It may now touch the next range.
-                if let Some(&(next_start, next_end)) = self.ranges.get(at + 1) {
-                    if next_start <= self.ranges[at].1.saturating_add(1) {
-                        self.ranges[at].1 = next_end;
-                        self.ranges.remove(at + 1);
-                    }
-                }
-            }
-            _ => {
-                self.ranges.insert(at, (sequence, sequence));
-                if self.ranges.len() > LEARNED_RANGES {
-                    self.ranges.remove(0);
-                }
-            }
+        ranges_insert(&mut self.ranges, sequence);
+    }
+
+    /// Whether message `number` of `sender`'s run `run` is seen here for the first time
+    /// (then it is noted): an earlier run, or a number of this run already learned, is a
+    /// replay.
+    pub(super) fn first_time(&mut self, sender: &str, run: u64, number: u64) -> bool {
+        let (latest, numbers) = self
+            .senders
+            .entry(sender.to_owned())
+            .or_insert((run, Vec::new()));
+        if run < *latest {
+            return false;
         }
+        if run > *latest {
+            *latest = run;
+            numbers.clear();
+        }
+        if ranges_contain(numbers, number) {
+            return false;
+        }
+        ranges_insert(numbers, number);
+        true
     }
 
     pub(super) fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Whether sorted, disjoint ranges hold `value`.
+fn ranges_contain(ranges: &[(u64, u64)], value: u64) -> bool {
+    let at = ranges.partition_point(|&(_, end)| end < value);
+    ranges.get(at).is_some_and(|&(start, _)| start <= value)
+}
+
+/// Adds `value` to sorted, disjoint, not adjacent ranges (at most [`LEARNED_RANGES`]: the
+/// oldest go).
+fn ranges_insert(ranges: &mut Vec<(u64, u64)>, value: u64) {
+    let at = ranges.partition_point(|&(_, end)| end.saturating_add(1) < value);
+    match ranges.get_mut(at) {
+        Some((start, end)) if *start <= value.saturating_add(1) => {
+            *start = (*start).min(value);
+            *end = (*end).max(value);
+            // It may now touch the next range.
+            if let Some(&(next_start, next_end)) = ranges.get(at + 1) {
+                if next_start <= ranges[at].1.saturating_add(1) {
+                    ranges[at].1 = next_end;
+                    ranges.remove(at + 1);
+                }
+            }
+        }
+        _ => {
+            ranges.insert(at, (value, value));
+            if ranges.len() > LEARNED_RANGES {
+                ranges.remove(0);
+            }
+        }
     }
 }
 
@@ -384,6 +466,27 @@ mod tests {
         }
         assert_eq!(learned.ranges.len(), LEARNED_RANGES);
         assert!(learned.contains(498) && !learned.contains(3));
+    }
+
+    #[test]
+    fn a_message_put_again_is_a_replay_and_a_new_run_starts_afresh() {
+        let mut learned = Learned::restore(None, "1");
+        assert!(learned.first_time("n1", 100, 1));
+        assert!(learned.first_time("n1", 100, 3));
+        assert!(!learned.first_time("n1", 100, 1), "the same message again");
+        assert!(
+            learned.first_time("n1", 100, 2),
+            "a later one, out of order"
+        );
+        assert!(learned.first_time("n2", 50, 1), "another node's");
+        assert!(learned.first_time("n1", 200, 1), "the node started again");
+        assert!(!learned.first_time("n1", 100, 9), "its earlier run");
+        // Kept with the set.
+        let back = Learned::restore(Some(learned.to_json()), "1");
+        let mut again = back.clone();
+        assert!(!again.first_time("n1", 200, 1));
+        assert_eq!(parse_batch("12.3"), Some((12, 3)));
+        assert_eq!(parse_batch("12"), None);
     }
 
     #[test]
