@@ -242,7 +242,14 @@ pub(crate) fn install(
 
 pub(super) fn describe(spec: &FunctionSpec, manifest: Option<String>) -> Value {
     let (kind, target) = match &spec.kind {
-        FunctionKind::Wasm { module } => ("wasm", module.display().to_string()),
+        // The module's file name (its content key), not where this server keeps it.
+        FunctionKind::Wasm { module } => (
+            "wasm",
+            module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
         FunctionKind::Process { command } => ("process", command.join(" ")),
     };
     json!({

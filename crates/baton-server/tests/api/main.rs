@@ -460,6 +460,15 @@ fn the_api_deploys_invokes_learns_and_counts() {
     assert_eq!(report["missing_parents"], 1, "{report}");
     assert_eq!(report["requests"], 1, "{report}");
 
+    // A function's description names its upload by content key, not by where this server
+    // keeps it.
+    let described = api.get("/v1/functions/upper").unwrap().text();
+    let data = dir.path().display().to_string();
+    assert!(!described.contains(&data), "{described}");
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let hash = described["module_hash"].as_str().unwrap();
+    assert_eq!(described["target"], format!("{hash}.wasm"), "{described}");
+
     let pool = api.get("/v1/pool").unwrap().json();
     assert_eq!(pool["policy"], "chain");
     assert!(pool["capacity"]["cores"].as_u64().unwrap() >= 1);
