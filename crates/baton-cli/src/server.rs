@@ -215,6 +215,11 @@ pub struct ServeArgs {
     /// only.
     #[arg(long, requires = "cluster")]
     cluster_insecure: bool,
+    /// How often, at most, this node publishes a summary of its traffic per application,
+    /// ms (at once after a quiet spell). Longer in a large cluster: every node receives
+    /// every node's summaries (docs/scale.md).
+    #[arg(long, env = "BATON_CLUSTER_SUMMARY_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000), requires = "cluster")]
+    cluster_summary_ms: u64,
     /// Send every execution record as a span to this OTLP/HTTP collector
     /// (`http://HOST:4318`; protobuf to `/v1/traces`), on the invocations' trace ids.
     #[arg(long, env = "BATON_OTLP_ENDPOINT")]
@@ -297,6 +302,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             creds: args.cluster_creds.clone(),
             signing_key: args.cluster_signing_key.clone(),
             insecure: args.cluster_insecure,
+            summary_every: Duration::from_millis(args.cluster_summary_ms),
         });
     }
     let server = RunningServer::start(config)

@@ -74,6 +74,8 @@ fn node(name: &str, data: &Path, nats: &str, keys: &Path) -> (Served, String) {
             .arg(keys.join("node.nk"))
             .arg("--cluster-signing-key")
             .arg(keys.join("cluster.key"))
+            // Summaries sooner than by default: a node killed has told more.
+            .args(["--cluster-summary-ms", "100"])
             .arg("--allow-process-functions")
             .env("RUST_LOG", "warn"),
         Some(name),

@@ -54,6 +54,7 @@ pub(crate) use forward::Forwarded;
 use forward::{serve_forwarded, tell_warm, watch_peers};
 pub use forward::{FORWARD_MIN, NODES};
 use queue::run_queued;
+pub use records::SUMMARY_EVERY;
 use records::{learn_records, publish_records};
 use registry::{watch_functions, watch_sequences};
 pub(crate) use sharing::Sharing;
@@ -163,6 +164,10 @@ pub struct ClusterConfig {
     /// Join a NATS server that admits anonymous clients, and without a signing key believe
     /// whatever is read: a private test network only.
     pub insecure: bool,
+    /// How often, at most, this node publishes a summary of its traffic per application
+    /// ([`records::SUMMARY_EVERY`] by default; longer in a large cluster, see
+    /// docs/scale.md).
+    pub summary_every: Duration,
 }
 
 /// Why the cluster could not be joined or used.
@@ -394,6 +399,8 @@ pub(crate) struct Cluster {
     peers: std::sync::Mutex<forward::Peers>,
     /// Signs what this node writes and checks what it reads.
     trust: Trust,
+    /// How often, at most, a summary is published per application.
+    summary_every: Duration,
     /// The registry versions applied here and the changes the cluster has not got yet.
     registry: std::sync::Mutex<sharing::RegistryState>,
     /// The last version this node gave an entry (versions grow even if the clock does
@@ -822,6 +829,7 @@ impl Cluster {
             nodes,
             peers: std::sync::Mutex::new(forward::Peers::default()),
             trust,
+            summary_every: config.summary_every.max(Duration::from_millis(1)),
             registry: std::sync::Mutex::new(sharing::RegistryState::default()),
             last_version: AtomicU64::new(0),
             records_out,

@@ -1,5 +1,6 @@
 //! The cluster's one graph: each node publishes a summary of what it ran and learns the
-//! other nodes' summaries. At most every [`SUMMARY_EVERY`] (at once after a quiet spell) a
+//! other nodes' summaries. At most every `summary_every` ([`SUMMARY_EVERY`] unless
+//! `--cluster-summary-ms` says otherwise; at once after a quiet spell) a
 //! node's committed records are summarized per application (`baton_trace::summary`: requests alike become one
 //! representative whose records carry their count), so what crosses NATS grows with the
 //! variety of the requests, not their number, and are published on
@@ -17,7 +18,7 @@ const LEARNED_KEY: &str = "cluster.records.learned";
 /// At most this many ranges of learned messages are kept; beyond, the oldest go (a gap
 /// between ranges is a message not learned yet, as rare as a lost delivery).
 const LEARNED_RANGES: usize = 64;
-/// A node publishes at most one summary per application this often: records committed
+/// By default a node publishes at most one summary per application this often: records committed
 /// after a quiet spell go at once, those committed within the interval after a summary are
 /// gathered into the next (the others learn them up to this much later; a node killed
 /// loses at most this much of what it would have told).
@@ -57,18 +58,19 @@ pub(super) async fn publish_records(
     let boot = now_ns();
     let mut sequence = 0u64;
     let mut closed = false;
-    // At most one summary per application every SUMMARY_EVERY: what comes after a quiet
+    // At most one summary per application every interval: what comes after a quiet
     // spell goes at once, what comes within the interval after it is gathered.
+    let every = cluster.summary_every;
     let mut last = {
         let now = tokio::time::Instant::now();
-        now.checked_sub(SUMMARY_EVERY).unwrap_or(now)
+        now.checked_sub(every).unwrap_or(now)
     };
     while !closed {
         let Some(first) = records.recv().await else {
             return;
         };
         let mut gathered = first;
-        let until = last + SUMMARY_EVERY;
+        let until = last + every;
         while gathered.len() < SUMMARY_MAX_RECORDS && tokio::time::Instant::now() < until {
             match tokio::time::timeout_at(until, records.recv()).await {
                 Ok(Some(batch)) => gathered.extend(batch),
