@@ -713,6 +713,8 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let forwarded_to_impostors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    type Call = (Option<async_nats::HeaderMap>, Vec<u8>);
+    let captured: std::sync::Arc<std::sync::Mutex<Option<Call>>> = Default::default();
     let impostors = runtime.block_on(async {
         // No credentials: nats-server refuses.
         assert!(async_nats::connect(&nats_url).await.is_err());
@@ -792,12 +794,17 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
         for subject in ["baton.node.evil.invoke", "baton.node.n1.invoke"] {
             let mut calls = client.subscribe(subject).await.unwrap();
             let (client, count) = (client.clone(), forwarded_to_impostors.clone());
+            let captured = captured.clone();
             let counts = subject.contains("evil");
             impostors.push(tokio::spawn(async move {
                 use futures_util::StreamExt;
                 while let Some(call) = calls.next().await {
                     if counts {
                         count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // Kept, to be put again later (a replay of a genuine, signed call).
+                    if let Ok(mut slot) = captured.lock() {
+                        slot.get_or_insert((call.headers.clone(), call.payload.to_vec()));
                     }
                     if let Some(reply) = call.reply {
                         let answer = json!({ "status": 200, "body": { "output": "FORGED" } });
@@ -906,6 +913,34 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
         0,
         "a call was forwarded to the node an impostor advertised"
     );
+    // The genuine call node 2 handed to node 1, captured on the way and put again: node 1
+    // runs it once only.
+    let served = counter(&clients[0], "baton_cluster_served_for_others_total");
+    let call = captured.lock().unwrap().clone().expect("no call captured");
+    // The impostors stop answering first: only node 1 could answer now.
+    for impostor in &impostors {
+        impostor.abort();
+    }
+    let replayed = runtime.block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .nkey(seed(&keys.join("node.nk")))
+            .connect(&nats_url)
+            .await
+            .unwrap();
+        let mut request = async_nats::Request::new()
+            .payload(call.1.into())
+            .timeout(Some(Duration::from_secs(2)));
+        if let Some(headers) = call.0 {
+            request = request.headers(headers);
+        }
+        client.send_request("baton.node.n1.invoke", request).await
+    });
+    assert!(replayed.is_err(), "node 1 answered a replayed call");
+    assert_eq!(
+        counter(&clients[0], "baton_cluster_served_for_others_total"),
+        served,
+        "node 1 ran a replayed call"
+    );
 
     let rejected = |client: &Client, what: &str| {
         counter(
@@ -974,6 +1009,7 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
         "replayed summaries were not refused"
     );
     assert!(rejected(&clients[1], "forward") >= 1);
+    assert!(rejected(&clients[0], "forward") >= 1, "the replayed call");
     assert!(
         rejected(&clients[1], "answer") >= 1,
         "the impostor's answer"
@@ -1005,9 +1041,6 @@ fn a_nats_writer_without_the_signing_key_changes_nothing() {
     })
     .collect();
     eprintln!("refused on node 1 + node 2: {}", summary.join(", "));
-    for impostor in impostors {
-        impostor.abort();
-    }
 }
 
 /// Deploys `manifest` through `url` and returns what `baton deploy` printed.

@@ -93,7 +93,13 @@ impl Cluster {
         timeout: Duration,
     ) -> Forwarded {
         let subject = format!("baton.node.{peer}.invoke");
-        let nonce = async_nats::Client::new_inbox(&self.context.client());
+        // When it was sent and a unique token: a node refuses a call it has seen, or one
+        // older than FORWARD_WINDOW (a captured call put again).
+        let nonce = format!(
+            "{}.{}",
+            now_ns(),
+            async_nats::Client::new_inbox(&self.context.client())
+        );
         let traceparent = caller.map(|c| c.to_string()).unwrap_or_default();
         let mut headers = HeaderMap::new();
         headers.insert("Baton-Function", name);
@@ -188,6 +194,29 @@ pub(crate) enum Forwarded {
     Lost(String),
 }
 
+/// How old a forwarded call may be when it arrives (its nonce carries when it was sent;
+/// nodes' clocks must agree this well). Within it, each nonce is taken once.
+pub const FORWARD_WINDOW: Duration = Duration::from_secs(30);
+
+/// Whether a forwarded call's `nonce` is fresh: sent within [`FORWARD_WINDOW`] of `now`
+/// (ns) and not in `seen`, which it then joins (entries older than the window go).
+fn fresh_nonce(seen: &mut HashMap<String, u64>, nonce: &str, now: u64) -> bool {
+    let window = FORWARD_WINDOW.as_nanos() as u64;
+    let Some(sent) = nonce
+        .split_once('.')
+        .and_then(|(t, _)| t.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    if sent.abs_diff(now) > window {
+        return false;
+    }
+    if seen.len() >= 4096 {
+        seen.retain(|_, at| now.saturating_sub(*at) <= window);
+    }
+    seen.insert(nonce.to_owned(), sent).is_none()
+}
+
 /// The header that carries a message's signature.
 pub(super) const SIGNATURE: &str = "Baton-Signature";
 
@@ -205,6 +234,7 @@ pub(super) async fn serve_forwarded(
         .await
         .map_err(|e| js(format!("subscribing to {subject}"))(e.to_string()))?;
     let slots = Arc::new(tokio::sync::Semaphore::new(workers));
+    let mut seen: HashMap<String, u64> = HashMap::new();
     while let Some(request) = requests.next().await {
         let Some(reply_to) = request.reply.clone() else {
             continue;
@@ -235,6 +265,14 @@ pub(super) async fn serve_forwarded(
         {
             // Not from a node of this cluster: nothing runs, and no answer is owed.
             cluster.reject(Purpose::Forward, &function, &why);
+            continue;
+        }
+        if cluster.trust.is_signed() && !fresh_nonce(&mut seen, &nonce, now_ns()) {
+            cluster.reject(
+                Purpose::Forward,
+                &function,
+                &"a call seen before or sent too long ago (a replay)",
+            );
             continue;
         }
         let answer = {
@@ -385,4 +423,36 @@ pub(super) async fn watch_peers(cluster: Arc<Cluster>) -> Result<(), ClusterErro
         };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_call_is_taken_once_and_only_while_fresh() {
+        let mut seen = HashMap::new();
+        let now = 1_000_000_000_000u64;
+        let window = FORWARD_WINDOW.as_nanos() as u64;
+        let nonce = |t: u64, id: &str| format!("{t}.{id}");
+        assert!(fresh_nonce(&mut seen, &nonce(now, "a"), now));
+        assert!(!fresh_nonce(&mut seen, &nonce(now, "a"), now + 1), "twice");
+        assert!(fresh_nonce(&mut seen, &nonce(now, "b"), now + 1));
+        assert!(
+            !fresh_nonce(&mut seen, &nonce(now - window - 1, "c"), now),
+            "too old"
+        );
+        assert!(
+            !fresh_nonce(&mut seen, &nonce(now + window + 1, "d"), now),
+            "from the future"
+        );
+        assert!(!fresh_nonce(&mut seen, "no-time", now));
+        // Bounded: old entries go once the set is large.
+        for i in 0..5000 {
+            fresh_nonce(&mut seen, &nonce(now, &format!("x{i}")), now);
+        }
+        let later = now + 2 * window;
+        assert!(fresh_nonce(&mut seen, &nonce(later, "y"), later));
+        assert!(seen.len() < 5000);
+    }
 }
