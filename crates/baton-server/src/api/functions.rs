@@ -137,7 +137,7 @@ pub(super) async fn put_function(
     let installed =
         tokio::task::spawn_blocking(move || install(&state2, &manifest, spec, upload)).await;
     let (hash, existed) = match installed {
-        Ok(Ok((hash, existed, _, _))) => (hash, existed),
+        Ok(Ok(installed)) => installed,
         Ok(Err((status, message))) => return error(status, message),
         Err(e) => return internal(e),
     };
@@ -184,14 +184,14 @@ pub(crate) fn check_upload(
 
 /// Stages an upload, checks that it loads, stores the function and deploys it (blocking:
 /// compiling a module takes milliseconds). The deploy handler and the cluster's registry
-/// watcher both come here. Returns the upload's content key, whether the function
-/// replaced one, and the upload and manifest back (the cluster shares them).
+/// watcher both come here. Returns the upload's content key and whether the function
+/// replaced one.
 pub(crate) fn install(
     state: &AppState,
     manifest: &str,
     spec: FunctionSpec,
     upload: Vec<u8>,
-) -> Result<(String, bool, Vec<u8>, String), Refusal> {
+) -> Result<(String, bool), Refusal> {
     // The server's own failures name its paths: they go to its log, never to the client.
     let server = |e: &dyn std::fmt::Display| {
         tracing::error!("deploying `{}`: {e}", spec.name);
@@ -237,7 +237,7 @@ pub(crate) fn install(
     state.director.deploy(spec);
     // The version it replaced, if no other function uses its upload.
     crate::sweep_uploads(&state.store, &state.dirs, &state.disk);
-    Ok((hash, existed, upload, manifest.to_owned()))
+    Ok((hash, existed))
 }
 
 pub(super) fn describe(spec: &FunctionSpec, manifest: Option<String>) -> Value {

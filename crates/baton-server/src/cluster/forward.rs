@@ -151,11 +151,7 @@ impl Cluster {
                 // The node is gone: nothing ran there.
                 return not_taken(&"no responders");
             }
-            let signature = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(SIGNATURE))
-                .map(|v| v.as_str().to_owned());
+            let signature = header(message.headers.as_ref(), SIGNATURE);
             match self.trust.check(
                 Purpose::Answer,
                 &[nonce.as_bytes(), &message.payload],
@@ -239,13 +235,7 @@ pub(super) async fn serve_forwarded(
         let Some(reply_to) = request.reply.clone() else {
             continue;
         };
-        let header = |name: &str| {
-            request
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-        };
+        let header = |name: &str| header(request.headers.as_ref(), name);
         let nonce = header("Baton-Nonce").unwrap_or_default();
         let (function, traceparent) = (
             header("Baton-Function").unwrap_or_default(),

@@ -302,13 +302,7 @@ async fn run_one(
     state: Arc<AppState>,
     message: jetstream::Message,
 ) -> Result<(), ClusterError> {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
+    let header = |name: &str| header(message.headers.as_ref(), name);
     let (Some(id), Some(function)) = (header("Baton-Id"), header("Baton-Function")) else {
         tracing::warn!("cluster: a queued invocation without its id or function is dropped");
         let _ = message.ack_with(jetstream::AckKind::Term).await;

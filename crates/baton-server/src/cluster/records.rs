@@ -244,13 +244,7 @@ pub(super) async fn learn_records(
             if message.subject.as_str() == own || message.subject.starts_with(&own_prefix) {
                 continue;
             }
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
+            let header = |name: &str| header(message.headers.as_ref(), name);
             let batch = header(BATCH).unwrap_or_default();
             if let Err(why) = cluster.trust.check(
                 Purpose::Records,

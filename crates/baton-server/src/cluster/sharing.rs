@@ -10,8 +10,8 @@
 //!
 //! Pending changes and the version applied per entry are kept in the node's store
 //! ([`REGISTRY_KEY`]): a change survives a restart, and an entry older than the one
-//! applied is refused as a replay after a restart too. The entry's content is read from
-//! the store when it is put, so a pending change always shares what this node holds now.
+//! applied is refused as a replay after a restart too. The entry's content is read from the
+//! node when it is put, so a pending change always shares what this node holds now.
 
 use super::*;
 use std::collections::BTreeMap;
@@ -291,13 +291,8 @@ async fn publish(
             cluster.sealed(purpose, name, &shared, "sharing function")?
         }
         _ => {
-            let steps = state
-                .store
-                .sequences()
-                .map_err(store_failed)?
-                .into_iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, steps)| steps);
+            // The director holds what the store holds, without reading every sequence.
+            let steps = state.director.sequence(name);
             let shared = SharedSequence {
                 removed: steps.is_none(),
                 steps: steps.unwrap_or_default(),

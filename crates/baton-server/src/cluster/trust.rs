@@ -164,12 +164,8 @@ impl ClusterKeys {
             reason: e.to_string(),
         };
         let meta = std::fs::metadata(path).map_err(unreadable)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(TrustError::Exposed { path: shown, mode });
-            }
+        if let Some(mode) = exposed(&meta) {
+            return Err(TrustError::Exposed { path: shown, mode });
         }
         if meta.len() > 64 << 10 {
             return Err(TrustError::Unreadable {
@@ -210,6 +206,15 @@ impl ClusterKeys {
     pub fn public_key(&self) -> String {
         self.keys[0].public_key()
     }
+}
+
+/// The permission bits of a secret file that users other than its owner may read or
+/// change (a jailed function runs as another user on the same host); `None` when only its
+/// owner may.
+pub(crate) fn exposed(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// The bytes a signature covers.
