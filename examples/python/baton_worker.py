@@ -12,16 +12,26 @@ the new worker's stdin, stdout and stderr) it forks; the child takes those as it
 starts a session of its own, re-seeds its random state and serves as any worker (R, then
 I/O frames); the template answers with the child's pid (big-endian u32). W and a pid
 (big-endian u32) has it reap that child (answered w), which baton sends once it has read
-how the child ended; any other ended child is reaped within 10 s. The template makes
-itself non-dumpable first, so no worker forked from it can read a sibling's memory
-through /proc (the jail's system-call filter refuses ptrace). A template never runs
-handle() itself.
+how the child ended. The template makes itself non-dumpable first, so no worker forked
+from it can read a sibling's memory through /proc (the jail's system-call filter refuses
+ptrace). A template never runs handle() itself.
+
+Each forked child gets a temporary directory of its own, /tmp/.baton-worker-<pid>, as its
+TMPDIR and HOME (tempfile and most libraries write there), and the template removes it
+when it reaps the child, so what a worker wrote is freed with it (its memory is charged to
+the worker that wrote it). In a jail (BATON_TMP_SWEEP=1: /tmp is the jail's own tmpfs)
+the template also removes what a child wrote straight into /tmp once no living child can
+have written it: an entry changed before the oldest living child was forked, or any
+entry when no child lives, but never what was there when the template became ready.
 """
 import os
 import random
+import shutil
 import socket
 import struct
 import sys
+import tempfile
+import time
 
 _FRAMES_OUT = sys.stdout.buffer
 _FRAMES_IN = sys.stdin.buffer
@@ -66,8 +76,85 @@ def _not_dumpable() -> None:
         pass
 
 
+_WORKER_TMP = "/tmp/.baton-worker-"
+_CLOCK = "/tmp/.baton-template-clock"
+
+
+def _own_tmp() -> None:
+    """In a forked child: a temporary directory of its own, removed when it is reaped."""
+    path = _WORKER_TMP + str(os.getpid())
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        shutil.rmtree(path, ignore_errors=True)  # a reused pid's leftovers
+        os.mkdir(path, 0o700)
+    except OSError:
+        return  # no writable /tmp: the worker keeps what it had
+    os.environ["TMPDIR"] = path
+    os.environ["HOME"] = path
+    tempfile.tempdir = path
+
+
+class _Children:
+    """The template's living children (pid -> when it was forked) and /tmp's baseline."""
+
+    def __init__(self) -> None:
+        self.living = {}
+        self.sweep = os.environ.pop("BATON_TMP_SWEEP", None) == "1"
+        self.baseline = set()
+        if self.sweep:
+            try:
+                open(_CLOCK, "wb").close()
+                self.baseline = set(os.listdir("/tmp"))
+            except OSError:
+                self.sweep = False
+
+    def now(self) -> float:
+        """The kernel's file clock (a tick coarser than time.time()): a file changed after
+        this moment has a ctime no earlier than what this returns."""
+        if self.sweep:
+            try:
+                os.utime(_CLOCK)
+                return os.stat(_CLOCK).st_ctime
+            except OSError:
+                pass
+        return time.time()
+
+    def forked(self, pid: int, at: float) -> None:
+        self.living[pid] = at
+
+    def reaped(self, pid: int) -> None:
+        self.living.pop(pid, None)
+        shutil.rmtree(_WORKER_TMP + str(pid), ignore_errors=True)
+        if self.sweep:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        # Both sides on the kernel's file clock; an entry changed in the tick a living
+        # child was forked in is kept.
+        cutoff = min(self.living.values()) if self.living else float("inf")
+        mine = {(_WORKER_TMP + str(pid))[len("/tmp/"):] for pid in self.living}
+        try:
+            entries = list(os.scandir("/tmp"))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name in self.baseline or entry.name in mine:
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_ctime >= cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
 def _template(handle) -> None:
     _not_dumpable()
+    children = _Children()
     control = socket.socket(fileno=3)
     control.settimeout(10)
     control.sendall(b"T")
@@ -93,6 +180,7 @@ def _template(handle) -> None:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+            children.reaped(pid)
             control.sendall(b"w")
             continue
         if message != b"F" or len(fds) != 3:
@@ -100,6 +188,7 @@ def _template(handle) -> None:
                 os.close(fd)
             control.sendall(struct.pack(">I", 0))
             continue
+        forked_at = children.now()
         pid = os.fork()
         if pid == 0:
             control.close()
@@ -108,6 +197,7 @@ def _template(handle) -> None:
                 os.close(fd)
             os.setsid()
             random.seed()
+            _own_tmp()
             try:
                 _serve(handle)
             except BrokenPipeError:
@@ -115,6 +205,7 @@ def _template(handle) -> None:
             os._exit(0)
         for fd in fds:
             os.close(fd)
+        children.forked(pid, forked_at)
         control.sendall(struct.pack(">I", pid))
 
 

@@ -17,7 +17,10 @@
 //!
 //! A template is per function and lives inside that function's jail, so nothing of one
 //! function is visible to another; its forked workers share its jail (namespaces, its
-//! private `/tmp`) and, copy-on-write, its memory. Each forked worker holds its template:
+//! private `/tmp`) and, copy-on-write, its memory. Each forked worker's `TMPDIR` and
+//! `HOME` are a directory of its own, which the template removes when it reaps the worker,
+//! and in a jail (`BATON_TMP_SWEEP=1`) it also removes what dead workers wrote straight
+//! into `/tmp`: a worker's files are charged to its memory group and freed with it. Each forked worker holds its template:
 //! jailed, the template's end would end its jail, and every process in it.
 
 use super::error::WorkerError;
@@ -45,6 +48,9 @@ pub struct Template {
     jailed: bool,
     /// Our end of the socket; one fork at a time.
     control: Mutex<UnixStream>,
+    /// Reaps whose answer (`w`) did not come in time: the template answers in order, so
+    /// that many `w` precede its next answer. Changed only under `control`'s lock.
+    owed: std::sync::atomic::AtomicUsize,
     stderr: Arc<Mutex<Captured>>,
     limits: LimitGuard,
     ready_after: Duration,
@@ -66,6 +72,10 @@ impl Template {
             source,
         })?;
         let theirs = OwnedFd::from(theirs);
+        if isolation.sandbox.is_jailed() {
+            // /tmp is the jail's own: the template may sweep what dead children left there.
+            command.env("BATON_TMP_SWEEP", "1");
+        }
         command
             .env("BATON_TEMPLATE", "1")
             .stdin(Stdio::null())
@@ -89,6 +99,7 @@ impl Template {
             jail_init: None,
             jailed,
             control: Mutex::new(ours),
+            owed: Default::default(),
             stderr,
             limits,
             ready_after: Duration::ZERO,
@@ -196,6 +207,7 @@ impl Template {
             .map_err(|e| io("send")(e.into()))?;
             let mut pid = [0u8; 4];
             let _ = control.set_read_timeout(Some(Duration::from_millis(spec.timeout_ms.max(1))));
+            self.take_owed(&control).map_err(|e| self.gone(e))?;
             (&*control).read_exact(&mut pid).map_err(|e| self.gone(e))?;
             u32::from_be_bytes(pid)
         };
@@ -241,9 +253,26 @@ impl Template {
         message.extend_from_slice(&inner.to_be_bytes());
         let _ = control.set_read_timeout(Some(Duration::from_secs(1)));
         let mut answer = [0u8; 1];
-        let _ = (&*control)
+        let answered = (&*control)
             .write_all(&message)
+            .and_then(|()| self.take_owed(&control))
             .and_then(|()| (&*control).read_exact(&mut answer));
+        if answered.is_err() {
+            // Late (a large /tmp to clear) or gone: the next answer read skips it.
+            self.owed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the `w` answers owed by earlier reaps that timed out (`control` locked).
+    fn take_owed(&self, control: &UnixStream) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        while self.owed.load(Ordering::Relaxed) > 0 {
+            let mut answer = [0u8; 1];
+            let mut stream = control;
+            stream.read_exact(&mut answer)?;
+            self.owed.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The host pid of the template's child whose pid in the template's PID namespace is

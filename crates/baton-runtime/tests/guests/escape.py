@@ -1,7 +1,7 @@
 """A hostile worker for the sandbox tests: each payload is an escape attempt, answered with
 "ok ..." when it worked and "denied <errno name>" when it did not.
 
-read:PATH  write:PATH  procs  signal:PID  connect:PORT  fork:N  forkwait:N:SECONDS  uid
+read:PATH  write:PATH  tmpfile:NAME (a file in tempfile's directory; answers its path)  procs  signal:PID  connect:PORT  fork:N  forkwait:N:SECONDS  uid
 flood:BYTES (that many bytes on stderr)  say:TEXT (one line on stderr)
 random (a draw from `random`, which a forked worker must not share with its siblings)
 spin:SECONDS (a busy loop that long by the wall clock; answers the CPU seconds it got)
@@ -77,6 +77,13 @@ def handle(payload: bytes) -> bytes:
             with open(arg, "wb") as f:
                 f.write(b"x")
             return b"ok wrote"
+        if verb == "tmpfile":
+            import tempfile
+
+            path = os.path.join(tempfile.gettempdir(), arg)
+            with open(path, "wb") as f:
+                f.write(b"x" * 4096)
+            return path.encode()
         if verb == "procs":
             return " ".join(p for p in os.listdir("/proc") if p.isdigit()).encode()
         if verb == "signal":

@@ -557,18 +557,47 @@ fn workers_forked_from_a_template_are_jailed_limited_and_unique() {
     } else {
         eprintln!("path: NO SANDBOX on this machine: forked escapes not refused");
     }
+    // Each has a temporary directory of its own; what a worker wrote there goes with it,
+    // and what it wrote straight into /tmp goes once no living worker can have written it.
+    let first_tmp = ask(&mut first, "tmpfile:scratch");
+    let second_tmp = ask(&mut second, "tmpfile:scratch");
+    assert!(first_tmp.starts_with("/tmp/.baton-worker-"), "{first_tmp}");
+    assert_ne!(first_tmp, second_tmp);
+    if isolation.sandbox.is_jailed() {
+        assert_eq!(ask(&mut first, "write:/tmp/stray-first"), "ok wrote");
+    }
     // A worker's end is its own; the template still forks.
     let first_pid = first.pid();
     drop(first);
     assert_eq!(ask(&mut second, "uid").split(' ').count(), 2);
+    // The template tells "before" from "after" by the kernel's file clock, a tick coarse.
+    std::thread::sleep(Duration::from_millis(30));
     let mut third = template
         .fork(&spec, &isolation, &Default::default())
         .unwrap();
     assert_eq!(ask(&mut third, "uid").split(' ').count(), 2);
+    assert_eq!(
+        ask(&mut third, &format!("read:{first_tmp}")),
+        "denied ENOENT"
+    );
+    assert_eq!(ask(&mut second, &format!("read:{second_tmp}")), "ok read");
+    if isolation.sandbox.is_jailed() {
+        // The second worker was forked before the stray was written: it may be its.
+        assert_eq!(ask(&mut third, "read:/tmp/stray-first"), "ok read");
+        drop(second);
+        assert_eq!(ask(&mut third, "read:/tmp/stray-first"), "denied ENOENT");
+        assert_eq!(
+            ask(&mut third, &format!("read:{second_tmp}")),
+            "denied ENOENT"
+        );
+        eprintln!("path: jailed template: dead workers' /tmp entries swept");
+    } else {
+        drop(second);
+        eprintln!("path: unjailed template: the host's /tmp is never swept");
+    }
     // Dropped, a forked worker leaves nothing; the template goes with the last of them.
     let (third_pid, template_pid) = (third.pid(), template.pid());
     drop(third);
-    drop(second);
     drop(template);
     std::thread::sleep(Duration::from_millis(200));
     for pid in [first_pid, third_pid, template_pid] {
