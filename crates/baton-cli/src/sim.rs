@@ -9,6 +9,24 @@ use baton_sim::{report, PolicyResult, Simulation};
 use clap::Args;
 use std::path::PathBuf;
 
+/// Which idle instance a call takes (`baton_core::exec::Reuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReuseArg {
+    /// The one idle the shortest time.
+    Recent,
+    /// The one idle the longest.
+    Oldest,
+}
+
+impl From<ReuseArg> for baton_core::exec::Reuse {
+    fn from(arg: ReuseArg) -> Self {
+        match arg {
+            ReuseArg::Recent => baton_core::exec::Reuse::Recent,
+            ReuseArg::Oldest => baton_core::exec::Reuse::Oldest,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SimArgs {
     /// The trace (plain, .gz or .xz).
@@ -38,6 +56,16 @@ pub struct SimArgs {
     /// Node memory for instances, GiB.
     #[arg(long, default_value_t = 8.0)]
     memory_gib: f64,
+    /// Which idle instance of a function an arrival takes: `recent` (idle the shortest
+    /// time, as `baton serve` does by default) or `oldest` (`baton serve --reuse oldest`;
+    /// close to dslab-faas's invoker, see docs/sim/validation.md).
+    #[arg(long, value_enum, default_value = "recent")]
+    reuse: ReuseArg,
+    /// Also write the replayed invocations to this CSV (`function,start_s,duration_s,
+    /// memory_mib`, in start order), e.g. to run another simulator on exactly the same
+    /// arrivals (scripts/dslab-check.sh does, for docs/sim/validation.md).
+    #[arg(long)]
+    export_arrivals: Option<PathBuf>,
     /// Node cores (the chain policy's pool).
     #[arg(long, default_value_t = 2)]
     cores: u32,
@@ -149,6 +177,34 @@ fn pod_memory(path: &std::path::Path) -> Result<Vec<(String, u64)>> {
             (service, values[values.len() / 2].ceil() as u64)
         })
         .collect())
+}
+
+/// Writes the replay's invocations as `function,start_s,duration_s,memory_mib`.
+fn export_arrivals(path: &std::path::Path, simulation: &Simulation) -> Result<()> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let names = simulation.graph().tasks();
+    writeln!(out, "function,start_s,duration_s,memory_mib")?;
+    for arrival in simulation.arrivals() {
+        let name = names.name(arrival.task.0);
+        // A name with a comma or quote (none in the Azure traces) is quoted as CSV does.
+        let name = if name.contains([',', '"', '\n']) {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        } else {
+            name.to_owned()
+        };
+        writeln!(
+            out,
+            "{name},{:.6},{:.6},{}",
+            arrival.start_us as f64 / 1e6,
+            arrival.duration_us as f64 / 1e6,
+            simulation.costs().memory_mib(arrival.task)
+        )?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn sim(args: SimArgs) -> Result<()> {
@@ -269,7 +325,19 @@ pub fn sim(args: SimArgs) -> Result<()> {
         memory_note,
         if args.offline { "frozen" } else { "keep learning" },
     );
+    let header = match args.reuse {
+        ReuseArg::Recent => header,
+        ReuseArg::Oldest => format!("{header}; an arrival takes the instance idle the longest"),
+    };
     eprintln!("{header}");
+    if let Some(path) = &args.export_arrivals {
+        export_arrivals(path, &simulation)?;
+        eprintln!(
+            "wrote {} arrivals to {}",
+            simulation.arrivals().len(),
+            path.display()
+        );
+    }
 
     let mut results: Vec<PolicyResult> = Vec::new();
     for &memory_gib in &memories {
@@ -282,6 +350,7 @@ pub fn sim(args: SimArgs) -> Result<()> {
             for &knob in policy_knobs {
                 let config = SimConfig {
                     memory_mib: (memory_gib * 1024.0) as u64,
+                    reuse: args.reuse.into(),
                     ..SimConfig::default()
                 };
                 let bar =

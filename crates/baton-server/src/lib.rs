@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// The pre-warming policy (built by `baton_core::policy::spec`, as `baton sim` builds
     /// it).
     pub policy: PolicySpec,
+    /// Which idle worker of a function a step takes (`baton sim --reuse` likewise).
+    pub reuse: baton_core::exec::Reuse,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Requests waiting or running per function before 429.
@@ -94,6 +96,7 @@ impl ServerConfig {
             data_dir,
             token: None,
             policy: PolicySpec::new(PolicyName::Chain),
+            reuse: baton_core::exec::Reuse::default(),
             max_body_bytes: 16 << 20,
             queue_depth: 64,
             max_connections: 1024,
@@ -348,6 +351,7 @@ impl RunningServer {
         // Idle workers hold at most the memory reservations may use; past it the planner
         // evicts in the policy's order.
         let pool = WarmPool::with_budget(functions, isolation, Some(capacity.memory_mib));
+        pool.set_reuse(config.reuse);
         let engine = Arc::new(
             WasmEngine::new(&data_dir.join("cache"), 256, 512)
                 .map_err(|e| ServerError::Wasm(e.to_string()))?,

@@ -110,6 +110,11 @@ impl Simulation {
         &self.arrivals
     }
 
+    /// The graph learned on the training window (it names the tasks).
+    pub fn graph(&self) -> &Tdg {
+        &self.trained
+    }
+
     /// The costs charged.
     pub fn costs(&self) -> &Costs {
         &self.costs

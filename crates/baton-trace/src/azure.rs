@@ -5,9 +5,11 @@
 //! layouts in circulation are read, told apart by the header: Azure's original
 //! `HashOwner,HashApp,HashFunction,Trigger,<minute>...` (minutes of the day, e.g. 480–959)
 //! and the re-keyed `HashFunction,HashOwner,HashApp,<n>_minute...` (n = 1–1440). Counts are
-//! expanded to arrivals with a documented, seeded method: the `c` arrivals of a minute are
-//! placed uniformly at random inside it, from a generator seeded by (seed, function, minute),
-//! so the same seed gives the same arrivals. Each arrival's duration is drawn from the
+//! expanded to arrivals with a documented, seeded method ([`Arrivals`]): by default the `c`
+//! arrivals of a minute are placed uniformly at random inside it, from a generator seeded
+//! by (seed, function, minute), so the same seed gives the same arrivals; `Even` places
+//! them at the middles of `c` equal slices of the minute instead (what trace replayers such
+//! as dslab-faas and invitro also offer). Each arrival's duration is drawn from the
 //! function's duration percentiles (0, 1, 25, 50, 75, 99, 100) by linear interpolation of the
 //! inverse CDF; memory is the function's median allocated memory. Times are µs from the
 //! start of the trace's day (1970-01-01 in RFC 3339 terms, so `--train-until 10:00` works).
@@ -28,11 +30,23 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Where a minute's invocations of an Azure 2019 function arrive inside the minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arrivals {
+    /// Uniformly at random (seeded).
+    #[default]
+    Random,
+    /// `c` arrivals at the middles of `c` equal slices of the minute.
+    Even,
+}
+
 /// How Azure traces are expanded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AzureOptions {
     /// Seed of the arrival and duration draws.
     pub seed: u64,
+    /// Where a minute's arrivals fall inside it (Azure 2019).
+    pub arrivals: Arrivals,
     /// Chain inference window, µs (`None`: every arrival is its own request).
     pub infer_chains_us: Option<u64>,
     /// Longest inferred chain.
@@ -45,6 +59,7 @@ impl Default for AzureOptions {
     fn default() -> Self {
         AzureOptions {
             seed: 42,
+            arrivals: Arrivals::Random,
             infer_chains_us: None,
             max_chain: 16,
             default_duration_ms: 1_000,
@@ -457,10 +472,14 @@ pub fn read_azure2019(
                 continue;
             }
             let mut rng = Rng::new(function_seed ^ minute.wrapping_mul(0x9E37_79B9));
-            for _ in 0..count {
+            for i in 0..count {
+                let within = match options.arrivals {
+                    Arrivals::Random => rng.unit(),
+                    Arrivals::Even => (i as f64 + 0.5) / count as f64,
+                };
                 let start_us = minute
                     .saturating_mul(60_000_000)
-                    .saturating_add((rng.unit() * 60e6) as u64);
+                    .saturating_add((within * 60e6) as u64);
                 let duration_ms = percentiles.map_or(options.default_duration_ms as f64, |p| {
                     draw_duration(p, rng.unit())
                 });

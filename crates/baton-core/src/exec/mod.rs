@@ -329,39 +329,48 @@ impl<T> Candidate<T> {
     }
 }
 
+/// Which idle instance of a function an arrival takes, among those no pre-warm claims:
+/// a node-wide setting (`baton serve --reuse`, `baton sim --reuse`), read by the simulator
+/// and the process pool alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reuse {
+    /// The one idle the shortest time. What a burst left behind ages out at the end of its
+    /// keep-alive while traffic goes on, so the idle memory follows what the function needs
+    /// now; with memory short it leaves room to other functions (TrainTicket 15:00-16:00 at
+    /// 16 GiB, `ttl` knob 1: 0.0420 of calls cold with `Oldest`, 0.0161 with this rule at
+    /// the same idle memory; `chain` knob 1 0.0323 -> 0.0175).
+    #[default]
+    Recent,
+    /// The one idle the longest: each use renews another instance, so a burst's instances
+    /// all stay warm as long as traffic comes (fewer cold starts when memory is plentiful,
+    /// more idle memory; dslab-faas's invoker is close to it: docs/sim/validation.md).
+    Oldest,
+}
+
 /// Which instance serves an arrival at `now`: a ready one, one a pre-warm claims first (the
 /// arrival is most likely the step it was claimed for; left claimed, it would turn every
-/// later pre-warm of the task into a new start), then the one idle the shortest time (ties:
-/// the one due to expire first, then lowest id); else one still starting, again one a
-/// pre-warm claims first, then the one ready first (the arrival waits for it). `None`:
-/// start a cold one.
-///
-/// Most recently idle first lets what a burst left behind age out: the instances the task
-/// has not needed for longest go at the end of their keep-alive while traffic goes on.
-/// Taking the one due to expire first renewed a different instance with every arrival, so
-/// a burst's peak stayed alive as long as any traffic came and crowded out other tasks'
-/// instances (TrainTicket 15:00-16:00 at 16 GiB, `ttl` knob 1: 0.0420 of calls cold, with
-/// this rule 0.0161 at the same idle memory; `chain` knob 1 0.0323 -> 0.0175).
+/// later pre-warm of the task into a new start), then the one idle the shortest (`Recent`)
+/// or longest (`Oldest`) time (ties: the one due to expire first, then lowest id); else
+/// one still starting, again one a pre-warm claims first, then the one ready first (the
+/// arrival waits for it). `None`: start a cold one.
 pub fn choose_for_arrival<T: Ord + Copy>(
     candidates: impl IntoIterator<Item = Candidate<T>>,
     now: T,
+    reuse: Reuse,
 ) -> Option<u64> {
+    // Most recent first: the later `idle_since` orders first.
+    let idle_order = |t: T| match reuse {
+        Reuse::Recent => (None, Some(std::cmp::Reverse(t))),
+        Reuse::Oldest => (Some(t), None),
+    };
     let mut ready: Option<Candidate<T>> = None;
     let mut starting: Option<Candidate<T>> = None;
     for c in candidates {
         if c.ready_at <= now {
             let better = ready.is_none_or(|r| {
-                (
-                    !c.claimed(),
-                    std::cmp::Reverse(c.idle_since),
-                    c.keep_until,
-                    c.id,
-                ) < (
-                    !r.claimed(),
-                    std::cmp::Reverse(r.idle_since),
-                    r.keep_until,
-                    r.id,
-                )
+                (!c.claimed(), idle_order(c.idle_since), c.keep_until, c.id)
+                    < (!r.claimed(), idle_order(r.idle_since), r.keep_until, r.id)
             });
             if better {
                 ready = Some(c);
@@ -432,31 +441,54 @@ mod tests {
             c(4, 200, 2_000, 0, true),
         ];
         assert_eq!(
-            choose_for_arrival(all, 100),
+            choose_for_arrival(all, 100, Reuse::Recent),
             Some(1),
             "idle latest, though kept longest: the others may age out"
         );
         assert_eq!(
-            choose_for_arrival([c(8, 0, 900, 30, false), all[2]], 100),
+            choose_for_arrival([c(8, 0, 900, 30, false), all[2]], 100, Reuse::Recent),
             Some(3),
             "idle as long: expires first"
         );
         assert_eq!(
-            choose_for_arrival([all[0], all[1], c(6, 0, 2_000, 0, true)], 100),
+            choose_for_arrival(
+                [all[0], all[1], c(6, 0, 2_000, 0, true)],
+                100,
+                Reuse::Recent
+            ),
             Some(6),
             "claimed first"
         );
         assert_eq!(
-            choose_for_arrival([all[3], c(5, 150, 0, 0, false)], 100),
+            choose_for_arrival([all[3], c(5, 150, 0, 0, false)], 100, Reuse::Recent),
             Some(4),
             "starting, claimed first (a late pre-warm's own step)"
         );
         assert_eq!(
-            choose_for_arrival([c(7, 300, 0, 0, false), c(5, 150, 0, 0, false)], 100),
+            choose_for_arrival(
+                [c(7, 300, 0, 0, false), c(5, 150, 0, 0, false)],
+                100,
+                Reuse::Recent
+            ),
             Some(5),
             "starting, ready first"
         );
-        assert_eq!(choose_for_arrival(Vec::<Candidate<u64>>::new(), 100), None);
+        assert_eq!(
+            choose_for_arrival(Vec::<Candidate<u64>>::new(), 100, Reuse::Recent),
+            None
+        );
+        // Oldest: the one idle the longest, ties again by expiry; claims still come first.
+        assert_eq!(choose_for_arrival(all, 100, Reuse::Oldest), Some(2));
+        assert_eq!(
+            choose_for_arrival([c(8, 0, 400, 20, false), all[1]], 100, Reuse::Oldest),
+            Some(8),
+            "idle as long: expires first"
+        );
+        assert_eq!(
+            choose_for_arrival([all[1], c(6, 0, 2_000, 90, true)], 100, Reuse::Oldest),
+            Some(6),
+            "claimed first"
+        );
     }
 
     #[test]
@@ -555,7 +587,7 @@ mod tests {
         assert_eq!(claim_weight(7.0), 1.0);
         // A partly claimed instance is a claimed one to an arrival.
         assert_eq!(
-            choose_for_arrival([c(4, 0, 100, 0, false), with(9, 0.1)], 5),
+            choose_for_arrival([c(4, 0, 100, 0, false), with(9, 0.1)], 5, Reuse::Recent),
             Some(9)
         );
     }

@@ -84,6 +84,8 @@ impl Idle {
 #[derive(Debug, Default)]
 struct State {
     idle: HashMap<String, Vec<Idle>>,
+    /// Which idle worker a step takes (the executor's rule, as in the simulator).
+    reuse: baton_core::exec::Reuse,
     /// Pre-warms under way per function.
     starting: HashMap<String, usize>,
     /// When the latest pre-warm of each function began starting.
@@ -178,6 +180,12 @@ impl WarmPool {
             refills: spares::Refills::default(),
             counters: Arc::new(Counters::default()),
         })
+    }
+
+    /// Which idle worker of a function a step takes from now on (`baton serve --reuse`;
+    /// `Recent` unless set).
+    pub fn set_reuse(&self, reuse: baton_core::exec::Reuse) {
+        lock(&self.state).reuse = reuse;
     }
 
     /// The idle-memory budget, MiB, if any.

@@ -48,11 +48,13 @@ impl WarmPool {
             }
         }
         loop {
+            let reuse = state.reuse;
             if let Some(list) = state.idle.get_mut(name) {
-                // The executor's rule, as in the simulator: a claimed one, else the one idle
-                // the shortest time.
+                // The executor's rule, as in the simulator: a claimed one, else by the
+                // node's reuse setting.
                 let now = Instant::now();
-                let chosen = choose_for_arrival(list.iter().map(|i| i.candidate(now, now)), now);
+                let chosen =
+                    choose_for_arrival(list.iter().map(|i| i.candidate(now, now)), now, reuse);
                 let position = chosen
                     .and_then(|pid| list.iter().position(|i| u64::from(i.worker.pid()) == pid));
                 if let Some(position) = position {

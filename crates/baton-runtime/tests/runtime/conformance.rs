@@ -150,7 +150,11 @@ impl Backend for TestBackend {
         catch_up();
         let now = baton_core::clock::Clock::now_us(&*self.clock);
         let mut instances = self.instances.lock().unwrap();
-        let chosen = choose_for_arrival(Self::candidates(&instances, &spec.name, now), now);
+        let chosen = choose_for_arrival(
+            Self::candidates(&instances, &spec.name, now),
+            now,
+            baton_core::exec::Reuse::default(),
+        );
         let (id, warmth, wait_us, plan) = match chosen {
             Some(id) => {
                 let i = &mut instances[id as usize];
@@ -385,6 +389,7 @@ fn through_the_simulator(
         memory_mib: 1 << 40,
         tick_us: 50_000,
         publish_every_us: u64::MAX,
+        reuse: baton_core::exec::Reuse::default(),
     };
     let stats = engine::run(
         &requests,
