@@ -4,8 +4,9 @@
 //! - [`NonePolicy`]: no keep-alive; every invocation after an instance ends is cold.
 //! - [`TtlPolicy`]: keep an instance a fixed time after use (AWS Lambda, OpenWhisk).
 //! - [`HistogramPolicy`]: Shahrad et al., ATC'20: per-function idle-time histogram; unload
-//!   after use and pre-warm at the 5th percentile of idle time, keep to the 99th; a fixed
-//!   keep-alive when the histogram is not representative.
+//!   after use and pre-warm at the 5th percentile of idle time, keep to the 99th; a forecast
+//!   for idle times beyond the histogram's range; a 4-hour keep-alive when the histogram
+//!   is not concentrated (checked against dslab-faas: docs/sim/validation.md).
 //! - [`GreedyDualPolicy`]: FaaSCache (ASPLOS'21): keep everything, evict the lowest
 //!   Greedy-Dual-Size-Frequency priority `clock + frequency × cold cost ÷ size` under pressure.
 //! - [`MlpPolicy`]: Xanadu (Middleware'20): pre-warm the single most likely path, each step
@@ -61,52 +62,129 @@ impl Policy for TtlPolicy {
 
 const MINUTE_US: u64 = 60_000_000;
 
-/// Per-task idle-time histogram of the hybrid policy.
+/// Per-task idle-time histogram of the hybrid policy: one-minute bins over the range, the
+/// idle times beyond it counted apart, and the sum of every idle time for the forecast.
 #[derive(Debug, Default, Clone)]
 struct IdleHistogram {
     last_end_us: Option<u64>,
-    minutes: Vec<u32>,
-    n: u32,
+    /// The task's runs under way (invocation, start µs): an arrival while one runs finds
+    /// the task busy, not idle. A run whose end was never heard of (an event dropped under
+    /// overload) is forgotten once it started a whole range ago.
+    running: Vec<(u64, u64)>,
+    bins: Vec<u32>,
+    /// Idle times inside the range, and the sum of their bins' squares (for the CV).
+    in_range: u32,
+    squares: u64,
     out_of_bounds: u32,
+    idle_sum_us: u128,
+}
+
+/// What the histogram of a task says (Shahrad et al., §4.2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pattern {
+    /// Too few or too spread idle times (the bins' CV under the threshold): a fixed
+    /// keep-alive of the whole range.
+    Uncertain,
+    /// Concentrated idle times: pre-warm at the head, keep to the tail.
+    Certain,
+    /// Mostly idle times beyond the range: forecast the next one (the paper's ARIMA; here
+    /// the mean idle time).
+    OutOfBounds,
 }
 
 impl IdleHistogram {
-    fn percentile_minutes(&self, q: f64) -> u64 {
-        let target = (q * f64::from(self.n)).ceil().max(1.0) as u32;
-        let mut seen = 0;
-        for (minute, &count) in self.minutes.iter().enumerate() {
+    fn add(&mut self, idle_us: u64, n_bins: u64) {
+        self.idle_sum_us += u128::from(idle_us);
+        let bin = idle_us / MINUTE_US;
+        if bin >= n_bins {
+            self.out_of_bounds += 1;
+            return;
+        }
+        if self.bins.len() <= bin as usize {
+            self.bins.resize(bin as usize + 1, 0);
+        }
+        let count = &mut self.bins[bin as usize];
+        self.squares += 2 * u64::from(*count) + 1;
+        *count += 1;
+        self.in_range += 1;
+    }
+
+    /// The coefficient of variation of the bin counts over all `n_bins` bins (high: the
+    /// idle times gather in a few bins).
+    fn cv(&self, n_bins: u64) -> f64 {
+        if self.in_range == 0 || n_bins < 2 {
+            return 0.0;
+        }
+        let n = n_bins as f64;
+        let mean = f64::from(self.in_range) / n;
+        let variance = (self.squares as f64 - n * mean * mean).max(0.0) / (n - 1.0);
+        variance.sqrt() / mean
+    }
+
+    fn pattern(&self, n_bins: u64, cv_threshold: f64, oob_threshold: f64) -> Pattern {
+        let seen = self.in_range + self.out_of_bounds;
+        if seen > 0 && f64::from(self.out_of_bounds) >= oob_threshold * f64::from(seen) {
+            Pattern::OutOfBounds
+        } else if self.cv(n_bins) < cv_threshold {
+            Pattern::Uncertain
+        } else {
+            Pattern::Certain
+        }
+    }
+
+    /// The first bin where the in-range idle times up to it reach fraction `q`.
+    fn percentile_bin(&self, q: f64) -> u64 {
+        let mut seen = 0u32;
+        for (bin, &count) in self.bins.iter().enumerate() {
             seen += count;
-            if seen >= target {
-                return minute as u64;
+            if f64::from(seen) >= q * f64::from(self.in_range) {
+                return bin as u64;
             }
         }
-        self.minutes.len() as u64
+        self.bins.len().saturating_sub(1) as u64
+    }
+
+    fn mean_idle_us(&self) -> u64 {
+        let seen = u128::from(self.in_range + self.out_of_bounds);
+        (self.idle_sum_us / seen.max(1)) as u64
     }
 }
 
-/// Shahrad et al.'s hybrid histogram policy. See the module docs.
+/// Shahrad et al.'s hybrid histogram policy (USENIX ATC'20, §4.2), as the paper and
+/// dslab-faas's `HybridHistogramPolicy` run it:
+/// - each task's idle times (from an end to the next start, 0 when another run of the
+///   task was under way at the start) go into one-minute bins over a
+///   4-hour range;
+/// - **certain** (the bins' coefficient of variation at least 2): unload after each run and
+///   pre-warm at the 5th percentile less 10 % (kept loaded when that is under a minute),
+///   keep to the 99th percentile's bin end plus 10 %;
+/// - **out of bounds** (at least half the idle times beyond the range): pre-warm at 85 % of
+///   the forecast idle time, keep to 115 % (the paper fits an ARIMA model; the forecast
+///   here is the mean idle time, which is what such a model gives on the few, long idle
+///   times these tasks have);
+/// - **uncertain** (anything else, a task not seen idle yet included): a fixed keep-alive
+///   of the whole range, renewed by every run.
+///
+/// `scale` (the knob) stretches the range's keep-alive and the tail.
 #[derive(Debug)]
 pub struct HistogramPolicy {
-    range_minutes: u64,
-    min_samples: u32,
-    max_out_of_bounds: f64,
-    fallback_keep_us: u64,
-    tail_scale: f64,
+    n_bins: u64,
+    cv_threshold: f64,
+    oob_threshold: f64,
+    scale: f64,
     tasks: Vec<IdleHistogram>,
 }
 
 impl HistogramPolicy {
-    /// The ATC'20 settings: 4-hour range in 1-minute bins, 10 % margins, the histogram
-    /// trusted from 10 samples with at most half out of range, else a `fallback_keep_us`
-    /// keep-alive. `tail_scale` stretches the keep-alive window (the knob for sweeps; 1.0
-    /// is the paper's).
-    pub fn new(fallback_keep_us: u64, tail_scale: f64) -> HistogramPolicy {
+    /// The paper's settings (4-hour range in one-minute bins, CV threshold 2, out of bounds
+    /// from half the idle times, 10 % histogram and 15 % forecast margins), the range's
+    /// keep-alive and the tail stretched by `scale` (1.0 is the paper's).
+    pub fn new(scale: f64) -> HistogramPolicy {
         HistogramPolicy {
-            range_minutes: 240,
-            min_samples: 10,
-            max_out_of_bounds: 0.5,
-            fallback_keep_us,
-            tail_scale,
+            n_bins: 240,
+            cv_threshold: 2.0,
+            oob_threshold: 0.5,
+            scale,
             tasks: Vec::new(),
         }
     }
@@ -127,51 +205,61 @@ impl Policy for HistogramPolicy {
 
     fn on_event(&mut self, event: &PolicyEvent, _host: &dyn ColdStarts, out: &mut Vec<Action>) {
         match *event {
-            PolicyEvent::Start { task, at_us, .. } => {
-                let range = self.range_minutes;
+            PolicyEvent::Start {
+                task,
+                invocation,
+                at_us,
+                ..
+            } => {
+                let n_bins = self.n_bins;
                 let histogram = self.histogram(task);
+                let range_us = n_bins * MINUTE_US;
+                histogram
+                    .running
+                    .retain(|&(_, started)| started.saturating_add(range_us) > at_us);
                 if let Some(last_end) = histogram.last_end_us {
-                    let idle_minutes = at_us.saturating_sub(last_end) / MINUTE_US;
-                    histogram.n += 1;
-                    if idle_minutes >= range {
-                        histogram.out_of_bounds += 1;
+                    // Idle is the time since the last end with nothing running (the paper's
+                    // idle time; dslab-faas gets the same by taking it at the run's end).
+                    let idle = if histogram.running.is_empty() {
+                        at_us.saturating_sub(last_end)
                     } else {
-                        if histogram.minutes.len() <= idle_minutes as usize {
-                            histogram.minutes.resize(idle_minutes as usize + 1, 0);
-                        }
-                        histogram.minutes[idle_minutes as usize] += 1;
-                    }
+                        0
+                    };
+                    histogram.add(idle, n_bins);
                 }
+                histogram.running.push((invocation, at_us));
             }
-            PolicyEvent::End { task, at_us, .. } => {
-                let (min_samples, max_oob, fallback, scale) = (
-                    self.min_samples,
-                    self.max_out_of_bounds,
-                    self.fallback_keep_us,
-                    self.tail_scale,
+            PolicyEvent::End {
+                task,
+                invocation,
+                at_us,
+            } => {
+                let (n_bins, cv, oob, scale) = (
+                    self.n_bins,
+                    self.cv_threshold,
+                    self.oob_threshold,
+                    self.scale,
                 );
                 let histogram = self.histogram(task);
+                histogram.running.retain(|&(id, _)| id != invocation);
                 histogram.last_end_us = Some(at_us);
-                let in_range = histogram.n - histogram.out_of_bounds;
-                let representative = histogram.n >= min_samples
-                    && f64::from(histogram.out_of_bounds) <= max_oob * f64::from(histogram.n)
-                    && in_range > 0;
-                if !representative {
-                    out.push(Action::KeepAlive {
-                        task,
-                        until_us: at_us + (fallback as f64 * scale) as u64,
-                    });
-                    return;
-                }
-                // Percentiles over the in-range samples, with the paper's 10 % margins.
-                let saved_n = histogram.n;
-                histogram.n = in_range;
-                let head_minutes = histogram.percentile_minutes(0.05);
-                let tail_minutes = histogram.percentile_minutes(0.99) + 1;
-                histogram.n = saved_n;
-                let head_us = (head_minutes * MINUTE_US) as f64 * 0.9;
-                let tail_us = (tail_minutes * MINUTE_US) as f64 * 1.1 * scale;
-                if head_us >= MINUTE_US as f64 {
+                // (pre-warm after, keep until) the end, µs.
+                let (head_us, tail_us) = match histogram.pattern(n_bins, cv, oob) {
+                    Pattern::Uncertain => (0.0, (n_bins * MINUTE_US) as f64 * scale),
+                    Pattern::Certain => {
+                        let head = histogram.percentile_bin(0.05);
+                        let tail = histogram.percentile_bin(0.99) + 1;
+                        (
+                            (head * MINUTE_US) as f64 * 0.9,
+                            (tail * MINUTE_US) as f64 * 1.1 * scale,
+                        )
+                    }
+                    Pattern::OutOfBounds => {
+                        let forecast = histogram.mean_idle_us() as f64;
+                        (forecast * 0.85, forecast * 1.15 * scale)
+                    }
+                };
+                if head_us >= 1.0 {
                     out.push(Action::PreWarm {
                         task,
                         at_us: at_us + head_us as u64,
@@ -407,10 +495,10 @@ mod tests {
         }
     }
 
-    fn start(task: u32, at_us: u64) -> PolicyEvent {
+    fn start(task: u32, invocation: u64, at_us: u64) -> PolicyEvent {
         PolicyEvent::Start {
             task: TaskId(task),
-            invocation: 0,
+            invocation,
             at_us,
             context: PredictContext::default(),
             reveals_route: None,
@@ -431,37 +519,96 @@ mod tests {
         );
     }
 
-    #[test]
-    fn histogram_prewarms_at_the_fifth_percentile_once_representative() {
-        let mut policy = HistogramPolicy::new(10 * MINUTE_US, 1.0);
+    /// Runs a task with the given idle times (1-minute runs) and returns the last end's
+    /// actions and its time.
+    fn histogram_after(
+        policy: &mut HistogramPolicy,
+        task: u32,
+        idles: &[u64],
+    ) -> (Vec<Action>, u64) {
         let mut out = Vec::new();
         let mut t = 0;
-        // Idle times of exactly 30 minutes, many times.
-        for i in 0..20 {
-            policy.on_event(&start(0, t), &FixedCold(50_000), &mut out);
+        for (i, &idle) in std::iter::once(&0).chain(idles).enumerate() {
+            t += idle;
+            policy.on_event(&start(task, i as u64, t), &FixedCold(50_000), &mut out);
             t += MINUTE_US;
             out.clear();
-            policy.on_event(&end(0, i, t), &FixedCold(50_000), &mut out);
-            t += 30 * MINUTE_US;
+            policy.on_event(&end(task, i as u64, t), &FixedCold(50_000), &mut out);
         }
-        match out[0] {
-            Action::PreWarm {
-                at_us, until_us, ..
-            } => {
-                let end = t - 30 * MINUTE_US;
-                assert_eq!(at_us, end + 27 * MINUTE_US, "30 min bin × 0.9");
-                assert_eq!(until_us, end + (31.0 * 1.1 * MINUTE_US as f64) as u64);
-            }
-            other => panic!("expected a pre-warm, got {other:?}"),
-        }
-        // A fresh task is not representative: fixed keep-alive.
-        out.clear();
-        policy.on_event(&end(5, 0, 0), &FixedCold(50_000), &mut out);
+        (out, t)
+    }
+
+    #[test]
+    fn histogram_follows_the_papers_three_patterns() {
+        let mut policy = HistogramPolicy::new(1.0);
+        // Not seen idle yet (uncertain): the range's keep-alive, 4 h.
+        let (out, t) = histogram_after(&mut policy, 0, &[]);
         assert_eq!(
             out,
             [Action::KeepAlive {
-                task: TaskId(5),
-                until_us: 10 * MINUTE_US
+                task: TaskId(0),
+                until_us: t + 240 * MINUTE_US
+            }]
+        );
+        // Idle times of 30 minutes gather in one bin (CV sqrt(240) ≈ 15.5): certain from
+        // the first; pre-warm at 30 min × 0.9, keep to 31 min × 1.1.
+        let (out, t) = histogram_after(&mut policy, 1, &[30 * MINUTE_US]);
+        assert!((policy.tasks[1].cv(240) - 240f64.sqrt()).abs() < 1e-9);
+        assert_eq!(
+            out,
+            [Action::PreWarm {
+                task: TaskId(1),
+                at_us: t + 27 * MINUTE_US,
+                until_us: t + (31.0 * 1.1 * MINUTE_US as f64) as u64,
+                plan: None,
+                reservation: None,
+                probability: 1.0,
+            }]
+        );
+        // Short idle times (head bin 0): kept loaded to the tail, 1 min × 1.1.
+        let (out, t) = histogram_after(&mut policy, 2, &[10_000_000; 5]);
+        assert_eq!(
+            out,
+            [Action::KeepAlive {
+                task: TaskId(2),
+                until_us: t + (1.1 * MINUTE_US as f64) as u64
+            }]
+        );
+        // Idle times spread over 100 bins: the CV falls under 2, uncertain again.
+        let spread: Vec<u64> = (0..100).map(|m| m * MINUTE_US + 1).collect();
+        let (out, t) = histogram_after(&mut policy, 3, &spread);
+        assert!(policy.tasks[3].cv(240) < 2.0);
+        assert_eq!(
+            out,
+            [Action::KeepAlive {
+                task: TaskId(3),
+                until_us: t + 240 * MINUTE_US
+            }]
+        );
+        // Idle times beyond the range (5 h, 7 h): forecast 6 h, pre-warm at 85 %, keep to 115 %.
+        let hour = 60 * MINUTE_US;
+        let (out, t) = histogram_after(&mut policy, 4, &[5 * hour, 7 * hour]);
+        let mean = policy.tasks[4].mean_idle_us() as f64;
+        assert_eq!(mean, (6 * hour) as f64);
+        assert_eq!(
+            out,
+            [Action::PreWarm {
+                task: TaskId(4),
+                at_us: t + (mean * 0.85) as u64,
+                until_us: t + (mean * 1.15) as u64,
+                plan: None,
+                reservation: None,
+                probability: 1.0,
+            }]
+        );
+        // The knob stretches the range's keep-alive and the tail, not the head.
+        let mut half = HistogramPolicy::new(0.5);
+        let (out, t) = histogram_after(&mut half, 0, &[]);
+        assert_eq!(
+            out,
+            [Action::KeepAlive {
+                task: TaskId(0),
+                until_us: t + 120 * MINUTE_US
             }]
         );
     }
@@ -540,5 +687,37 @@ mod tests {
         policy.on_event(&end(0, 1, 3_000_000), &FixedCold(50_000), &mut out);
         assert_eq!(out.len(), 1, "announced once it is within the horizon");
         assert!(out.iter().all(|x| !matches!(x, Action::KeepAlive { .. })));
+    }
+
+    #[test]
+    fn an_arrival_while_a_run_is_under_way_finds_the_task_busy() {
+        let mut policy = HistogramPolicy::new(1.0);
+        let mut out = Vec::new();
+        let cold = FixedCold(50_000);
+        let hour = 60 * MINUTE_US;
+        // Run 0: 0–1 min. Run 1 starts at 1 h and runs 2 h; run 2 arrives during it.
+        policy.on_event(&start(7, 0, 0), &cold, &mut out);
+        policy.on_event(&end(7, 0, MINUTE_US), &cold, &mut out);
+        policy.on_event(&start(7, 1, hour), &cold, &mut out);
+        policy.on_event(&start(7, 2, 2 * hour), &cold, &mut out);
+        let bins = &policy.tasks[7].bins;
+        assert_eq!(bins[59], 1, "run 1 came 59 min after run 0 ended");
+        assert_eq!(
+            bins[0], 1,
+            "run 2 came while run 1 ran: idle 0, not 119 min"
+        );
+        // Run 1's end is never heard of (dropped): once it started a whole range ago it
+        // no longer makes the task look busy.
+        policy.on_event(&end(7, 2, 2 * hour + MINUTE_US), &cold, &mut out);
+        policy.on_event(&start(7, 3, 4 * hour), &cold, &mut out);
+        assert_eq!(policy.tasks[7].bins[0], 2, "run 1 still counted as running");
+        policy.on_event(&end(7, 3, 4 * hour + MINUTE_US), &cold, &mut out);
+        policy.on_event(&start(7, 4, 5 * hour + 11 * MINUTE_US), &cold, &mut out);
+        assert_eq!(
+            policy.tasks[7].bins[70], 1,
+            "run 1 forgotten 4 h after its start"
+        );
+        assert_eq!(policy.tasks[7].bins[0], 2);
+        assert_eq!(policy.tasks[7].running.len(), 1);
     }
 }

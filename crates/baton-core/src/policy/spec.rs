@@ -177,10 +177,7 @@ pub fn build(spec: PolicySpec, inputs: &PolicyInputs<'_>) -> Result<Box<dyn Poli
     let policy: Box<dyn Policy> = match spec.name {
         PolicyName::None => Box::new(baselines::NonePolicy),
         PolicyName::Ttl => Box::new(baselines::TtlPolicy::new(scaled(10.0 * MINUTE_US))),
-        PolicyName::Histogram => Box::new(baselines::HistogramPolicy::new(
-            (10.0 * MINUTE_US * knob) as u64,
-            knob,
-        )),
+        PolicyName::Histogram => Box::new(baselines::HistogramPolicy::new(knob)),
         PolicyName::GreedyDual => Box::new(baselines::GreedyDualPolicy::new(
             Arc::clone(&inputs.costs),
             (24.0 * 60.0 * MINUTE_US * knob) as u64,
