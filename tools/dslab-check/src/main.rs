@@ -3,7 +3,9 @@
 //! ratio and the memory held idle (GB·s), as one JSON object per line.
 //!
 //! Usage: `dslab-check ARRIVALS.csv --cold-start-ms MS [--ttl-min 10] [--histogram-hours 4]
-//! [--reuse dslab|recent|oldest]`.
+//! [--reuse dslab|recent|oldest] [--per-function]`.
+//!
+//! `--per-function` adds each function's cold starts (`function_cold_starts`, by name).
 //!
 //! `--reuse` is which idle container an invocation takes: `dslab` (the default) is
 //! dslab-faas's own invoker, the first free container of the app in its set's order (a
@@ -32,23 +34,24 @@
 
 use dslab_faas::coldstart::{ColdStartPolicy, FixedTimeColdStartPolicy};
 use dslab_faas::config::Config;
+use dslab_faas::container::{ContainerManager, ContainerStatus};
 use dslab_faas::cpu::IgnoredCpuPolicy;
 use dslab_faas::deployer::BasicDeployer;
 use dslab_faas::extra::hybrid_histogram::HybridHistogramPolicy;
-use dslab_faas::container::{ContainerManager, ContainerStatus};
 use dslab_faas::function::FunctionRegistry;
 use dslab_faas::invocation::Invocation;
 use dslab_faas::invoker::{DequeuedInvocation, FIFOInvoker, Invoker, InvokerDecision};
-use dslab_faas::stats::Stats;
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use dslab_faas::scheduler::BasicScheduler;
 use dslab_faas::simulation::ServerlessSimulation;
+use dslab_faas::stats::Stats;
 use dslab_faas::trace::{ApplicationData, RequestData, Trace};
 use simcore::simulation::Simulation;
+use std::cell::{Cell, RefCell};
 use std::process::ExitCode;
+use std::rc::Rc;
 
 struct Arrivals {
+    names: Vec<String>,
     memory_mib: Vec<u64>,
     requests: Vec<RequestData>,
     cold_start_s: f64,
@@ -79,6 +82,7 @@ fn read(path: &str, cold_start_s: f64) -> Result<Arrivals, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     let mut names: std::collections::HashMap<String, usize> = Default::default();
     let mut arrivals = Arrivals {
+        names: Vec::new(),
         memory_mib: Vec::new(),
         requests: Vec::new(),
         cold_start_s,
@@ -88,7 +92,12 @@ fn read(path: &str, cold_start_s: f64) -> Result<Arrivals, String> {
         // From the right: a function's name may hold commas.
         let mut fields: Vec<&str> = line.rsplitn(4, ',').collect();
         fields.reverse();
-        let bad = || format!("{path}:{}: expected function,start_s,duration_s,memory_mib", i + 1);
+        let bad = || {
+            format!(
+                "{path}:{}: expected function,start_s,duration_s,memory_mib",
+                i + 1
+            )
+        };
         if fields.len() != 4 {
             return Err(bad());
         }
@@ -98,6 +107,7 @@ fn read(path: &str, cold_start_s: f64) -> Result<Arrivals, String> {
         let next = names.len();
         let id = *names.entry(fields[0].to_owned()).or_insert(next);
         if id == arrivals.memory_mib.len() {
+            arrivals.names.push(fields[0].to_owned());
             arrivals.memory_mib.push(memory);
         }
         if arrivals.requests.last().is_some_and(|r| r.time > start) {
@@ -148,7 +158,9 @@ impl Invoker for ChoosingInvoker {
         time: f64,
     ) -> InvokerDecision {
         let registry = fr.borrow();
-        let app = registry.get_app(invocation.app_id).expect("the app of an invocation");
+        let app = registry
+            .get_app(invocation.app_id)
+            .expect("the app of an invocation");
         let mut idle: Option<(usize, f64)> = None;
         let mut deploying: Option<(usize, f64)> = None;
         for c in cm.get_possible_containers(app, true) {
@@ -187,7 +199,12 @@ impl Invoker for ChoosingInvoker {
     }
 }
 
-fn run(arrivals: &Arrivals, policy: Box<dyn ColdStartPolicy>, reuse: Reuse) -> (u64, u64, f64) {
+/// Invocations, cold starts, idle GB·s, and each function's cold starts (by name).
+fn run(
+    arrivals: &Arrivals,
+    policy: Box<dyn ColdStartPolicy>,
+    reuse: Reuse,
+) -> (u64, u64, f64, Vec<(String, u64)>) {
     let memory: u64 = arrivals.memory_mib.iter().sum::<u64>() * 1024;
     let config = Config {
         coldstart_policy: policy,
@@ -217,14 +234,30 @@ fn run(arrivals: &Arrivals, policy: Box<dyn ColdStartPolicy>, reuse: Reuse) -> (
     // to the same instant.
     sim.step_for_duration(arrivals.end_s);
     if rejected.get() > 0 {
-        eprintln!("{} invocations found no room (memory should be unbounded)", rejected.get());
+        eprintln!(
+            "{} invocations found no room (memory should be unbounded)",
+            rejected.get()
+        );
     }
+    let all = sim.stats();
+    let per_function = arrivals
+        .names
+        .iter()
+        .enumerate()
+        .map(|(id, name)| {
+            (
+                name.clone(),
+                all.func_stats.get(id).map_or(0, |s| s.cold_starts),
+            )
+        })
+        .collect();
     let stats = sim.global_stats();
     let idle_mib_s = stats.wasted_resource_time[0].sum();
     (
         stats.invocation_stats.invocations,
         stats.invocation_stats.cold_starts,
         idle_mib_s / 1024.0, // MiB·s -> GiB·s, which `baton sim` reports as GB·s
+        per_function,
     )
 }
 
@@ -248,7 +281,11 @@ fn main() -> ExitCode {
             flag("--cold-start-ms", 1000.0)?,
             flag("--ttl-min", 10.0)?,
             flag("--histogram-hours", 4.0)?,
-            match args.iter().position(|a| a == "--reuse").map(|i| args.get(i + 1).map(String::as_str)) {
+            match args
+                .iter()
+                .position(|a| a == "--reuse")
+                .map(|i| args.get(i + 1).map(String::as_str))
+            {
                 None | Some(Some("dslab")) => Reuse::Dslab,
                 Some(Some("recent")) => Reuse::Recent,
                 Some(Some("oldest")) => Reuse::Oldest,
@@ -270,6 +307,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let per_function_wanted = args.iter().any(|a| a == "--per-function");
     let policies: Vec<(&str, Box<dyn ColdStartPolicy>)> = vec![
         (
             "ttl",
@@ -277,13 +315,29 @@ fn main() -> ExitCode {
         ),
         (
             "histogram",
-            Box::new(HybridHistogramPolicy::new(3600.0 * hours, 60.0, 2.0, 0.5, 0.15, 0.1)),
+            Box::new(HybridHistogramPolicy::new(
+                3600.0 * hours,
+                60.0,
+                2.0,
+                0.5,
+                0.15,
+                0.1,
+            )),
         ),
     ];
     for (name, policy) in policies {
-        let (invocations, cold, idle_gb_s) = run(&arrivals, policy, reuse);
+        let (invocations, cold, idle_gb_s, per_function) = run(&arrivals, policy, reuse);
+        let functions = if per_function_wanted {
+            let each: Vec<String> = per_function
+                .iter()
+                .map(|(f, n)| format!("{:?}:{n}", f))
+                .collect();
+            format!(",\"function_cold_starts\":{{{}}}", each.join(","))
+        } else {
+            String::new()
+        };
         println!(
-            "{{\"policy\":\"{name}\",\"invocations\":{invocations},\"cold_starts\":{cold},\"cold_ratio\":{:.6},\"idle_gb_s\":{idle_gb_s:.1}}}",
+            "{{\"policy\":\"{name}\",\"invocations\":{invocations},\"cold_starts\":{cold},\"cold_ratio\":{:.6},\"idle_gb_s\":{idle_gb_s:.1}{functions}}}",
             cold as f64 / invocations.max(1) as f64
         );
     }
