@@ -474,10 +474,18 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
             .filter_map(|n| n["weight"].as_f64())
             .sum()
     };
+    // Node 2 may also hold a request of its own the others never learned: one it ended in
+    // the last summary interval (100 ms here) before the kill, learned and stored but not
+    // yet published (the documented loss of a killed node: `cluster/records.rs`), whose
+    // invocation, if pure, the others then ran again and learned too. Each such request
+    // adds `upper` and `busy` (weight 2) on node 2 alone; at most the requests node 2 ran.
+    let own = 2.0 * outcomes.iter().filter(|o| o["node"] == "n2").count() as f64;
     let mut weights = (0.0, 0.0);
     let caught_up = eventually(Duration::from_secs(30), || {
         weights = (weight(&back), weight(survivors[0]));
-        edges(&back) == seen.0 && (weights.0 - weights.1).abs() <= 0.05 * weights.1
+        edges(&back) == seen.0
+            && weights.0 >= 0.95 * weights.1
+            && weights.0 <= 1.05 * weights.1 + own
     });
     assert!(
         caught_up,
@@ -488,7 +496,12 @@ fn three_nodes_share_functions_invocations_and_the_graph() {
         survivors[0].get("/v1/graph").unwrap().text(),
     );
     // What it had learned before the kill came again and was skipped.
-    let redelivered = counter(&back, "baton_cluster_records_redelivered_total");
+    // (Its graph may look caught up before the stream has handed the old messages again.)
+    let mut redelivered = 0;
+    eventually(Duration::from_secs(20), || {
+        redelivered = counter(&back, "baton_cluster_records_redelivered_total");
+        learned_before_kill == 0 || redelivered > 0
+    });
     assert!(
         learned_before_kill == 0 || redelivered > 0,
         "node 2 had learned {learned_before_kill} records, and skipped none given again"
