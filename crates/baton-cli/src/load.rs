@@ -135,6 +135,19 @@ impl Loaded {
     }
 }
 
+/// Per task, the largest `mem_peak_mib` its invocations recorded (an instance must hold
+/// its largest run), for the tasks that recorded any.
+fn peak_memory(requests: &[Request]) -> Vec<(baton_core::TaskId, u64)> {
+    let mut peaks: std::collections::BTreeMap<baton_core::TaskId, u64> = Default::default();
+    for invocation in requests.iter().flat_map(|r| r.invocations()) {
+        if let Some(mib) = invocation.usage.mem_peak_mib.filter(|&mib| mib > 0) {
+            let peak = peaks.entry(invocation.task).or_default();
+            *peak = (*peak).max(mib);
+        }
+    }
+    peaks.into_iter().collect()
+}
+
 /// Reads any supported trace into requests; prints what reading met.
 pub fn load(
     paths: &[PathBuf],
@@ -198,10 +211,11 @@ pub fn load(
                 });
             }
             let (requests, grouped) = grouper.finish(TimeWindow::default());
+            let memory_mib = peak_memory(&requests);
             Loaded {
                 tdg,
                 requests,
-                memory_mib: Vec::new(),
+                memory_mib,
                 read,
                 missing_parents: grouped.missing_parents,
                 cycles: grouped.cycles,

@@ -501,6 +501,66 @@ fn no_baseline_point_dominates_a_chain_point_on_the_fixture() {
 }
 
 #[test]
+fn sim_sizes_instances_by_the_largest_peak_a_log_recorded() {
+    // A log with `mem_peak_mib` sizes each function's instances by its largest recorded
+    // peak; a function that recorded none takes `--instance-mib`.
+    let dir = temp_dir("peaks");
+    let log = dir.join("peaks.jsonl");
+    let mut text = String::new();
+    for (i, (task, peak)) in [
+        ("a", Some(100)),
+        ("a", Some(300)),
+        ("b", None),
+        ("a", Some(200)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let peak = peak.map_or(String::new(), |mib| format!(r#","mem_peak_mib":{mib}"#));
+        text.push_str(&format!(
+            r#"{{"ts":{},"task":"{task}","invocation":"{i}","duration_us":1000{peak}}}"#,
+            1_767_225_600_000_000_000u64 + i as u64 * 60_000_000_000
+        ));
+        text.push('\n');
+    }
+    std::fs::write(&log, text).unwrap();
+    let arrivals = dir.join("arrivals.csv");
+    let report = ok_json(&[
+        "sim",
+        "--trace",
+        log.to_str().unwrap(),
+        "--train-until",
+        "00:00",
+        "--policies",
+        "ttl",
+        "--instance-mib",
+        "64",
+        "--export-arrivals",
+        arrivals.to_str().unwrap(),
+        "--json",
+    ]);
+    let header = report["header"].as_str().unwrap();
+    assert!(
+        header.contains("from the trace for 1 of 2 functions, 64 MiB for the rest"),
+        "{header}"
+    );
+    let exported = std::fs::read_to_string(&arrivals).unwrap();
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.starts_with("a,") && l.ends_with(",300")),
+        "{exported}"
+    );
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.starts_with("b,") && l.ends_with(",64")),
+        "{exported}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn sim_agrees_with_dslab_faas_on_the_azure_fixture() {
     // Issue 32: the fixed keep-alive and the hybrid histogram, replayed by `baton sim` on
     // the committed Azure 2019 fixture (57 functions, 8 hours), against what dslab-faas
