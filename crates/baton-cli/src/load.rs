@@ -31,15 +31,6 @@ pub enum FormatArg {
     Alibaba,
 }
 
-/// Where a minute's Azure 2019 invocations arrive inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ArrivalsArg {
-    /// Uniformly at random, from a generator seeded by --seed, the function and the minute.
-    Random,
-    /// At the middles of equal slices of the minute.
-    Even,
-}
-
 /// Options of traces that are not execution logs (Azure).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
@@ -52,10 +43,10 @@ pub struct TraceArgs {
     /// Seed of the expansion of per-minute counts into arrivals (Azure 2019).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Where a minute's invocations arrive inside it (Azure 2019): uniformly at random
-    /// (seeded), or evenly spread.
-    #[arg(long, value_enum, default_value = "random")]
-    pub arrivals: ArrivalsArg,
+    /// Where a minute's invocations arrive inside it (Azure 2019): `random` (uniformly,
+    /// seeded) or `even` (evenly spread).
+    #[arg(long, default_value_t)]
+    pub arrivals: baton_trace::azure::Arrivals,
     /// Where a trace names no callers (Azure): chain an invocation to the previous one of
     /// the same app when it is another function starting within this many ms.
     #[arg(long)]
@@ -159,10 +150,7 @@ pub fn load(
     let mut tdg = Tdg::new(config);
     let options = baton_trace::azure::AzureOptions {
         seed: trace.seed,
-        arrivals: match trace.arrivals {
-            ArrivalsArg::Random => baton_trace::azure::Arrivals::Random,
-            ArrivalsArg::Even => baton_trace::azure::Arrivals::Even,
-        },
+        arrivals: trace.arrivals,
         infer_chains_us: trace.infer_chains_ms.map(|ms| (ms * 1000.0) as u64),
         ..Default::default()
     };

@@ -134,8 +134,8 @@ pub struct ServeArgs {
     /// Which idle worker of a function a call takes: `recent` (idle the shortest time: a
     /// burst's surplus ages out) or `oldest` (every worker renewed in turn: fewer cold
     /// starts, more idle memory). `baton sim --reuse` models the same.
-    #[arg(long, env = "BATON_REUSE", value_enum, default_value = "recent")]
-    reuse: crate::sim::ReuseArg,
+    #[arg(long, env = "BATON_REUSE", default_value_t)]
+    reuse: baton_core::exec::Reuse,
     /// Keep a finished instance this long, seconds, instead of the policy's own setting
     /// (`ttl`: 10 min × knob; `chain`: 1 min × knob, 10 min × knob for entry tasks, and
     /// shorter or re-warmed where a function's gaps show it pays).
@@ -268,7 +268,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(args.listen, args.data_dir.clone());
     config.token = args.token;
     config.policy = PolicySpec::with_knob(args.policy, args.policy_knob)?;
-    config.reuse = args.reuse.into();
+    config.reuse = args.reuse;
     if let Some(secs) = args.keep_alive_secs {
         if !(secs.is_finite() && secs >= 0.0) {
             bail!("--keep-alive-secs {secs}: expected a number of seconds, 0 or more");

@@ -2,30 +2,13 @@
 
 use crate::load::{self, FormatArg};
 use anyhow::{bail, Context, Result};
+use baton_core::exec::Reuse;
 use baton_core::policy::spec::PolicyName;
 use baton_core::{Costs, TdgConfig};
 use baton_sim::engine::SimConfig;
 use baton_sim::{report, PolicyResult, Simulation};
 use clap::Args;
 use std::path::PathBuf;
-
-/// Which idle instance a call takes (`baton_core::exec::Reuse`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReuseArg {
-    /// The one idle the shortest time.
-    Recent,
-    /// The one idle the longest.
-    Oldest,
-}
-
-impl From<ReuseArg> for baton_core::exec::Reuse {
-    fn from(arg: ReuseArg) -> Self {
-        match arg {
-            ReuseArg::Recent => baton_core::exec::Reuse::Recent,
-            ReuseArg::Oldest => baton_core::exec::Reuse::Oldest,
-        }
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -58,9 +41,9 @@ pub struct SimArgs {
     memory_gib: f64,
     /// Which idle instance of a function an arrival takes: `recent` (idle the shortest
     /// time, as `baton serve` does by default) or `oldest` (`baton serve --reuse oldest`;
-    /// close to dslab-faas's invoker, see docs/sim/validation.md).
-    #[arg(long, value_enum, default_value = "recent")]
-    reuse: ReuseArg,
+    /// dslab-faas's own invoker sits between the two, see docs/sim/validation.md).
+    #[arg(long, default_value_t)]
+    reuse: Reuse,
     /// Also write the replayed invocations to this CSV (`function,start_s,duration_s,
     /// memory_mib`, in start order), e.g. to run another simulator on exactly the same
     /// arrivals (scripts/dslab-check.sh does, for docs/sim/validation.md).
@@ -326,8 +309,8 @@ pub fn sim(args: SimArgs) -> Result<()> {
         if args.offline { "frozen" } else { "keep learning" },
     );
     let header = match args.reuse {
-        ReuseArg::Recent => header,
-        ReuseArg::Oldest => format!("{header}; an arrival takes the instance idle the longest"),
+        Reuse::Recent => header,
+        Reuse::Oldest => format!("{header}; an arrival takes the instance idle the longest"),
     };
     eprintln!("{header}");
     if let Some(path) = &args.export_arrivals {
@@ -350,7 +333,7 @@ pub fn sim(args: SimArgs) -> Result<()> {
             for &knob in policy_knobs {
                 let config = SimConfig {
                     memory_mib: (memory_gib * 1024.0) as u64,
-                    reuse: args.reuse.into(),
+                    reuse: args.reuse,
                     ..SimConfig::default()
                 };
                 let bar =

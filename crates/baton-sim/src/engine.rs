@@ -560,37 +560,37 @@ impl Engine<'_> {
         self.stats.function_invocations[slot] += 1;
         self.task_instances(task);
         let candidates = self.candidates(task, now, now);
-        let (instance, delay) =
-            match choose_for_arrival(candidates, now, self.config.reuse).map(|id| id as u32) {
-                Some(id) => {
-                    let instance = &self.instances[id as usize];
-                    let delay = instance.ready_at_us.saturating_sub(now);
-                    if instance.prewarm.is_some() && !instance.used {
-                        self.stats.prewarm_hits += 1;
-                        if delay > 0 {
-                            self.stats.late_prewarm_hits += 1;
-                        }
+        let chosen = choose_for_arrival(candidates, now, self.config.reuse);
+        let (instance, delay) = match chosen.map(|id| id as u32) {
+            Some(id) => {
+                let instance = &self.instances[id as usize];
+                let delay = instance.ready_at_us.saturating_sub(now);
+                if instance.prewarm.is_some() && !instance.used {
+                    self.stats.prewarm_hits += 1;
+                    if delay > 0 {
+                        self.stats.late_prewarm_hits += 1;
                     }
-                    (id, delay)
                 }
-                None => {
-                    let cold = match self.templates.as_mut() {
-                        Some(templates) => templates.cold_start(self.costs, task, now),
-                        None => self.costs.cold_start_us(task),
-                    };
-                    if !self.make_room(self.costs.memory_mib(task)) {
-                        self.stats.overcommits += 1;
-                    }
-                    self.stats.cold_starts += 1;
-                    self.stats.function_cold_starts[slot] += 1;
-                    let busy = self.busy_by_task[slot] as usize;
-                    self.stats
-                        .cold_causes
-                        .add(cold_cause(busy, self.gone[slot]));
-                    self.cold[index as usize] = true;
-                    (self.new_instance(task, now + cold, None), cold)
+                (id, delay)
+            }
+            None => {
+                let cold = match self.templates.as_mut() {
+                    Some(templates) => templates.cold_start(self.costs, task, now),
+                    None => self.costs.cold_start_us(task),
+                };
+                if !self.make_room(self.costs.memory_mib(task)) {
+                    self.stats.overcommits += 1;
                 }
-            };
+                self.stats.cold_starts += 1;
+                self.stats.function_cold_starts[slot] += 1;
+                let busy = self.busy_by_task[slot] as usize;
+                self.stats
+                    .cold_causes
+                    .add(cold_cause(busy, self.gone[slot]));
+                self.cold[index as usize] = true;
+                (self.new_instance(task, now + cold, None), cold)
+            }
+        };
         self.mark_busy(instance, now);
         self.delay_us[index as usize] = delay;
         let end = now + delay + arrival.duration_us;

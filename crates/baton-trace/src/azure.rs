@@ -40,6 +40,26 @@ pub enum Arrivals {
     Even,
 }
 
+impl std::fmt::Display for Arrivals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arrivals::Random => "random",
+            Arrivals::Even => "even",
+        })
+    }
+}
+
+impl std::str::FromStr for Arrivals {
+    type Err = AzureError;
+    fn from_str(s: &str) -> Result<Arrivals, AzureError> {
+        match s {
+            "random" => Ok(Arrivals::Random),
+            "even" => Ok(Arrivals::Even),
+            _ => Err(AzureError::UnknownArrivals(s.to_owned())),
+        }
+    }
+}
+
 /// How Azure traces are expanded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AzureOptions {
@@ -59,7 +79,7 @@ impl Default for AzureOptions {
     fn default() -> Self {
         AzureOptions {
             seed: 42,
-            arrivals: Arrivals::Random,
+            arrivals: Arrivals::default(),
             infer_chains_us: None,
             max_chain: 16,
             default_duration_ms: 1_000,
@@ -81,6 +101,9 @@ pub enum AzureError {
         /// What is missing.
         message: String,
     },
+    /// Not a way to place a minute's arrivals.
+    #[error("unknown arrivals `{0}`; known: random, even")]
+    UnknownArrivals(String),
 }
 
 /// Requests and per-function memory read from an Azure trace.

@@ -344,8 +344,43 @@ pub enum Reuse {
     Recent,
     /// The one idle the longest: each use renews another instance, so a burst's instances
     /// all stay warm as long as traffic comes (fewer cold starts when memory is plentiful,
-    /// more idle memory; dslab-faas's invoker is close to it: docs/sim/validation.md).
+    /// more idle memory; dslab-faas's own invoker sits between the two:
+    /// docs/sim/validation.md).
     Oldest,
+}
+
+impl Reuse {
+    /// Every rule, as named on the command line.
+    pub const ALL: [Reuse; 2] = [Reuse::Recent, Reuse::Oldest];
+
+    /// The rule's name (`recent`, `oldest`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reuse::Recent => "recent",
+            Reuse::Oldest => "oldest",
+        }
+    }
+}
+
+impl std::fmt::Display for Reuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reuse rule that does not exist.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("unknown reuse rule `{0}`; known: recent, oldest")]
+pub struct UnknownReuse(pub String);
+
+impl std::str::FromStr for Reuse {
+    type Err = UnknownReuse;
+    fn from_str(s: &str) -> Result<Reuse, UnknownReuse> {
+        Reuse::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownReuse(s.to_owned()))
+    }
 }
 
 /// Which instance serves an arrival at `now`: a ready one, one a pre-warm claims first (the
@@ -477,6 +512,11 @@ mod tests {
             choose_for_arrival(Vec::<Candidate<u64>>::new(), 100, Reuse::Recent),
             None
         );
+        // Named on the command line and back.
+        for reuse in Reuse::ALL {
+            assert_eq!(reuse.to_string().parse::<Reuse>(), Ok(reuse));
+        }
+        assert_eq!("lru".parse::<Reuse>(), Err(UnknownReuse("lru".into())));
         // Oldest: the one idle the longest, ties again by expiry; claims still come first.
         assert_eq!(choose_for_arrival(all, 100, Reuse::Oldest), Some(2));
         assert_eq!(
