@@ -31,6 +31,35 @@ pub enum FormatArg {
     Alibaba,
 }
 
+/// A trace to read, as `sim` and `load` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceInput {
+    /// The trace (plain, .gz or .xz).
+    #[arg(long, required = true, num_args = 1..)]
+    pub trace: Vec<PathBuf>,
+    /// Trace format (auto: told by the first line).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: FormatArg,
+    /// Tasks are service:operation instead of service (span logs).
+    #[arg(long)]
+    pub operations: bool,
+    #[command(flatten)]
+    pub trace_args: TraceArgs,
+}
+
+impl TraceInput {
+    /// Reads the trace into requests (see [`load`]).
+    pub fn load(&self, config: TdgConfig) -> Result<Loaded> {
+        load(
+            &self.trace,
+            self.format,
+            self.operations,
+            &self.trace_args,
+            config,
+        )
+    }
+}
+
 /// Options of traces that are not execution logs (Azure).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {

@@ -12,6 +12,7 @@ mod load;
 mod manage;
 mod peers;
 mod progress;
+mod replay;
 mod server;
 mod sim;
 
@@ -44,6 +45,9 @@ enum Command {
     Convert(commands::ConvertArgs),
     /// Replay a trace through every pre-warming policy and compare them.
     Sim(sim::SimArgs),
+    /// Replay a trace against a live `baton serve` and print `baton sim`'s figures for the
+    /// same plan beside what the server did.
+    Load(replay::LoadArgs),
     /// Report what this machine offers baton: the resource-limit mechanism for workers and
     /// what moving a worker into its groups costs.
     Doctor(DoctorArgs),
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => commands::eval(args),
         Command::Convert(args) => commands::convert(args),
         Command::Sim(args) => sim::sim(args),
+        Command::Load(args) => replay::load(args),
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => server::serve(args),
         Command::Deploy(args) => server::deploy(args),

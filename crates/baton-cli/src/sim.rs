@@ -1,6 +1,6 @@
 //! `baton sim`: replay a trace through every pre-warming policy and compare them.
 
-use crate::load::{self, FormatArg};
+use crate::load;
 use anyhow::{bail, Context, Result};
 use baton_core::exec::Reuse;
 use baton_core::policy::spec::PolicyName;
@@ -12,17 +12,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// The trace (plain, .gz or .xz).
-    #[arg(long, required = true, num_args = 1..)]
-    trace: Vec<PathBuf>,
-    /// Trace format (auto: told by the first line).
-    #[arg(long, value_enum, default_value = "auto")]
-    format: FormatArg,
-    /// Tasks are service:operation instead of service (span logs).
-    #[arg(long)]
-    operations: bool,
     #[command(flatten)]
-    trace_args: load::TraceArgs,
+    input: load::TraceInput,
     /// Policies to run: `all` or a comma-separated list of none, ttl, histogram,
     /// greedy-dual, next, mlp, chain, oracle.
     #[arg(long, default_value = "all")]
@@ -49,6 +40,16 @@ pub struct SimArgs {
     /// arrivals (scripts/dslab-check.sh does, for docs/sim/validation.md).
     #[arg(long)]
     export_arrivals: Option<PathBuf>,
+    /// Calls arrive when their callers' runs reach them: a caller that waits for a cold
+    /// start calls that much later, as on a live server (default: every invocation at its
+    /// recorded start).
+    #[arg(long)]
+    causal: bool,
+    /// Worker starts under way at once on the node, at most (0: no bound). `baton serve`
+    /// allows as many as its cores; a start past them waits for one to finish, and a call
+    /// waiting so takes an instance of its function that frees first.
+    #[arg(long, default_value_t = 0)]
+    start_slots: usize,
     /// Node cores (the chain policy's pool).
     #[arg(long, default_value_t = 2)]
     cores: u32,
@@ -190,6 +191,47 @@ fn export_arrivals(path: &std::path::Path, simulation: &Simulation) -> Result<()
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The memory of every task with a figure, MiB: the trace's own, or with `memory_from` the
+/// median pod memory of its service (a task of none takes `instance_mib`); and a note saying
+/// which.
+pub fn task_memory(
+    loaded: &load::Loaded,
+    memory_from: Option<&std::path::Path>,
+    instance_mib: u64,
+) -> Result<(Vec<(baton_core::TaskId, u64)>, String)> {
+    let tasks = loaded.tdg.tasks();
+    let Some(path) = memory_from else {
+        let note = if loaded.memory_mib.is_empty() {
+            format!("{instance_mib} MiB for every function")
+        } else {
+            format!(
+                "from the trace for {} of {} functions, {instance_mib} MiB for the rest",
+                loaded.memory_mib.len(),
+                tasks.len()
+            )
+        };
+        return Ok((loaded.memory_mib.clone(), note));
+    };
+    let services = pod_memory(path)?;
+    let mut memory: std::collections::BTreeMap<baton_core::TaskId, u64> =
+        loaded.memory_mib.iter().copied().collect();
+    for (service, mib) in &services {
+        for index in 0..tasks.len() as u32 {
+            let name = tasks.name(index);
+            if name == service || name.starts_with(&format!("{service}:")) {
+                memory.insert(baton_core::TaskId(index), *mib);
+            }
+        }
+    }
+    let note = format!(
+        "median pod memory for {} of {} functions from {}, {instance_mib} MiB for the rest",
+        memory.len(),
+        tasks.len(),
+        path.display(),
+    );
+    Ok((memory.into_iter().collect(), note))
+}
+
 pub fn sim(args: SimArgs) -> Result<()> {
     let mut memories = vec![args.memory_gib];
     let mut knobs = vec![1.0];
@@ -210,13 +252,7 @@ pub fn sim(args: SimArgs) -> Result<()> {
         names
     };
 
-    let loaded = load::load(
-        &args.trace,
-        args.format,
-        args.operations,
-        &args.trace_args,
-        TdgConfig::default(),
-    )?;
+    let loaded = args.input.load(TdgConfig::default())?;
     let day = loaded.day_ns();
     let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
     let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
@@ -249,36 +285,10 @@ pub fn sim(args: SimArgs) -> Result<()> {
             spare,
         });
     }
-    for &(task, mib) in &loaded.memory_mib {
+    let (memory, memory_note) =
+        task_memory(&loaded, args.memory_from.as_deref(), args.instance_mib)?;
+    for (task, mib) in memory {
         costs.set_memory_mib(task, mib);
-    }
-    let mut memory_note = if loaded.memory_mib.is_empty() {
-        format!("{} MiB for every function", args.instance_mib)
-    } else {
-        format!(
-            "from the trace for {} of {} functions, {} MiB for the rest",
-            costs.n_with_memory(),
-            tdg.tasks().len(),
-            args.instance_mib
-        )
-    };
-    if let Some(path) = &args.memory_from {
-        let services = pod_memory(path)?;
-        for (service, mib) in &services {
-            for index in 0..tdg.tasks().len() as u32 {
-                let name = tdg.tasks().name(index);
-                if name == service || name.starts_with(&format!("{service}:")) {
-                    costs.set_memory_mib(baton_core::TaskId(index), *mib);
-                }
-            }
-        }
-        memory_note = format!(
-            "median pod memory for {} of {} functions from {}, {} MiB for the rest",
-            costs.n_with_memory(),
-            tdg.tasks().len(),
-            path.display(),
-            args.instance_mib
-        );
     }
     let mut simulation = Simulation::new(tdg, test, costs);
     simulation.online = !args.offline;
@@ -312,6 +322,15 @@ pub fn sim(args: SimArgs) -> Result<()> {
         Reuse::Recent => header,
         Reuse::Oldest => format!("{header}; an arrival takes the instance idle the longest"),
     };
+    let header = match args.start_slots {
+        0 => header,
+        n => format!("{header}; at most {n} starts under way at once"),
+    };
+    let header = if args.causal {
+        format!("{header}; a call comes when its caller's run reaches it (after its caller's wait)")
+    } else {
+        header
+    };
     eprintln!("{header}");
     if let Some(path) = &args.export_arrivals {
         export_arrivals(path, &simulation)?;
@@ -334,6 +353,8 @@ pub fn sim(args: SimArgs) -> Result<()> {
                 let config = SimConfig {
                     memory_mib: (memory_gib * 1024.0) as u64,
                     reuse: args.reuse,
+                    causal: args.causal,
+                    start_slots: args.start_slots,
                     ..SimConfig::default()
                 };
                 let bar =
@@ -372,7 +393,8 @@ pub fn sim(args: SimArgs) -> Result<()> {
     write("results.json", &json)?;
     let title = format!(
         "{} — cold starts vs idle memory",
-        args.trace
+        args.input
+            .trace
             .first()
             .and_then(|p| p.file_name())
             .map_or("trace".into(), |n| n.to_string_lossy())

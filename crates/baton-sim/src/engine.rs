@@ -3,7 +3,9 @@
 //!
 //! The engine holds no policy logic and no rule of its own: the policy is driven through
 //! the plan executor of `baton_core::exec`, as the runtime drives it, and the executor's
-//! rules pick instances. It replays arrivals at their recorded start times; an arrival takes
+//! rules pick instances. It replays arrivals at their recorded start times (or, with
+//! [`SimConfig::causal`], each call when its caller's run reaches it: `crate::schedule`); an
+//! arrival takes
 //! the instance [`choose_for_arrival`] names (a ready one, else one still starting: a late
 //! pre-warm), else starts a cold one, evicting idle instances lowest
 //! [`Executor::evict_priority`] first when memory is short. A finished instance is released
@@ -12,8 +14,10 @@
 //! over its interval leave room for its probability ([`choose_for_prewarm`]) or starts one,
 //! if memory allows or idle instances the policy values below the pre-warm's bet
 //! ([`Executor::bet_priority`]) can make way; never for a less likely need.
-//! Recorded timestamps are not shifted by the delays the simulation adds: each request's
-//! added latency is computed on its call tree instead (see [`added_latency`]).
+//! Unless causal, recorded timestamps are not shifted by the delays the simulation adds:
+//! each request's added latency is computed on its call tree instead (see
+//! [`added_latency`]). With [`SimConfig::start_slots`] a cold start or pre-warm needs a free
+//! start slot (`crate::slots`); an arrival that finds none waits for one.
 
 use baton_core::context::Prev;
 use baton_core::exec::room::{self, Evictable};
@@ -30,6 +34,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+use crate::schedule::Schedule;
+use crate::slots::Slots;
 pub use crate::stats::{added_latency, PrewarmSources, RunStats};
 use crate::templates::{Host, Templates};
 
@@ -51,6 +57,13 @@ pub struct SimConfig {
     pub publish_every_us: u64,
     /// Which idle instance an arrival takes (`baton serve --reuse` likewise).
     pub reuse: Reuse,
+    /// A call arrives when its caller's run reaches it, later by the wait the simulation
+    /// put before its caller, as live (see `crate::schedule`); without it every invocation
+    /// arrives at its recorded start.
+    pub causal: bool,
+    /// Instance starts under way at once on the node, at most (0: no bound); a live node
+    /// allows its cores (see `crate::slots`).
+    pub start_slots: usize,
 }
 
 impl Default for SimConfig {
@@ -60,6 +73,8 @@ impl Default for SimConfig {
             tick_us: 1_000_000,
             publish_every_us: 60_000_000,
             reuse: Reuse::default(),
+            causal: false,
+            start_slots: 0,
         }
     }
 }
@@ -141,6 +156,8 @@ enum Event {
         epoch: u64,
     },
     Tick,
+    /// A start slot frees: the first waiting arrival may take it.
+    SlotFree,
     Learn {
         request: u32,
     },
@@ -180,6 +197,10 @@ struct Engine<'a> {
     releases: std::collections::HashMap<(TaskId, Option<u64>), u64>,
     /// With templates: who holds them, and what a start costs with them.
     templates: Option<Templates>,
+    /// When arrivals come.
+    schedule: Schedule,
+    /// The node's start slots and the arrivals waiting for one.
+    slots: Slots,
 }
 
 /// Runs `policy` over `requests` (sorted by start) on a node of `config`. With a learner,
@@ -239,15 +260,17 @@ pub fn run(
         last_publish_us: 0,
         releases: std::collections::HashMap::new(),
         templates,
+        schedule: Schedule::new(requests, arrivals, config.causal),
+        slots: Slots::new(config.start_slots),
     };
     engine.last_publish_us = engine.now;
     let start = engine.now;
     // The first tick comes at the first arrival's instant, before it (events first).
     engine.schedule(start, Event::Tick);
     let step = (arrivals.len() / 100).max(1);
-    let mut next = 0usize;
+    let mut came = 0usize;
     loop {
-        let next_arrival = arrivals.get(next).map(|a| a.start_us);
+        let next_arrival = engine.schedule.peek(requests, arrivals);
         let next_event = engine.queue.peek().map(|Reverse((t, _, _))| *t);
         // At equal times events go first (an instance that ends at t serves an arrival at
         // t), except expiries: an instance kept "until t" still serves an arrival at t.
@@ -257,7 +280,7 @@ pub fn run(
         );
         match (next_arrival, next_event) {
             (None, None) => break,
-            (Some(a), Some(e)) if e < a || (e == a && !expiry_first) => engine.pop_event(),
+            (Some((_, a)), Some(e)) if e < a || (e == a && !expiry_first) => engine.pop_event(),
             (None, Some(_)) => {
                 // The replay ends when its last invocation does: what is kept alive past
                 // it is not charged (every policy is measured over the same span; a
@@ -267,11 +290,12 @@ pub fn run(
                 }
                 engine.pop_event();
             }
-            (Some(_), _) => {
-                engine.arrive(next as u32);
-                next += 1;
-                if next % step == 0 {
-                    progress(next, arrivals.len());
+            (Some((global, at_us)), _) => {
+                engine.schedule.take(global);
+                engine.arrive(global, at_us);
+                came += 1;
+                if came % step == 0 {
+                    progress(came, arrivals.len());
                 }
             }
         }
@@ -396,6 +420,7 @@ impl Engine<'_> {
                 let tick = self.config.tick_us.max(1);
                 self.schedule(now + tick, Event::Tick);
             }
+            Event::SlotFree => self.serve_waiting(),
             Event::Learn { request } => {
                 if let Some((tdg, _)) = self.learner.as_mut() {
                     tdg.observe_request(&self.requests[request as usize]);
@@ -547,11 +572,12 @@ impl Engine<'_> {
         id
     }
 
-    fn arrive(&mut self, index: u32) {
-        let arrival = self.arrivals[index as usize];
-        self.now = self.now.max(arrival.start_us);
+    /// Arrival `index` comes at `at_us`: it takes the instance the executor's rule picks,
+    /// else starts one if a start slot is free, else waits for a slot (or an instance).
+    fn arrive(&mut self, index: u32, at_us: u64) {
+        let task = self.arrivals[index as usize].task;
+        self.now = self.now.max(at_us);
         let now = self.now;
-        let task = arrival.task;
         let slot = task.index();
         if self.stats.function_invocations.len() <= slot {
             self.stats.function_invocations.resize(slot + 1, 0);
@@ -560,8 +586,58 @@ impl Engine<'_> {
         self.stats.function_invocations[slot] += 1;
         self.task_instances(task);
         let candidates = self.candidates(task, now, now);
-        let chosen = choose_for_arrival(candidates, now, self.config.reuse);
-        let (instance, delay) = match chosen.map(|id| id as u32) {
+        let chosen = choose_for_arrival(candidates, now, self.config.reuse).map(|id| id as u32);
+        if chosen.is_none() && !self.slots.free(now) {
+            self.slots.wait(index, now);
+            let at = self.slots.first_free_us();
+            self.schedule(at, Event::SlotFree);
+            return;
+        }
+        self.serve(index, now, chosen);
+    }
+
+    /// Waiting arrivals take the slots free now, first come first (one whose function has
+    /// an instance to take by now takes it instead).
+    fn serve_waiting(&mut self) {
+        let now = self.now;
+        while self.slots.anyone_waiting() && self.slots.free(now) {
+            let Some((index, since)) = self.slots.next_waiting() else {
+                break;
+            };
+            let task = self.arrivals[index as usize].task;
+            let candidates = self.candidates(task, now, now);
+            let chosen = choose_for_arrival(candidates, now, self.config.reuse).map(|id| id as u32);
+            self.serve(index, since, chosen);
+        }
+        if self.slots.anyone_waiting() {
+            let at = self.slots.first_free_us();
+            self.schedule(at, Event::SlotFree);
+        }
+    }
+
+    /// Instance `id` of `task` became free for an arrival (idle, or a pre-warm started): the
+    /// first arrival of `task` waiting for a slot takes it.
+    fn hand_to_waiting(&mut self, task: TaskId, id: u32) {
+        if !self.slots.anyone_waiting() {
+            return;
+        }
+        let arrivals = self.arrivals;
+        if let Some((index, since)) = self
+            .slots
+            .take_waiting(|a| arrivals[a as usize].task == task)
+        {
+            self.serve(index, since, Some(id));
+        }
+    }
+
+    /// Serves arrival `index`, which came at `since_us`, now: on instance `chosen`, or on a
+    /// new one (a cold start, in a start slot).
+    fn serve(&mut self, index: u32, since_us: u64, chosen: Option<u32>) {
+        let arrival = self.arrivals[index as usize];
+        let now = self.now;
+        let task = arrival.task;
+        let slot = task.index();
+        let (instance, delay) = match chosen {
             Some(id) => {
                 let instance = &self.instances[id as usize];
                 let delay = instance.ready_at_us.saturating_sub(now);
@@ -588,11 +664,14 @@ impl Engine<'_> {
                     .cold_causes
                     .add(cold_cause(busy, self.gone[slot]));
                 self.cold[index as usize] = true;
+                self.slots.take(now, cold);
                 (self.new_instance(task, now + cold, None), cold)
             }
         };
         self.mark_busy(instance, now);
-        self.delay_us[index as usize] = delay;
+        // What it waited for a slot or an instance counts in its wait.
+        let waited = now - since_us;
+        self.delay_us[index as usize] = waited + delay;
         let end = now + delay + arrival.duration_us;
         // Ends go after every other event of their instant, the latest-started first: a
         // call ends before its caller when both end at one microsecond, as it does live.
@@ -626,10 +705,17 @@ impl Engine<'_> {
                 operation: Some(invocation.label),
             },
             reveals_route,
-            // Its calls come as recorded: later by its wait only where the recorded starts
-            // include it (the simulator does not shift them by the waits it adds).
-            wait_us: invocation.waited_us,
+            // Its calls come later by its wait: causally, the wait added here; as
+            // recorded, only where the recorded starts include it.
+            wait_us: if self.config.causal {
+                delay
+            } else {
+                invocation.waited_us
+            },
         });
+        let (requests, arrivals) = (self.requests, self.arrivals);
+        self.schedule
+            .came(requests, arrivals, index, since_us, waited + delay);
     }
 
     fn end(&mut self, id: u32, arrival: u32) {
@@ -660,6 +746,10 @@ impl Engine<'_> {
             invocation: u64::from(arrival),
             at_us: now,
         });
+        let instance = &self.instances[id as usize];
+        if instance.alive && !instance.busy {
+            self.hand_to_waiting(task, id);
+        }
         let instance = &self.instances[id as usize];
         if instance.alive && !instance.busy {
             if instance.keep_until_us <= now {
@@ -748,6 +838,14 @@ impl Engine<'_> {
         if let Some(templates) = self.templates.as_mut() {
             templates.prewarm_start(self.costs, task, now);
         }
+        // It starts in the first free slot: ready that much later.
+        let begin = self.slots.take(
+            now,
+            ready_at_us
+                .saturating_sub(now)
+                .max(self.cold_estimate_us(task)),
+        );
+        let ready_at_us = ready_at_us + (begin - now);
         let id = self.new_instance(task, ready_at_us, Some(plan));
         self.instances[id as usize].keep_until_us = until_us;
         // Ready later than asked, its step waits for it and holds it as much longer.
@@ -758,6 +856,7 @@ impl Engine<'_> {
         self.stats.prewarms_started += 1;
         self.stats.prewarm_sources.count(plan, false);
         self.ensure_expiry(id);
+        self.hand_to_waiting(task, id);
     }
 
     /// Every live instance of `task` that is not busy, as the executor's rules see it, with

@@ -10,6 +10,8 @@
 
 pub mod engine;
 pub mod report;
+mod schedule;
+mod slots;
 pub mod stats;
 mod templates;
 

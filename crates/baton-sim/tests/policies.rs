@@ -60,8 +60,20 @@ fn simulation(specs: &[Spec], train: &[Spec]) -> Simulation {
 }
 
 fn run(sim: &Simulation, policy: &str, knob: f64, memory_mib: u64) -> PolicyResult {
+    run_causal(sim, policy, knob, memory_mib, false)
+}
+
+/// [`run`], calls arriving when their callers' runs reach them when `causal`.
+fn run_causal(
+    sim: &Simulation,
+    policy: &str,
+    knob: f64,
+    memory_mib: u64,
+    causal: bool,
+) -> PolicyResult {
     let config = SimConfig {
         memory_mib,
+        causal,
         ..SimConfig::default()
     };
     sim.run(policy, knob, &config, |_, _| {})
@@ -339,6 +351,75 @@ fn memory_pressure_evicts_and_is_counted() {
 }
 
 #[test]
+fn causally_a_call_comes_after_its_callers_cold_start() {
+    // A chain t0 → t1 → t0, each step 1 ms and calling the next as it ends; a cold start
+    // takes 100 ms. As recorded, the second t0 comes at 2 ms while the first still starts:
+    // a third, concurrent cold start. Causally, t1 comes once t0 has started and run (101
+    // ms), and the second t0 once t1 has (202 ms): t0's instance is idle by then.
+    let chain = vec![
+        (0, None, 0, 1_000),
+        (1, Some(0), 1_000, 1_000),
+        (0, Some(1), 2_000, 1_000),
+    ];
+    let sim = simulation(&[(0, chain)], &[]);
+    let recorded = run(&sim, "ttl", 1.0, 1 << 20);
+    assert_eq!(
+        recorded.stats.cold_causes,
+        ColdCauses {
+            first: 2,
+            concurrent: 1,
+            ..ColdCauses::default()
+        }
+    );
+    let causal = run_causal(&sim, "ttl", 1.0, 1 << 20, true);
+    assert_eq!(
+        causal.stats.cold_causes,
+        ColdCauses {
+            first: 2,
+            ..ColdCauses::default()
+        }
+    );
+    // Its latency: two cold starts on the critical path either way.
+    assert_eq!(causal.stats.request_latency_us, vec![200_000]);
+    assert_eq!(causal.stats.request_critical_cold, vec![2]);
+}
+
+#[test]
+fn starts_beyond_the_nodes_slots_wait_and_may_take_an_instance_that_frees() {
+    // One start slot, cold starts of 100 ms. t0 comes at 0 (cold, runs 10 ms: idle at 110
+    // ms), t1 at 1 ms (no slot: it waits, starts at 100 ms), t0 again at 50 ms (no idle
+    // instance, and t1 is first in line for the next slot): at 110 ms t0's instance is
+    // idle and it takes it, warm, 60 ms after it came.
+    let specs = vec![
+        (0, vec![(0, None, 0, 10_000)]),
+        (1_000, vec![(1, None, 0, 10_000)]),
+        (50_000, vec![(0, None, 0, 10_000)]),
+    ];
+    let sim = simulation(&specs, &[]);
+    let config = SimConfig {
+        memory_mib: 1 << 20,
+        start_slots: 1,
+        ..SimConfig::default()
+    };
+    let result = sim
+        .run("ttl", 1.0, &config, |_, _| {})
+        .expect("known policy");
+    assert_eq!(result.stats.cold_starts, 2);
+    assert_eq!(result.stats.served, 3);
+    assert_eq!(
+        result.stats.request_latency_us,
+        vec![100_000, 199_000, 60_000]
+    );
+    // Without a bound, t0's second call finds its instance busy: a third cold start.
+    let free = run(&sim, "ttl", 1.0, 1 << 20);
+    assert_eq!(free.stats.cold_starts, 3);
+    assert_eq!(
+        free.stats.request_latency_us,
+        vec![100_000, 100_000, 100_000]
+    );
+}
+
+#[test]
 fn a_call_while_every_instance_is_busy_is_a_concurrent_cold_start() {
     // Three overlapping 10 s calls of one function, then one after they all ended: two
     // extra instances are started for concurrency; the last call finds one idle.
@@ -440,6 +521,21 @@ proptest! {
         }
         let again: Vec<PolicyResult> = policy_names().iter().map(|p| run(&sim, p, 1.0, memory)).collect();
         prop_assert_eq!(table(&first), table(&again));
+        // Causally too: every arrival once, and runs repeat.
+        let causal: Vec<PolicyResult> = policy_names().iter().map(|p| run_causal(&sim, p, 1.0, memory, true)).collect();
+        for result in &causal {
+            prop_assert_eq!(result.stats.served, result.stats.invocations, "{}", result.policy);
+            prop_assert_eq!(result.stats.cold_causes.total(), result.stats.cold_starts, "{}", result.policy);
+        }
+        let again: Vec<PolicyResult> = policy_names().iter().map(|p| run_causal(&sim, p, 1.0, memory, true)).collect();
+        prop_assert_eq!(table(&causal), table(&again));
+        // With one start slot: every arrival once still.
+        let config = SimConfig { memory_mib: memory, causal: true, start_slots: 1, ..SimConfig::default() };
+        for policy in policy_names() {
+            let result = sim.run(policy, 1.0, &config, |_, _| {}).expect("known policy");
+            prop_assert_eq!(result.stats.served, result.stats.invocations, "{}", result.policy);
+            prop_assert_eq!(result.stats.cold_causes.total(), result.stats.cold_starts, "{}", result.policy);
+        }
     }
 
     #[test]

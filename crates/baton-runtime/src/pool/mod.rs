@@ -188,6 +188,11 @@ impl WarmPool {
         lock(&self.state).reuse = reuse;
     }
 
+    /// Which idle worker a step takes.
+    pub fn reuse(&self) -> baton_core::exec::Reuse {
+        lock(&self.state).reuse
+    }
+
     /// The idle-memory budget, MiB, if any.
     pub fn idle_budget_mib(&self) -> Option<u64> {
         self.idle_budget_mib

@@ -390,6 +390,10 @@ fn through_the_simulator(
         tick_us: 50_000,
         publish_every_us: u64::MAX,
         reuse: baton_core::exec::Reuse::default(),
+        // The director's records hold their waits in their starts (recorded), and the test
+        // backend starts without a bound.
+        causal: false,
+        start_slots: 0,
     };
     let stats = engine::run(
         &requests,

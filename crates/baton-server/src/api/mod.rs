@@ -667,6 +667,10 @@ async fn pool(State(state): State<Shared>) -> Response {
         .collect();
     Json(json!({
         "policy": state.policy.name.as_str(),
+        "policy_knob": state.policy.knob,
+        "keep_alive_secs": state.policy.keep_alive_us.map(|us| us as f64 / 1e6),
+        "reuse": state.director.pool().reuse().to_string(),
+        "start_slots": state.director.pool().max_cold_starts(),
         "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
         "limits": state.detection.limits.to_string().lines().next().unwrap_or(""),
         "capacity": capacity,
