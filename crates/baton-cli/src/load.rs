@@ -83,7 +83,7 @@ pub struct TraceArgs {
 }
 
 /// The format of `paths`, detected from the first when `auto`.
-fn concrete_format(format: FormatArg, paths: &[PathBuf]) -> Result<FormatArg> {
+pub fn concrete_format(format: FormatArg, paths: &[PathBuf]) -> Result<FormatArg> {
     if format != FormatArg::Auto {
         return Ok(format);
     }

@@ -5,6 +5,7 @@
 
 mod app;
 mod bench;
+mod callers;
 mod cluster;
 mod commands;
 mod demo;
@@ -15,6 +16,8 @@ mod progress;
 mod replay;
 mod server;
 mod sim;
+#[cfg(test)]
+mod test_support;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};

@@ -225,10 +225,25 @@ pub struct ServeArgs {
     /// every node's summaries (docs/scale.md).
     #[arg(long, env = "BATON_CLUSTER_SUMMARY_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000), requires = "cluster")]
     cluster_summary_ms: u64,
+    /// Learn calls that name no caller (foreign logs posted to /v1/logs, functions invoked
+    /// one by one) with callers mined from timing: a call of another function of the same
+    /// app starting within this many ms before it, and running around it when run times
+    /// are exact, by a dependency seen often enough not to be chance
+    /// (`baton_core::mining`). Off by default: each such call is a request of its own.
+    #[arg(long, env = "BATON_MINE_CALLERS_MS", value_parser = parse_mine_window)]
+    mine_callers_ms: Option<f64>,
     /// Send every execution record as a span to this OTLP/HTTP collector
     /// (`http://HOST:4318`; protobuf to `/v1/traces`), on the invocations' trace ids.
     #[arg(long, env = "BATON_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+}
+
+/// `--mine-callers-ms`: a window from 1 ms to 10 min.
+fn parse_mine_window(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && (1.0..=600_000.0).contains(&ms) => Ok(ms),
+        _ => Err(format!("`{text}`: expected a window in ms, 1 to 600000")),
+    }
 }
 
 /// `--retain-records`: how long records are kept (`None`: forever).
@@ -299,6 +314,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.allow_process_functions = args.allow_process_functions;
     config.unjailed_process_functions = args.insecure_unjailed_process_functions;
     config.otlp_endpoint = args.otlp_endpoint.clone();
+    config.mine_callers = args
+        .mine_callers_ms
+        .map(|ms| baton_core::mining::MinerConfig::new((ms * 1000.0) as u64, true));
     if !args.cluster.is_empty() {
         config.cluster = Some(baton_server::ClusterConfig {
             servers: args.cluster.clone(),

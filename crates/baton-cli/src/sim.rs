@@ -1,6 +1,6 @@
 //! `baton sim`: replay a trace through every pre-warming policy and compare them.
 
-use crate::load;
+use crate::load::{self, FormatArg};
 use anyhow::{bail, Context, Result};
 use baton_core::exec::Reuse;
 use baton_core::policy::spec::PolicyName;
@@ -90,6 +90,20 @@ pub struct SimArgs {
     /// scaled); may be given twice.
     #[arg(long)]
     sweep: Vec<String>,
+    /// The trace's callers: `keep` them, `drop` them (every call a request of its own, as a
+    /// log that names none), or `mine` them back from timing (co-occurrence within
+    /// --mine-window-ms; the header scores the mined links against the trace's).
+    #[arg(long, value_enum, default_value = "keep")]
+    callers: crate::callers::Callers,
+    /// With `--callers mine`: a callee starts at most this long after its caller, ms.
+    /// Callees must also run inside their callers' runs unless the trace is Azure's (whose
+    /// run times are per-function means).
+    #[arg(long, default_value_t = 1000.0)]
+    mine_window_ms: f64,
+    /// With `--callers mine`: a dependency's least support, confidence and lift
+    /// (`SUPPORT,CONFIDENCE,LIFT`; default: baton_core::mining's).
+    #[arg(long)]
+    mine_thresholds: Option<String>,
     /// Freeze the graph after training (default: learning policies keep learning).
     #[arg(long)]
     offline: bool,
@@ -256,8 +270,39 @@ pub fn sim(args: SimArgs) -> Result<()> {
     let day = loaded.day_ns();
     let train_window = load::window(args.train_since.as_deref(), Some(&args.train_until), day)?;
     let test_window = load::window(Some(&args.train_until), args.test_until.as_deref(), day)?;
-    let train = loaded.in_window(train_window);
-    let test = loaded.in_window(test_window).to_vec();
+    let nested = !matches!(
+        load::concrete_format(args.input.format, &args.input.trace)?,
+        FormatArg::Azure2019 | FormatArg::Azure2021
+    );
+    if !(args.mine_window_ms.is_finite() && args.mine_window_ms > 0.0) {
+        bail!(
+            "--mine-window-ms {}: expected a positive number",
+            args.mine_window_ms
+        );
+    }
+    let mut miner =
+        baton_core::mining::MinerConfig::new((args.mine_window_ms * 1000.0) as u64, nested);
+    if let Some(text) = &args.mine_thresholds {
+        let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+        let bad = || {
+            anyhow::anyhow!(
+                "--mine-thresholds `{text}`: expected SUPPORT,CONFIDENCE,LIFT (e.g. 5,0.2,3)"
+            )
+        };
+        let [support, confidence, lift] = parts[..] else {
+            return Err(bad());
+        };
+        miner.min_support = support.parse().map_err(|_| bad())?;
+        miner.min_confidence = confidence.parse().map_err(|_| bad())?;
+        miner.min_lift = lift.parse().map_err(|_| bad())?;
+    }
+    let (train, test, callers_note) = crate::callers::apply(
+        args.callers,
+        loaded.in_window(train_window),
+        loaded.in_window(test_window).to_vec(),
+        miner,
+    );
+    let train = &train[..];
     if test.is_empty() {
         bail!("the replay window holds no request");
     }
@@ -321,6 +366,10 @@ pub fn sim(args: SimArgs) -> Result<()> {
     let header = match args.reuse {
         Reuse::Recent => header,
         Reuse::Oldest => format!("{header}; an arrival takes the instance idle the longest"),
+    };
+    let header = match callers_note {
+        Some(note) => format!("{header}; {note}"),
+        None => header,
     };
     let header = match args.start_slots {
         0 => header,

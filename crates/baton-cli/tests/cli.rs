@@ -772,3 +772,46 @@ fn bench_peers_runs_baton_alone_when_every_peer_is_skipped() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected one of"));
 }
+
+#[test]
+fn callers_dropped_from_the_fixture_are_mined_back() {
+    // The fixture's spans with their parent ids dropped (trace ids kept, then dropped too),
+    // mined back: the header scores the mined links against the spans' own.
+    let header = |mode: &str| -> String {
+        let out = temp_dir(&format!("mine-{mode}"));
+        let sim = ok_json(&[
+            "sim",
+            "--trace",
+            fixture().to_str().unwrap(),
+            "--train-until",
+            "11:39:20",
+            "--policies",
+            "chain",
+            "--callers",
+            mode,
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        sim["header"].as_str().unwrap().to_owned()
+    };
+    let score = |mode: &str| -> (f64, f64) {
+        let header = header(mode);
+        let number = |after: &str| -> f64 {
+            let at = header.find(after).unwrap_or_else(|| panic!("{header}")) + after.len();
+            header[at..]
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (number("precision "), number("recall "))
+    };
+    let (precision, recall) = score("mine-parents");
+    assert!(precision >= 0.9 && recall >= 0.9, "{precision} {recall}");
+    let (precision, recall) = score("mine");
+    assert!(precision >= 0.8 && recall >= 0.9, "{precision} {recall}");
+    // Dropped and not mined back: no link at all.
+    assert!(header("drop").contains("callers dropped: every call a request of its own"));
+}

@@ -23,6 +23,7 @@ pub mod eval;
 pub mod exec;
 pub mod histogram;
 pub mod ids;
+pub mod mining;
 pub mod policy;
 pub mod predict;
 pub mod profile;

@@ -202,6 +202,13 @@ impl Director {
         self
     }
 
+    /// Mines callers for the calls that name none (a log of caller-less records, or
+    /// functions invoked one by one) before learning them (see `baton_core::mining`).
+    pub fn with_miner(mut self, config: baton_core::mining::MinerConfig) -> Director {
+        *lock(&self.node_mut().miner) = Some(baton_core::mining::Miner::new(config));
+        self
+    }
+
     /// The auxiliary services functions may need.
     pub fn with_services(mut self, services: Services) -> Director {
         let services = Some(Arc::new(services));

@@ -9,6 +9,7 @@ use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::planner::{Msg, Planner, Started};
 use crate::pool::WarmPool;
 use baton_core::clock::{Clock, ManualClock};
+use baton_core::mining::Miner;
 use baton_core::{LabelId, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::{HashMap, VecDeque};
@@ -114,6 +115,18 @@ pub(crate) struct Ids {
 }
 
 /// What the director and the planner share.
+/// The miner's group of an application: its name hashed (1 and up: 0 is the group of
+/// calls of no application).
+fn app_group(app: &str) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    app.hash(&mut hasher);
+    (hasher.finish() as u32).max(1)
+}
+
+/// Caller-less calls the miner holds at most before it lets them all go.
+const MAX_HELD_CALLS: usize = 100_000;
+
 pub(crate) struct Node {
     pub(crate) pool: Arc<WarmPool>,
     pub(crate) process: ProcessBackend,
@@ -126,6 +139,9 @@ pub(crate) struct Node {
     /// One backend for every function, instead of the one by kind (tests).
     pub(crate) custom: Option<Arc<dyn Backend>>,
     pub(crate) learner: Mutex<Tdg>,
+    /// Mines callers for caller-less calls before the learner sees them (`baton serve
+    /// --mine-callers-ms`), holding each tree until no later call can join it.
+    pub(crate) miner: Mutex<Option<Miner>>,
     pub(crate) graph: Arc<SnapshotCell>,
     /// Function name → ids, read by request threads without touching the learner.
     pub(crate) ids: RwLock<HashMap<String, Ids>>,
@@ -167,6 +183,7 @@ impl Node {
             manual: None,
             custom: None,
             learner: Mutex::new(learner),
+            miner: Mutex::new(None),
             graph,
             ids: RwLock::new(HashMap::new()),
             sink: None,
@@ -301,6 +318,25 @@ impl Node {
             learner,
             baton_trace::requests::TimeWindow::default(),
         );
+        let requests = match lock(&self.miner).as_mut() {
+            Some(miner) => {
+                // Callers are sought inside a call's application (its records' `app`).
+                for record in records {
+                    if let Some(app) = &record.app {
+                        let task = learner.intern_task(&record.task);
+                        miner.set_group(task, app_group(app));
+                    }
+                }
+                let mut ready = miner.push(requests);
+                // A flood of caller-less calls: past the bound, what is held is learned as
+                // it stands.
+                if miner.held() > MAX_HELD_CALLS {
+                    ready.extend(miner.flush());
+                }
+                ready
+            }
+            None => requests,
+        };
         for request in &requests {
             learner.observe_request(request);
         }

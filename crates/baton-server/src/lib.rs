@@ -84,6 +84,9 @@ pub struct ServerConfig {
     /// An OTLP/HTTP collector to send every execution record to as a span
     /// (`http://HOST:PORT`; `None`: no export).
     pub otlp_endpoint: Option<String>,
+    /// Mine callers for calls that name none before learning them (`None`: learn them as
+    /// requests of their own).
+    pub mine_callers: Option<baton_core::mining::MinerConfig>,
 }
 
 impl ServerConfig {
@@ -111,6 +114,7 @@ impl ServerConfig {
             },
             cluster: None,
             otlp_endpoint: None,
+            mine_callers: None,
         }
     }
 }
@@ -397,9 +401,13 @@ impl RunningServer {
                         exporter.send(records);
                     }
                 }
-            }))
-            .into_shared()
-            .map_err(io("cannot start the allocator"))?;
+            }));
+        let director = match config.mine_callers {
+            Some(mining) => director.with_miner(mining),
+            None => director,
+        }
+        .into_shared()
+        .map_err(io("cannot start the allocator"))?;
         // Restored functions are made ready ahead, as a deploy makes a new one.
         director.prepare();
         for (name, steps) in store.sequences()? {

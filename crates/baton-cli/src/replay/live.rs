@@ -208,6 +208,9 @@ pub struct Observed {
     pub late_us: Vec<u64>,
     /// The replay's wall time, s.
     pub seconds: f64,
+    /// The server's median worker start after the replay (`/v1/pool` `start_ms_median`),
+    /// µs: a start itself, without waiting for a slot.
+    pub start_us: Option<u64>,
     /// Every counter of `/v1/pool` over the replay (after less before).
     pub counters: std::collections::BTreeMap<String, u64>,
 }
@@ -318,6 +321,9 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
         counter("cold_expired"),
     ];
     seen.prewarmed_steps = counter("prewarmed_steps");
+    seen.start_us = after["start_ms_median"]
+        .as_f64()
+        .map(|ms| (ms * 1000.0).round() as u64);
     seen.counters = after["counters"]
         .as_object()
         .into_iter()

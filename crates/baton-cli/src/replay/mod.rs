@@ -125,7 +125,12 @@ pub fn load(args: LoadArgs) -> Result<()> {
     let observed = live::replay(&client, &plan, start, threads)?;
     let served = live::records_after(&client, last_id)?;
 
-    let cold_us = median(&observed.cold_wait_us).unwrap_or(DEFAULT_COLD_US);
+    // What a start takes, as the server measured it (a step's wait may include waiting
+    // for a start slot, which the simulator adds itself).
+    let cold_us = observed
+        .start_us
+        .or_else(|| median(&observed.cold_wait_us))
+        .unwrap_or(DEFAULT_COLD_US);
     let train_records = plan.records(&plan.train, "train-", train_origin_ns);
     let simulated = simulate(
         &plan,
@@ -318,7 +323,7 @@ fn render(
         ("idle memory, GB·s", live.idle_gb_s, 1, |r| r.idle_gb_s),
     ];
     let mut out = format!(
-        "{} (knob {}): {} chains in {:.1} s, {} failed; a cold start took {:.1} ms (live median, given to the simulator); sends late by p99 {:.1} ms\n\n\
+        "{} (knob {}): {} chains in {:.1} s, {} failed; a worker start took {:.1} ms (the server's median, given to the simulator); sends late by p99 {:.1} ms\n\n\
          | | live | sim, planned arrivals | live ÷ sim | sim, arrivals as served | live ÷ sim |\n|---|---|---|---|---|---|\n",
         sim.policy,
         sim.knob,

@@ -283,22 +283,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::request::{Invocation, Usage};
-    use baton_core::LabelId;
-
-    fn call(task: u32, parent: Option<u32>, start_us: u64, wall_us: u64) -> Invocation {
-        Invocation {
-            task: TaskId(task),
-            label: LabelId(0),
-            parent,
-            start_us,
-            usage: Usage {
-                wall_us,
-                ..Usage::default()
-            },
-            waited_us: 0,
-        }
-    }
+    use crate::test_support::call;
 
     /// a (0..100) calls b (10..40) and c (30..60), and b calls d (15..20).
     fn tree(at: u64) -> Request {

@@ -42,6 +42,16 @@ impl WarmPool {
         samples.push_back(took.as_micros() as u64);
     }
 
+    /// The median of every function's recent worker starts (the samples the estimates are
+    /// made from: a start itself, without any wait for a start slot), if any was measured.
+    pub fn start_median(&self) -> Option<Duration> {
+        let state = lock(&self.state);
+        let mut all: Vec<u64> = state.cold_us.values().flatten().copied().collect();
+        drop(state);
+        all.sort_unstable();
+        baton_core::rank::nearest_rank(&all, 0.5).map(Duration::from_micros)
+    }
+
     /// What `spec`, never started here yet, is expected to take to start: the median of
     /// the estimates of the functions that start the same way (process functions run by
     /// the same program, both from a template or both not; wasm functions), if any of them

@@ -83,3 +83,62 @@ fn a_replayed_log_teaches_the_graph_learned_live() {
         "learned {learned} is the raw {raw}"
     );
 }
+
+/// Caller-less records (no parent, no trace: a foreign log, or functions invoked one by
+/// one): `a` then, 20 ms into its run, `b`, every 2 s.
+fn callerless(n: u64) -> Vec<ExecutionRecord> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        let t_ns = 1_700_000_000_000_000_000 + k * 2_000_000_000;
+        for (task, offset_ms, duration_us) in [("a", 0, 100_000), ("b", 20, 30_000)] {
+            out.push(ExecutionRecord {
+                ts_ns: t_ns + offset_ms * 1_000_000,
+                task: task.into(),
+                invocation: format!("{task}{k}"),
+                duration_us,
+                ..ExecutionRecord::default()
+            });
+        }
+    }
+    out
+}
+
+fn director_learning(
+    mining: Option<baton_core::mining::MinerConfig>,
+) -> std::sync::Arc<baton_runtime::director::Director> {
+    use baton_core::policy::TtlPolicy;
+    use baton_core::SnapshotCell;
+    let pool = baton_runtime::pool::WarmPool::new(Vec::new(), isolation());
+    let tdg = Tdg::new(TdgConfig::default());
+    let graph = std::sync::Arc::new(SnapshotCell::new(tdg.clone().snapshot()));
+    let director =
+        baton_runtime::director::Director::new(pool, tdg, graph, Box::new(TtlPolicy::new(0)));
+    match mining {
+        Some(config) => director.with_miner(config),
+        None => director,
+    }
+    .into_shared()
+    .unwrap()
+}
+
+#[test]
+fn the_learner_mines_callers_for_calls_that_name_none() {
+    let edges = |director: &baton_runtime::director::Director| director.with_learner(by_names).1;
+    // Without mining, every call is a request of its own: no edge.
+    let plain = director_learning(None);
+    plain.learn_records(&callerless(20), None);
+    assert!(edges(&plain).is_empty());
+    // With it, a → b is mined and learned (the last request, held until a later call
+    // passes its window, comes with the next batch).
+    let mining = director_learning(Some(baton_core::mining::MinerConfig::new(500_000, true)));
+    let records = callerless(21);
+    mining.learn_records(&records[..40], None);
+    mining.learn_records(&records[40..], None);
+    let learned = edges(&mining);
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    assert_eq!(
+        (learned[0]["from"].as_str(), learned[0]["to"].as_str()),
+        (Some("a"), Some("b")),
+        "{learned:?}"
+    );
+}

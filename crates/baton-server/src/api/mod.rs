@@ -671,6 +671,11 @@ async fn pool(State(state): State<Shared>) -> Response {
         "keep_alive_secs": state.policy.keep_alive_us.map(|us| us as f64 / 1e6),
         "reuse": state.director.pool().reuse().to_string(),
         "start_slots": state.director.pool().max_cold_starts(),
+        "start_ms_median": state
+            .director
+            .pool()
+            .start_median()
+            .map(|d| d.as_secs_f64() * 1000.0),
         "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
         "limits": state.detection.limits.to_string().lines().next().unwrap_or(""),
         "capacity": capacity,
