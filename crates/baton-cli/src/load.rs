@@ -76,8 +76,9 @@ pub struct TraceArgs {
     /// seeded) or `even` (evenly spread).
     #[arg(long, default_value_t)]
     pub arrivals: baton_trace::azure::Arrivals,
-    /// Where a trace names no callers (Azure): chain an invocation to the previous one of
-    /// the same app when it is another function starting within this many ms.
+    /// Where a trace names no callers (Azure): mine them within each app
+    /// (`baton_core::mining`): an invocation becomes the callee of the latest earlier one of
+    /// another function of its app within this many ms that a mined dependency links to it.
     #[arg(long)]
     pub infer_chains_ms: Option<f64>,
 }

@@ -17,12 +17,15 @@
 //! **2021.** `app,func,end_timestamp,duration`, seconds from the trace start; start = end −
 //! duration.
 //!
-//! **Chains.** Neither trace names callers. With `infer_chains_us`, an arrival becomes the
-//! callee of the previous arrival of the same app when it is of another function and starts
-//! within that window after it (up to `max_chain` steps); otherwise every arrival is a
-//! request of its own.
+//! **Chains.** Neither trace names callers. With `infer_chains_us`, callers are mined from
+//! timing within each app ([`baton_core::mining::Miner`], window mode: a trace's run times
+//! are per-function means, so no nesting is asked): an arrival becomes the callee of the
+//! latest earlier arrival of another function of its app within the window that a mined
+//! dependency links to it (trees of at most `max_chain` calls); otherwise every arrival is
+//! a request of its own.
 
 use crate::report::{for_each_csv_row, ReadReport};
+use baton_core::mining::{Miner, MinerConfig};
 use baton_core::request::{Invocation, Request, Usage};
 use baton_core::{TaskId, Tdg};
 use rustc_hash::FxHashMap;
@@ -324,52 +327,42 @@ struct Raw {
 
 /// Groups raw arrivals into requests (see the module docs on chains).
 fn into_requests(mut raws: Vec<Raw>, options: &AzureOptions, tdg: &mut Tdg) -> Vec<Request> {
-    raws.sort_by_key(|r| (r.app, r.start_us, r.task));
-    let mut requests: Vec<(u64, Vec<Invocation>)> = Vec::new();
-    let mut current: Vec<Invocation> = Vec::new();
-    let mut previous: Option<Raw> = None;
+    raws.sort_by_key(|r| (r.start_us, r.app, r.task));
     let mut labels: FxHashMap<TaskId, baton_core::LabelId> = FxHashMap::default();
-    let flush = |current: &mut Vec<Invocation>, requests: &mut Vec<(u64, Vec<Invocation>)>| {
-        if let Some(first) = current.first() {
-            requests.push((first.start_us, std::mem::take(current)));
-        }
-    };
-    for raw in raws {
-        let chained = match (options.infer_chains_us, previous) {
-            (Some(window), Some(prev)) => {
-                prev.app == raw.app
-                    && prev.task != raw.task
-                    && raw.start_us - prev.start_us <= window
-                    && current.len() < options.max_chain
+    let mut miner = options.infer_chains_us.map(|window| {
+        let mut config = MinerConfig::new(window, false);
+        config.max_request = options.max_chain.max(1);
+        Miner::new(config)
+    });
+    let lone: Vec<Request> = raws
+        .iter()
+        .map(|raw| {
+            if let Some(miner) = miner.as_mut() {
+                // Callers are sought inside the app (group 0 is "no app").
+                miner.set_group(raw.task, raw.app.saturating_add(1));
             }
-            _ => false,
-        };
-        if !chained {
-            flush(&mut current, &mut requests);
-        }
-        let label = *labels.entry(raw.task).or_insert_with(|| {
-            let name = tdg.tasks().name(raw.task.0).to_owned();
-            tdg.intern_label(&name)
-        });
-        current.push(Invocation {
-            task: raw.task,
-            label,
-            parent: (!current.is_empty()).then(|| current.len() as u32 - 1),
-            start_us: raw.start_us,
-            waited_us: 0,
-            usage: Usage {
-                wall_us: raw.duration_us,
-                ..Usage::default()
-            },
-        });
-        previous = Some(raw);
+            let label = *labels.entry(raw.task).or_insert_with(|| {
+                let name = tdg.tasks().name(raw.task.0).to_owned();
+                tdg.intern_label(&name)
+            });
+            Request::build(vec![Invocation {
+                task: raw.task,
+                label,
+                parent: None,
+                start_us: raw.start_us,
+                waited_us: 0,
+                usage: Usage {
+                    wall_us: raw.duration_us,
+                    ..Usage::default()
+                },
+            }])
+            .0
+        })
+        .collect();
+    match miner.as_mut() {
+        Some(miner) => miner.regroup(lone),
+        None => lone,
     }
-    flush(&mut current, &mut requests);
-    requests.sort_by_key(|(start, _)| *start);
-    requests
-        .into_iter()
-        .map(|(_, invocations)| Request::build(invocations).0)
-        .collect()
 }
 
 /// Per-minute counts above this are refused as corrupt (the busiest Azure function of 2019
@@ -701,11 +694,20 @@ mod tests {
     #[test]
     fn chains_are_inferred_within_an_app_and_window() {
         let dir = temp_dir("chains");
-        let path = write(
-            &dir,
-            "t.csv",
-            "app,func,end_timestamp,duration\nA,x,1.0,0.5\nA,y,1.7,0.5\nA,z,10.0,0.5\nB,x,1.3,0.5\nbad,row,-1,zz\n",
-        );
+        // Every 20 s: A's x, then A's y 0.7 s later, and B's x between them; A's z once,
+        // alone; and a broken row.
+        let mut text = String::from("app,func,end_timestamp,duration\n");
+        for k in 0..5 {
+            let t = 20.0 * k as f64;
+            text.push_str(&format!(
+                "A,x,{},0.5\nA,y,{},0.5\nB,x,{},0.5\n",
+                t + 1.0,
+                t + 1.7,
+                t + 1.3
+            ));
+        }
+        text.push_str("A,z,10.0,0.5\nbad,row,-1,zz\n");
+        let path = write(&dir, "t.csv", &text);
         let mut tdg = Tdg::new(TdgConfig::default());
         let mut report = ReadReport::default();
         let options = AzureOptions {
@@ -713,18 +715,22 @@ mod tests {
             ..AzureOptions::default()
         };
         let trace = read_azure2021(&path, &options, &mut tdg, &mut report).unwrap();
-        let sizes: Vec<usize> = trace
+        let name = |r: &Request, i: usize| tdg.tasks().name(r.invocations()[i].task.0).to_owned();
+        let chains: Vec<(String, String)> = trace
             .requests
             .iter()
-            .map(|r| r.invocations().len())
+            .filter(|r| r.invocations().len() == 2)
+            .map(|r| (name(r, 0), name(r, 1)))
             .collect();
-        assert_eq!(
-            sizes,
-            [2, 1, 1],
-            "A:x → A:y chained; B:x and the late A:z alone"
-        );
+        // The first x → y is one sighting, no evidence yet; the four after it are chained,
+        // and nothing crosses apps.
+        assert_eq!(chains.len(), 4, "{chains:?}");
+        assert!(chains
+            .iter()
+            .all(|(a, b)| a.ends_with('x') && b.ends_with('y') && a.starts_with('A')));
+        assert_eq!(trace.requests.len(), 4 + 2 + 5 + 1);
         assert_eq!(report.skipped, 1);
-        assert_eq!(report.errors[0].line, 6);
+        assert_eq!(report.errors[0].line, 18);
         std::fs::remove_dir_all(dir).ok();
     }
 
