@@ -94,9 +94,13 @@ pub fn deploy(client: &Client, plan: &Plan) -> Result<()> {
             &format!("deploying `{}` (trace function `{}`)", function.name, function.task),
         )
         .map_err(|e| {
-            e.context(
-                "`baton load` deploys Python workers: start the server with --allow-process-functions",
-            )
+            // A server that refuses process functions says how to allow them; `baton load`
+            // needs them whatever else went wrong.
+            if format!("{e:#}").contains("--allow-process-functions") {
+                e
+            } else {
+                e.context("`baton load` deploys Python workers (the server needs --allow-process-functions)")
+            }
         })?;
     }
     Ok(())
