@@ -63,7 +63,7 @@ pub struct EdgeStats {
     pub lift: f64,
 }
 
-/// A recent call of a group: a possible caller of what starts after it.
+/// A recent caller-less call of a group: a possible caller of what starts after it.
 #[derive(Debug, Clone)]
 struct Recent {
     task: TaskId,
@@ -71,6 +71,9 @@ struct Recent {
     end_us: u64,
     /// Callee tasks already counted for it (each once).
     counted: Vec<TaskId>,
+    /// Its tree, and its index in it.
+    tree: u64,
+    index: u32,
 }
 
 /// Per-task totals.
@@ -92,8 +95,6 @@ pub struct Miner {
     last_us: u64,
     /// Trees of caller-less calls still open to new calls, by id.
     open: std::collections::BTreeMap<u64, OpenTree>,
-    /// Per group, the recent calls a new call may be linked to.
-    callers: FxHashMap<u32, VecDeque<Candidate>>,
     next_tree: u64,
 }
 
@@ -103,17 +104,6 @@ struct OpenTree {
     /// Its calls in start order, parents as indices among them.
     calls: Vec<Invocation>,
     last_start_us: u64,
-}
-
-/// A held call a later one may be linked to.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    task: TaskId,
-    start_us: u64,
-    end_us: u64,
-    tree: u64,
-    /// Its index in its tree.
-    index: u32,
 }
 
 impl Miner {
@@ -128,7 +118,6 @@ impl Miner {
             first_us: None,
             last_us: 0,
             open: std::collections::BTreeMap::new(),
-            callers: FxHashMap::default(),
             next_tree: 0,
         }
     }
@@ -155,41 +144,16 @@ impl Miner {
             && (!self.config.nested || b_end <= a_end + self.config.slack_us)
     }
 
-    /// Counts one call (calls come in start order; an earlier one is counted as if it came
-    /// now).
-    fn observe(&mut self, task: TaskId, start_us: u64, end_us: u64) {
+    /// Counts one call of `task` in the totals; returns its start, taken as now if it
+    /// came before the latest seen (calls come in start order).
+    fn count_call(&mut self, task: TaskId, start_us: u64, run_us: u64) -> u64 {
         let start_us = start_us.max(self.last_us);
         self.first_us.get_or_insert(start_us);
         self.last_us = start_us;
         let totals = self.totals.entry(task).or_default();
         totals.calls += 1;
-        totals.run_us += end_us.saturating_sub(start_us);
-        let group = self.group(task);
-        let window = self.config.window_us;
-        let nested = self.config.nested;
-        let slack = self.config.slack_us;
-        let recent = self.recent.entry(group).or_default();
-        while recent
-            .front()
-            .is_some_and(|r| r.start_us + window < start_us)
-        {
-            recent.pop_front();
-        }
-        for caller in recent.iter_mut() {
-            let fits = caller.start_us <= start_us
-                && start_us - caller.start_us <= window
-                && (!nested || end_us <= caller.end_us + slack);
-            if fits && caller.task != task && !caller.counted.contains(&task) {
-                caller.counted.push(task);
-                *self.pairs.entry((caller.task, task)).or_default() += 1;
-            }
-        }
-        recent.push_back(Recent {
-            task,
-            start_us,
-            end_us,
-            counted: Vec::new(),
-        });
+        totals.run_us += run_us;
+        start_us
     }
 
     /// How `from` → `to` was seen, if at all.
@@ -258,9 +222,7 @@ impl Miner {
             .partition(|r| r.invocations().len() == 1 && r.invocations()[0].parent.is_none());
         lone.sort_by_key(|r| r.start_us());
         for request in lone {
-            let call = request.invocations()[0];
-            self.observe(call.task, call.start_us, call.start_us + call.usage.wall_us);
-            self.link(call);
+            self.take(request.invocations()[0]);
         }
         out.extend(self.release(false));
         out
@@ -276,22 +238,29 @@ impl Miner {
         self.open.values().map(|t| t.calls.len()).sum()
     }
 
-    /// Links `call` into the tree of its mined caller, or starts a tree.
-    fn link(&mut self, call: Invocation) {
-        let window = self.config.window_us;
+    /// Counts a caller-less `call` against the recent calls of its group, then links it
+    /// into the tree of its mined caller among them, or starts a tree.
+    fn take(&mut self, call: Invocation) {
+        let start = self.count_call(call.task, call.start_us, call.usage.wall_us);
+        let end = start + call.usage.wall_us;
         let group = self.group(call.task);
-        let end = call.start_us + call.usage.wall_us;
-        let candidates = self.callers.entry(group).or_default();
-        while candidates
-            .front()
-            .is_some_and(|c| c.start_us + window < call.start_us)
-        {
-            candidates.pop_front();
+        let window = self.config.window_us;
+        let mut recent = std::mem::take(self.recent.entry(group).or_default());
+        while recent.front().is_some_and(|r| r.start_us + window < start) {
+            recent.pop_front();
         }
-        let candidates = &self.callers[&group];
-        let caller = candidates.iter().rev().find(|c| {
+        for caller in recent.iter_mut() {
+            if caller.task != call.task
+                && self.may_call(caller.start_us, caller.end_us, start, end)
+                && !caller.counted.contains(&call.task)
+            {
+                caller.counted.push(call.task);
+                *self.pairs.entry((caller.task, call.task)).or_default() += 1;
+            }
+        }
+        let caller = recent.iter().rev().find(|c| {
             c.task != call.task
-                && self.may_call(c.start_us, c.end_us, call.start_us, end)
+                && self.may_call(c.start_us, c.end_us, start, end)
                 && self
                     .open
                     .get(&c.tree)
@@ -308,14 +277,16 @@ impl Miner {
         let open = self.open.entry(tree).or_default();
         let index = open.calls.len() as u32;
         open.calls.push(Invocation { parent, ..call });
-        open.last_start_us = open.last_start_us.max(call.start_us);
-        self.callers.entry(group).or_default().push_back(Candidate {
+        open.last_start_us = open.last_start_us.max(start);
+        recent.push_back(Recent {
             task: call.task,
-            start_us: call.start_us,
+            start_us: start,
             end_us: end,
+            counted: Vec::new(),
             tree,
             index,
         });
+        self.recent.insert(group, recent);
     }
 
     /// The trees no later call can join (all, when `everything`), as requests.
@@ -367,12 +338,7 @@ impl Miner {
     fn count_within(&mut self, calls: &[Invocation]) {
         let mut counted: Vec<Vec<TaskId>> = vec![Vec::new(); calls.len()];
         for (i, call) in calls.iter().enumerate() {
-            let start = call.start_us.max(self.last_us);
-            self.first_us.get_or_insert(start);
-            self.last_us = start;
-            let totals = self.totals.entry(call.task).or_default();
-            totals.calls += 1;
-            totals.run_us += call.usage.wall_us;
+            self.count_call(call.task, call.start_us, call.usage.wall_us);
             let end = call.start_us + call.usage.wall_us;
             for (j, caller) in calls[..i].iter().enumerate() {
                 if caller.task != call.task

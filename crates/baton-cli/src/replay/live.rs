@@ -9,7 +9,7 @@ use baton_server::client::Client;
 use baton_trace::schema::ExecutionRecord;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The replay function's program (see its docstring).
@@ -235,16 +235,15 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
     let done = AtomicBool::new(false);
     let observed = Mutex::new(Observed::default());
     let samples: Mutex<Vec<(f64, f64)>> = Mutex::new(Vec::new());
-    let chains: Arc<Vec<(String, String, u64, &Chain)>> = Arc::new(
-        plan.test
-            .iter()
-            .map(|c| {
-                let first = plan.functions[c.steps[0].function as usize].name.clone();
-                let own: u64 = c.steps.iter().map(|s| s.own_us).sum();
-                (first, plan.payload(c), own, c)
-            })
-            .collect(),
-    );
+    let chains: Vec<(String, String, u64, &Chain)> = plan
+        .test
+        .iter()
+        .map(|c| {
+            let first = plan.functions[c.steps[0].function as usize].name.clone();
+            let own: u64 = c.steps.iter().map(|s| s.own_us).sum();
+            (first, plan.payload(c), own, c)
+        })
+        .collect();
     let bar = crate::progress::bar("replay", chains.len() as u64);
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(|| sample(&client, start, &done, &samples));
@@ -269,30 +268,37 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
                     payload.as_bytes(),
                 );
                 let took = sent.elapsed().as_micros() as u64;
+                // The answer is read before the lock is taken: threads wait only to add.
+                let (cold_waits, failure) = match answer {
+                    Ok(response) if response.status == 200 => {
+                        let steps = response.json();
+                        let waits: Vec<u64> = steps["steps"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|step| step["cold"] == Value::Bool(true))
+                            .map(|step| step["ready_wait_us"].as_u64().unwrap_or(0))
+                            .collect();
+                        (waits, None)
+                    }
+                    Ok(response) => (
+                        Vec::new(),
+                        Some(format!("{}: {}", response.status, response.text())),
+                    ),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                };
                 let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
                 seen.requests += 1;
                 seen.late_us.push(late);
-                match answer {
-                    Ok(response) if response.status == 200 => {
+                match failure {
+                    None => {
                         seen.added_us.push(took.saturating_sub(*own_us));
-                        for step in response.json()["steps"].as_array().into_iter().flatten() {
-                            if step["cold"] == Value::Bool(true) {
-                                seen.cold_wait_us
-                                    .push(step["ready_wait_us"].as_u64().unwrap_or(0));
-                            }
-                        }
+                        seen.cold_wait_us.extend(cold_waits);
                     }
-                    Ok(response) => {
+                    Some(why) => {
                         seen.failed += 1;
                         if seen.failures.len() < 5 {
-                            seen.failures
-                                .push(format!("{}: {}", response.status, response.text()));
-                        }
-                    }
-                    Err(e) => {
-                        seen.failed += 1;
-                        if seen.failures.len() < 5 {
-                            seen.failures.push(e.to_string());
+                            seen.failures.push(why);
                         }
                     }
                 }
