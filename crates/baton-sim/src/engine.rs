@@ -23,8 +23,8 @@ use baton_core::context::Prev;
 use baton_core::exec::room::{self, Evictable};
 use baton_core::exec::ColdStarts;
 use baton_core::exec::{
-    choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, Candidate, Claims, Decision,
-    Executor, Gone, Reuse, PREWARM_GRACE_US,
+    choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, line_up, Candidate, Claims,
+    Decision, Executor, Gone, Reuse, PREWARM_GRACE_US,
 };
 use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
@@ -507,7 +507,7 @@ impl Engine<'_> {
             return true;
         }
         // Idle and ready instances are those in the per-task lists, not busy, ready.
-        let candidates: Vec<Evictable> = self
+        let (ids, mut instances): (Vec<u32>, Vec<IdleInstance>) = self
             .by_task
             .iter()
             .flatten()
@@ -523,10 +523,20 @@ impl Engine<'_> {
                     memory_mib: i.memory_mib,
                     cold_start_us: self.cold_estimate_us(i.task),
                     bet,
+                    ahead: 0,
                 };
+                (id, instance)
+            })
+            .unzip();
+        line_up(&mut instances, self.config.reuse);
+        let candidates: Vec<Evictable> = ids
+            .iter()
+            .zip(&instances)
+            .map(|(&id, instance)| {
+                let i = &self.instances[id as usize];
                 Evictable {
                     id: u64::from(id),
-                    priority: self.policy.evict_priority(&instance, self.now),
+                    priority: self.policy.evict_priority(instance, self.now),
                     memory_mib: i.memory_mib,
                     claimed: !i.claims.is_empty(),
                 }
@@ -828,6 +838,7 @@ impl Engine<'_> {
                 memory_mib,
                 cold_start_us: self.cold_estimate_us(task),
                 bet: Some((claim_weight(probability), claim_until)),
+                ahead: 0,
             };
             let worth = self.policy.bet_priority(&bet, now);
             if !self.evict_below(memory_mib, Some(worth)) {

@@ -295,6 +295,37 @@ impl Executor {
     }
 }
 
+/// Fills in each kept instance's [`IdleInstance::ahead`]: how many idle instances of its
+/// task an arrival would take first under `reuse` (the most recently idle first, or the
+/// longest idle). Bets (pre-warms not used yet) stand apart: an arrival they expect takes
+/// them, so they are 0 and count for no other.
+pub fn line_up(instances: &mut [IdleInstance], reuse: Reuse) {
+    let mut order: Vec<usize> = (0..instances.len())
+        .filter(|&i| instances[i].bet.is_none())
+        .collect();
+    order.sort_by_key(|&i| {
+        let since = instances[i].idle_since_us;
+        let rank = match reuse {
+            Reuse::Recent => u64::MAX - since,
+            Reuse::Oldest => since,
+        };
+        (instances[i].task, rank)
+    });
+    let mut previous: Option<(TaskId, u32)> = None;
+    for i in order {
+        let task = instances[i].task;
+        let ahead = match previous {
+            Some((t, n)) if t == task => n + 1,
+            _ => 0,
+        };
+        instances[i].ahead = ahead;
+        previous = Some((task, ahead));
+    }
+    for instance in instances.iter_mut().filter(|i| i.bet.is_some()) {
+        instance.ahead = 0;
+    }
+}
+
 /// When `event` happened, µs.
 pub fn event_time(event: &PolicyEvent) -> u64 {
     match *event {
@@ -442,6 +473,32 @@ pub fn choose_for_prewarm<T: Ord + Copy>(
 mod tests {
     use super::*;
     use crate::policy::baselines::TtlPolicy;
+
+    #[test]
+    fn line_up_counts_the_instances_of_a_task_an_arrival_takes_first() {
+        let instance = |task: u32, idle_since_us: u64, bet: bool| IdleInstance {
+            task: TaskId(task),
+            idle_since_us,
+            memory_mib: 128,
+            cold_start_us: 50_000,
+            bet: bet.then_some((0.5, 1_000)),
+            ahead: 99,
+        };
+        let listed = [
+            instance(0, 10, false),
+            instance(1, 20, false),
+            instance(0, 30, false),
+            instance(0, 5, true),
+            instance(0, 20, false),
+        ];
+        let ahead = |reuse| {
+            let mut instances = listed;
+            line_up(&mut instances, reuse);
+            instances.map(|i| i.ahead)
+        };
+        assert_eq!(ahead(Reuse::Recent), [2, 0, 0, 0, 1]);
+        assert_eq!(ahead(Reuse::Oldest), [0, 0, 2, 0, 1]);
+    }
 
     fn c(
         id: u64,

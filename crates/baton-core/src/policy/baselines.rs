@@ -632,6 +632,7 @@ mod tests {
                 memory_mib: 1,
                 cold_start_us: 1,
                 bet: None,
+                ahead: 0,
             };
             policy.evict_priority(&instance, 0)
         };

@@ -134,6 +134,10 @@ pub struct IdleInstance {
     /// ([`Policy::bet_priority`]), or a pre-warmed instance no step has used yet, with its
     /// probability of use (the weight of its claims) and when its claim ends, µs.
     pub bet: Option<(f64, u64)>,
+    /// How many idle instances of its task an arrival would take before this one (0: the
+    /// next arrival's); the host fills it in with [`crate::exec::line_up`]. A busy
+    /// function's surplus instance is not used until as many arrivals come at once.
+    pub ahead: u32,
 }
 
 /// A pre-warming policy.

@@ -447,9 +447,9 @@ fn without_a_rhythm_a_finished_instance_keeps_the_fixed_keep_alive() {
 
 #[test]
 fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
-    // a and b are called every second, c once; sizes and cold starts come with each
-    // instance, as the host knows them.
-    let (mut tdg, [a, b, c, _]) = branching();
+    // a and b are called every second, c once, d every 10 s; sizes and cold starts come
+    // with each instance, as the host knows them.
+    let (mut tdg, [a, b, c, d]) = branching();
     let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
     let mut policy = ChainPolicy::new(
         graph,
@@ -485,17 +485,26 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
         }
     }
     call(&mut policy, c, 0);
+    for at in [
+        9_000_000, 19_000_000, 29_000_000, 39_000_000, 49_000_000, 59_000_000,
+    ] {
+        call(&mut policy, d, at);
+    }
     let now = 60_000_000;
     let since = 50_000_000;
-    let p = |task, idle_since_us, memory_mib, cold_start_us| {
+    let in_line = |task, idle_since_us, memory_mib, cold_start_us, ahead| {
         let instance = IdleInstance {
             task,
             idle_since_us,
             memory_mib,
             cold_start_us,
             bet: None,
+            ahead,
         };
         policy.evict_priority(&instance, now)
+    };
+    let p = |task, idle_since_us, memory_mib, cold_start_us| {
+        in_line(task, idle_since_us, memory_mib, cold_start_us, 0)
     };
     assert!(
         p(a, since, 512, 50_000) < p(a, since, 128, 50_000),
@@ -510,12 +519,20 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
         "rare goes first"
     );
     assert!(
-        p(a, 10_000_000, 128, 50_000) < p(a, since, 128, 50_000),
-        "of one task, the longest idle goes first"
+        in_line(a, now - 1_000, 128, 50_000, 1) < p(a, now - 2_000, 128, 50_000),
+        "of one task, the one an arrival takes last goes first"
     );
     assert!(
-        p(a, since, 128, 50_000) < p(a, now - 1_000, 512, 50_000),
-        "a big instance just used stays before a small one long idle"
+        in_line(a, 10_000_000, 128, 50_000, 1) < in_line(a, since, 128, 50_000, 1),
+        "a surplus instance ages out"
+    );
+    assert!(
+        p(d, now - 1_000, 128, 50_000) < p(a, now - 2_000_000, 128, 50_000),
+        "a task called every 10 s, just used, goes before one called every second"
+    );
+    assert!(
+        p(a, 0, 128, 50_000) < p(d, now - 1_000, 128, 50_000),
+        "a task silent for 60 of its 1 s gaps has stopped: it goes first"
     );
     assert!(p(a, now, 0, 0).is_finite(), "idle 0 µs, no size, no cost");
     assert!(
@@ -531,6 +548,7 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
             memory_mib: 128,
             cold_start_us: 50_000,
             bet: Some((probability, now + 500_000)),
+            ahead: 0,
         };
         policy.bet_priority(&instance, now)
     };
@@ -547,6 +565,7 @@ fn chain_policy_evicts_what_saves_least_cold_start_per_mib_held() {
         memory_mib: 128,
         cold_start_us: 50_000,
         bet: Some((1.0, now)),
+        ahead: 0,
     };
     assert!(
         policy.evict_priority(&ending, now).is_finite(),
@@ -562,6 +581,7 @@ fn a_baselines_prewarm_evicts_nothing() {
         memory_mib: 128,
         cold_start_us: 50_000,
         bet: Some((1.0, 10)),
+        ahead: 0,
     };
     let policy = crate::policy::baselines::TtlPolicy::new(1_000);
     assert_eq!(policy.bet_priority(&bet, 5), f64::NEG_INFINITY);

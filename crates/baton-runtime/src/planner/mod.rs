@@ -532,6 +532,7 @@ impl Planner {
                     claim_weight(job.probability),
                     node.clock.us_of(job.claim_until),
                 )),
+                ahead: 0,
             };
             let worth = self.executor.bet_priority(&bet, at_us);
             let (going, fits) = room::make_room(&evictable, left, needed_mib, Some(worth));

@@ -5,6 +5,7 @@
 use super::{Planner, PUBLISH_EVERY};
 use crate::node::{lock, RecordSource};
 use crate::pool::IdleInfo;
+use baton_core::exec::line_up;
 use baton_core::exec::room::{self, Evictable};
 use baton_core::policy::IdleInstance;
 use baton_core::{PolicyEvent, TaskId};
@@ -109,28 +110,32 @@ impl Planner {
         if left >= i64::try_from(needed_mib).unwrap_or(i64::MAX) {
             return Some((idle, Vec::new(), left));
         }
+        let mut instances: Vec<IdleInstance> = idle
+            .iter()
+            .map(|i| IdleInstance {
+                task: self.node.ids(&i.function).task,
+                idle_since_us: self.node.clock.us_of(i.since),
+                memory_mib: i.memory_mib,
+                cold_start_us: self.node.cold_estimate_us(&i.function),
+                // An unused pre-warm is weighed as the bet it stands for, as the
+                // simulator weighs one: it keeps its room only against what is worth
+                // less.
+                bet: i
+                    .bet
+                    .map(|(weight, until)| (weight, self.node.clock.us_of(until))),
+                ahead: 0,
+            })
+            .collect();
+        line_up(&mut instances, self.node.pool.reuse());
         let evictable = idle
             .iter()
+            .zip(&instances)
             .enumerate()
-            .map(|(at, i)| {
-                let instance = IdleInstance {
-                    task: self.node.ids(&i.function).task,
-                    idle_since_us: self.node.clock.us_of(i.since),
-                    memory_mib: i.memory_mib,
-                    cold_start_us: self.node.cold_estimate_us(&i.function),
-                    // An unused pre-warm is weighed as the bet it stands for, as the
-                    // simulator weighs one: it keeps its room only against what is worth
-                    // less.
-                    bet: i
-                        .bet
-                        .map(|(weight, until)| (weight, self.node.clock.us_of(until))),
-                };
-                Evictable {
-                    id: at as u64,
-                    priority: self.executor.evict_priority(&instance, at_us),
-                    memory_mib: i.memory_mib,
-                    claimed: i.claimed,
-                }
+            .map(|(at, (i, instance))| Evictable {
+                id: at as u64,
+                priority: self.executor.evict_priority(instance, at_us),
+                memory_mib: i.memory_mib,
+                claimed: i.claimed,
             })
             .collect();
         Some((idle, evictable, left))
