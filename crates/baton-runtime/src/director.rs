@@ -58,6 +58,15 @@ pub enum DirectorError {
         /// The steps that ran.
         ran: Box<Ran>,
     },
+    /// A sequence with no steps, or more than [`MAX_HOPS`] (none is declared so; one
+    /// could come from an old store or another node's registry).
+    #[error("sequence `{name}` has {steps} steps; a sequence has 1 to {MAX_HOPS}")]
+    BadSequence {
+        /// The sequence.
+        name: String,
+        /// How many steps it has.
+        steps: usize,
+    },
 }
 
 /// The steps of a failed invocation that ran.
@@ -74,6 +83,7 @@ impl DirectorError {
     pub fn records(&self) -> &[ExecutionRecord] {
         match self {
             DirectorError::Step { ran, .. } | DirectorError::TooLong { ran } => &ran.records,
+            DirectorError::BadSequence { .. } => &[],
         }
     }
 
@@ -81,6 +91,7 @@ impl DirectorError {
     pub fn steps(&self) -> &[StepFacts] {
         match self {
             DirectorError::Step { ran, .. } | DirectorError::TooLong { ran } => &ran.steps,
+            DirectorError::BadSequence { .. } => &[],
         }
     }
 }
@@ -360,12 +371,20 @@ impl Director {
             .contains_key(name)
     }
 
-    /// Declares a sequence: invoking `name` runs `steps` in order.
-    pub fn declare_sequence(&self, name: &str, steps: Vec<String>) {
+    /// Declares a sequence: invoking `name` runs `steps` in order. Refused with no steps
+    /// or more than [`MAX_HOPS`] (a chain that long is stopped anyway).
+    pub fn declare_sequence(&self, name: &str, steps: Vec<String>) -> Result<(), DirectorError> {
+        if steps.is_empty() || steps.len() > MAX_HOPS {
+            return Err(DirectorError::BadSequence {
+                name: name.to_owned(),
+                steps: steps.len(),
+            });
+        }
         self.sequences
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), steps);
+        Ok(())
     }
 
     /// The published graph.
@@ -515,7 +534,12 @@ impl Director {
             steps: Vec::new(),
             route: None,
         }));
-        let mut current = steps[0].clone();
+        let Some(mut current) = steps.first().cloned() else {
+            return Err(DirectorError::BadSequence {
+                name: name.to_owned(),
+                steps: 0,
+            });
+        };
         let mut input = payload.to_vec();
         let mut parent: Option<(usize, TaskId)> = None;
         let mut handed_at: Option<Instant> = None;

@@ -411,8 +411,10 @@ impl RunningServer {
         // Restored functions are made ready ahead, as a deploy makes a new one.
         director.prepare();
         for (name, steps) in store.sequences()? {
-            director.declare_sequence(&name, steps);
-            restored.sequences += 1;
+            match director.declare_sequence(&name, steps) {
+                Ok(()) => restored.sequences += 1,
+                Err(e) => tracing::warn!("store: not restored: {e}"),
+            }
         }
 
         let mut metrics = Metrics::default();

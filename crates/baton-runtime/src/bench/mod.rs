@@ -208,7 +208,9 @@ pub fn hop(
         .with_wasm(Arc::clone(&engine))
         .into_shared()
         .map_err(setup("director"))?;
-    director.declare_sequence("ab", vec!["a".into(), "b".into()]);
+    director
+        .declare_sequence("ab", vec!["a".into(), "b".into()])
+        .map_err(setup("sequence"))?;
     let payload: Vec<u8> = (0..payload_bytes).map(|i| b'a' + (i % 26) as u8).collect();
 
     // HTTP side: b served by a thread of this process.

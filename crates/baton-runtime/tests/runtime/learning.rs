@@ -25,7 +25,9 @@ fn a_replayed_log_teaches_the_graph_learned_live() {
         .map(|name| process_spec(name, "upper.py", "pure = true\ntimeout_ms = 10000"))
         .to_vec();
     let (director, _) = crate::common::predicting_director(functions, isolation(), 0);
-    director.declare_sequence("flow", vec!["a".into(), "b".into(), "c".into()]);
+    director
+        .declare_sequence("flow", vec!["a".into(), "b".into(), "c".into()])
+        .expect("a valid sequence");
     let mut records: Vec<ExecutionRecord> = Vec::new();
     for payload in ["one", "two", "three"] {
         let outcome = director.invoke("flow", payload.as_bytes()).unwrap();

@@ -78,7 +78,9 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
         },
     );
     let director = Director::new(pool, tdg, graph, Box::new(policy)).with_wasm(engine);
-    director.declare_sequence("pipeline", vec!["first".into(), "second".into()]);
+    director
+        .declare_sequence("pipeline", vec!["first".into(), "second".into()])
+        .expect("a valid sequence");
 
     let outcome = director.invoke("pipeline", b"hello").unwrap();
     assert_eq!(outcome.output, b"HELLO");

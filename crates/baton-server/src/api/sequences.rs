@@ -31,8 +31,15 @@ pub(super) async fn put(
         Ok(body) => body,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
-    if body.steps.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "`steps` is empty");
+    if body.steps.is_empty() || body.steps.len() > baton_runtime::director::MAX_HOPS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`steps` has {} entries; a sequence has 1 to {}",
+                body.steps.len(),
+                baton_runtime::director::MAX_HOPS
+            ),
+        );
     }
     for step in &body.steps {
         if state.director.pool().spec(step).is_some() {
@@ -74,7 +81,9 @@ pub(super) async fn put(
     if let Err(e) = state.store.put_sequence(&name, &body.steps) {
         return internal(e);
     }
-    state.director.declare_sequence(&name, body.steps.clone());
+    if let Err(e) = state.director.declare_sequence(&name, body.steps.clone()) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     let sharing = match &state.cluster {
         Some(cluster) => Some(
             cluster

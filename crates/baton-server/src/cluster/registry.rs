@@ -198,10 +198,13 @@ pub(super) async fn watch_sequences(
         match steps {
             Some(steps) => {
                 if state.director.sequence(&name).as_ref() != Some(&steps) {
+                    if let Err(error) = state.director.declare_sequence(&name, steps.clone()) {
+                        tracing::error!("cluster: not installed: {error}");
+                        continue;
+                    }
                     if let Err(error) = state.store.put_sequence(&name, &steps) {
                         tracing::error!("cluster: sequence `{name}`: {error}");
                     }
-                    state.director.declare_sequence(&name, steps);
                 }
             }
             None => {
