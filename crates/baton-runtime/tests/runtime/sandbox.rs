@@ -1,7 +1,8 @@
 //! Escape attempts from a jailed process worker (`tests/guests/escape.py`), each of which
 //! must fail, and a worker whose 200 children outlive its timeout: nothing may be left.
-//! Which jail and which limits ran is printed; without bubblewrap the jail assertions are
-//! replaced by a loud note (CI installs it, so there the jail is what runs).
+//! Which jail and which limits ran is printed; without bubblewrap the escape test checks
+//! that no worker starts at all (fail closed; CI installs it, so there the jail is what
+//! runs).
 
 use crate::common::{example, isolation, python};
 use baton_runtime::isolation::Isolation;
@@ -53,6 +54,22 @@ fn escape_spec(name: &str, dir: &Path, extra: &str) -> FunctionSpec {
     .unwrap()
 }
 
+/// This host's isolation for a test whose subject is not the jail itself (limits, output,
+/// lifetimes): without a working jail, workers run unjailed by explicit choice, as a
+/// server started with `--insecure-unjailed-process-functions` runs them, and the path is
+/// printed (`every_escape_attempt_fails` checks that nothing starts by default).
+fn jailed_or_unjailed() -> Isolation {
+    let isolation = isolation();
+    if let Sandbox::Missing { .. } = &isolation.sandbox {
+        eprintln!("path: NO SANDBOX on this machine: this test's workers run unjailed");
+        return Isolation {
+            sandbox: Sandbox::Unjailed,
+            ..isolation
+        };
+    }
+    isolation
+}
+
 fn ask(worker: &mut Worker, payload: &str) -> String {
     let answer = worker.invoke(payload.as_bytes()).unwrap();
     let answer = String::from_utf8(answer).unwrap();
@@ -64,12 +81,22 @@ fn ask(worker: &mut Worker, payload: &str) -> String {
 fn every_escape_attempt_fails() {
     let isolation = isolation();
     let (_root, dir, secret) = function_dir();
-    let mut worker = Worker::spawn(&escape_spec("escape", &dir, ""), &isolation).unwrap();
-    if !isolation.sandbox.is_jailed() {
-        eprintln!("path: NO SANDBOX on this machine (bubblewrap missing): escapes not refused");
-        assert!(ask(&mut worker, &format!("read:{}", secret.display())).starts_with("ok"));
+    if let Sandbox::Missing { .. } = &isolation.sandbox {
+        // Fail closed: no worker starts at all, so there is nothing to escape from.
+        eprintln!("path: NO SANDBOX on this machine (bubblewrap missing): every start refused");
+        let refused = Worker::spawn(&escape_spec("escape", &dir, ""), &isolation);
+        assert!(
+            matches!(refused, Err(WorkerError::NoSandbox { .. })),
+            "{refused:?}"
+        );
         return;
     }
+    assert!(
+        isolation.sandbox.is_jailed(),
+        "detection never chooses to run unjailed: {:?}",
+        isolation.sandbox
+    );
+    let mut worker = Worker::spawn(&escape_spec("escape", &dir, ""), &isolation).unwrap();
     eprintln!("path: bubblewrap jail");
     escapes_fail(&mut worker, &dir, &secret, 3);
     // No network without a reservation: the host's loopback listener is out of reach.
@@ -234,7 +261,7 @@ fn a_reserved_bandwidth_is_a_shaped_private_network() {
 
 #[test]
 fn a_worker_cannot_fork_past_its_process_limit() {
-    let isolation = isolation();
+    let isolation = jailed_or_unjailed();
     let (_root, dir, _) = function_dir();
     let mut worker = Worker::spawn(
         &escape_spec("forky", &dir, "max_processes = 16"),
@@ -258,7 +285,7 @@ fn a_worker_cannot_fork_past_its_process_limit() {
 
 #[test]
 fn a_workers_cpu_quota_throttles_it_and_its_groups_go_with_it() {
-    let isolation = isolation();
+    let isolation = jailed_or_unjailed();
     let (_root, dir, _) = function_dir();
     let mut worker = Worker::spawn(
         // A long start allowed: a quarter of a core starts Python slowly under emulation
@@ -376,7 +403,7 @@ fn a_timed_out_worker_leaves_no_process_and_no_group_behind() {
 #[test]
 fn a_worker_outlives_the_thread_that_started_it() {
     // Pre-warms start workers on threads that end; the jail must not tie its life to them.
-    let isolation = isolation();
+    let isolation = jailed_or_unjailed();
     let (_root, dir, _) = function_dir();
     let spec = escape_spec("orphaned", &dir, "");
     let mut worker = std::thread::spawn(move || Worker::spawn(&spec, &isolation).unwrap())
@@ -421,7 +448,7 @@ fn a_start_removes_the_groups_a_killed_predecessor_left() {
 
 #[test]
 fn a_workers_output_is_captured_per_invocation_within_a_cap() {
-    let isolation = isolation();
+    let isolation = jailed_or_unjailed();
     let (_root, dir, _) = function_dir();
     let mut worker = Worker::spawn(&escape_spec("chatty", &dir, ""), &isolation).unwrap();
     let _ = worker.take_output();
@@ -497,7 +524,7 @@ fn escapes_fail(worker: &mut Worker, dir: &Path, secret: &Path, visible_at_most:
 
 #[test]
 fn workers_forked_from_a_template_are_jailed_limited_and_unique() {
-    let isolation = isolation();
+    let isolation = jailed_or_unjailed();
     let (_root, dir, secret) = function_dir();
     let spec = escape_spec("escape-forked", &dir, "memory_mib = 96");
     let template = std::sync::Arc::new(Template::start(&spec, &isolation).unwrap());
