@@ -567,8 +567,8 @@ impl Policy for ChainPolicy {
     /// rarely called task before a busy one, however recently used (least recently used
     /// kept the rare task just called and evicted the busy one: TrainTicket 15:00-16:00 at
     /// 4 GiB, knob 1, 0.6229 of calls cold with the recency rule, 0.5257 with this; at
-    /// 16 GiB 0.0142 against 0.0116; the Azure sample at 16 GiB, knob 1, 0.0150 against
-    /// 0.0111).
+    /// 16 GiB 0.0142 against 0.0115; the Azure sample at 16 GiB, knob 1, 0.0150 against
+    /// 0.0112).
     ///
     /// A bet (a pre-warm asking for room, [`Policy::bet_priority`], or a pre-warmed instance
     /// not used yet) is weighed the same way, its probability of use as a weight and the
