@@ -32,6 +32,7 @@ pub mod request;
 pub mod reservation;
 pub mod resources;
 pub mod snapshot;
+pub mod sync;
 pub mod tdg;
 #[cfg(test)]
 mod test_support;

@@ -8,6 +8,7 @@
 //! capacity, and named cores are never given to two overlapping reservations.
 
 use crate::resources::ResourceVec;
+use crate::sync::Unpoisoned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -229,9 +230,7 @@ pub struct ReservationInfo {
 fn lock(state: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
     // A panic while holding the lock cannot leave the state half-updated: every mutation is
     // a single map insert or remove, so the poisoned state is still consistent.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    state.lock_unpoisoned()
 }
 
 impl ResourcePool {

@@ -28,6 +28,7 @@ use crate::trace_context::{TraceId, TraceParent};
 use crate::wasm::WasmEngine;
 use baton_core::clock::ManualClock;
 use baton_core::exec::{Decision, Executor};
+use baton_core::sync::UnpoisonedRw;
 use baton_core::{LabelId, Policy, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::HashMap;
@@ -331,8 +332,7 @@ impl Director {
     pub fn sequences(&self) -> Vec<(String, Vec<String>)> {
         let mut all: Vec<(String, Vec<String>)> = self
             .sequences
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -342,20 +342,12 @@ impl Director {
 
     /// Removes a sequence; returns whether it existed.
     pub fn remove_sequence(&self, name: &str) -> bool {
-        self.sequences
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-            .is_some()
+        self.sequences.write_unpoisoned().remove(name).is_some()
     }
 
     /// The steps of the sequence `name`, if it is one.
     pub fn sequence(&self, name: &str) -> Option<Vec<String>> {
-        self.sequences
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.sequences.read_unpoisoned().get(name).cloned()
     }
 
     /// What invoking `name` runs, in order: a sequence's steps, or `name` itself.
@@ -365,10 +357,7 @@ impl Director {
 
     /// Whether `name` is a sequence.
     pub fn is_sequence(&self, name: &str) -> bool {
-        self.sequences
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
+        self.sequences.read_unpoisoned().contains_key(name)
     }
 
     /// Declares a sequence: invoking `name` runs `steps` in order. Refused with no steps
@@ -381,8 +370,7 @@ impl Director {
             });
         }
         self.sequences
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .write_unpoisoned()
             .insert(name.to_owned(), steps);
         Ok(())
     }
@@ -523,8 +511,7 @@ impl Director {
             .to_string();
         let steps: Vec<String> = self
             .sequences
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .get(name)
             .cloned()
             .unwrap_or_else(|| vec![name.to_owned()]);

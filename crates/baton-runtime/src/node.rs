@@ -10,6 +10,7 @@ use crate::planner::{Msg, Planner, Started};
 use crate::pool::WarmPool;
 use baton_core::clock::{Clock, ManualClock};
 use baton_core::mining::Miner;
+use baton_core::sync::UnpoisonedRw;
 use baton_core::{LabelId, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::{HashMap, VecDeque};
@@ -26,9 +27,8 @@ const DEFAULT_COLD_PROCESS: Duration = Duration::from_millis(150);
 /// Compile-or-load time assumed for a wasm function never loaded yet.
 const DEFAULT_COLD_WASM: Duration = Duration::from_millis(20);
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// The one way the runtime takes a mutex (poisoned or not: [`baton_core::sync`]).
+pub(crate) use baton_core::sync::lock;
 
 /// The runtime's clock: µs since the epoch, read from a monotonic origin (the core's
 /// [`Clock`], so the planner and the records share one time).
@@ -198,7 +198,7 @@ impl Node {
 
     /// The ids of `name`, interned on first sight.
     pub(crate) fn ids(&self, name: &str) -> Ids {
-        if let Some(&ids) = self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some(&ids) = self.ids.read_unpoisoned().get(name) {
             return ids;
         }
         let ids = {
@@ -208,10 +208,7 @@ impl Node {
                 label: learner.intern_label(name),
             }
         };
-        self.ids
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), ids);
+        self.ids.write_unpoisoned().insert(name.to_owned(), ids);
         ids
     }
 

@@ -12,6 +12,7 @@
 //! ```
 
 use crate::process::resolve_program;
+use baton_core::sync::Unpoisoned;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -153,7 +154,7 @@ impl Services {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        self.running.lock_unpoisoned()
     }
 
     /// Whether `name` is running.

@@ -16,6 +16,7 @@
 //! from a newer baton is refused rather than misread.
 
 use baton_core::ids::content_key;
+use baton_core::sync::Unpoisoned;
 use baton_trace::schema::ExecutionRecord;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -235,7 +236,7 @@ impl Store {
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.lock_unpoisoned()
     }
 
     /// The schema version of the open file.

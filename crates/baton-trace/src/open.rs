@@ -1,6 +1,7 @@
 //! Opening log files: `.xz` and `.gz` are decompressed transparently, recognised by their
 //! magic bytes rather than their names, so a renamed file still reads.
 
+use baton_core::sync::Unpoisoned;
 use flate2::read::MultiGzDecoder;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -70,7 +71,7 @@ static PENDING: Mutex<Vec<(PathBuf, LogReader)>> = Mutex::new(Vec::new());
 /// left open).
 pub fn open_log(path: &Path) -> Result<LogReader, OpenError> {
     {
-        let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = PENDING.lock_unpoisoned();
         if let Some(at) = pending.iter().position(|(p, _)| p == path) {
             return Ok(pending.swap_remove(at).1);
         }
@@ -105,10 +106,7 @@ pub fn peek_first_line(path: &Path) -> Result<String, OpenError> {
     let is_stream = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
     if is_stream {
         let replay: LogReader = Box::new(io::Cursor::new(consumed).chain(reader));
-        PENDING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((path.to_owned(), replay));
+        PENDING.lock_unpoisoned().push((path.to_owned(), replay));
     }
     Ok(line)
 }

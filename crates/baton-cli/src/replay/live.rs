@@ -5,6 +5,7 @@
 use super::plan::{Chain, Plan};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
+use baton_core::sync::Unpoisoned;
 use baton_server::client::Client;
 use baton_trace::schema::ExecutionRecord;
 use serde_json::{json, Value};
@@ -287,7 +288,7 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
                     ),
                     Err(e) => (Vec::new(), Some(e.to_string())),
                 };
-                let mut seen = observed.lock().unwrap_or_else(|p| p.into_inner());
+                let mut seen = observed.lock_unpoisoned();
                 seen.requests += 1;
                 seen.late_us.push(late);
                 match failure {
@@ -357,8 +358,7 @@ fn sample(client: &Client, start: Instant, done: &AtomicBool, out: &Mutex<Vec<(f
         let finished = done.load(Ordering::Relaxed);
         if let Ok(response) = client.get("/v1/pool") {
             if let Some(mib) = response.json()["idle_memory_mib"].as_f64() {
-                out.lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                out.lock_unpoisoned()
                     .push((start.elapsed().as_secs_f64(), mib));
             }
         }

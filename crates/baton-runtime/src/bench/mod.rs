@@ -12,6 +12,7 @@
 //! Cold start: pre-warmed versus cold for a C guest compiled to wasm (compile not cached,
 //! then cached on disk) and for a Python worker that imports heavy standard modules.
 
+use baton_core::sync::Unpoisoned;
 mod cold;
 mod machine;
 pub use cold::{coldstart, ColdReport, ColdRow, MemoryRow};
@@ -176,7 +177,7 @@ fn serve(
         let run = engine
             .run(&function, &body, None)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        *taken.lock().unwrap_or_else(|p| p.into_inner()) = run.input_taken;
+        *taken.lock_unpoisoned() = run.input_taken;
         let mut response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
             run.output.len()
@@ -290,8 +291,7 @@ pub fn hop(
         reader.read_exact(&mut response)?;
         let back = ready.elapsed();
         let input_at = taken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .take()
             .ok_or_else(|| std::io::Error::other("no input instant"))?;
         if i >= warmup {

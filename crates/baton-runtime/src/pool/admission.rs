@@ -11,6 +11,7 @@
 //! ones in the policy's order. A pre-warm never waits: it is admitted at once or not
 //! started.
 
+use baton_core::sync::Unpoisoned;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ impl Admission {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Used> {
         // Every update is one or two additions: a poisoned state is still consistent.
-        self.used.lock().unwrap_or_else(|p| p.into_inner())
+        self.used.lock_unpoisoned()
     }
 
     fn fits(&self, used: &Used, mib: u64) -> bool {

@@ -6,6 +6,7 @@
 use super::{lock, State, WarmPool, COLD_SAMPLES};
 use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::process::Worker;
+use baton_core::sync::UnpoisonedRw;
 use std::time::Duration;
 
 impl WarmPool {
@@ -59,8 +60,7 @@ impl WarmPool {
     pub fn cold_start_prior(&self, spec: &FunctionSpec) -> Option<Duration> {
         let siblings: Vec<String> = self
             .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .values()
             .filter(|other| other.name != spec.name && starts_alike(other, spec))
             .map(|other| other.name.clone())

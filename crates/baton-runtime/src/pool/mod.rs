@@ -26,6 +26,7 @@
 use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
+use baton_core::sync::{Unpoisoned, UnpoisonedRw};
 
 mod admission;
 mod cold;
@@ -144,7 +145,7 @@ impl std::fmt::Debug for WarmPool {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // Every mutation is a single map update, so a poisoned state is still consistent.
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    state.lock_unpoisoned()
 }
 
 impl WarmPool {
@@ -200,13 +201,8 @@ impl WarmPool {
 
     /// The functions, sorted by name.
     pub fn functions(&self) -> Vec<Arc<FunctionSpec>> {
-        let mut all: Vec<Arc<FunctionSpec>> = self
-            .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<Arc<FunctionSpec>> =
+            self.functions.read_unpoisoned().values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -216,8 +212,7 @@ impl WarmPool {
         let name = spec.name.clone();
         let replaced = self
             .functions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .write_unpoisoned()
             .insert(name.clone(), Arc::new(spec))
             .is_some();
         if replaced {
@@ -234,12 +229,7 @@ impl WarmPool {
 
     /// Removes a function and its idle workers; returns whether it existed.
     pub fn remove(&self, name: &str) -> bool {
-        let existed = self
-            .functions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-            .is_some();
+        let existed = self.functions.write_unpoisoned().remove(name).is_some();
         let stale = {
             let mut state = lock(&self.state);
             state.gone.remove(name);
@@ -410,11 +400,7 @@ impl WarmPool {
 
     /// The spec of `name`.
     pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
-        self.functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.functions.read_unpoisoned().get(name).cloned()
     }
 
     /// Idle workers of `name`.

@@ -9,6 +9,7 @@ use super::{Placement, WarmPool, MAX_TEMPLATES};
 use crate::manifest::FunctionSpec;
 use crate::process::Worker;
 use baton_core::costs::SPARE_REFILL_DELAY_US;
+use baton_core::sync::Unpoisoned;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
@@ -53,7 +54,7 @@ impl WarmPool {
             spec: Arc::clone(spec),
         };
         let sent = {
-            let mut inbox = self.refills.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inbox = self.refills.inbox.lock_unpoisoned();
             if inbox.is_none() {
                 *inbox = start_dispatcher(Arc::downgrade(self));
             }

@@ -59,9 +59,7 @@ pub(crate) struct Templates {
     holds: Mutex<HashMap<String, std::time::Instant>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
+use baton_core::sync::lock;
 
 /// The slot's guard unless `ensure` holds it (starting a template): for the planner,
 /// which never waits for a start.

@@ -14,6 +14,7 @@ use crate::isolation::Isolation;
 use crate::limits::LimitGuard;
 use crate::manifest::FunctionSpec;
 use crate::protocol::{read_frame, write_frame, FrameKind};
+use baton_core::sync::Unpoisoned;
 use std::io::BufReader;
 use std::process::Child;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -460,7 +461,7 @@ impl Worker {
                 std::thread::yield_now();
             }
         }
-        let mut captured = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        let mut captured = self.output.lock_unpoisoned();
         let bytes = std::mem::take(&mut captured.bytes);
         CapturedOutput {
             text: String::from_utf8_lossy(&bytes).into_owned(),

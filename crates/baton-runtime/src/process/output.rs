@@ -1,6 +1,7 @@
 //! A worker's stderr, captured by a reader thread: at most [`OUTPUT_CAP`] bytes kept between
 //! two takes, the rest counted, never written into the server's own log.
 
+use baton_core::sync::Unpoisoned;
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of a worker's stderr kept per invocation; the rest is counted, not kept.
@@ -53,7 +54,7 @@ pub(super) fn capture_stderr(
             }
             Ok(n) => n,
         };
-        let mut kept = captured.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = captured.lock_unpoisoned();
         let room = OUTPUT_CAP.saturating_sub(kept.bytes.len()).min(n);
         kept.bytes.extend_from_slice(&chunk[..room]);
         kept.dropped += (n - room) as u64;

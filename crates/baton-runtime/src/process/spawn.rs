@@ -7,6 +7,7 @@ use crate::isolation::Isolation;
 use crate::limits::{self, LimitGuard, WorkerLimits};
 use crate::manifest::{FunctionKind, FunctionSpec};
 use crate::sandbox::{Jail, JailNetwork};
+use baton_core::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -20,7 +21,7 @@ pub fn resolve_program(program: &str) -> String {
         return program.to_owned();
     }
     let cache = RESOLVED.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = cache.lock_unpoisoned();
     cache
         .entry(program.to_owned())
         .or_insert_with(|| {
@@ -199,10 +200,7 @@ pub(super) fn launch(command: Command) -> std::io::Result<Child> {
         Mutex::new(sender)
     });
     let (reply, answer) = mpsc::channel();
-    let sent = launcher
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send((command, reply));
+    let sent = launcher.lock_unpoisoned().send((command, reply));
     if sent.is_err() {
         return Err(std::io::Error::other("the launcher thread is gone"));
     }

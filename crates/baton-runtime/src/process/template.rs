@@ -30,6 +30,7 @@ use super::{Attach, Placement, Worker};
 use crate::isolation::Isolation;
 use crate::limits::{self, LimitGuard};
 use crate::manifest::FunctionSpec;
+use baton_core::sync::Unpoisoned;
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -108,7 +109,7 @@ impl Template {
         let timeout = Duration::from_millis(spec.timeout_ms.max(1));
         let mut ready = [0u8; 1];
         let said = {
-            let mut control = template.control.lock().unwrap_or_else(|p| p.into_inner());
+            let mut control = template.control.lock_unpoisoned();
             let _ = control.set_read_timeout(Some(timeout));
             control.read_exact(&mut ready)
         };
@@ -192,7 +193,7 @@ impl Template {
         let (our_out, child_out) = pipe()?;
         let (our_err, child_err) = pipe()?;
         let inner_pid = {
-            let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            let control = self.control.lock_unpoisoned();
             let fds = [child_in.as_fd(), child_out.as_fd(), child_err.as_fd()];
             let mut space =
                 [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
@@ -248,7 +249,7 @@ impl Template {
     /// Has the template reap its ended (or killed) child `inner` now, so that its groups
     /// empty at once; waits for the answer (at most a second).
     pub(crate) fn reap(&self, inner: u32) {
-        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let control = self.control.lock_unpoisoned();
         let mut message = b"W".to_vec();
         message.extend_from_slice(&inner.to_be_bytes());
         let _ = control.set_read_timeout(Some(Duration::from_secs(1)));
@@ -312,7 +313,7 @@ impl Template {
     fn stderr_tail(&self) -> String {
         // Give the reader a moment for what the template wrote as it ended.
         std::thread::sleep(Duration::from_millis(20));
-        let kept = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.stderr.lock_unpoisoned();
         stderr_tail(&String::from_utf8_lossy(&kept.bytes))
     }
 }

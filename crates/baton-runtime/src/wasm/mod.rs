@@ -23,6 +23,7 @@
 use crate::bucket::TokenBucket;
 use crate::manifest::{FunctionKind, FunctionSpec};
 use baton_core::ids::content_key;
+use baton_core::sync::Unpoisoned;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,22 +265,14 @@ impl WasmEngine {
             source,
         })?;
         let stamp = (module.clone(), meta.len(), meta.modified().ok());
-        let known = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&stamp)
-            .cloned();
+        let known = self.keys.lock_unpoisoned().get(&stamp).cloned();
         let mut bytes = None;
         let cached = match known {
             Some(path) => path,
             None => {
                 let content = read()?;
                 let path = self.cache_path(&content);
-                self.keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(stamp, path.clone());
+                self.keys.lock_unpoisoned().insert(stamp, path.clone());
                 bytes = Some(content);
                 path
             }

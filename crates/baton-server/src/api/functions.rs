@@ -2,6 +2,7 @@
 //! describe and remove (`/v1/functions`).
 
 use super::*;
+use baton_core::sync::Unpoisoned;
 
 /// What `PUT /v1/functions/{name}` accepts as JSON (raw TOML is accepted too, and then
 /// refused for want of an upload).
@@ -201,10 +202,7 @@ pub(crate) fn install(
         )
     };
     let hash = baton_core::ids::content_key(&upload);
-    let _uploads = state
-        .uploads
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _uploads = state.uploads.lock_unpoisoned();
     // What is uploaded must be usable before it is stored: a broken module or archive is
     // a 400, not a failure at the first invocation.
     match &spec.kind {
@@ -322,7 +320,7 @@ pub(super) async fn delete_function(
     }
     let sweeper = Arc::clone(&state);
     let _ = tokio::task::spawn_blocking(move || {
-        let _uploads = sweeper.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let _uploads = sweeper.uploads.lock_unpoisoned();
         crate::sweep_uploads(&sweeper.store, &sweeper.dirs, &sweeper.disk);
     })
     .await;

@@ -2,6 +2,7 @@
 //! functions' in `functions`, sequences' in `sequences`, the graph's and logs' in `learning`, an
 //! invocation's response document in `outcome`.
 
+use baton_core::sync::Unpoisoned;
 mod functions;
 mod invocations;
 mod learning;
@@ -359,7 +360,7 @@ struct QueueSlot {
 
 impl QueueSlot {
     fn take(state: &Shared, function: &str) -> Option<QueueSlot> {
-        let mut queues = state.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = state.queues.lock_unpoisoned();
         let used = queues.entry(function.to_owned()).or_default();
         if *used >= state.queue_depth {
             return None;
@@ -374,7 +375,7 @@ impl QueueSlot {
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        let mut queues = self.state.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.state.queues.lock_unpoisoned();
         if let Some(used) = queues.get_mut(&self.function) {
             *used = used.saturating_sub(1);
         }

@@ -14,6 +14,7 @@
 //! node when it is put, so a pending change always shares what this node holds now.
 
 use super::*;
+use baton_core::sync::Unpoisoned;
 use std::collections::BTreeMap;
 
 /// The store's `meta` key for [`RegistryState`].
@@ -64,7 +65,7 @@ fn parse_key(key: &str) -> Option<(Purpose, &str)> {
 
 impl Cluster {
     fn registry(&self) -> std::sync::MutexGuard<'_, RegistryState> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+        self.registry.lock_unpoisoned()
     }
 
     /// Takes the registry state saved in `store` (at start, before the watchers run).
