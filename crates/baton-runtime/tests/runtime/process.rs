@@ -60,7 +60,8 @@ fn a_timeout_kills_the_worker() {
 
 #[test]
 fn a_crashed_worker_is_reported_and_replaced() {
-    let spec = spec("crashy", 256, 10_000, "upper.py");
+    // A generous ready wait: the cgroup v2 guest (QEMU without KVM) starts Python slowly.
+    let spec = spec("crashy", 256, 30_000, "upper.py");
     let isolation = isolation();
     let mut worker = Worker::spawn(&spec, &isolation).unwrap();
     let error = worker.invoke(b"crash").unwrap_err();
