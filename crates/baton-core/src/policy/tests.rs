@@ -591,3 +591,71 @@ fn a_baselines_prewarm_evicts_nothing() {
         "an unused pre-warm: least recently used, as any"
     );
 }
+
+#[test]
+fn chain_policy_keeps_a_bursts_surplus_as_long_as_such_bursts_come() {
+    // Every 10 s two calls of a run at once (a called task: not an entry); the one that
+    // ends while the other still runs is kept 1.5 × 10 s, the last one the fixed 1 s.
+    let (mut tdg, [a, b, _, _]) = branching();
+    let graph = Arc::new(SnapshotCell::new(tdg.snapshot()));
+    let mut policy = ChainPolicy::new(
+        graph,
+        ResourcePool::new(ResourceVec::ZERO),
+        Assembler::new(AssemblerConfig::default()),
+        ChainPolicyConfig {
+            keep_alive_us: 1_000_000,
+            entry_keep_alive_us: 600_000_000,
+            set_threshold: None,
+        },
+    );
+    let context = PredictContext {
+        grand_caller: Some(b),
+        ..PredictContext::default()
+    };
+    let keeps = |policy: &mut ChainPolicy, at_us: u64| {
+        let mut out = Vec::new();
+        for (invocation, offset) in [(1, 0), (2, 1_000)] {
+            let start = PolicyEvent::Start {
+                task: a,
+                invocation: at_us + invocation,
+                at_us: at_us + offset,
+                context,
+                reveals_route: None,
+                wait_us: 0,
+            };
+            policy.on_event(&start, &FixedCold(50_000), &mut out);
+        }
+        let mut kept = Vec::new();
+        for (invocation, offset) in [(1, 5_000), (2, 6_000)] {
+            let mut out = Vec::new();
+            let end = PolicyEvent::End {
+                task: a,
+                invocation: at_us + invocation,
+                at_us: at_us + offset,
+            };
+            policy.on_event(&end, &FixedCold(50_000), &mut out);
+            kept.extend(out.iter().filter_map(|action| match *action {
+                Action::KeepAlive { task, until_us } if task == a => {
+                    Some(until_us - (at_us + offset))
+                }
+                _ => None,
+            }));
+        }
+        kept
+    };
+    assert_eq!(
+        keeps(&mut policy, 0),
+        [1_000_000, 1_000_000],
+        "no burst seen yet"
+    );
+    let mut last = Vec::new();
+    for i in 1..20 {
+        last = keeps(&mut policy, i * 10_000_000);
+    }
+    assert_eq!(last[1], 1_000_000, "the last to end: the fixed keep-alive");
+    let surplus = last[0] as f64;
+    assert!(
+        (14_000_000.0..16_000_000.0).contains(&surplus),
+        "the one ending while the other runs: 1.5 × 10 s, got {surplus}"
+    );
+}
