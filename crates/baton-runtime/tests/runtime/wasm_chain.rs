@@ -124,24 +124,8 @@ fn wasm_steps_go_cold_then_warm_and_are_prewarmed_once_learned() {
 
     // Starting "first" makes the policy predict "third"; the director pre-links it in the
     // background, so the next call of "third" finds it ready and records it as pre-warmed.
-    let prewarms = || {
-        director
-            .counters()
-            .prewarms
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    // Wait for that pre-warm to be carried out (no fixed sleep: the machine may be slow).
-    let before = prewarms();
     let _ = director.invoke("first", b"alone").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while prewarms() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no pre-warm after `first`"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    director.sync();
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let third = director.invoke("third", b"z").unwrap();
     assert_eq!(third.output, b"Z");
     assert_eq!(third.records[0].cold, Some(false), "{:?}", third.records[0]);
