@@ -9,6 +9,7 @@
 //! warmth tier: a task's template outlives its worker by ten keep-alives, then goes
 //! ([`Policy::manages_templates`]).
 
+use super::starts::{StartGap, StartGaps, START_LEVELS};
 use super::{idle, Action, IdleInstance, Policy, PolicyEvent, ROUTE_PLAN_IDS};
 use crate::arrival::{Episodes, EPISODE_GAP_US, MIN_CONFIRMATIONS};
 use crate::assembler::{Assembler, ChainPlan, PlannedStep};
@@ -76,21 +77,9 @@ pub struct ChainPolicy {
     rhythms_seen: Option<u64>,
     /// How many instances of each task run at once, per episode.
     concurrency: Vec<Concurrency>,
-    /// Each task's last start and mean time between starts, per how many instances the
-    /// start needed at once (index 0: every start; 1: starts that found one running...).
-    start_gaps: Vec<[StartGap; START_LEVELS]>,
+    /// Each task's starts by how many instances they needed at once.
+    start_gaps: StartGaps,
 }
-
-/// A task's last start and the moving mean of the time between its starts, µs.
-#[derive(Debug, Clone, Copy, Default)]
-struct StartGap {
-    last_us: Option<u64>,
-    mean_us: Option<f64>,
-}
-
-/// How many levels of concurrency a task's start gaps are kept for: an instance further in
-/// line is expected to be used no sooner than it has been idle.
-pub const START_LEVELS: usize = 8;
 
 /// An instance that ends while others of its task still run is kept this many times the
 /// mean time between starts that needed as many instances (the chance that the next such
@@ -102,25 +91,9 @@ pub const SURPLUS_KEEP_FACTOR: f64 = 1.5;
 /// has been silent for four of its gaps has probably stopped.
 pub const SILENCE_FACTOR: f64 = 4.0;
 
-impl StartGap {
-    fn note(&mut self, at_us: u64) {
-        if let Some(last) = self.last_us {
-            let sample = at_us.saturating_sub(last) as f64;
-            self.mean_us = Some(match self.mean_us {
-                Some(mean) => mean + (sample - mean) * START_GAP_WEIGHT,
-                None => sample,
-            });
-        }
-        self.last_us = Some(self.last_us.map_or(at_us, |last| last.max(at_us)));
-    }
-}
-
 /// A pre-warm asking for room counts as held at least this long, µs (its claim may be
 /// about to end; the instance still takes a start and a grace).
 pub const BET_MIN_HOLD_US: u64 = 1_000;
-
-/// The weight of each new time between starts in a task's moving mean of them.
-pub const START_GAP_WEIGHT: f64 = 1.0 / 16.0;
 
 /// Most instances a rhythm's re-warm asks for at once.
 pub const MAX_REWARM_INSTANCES: u32 = 16;
@@ -170,29 +143,8 @@ impl ChainPolicy {
             episodes: Vec::new(),
             rhythms_seen: None,
             concurrency: Vec::new(),
-            start_gaps: Vec::new(),
+            start_gaps: StartGaps::default(),
         }
-    }
-
-    /// Notes a start of `task` at `at_us` in its mean time between starts.
-    fn note_start(&mut self, task: TaskId, at_us: u64) {
-        if self.start_gaps.len() <= task.index() {
-            self.start_gaps
-                .resize(task.index() + 1, [StartGap::default(); START_LEVELS]);
-        }
-        let running = self.idle.running(task).max(1) as usize;
-        for gap in self.start_gaps[task.index()].iter_mut().take(running) {
-            gap.note(at_us);
-        }
-    }
-
-    /// `task`'s mean time between starts that needed more than `level` instances, µs,
-    /// once two were seen, and its last such start.
-    fn start_gap(&self, task: TaskId, level: usize) -> Option<StartGap> {
-        self.start_gaps
-            .get(task.index())
-            .and_then(|g| g.get(level))
-            .copied()
     }
 
     /// How long an instance of `task` that ends while others still run is worth keeping,
@@ -207,11 +159,13 @@ impl ChainPolicy {
         if running == 0 {
             return 0;
         }
-        match self.start_gap(task, running.min(START_LEVELS - 1)) {
-            Some(StartGap {
-                mean_us: Some(gap), ..
-            }) => ((gap * SURPLUS_KEEP_FACTOR) as u64).min(self.config.entry_keep_alive_us),
-            _ => 0,
+        match self
+            .start_gaps
+            .at(task, running.min(START_LEVELS - 1))
+            .mean_us
+        {
+            Some(gap) => ((gap * SURPLUS_KEEP_FACTOR) as u64).min(self.config.entry_keep_alive_us),
+            None => 0,
         }
     }
 
@@ -221,7 +175,7 @@ impl ChainPolicy {
         let idle_us = now_us.saturating_sub(instance.idle_since_us) as f64;
         let level =
             (self.idle.running(instance.task) as usize).saturating_add(instance.ahead as usize);
-        let gap = |level: usize| self.start_gap(instance.task, level).unwrap_or_default();
+        let gap = |level: usize| self.start_gaps.at(instance.task, level);
         if let (0, Some(mean)) = (level, gap(0).mean_us) {
             return mean.max(idle_us / SILENCE_FACTOR);
         }
@@ -461,7 +415,7 @@ impl ChainPolicy {
             self.entry_tasks.insert(task);
         }
         self.idle.on_start(task, at_us);
-        self.note_start(task, at_us);
+        self.start_gaps.note(task, at_us, self.idle.running(task));
         let episodes = self.episodes(task);
         let before = episodes.last_start_us();
         episodes.observe(at_us);

@@ -11,6 +11,7 @@ pub mod baselines;
 mod chain;
 pub mod idle;
 pub mod spec;
+pub mod starts;
 
 pub use chain::{
     ChainPolicy, ChainPolicyConfig, BET_MIN_HOLD_US, MAX_REWARM_INSTANCES, TEMPLATE_KEEP_FACTOR,
