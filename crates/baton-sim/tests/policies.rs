@@ -420,6 +420,75 @@ fn starts_beyond_the_nodes_slots_wait_and_may_take_an_instance_that_frees() {
 }
 
 #[test]
+fn pre_warms_waiting_for_a_start_slot_hold_no_memory_and_keep_their_turn() {
+    // Three functions called once each at 10 s, every call known to the oracle; one start
+    // slot (100 ms starts) and room for two 100 MiB instances. The three pre-warms are
+    // due at once: the first starts, the other two wait in line holding nothing, and each
+    // starts when the slot frees. The first call's instance ends (10 ms run, not kept), so
+    // the third finds room when its turn comes: no call is cold, no pre-warm fails, and the
+    // later calls wait for their pre-warms in the order they were decided.
+    // (A call of t9 at 0 starts the replay's clock, so the later pre-warms have their
+    // lead.)
+    let mut specs: Vec<Spec> = vec![(0, vec![(9, None, 0, 1_000)])];
+    specs.extend((0..3).map(|task| (10 * SECOND, vec![(task, None, 0, 10_000)])));
+    let sim = simulation(&specs, &specs);
+    let config = SimConfig {
+        memory_mib: 200,
+        start_slots: 1,
+        ..SimConfig::default()
+    };
+    let result = sim
+        .run("oracle", 1.0, &config, |_, _| {})
+        .expect("known policy");
+    // (t9's pre-warm, due at the replay's start, is late.)
+    assert_eq!(result.stats.cold_starts, 0, "{:?}", result.stats);
+    assert_eq!(result.stats.prewarms_failed, 0);
+    assert_eq!(result.stats.prewarms_started, 4);
+    assert_eq!(result.stats.prewarm_hits, 4);
+    assert_eq!(result.stats.late_prewarm_hits, 3);
+    let mut latency = result.stats.request_latency_us[1..].to_vec();
+    latency.sort_unstable();
+    assert_eq!(latency[0], 0, "the first is ready in time");
+    assert!(
+        0 < latency[1] && latency[1] < latency[2],
+        "the others wait their turn: {latency:?}"
+    );
+    // With a slot each, all three are ready in time.
+    let unbounded = run(&sim, "oracle", 1.0, 1 << 20);
+    assert_eq!(unbounded.stats.cold_starts, 0);
+    assert_eq!(unbounded.stats.late_prewarm_hits, 1, "t9's");
+}
+
+#[test]
+fn a_call_waiting_for_a_pre_warm_takes_an_instance_that_ends_first() {
+    // t0 is called at 0.9 s for 250 ms and again at 1.1 s; t1 and t2 at 1 s. The oracle
+    // pre-warms every call one lead (127 ms) ahead, but with one start slot of 127 ms they
+    // start one after another: t0's first at 773 ms, t1's and t2's, then t0's second at
+    // 1.154 s, ready at 1.281 s. The call at 1.1 s waits for whichever instance of t0 is
+    // free first: the first call's, at 1.15 s (50 ms), not the late pre-warm (181 ms).
+    let specs: Vec<Spec> = vec![
+        (0, vec![(9, None, 0, 1_000)]),
+        (900_000, vec![(0, None, 0, 250_000)]),
+        (SECOND, vec![(1, None, 0, 10_000)]),
+        (SECOND, vec![(2, None, 0, 10_000)]),
+        (SECOND + 100_000, vec![(0, None, 0, 10_000)]),
+    ];
+    let sim = simulation(&specs, &specs);
+    let config = SimConfig {
+        memory_mib: 1 << 20,
+        start_slots: 1,
+        ..SimConfig::default()
+    };
+    let result = sim
+        .run("oracle", 1.0, &config, |_, _| {})
+        .expect("known policy");
+    assert_eq!(result.stats.served, 5);
+    assert_eq!(result.stats.cold_starts, 0);
+    let latency = &result.stats.request_latency_us;
+    assert_eq!(latency.last(), Some(&50_000), "{latency:?}");
+}
+
+#[test]
 fn a_call_while_every_instance_is_busy_is_a_concurrent_cold_start() {
     // Three overlapping 10 s calls of one function, then one after they all ended: two
     // extra instances are started for concurrency; the last call finds one idle.

@@ -4,31 +4,33 @@
 //! The engine holds no policy logic and no rule of its own: the policy is driven through
 //! the plan executor of `baton_core::exec`, as the runtime drives it, and the executor's
 //! rules pick instances. It replays arrivals at their recorded start times (or, with
-//! [`SimConfig::causal`], each call when its caller's run reaches it: `crate::schedule`); an
-//! arrival takes
-//! the instance [`choose_for_arrival`] names (a ready one, else one still starting: a late
-//! pre-warm), else starts a cold one, evicting idle instances lowest
-//! [`Executor::evict_priority`] first when memory is short. A finished instance is released
-//! at once unless the policy keeps it alive. A pre-warm starts at the executor's
-//! `start_at_us` (one lead before its ready time) and claims an idle instance whose claims
-//! over its interval leave room for its probability ([`choose_for_prewarm`]) or starts one,
-//! if memory allows or idle instances the policy values below the pre-warm's bet
-//! ([`Executor::bet_priority`]) can make way; never for a less likely need.
-//! Unless causal, recorded timestamps are not shifted by the delays the simulation adds:
-//! each request's added latency is computed on its call tree instead (see
-//! [`added_latency`]). With [`SimConfig::start_slots`] a cold start or pre-warm needs a free
-//! start slot (`crate::slots`); an arrival that finds none waits for one.
+//! [`SimConfig::causal`], each call when its caller's run reaches it: `crate::schedule`).
+//! An arrival takes the ready instance the executor's `choose_for_arrival` names; without
+//! one, while an instance of its function is being pre-warmed it waits for the first that
+//! is ready or ends (a late pre-warm, as a step waits in the pool), else starts a cold
+//! one, evicting idle instances lowest [`Executor::evict_priority`] first when memory is
+//! short (`arrivals`). A finished instance is released at once unless the policy keeps it
+//! alive. A pre-warm starts at the executor's `start_at_us` (one lead before its ready
+//! time) and claims an idle instance whose claims over its interval leave room for its
+//! probability (`choose_for_prewarm`) or starts one, if memory allows or idle instances
+//! the policy values below the pre-warm's bet ([`Executor::bet_priority`]) can make way;
+//! never for a less likely need (`prewarms`). Unless causal, recorded timestamps are not
+//! shifted by the delays the simulation adds: each request's added latency is computed on
+//! its call tree instead (see [`added_latency`]). With [`SimConfig::start_slots`] a cold
+//! start or pre-warm needs a free start slot (`crate::slots`); one that finds none waits
+//! for one in the node's line, as the pool's waiting starts do. A pre-warm waiting there
+//! holds no memory (the pool admits a worker when it starts it) and is weighed for room
+//! again when its turn comes.
 
-use baton_core::context::Prev;
+mod arrivals;
+mod prewarms;
+
 use baton_core::exec::room::{self, Evictable};
 use baton_core::exec::ColdStarts;
-use baton_core::exec::{
-    choose_for_arrival, choose_for_prewarm, claim_weight, cold_cause, line_up, Candidate, Claims,
-    Decision, Executor, Gone, Reuse, PREWARM_GRACE_US,
-};
+use baton_core::exec::{line_up, Claims, Decision, Executor, Gone, Reuse};
 use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
-use baton_core::{Costs, PolicyEvent, PredictContext, SnapshotCell, TaskId, Tdg};
+use baton_core::{Costs, PolicyEvent, SnapshotCell, TaskId, Tdg};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -38,6 +40,7 @@ use crate::schedule::Schedule;
 use crate::slots::Slots;
 pub use crate::stats::{added_latency, PrewarmSources, RunStats};
 use crate::templates::{Host, Templates};
+use prewarms::QueuedPrewarm;
 
 /// Ends sort after every other event of their instant (whose sequence numbers count up
 /// from 0), latest arrival first.
@@ -158,6 +161,10 @@ enum Event {
     Tick,
     /// A start slot frees: the first waiting arrival may take it.
     SlotFree,
+    /// A pre-warmed instance is ready.
+    Ready {
+        instance: u32,
+    },
     Learn {
         request: u32,
     },
@@ -186,6 +193,9 @@ struct Engine<'a> {
     stats: RunStats,
     delay_us: Vec<u64>,
     cold: Vec<bool>,
+    /// Arrivals the policy was told of (an arrival waiting for a pre-warm is told when it
+    /// comes).
+    told: Vec<bool>,
     remaining: Vec<u32>,
     /// Global arrival ids of each request.
     of_request: Vec<Vec<u32>>,
@@ -199,8 +209,10 @@ struct Engine<'a> {
     templates: Option<Templates>,
     /// When arrivals come.
     schedule: Schedule,
-    /// The node's start slots and the arrivals waiting for one.
-    slots: Slots,
+    /// The node's start slots and the starts waiting for one.
+    slots: Slots<QueuedPrewarm>,
+    /// Pre-warms waiting for a slot, per task.
+    queued_by_task: Vec<u32>,
 }
 
 /// Runs `policy` over `requests` (sorted by start) on a node of `config`. With a learner,
@@ -252,6 +264,7 @@ pub fn run(
         },
         delay_us: vec![0; arrivals.len()],
         cold: vec![false; arrivals.len()],
+        told: vec![false; arrivals.len()],
         remaining,
         of_request,
         actions: Vec::new(),
@@ -262,6 +275,7 @@ pub fn run(
         templates,
         schedule: Schedule::new(requests, arrivals, config.causal),
         slots: Slots::new(config.start_slots),
+        queued_by_task: Vec::new(),
     };
     engine.last_publish_us = engine.now;
     let start = engine.now;
@@ -372,6 +386,7 @@ impl Engine<'_> {
         if self.by_task.len() <= task.index() {
             self.by_task.resize(task.index() + 1, Vec::new());
             self.busy_by_task.resize(task.index() + 1, 0);
+            self.queued_by_task.resize(task.index() + 1, 0);
             self.gone.resize(task.index() + 1, None);
         }
         &mut self.by_task[task.index()]
@@ -421,6 +436,7 @@ impl Engine<'_> {
                 self.schedule(now + tick, Event::Tick);
             }
             Event::SlotFree => self.serve_waiting(),
+            Event::Ready { instance } => self.ready(instance),
             Event::Learn { request } => {
                 if let Some((tdg, _)) = self.learner.as_mut() {
                     tdg.observe_request(&self.requests[request as usize]);
@@ -580,387 +596,5 @@ impl Engine<'_> {
         });
         self.task_instances(task).push(id);
         id
-    }
-
-    /// Arrival `index` comes at `at_us`: it takes the instance the executor's rule picks,
-    /// else starts one if a start slot is free, else waits for a slot (or an instance).
-    fn arrive(&mut self, index: u32, at_us: u64) {
-        let task = self.arrivals[index as usize].task;
-        self.now = self.now.max(at_us);
-        let now = self.now;
-        let slot = task.index();
-        if self.stats.function_invocations.len() <= slot {
-            self.stats.function_invocations.resize(slot + 1, 0);
-            self.stats.function_cold_starts.resize(slot + 1, 0);
-        }
-        self.stats.function_invocations[slot] += 1;
-        self.task_instances(task);
-        let candidates = self.candidates(task, now, now);
-        let chosen = choose_for_arrival(candidates, now, self.config.reuse).map(|id| id as u32);
-        if chosen.is_none() && !self.slots.free(now) {
-            self.slots.wait(index, now);
-            let at = self.slots.first_free_us();
-            self.schedule(at, Event::SlotFree);
-            return;
-        }
-        self.serve(index, now, chosen);
-    }
-
-    /// Waiting arrivals take the slots free now, first come first (one whose function has
-    /// an instance to take by now takes it instead).
-    fn serve_waiting(&mut self) {
-        let now = self.now;
-        while self.slots.anyone_waiting() && self.slots.free(now) {
-            let Some((index, since)) = self.slots.next_waiting() else {
-                break;
-            };
-            let task = self.arrivals[index as usize].task;
-            let candidates = self.candidates(task, now, now);
-            let chosen = choose_for_arrival(candidates, now, self.config.reuse).map(|id| id as u32);
-            self.serve(index, since, chosen);
-        }
-        if self.slots.anyone_waiting() {
-            let at = self.slots.first_free_us();
-            self.schedule(at, Event::SlotFree);
-        }
-    }
-
-    /// Instance `id` of `task` became free for an arrival (idle, or a pre-warm started): the
-    /// first arrival of `task` waiting for a slot takes it.
-    fn hand_to_waiting(&mut self, task: TaskId, id: u32) {
-        if !self.slots.anyone_waiting() {
-            return;
-        }
-        let arrivals = self.arrivals;
-        if let Some((index, since)) = self
-            .slots
-            .take_waiting(|a| arrivals[a as usize].task == task)
-        {
-            self.serve(index, since, Some(id));
-        }
-    }
-
-    /// Serves arrival `index`, which came at `since_us`, now: on instance `chosen`, or on a
-    /// new one (a cold start, in a start slot).
-    fn serve(&mut self, index: u32, since_us: u64, chosen: Option<u32>) {
-        let arrival = self.arrivals[index as usize];
-        let now = self.now;
-        let task = arrival.task;
-        let slot = task.index();
-        let (instance, delay) = match chosen {
-            Some(id) => {
-                let instance = &self.instances[id as usize];
-                let delay = instance.ready_at_us.saturating_sub(now);
-                if instance.prewarm.is_some() && !instance.used {
-                    self.stats.prewarm_hits += 1;
-                    if delay > 0 {
-                        self.stats.late_prewarm_hits += 1;
-                    }
-                }
-                (id, delay)
-            }
-            None => {
-                let cold = match self.templates.as_mut() {
-                    Some(templates) => templates.cold_start(self.costs, task, now),
-                    None => self.costs.cold_start_us(task),
-                };
-                if !self.make_room(self.costs.memory_mib(task)) {
-                    self.stats.overcommits += 1;
-                }
-                self.stats.cold_starts += 1;
-                self.stats.function_cold_starts[slot] += 1;
-                let busy = self.busy_by_task[slot] as usize;
-                self.stats
-                    .cold_causes
-                    .add(cold_cause(busy, self.gone[slot]));
-                self.cold[index as usize] = true;
-                self.slots.take(now, cold);
-                (self.new_instance(task, now + cold, None), cold)
-            }
-        };
-        self.mark_busy(instance, now);
-        // What it waited for a slot or an instance counts in its wait.
-        let waited = now - since_us;
-        self.delay_us[index as usize] = waited + delay;
-        let end = now + delay + arrival.duration_us;
-        // Ends go after every other event of their instant, the latest-started first: a
-        // call ends before its caller when both end at one microsecond, as it does live.
-        self.queue.push(Reverse((
-            end,
-            END_ORDER - u64::from(index),
-            Event::End {
-                instance,
-                arrival: index,
-            },
-        )));
-        let request = &self.requests[arrival.request as usize];
-        let invocation = &request.invocations()[arrival.index as usize];
-        let grand_caller = invocation
-            .parent
-            .map(|p| request.invocations()[p as usize].task);
-        let reveals_route = request.entry().and_then(|entry| {
-            let first = *request.children(entry).first()?;
-            (first == arrival.index).then(|| request.invocations()[entry as usize].start_us)
-        });
-        self.tell(PolicyEvent::Start {
-            task,
-            invocation: u64::from(index),
-            at_us: now,
-            context: PredictContext {
-                route: request
-                    .route()
-                    .filter(|_| reveals_route.is_some() || Some(arrival.index) != request.entry()),
-                prev: Prev::Start,
-                grand_caller,
-                operation: Some(invocation.label),
-            },
-            reveals_route,
-            // Its calls come later by its wait: causally, the wait added here; as
-            // recorded, only where the recorded starts include it.
-            wait_us: if self.config.causal {
-                delay
-            } else {
-                invocation.waited_us
-            },
-        });
-        let (requests, arrivals) = (self.requests, self.arrivals);
-        self.schedule
-            .came(requests, arrivals, index, since_us, waited + delay);
-    }
-
-    fn end(&mut self, id: u32, arrival: u32) {
-        let now = self.now;
-        self.stats.served += 1;
-        let task = self.instances[id as usize].task;
-        self.busy_by_task[task.index()] -= 1;
-        {
-            let instance = &mut self.instances[id as usize];
-            instance.busy = false;
-            instance.idle_from_us = Some(now);
-            instance.last_idle_since_us = now;
-            // Pre-warms still counting on it keep it, whatever the policy says next.
-            instance.keep_until_us = instance
-                .claims
-                .hold_until(now, PREWARM_GRACE_US)
-                .unwrap_or(now);
-        }
-        if self.instances[id as usize].alive {
-            self.task_instances(task).push(id);
-        }
-        if self.last_finished.len() <= task.index() {
-            self.last_finished.resize(task.index() + 1, None);
-        }
-        self.last_finished[task.index()] = Some(id);
-        self.tell(PolicyEvent::End {
-            task,
-            invocation: u64::from(arrival),
-            at_us: now,
-        });
-        let instance = &self.instances[id as usize];
-        if instance.alive && !instance.busy {
-            self.hand_to_waiting(task, id);
-        }
-        let instance = &self.instances[id as usize];
-        if instance.alive && !instance.busy {
-            if instance.keep_until_us <= now {
-                self.release(id, now);
-            } else {
-                self.ensure_expiry(id);
-            }
-        }
-        let request = self.arrivals[arrival as usize].request as usize;
-        self.remaining[request] -= 1;
-        if self.remaining[request] == 0 {
-            self.finish_request(request);
-            if self.learner.is_some() {
-                self.schedule(
-                    now,
-                    Event::Learn {
-                        request: request as u32,
-                    },
-                );
-            }
-        }
-    }
-
-    fn finish_request(&mut self, request: usize) {
-        let r = &self.requests[request];
-        // Per invocation of the request: its delay and whether it was cold.
-        let mut delay = vec![0u64; r.invocations().len()];
-        let mut cold = vec![false; r.invocations().len()];
-        for &global in &self.of_request[request] {
-            let index = self.arrivals[global as usize].index as usize;
-            delay[index] = self.delay_us[global as usize];
-            cold[index] = self.cold[global as usize];
-        }
-        let (latency, n_cold) = added_latency(r, &delay, &cold);
-        self.stats.request_latency_us[request] = latency;
-        self.stats.request_critical_cold[request] = n_cold;
-    }
-
-    /// Starts or claims an instance of `task` ready at, kept until (if unused) and claimed
-    /// over the times of `window` (µs). The claim spans the policy's window and the task's
-    /// run time from the ready time the policy asked for, even when the instance can only
-    /// be ready later: an arrival in that interval answers it.
-    fn start_prewarm(
-        &mut self,
-        task: TaskId,
-        (ready_at_us, until_us, (claim_from, claim_until)): (u64, u64, (u64, u64)),
-        plan: Option<u64>,
-        probability: f64,
-    ) {
-        let now = self.now;
-        let until_us = until_us.max(ready_at_us + PREWARM_GRACE_US);
-        // An idle instance whose claims leave room for this one serves: extend and claim
-        // it. Claims keep concurrent needs apart: two sure pre-warms of one task for the
-        // same time get two instances, two even bets share one, pre-warms one after another
-        // share one.
-        let candidates = self.candidates(task, claim_from, claim_until);
-        let existing =
-            choose_for_prewarm(candidates, ready_at_us, now, probability).map(|id| id as u32);
-        if let Some(id) = existing {
-            let instance = &mut self.instances[id as usize];
-            instance.claims.add(claim_from, claim_until, probability);
-            if instance.keep_until_us < until_us {
-                instance.keep_until_us = until_us;
-                self.ensure_expiry(id);
-            }
-            self.stats.prewarms_extended += 1;
-            return;
-        }
-        // No room: idle instances the policy values below this bet make way for it (the
-        // bet is weighed only then).
-        let memory_mib = self.costs.memory_mib(task);
-        if self.free_mib < memory_mib as i64 {
-            let bet = IdleInstance {
-                task,
-                idle_since_us: now,
-                memory_mib,
-                cold_start_us: self.cold_estimate_us(task),
-                bet: Some((claim_weight(probability), claim_until)),
-                ahead: 0,
-            };
-            let worth = self.policy.bet_priority(&bet, now);
-            if !self.evict_below(memory_mib, Some(worth)) {
-                self.stats.prewarms_failed += 1;
-                return;
-            }
-        }
-        if let Some(templates) = self.templates.as_mut() {
-            templates.prewarm_start(self.costs, task, now);
-        }
-        // It starts in the first free slot: ready that much later.
-        let begin = self.slots.take(
-            now,
-            ready_at_us
-                .saturating_sub(now)
-                .max(self.cold_estimate_us(task)),
-        );
-        let ready_at_us = ready_at_us + (begin - now);
-        let id = self.new_instance(task, ready_at_us, Some(plan));
-        self.instances[id as usize].keep_until_us = until_us;
-        // Ready later than asked, its step waits for it and holds it as much longer.
-        let late = ready_at_us.saturating_sub(claim_from);
-        self.instances[id as usize]
-            .claims
-            .add(claim_from, claim_until + late, probability);
-        self.stats.prewarms_started += 1;
-        self.stats.prewarm_sources.count(plan, false);
-        self.ensure_expiry(id);
-        self.hand_to_waiting(task, id);
-    }
-
-    /// Every live instance of `task` that is not busy, as the executor's rules see it, with
-    /// the weight of its claims over `from..=until` (an arrival's instant, a pre-warm's
-    /// interval).
-    fn candidates(&mut self, task: TaskId, from: u64, until: u64) -> Vec<Candidate<u64>> {
-        self.task_instances(task);
-        let instances = &self.instances;
-        self.by_task[task.index()]
-            .iter()
-            .map(|&id| {
-                let i = &instances[id as usize];
-                Candidate {
-                    id: u64::from(id),
-                    ready_at: i.ready_at_us,
-                    keep_until: i.keep_until_us,
-                    idle_since: i.last_idle_since_us,
-                    claims: i.claims.over(from, until),
-                }
-            })
-            .collect()
-    }
-
-    fn apply(&mut self, decision: &Decision) {
-        let now = self.now;
-        match *decision {
-            Decision::Prewarm {
-                task,
-                start_at_us,
-                ready_at_us,
-                until_us,
-                claim_until_us,
-                plan,
-                probability,
-                ..
-            } => {
-                let cold = self.cold_estimate_us(task);
-                let ready_at = (start_at_us + cold).max(ready_at_us);
-                if start_at_us > now {
-                    let epoch = self.releases.get(&(task, plan)).copied().unwrap_or(0);
-                    self.schedule(
-                        start_at_us,
-                        Event::PrewarmStart {
-                            task,
-                            ready_at_us: ready_at,
-                            until_us,
-                            claim_us: (ready_at_us, claim_until_us),
-                            plan,
-                            probability_ppm: (claim_weight(probability) * 1e6) as u32,
-                            epoch,
-                        },
-                    );
-                } else {
-                    let window = (ready_at, until_us, (ready_at_us, claim_until_us));
-                    self.start_prewarm(task, window, plan, probability);
-                }
-            }
-            Decision::KeepAlive { task, until_us } => {
-                let Some(Some(id)) = self.last_finished.get(task.index()).copied() else {
-                    return;
-                };
-                let instance = &mut self.instances[id as usize];
-                if instance.alive && !instance.busy && until_us > instance.keep_until_us {
-                    instance.keep_until_us = until_us;
-                    self.ensure_expiry(id);
-                }
-            }
-            Decision::HoldTemplate { task, until_us } => {
-                if let Some(templates) = self.templates.as_mut() {
-                    templates.hold(self.costs, task, now, until_us);
-                }
-            }
-            Decision::Release { task, plan } => {
-                *self.releases.entry((task, plan)).or_default() += 1;
-                self.task_instances(task);
-                let instances = &self.instances;
-                let mut unused: Vec<u32> = self.by_task[task.index()]
-                    .iter()
-                    .copied()
-                    .filter(|&id| {
-                        let instance = &instances[id as usize];
-                        !instance.busy
-                            && !instance.used
-                            && instance.prewarm == Some(plan)
-                            && instance.keep_until_us <= now
-                    })
-                    .collect();
-                // Oldest first, whatever the list's order: the run stays the same.
-                unused.sort_unstable();
-                for id in unused {
-                    self.release(id, now);
-                }
-            }
-        }
     }
 }
