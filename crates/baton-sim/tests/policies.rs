@@ -489,6 +489,32 @@ fn a_call_waiting_for_a_pre_warm_takes_an_instance_that_ends_first() {
 }
 
 #[test]
+fn the_histograms_uncertain_window_is_pinned_to_its_instance() {
+    // Calls at 0, 10 s and 20 s, then 30 min later. The first end knows no idle time
+    // (uncertain): the instance is kept the range, 4 h, pinned. The next ends see 10 s idle
+    // times (certain: kept 1.1 min), but the pinned deadline stands, as dslab-faas keeps a
+    // container's first window: the call 30 min later is warm.
+    let sim = simulation(
+        &single(&[0, 10 * SECOND, 20 * SECOND, 20 * SECOND + 30 * MINUTE]),
+        &[],
+    );
+    let result = run(&sim, "histogram", 1.0, 1 << 20);
+    assert_eq!(result.stats.cold_starts, 1, "{:?}", result.stats);
+    // A second instance (two calls at once) idles only after the pattern is certain: its
+    // window is the tail's, not pinned, and it goes after 1.1 min.
+    let mut specs = single(&[0, 10 * SECOND, 20 * SECOND]);
+    specs.push((30 * SECOND, vec![(0, None, 0, 5 * SECOND)]));
+    specs.push((31 * SECOND, vec![(0, None, 0, 1_000)]));
+    specs.push((32 * SECOND + 10 * MINUTE, vec![(0, None, 0, 5 * SECOND)]));
+    specs.push((33 * SECOND + 10 * MINUTE, vec![(0, None, 0, 1_000)]));
+    let sim = simulation(&specs, &[]);
+    let result = run(&sim, "histogram", 1.0, 1 << 20);
+    // Cold: the first call, the call at 31 s (the first instance busy), and one of the two
+    // after 10 min (only the pinned instance is left).
+    assert_eq!(result.stats.cold_starts, 3, "{:?}", result.stats);
+}
+
+#[test]
 fn a_call_while_every_instance_is_busy_is_a_concurrent_cold_start() {
     // Three overlapping 10 s calls of one function, then one after they all ended: two
     // extra instances are started for concurrency; the last call finds one idle.

@@ -21,7 +21,9 @@
 //!   steps come one after another share one (a pre-warm starts only the shortfall over the
 //!   instances there are at its step's time).
 //! - [`Decision::KeepAlive`]: keep the instance of `task` that just finished until
-//!   `until_us` (with none, it is released at once).
+//!   `until_us` (with none, it is released at once); [`Decision::PinKeepAlive`]: the same,
+//!   and the deadline stays the instance's through its later runs (an instance with a
+//!   pinned deadline is kept until it whatever a later keep-alive says).
 //! - [`Decision::HoldTemplate`]: hold the task's template (the cheap warmth tier) until
 //!   `until_us`, starting one if none is held; a host with templates does so when the
 //!   policy manages them ([`Executor::manages_templates`]), else holds every template
@@ -153,8 +155,17 @@ pub enum Decision {
         /// Probability it will be used.
         probability: f64,
     },
-    /// Keep the instance of `task` that just finished until `until_us`.
+    /// Keep the instance of `task` that just finished until `until_us` (an instance with a
+    /// pinned deadline is kept until that instead).
     KeepAlive {
+        /// The task.
+        task: TaskId,
+        /// Until, µs.
+        until_us: u64,
+    },
+    /// Pin the deadline of the instance of `task` that just finished to `until_us`, unless
+    /// it has one, and keep it until its deadline (see [`Action::PinKeepAlive`]).
+    PinKeepAlive {
         /// The task.
         task: TaskId,
         /// Until, µs.
@@ -266,6 +277,9 @@ impl Executor {
                     probability,
                 },
                 Action::KeepAlive { task, until_us } => Decision::KeepAlive { task, until_us },
+                Action::PinKeepAlive { task, until_us } => {
+                    Decision::PinKeepAlive { task, until_us }
+                }
                 Action::HoldTemplate { task, until_us } => {
                     Decision::HoldTemplate { task, until_us }
                 }

@@ -163,7 +163,10 @@ impl IdleHistogram {
 ///   here is the mean idle time, which is what such a model gives on the few, long idle
 ///   times these tasks have);
 /// - **uncertain** (anything else, a task not seen idle yet included): a fixed keep-alive
-///   of the whole range, renewed by every run.
+///   of the whole range, set once per instance ([`Action::PinKeepAlive`]): an instance
+///   given it keeps that deadline through its later runs, even once the pattern is
+///   certain, as dslab-faas keeps a container's first window (a certain pattern's
+///   pre-warm still unloads it after a run).
 ///
 /// `scale` (the knob) stretches the range's keep-alive and the tail.
 #[derive(Debug)]
@@ -244,7 +247,8 @@ impl Policy for HistogramPolicy {
                 histogram.running.retain(|&(id, _)| id != invocation);
                 histogram.last_end_us = Some(at_us);
                 // (pre-warm after, keep until) the end, µs.
-                let (head_us, tail_us) = match histogram.pattern(n_bins, cv, oob) {
+                let pattern = histogram.pattern(n_bins, cv, oob);
+                let (head_us, tail_us) = match pattern {
                     Pattern::Uncertain => (0.0, (n_bins * MINUTE_US) as f64 * scale),
                     Pattern::Certain => {
                         let head = histogram.percentile_bin(0.05);
@@ -267,6 +271,13 @@ impl Policy for HistogramPolicy {
                         plan: None,
                         reservation: None,
                         probability: 1.0,
+                    });
+                } else if matches!(pattern, Pattern::Uncertain) {
+                    // The range's window, once per instance (as dslab-faas's policy keeps
+                    // it): a pattern that turns certain later does not cut it short.
+                    out.push(Action::PinKeepAlive {
+                        task,
+                        until_us: at_us + tail_us as u64,
                     });
                 } else {
                     out.push(Action::KeepAlive {
@@ -541,11 +552,11 @@ mod tests {
     #[test]
     fn histogram_follows_the_papers_three_patterns() {
         let mut policy = HistogramPolicy::new(1.0);
-        // Not seen idle yet (uncertain): the range's keep-alive, 4 h.
+        // Not seen idle yet (uncertain): the range's keep-alive, 4 h, pinned to the instance.
         let (out, t) = histogram_after(&mut policy, 0, &[]);
         assert_eq!(
             out,
-            [Action::KeepAlive {
+            [Action::PinKeepAlive {
                 task: TaskId(0),
                 until_us: t + 240 * MINUTE_US
             }]
@@ -580,7 +591,7 @@ mod tests {
         assert!(policy.tasks[3].cv(240) < 2.0);
         assert_eq!(
             out,
-            [Action::KeepAlive {
+            [Action::PinKeepAlive {
                 task: TaskId(3),
                 until_us: t + 240 * MINUTE_US
             }]
@@ -606,7 +617,7 @@ mod tests {
         let (out, t) = histogram_after(&mut half, 0, &[]);
         assert_eq!(
             out,
-            [Action::KeepAlive {
+            [Action::PinKeepAlive {
                 task: TaskId(0),
                 until_us: t + 120 * MINUTE_US
             }]

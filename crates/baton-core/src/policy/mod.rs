@@ -99,6 +99,17 @@ pub enum Action {
         /// Until, µs.
         until_us: u64,
     },
+    /// [`Action::KeepAlive`], and the deadline stays the instance's through its later
+    /// runs: whatever keep-alive a later end asks for it, it is kept until then (and let
+    /// go at its first end after). Set once: an instance already pinned keeps its first
+    /// deadline. The paper's hybrid histogram, as dslab-faas implements it, gives an
+    /// instance the range's window once, while the idle times are uncertain.
+    PinKeepAlive {
+        /// The task.
+        task: TaskId,
+        /// Until, µs.
+        until_us: u64,
+    },
     /// Hold `task`'s template (the cheap warmth tier: a process that has imported the
     /// function, so a start is a fork of it instead of a start from nothing) until
     /// `until_us`, starting it if none is held. Only a policy that

@@ -9,7 +9,7 @@
 
 use crate::manifest::FunctionSpec;
 use crate::planner::PrewarmJob;
-use crate::pool::{Lease, WarmPool, Warmth, PREWARM_GRACE};
+use crate::pool::{Keep, Lease, WarmPool, Warmth, PREWARM_GRACE};
 use crate::process::WorkerError;
 use crate::services::{ServiceError, Services};
 use crate::wasm::{NestedCall, WasmError};
@@ -178,8 +178,9 @@ pub trait Backend: Send + Sync {
     /// returns how many.
     fn release_unused(&self, name: &str, plan: Option<u64>, at_us: u64) -> usize;
     /// Settles how long the instance `id` given back after a step ending at `at_us` stays
-    /// idle: until `until` (`until_us`); released at once when that is not after `at_us`.
-    fn settle(&self, name: &str, id: u32, until: Instant, until_us: u64, at_us: u64);
+    /// idle, as `keep` says: until `until` (`until_us`) or a deadline pinned to it before;
+    /// released at once when that is not after `at_us`.
+    fn settle(&self, name: &str, id: u32, until: Instant, until_us: u64, at_us: u64, keep: Keep);
     /// Forgets what is loaded for `name` (a function replaced or removed).
     fn forget(&self, name: &str);
     /// `spec` was deployed: makes it ready ahead in the background (wasm: compiled, linked
@@ -338,8 +339,8 @@ impl Backend for ProcessBackend {
         self.pool.release_unused(name, plan)
     }
 
-    fn settle(&self, name: &str, id: u32, until: Instant, _until_us: u64, _at_us: u64) {
-        self.pool.settle(name, id, until);
+    fn settle(&self, name: &str, id: u32, until: Instant, _until_us: u64, _at_us: u64, keep: Keep) {
+        self.pool.settle(name, id, until, keep);
     }
 
     fn forget(&self, _name: &str) {}

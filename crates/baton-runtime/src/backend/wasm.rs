@@ -299,7 +299,16 @@ impl Backend for WasmBackend {
         usize::from(unused && loaded.remove(name).is_some())
     }
 
-    fn settle(&self, _name: &str, _id: u32, _until: Instant, _until_us: u64, _at_us: u64) {}
+    fn settle(
+        &self,
+        _name: &str,
+        _id: u32,
+        _until: Instant,
+        _until_us: u64,
+        _at_us: u64,
+        _keep: crate::pool::Keep,
+    ) {
+    }
 
     fn forget(&self, name: &str) {
         let gone = lock(&self.loaded).remove(name);

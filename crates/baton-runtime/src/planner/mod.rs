@@ -19,6 +19,7 @@ mod upkeep;
 
 use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
+use crate::pool::Keep;
 use crate::process::Placement;
 
 use baton_core::exec::room;
@@ -330,11 +331,11 @@ impl Planner {
                 });
                 let keep = self.apply_all(Some(task), at_us);
                 if let Some(id) = worker {
-                    let until_us = keep.unwrap_or(at_us);
+                    let (until_us, keep) = keep.unwrap_or((at_us, Keep::Release));
                     let until = self.node.clock.instant_of(until_us);
                     self.node
                         .backend(&spec)
-                        .settle(&spec.name, id, until, until_us, at_us);
+                        .settle(&spec.name, id, until, until_us, at_us, keep);
                 }
                 self.node.backend(&spec).refill(&spec);
                 self.enforce_budget(at_us);
@@ -360,8 +361,8 @@ impl Planner {
     }
 
     /// Carries out the decisions made at `now` (µs); returns the keep-alive set for
-    /// `finished`.
-    fn apply_all(&mut self, finished: Option<TaskId>, now: u64) -> Option<u64> {
+    /// `finished` and how.
+    fn apply_all(&mut self, finished: Option<TaskId>, now: u64) -> Option<(u64, Keep)> {
         let mut keep = None;
         for decision in std::mem::take(&mut self.decisions) {
             match decision {
@@ -408,9 +409,12 @@ impl Planner {
                     }
                 }
                 Decision::KeepAlive { task, until_us } if Some(task) == finished => {
-                    keep = Some(until_us);
+                    keep = Some((until_us, Keep::Until));
                 }
-                Decision::KeepAlive { .. } => {}
+                Decision::PinKeepAlive { task, until_us } if Some(task) == finished => {
+                    keep = Some((until_us, Keep::Pin));
+                }
+                Decision::KeepAlive { .. } | Decision::PinKeepAlive { .. } => {}
                 Decision::HoldTemplate { task, until_us } => {
                     let function = self.name_of(task);
                     if let Some(spec) = self.node.pool.spec(&function) {

@@ -7,6 +7,19 @@ use baton_core::exec::{choose_for_prewarm, Claim, Claims, Gone};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// How a finished worker's keep-alive is settled: the policy's decision for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// None: released now (unless a pre-warm counts on it), a pinned deadline
+    /// notwithstanding (a policy that pre-warms after a run unloads the instance).
+    Release,
+    /// Kept until the deadline given, or until its pinned one if it has one.
+    Until,
+    /// Kept until its pinned deadline, the one given pinned if it has none
+    /// (`Decision::PinKeepAlive`).
+    Pin,
+}
+
 impl WarmPool {
     /// Removes the idle worker `pid` of `name` to make room (the planner's choice); returns
     /// whether it was idle. It is killed after the lock is released.
@@ -70,9 +83,9 @@ impl WarmPool {
         Some(pid)
     }
 
-    /// Sets how long the idle worker `pid` of `name` is kept (the policy's keep-alive, or
-    /// none: released now). Nothing happens if it is no longer idle.
-    pub fn settle(&self, name: &str, pid: u32, until: Instant) {
+    /// Sets how long the idle worker `pid` of `name` is kept (the policy's keep-alive, as
+    /// `keep` says). Nothing happens if it is no longer idle.
+    pub fn settle(&self, name: &str, pid: u32, until: Instant, keep: Keep) {
         let released = {
             let mut state = lock(&self.state);
             let Some(list) = state.idle.get_mut(name) else {
@@ -83,6 +96,14 @@ impl WarmPool {
             };
             let entry = &mut list[at];
             entry.settling = false;
+            let until = match keep {
+                Keep::Release => until,
+                Keep::Until => entry.worker.pinned_until().unwrap_or(until),
+                Keep::Pin => {
+                    entry.worker.pin_keep_alive(until);
+                    entry.worker.pinned_until().unwrap_or(until)
+                }
+            };
             entry.claims.forget_ended(Instant::now());
             if !entry.claims.is_empty() {
                 // A pre-warm counts on it now: its deadline stands.

@@ -39,6 +39,7 @@ mod templates;
 use admission::Admission;
 pub use admission::Charge;
 use baton_core::exec::{Candidate, Claim, Claims, Gone, FULL_CLAIMS};
+pub use idle::Keep;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
 use templates::Templates;
 pub use templates::{TemplateInfo, MAX_TEMPLATES};

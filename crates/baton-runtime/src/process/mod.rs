@@ -106,6 +106,8 @@ pub struct Worker {
     /// Its private network (a plain start that reserved bandwidth; a forked worker's is
     /// its template's), ended after the worker.
     network: Option<crate::netns::Network>,
+    /// Its keep-alive deadline through every run, once the policy pinned one.
+    pinned_until: Option<Instant>,
 }
 
 /// Where a worker runs: the cores its reservation named (none: anywhere) and the GPU units
@@ -207,6 +209,7 @@ impl Worker {
             since_peak_read: u32::MAX,
             charge: None,
             network: None,
+            pinned_until: None,
         };
         let stderr = std::fs::File::from(stderr);
         std::thread::Builder::new()
@@ -281,6 +284,17 @@ impl Worker {
     /// Whether it was its template's spare (forked ahead, taken by a start).
     pub fn is_spare(&self) -> bool {
         self.spare
+    }
+
+    /// Pins its keep-alive deadline to `until` unless one is pinned already (the policy's
+    /// `Decision::PinKeepAlive`): it is kept until then through its later runs.
+    pub fn pin_keep_alive(&mut self, until: Instant) {
+        self.pinned_until.get_or_insert(until);
+    }
+
+    /// Its pinned keep-alive deadline, if any.
+    pub fn pinned_until(&self) -> Option<Instant> {
+        self.pinned_until
     }
 
     /// This spare, taken by a start that took `took` (its cold start from now on).

@@ -24,7 +24,7 @@ use baton_runtime::director::Director;
 use baton_runtime::isolation::Isolation;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::planner::PrewarmJob;
-use baton_runtime::pool::{WarmPool, Warmth};
+use baton_runtime::pool::{Keep, WarmPool, Warmth};
 use baton_sim::engine::{self, SimConfig};
 use baton_trace::requests::{RequestGrouper, TimeWindow};
 use baton_trace::schema::ExecutionRecord;
@@ -73,6 +73,8 @@ struct Inst {
     prewarm: Option<Option<u64>>,
     used: bool,
     claims: f64,
+    /// Its pinned keep-alive deadline (`Keep::Pin`).
+    pinned_until: Option<u64>,
 }
 
 /// Instances in manual time, by the executor's rules, and steps that replay the fixture.
@@ -178,6 +180,7 @@ impl Backend for TestBackend {
                     prewarm: None,
                     used: false,
                     claims: 0.0,
+                    pinned_until: None,
                 });
                 (instances.len() - 1, Warmth::Cold, COLD_US, None)
             }
@@ -244,6 +247,7 @@ impl Backend for TestBackend {
             prewarm: Some(job.plan),
             used: false,
             claims: claim_weight(job.probability),
+            pinned_until: None,
         });
         false
     }
@@ -265,12 +269,17 @@ impl Backend for TestBackend {
         released
     }
 
-    fn settle(&self, _name: &str, id: u32, _until: Instant, until_us: u64, at_us: u64) {
+    fn settle(&self, _name: &str, id: u32, _until: Instant, until_us: u64, at_us: u64, keep: Keep) {
         let mut instances = self.instances.lock().unwrap();
         let i = &mut instances[id as usize];
         if i.dead || i.busy {
             return;
         }
+        let until_us = match keep {
+            Keep::Release => until_us,
+            Keep::Until => i.pinned_until.unwrap_or(until_us),
+            Keep::Pin => *i.pinned_until.get_or_insert(until_us),
+        };
         i.keep_until = i.keep_until.max(until_us);
         if i.keep_until <= at_us {
             i.dead = true;

@@ -5,6 +5,7 @@ use crate::common::{isolation, python};
 use baton_runtime::isolation::Isolation;
 use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
+use baton_runtime::pool::Keep;
 use baton_runtime::process::{Worker, WorkerError};
 use std::path::Path;
 
@@ -310,7 +311,7 @@ fn the_pool_says_why_each_cold_start_was_cold() {
         .unwrap();
     // One released at the end of its keep-alive, then the other evicted: the next start
     // is cold for the eviction.
-    pool.settle("why", two, Instant::now());
+    pool.settle("why", two, Instant::now(), Keep::Until);
     assert!(pool.evict("why", one));
     let three = {
         let third = pool.take("why").unwrap();
@@ -321,7 +322,7 @@ fn the_pool_says_why_each_cold_start_was_cold() {
         .give_back("why", three, Default::default(), later)
         .unwrap();
     // Released at the end of its keep-alive: the next start is cold for that.
-    pool.settle("why", three, Instant::now());
+    pool.settle("why", three, Instant::now(), Keep::Until);
     let _fourth = pool.take("why").unwrap();
     assert_eq!(causes(&pool), [1, 1, 1, 1]);
     assert_eq!(pool.counters.cold_starts.load(Ordering::Relaxed), 4);
@@ -352,7 +353,7 @@ fn a_workers_claims_in_time_share_it_travel_with_its_lease_and_keep_it() {
         idle[0].settling
     };
     assert!(settling(&pool));
-    pool.settle("claims", pid, Instant::now() + s(600));
+    pool.settle("claims", pid, Instant::now() + s(600), Keep::Until);
     assert!(!settling(&pool));
     let now = Instant::now();
     // Two sure pre-warms for steps one after another share the idle worker; a third for
@@ -381,7 +382,7 @@ fn a_workers_claims_in_time_share_it_travel_with_its_lease_and_keep_it() {
     let pid = pool
         .give_back("claims", second.worker, second.claims, Instant::now())
         .unwrap();
-    pool.settle("claims", pid, Instant::now());
+    pool.settle("claims", pid, Instant::now(), Keep::Until);
     let kept = pool.idle();
     let kept = kept
         .iter()
@@ -393,6 +394,33 @@ fn a_workers_claims_in_time_share_it_travel_with_its_lease_and_keep_it() {
     let pid = pool
         .give_back("claims", third.worker, Default::default(), Instant::now())
         .unwrap();
-    pool.settle("claims", pid, Instant::now());
+    pool.settle("claims", pid, Instant::now(), Keep::Until);
     assert!(pool.idle().iter().all(|i| i.pid != pid), "released");
+}
+
+#[test]
+fn a_pinned_keep_alive_outlasts_later_shorter_ones_until_a_run_ends_without_one() {
+    use baton_runtime::pool::WarmPool;
+    use std::time::{Duration, Instant};
+    let pool = WarmPool::new(vec![spec("pinned", 256, 10_000, "upper.py")], isolation());
+    let s = Duration::from_secs;
+    let cycle = |keep: Keep, until: Instant| {
+        let lease = pool.take("pinned").unwrap();
+        let pid = pool
+            .give_back("pinned", lease.worker, lease.claims, Instant::now())
+            .unwrap();
+        pool.settle("pinned", pid, until, keep);
+        pool.idle().iter().find(|i| i.pid == pid).map(|i| i.until)
+    };
+    // The first run pins its keep-alive (the histogram's uncertain window).
+    let pinned = Instant::now() + s(600);
+    assert_eq!(cycle(Keep::Pin, pinned), Some(pinned));
+    // Later runs ask for a minute, or pin again: the first deadline stands.
+    assert_eq!(cycle(Keep::Until, Instant::now() + s(60)), Some(pinned));
+    assert_eq!(cycle(Keep::Pin, Instant::now() + s(7_200)), Some(pinned));
+    // A run whose policy keeps nothing (it pre-warms instead) lets it go.
+    assert_eq!(cycle(Keep::Release, Instant::now()), None, "released");
+    // A new worker has no pin: a minute is a minute.
+    let minute = Instant::now() + s(60);
+    assert_eq!(cycle(Keep::Until, minute), Some(minute));
 }

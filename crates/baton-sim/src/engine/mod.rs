@@ -134,6 +134,8 @@ struct Instance {
     used: bool,
     /// The pre-warms counting on this idle instance, each over its interval.
     claims: Claims<u64>,
+    /// Its keep-alive deadline through every run, once pinned (`Decision::PinKeepAlive`).
+    pinned_until_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -593,6 +595,7 @@ impl Engine<'_> {
             prewarm,
             used: false,
             claims: Claims::default(),
+            pinned_until_us: None,
         });
         self.task_instances(task).push(id);
         id

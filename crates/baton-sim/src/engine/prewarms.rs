@@ -168,6 +168,23 @@ impl Engine<'_> {
             .collect()
     }
 
+    /// Keeps the instance of `task` that just finished until `until_us`, or until its
+    /// pinned deadline if it has one (`pin`: pins `until_us` if it has none).
+    fn keep_alive(&mut self, task: TaskId, until_us: u64, pin: bool) {
+        let Some(Some(id)) = self.last_finished.get(task.index()).copied() else {
+            return;
+        };
+        let instance = &mut self.instances[id as usize];
+        if pin && instance.pinned_until_us.is_none() {
+            instance.pinned_until_us = Some(until_us);
+        }
+        let until_us = instance.pinned_until_us.unwrap_or(until_us);
+        if instance.alive && !instance.busy && until_us > instance.keep_until_us {
+            instance.keep_until_us = until_us;
+            self.ensure_expiry(id);
+        }
+    }
+
     pub(super) fn apply(&mut self, decision: &Decision) {
         let now = self.now;
         match *decision {
@@ -202,16 +219,8 @@ impl Engine<'_> {
                     self.start_prewarm(task, window, plan, probability);
                 }
             }
-            Decision::KeepAlive { task, until_us } => {
-                let Some(Some(id)) = self.last_finished.get(task.index()).copied() else {
-                    return;
-                };
-                let instance = &mut self.instances[id as usize];
-                if instance.alive && !instance.busy && until_us > instance.keep_until_us {
-                    instance.keep_until_us = until_us;
-                    self.ensure_expiry(id);
-                }
-            }
+            Decision::KeepAlive { task, until_us } => self.keep_alive(task, until_us, false),
+            Decision::PinKeepAlive { task, until_us } => self.keep_alive(task, until_us, true),
             Decision::HoldTemplate { task, until_us } => {
                 if let Some(templates) = self.templates.as_mut() {
                     templates.hold(self.costs, task, now, until_us);
