@@ -99,10 +99,7 @@ impl WarmPool {
             let until = match keep {
                 Keep::Release => until,
                 Keep::Until => entry.worker.pinned_until().unwrap_or(until),
-                Keep::Pin => {
-                    entry.worker.pin_keep_alive(until);
-                    entry.worker.pinned_until().unwrap_or(until)
-                }
+                Keep::Pin => entry.worker.pin_keep_alive(until),
             };
             entry.claims.forget_ended(Instant::now());
             if !entry.claims.is_empty() {

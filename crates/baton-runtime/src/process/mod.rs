@@ -287,9 +287,10 @@ impl Worker {
     }
 
     /// Pins its keep-alive deadline to `until` unless one is pinned already (the policy's
-    /// `Decision::PinKeepAlive`): it is kept until then through its later runs.
-    pub fn pin_keep_alive(&mut self, until: Instant) {
-        self.pinned_until.get_or_insert(until);
+    /// `Decision::PinKeepAlive`): it is kept until then through its later runs. Returns
+    /// the deadline pinned.
+    pub fn pin_keep_alive(&mut self, until: Instant) -> Instant {
+        *self.pinned_until.get_or_insert(until)
     }
 
     /// Its pinned keep-alive deadline, if any.

@@ -48,11 +48,19 @@ impl Engine<'_> {
     pub(super) fn choose_ready(&mut self, task: TaskId) -> (Option<u32>, bool) {
         let now = self.now;
         let candidates = self.candidates(task, now, now);
-        let starting =
-            self.queued_by_task[task.index()] > 0 || candidates.iter().any(|c| c.ready_at > now);
         let ready = candidates.into_iter().filter(|c| c.ready_at <= now);
         let chosen = choose_for_arrival(ready, now, self.config.reuse).map(|id| id as u32);
-        (chosen, starting)
+        (chosen, self.prewarm_under_way(task))
+    }
+
+    /// Whether an instance of `task` is being pre-warmed: started and not ready yet, or
+    /// waiting for a start slot.
+    fn prewarm_under_way(&self, task: TaskId) -> bool {
+        let now = self.now;
+        self.queued_by_task[task.index()] > 0
+            || self.by_task[task.index()]
+                .iter()
+                .any(|&i| self.instances[i as usize].ready_at_us > now)
     }
 
     /// When the first instance of `task` being pre-warmed is expected to be ready: the
@@ -111,13 +119,7 @@ impl Engine<'_> {
     /// If no instance of `task` is being pre-warmed, the arrivals waiting for one want a
     /// slot as well.
     pub(super) fn no_start_under_way(&mut self, task: TaskId) {
-        let now = self.now;
-        let instances = &self.instances;
-        let starting = self.queued_by_task[task.index()] > 0
-            || self.by_task[task.index()]
-                .iter()
-                .any(|&i| instances[i as usize].ready_at_us > now);
-        if !starting {
+        if !self.prewarm_under_way(task) {
             let arrivals = self.arrivals;
             self.slots.need_slot(|a| arrivals[a as usize].task == task);
             self.serve_waiting();
