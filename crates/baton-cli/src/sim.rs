@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use baton_core::exec::Reuse;
 use baton_core::policy::spec::PolicyName;
 use baton_core::{Costs, TdgConfig};
-use baton_sim::engine::SimConfig;
+use baton_sim::engine::{PlannerLag, SimConfig};
 use baton_sim::{report, PolicyResult, Simulation};
 use clap::Args;
 use std::path::PathBuf;
@@ -50,6 +50,12 @@ pub struct SimArgs {
     /// waiting so takes an instance of its function that frees first.
     #[arg(long, default_value_t = 0)]
     start_slots: usize,
+    /// How long after a call's start or end the node's planner carries out the pre-warms
+    /// due at once that the policy decided there, ms (0: at that instant). A live
+    /// planner runs behind the requests (`/v1/pool` `planner_lag_ms_median`): a call of
+    /// the function that comes first starts its own instance, and the pre-warm is dropped.
+    #[arg(long, default_value_t = 0.0)]
+    planner_lag_ms: f64,
     /// Node cores (the chain policy's pool).
     #[arg(long, default_value_t = 2)]
     cores: u32,
@@ -404,6 +410,7 @@ pub fn sim(args: SimArgs) -> Result<()> {
                     reuse: args.reuse,
                     causal: args.causal,
                     start_slots: args.start_slots,
+                    planner_lag: PlannerLag::fixed((args.planner_lag_ms.max(0.0) * 1000.0) as u64),
                     ..SimConfig::default()
                 };
                 let bar =

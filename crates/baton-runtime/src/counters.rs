@@ -92,6 +92,8 @@ counters! {
     preemptions,
     /// Step events dropped because the planner's inbox was full.
     dropped_events,
+    /// Finished requests whose records waited for room in the planner's full inbox.
+    record_waits,
     /// Execution records that could not be written to the log file.
     log_write_errors,
 }
@@ -119,7 +121,7 @@ mod tests {
         let counters = Counters::default();
         counters.late_prewarms.fetch_add(3, Ordering::Relaxed);
         let read = counters.read();
-        assert_eq!(read.len(), 36);
+        assert_eq!(read.len(), 37);
         let late = read.iter().find(|(n, _, _)| *n == "late_prewarms").unwrap();
         assert_eq!(late.2, 3);
         assert!(late.1.starts_with("Of those"), "{late:?}");

@@ -19,8 +19,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Messages waiting for the planner at most; past it, step events are dropped (counted)
-/// and a finished request's records wait for room.
+/// and a finished request's records wait for room (counted: the only time a request waits
+/// on the planner).
 pub const INBOX_BOUND: usize = 65_536;
+
+/// Planner lag samples kept (the latest step starts).
+pub const LAG_SAMPLES: usize = 4096;
 
 /// Cold start assumed for a process function never started yet.
 const DEFAULT_COLD_PROCESS: Duration = Duration::from_millis(150);
@@ -148,12 +152,18 @@ pub(crate) struct Node {
     pub(crate) counters: Arc<Counters>,
     pub(crate) sink: Option<RecordSink>,
     pub(crate) history: Mutex<VecDeque<Started>>,
+    /// The planner's lag on the latest step starts and ends, µs: from the step's start
+    /// (end) to the planner having carried out what the policy decided there (at most
+    /// [`LAG_SAMPLES`]).
+    pub(crate) planner_lag_us: Mutex<VecDeque<u64>>,
     pub(crate) pending: AtomicUsize,
     pub(crate) inbox: Mutex<Inbox>,
     /// Set by a sender after a push, cleared by the planner when it drains the inbox: what
     /// the polling planner watches (see `planner::SPIN`).
     pub(crate) queued: std::sync::atomic::AtomicBool,
     pub(crate) wake: Condvar,
+    /// Signalled by the planner when it drains a full inbox (see [`Inbox::waiting`]).
+    pub(crate) room: Condvar,
     /// The planner when no thread runs it (a director never shared): messages are handled
     /// on the sender's thread, by the same code.
     pub(crate) inline: Mutex<Option<Planner>>,
@@ -164,6 +174,8 @@ pub(crate) struct Node {
 pub(crate) struct Inbox {
     pub(crate) messages: VecDeque<Msg>,
     pub(crate) sleeping: bool,
+    /// Senders of records waiting for room in a full inbox (the planner wakes them).
+    pub(crate) waiting: usize,
     pub(crate) running: bool,
     pub(crate) stop: bool,
 }
@@ -188,10 +200,12 @@ impl Node {
             ids: RwLock::new(HashMap::new()),
             sink: None,
             history: Mutex::new(VecDeque::new()),
+            planner_lag_us: Mutex::new(VecDeque::new()),
             pending: AtomicUsize::new(0),
             inbox: Mutex::new(Inbox::default()),
             queued: std::sync::atomic::AtomicBool::new(false),
             wake: Condvar::new(),
+            room: Condvar::new(),
             inline: Mutex::new(None),
         }
     }
@@ -268,13 +282,16 @@ impl Node {
                         self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    Msg::Finished(_) | Msg::Sync(_) | Msg::Needed(_) | Msg::Trail(_) => {
-                        // Records are not dropped: wait for room (the planner drains).
+                    Msg::Finished(_) | Msg::Sync(_) | Msg::Trail(_) => {
+                        // Records are not dropped: the one wait on the planner a request
+                        // can meet, only with the whole bound queued (counted), until the
+                        // planner drains.
+                        self.counters.record_waits.fetch_add(1, Ordering::Relaxed);
+                        inbox.waiting += 1;
                         while inbox.messages.len() >= INBOX_BOUND && !inbox.stop {
-                            drop(inbox);
-                            std::thread::sleep(Duration::from_millis(1));
-                            inbox = lock(&self.inbox);
+                            inbox = self.room.wait(inbox).unwrap_or_else(|p| p.into_inner());
                         }
+                        inbox.waiting -= 1;
                     }
                 }
             }
@@ -290,6 +307,17 @@ impl Node {
         drop(inbox);
         if let Some(planner) = lock(&self.inline).as_mut() {
             planner.handle(message);
+        }
+    }
+
+    /// On a manual clock: the inline planner carries out everything due up to now, as
+    /// the simulator's queue does before an arrival (a running planner thread never
+    /// makes a step wait).
+    pub(crate) fn advance_manual(&self) {
+        if self.manual.is_some() {
+            if let Some(planner) = lock(&self.inline).as_mut() {
+                planner.advance();
+            }
         }
     }
 
@@ -355,5 +383,6 @@ impl Node {
     pub(crate) fn stop(&self) {
         lock(&self.inbox).stop = true;
         self.wake.notify_all();
+        self.room.notify_all();
     }
 }

@@ -136,26 +136,27 @@ impl Director {
                 planned: warmth == Warmth::Prewarmed,
                 wait_us,
                 needs: (spec.limits, spec.timeout_ms * 1000),
+                told: Instant::now(),
             });
         };
+        self.node.advance_manual();
         let found = self.node.pool.spec(name);
         let acquired = found
             .clone()
             .ok_or_else(|| StepError::Unknown(name.to_owned()))
             .and_then(|spec| {
                 let services = ensure_services(self.node.services().map(|s| &**s), &spec)?;
-                let acquired = self.node.backend(&spec).acquire(
-                    &spec,
-                    &|| self.catch_up(&spec),
-                    &|warmth, started_ago| {
-                        // The wait ahead, as the node's cold-start estimate has it.
-                        let wait = match warmth {
-                            Warmth::Warm => Duration::ZERO,
-                            _ => self.node.cold_estimate(&spec).saturating_sub(started_ago),
-                        };
-                        tell(&spec, warmth, services + wait.as_micros() as u64);
-                    },
-                )?;
+                let acquired =
+                    self.node
+                        .backend(&spec)
+                        .acquire(&spec, &|warmth, started_ago| {
+                            // The wait ahead, as the node's cold-start estimate has it.
+                            let wait = match warmth {
+                                Warmth::Warm => Duration::ZERO,
+                                _ => self.node.cold_estimate(&spec).saturating_sub(started_ago),
+                            };
+                            tell(&spec, warmth, services + wait.as_micros() as u64);
+                        })?;
                 Ok((spec, services, acquired))
             });
         let (spec, service_wait, acquired) = match acquired {

@@ -8,6 +8,7 @@
 //! measured). [`report`] renders results as markdown, CSV, JSON and a Pareto SVG.
 #![deny(missing_docs)]
 
+mod config;
 pub mod engine;
 pub mod report;
 mod schedule;

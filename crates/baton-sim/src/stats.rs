@@ -61,6 +61,10 @@ pub struct RunStats {
     pub prewarms_extended: u64,
     /// Pre-warms dropped for lack of memory.
     pub prewarms_failed: u64,
+    /// Pre-warms due at once not started: a step of their function came during the
+    /// planner's lag and started its own instance (`SimConfig::planner_lag`).
+    #[serde(default)]
+    pub prewarms_overtaken: u64,
     /// Pre-warmed instances used at least once before release.
     pub prewarms_used: u64,
     /// The pre-warmed instances started and used, by what asked for them.

@@ -311,6 +311,65 @@ fn chain_prewarms_a_learned_chain_before_it_is_called() {
 }
 
 #[test]
+fn a_planner_behind_the_requests_is_overtaken_by_a_call_that_comes_first() {
+    // a calls b 1 ms into its run and c at 600 ms; cold starts take 100 ms. b's pre-warm is
+    // due at once when a starts. A planner that carries it out later than b comes is
+    // overtaken: b starts its own instance (cold) and the pre-warm is dropped, as the
+    // runtime drops it. c's pre-warm, timed ahead, does not care.
+    let call = |t: u64| -> Spec {
+        (
+            t,
+            vec![
+                (0, None, 0, 900_000),
+                (1, Some(0), 1_000, 500_000),
+                (2, Some(1), 600_000, 100_000),
+            ],
+        )
+    };
+    let starts: Vec<u64> = (0..30u64)
+        .map(|i| i * 23 * MINUTE + (i % 7) * MINUTE)
+        .collect();
+    let train: Vec<_> = starts[..20].iter().map(|&t| call(t)).collect();
+    let test: Vec<_> = starts[20..].iter().map(|&t| call(t)).collect();
+    let sim = simulation(&test, &train);
+    let with_lag = |lag_us: u64| {
+        let config = SimConfig {
+            memory_mib: 1 << 20,
+            planner_lag: baton_sim::engine::PlannerLag::fixed(lag_us),
+            ..SimConfig::default()
+        };
+        sim.run("chain", 1.0, &config, |_, _| {})
+            .expect("known policy")
+            .stats
+    };
+    let at_once = with_lag(0);
+    assert_eq!(at_once.function_cold_starts[1..], [0, 0], "{at_once:?}");
+    assert_eq!(at_once.prewarms_overtaken, 0);
+    // b waits for its pre-warm where a was not itself pre-warmed (by its rhythm).
+    assert!(at_once.late_prewarm_hits > 0, "{at_once:?}");
+    // Behind by half a millisecond: the pre-warm still starts before b comes.
+    let close = with_lag(500);
+    assert_eq!(close.function_cold_starts[1..], [0, 0], "{close:?}");
+    assert_eq!(close.prewarms_overtaken, 0);
+    // Behind by 5 ms: every such b comes first, starts its own instance, and its pre-warm
+    // is not started.
+    let behind = with_lag(5_000);
+    let overtaken = behind.prewarms_overtaken;
+    assert!(overtaken > 0, "{behind:?}");
+    assert_eq!(
+        behind.function_cold_starts[1..],
+        [overtaken, 0],
+        "{behind:?}"
+    );
+    assert_eq!(behind.late_prewarm_hits, 0);
+    assert_eq!(
+        behind.prewarms_started + overtaken,
+        at_once.prewarms_started,
+        "the overtaken pre-warms are not started"
+    );
+}
+
+#[test]
 fn chain_prewarms_periodic_heads_by_their_rhythm_and_their_calls_by_the_chain() {
     // The same chain every 11 minutes: the heads' rhythm (learned in training) has each
     // head ready too. The first head of the replay is asked for when the replay begins,

@@ -216,6 +216,13 @@ pub struct Observed {
     /// The server's median worker start after the replay (`/v1/pool` `start_ms_median`),
     /// µs: a start itself, without waiting for a slot.
     pub start_us: Option<u64>,
+    /// The server's median planner lag after the replay (`/v1/pool`
+    /// `planner_lag_ms_median`), µs.
+    pub planner_lag_us: Option<u64>,
+    /// Its 99th percentile (`planner_lag_ms_p99`), µs.
+    pub planner_lag_p99_us: Option<u64>,
+    /// Its 20 equally likely values (`planner_lag_ms_quantiles`), µs.
+    pub planner_lags_us: Vec<u64>,
     /// Every counter of `/v1/pool` over the replay (after less before).
     pub counters: std::collections::BTreeMap<String, u64>,
 }
@@ -335,6 +342,15 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
     seen.start_us = after["start_ms_median"]
         .as_f64()
         .map(|ms| (ms * 1000.0).round() as u64);
+    let us = |key: &str| after[key].as_f64().map(|ms| (ms * 1000.0).round() as u64);
+    seen.planner_lag_us = us("planner_lag_ms_median");
+    seen.planner_lag_p99_us = us("planner_lag_ms_p99");
+    seen.planner_lags_us = after["planner_lag_ms_quantiles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ms| ms.as_f64().map(|ms| (ms * 1000.0).round() as u64))
+        .collect();
     seen.counters = after["counters"]
         .as_object()
         .into_iter()

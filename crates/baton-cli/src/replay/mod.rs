@@ -9,7 +9,7 @@ pub mod plan;
 use crate::load;
 use anyhow::{Context, Result};
 use baton_core::{Costs, TaskId, Tdg, TdgConfig};
-use baton_sim::engine::SimConfig;
+use baton_sim::engine::{PlannerLag, SimConfig, LAG_QUANTILES};
 use baton_sim::{PolicyResult, Simulation};
 use baton_trace::requests::{RequestGrouper, TimeWindow};
 use baton_trace::schema::ExecutionRecord;
@@ -131,11 +131,17 @@ pub fn load(args: LoadArgs) -> Result<()> {
         .start_us
         .or_else(|| median(&observed.cold_wait_us))
         .unwrap_or(DEFAULT_COLD_US);
+    let lag_us = observed.planner_lag_us.unwrap_or(0);
+    // The server's lags as measured, else none (a server older than this client).
+    let lags = match <[u64; LAG_QUANTILES]>::try_from(observed.planner_lags_us.as_slice()) {
+        Ok(lags) => PlannerLag(lags),
+        Err(_) => PlannerLag::fixed(lag_us),
+    };
     let train_records = plan.records(&plan.train, "train-", train_origin_ns);
     let simulated = simulate(
         &plan,
         &facts,
-        cold_us,
+        (cold_us, lags),
         args.instance_mib,
         &train_records,
         Arrivals::Planned(plan.records(&plan.test, "test-", test_origin_ns)),
@@ -143,12 +149,12 @@ pub fn load(args: LoadArgs) -> Result<()> {
     let as_served = simulate(
         &plan,
         &facts,
-        cold_us,
+        (cold_us, lags),
         args.instance_mib,
         &train_records,
         Arrivals::Served(served),
     )?;
-    let table = render(&observed, &simulated, &as_served, cold_us);
+    let table = render(&observed, &simulated, &as_served, (cold_us, lag_us));
     println!("{table}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -181,6 +187,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
         "functions": plan.functions.len(),
         "chains": plan.test.len(),
         "cold_start_us": cold_us,
+        "planner_lag_us": lags.0,
         "live": live_value,
         "sim": slim(&simulated)?,
         "sim_as_served": slim(&as_served)?,
@@ -215,7 +222,7 @@ enum Arrivals {
 fn simulate(
     plan: &plan::Plan,
     facts: &live::ServerFacts,
-    cold_us: u64,
+    (cold_us, planner_lag): (u64, PlannerLag),
     instance_mib: u64,
     train_records: &[ExecutionRecord],
     arrivals: Arrivals,
@@ -254,6 +261,7 @@ fn simulate(
         reuse: facts.reuse.parse()?,
         causal,
         start_slots: facts.start_slots,
+        planner_lag,
         ..SimConfig::default()
     };
     Ok(simulation.run(&facts.policy, facts.knob, &config, |_, _| {})?)
@@ -278,7 +286,7 @@ fn render(
     live: &live::Observed,
     sim: &PolicyResult,
     served: &PolicyResult,
-    cold_us: u64,
+    (cold_us, lag_us): (u64, u64),
 ) -> String {
     let ratio = |a: f64, b: f64| {
         if b > 0.0 {
@@ -292,7 +300,7 @@ fn render(
     let live_ratio = live.cold_starts as f64 / live.steps.max(1) as f64;
     let (p50, p99) = (ms(&live.added_us, 0.5), ms(&live.added_us, 0.99));
     type Pick = fn(&PolicyResult) -> f64;
-    let rows: [(&str, f64, usize, Pick); 11] = [
+    let rows: [(&str, f64, usize, Pick); 12] = [
         ("steps run", live.steps as f64, 0, |r| {
             r.stats.invocations as f64
         }),
@@ -318,12 +326,21 @@ fn render(
             0,
             |r| r.stats.prewarm_hits as f64,
         ),
+        (
+            "pre-warms overtaken",
+            live.counters
+                .get("prewarms_overtaken")
+                .copied()
+                .unwrap_or(0) as f64,
+            0,
+            |r| r.stats.prewarms_overtaken as f64,
+        ),
         ("added latency p50, ms", p50, 1, |r| r.latency_p50_ms),
         ("added latency p99, ms", p99, 1, |r| r.latency_p99_ms),
         ("idle memory, GB·s", live.idle_gb_s, 1, |r| r.idle_gb_s),
     ];
     let mut out = format!(
-        "{} (knob {}): {} chains in {:.1} s, {} failed; a worker start took {:.1} ms (the server's median, given to the simulator); sends late by p99 {:.1} ms\n\n\
+        "{} (knob {}): {} chains in {:.1} s, {} failed; a worker start took {:.1} ms and the planner lagged {:.2} ms behind a step's start, p99 {:.2} ms (the server's measures, given to the simulator); sends late by p99 {:.1} ms\n\n\
          | | live | sim, planned arrivals | live ÷ sim | sim, arrivals as served | live ÷ sim |\n|---|---|---|---|---|---|\n",
         sim.policy,
         sim.knob,
@@ -331,6 +348,8 @@ fn render(
         live.seconds,
         live.failed,
         cold_us as f64 / 1000.0,
+        lag_us as f64 / 1000.0,
+        live.planner_lag_p99_us.unwrap_or(0) as f64 / 1000.0,
         ms(&live.late_us, 0.99),
     );
     for (what, value, digits, pick) in rows {

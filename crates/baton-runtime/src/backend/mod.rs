@@ -151,18 +151,17 @@ pub trait Instance: Send {
 
 /// A kind of function's runtime: where a step's instance comes from and goes back to.
 pub trait Backend: Send + Sync {
-    /// An instance for a step of `spec`; `catch_up` lets the planner act first when
-    /// nothing warm is there (a pre-warm planned for this step starts, and is waited for).
-    /// Before it waits for an instance to become ready (a cold start, or a pre-warm still
-    /// starting) it calls `chosen` with the warmth the step gets and how long that instance
-    /// has been starting already (zero for a cold start it begins now), so the planner
-    /// hears of the step at its arrival, with the wait ahead of it, and starts what follows
-    /// meanwhile, as the simulator does (the step tells it after `acquire` returns when
-    /// `chosen` was not called).
+    /// An instance for a step of `spec`: an idle one, a pre-warm under way, or one it
+    /// starts itself at once; it never waits for the planner. Before it waits for an
+    /// instance to become ready (a cold start, or a pre-warm still starting) it calls
+    /// `chosen` with the warmth the step gets and how long that instance has been starting
+    /// already (zero for a cold start it begins now), so the planner hears of the step at
+    /// its arrival, with the wait ahead of it, and starts what follows meanwhile, as the
+    /// simulator does (the step tells it after `acquire` returns when `chosen` was not
+    /// called).
     fn acquire(
         &self,
         spec: &Arc<FunctionSpec>,
-        catch_up: &dyn Fn(),
         chosen: &dyn Fn(Warmth, Duration),
     ) -> Result<Acquired, StepError>;
     /// Carries out a pre-warm now; returns whether an idle instance covered it. Before it
@@ -257,12 +256,8 @@ impl Backend for ProcessBackend {
     fn acquire(
         &self,
         spec: &Arc<FunctionSpec>,
-        catch_up: &dyn Fn(),
         chosen: &dyn Fn(Warmth, Duration),
     ) -> Result<Acquired, StepError> {
-        if self.pool.idle_count(&spec.name) == 0 {
-            catch_up();
-        }
         let lease = self.pool.take_telling(&spec.name, chosen)?;
         Ok(Acquired {
             warmth: lease.warmth,

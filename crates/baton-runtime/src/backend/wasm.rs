@@ -9,7 +9,7 @@ use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
 use crate::wasm::{Ready, Spent, WasmEngine, WasmError, WasmFunction};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// A pre-linked wasm function, while unused the plan that pre-warmed it, and its next
@@ -26,6 +26,53 @@ type Taken = (Arc<WasmFunction>, Warmth, Option<u64>, Option<Ready>);
 /// Loaded functions by name.
 type Loaded = Arc<Mutex<HashMap<String, LoadedWasm>>>;
 
+/// A load under way off the request path (a pre-warm's or a deployment's): a step of the
+/// function waits for it instead of compiling the module a second time, as a step waits
+/// for a worker process still starting.
+struct Loading {
+    started: Instant,
+    done: Mutex<bool>,
+    ended: Condvar,
+}
+
+/// Loads under way by name.
+type Underway = Arc<Mutex<HashMap<String, Arc<Loading>>>>;
+
+/// Registers a load of `name` under way unless one is (or the function is loaded); the
+/// returned guard ends it, waking the steps that wait, however the load ends.
+fn begin_loading(underway: &Underway, loaded: &Loaded, name: &str) -> Option<LoadingGuard> {
+    let mut underway_now = lock(underway);
+    if underway_now.contains_key(name) || lock(loaded).contains_key(name) {
+        return None;
+    }
+    let loading = Arc::new(Loading {
+        started: Instant::now(),
+        done: Mutex::new(false),
+        ended: Condvar::new(),
+    });
+    underway_now.insert(name.to_owned(), Arc::clone(&loading));
+    Some(LoadingGuard {
+        underway: Arc::clone(underway),
+        name: name.to_owned(),
+        loading,
+    })
+}
+
+/// Ends a load under way when dropped (see [`begin_loading`]).
+struct LoadingGuard {
+    underway: Underway,
+    name: String,
+    loading: Arc<Loading>,
+}
+
+impl Drop for LoadingGuard {
+    fn drop(&mut self) {
+        lock(&self.underway).remove(&self.name);
+        *lock(&self.loading.done) = true;
+        self.loading.ended.notify_all();
+    }
+}
+
 /// Wasm guests: functions compiled (or loaded from the disk cache) and pre-linked once,
 /// each with its next instance made ahead (a spare) by the planner's thread, so a step
 /// finds its instance ready and a hand-off is a copy of the input and a call. Spent
@@ -35,6 +82,7 @@ type Loaded = Arc<Mutex<HashMap<String, LoadedWasm>>>;
 pub(crate) struct WasmBackend {
     pub(crate) engine: Option<Arc<WasmEngine>>,
     loaded: Loaded,
+    underway: Underway,
     spent: Arc<Mutex<Vec<Spent>>>,
     /// Where load times are noted: the one cold-start estimate.
     pool: Arc<WarmPool>,
@@ -51,6 +99,7 @@ impl WasmBackend {
         WasmBackend {
             engine: None,
             loaded: Arc::new(Mutex::new(HashMap::new())),
+            underway: Arc::new(Mutex::new(HashMap::new())),
             spent: Arc::new(Mutex::new(Vec::new())),
             pool,
             services: None,
@@ -204,16 +253,33 @@ impl Backend for WasmBackend {
     fn acquire(
         &self,
         spec: &Arc<FunctionSpec>,
-        catch_up: &dyn Fn(),
         chosen: &dyn Fn(Warmth, std::time::Duration),
     ) -> Result<Acquired, StepError> {
         let engine = Arc::clone(self.engine(&spec.name)?);
         let mut found = self.take_loaded(&spec.name);
+        let mut waited = None;
         if found.is_none() {
-            catch_up();
-            found = self.take_loaded(&spec.name);
+            let loading = lock(&self.underway).get(&spec.name).cloned();
+            if let Some(loading) = loading {
+                // A load under way: the step waits for it (a late pre-warm when a plan
+                // asked for it), as the pool's steps wait for a worker still starting.
+                chosen(Warmth::Prewarmed, loading.started.elapsed());
+                let since = Instant::now();
+                let mut done = lock(&loading.done);
+                while !*done {
+                    done = loading.ended.wait(done).unwrap_or_else(|p| p.into_inner());
+                }
+                drop(done);
+                waited = Some(since.elapsed());
+                found = self.take_loaded(&spec.name);
+            }
         }
         if let Some((function, warmth, plan, ready)) = found {
+            // Waited for a deployment's load: that wait was its cold start.
+            let warmth = match (waited, warmth) {
+                (Some(_), Warmth::Warm) => Warmth::Cold,
+                (_, warmth) => warmth,
+            };
             return Ok(Acquired {
                 tier: if ready.is_some() {
                     "instance"
@@ -229,12 +295,14 @@ impl Backend for WasmBackend {
                     spent_queue: Arc::clone(&self.spent),
                 }),
                 warmth,
-                wait_us: 0,
+                wait_us: waited.map_or(0, |w| w.as_micros() as u64),
                 plan,
-                late: false,
+                late: waited.is_some() && warmth == Warmth::Prewarmed,
             });
         }
-        chosen(Warmth::Cold, std::time::Duration::ZERO);
+        if waited.is_none() {
+            chosen(Warmth::Cold, std::time::Duration::ZERO);
+        }
         let started = Instant::now();
         let function = Arc::new(engine.load(spec)?);
         self.pool.note_cold_start(&spec.name, started.elapsed());
@@ -276,6 +344,9 @@ impl Backend for WasmBackend {
         if lock(&self.loaded).contains_key(&spec.name) {
             return true;
         }
+        let Some(guard) = begin_loading(&self.underway, &self.loaded, &spec.name) else {
+            return false; // under way already
+        };
         let (loaded, spent, pool, services, plan) = (
             Arc::clone(&self.loaded),
             Arc::clone(&self.spent),
@@ -289,6 +360,7 @@ impl Backend for WasmBackend {
                 if ensure_services(services.as_deref(), &spec).is_ok() {
                     load_ahead(&engine, &loaded, &spent, &pool, &spec, Some(plan));
                 }
+                drop(guard);
             });
         false
     }
@@ -319,6 +391,9 @@ impl Backend for WasmBackend {
         let Some(engine) = self.engine.clone() else {
             return;
         };
+        let Some(guard) = begin_loading(&self.underway, &self.loaded, &spec.name) else {
+            return;
+        };
         let (loaded, spent, pool) = (
             Arc::clone(&self.loaded),
             Arc::clone(&self.spent),
@@ -326,7 +401,10 @@ impl Backend for WasmBackend {
         );
         let _ = std::thread::Builder::new()
             .name(format!("baton-prepare-{}", spec.name))
-            .spawn(move || load_ahead(&engine, &loaded, &spent, &pool, &spec, None));
+            .spawn(move || {
+                load_ahead(&engine, &loaded, &spent, &pool, &spec, None);
+                drop(guard);
+            });
     }
 
     /// Frees the spent instances, then makes `spec`'s next instance if it is loaded, has
@@ -357,5 +435,83 @@ impl Backend for WasmBackend {
         };
         drop(loaded);
         drop(unplaced);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolation::Isolation;
+    use std::sync::mpsc;
+
+    fn backend() -> (WasmBackend, Arc<FunctionSpec>, tempfile::TempDir) {
+        let cache = tempfile::tempdir().unwrap();
+        let mut backend = WasmBackend::new(WarmPool::new(vec![], Isolation::none()));
+        backend.engine = Some(Arc::new(WasmEngine::new(cache.path(), 8, 16).unwrap()));
+        let module =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wat/upper.wat");
+        let spec = FunctionSpec::from_toml(&format!(
+            "name = \"upper\"\nkind = \"wasm\"\nmodule = {module:?}\n"
+        ))
+        .unwrap();
+        (backend, Arc::new(spec), cache)
+    }
+
+    /// Runs a step of `spec` on its own thread against a load held under way by `guard`;
+    /// `finish_load` runs once the step has said it waits; returns what the step got.
+    fn step_during_a_load(
+        backend: &WasmBackend,
+        spec: &Arc<FunctionSpec>,
+        guard: LoadingGuard,
+        finish_load: impl FnOnce(),
+    ) -> Acquired {
+        let (told, heard) = mpsc::channel();
+        std::thread::scope(|s| {
+            let step = s.spawn(|| {
+                let chosen = |warmth: Warmth, _: std::time::Duration| {
+                    let _ = told.send(warmth);
+                };
+                backend.acquire(spec, &chosen)
+            });
+            assert_eq!(
+                heard.recv().unwrap(),
+                Warmth::Prewarmed,
+                "the step said it waits for the load under way"
+            );
+            finish_load();
+            drop(guard);
+            step.join().unwrap().unwrap()
+        })
+    }
+
+    #[test]
+    fn a_step_waits_for_a_pre_warms_load_under_way_instead_of_compiling_again() {
+        let (backend, spec, _cache) = backend();
+        let guard = begin_loading(&backend.underway, &backend.loaded, "upper").unwrap();
+        assert!(
+            begin_loading(&backend.underway, &backend.loaded, "upper").is_none(),
+            "one load of a function at a time"
+        );
+        let engine = backend.engine.clone().unwrap();
+        let acquired = step_during_a_load(&backend, &spec, guard, || {
+            let (loaded, spent, pool) = (&backend.loaded, &backend.spent, &backend.pool);
+            load_ahead(&engine, loaded, spent, pool, &spec, Some(Some(7)));
+        });
+        assert_eq!(acquired.warmth, Warmth::Prewarmed);
+        assert!(acquired.late, "it waited for the rest of the pre-warm");
+        assert_eq!(acquired.plan, Some(7));
+        assert_ne!(acquired.tier, "compiled", "not compiled a second time");
+        assert!(lock(&backend.underway).is_empty());
+    }
+
+    #[test]
+    fn a_step_whose_awaited_load_fails_loads_the_module_itself() {
+        let (backend, spec, _cache) = backend();
+        let guard = begin_loading(&backend.underway, &backend.loaded, "upper").unwrap();
+        // The load ends without a module (a service that did not start, say).
+        let acquired = step_during_a_load(&backend, &spec, guard, || {});
+        assert_eq!(acquired.warmth, Warmth::Cold);
+        assert_eq!(acquired.tier, "compiled");
+        assert!(lock(&backend.loaded).contains_key("upper"));
     }
 }

@@ -49,15 +49,6 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// Started pre-warm jobs remembered for reports.
 const HISTORY: usize = 1024;
 
-/// How long a step that found no warm instance waits at least for the planner to catch up
-/// before starting one itself; up to half the function's cold start when that is longer
-/// (waiting that long for a pre-warm already under way still beats starting cold), at most
-/// [`CATCH_UP_MAX`].
-pub const CATCH_UP: Duration = Duration::from_millis(20);
-
-/// The longest a step waits for the planner to catch up.
-pub const CATCH_UP_MAX: Duration = Duration::from_millis(500);
-
 /// A finished worker is given back this long before the planner settles its real
 /// keep-alive (microseconds later, unless the planner is far behind).
 pub const PROVISIONAL_KEEP: Duration = Duration::from_secs(1);
@@ -78,6 +69,9 @@ pub(crate) enum Msg {
         wait_us: u64,
         /// What it needs and for how long, µs, for a committed reservation when unplanned.
         needs: (ResourceVec, u64),
+        /// When the step told it, after it asked for its instance: a step of a function
+        /// that asks later overtakes a pre-warm of it due at once decided here.
+        told: Instant,
     },
     /// A step ended; its worker (by pid) was given back, if it is a process.
     End {
@@ -90,9 +84,6 @@ pub(crate) enum Msg {
     },
     /// A request finished with these records.
     Finished(Vec<ExecutionRecord>),
-    /// A step found no warm instance: the planner catches up with everything due (a
-    /// pre-warm planned for the step starts now, and the step waits for it), and answers.
-    Needed(std::sync::mpsc::Sender<()>),
     /// Hand over the decisions kept since the last time (see `Director::keep_decisions`).
     Trail(std::sync::mpsc::Sender<Vec<(u64, Decision)>>),
     /// Answer once everything before is handled.
@@ -226,6 +217,9 @@ impl Planner {
                     }
                     if !inbox.messages.is_empty() {
                         self.node.queued.store(false, Ordering::Release);
+                        if inbox.waiting > 0 {
+                            self.node.room.notify_all();
+                        }
                         break inbox.messages.drain(..).collect();
                     }
                     let now = Instant::now();
@@ -300,6 +294,7 @@ impl Planner {
                 planned,
                 wait_us,
                 needs,
+                told,
             } => {
                 if !planned {
                     if let Some(reservation) = self.reserve_unplanned(at_us, needs) {
@@ -314,7 +309,8 @@ impl Planner {
                     reveals_route,
                     wait_us,
                 });
-                self.apply_all(None, at_us);
+                self.apply_all(None, at_us, told);
+                self.note_lag(at_us);
             }
             Msg::End {
                 task,
@@ -329,7 +325,7 @@ impl Planner {
                     invocation,
                     at_us,
                 });
-                let keep = self.apply_all(Some(task), at_us);
+                let keep = self.apply_all(Some(task), at_us, self.node.clock.instant_of(at_us));
                 if let Some(id) = worker {
                     let (until_us, keep) = keep.unwrap_or((at_us, Keep::Release));
                     let until = self.node.clock.instant_of(until_us);
@@ -337,15 +333,11 @@ impl Planner {
                         .backend(&spec)
                         .settle(&spec.name, id, until, until_us, at_us, keep);
                 }
+                self.note_lag(at_us);
                 self.node.backend(&spec).refill(&spec);
                 self.enforce_budget(at_us);
             }
             Msg::Finished(records) => self.finished(&records),
-            Msg::Needed(done) => {
-                // Caught up above (manual time) or here: everything due has started.
-                self.run_due_jobs();
-                let _ = done.send(());
-            }
             Msg::Trail(done) => {
                 let _ = done.send(self.executor.take_trail());
             }
@@ -355,14 +347,31 @@ impl Planner {
         }
     }
 
+    /// Notes how far behind a step's start or end (`at_us`) the planner carried out what
+    /// the policy decided there.
+    fn note_lag(&self, at_us: u64) {
+        let lag = self.node.now_us().saturating_sub(at_us);
+        let mut lags = lock(&self.node.planner_lag_us);
+        if lags.len() >= crate::node::LAG_SAMPLES {
+            lags.pop_front();
+        }
+        lags.push_back(lag);
+    }
+
     fn tell(&mut self, event: PolicyEvent) {
         let cold = NodeColdStarts(&self.node);
         self.executor.handle(&event, &cold, &mut self.decisions);
     }
 
-    /// Carries out the decisions made at `now` (µs); returns the keep-alive set for
-    /// `finished` and how.
-    fn apply_all(&mut self, finished: Option<TaskId>, now: u64) -> Option<(u64, Keep)> {
+    /// Carries out the decisions made at `now` (µs) on an event that happened at `since`
+    /// (a pre-warm due at once that a step of its function overtook after that is not
+    /// started); returns the keep-alive set for `finished` and how.
+    pub(super) fn apply_all(
+        &mut self,
+        finished: Option<TaskId>,
+        now: u64,
+        since: Instant,
+    ) -> Option<(u64, Keep)> {
         let mut keep = None;
         for decision in std::mem::take(&mut self.decisions) {
             match decision {
@@ -398,7 +407,7 @@ impl Planner {
                         until_us,
                         plan,
                         probability,
-                        at_once_since: (start_at_us <= now).then(|| clock.instant_of(now)),
+                        at_once_since: (start_at_us <= now).then_some(since),
                     };
                     if self.timed && start_at_us > now {
                         self.sequence += 1;
@@ -560,7 +569,7 @@ impl Planner {
     /// On a manual clock: carries out, in time order, every pre-warm job and housekeeping
     /// tick due up to the clock's now, each at its own time, as the simulator's event
     /// queue does (ticks from the first instant the planner sees).
-    fn advance(&mut self) {
+    pub(crate) fn advance(&mut self) {
         self.advance_to(self.node.now_us());
     }
 

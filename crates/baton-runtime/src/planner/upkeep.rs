@@ -67,7 +67,7 @@ impl Planner {
             reservations.expire(at_us);
         }
         self.tell(PolicyEvent::Tick { at_us });
-        self.apply_all(None, at_us);
+        self.apply_all(None, at_us, self.node.clock.instant_of(at_us));
         self.enforce_budget(at_us);
     }
 
@@ -86,7 +86,7 @@ impl Planner {
         for task in self.evict(&idle, &going) {
             self.tell(PolicyEvent::Evicted { task, at_us });
         }
-        self.apply_all(None, at_us);
+        self.apply_all(None, at_us, self.node.clock.instant_of(at_us));
     }
 
     /// With an idle budget: the settled idle workers, as the room rule sees them (ids:

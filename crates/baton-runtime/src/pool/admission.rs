@@ -48,6 +48,20 @@ impl Drop for Charge {
     }
 }
 
+/// A start decided and not admitted yet (see [`Admission::expect`]).
+#[derive(Debug)]
+pub(crate) struct Expected<'a> {
+    admission: &'a Admission,
+    mib: u64,
+}
+
+impl Drop for Expected<'_> {
+    fn drop(&mut self) {
+        let mut used = self.admission.lock();
+        used.waiting_mib = used.waiting_mib.saturating_sub(self.mib);
+    }
+}
+
 impl Admission {
     pub(crate) fn new(capacity_mib: Option<u64>) -> Arc<Admission> {
         Arc::new(Admission {
@@ -81,24 +95,30 @@ impl Admission {
         self.fits(&used, mib).then(|| self.charge(&mut used, mib))
     }
 
-    /// `mib` admitted once it fits, waiting at most `patience`; `None` after that (or at
-    /// once when it could never fit). `waited` is told whether it had to wait.
+    /// `expected`'s memory admitted once it fits, waiting at most `patience`; `None`
+    /// after that (or at once when it could never fit). It counts as waiting for room from
+    /// [`Admission::expect`] until it is charged or refused. `waited` is told whether it
+    /// had to wait.
     pub(crate) fn admit(
         self: &Arc<Self>,
-        mib: u64,
+        expected: Expected<'_>,
         patience: Duration,
         waited: &mut bool,
     ) -> Option<Charge> {
+        let mib = expected.mib;
+        // Its count moves here: removed under the same lock as it is charged.
+        std::mem::forget(expected);
         let deadline = Instant::now() + patience;
         let mut used = self.lock();
         if self.fits(&used, mib) {
+            used.waiting_mib = used.waiting_mib.saturating_sub(mib);
             return Some(self.charge(&mut used, mib));
         }
         if self.capacity_mib.is_some_and(|capacity| mib > capacity) {
+            used.waiting_mib = used.waiting_mib.saturating_sub(mib);
             return None;
         }
         *waited = true;
-        used.waiting_mib += mib;
         let admitted = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -113,8 +133,20 @@ impl Admission {
                 break Some(mib);
             }
         };
-        used.waiting_mib -= mib;
+        used.waiting_mib = used.waiting_mib.saturating_sub(mib);
         admitted.map(|mib| self.charge(&mut used, mib))
+    }
+
+    /// Counts `mib` as a start waiting for room from now: a step's cold start from the
+    /// moment it is decided (before the planner hears of the step) until
+    /// [`Admission::admit`] charges or refuses it, or the guard is dropped, so a pre-warm
+    /// the planner weighs meanwhile sees it.
+    pub(crate) fn expect(&self, mib: u64) -> Expected<'_> {
+        self.lock().waiting_mib += mib;
+        Expected {
+            admission: self,
+            mib,
+        }
     }
 
     /// The capacity, MiB, if any.
@@ -141,7 +173,7 @@ mod tests {
         let mut waited = false;
         // Could never fit: refused at once, not after the wait.
         assert!(admission
-            .admit(101, Duration::from_secs(60), &mut waited)
+            .admit(admission.expect(101), Duration::from_secs(60), &mut waited)
             .is_none());
         assert!(!waited);
         // Fits once `a` goes: a waiter on another thread is admitted then.
@@ -149,7 +181,8 @@ mod tests {
             let admission = Arc::clone(&admission);
             std::thread::spawn(move || {
                 let mut waited = false;
-                let charge = admission.admit(70, Duration::from_secs(30), &mut waited);
+                let charge =
+                    admission.admit(admission.expect(70), Duration::from_secs(30), &mut waited);
                 (charge.is_some(), waited)
             })
         };

@@ -36,8 +36,8 @@ mod spares;
 mod take;
 mod templates;
 
-use admission::Admission;
 pub use admission::Charge;
+use admission::{Admission, Expected};
 use baton_core::exec::{Candidate, Claim, Claims, Gone, FULL_CLAIMS};
 pub use idle::Keep;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
@@ -279,13 +279,15 @@ impl WarmPool {
 
     /// A new worker of `spec`: its template's spare (no cores to pin), forked from its
     /// template, or started plain; a template started on the way has its spare forked.
+    /// A step's start waits for memory (`expected`, counted from when it was decided); a
+    /// pre-warm's (`None`) is admitted at once or not started.
     fn start_worker(
         self: &Arc<Self>,
         spec: &Arc<FunctionSpec>,
         placement: &Placement,
-        wait_for_memory: bool,
+        expected: Option<Expected<'_>>,
     ) -> Result<Worker, WorkerError> {
-        let charge = self.admit(&spec.name, spec.limits.memory_mib, wait_for_memory)?;
+        let charge = self.admit(&spec.name, spec.limits.memory_mib, expected)?;
         let spare = if *placement == Placement::default() {
             self.start_from_spare(spec)
         } else {
@@ -307,13 +309,18 @@ impl WarmPool {
         })
     }
 
-    /// `function`'s `mib` admitted: at once, or (`wait`) once it fits, within [`CAP_WAIT`].
-    fn admit(&self, function: &str, mib: u64, wait: bool) -> Result<Charge, WorkerError> {
+    /// `function`'s `mib` admitted: at once, or (a step's `expected` start) once it
+    /// fits, within [`CAP_WAIT`].
+    fn admit(
+        &self,
+        function: &str,
+        mib: u64,
+        expected: Option<Expected<'_>>,
+    ) -> Result<Charge, WorkerError> {
         let mut waited = false;
-        let charge = if wait {
-            self.admission.admit(mib, CAP_WAIT, &mut waited)
-        } else {
-            self.admission.try_admit(mib)
+        let charge = match expected {
+            Some(expected) => self.admission.admit(expected, CAP_WAIT, &mut waited),
+            None => self.admission.try_admit(mib),
         };
         if waited {
             self.counters.memory_waits.fetch_add(1, Ordering::Relaxed);
@@ -391,12 +398,12 @@ impl WarmPool {
             .sum()
     }
 
-    /// Whether a request asked for a worker of `name` at or after `since`.
+    /// Whether a request asked for a worker of `name` after `since`.
     pub fn asked_since(&self, name: &str, since: Instant) -> bool {
         lock(&self.state)
             .asked
             .get(name)
-            .is_some_and(|&at| at >= since)
+            .is_some_and(|&at| at > since)
     }
 
     /// The spec of `name`.
@@ -488,7 +495,7 @@ impl WarmPool {
                     // Past the node's start bound, a pre-warm waits for a slot on its own
                     // thread (a request meanwhile waits for it, or starts its own).
                     pool.take_start_slot();
-                    let worker = pool.start_worker(&spec, &placement, false);
+                    let worker = pool.start_worker(&spec, &placement, None);
                     pool.give_start_slot();
                     worker.map_err(|e| e.to_string())
                 });
@@ -549,49 +556,4 @@ impl WarmPool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A pool of one function `f` whose program exits at once: a request for it fails, but
-    /// it did ask.
-    fn pool_of_a_dud() -> Arc<WarmPool> {
-        let spec = FunctionSpec::from_toml(
-            "name = \"f\"\nkind = \"process\"\ncommand = [\"true\"]\ntemplate = false\ntimeout_ms = 2000\n",
-        )
-        .unwrap();
-        WarmPool::new(vec![spec], Isolation::none())
-    }
-
-    #[test]
-    fn a_request_asking_for_a_worker_is_remembered_for_pre_warms_due_at_once() {
-        let pool = pool_of_a_dud();
-        let before = Instant::now();
-        assert!(!pool.asked_since("f", before));
-        assert!(pool.take("f").is_err());
-        assert!(pool.asked_since("f", before), "asked after `before`");
-        assert!(!pool.asked_since("f", Instant::now()), "not after now");
-        assert!(!pool.asked_since("g", before), "another function");
-        // An unknown function is refused before it counts as asked.
-        assert!(pool.take("g").is_err());
-        assert!(!pool.asked_since("g", before));
-    }
-
-    #[test]
-    fn a_removed_function_leaves_nothing_keyed_by_its_name() {
-        // Names come from clients: when it was asked for, its cold-start samples and when
-        // its latest pre-warm began all go with it.
-        let pool = pool_of_a_dud();
-        let before = Instant::now();
-        assert!(pool.take("f").is_err());
-        assert!(pool.asked_since("f", before));
-        pool.note_cold_start("f", Duration::from_millis(5));
-        let now = Instant::now();
-        let claim = Claim::new(now, now, 1.0);
-        pool.prewarm_with("f", now, None, claim, Placement::default(), || Ok(()));
-        assert!(lock(&pool.state).prewarm_began.contains_key("f"));
-        assert!(pool.remove("f"));
-        assert!(!pool.asked_since("f", before));
-        assert_eq!(pool.cold_start_estimate("f"), None);
-        assert!(!lock(&pool.state).prewarm_began.contains_key("f"));
-    }
-}
+mod tests;

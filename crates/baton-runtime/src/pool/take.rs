@@ -142,12 +142,14 @@ impl WarmPool {
         *state.cold.entry(name.to_owned()).or_default() += 1;
         state.spawning += 1;
         drop(state);
+        // Its memory counts for the planner before it hears of the step.
+        let expected = self.admission.expect(spec.limits.memory_mib);
         if !told {
             chosen(Warmth::Cold, Duration::ZERO);
         }
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         self.counters.count_cold(cause);
-        let worker = self.start_worker(&spec, &Placement::default(), true);
+        let worker = self.start_worker(&spec, &Placement::default(), Some(expected));
         let mut state = lock(&self.state);
         if let Some(cold) = state.cold.get_mut(name) {
             *cold = cold.saturating_sub(1);

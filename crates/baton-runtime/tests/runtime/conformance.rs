@@ -145,11 +145,8 @@ impl Backend for TestBackend {
     fn acquire(
         &self,
         spec: &Arc<FunctionSpec>,
-        catch_up: &dyn Fn(),
         told: &dyn Fn(Warmth, Duration),
     ) -> Result<Acquired, StepError> {
-        // Everything due before this arrival happens first, as in the simulator's queue.
-        catch_up();
         let now = baton_core::clock::Clock::now_us(&*self.clock);
         let mut instances = self.instances.lock().unwrap();
         let chosen = choose_for_arrival(
@@ -403,6 +400,8 @@ fn through_the_simulator(
         // backend starts without a bound.
         causal: false,
         start_slots: 0,
+        // The manual clock's planner carries out what is due before each arrival.
+        planner_lag: engine::PlannerLag::default(),
     };
     let stats = engine::run(
         &requests,

@@ -1,7 +1,8 @@
 //! The example order pipeline (`examples/order`: C guests compiled to wasm and Python
 //! workers) run for real through the director: validate → price → (reserve | reject) →
 //! notify. The first request is cold; once learned, the predicted path runs without a cold
-//! start; a branch never seen falls back to a cold start and is recorded as such; every
+//! start, but for a step that asks before the planner has heard of its request (its pre-warm
+//! is then overtaken, counted); a branch never seen falls back to a cold start and is recorded as such; every
 //! record reaches the log file; every reservation is released afterwards.
 
 use baton_runtime::isolation;
@@ -67,36 +68,66 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     assert_eq!(tasks, ["validate", "price", "reserve", "notify"]);
     assert!(first.records.iter().all(|r| r.cold == Some(true)));
 
+    // The premise: request 1 is learned before request 2 starts (a request that comes
+    // while the planner still learns the last one is predicted from the graph before it).
+    director.sync();
+    let overtaken = || {
+        director
+            .counters()
+            .prewarms_overtaken
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let mut late = 0;
+    let mut served = 0;
+    let mut raced = 0;
     for id in 2..6 {
+        let before = overtaken();
         let outcome = director
             .invoke("validate", &order(id, "lamp", 1, 100))
             .unwrap();
+        director.sync();
         let path = path_of(&outcome.records);
         eprintln!("request {id}: {path:?}");
-        assert!(
-            outcome.records.iter().all(|r| r.cold == Some(false)),
-            "no cold start on the predicted path: {path:?}"
-        );
+        let mut cold = 0;
         for record in &outcome.records[1..] {
             let warmth = record.extra["warmth"].as_str().unwrap();
-            if record.task == "price" || record.task == "notify" {
-                // Python workers are never kept alive here: only a prediction starts them.
-                assert!(warmth.starts_with("prewarm"), "{}: {warmth}", record.task);
-                assert!(
-                    record
-                        .chain
-                        .as_deref()
-                        .is_some_and(|c| c.starts_with("plan-")),
-                    "the plan is named: {record:?}"
-                );
-                late += usize::from(warmth == "prewarm-late");
+            if record.task != "price" && record.task != "notify" {
+                assert_eq!(record.cold, Some(false), "wasm steps stay warm: {path:?}");
+                continue;
             }
+            // Python workers are never kept alive here: only a prediction starts them.
+            // price asks for its worker microseconds after validate starts, which is when
+            // the planner hears of the request: when the step comes first it starts its
+            // own worker at once (it never waits for the planner) and the pre-warm the
+            // planner then makes for it is dropped as overtaken. notify comes after
+            // price's run, well after its pre-warm started.
+            if warmth == "cold" && record.task == "price" {
+                cold += 1;
+                continue;
+            }
+            assert!(warmth.starts_with("prewarm"), "{}: {warmth}", record.task);
+            assert!(
+                record
+                    .chain
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("plan-")),
+                "the plan is named: {record:?}"
+            );
+            served += 1;
+            late += usize::from(warmth == "prewarm-late");
         }
+        assert!(
+            overtaken() - before >= cold,
+            "every cold step was predicted, its pre-warm overtaken: {path:?}"
+        );
+        raced += cold;
         // Let the background pre-warms of this request settle before the next one.
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    eprintln!("pre-warms that came late (the request waited for the rest of them): {late} of 8");
+    eprintln!(
+        "price's step came before its pre-warm in {raced} of 4 requests; of the {served} \
+         served by a pre-warm, {late} came late (the step waited for the rest of it)"
+    );
 
     // Over the customer's credit: price branches to reject, never seen before.
     let refused = director
@@ -140,8 +171,8 @@ fn the_order_pipeline_runs_cold_then_prewarmed_and_falls_back_on_a_new_branch() 
     assert!(
         counters
             .prewarmed_steps
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 8
+            .load(std::sync::atomic::Ordering::Relaxed) as usize
+            >= served
     );
     drop(director);
     assert!(

@@ -666,6 +666,16 @@ async fn pool(State(state): State<Shared>) -> Response {
         .into_iter()
         .map(|(name, _, value)| (name.to_owned(), Value::from(value)))
         .collect();
+    // The median, the p99, then the midpoints of 20 equal slices (what `baton load` gives
+    // the simulator).
+    let mut qs = vec![0.5, 0.99];
+    qs.extend((0..20).map(|i| (f64::from(i) + 0.5) / 20.0));
+    let lag_ms: Vec<f64> = state
+        .director
+        .planner_lags(&qs)
+        .into_iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
     Json(json!({
         "policy": state.policy.name.as_str(),
         "policy_knob": state.policy.knob,
@@ -677,6 +687,9 @@ async fn pool(State(state): State<Shared>) -> Response {
             .pool()
             .start_median()
             .map(|d| d.as_secs_f64() * 1000.0),
+        "planner_lag_ms_median": lag_ms.first(),
+        "planner_lag_ms_p99": lag_ms.get(1),
+        "planner_lag_ms_quantiles": lag_ms.get(2..),
         "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
         "limits": state.detection.limits.to_string().lines().next().unwrap_or(""),
         "capacity": capacity,

@@ -23,6 +23,7 @@ impl Engine<'_> {
         }
         self.stats.function_invocations[slot] += 1;
         self.task_instances(task);
+        self.last_asked_us[slot] = Some(now);
         let (chosen, starting) = self.choose_ready(task);
         if chosen.is_none() && (starting || !self.slots.free(now)) {
             self.slots.wait(Waiter::Arrival {

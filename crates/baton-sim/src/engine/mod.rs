@@ -27,15 +27,15 @@ mod prewarms;
 
 use baton_core::exec::room::{self, Evictable};
 use baton_core::exec::ColdStarts;
-use baton_core::exec::{line_up, Claims, Decision, Executor, Gone, Reuse};
+use baton_core::exec::{line_up, Claims, Decision, Executor, Gone};
 use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
 use baton_core::{Costs, PolicyEvent, SnapshotCell, TaskId, Tdg};
-use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+pub use crate::config::{PlannerLag, SimConfig, LAG_QUANTILES};
 use crate::schedule::Schedule;
 use crate::slots::Slots;
 pub use crate::stats::{added_latency, PrewarmSources, RunStats};
@@ -48,39 +48,6 @@ const END_ORDER: u64 = u64::MAX / 2;
 
 /// One policy call in this many is timed (see `Engine::tell`).
 const POLICY_TIMING_SAMPLE: u64 = 16;
-
-/// The node and the engine's clockwork.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SimConfig {
-    /// Node memory for instances, MiB.
-    pub memory_mib: u64,
-    /// Policy tick period, µs.
-    pub tick_us: u64,
-    /// With an online learner: how often the learner publishes a new snapshot, µs.
-    pub publish_every_us: u64,
-    /// Which idle instance an arrival takes (`baton serve --reuse` likewise).
-    pub reuse: Reuse,
-    /// A call arrives when its caller's run reaches it, later by the wait the simulation
-    /// put before its caller, as live (see `crate::schedule`); without it every invocation
-    /// arrives at its recorded start.
-    pub causal: bool,
-    /// Instance starts under way at once on the node, at most (0: no bound); a live node
-    /// allows its cores (see `crate::slots`).
-    pub start_slots: usize,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            memory_mib: 8 * 1024,
-            tick_us: 1_000_000,
-            publish_every_us: 60_000_000,
-            reuse: Reuse::default(),
-            causal: false,
-            start_slots: 0,
-        }
-    }
-}
 
 /// One invocation to replay, in start order; its index is its invocation id.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -159,6 +126,9 @@ enum Event {
         /// The (task, plan)'s release count when it was scheduled: a release since
         /// drops it, as the runtime drops its jobs not started yet.
         epoch: u64,
+        /// Due at once when decided at this instant, µs, and carried out after the
+        /// planner's lag: a step of its task since then overtook it.
+        at_once_since: Option<u64>,
     },
     Tick,
     /// A start slot frees: the first waiting arrival may take it.
@@ -215,6 +185,10 @@ struct Engine<'a> {
     slots: Slots<QueuedPrewarm>,
     /// Pre-warms waiting for a slot, per task.
     queued_by_task: Vec<u32>,
+    /// By task: when a step of it last arrived, µs (see `SimConfig::planner_lag`).
+    last_asked_us: Vec<Option<u64>>,
+    /// Planner lags drawn so far.
+    lag_draws: u64,
 }
 
 /// Runs `policy` over `requests` (sorted by start) on a node of `config`. With a learner,
@@ -278,6 +252,8 @@ pub fn run(
         schedule: Schedule::new(requests, arrivals, config.causal),
         slots: Slots::new(config.start_slots),
         queued_by_task: Vec::new(),
+        last_asked_us: Vec::new(),
+        lag_draws: 0,
     };
     engine.last_publish_us = engine.now;
     let start = engine.now;
@@ -389,9 +365,26 @@ impl Engine<'_> {
             self.by_task.resize(task.index() + 1, Vec::new());
             self.busy_by_task.resize(task.index() + 1, 0);
             self.queued_by_task.resize(task.index() + 1, 0);
+            self.last_asked_us.resize(task.index() + 1, None);
             self.gone.resize(task.index() + 1, None);
         }
         &mut self.by_task[task.index()]
+    }
+
+    /// The planner's lag for the next pre-warm due at once, µs.
+    fn draw_lag(&mut self) -> u64 {
+        self.lag_draws += 1;
+        self.config.planner_lag.draw(self.lag_draws)
+    }
+
+    /// Whether a step of `task` arrived after `since` (µs): after the event that decided
+    /// the pre-warm, not the arrival that was that event.
+    fn asked_after(&self, task: TaskId, since: u64) -> bool {
+        self.last_asked_us
+            .get(task.index())
+            .copied()
+            .flatten()
+            .is_some_and(|at| at > since)
     }
 
     fn pop_event(&mut self) {
@@ -424,11 +417,12 @@ impl Engine<'_> {
                 plan,
                 probability_ppm,
                 epoch,
+                at_once_since,
             } => {
                 if self.releases.get(&(task, plan)).copied().unwrap_or(0) == epoch {
                     let probability = f64::from(probability_ppm) / 1e6;
                     let window = (ready_at_us, until_us, claim_us);
-                    self.start_prewarm(task, window, plan, probability);
+                    self.start_prewarm(task, window, (plan, probability), at_once_since);
                 }
             }
             Event::Tick => {

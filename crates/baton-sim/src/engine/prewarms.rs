@@ -25,13 +25,15 @@ impl Engine<'_> {
     /// Starts or claims an instance of `task` ready at, kept until (if unused) and claimed
     /// over the times of `window` (µs). The claim spans the policy's window and the task's
     /// run time from the ready time the policy asked for, even when the instance can only
-    /// be ready later: an arrival in that interval answers it.
+    /// be ready later: an arrival in that interval answers it. A pre-warm due at once since
+    /// `at_once_since` (carried out after the planner's lag) that no idle instance covers
+    /// is not started when a step of its task came meanwhile, as in the runtime.
     pub(super) fn start_prewarm(
         &mut self,
         task: TaskId,
         (ready_at_us, until_us, (claim_from, claim_until)): (u64, u64, (u64, u64)),
-        plan: Option<u64>,
-        probability: f64,
+        (plan, probability): (Option<u64>, f64),
+        at_once_since: Option<u64>,
     ) {
         let now = self.now;
         let until_us = until_us.max(ready_at_us + PREWARM_GRACE_US);
@@ -50,6 +52,10 @@ impl Engine<'_> {
                 self.ensure_expiry(id);
             }
             self.stats.prewarms_extended += 1;
+            return;
+        }
+        if at_once_since.is_some_and(|since| self.asked_after(task, since)) {
+            self.stats.prewarms_overtaken += 1;
             return;
         }
         let queued = QueuedPrewarm {
@@ -199,6 +205,19 @@ impl Engine<'_> {
                 ..
             } => {
                 let cold = self.cold_estimate_us(task);
+                // Due at once: carried out after the planner's lag (the live planner runs
+                // behind the requests).
+                let lag = if start_at_us <= now {
+                    self.draw_lag()
+                } else {
+                    0
+                };
+                let at_once_since = (lag > 0).then_some(now);
+                let start_at_us = if at_once_since.is_some() {
+                    now + lag
+                } else {
+                    start_at_us
+                };
                 let ready_at = (start_at_us + cold).max(ready_at_us);
                 if start_at_us > now {
                     let epoch = self.releases.get(&(task, plan)).copied().unwrap_or(0);
@@ -212,11 +231,12 @@ impl Engine<'_> {
                             plan,
                             probability_ppm: (claim_weight(probability) * 1e6) as u32,
                             epoch,
+                            at_once_since,
                         },
                     );
                 } else {
                     let window = (ready_at, until_us, (ready_at_us, claim_until_us));
-                    self.start_prewarm(task, window, plan, probability);
+                    self.start_prewarm(task, window, (plan, probability), None);
                 }
             }
             Decision::KeepAlive { task, until_us } => self.keep_alive(task, until_us, false),

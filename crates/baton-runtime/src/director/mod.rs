@@ -14,13 +14,15 @@
 //! pre-warms, settles keep-alives, logs and learns on its own thread. Function ids are
 //! read from an immutable map, not the learner.
 
+mod sequences;
+
 use crate::backend::Backend;
 pub use crate::backend::{RunFacts, StepError, MAX_HOPS};
 pub use crate::counters::Counters;
 use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
 pub use crate::node::{Mark, RecordSink, RecordSource};
-use crate::planner::{Msg, Planner, Started, CATCH_UP, CATCH_UP_MAX};
+use crate::planner::{Msg, Planner, Started};
 use crate::pool::WarmPool;
 use crate::services::Services;
 pub use crate::step::{parse_envelope, StepFacts};
@@ -37,7 +39,7 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Why an invocation failed; the records of the steps that ran are kept.
@@ -328,53 +330,6 @@ impl Director {
         known
     }
 
-    /// The declared sequences, sorted by name.
-    pub fn sequences(&self) -> Vec<(String, Vec<String>)> {
-        let mut all: Vec<(String, Vec<String>)> = self
-            .sequences
-            .read_unpoisoned()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        all.sort();
-        all
-    }
-
-    /// Removes a sequence; returns whether it existed.
-    pub fn remove_sequence(&self, name: &str) -> bool {
-        self.sequences.write_unpoisoned().remove(name).is_some()
-    }
-
-    /// The steps of the sequence `name`, if it is one.
-    pub fn sequence(&self, name: &str) -> Option<Vec<String>> {
-        self.sequences.read_unpoisoned().get(name).cloned()
-    }
-
-    /// What invoking `name` runs, in order: a sequence's steps, or `name` itself.
-    pub fn steps_of(&self, name: &str) -> Vec<String> {
-        self.sequence(name).unwrap_or_else(|| vec![name.to_owned()])
-    }
-
-    /// Whether `name` is a sequence.
-    pub fn is_sequence(&self, name: &str) -> bool {
-        self.sequences.read_unpoisoned().contains_key(name)
-    }
-
-    /// Declares a sequence: invoking `name` runs `steps` in order. Refused with no steps
-    /// or more than [`MAX_HOPS`] (a chain that long is stopped anyway).
-    pub fn declare_sequence(&self, name: &str, steps: Vec<String>) -> Result<(), DirectorError> {
-        if steps.is_empty() || steps.len() > MAX_HOPS {
-            return Err(DirectorError::BadSequence {
-                name: name.to_owned(),
-                steps: steps.len(),
-            });
-        }
-        self.sequences
-            .write_unpoisoned()
-            .insert(name.to_owned(), steps);
-        Ok(())
-    }
-
     /// The published graph.
     pub fn graph(&self) -> &Arc<SnapshotCell> {
         &self.node.graph
@@ -398,6 +353,19 @@ impl Director {
     /// The last pre-warm jobs started, oldest first.
     pub fn prewarm_history(&self) -> Vec<Started> {
         lock(&self.node.history).iter().cloned().collect()
+    }
+
+    /// The planner's lag at each quantile of `qs` over the latest step starts and ends (up
+    /// to 4,096): from a step's start (end) to the planner having carried out what the
+    /// policy decided there (empty before any). A step of a function whose pre-warm is due at
+    /// once that comes within it starts its own instance.
+    pub fn planner_lags(&self, qs: &[f64]) -> Vec<Duration> {
+        let mut lags: Vec<u64> = lock(&self.node.planner_lag_us).iter().copied().collect();
+        lags.sort_unstable();
+        qs.iter()
+            .filter_map(|&q| baton_core::rank::nearest_rank(&lags, q))
+            .map(Duration::from_micros)
+            .collect()
     }
 
     /// Pre-warm jobs waiting for their instant.
@@ -470,15 +438,6 @@ impl Director {
         if let Some(setup) = lock(&self.setup).take() {
             *lock(&self.node.inline) = Some(setup.planner(&self.node));
         }
-    }
-
-    /// Lets the planner catch up before a step starts an instance itself (see
-    /// [`Msg::Needed`]): only on the path that would otherwise start cold.
-    pub(crate) fn catch_up(&self, spec: &FunctionSpec) {
-        let (done, wait) = std::sync::mpsc::channel();
-        self.send(Msg::Needed(done));
-        let patience = (self.node.cold_estimate(spec) / 2).clamp(CATCH_UP, CATCH_UP_MAX);
-        let _ = wait.recv_timeout(patience);
     }
 
     pub(crate) fn send(&self, message: Msg) {
