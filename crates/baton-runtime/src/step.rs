@@ -6,8 +6,8 @@
 //! the planner the step ended, and closes the record with the step's typed
 //! [`StepFacts`] (also written into the record for the log).
 
-use crate::backend::RunFacts;
 use crate::backend::{ensure_services, StepCall, StepError};
+use crate::backend::{RunFacts, Tier};
 use crate::director::{Director, RequestState};
 use crate::manifest::FunctionSpec;
 use crate::node::lock;
@@ -34,12 +34,8 @@ pub struct StepFacts {
     pub wait_us: u64,
     /// From the previous output to this instance holding its input, and to its result, ns.
     pub hop_ns: Option<(u64, u64)>,
-    /// What its instance was made from: for a process function `worker` (one already
-    /// running), `spare` (its template's spare, forked ahead), `forked` (from its template
-    /// now) or `spawned`; for a wasm function
-    /// `instance` (made ahead), `module` (instantiated from its loaded module) or
-    /// `compiled` (loaded first).
-    pub tier: Option<&'static str>,
+    /// What its instance was made from.
+    pub tier: Option<Tier>,
     /// What the run measured.
     pub run: RunFacts,
     /// Why it failed, if it did.
@@ -189,7 +185,7 @@ impl Director {
             }
         };
         let warmth = acquired.warmth;
-        if acquired.tier == "instance" {
+        if acquired.tier == Tier::Instance {
             counters.instances_ahead.fetch_add(1, Ordering::Relaxed);
         }
         let mut facts = StepFacts {
@@ -271,7 +267,7 @@ impl Director {
             extra.insert("limits".into(), Value::from(limits.as_str()));
         }
         if let Some(tier) = facts.tier {
-            extra.insert("tier".into(), Value::from(tier));
+            extra.insert("tier".into(), Value::from(tier.as_str()));
         }
         if let Some(stderr) = &run.stderr {
             extra.insert("stderr".into(), Value::from(stderr.as_str()));

@@ -222,7 +222,7 @@ impl Metrics {
                 self.tiers
                     .get_or_create(&TierLabel {
                         function: record.task.clone(),
-                        tier: tier.to_owned(),
+                        tier: tier.as_str().to_owned(),
                     })
                     .inc();
             }

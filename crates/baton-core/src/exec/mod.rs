@@ -44,6 +44,15 @@ pub use claims::{
     claim_weight, Claim, Claims, RunTimes, FULL_CLAIMS, MAX_CLAIMS, MAX_TIMED_RUNS, MIN_CLAIM,
 };
 
+/// What a pre-warm started an instance for: the plan that asked for it, if one did. An
+/// instance that carries one (`Option<Prewarm>`) was pre-warmed; one without was started by
+/// a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Prewarm {
+    /// The plan that asked for it (`None`: a pre-warm no plan named).
+    pub plan: Option<u64>,
+}
+
 /// A pre-warmed instance is kept at least this long after it is ready, µs: a step a little
 /// later than its window (real timings jitter) still finds it.
 pub const PREWARM_GRACE_US: u64 = 500_000;

@@ -51,14 +51,9 @@ pub enum StepError {
 impl StepError {
     /// The record status of this failure.
     pub fn status(&self) -> Status {
-        let word = match self {
+        match self {
             StepError::Process(e) => e.status(),
             StepError::Wasm(e) => e.status(),
-            _ => "error",
-        };
-        match word {
-            "timeout" => Status::Timeout,
-            "oom" => Status::Oom,
             _ => Status::Error,
         }
     }
@@ -77,6 +72,50 @@ pub(crate) fn ensure_services(
     Ok(waited.as_micros() as u64)
 }
 
+/// What a step's instance was made from (records' and the API's `tier`): for a process
+/// function `worker` (one already running), `spare` (its template's spare, forked ahead),
+/// `forked` (from its template now) or `spawned`; for a wasm function `instance` (made
+/// ahead), `module` (instantiated from its loaded module) or `compiled` (loaded first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// A worker process already running.
+    Worker,
+    /// Its template's spare, forked ahead.
+    Spare,
+    /// Forked from its template for this step.
+    Forked,
+    /// Started from nothing for this step.
+    Spawned,
+    /// A wasm instance made ahead.
+    Instance,
+    /// Instantiated from its loaded module.
+    Module,
+    /// Its module loaded (compiled or read from the cache) for this step.
+    Compiled,
+}
+
+impl Tier {
+    /// Its word in records, the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Worker => "worker",
+            Tier::Spare => "spare",
+            Tier::Forked => "forked",
+            Tier::Spawned => "spawned",
+            Tier::Instance => "instance",
+            Tier::Module => "module",
+            Tier::Compiled => "compiled",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An instance for one step and how it was obtained.
 pub struct Acquired {
     /// The instance.
@@ -89,8 +128,8 @@ pub struct Acquired {
     pub plan: Option<u64>,
     /// The step waited for its pre-warm to finish starting.
     pub late: bool,
-    /// What the instance was made from (see [`crate::director::StepFacts::tier`]).
-    pub tier: &'static str,
+    /// What the instance was made from.
+    pub tier: Tier,
 }
 
 impl std::fmt::Debug for Acquired {
@@ -265,10 +304,10 @@ impl Backend for ProcessBackend {
             plan: lease.plan,
             late: lease.waited_for_prewarm,
             tier: match lease.warmth {
-                Warmth::Cold if lease.worker.is_spare() => "spare",
-                Warmth::Cold if lease.worker.is_forked() => "forked",
-                Warmth::Cold => "spawned",
-                _ => "worker",
+                Warmth::Cold if lease.worker.is_spare() => Tier::Spare,
+                Warmth::Cold if lease.worker.is_forked() => Tier::Forked,
+                Warmth::Cold => Tier::Spawned,
+                _ => Tier::Worker,
             },
             instance: Box::new(ProcessInstance {
                 lease,

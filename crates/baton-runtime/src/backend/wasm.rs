@@ -1,13 +1,14 @@
 //! The wasm backend: compiled, pre-linked functions, each with its next instance made
 //! ahead by the planner's thread (see [`WasmBackend`]).
 
-use super::{ensure_services, Acquired, Backend, Instance, RunFacts, StepCall, StepError};
+use super::{ensure_services, Acquired, Backend, Instance, RunFacts, StepCall, StepError, Tier};
 use crate::manifest::FunctionSpec;
 use crate::node::lock;
 use crate::planner::PrewarmJob;
 use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
 use crate::wasm::{Ready, Spent, WasmEngine, WasmError, WasmFunction};
+use baton_core::exec::Prewarm;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -16,7 +17,7 @@ use std::time::Instant;
 /// instance made ahead.
 struct LoadedWasm {
     function: Arc<WasmFunction>,
-    prewarmed: Option<Option<u64>>,
+    prewarmed: Option<Prewarm>,
     spare: Option<Ready>,
 }
 
@@ -117,7 +118,7 @@ impl WasmBackend {
         let mut loaded = lock(&self.loaded);
         let entry = loaded.get_mut(name)?;
         let (warmth, plan) = match entry.prewarmed.take() {
-            Some(plan) => (Warmth::Prewarmed, plan),
+            Some(prewarm) => (Warmth::Prewarmed, prewarm.plan),
             None => (Warmth::Warm, None),
         };
         Some((
@@ -152,7 +153,7 @@ fn load_ahead(
     spent: &Mutex<Vec<Spent>>,
     pool: &WarmPool,
     spec: &FunctionSpec,
-    prewarmed: Option<Option<u64>>,
+    prewarmed: Option<Prewarm>,
 ) {
     if lock(loaded).contains_key(&spec.name) {
         return;
@@ -282,9 +283,9 @@ impl Backend for WasmBackend {
             };
             return Ok(Acquired {
                 tier: if ready.is_some() {
-                    "instance"
+                    Tier::Instance
                 } else {
-                    "module"
+                    Tier::Module
                 },
                 instance: Box::new(WasmInstance {
                     engine,
@@ -327,7 +328,7 @@ impl Backend for WasmBackend {
             wait_us: started.elapsed().as_micros() as u64,
             plan: None,
             late: false,
-            tier: "compiled",
+            tier: Tier::Compiled,
         })
     }
 
@@ -358,7 +359,14 @@ impl Backend for WasmBackend {
             .name(format!("baton-prewarm-{}", spec.name))
             .spawn(move || {
                 if ensure_services(services.as_deref(), &spec).is_ok() {
-                    load_ahead(&engine, &loaded, &spent, &pool, &spec, Some(plan));
+                    load_ahead(
+                        &engine,
+                        &loaded,
+                        &spent,
+                        &pool,
+                        &spec,
+                        Some(Prewarm { plan }),
+                    );
                 }
                 drop(guard);
             });
@@ -367,7 +375,9 @@ impl Backend for WasmBackend {
 
     fn release_unused(&self, name: &str, plan: Option<u64>, _at_us: u64) -> usize {
         let mut loaded = lock(&self.loaded);
-        let unused = loaded.get(name).is_some_and(|l| l.prewarmed == Some(plan));
+        let unused = loaded
+            .get(name)
+            .is_some_and(|l| l.prewarmed == Some(Prewarm { plan }));
         usize::from(unused && loaded.remove(name).is_some())
     }
 
@@ -495,12 +505,13 @@ mod tests {
         let engine = backend.engine.clone().unwrap();
         let acquired = step_during_a_load(&backend, &spec, guard, || {
             let (loaded, spent, pool) = (&backend.loaded, &backend.spent, &backend.pool);
-            load_ahead(&engine, loaded, spent, pool, &spec, Some(Some(7)));
+            let plan = Some(7);
+            load_ahead(&engine, loaded, spent, pool, &spec, Some(Prewarm { plan }));
         });
         assert_eq!(acquired.warmth, Warmth::Prewarmed);
         assert!(acquired.late, "it waited for the rest of the pre-warm");
         assert_eq!(acquired.plan, Some(7));
-        assert_ne!(acquired.tier, "compiled", "not compiled a second time");
+        assert_ne!(acquired.tier, Tier::Compiled, "not compiled a second time");
         assert!(lock(&backend.underway).is_empty());
     }
 
@@ -511,7 +522,7 @@ mod tests {
         // The load ends without a module (a service that did not start, say).
         let acquired = step_during_a_load(&backend, &spec, guard, || {});
         assert_eq!(acquired.warmth, Warmth::Cold);
-        assert_eq!(acquired.tier, "compiled");
+        assert_eq!(acquired.tier, Tier::Compiled);
         assert!(lock(&backend.loaded).contains_key("upper"));
     }
 }

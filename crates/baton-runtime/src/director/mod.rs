@@ -17,7 +17,7 @@
 mod sequences;
 
 use crate::backend::Backend;
-pub use crate::backend::{RunFacts, StepError, MAX_HOPS};
+pub use crate::backend::{RunFacts, StepError, Tier, MAX_HOPS};
 pub use crate::counters::Counters;
 use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};

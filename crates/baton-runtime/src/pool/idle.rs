@@ -3,7 +3,7 @@
 
 use super::{lock, Idle, WarmPool, PREWARM_GRACE};
 use crate::process::Worker;
-use baton_core::exec::{choose_for_prewarm, Claim, Claims, Gone};
+use baton_core::exec::{choose_for_prewarm, Claim, Claims, Gone, Prewarm};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -128,7 +128,7 @@ impl WarmPool {
             if let Some(list) = state.idle.get_mut(name) {
                 let mut index = 0;
                 while index < list.len() {
-                    if list[index].prewarmed == Some(plan) && list[index].until <= now {
+                    if list[index].prewarmed == Some(Prewarm { plan }) && list[index].until <= now {
                         released.push(list.swap_remove(index));
                     } else {
                         index += 1;

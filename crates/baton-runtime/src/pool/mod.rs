@@ -38,7 +38,7 @@ mod templates;
 
 pub use admission::Charge;
 use admission::{Admission, Expected};
-use baton_core::exec::{Candidate, Claim, Claims, Gone, FULL_CLAIMS};
+use baton_core::exec::{Candidate, Claim, Claims, Gone, Prewarm, FULL_CLAIMS};
 pub use idle::Keep;
 pub use lease::{IdleInfo, Lease, Warmth, CAP_WAIT};
 use templates::Templates;
@@ -56,7 +56,7 @@ struct Idle {
     until: Instant,
     since: Instant,
     /// The plan that pre-warmed it, while unused.
-    prewarmed: Option<Option<u64>>,
+    prewarmed: Option<Prewarm>,
     /// The pre-warms counting on it, each over its interval (kept while it runs: see
     /// [`Lease`]).
     claims: Claims<Instant>,
@@ -375,7 +375,7 @@ impl WarmPool {
                     function: name.clone(),
                     pid: i.worker.pid(),
                     memory_mib: i.worker.memory_mib(),
-                    plan: i.prewarmed.flatten(),
+                    plan: i.prewarmed.and_then(|p| p.plan),
                     prewarmed: i.prewarmed.is_some(),
                     until: i.until,
                     since: i.since,
@@ -534,7 +534,7 @@ impl WarmPool {
                     worker,
                     until: until.max(Instant::now() + PREWARM_GRACE),
                     since: Instant::now(),
-                    prewarmed: Some(plan),
+                    prewarmed: Some(Prewarm { plan }),
                     // Ready later than asked, its step waits for it and holds it as much
                     // longer (as the simulator counts it).
                     claims: Claims::from(Claim {

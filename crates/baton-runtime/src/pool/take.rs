@@ -74,7 +74,7 @@ impl WarmPool {
                         worker: idle.worker,
                         warmth,
                         wait_us: asked.elapsed().as_micros() as u64,
-                        plan: idle.prewarmed.flatten(),
+                        plan: idle.prewarmed.and_then(|p| p.plan),
                         // A pre-warmed worker it had to wait for came late, whether the
                         // wait was for it or for a start slot the pre-warms held.
                         waited_for_prewarm: waited && idle.prewarmed.is_some(),

@@ -136,12 +136,13 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
-    /// The execution-record status word for this error.
-    pub fn status(&self) -> &'static str {
+    /// The execution-record status of this error.
+    pub fn status(&self) -> baton_trace::schema::Status {
+        use baton_trace::schema::Status;
         match self {
-            WorkerError::Timeout { .. } => "timeout",
-            WorkerError::OutOfMemory { .. } => "oom",
-            _ => "error",
+            WorkerError::Timeout { .. } => Status::Timeout,
+            WorkerError::OutOfMemory { .. } => Status::Oom,
+            _ => Status::Error,
         }
     }
 

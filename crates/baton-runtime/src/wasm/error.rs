@@ -57,12 +57,13 @@ pub enum WasmError {
 }
 
 impl WasmError {
-    /// The execution-record status word.
-    pub fn status(&self) -> &'static str {
+    /// The execution-record status of this error.
+    pub fn status(&self) -> baton_trace::schema::Status {
+        use baton_trace::schema::Status;
         match self {
-            WasmError::Timeout { .. } => "timeout",
-            WasmError::OutOfMemory { .. } => "oom",
-            _ => "error",
+            WasmError::Timeout { .. } => Status::Timeout,
+            WasmError::OutOfMemory { .. } => Status::Oom,
+            _ => Status::Error,
         }
     }
 }

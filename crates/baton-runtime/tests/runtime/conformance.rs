@@ -11,16 +11,16 @@
 //! event falls at the same microsecond and the decisions agree. Both read one frozen graph
 //! learned from the fixture.
 
-use baton_core::exec::PREWARM_GRACE_US;
 use baton_core::exec::{
     choose_for_arrival, choose_for_prewarm, claim_weight, Candidate, Decision, Executor,
 };
+use baton_core::exec::{Prewarm, PREWARM_GRACE_US};
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec};
 use baton_core::{
     clock::ManualClock, Costs, Request, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig,
 };
 use baton_runtime::backend::{Acquired, Backend, Instance, RunFacts, StepCall, StepError};
-use baton_runtime::director::Director;
+use baton_runtime::director::{Director, Tier};
 use baton_runtime::isolation::Isolation;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::planner::PrewarmJob;
@@ -70,7 +70,7 @@ struct Inst {
     idle_since: u64,
     busy: bool,
     dead: bool,
-    prewarm: Option<Option<u64>>,
+    prewarm: Option<Prewarm>,
     used: bool,
     claims: f64,
     /// Its pinned keep-alive deadline (`Keep::Pin`).
@@ -164,7 +164,7 @@ impl Backend for TestBackend {
                 } else {
                     Warmth::Warm
                 };
-                (id as usize, warmth, wait, i.prewarm.flatten())
+                (id as usize, warmth, wait, i.prewarm.and_then(|p| p.plan))
             }
             None => {
                 instances.push(Inst {
@@ -210,9 +210,9 @@ impl Backend for TestBackend {
             plan,
             late: warmth == Warmth::Prewarmed && wait_us > 0,
             tier: if warmth == Warmth::Cold {
-                "spawned"
+                Tier::Spawned
             } else {
-                "worker"
+                Tier::Worker
             },
         })
     }
@@ -241,7 +241,7 @@ impl Backend for TestBackend {
             idle_since: at,
             busy: false,
             dead: false,
-            prewarm: Some(job.plan),
+            prewarm: Some(Prewarm { plan: job.plan }),
             used: false,
             claims: claim_weight(job.probability),
             pinned_until: None,
@@ -256,7 +256,7 @@ impl Backend for TestBackend {
                 && !i.busy
                 && !i.dead
                 && !i.used
-                && i.prewarm == Some(plan)
+                && i.prewarm == Some(Prewarm { plan })
                 && i.keep_until <= at_us
             {
                 i.dead = true;

@@ -7,6 +7,7 @@ use baton_runtime::limits::Mechanism;
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::pool::Keep;
 use baton_runtime::process::{Worker, WorkerError};
+use baton_trace::schema::Status;
 use std::path::Path;
 
 fn spec(name: &str, memory_mib: u64, timeout_ms: u64, script: &str) -> FunctionSpec {
@@ -55,7 +56,7 @@ fn a_timeout_kills_the_worker() {
         ),
         "{error}"
     );
-    assert_eq!(error.status(), "timeout");
+    assert_eq!(error.status(), Status::Timeout);
     assert!(!worker.is_alive());
 }
 
@@ -88,7 +89,7 @@ fn memory_beyond_the_limit_fails_and_the_host_survives() {
                 matches!(error, WorkerError::OutOfMemory { limit_mib: 64, .. }),
                 "{error}"
             );
-            assert_eq!(error.status(), "oom");
+            assert_eq!(error.status(), Status::Oom);
         }
         Mechanism::Rlimit => {
             eprintln!("path: rlimit fallback -> {error}");

@@ -3,6 +3,7 @@
 
 use baton_runtime::manifest::FunctionSpec;
 use baton_runtime::wasm::{WasmEngine, WasmError};
+use baton_trace::schema::Status;
 use std::path::Path;
 
 fn spec(name: &str, module: &Path, memory_mib: u64, timeout_ms: u64) -> FunctionSpec {
@@ -50,7 +51,7 @@ fn guests_run_time_out_and_hit_their_memory_limit() {
         ),
         "{error}"
     );
-    assert_eq!(error.status(), "timeout");
+    assert_eq!(error.status(), Status::Timeout);
 
     let hog = engine
         .load(&spec("hog", &guest("hog.wat"), 8, 5_000))
@@ -60,7 +61,7 @@ fn guests_run_time_out_and_hit_their_memory_limit() {
         matches!(error, WasmError::OutOfMemory { limit_mib: 8, .. }),
         "{error}"
     );
-    assert_eq!(error.status(), "oom");
+    assert_eq!(error.status(), Status::Oom);
 
     // The host survived all three and still serves.
     assert_eq!(engine.invoke(&upper, b"still here").unwrap(), b"STILL HERE");

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use base64::Engine as _;
-use baton_runtime::director::{DirectorError, Outcome, StepFacts};
+use baton_runtime::director::{DirectorError, Outcome, StepFacts, Tier};
 use baton_trace::schema::ExecutionRecord;
 use serde::Serialize;
 
@@ -24,7 +24,7 @@ pub(crate) struct StepBody {
     stderr: Option<String>,
     stderr_dropped_bytes: Option<u64>,
     task: String,
-    tier: Option<&'static str>,
+    tier: Option<Tier>,
     warmth: Option<&'static str>,
 }
 
@@ -173,7 +173,7 @@ mod tests {
             stderr: Some("a line\n".into()),
             stderr_dropped_bytes: None,
             task: task.into(),
-            tier: Some("instance"),
+            tier: Some(Tier::Instance),
             warmth: Some("warm"),
         };
         let body = OutcomeBody {

@@ -27,7 +27,7 @@ mod prewarms;
 
 use baton_core::exec::room::{self, Evictable};
 use baton_core::exec::ColdStarts;
-use baton_core::exec::{line_up, Claims, Decision, Executor, Gone};
+use baton_core::exec::{line_up, Claims, Decision, Executor, Gone, Prewarm};
 use baton_core::policy::IdleInstance;
 use baton_core::request::Request;
 use baton_core::{Costs, PolicyEvent, SnapshotCell, TaskId, Tdg};
@@ -97,7 +97,7 @@ struct Instance {
     expiry_at_us: Option<u64>,
     alive: bool,
     last_idle_since_us: u64,
-    prewarm: Option<Option<u64>>,
+    prewarm: Option<Prewarm>,
     used: bool,
     /// The pre-warms counting on this idle instance, each over its interval.
     claims: Claims<u64>,
@@ -479,7 +479,7 @@ impl Engine<'_> {
         }
         instance.busy = true;
         instance.claims.serve(at_us);
-        if let (Some(plan), false) = (instance.prewarm, instance.used) {
+        if let (Some(Prewarm { plan }), false) = (instance.prewarm, instance.used) {
             self.stats.prewarms_used += 1;
             self.stats.prewarm_sources.count(plan, true);
         }
@@ -567,12 +567,7 @@ impl Engine<'_> {
         self.free_mib >= needed_mib as i64
     }
 
-    fn new_instance(
-        &mut self,
-        task: TaskId,
-        ready_at_us: u64,
-        prewarm: Option<Option<u64>>,
-    ) -> u32 {
+    fn new_instance(&mut self, task: TaskId, ready_at_us: u64, prewarm: Option<Prewarm>) -> u32 {
         let memory_mib = self.costs.memory_mib(task);
         self.free_mib -= memory_mib as i64;
         let id = self.instances.len() as u32;

@@ -4,7 +4,9 @@
 
 use super::{Engine, Event};
 use crate::slots::Waiter;
-use baton_core::exec::{choose_for_prewarm, claim_weight, Candidate, Decision, PREWARM_GRACE_US};
+use baton_core::exec::{
+    choose_for_prewarm, claim_weight, Candidate, Decision, Prewarm, PREWARM_GRACE_US,
+};
 use baton_core::policy::IdleInstance;
 use baton_core::TaskId;
 
@@ -129,7 +131,7 @@ impl Engine<'_> {
         let slot_taken = self.slots.take(now, hold);
         debug_assert!(slot_taken, "a pre-warm starts only in a free slot");
         let ready_at_us = queued.ready_at_us + waited;
-        let id = self.new_instance(task, ready_at_us, Some(queued.plan));
+        let id = self.new_instance(task, ready_at_us, Some(Prewarm { plan: queued.plan }));
         let (claim_from, claim_until) = queued.claim_us;
         let instance = &mut self.instances[id as usize];
         instance.keep_until_us = queued.until_us + waited;
@@ -257,7 +259,7 @@ impl Engine<'_> {
                         let instance = &instances[id as usize];
                         !instance.busy
                             && !instance.used
-                            && instance.prewarm == Some(plan)
+                            && instance.prewarm == Some(Prewarm { plan })
                             && instance.keep_until_us <= now
                     })
                     .collect();
