@@ -24,6 +24,17 @@ pub fn isolation() -> baton_runtime::isolation::Isolation {
     let detection = baton_runtime::isolation::detect();
     eprint!("{detection}");
     let isolation = detection.isolation();
+    // CI installs bubblewrap (.ci/run): there a missing sandbox is a broken setup, not a
+    // fallback path to test.
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            !matches!(
+                isolation.sandbox,
+                baton_runtime::sandbox::Sandbox::Missing { .. }
+            ),
+            "CI is set but this machine has no sandbox (.ci/run installs bubblewrap): {detection}"
+        );
+    }
     if let Ok(expected) = std::env::var("BATON_EXPECT_LIMITS") {
         let found = match &isolation.limits {
             baton_runtime::limits::Mechanism::CgroupV1 { .. } => "cgroup-v1",

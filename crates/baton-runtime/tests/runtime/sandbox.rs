@@ -1,8 +1,8 @@
 //! Escape attempts from a jailed process worker (`tests/guests/escape.py`), each of which
 //! must fail, and a worker whose 200 children outlive its timeout: nothing may be left.
 //! Which jail and which limits ran is printed; without bubblewrap the escape test checks
-//! that no worker starts at all (fail closed; CI installs it, so there the jail is what
-//! runs).
+//! that no worker starts at all (fail closed). CI installs it: with `CI` set a missing
+//! sandbox fails every test that asks for this machine's isolation (`common::isolation`).
 
 use crate::common::{example, isolation, python};
 use baton_runtime::isolation::Isolation;
