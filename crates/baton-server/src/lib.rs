@@ -463,7 +463,7 @@ impl RunningServer {
                 restored.failed += 1;
                 let _ = state.store.set_invocation(
                     &pending.id,
-                    "failed",
+                    baton_store::InvocationState::Failed,
                     None,
                     Some("interrupted by a server restart; not re-run because the function is not pure"),
                 );

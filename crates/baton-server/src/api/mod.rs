@@ -28,6 +28,7 @@ use baton_core::context::Prev;
 use baton_core::{PredictContext, PredictOptions};
 use baton_runtime::manifest::{FunctionKind, FunctionSpec};
 use baton_runtime::trace_context::{self, TraceParent};
+use baton_store::InvocationState;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -464,12 +465,17 @@ pub(crate) fn complete_async(
     payload: &[u8],
     caller: Option<TraceParent>,
 ) {
-    let _ = state.store.set_invocation(id, "running", None, None);
+    let _ = state
+        .store
+        .set_invocation(id, InvocationState::Running, None, None);
     let (status, body) = run_invocation(state, function, payload, caller);
     let (outcome, error) = if status == StatusCode::OK {
-        ("succeeded", None)
+        (InvocationState::Succeeded, None)
     } else {
-        ("failed", body["error"].as_str().map(str::to_owned))
+        (
+            InvocationState::Failed,
+            body["error"].as_str().map(str::to_owned),
+        )
     };
     let _ = state
         .store
@@ -491,7 +497,7 @@ pub(crate) fn run_async(
 fn accepted(id: &str) -> Response {
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "state": "queued" })),
+        Json(json!({ "id": id, "state": InvocationState::Queued })),
     )
         .into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {

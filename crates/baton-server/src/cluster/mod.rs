@@ -32,6 +32,7 @@ use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use async_nats::HeaderMap;
 use axum::http::StatusCode;
 use baton_runtime::trace_context::TraceParent;
+use baton_store::InvocationState;
 use baton_trace::schema::ExecutionRecord;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -276,8 +277,8 @@ struct SharedSequence {
 pub(crate) struct SharedInvocation {
     id: String,
     function: String,
-    /// `queued`, `running`, `succeeded` or `failed`.
-    state: String,
+    /// Where it is.
+    state: InvocationState,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]

@@ -21,7 +21,7 @@ impl Cluster {
         let record = SharedInvocation {
             id: id.to_owned(),
             function: function.to_owned(),
-            state: "queued".into(),
+            state: InvocationState::Queued,
             error: None,
             response: serde_json::Value::Null,
             node: self.node.clone(),
@@ -58,7 +58,7 @@ impl Cluster {
         if let Err(reason) = acked {
             // Not queued: the record says so, and the caller gets an error, not a 202.
             let failed = SharedInvocation {
-                state: "failed".into(),
+                state: InvocationState::Failed,
                 error: Some(format!("not queued: {reason}")),
                 ..record
             };
@@ -153,7 +153,7 @@ impl Cluster {
     ) -> Result<baton_store::Removal, ClusterError> {
         Ok(match self.invocation(id).await? {
             None => baton_store::Removal::Unknown,
-            Some(record) if record.state == "succeeded" || record.state == "failed" => {
+            Some(record) if record.state.ended() => {
                 self.invocations
                     .delete(id)
                     .await
@@ -333,18 +333,18 @@ async fn run_one(
         let _ = message.ack_with(jetstream::AckKind::Term).await;
         return Ok(());
     }
-    match record.state.as_str() {
-        "succeeded" | "failed" => {
+    match record.state {
+        InvocationState::Succeeded | InvocationState::Failed => {
             // Already ended (a duplicate delivery): acknowledged, not run again.
             let _ = message.ack().await;
             return Ok(());
         }
-        "running" => {
+        InvocationState::Running => {
             // The queue gives a claimed invocation to another node only when its node
             // stopped signalling: that node is gone.
             let gone = record.node.clone();
             if !record.pure || delivered > MAX_RUNS {
-                record.state = "failed".into();
+                record.state = InvocationState::Failed;
                 record.error = Some(if record.pure {
                     format!(
                         "interrupted {} times (last on node {gone}); not run again",
@@ -378,7 +378,7 @@ async fn run_one(
         }
         _ => {}
     }
-    record.state = "running".into();
+    record.state = InvocationState::Running;
     record.node = cluster.node.clone();
     record.runs += 1;
     let claim = cluster.sealed(Purpose::Invocation, &id, &record, "claiming")?;
@@ -421,10 +421,10 @@ async fn run_one(
         ),
     };
     if status == StatusCode::OK {
-        record.state = "succeeded".into();
+        record.state = InvocationState::Succeeded;
         record.error = None;
     } else {
-        record.state = "failed".into();
+        record.state = InvocationState::Failed;
         record.error = body["error"].as_str().map(str::to_owned);
     }
     record.response = body;
