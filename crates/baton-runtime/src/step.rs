@@ -281,7 +281,7 @@ impl Director {
         if let Some(word) = facts.warmth_word() {
             extra.insert("warmth".into(), Value::from(word));
         }
-        extra.insert("ready_wait_us".into(), Value::from(facts.wait_us));
+        record.ready_wait_us = Some(facts.wait_us);
         if let Some((hop, with_result)) = facts.hop_ns {
             extra.insert("hop_ns".into(), Value::from(hop));
             extra.insert("hop_result_ns".into(), Value::from(with_result));

@@ -83,13 +83,9 @@ struct Keys {
 }
 
 /// How long a step of baton's own waited for its instance (a cold start, the rest of a
-/// late pre-warm): `ready_wait_us` in its record; 0 for foreign records.
+/// late pre-warm): its record's `ready_wait_us`; 0 for foreign records.
 fn wait_of(record: &ExecutionRecord) -> u64 {
-    record
-        .extra
-        .get("ready_wait_us")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0)
+    record.ready_wait_us.unwrap_or(0)
 }
 
 /// Groups records into requests as they stream in, keeping only what grouping needs of each

@@ -3,7 +3,9 @@
 //! Required: `ts` (start; RFC 3339 string or integer epoch ns), `task`, `invocation`,
 //! `duration_us`. Optional: `parent`, `trace`, `app`, `cold`, `cpu_ms`, `mem_peak_mib`,
 //! `net_bytes`, `gpu_ms`, `status` (`ok`/`error`/`timeout`/`oom`), `chain`; baton also writes
-//! `operation` and `cold_start_us` when it knows them, and a cluster node writes `count`
+//! `operation`, `cold_start_us` and `ready_wait_us` (how long the step waited for its
+//! instance: a cold start, the rest of a late pre-warm) when it knows them, and a cluster
+//! node writes `count`
 //! (a positive integer) on a summary record that stands for that many invocations alike.
 //! Unknown fields are kept (and written back) but otherwise ignored. Every problem names
 //! the line and the field.
@@ -81,6 +83,9 @@ pub struct ExecutionRecord {
     pub operation: Option<String>,
     /// Cold-start time, µs.
     pub cold_start_us: Option<u64>,
+    /// How long the step waited for its instance (a cold start, the rest of a late
+    /// pre-warm), µs: baton's own records.
+    pub ready_wait_us: Option<u64>,
     /// How many invocations alike this record stands for (a cluster node's summary of its
     /// traffic, `baton_trace::summary`); `None` is one.
     pub count: Option<u64>,
@@ -245,6 +250,7 @@ impl ExecutionRecord {
             chain: take_string(&mut map, "chain")?,
             operation: take_string(&mut map, "operation")?,
             cold_start_us: take_u64(&mut map, "cold_start_us")?,
+            ready_wait_us: take_u64(&mut map, "ready_wait_us")?,
             count: match map.remove("count") {
                 None | Some(Value::Null) => None,
                 Some(value) => match value.as_u64() {
@@ -290,6 +296,7 @@ impl ExecutionRecord {
         for (field, value) in [
             ("net_bytes", self.net_bytes),
             ("cold_start_us", self.cold_start_us),
+            ("ready_wait_us", self.ready_wait_us),
             ("count", self.count),
         ] {
             if let Some(value) = value {
@@ -342,6 +349,19 @@ mod tests {
             let error = ExecutionRecord::parse(&line).unwrap_err().to_string();
             assert!(error.contains("`count`"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn a_steps_wait_for_its_instance_is_a_typed_field_and_round_trips() {
+        let line = r#"{"ts":1,"task":"a","invocation":"i","duration_us":5,"ready_wait_us":1200}"#;
+        let record = ExecutionRecord::parse(line).unwrap();
+        assert_eq!(record.ready_wait_us, Some(1200));
+        assert!(record.extra.is_empty(), "not left among the unknown fields");
+        let again = ExecutionRecord::parse(&record.to_json().to_string()).unwrap();
+        assert_eq!(again, record);
+        let bad = r#"{"ts":1,"task":"a","invocation":"i","duration_us":5,"ready_wait_us":-1}"#;
+        let error = ExecutionRecord::parse(bad).unwrap_err().to_string();
+        assert!(error.contains("ready_wait_us"), "{error}");
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn a_service_starts_before_its_step_and_stops_when_idle() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         "ready means accepting"
     );
-    let wait = outcome.records[0].extra["ready_wait_us"].as_u64().unwrap();
+    let wait = outcome.records[0].ready_wait_us.unwrap();
     eprintln!("first call waited {wait} µs for the service and the worker");
     // Used again: the service is already up.
     director.invoke("cached", b"again").unwrap();

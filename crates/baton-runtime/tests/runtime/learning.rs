@@ -33,10 +33,7 @@ fn a_replayed_log_teaches_the_graph_learned_live() {
         let outcome = director.invoke("flow", payload.as_bytes()).unwrap();
         records.extend(outcome.records);
     }
-    let waited: u64 = records
-        .iter()
-        .filter_map(|r| r.extra.get("ready_wait_us").and_then(Value::as_u64))
-        .sum();
+    let waited: u64 = records.iter().filter_map(|r| r.ready_wait_us).sum();
     assert!(waited > 0, "cold starts made steps wait");
     let live = director.with_learner(by_names);
     let mut replay = Tdg::new(TdgConfig {
@@ -59,11 +56,7 @@ fn a_replayed_log_teaches_the_graph_learned_live() {
     for request in records.chunks(3) {
         let (a, b) = (&request[0], &request[1]);
         assert_eq!((a.task.as_str(), b.task.as_str()), ("a", "b"));
-        let wait = a
-            .extra
-            .get("ready_wait_us")
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as f64;
+        let wait = a.ready_wait_us.unwrap_or(0) as f64;
         raw.push(ts_us(b) - ts_us(a));
         warm.push(ts_us(b) - ts_us(a) - wait);
     }
