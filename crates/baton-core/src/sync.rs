@@ -3,9 +3,11 @@
 //! request. baton's critical sections leave their data consistent at every await-free
 //! step (maps updated by one insert or remove, counters by one store), so the data behind
 //! a poisoned lock is still the last consistent state and is used as is. The one way to
-//! take a lock here: [`lock`], or the [`Unpoisoned`] methods on `Mutex` and `RwLock`.
+//! take a lock here: [`lock`], or the [`Unpoisoned`] methods on `Mutex` and `RwLock`;
+//! and the one way to wait on a `Condvar`: [`UnpoisonedWait`].
 
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 /// `mutex`'s guard, poisoned or not.
 pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -18,11 +20,24 @@ pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub trait Unpoisoned<T: ?Sized> {
     /// The guard.
     fn lock_unpoisoned(&self) -> MutexGuard<'_, T>;
+    /// The data, the mutex consumed.
+    fn into_inner_unpoisoned(self) -> T
+    where
+        Self: Sized,
+        T: Sized;
 }
 
 impl<T: ?Sized> Unpoisoned<T> for Mutex<T> {
     fn lock_unpoisoned(&self) -> MutexGuard<'_, T> {
         lock(self)
+    }
+
+    fn into_inner_unpoisoned(self) -> T
+    where
+        T: Sized,
+    {
+        self.into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -41,6 +56,37 @@ impl<T: ?Sized> UnpoisonedRw<T> for RwLock<T> {
     fn write_unpoisoned(&self) -> RwLockWriteGuard<'_, T> {
         self.write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Waiting on a `Condvar` whether a panicking holder poisoned its mutex or not.
+pub trait UnpoisonedWait {
+    /// Waits for a notification; the guard again.
+    fn wait_unpoisoned<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T>;
+    /// Waits for a notification at most `timeout`; the guard again and whether the time
+    /// ran out.
+    fn wait_timeout_unpoisoned<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, T>, bool);
+}
+
+impl UnpoisonedWait for Condvar {
+    fn wait_unpoisoned<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.wait(guard)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait_timeout_unpoisoned<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, T>, bool) {
+        let (guard, result) = self
+            .wait_timeout(guard, timeout)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (guard, result.timed_out())
     }
 }
 
@@ -66,5 +112,13 @@ mod tests {
         assert_eq!(*mutex.lock_unpoisoned(), 2);
         *rw.write_unpoisoned() += 1;
         assert_eq!(*rw.read_unpoisoned(), 3);
+        // A poisoned mutex's condvar still waits, and its data can be taken out.
+        let ready = Condvar::new();
+        let (guard, timed_out) =
+            ready.wait_timeout_unpoisoned(mutex.lock_unpoisoned(), Duration::from_millis(1));
+        assert!(timed_out);
+        drop(guard);
+        let mutex = Arc::try_unwrap(mutex).unwrap();
+        assert_eq!(mutex.into_inner_unpoisoned(), 2);
     }
 }

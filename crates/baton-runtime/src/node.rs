@@ -10,7 +10,7 @@ use crate::planner::{Msg, Planner, Started};
 use crate::pool::WarmPool;
 use baton_core::clock::{Clock, ManualClock};
 use baton_core::mining::Miner;
-use baton_core::sync::UnpoisonedRw;
+use baton_core::sync::{UnpoisonedRw, UnpoisonedWait};
 use baton_core::{LabelId, ResourcePool, SnapshotCell, TaskId, Tdg};
 use baton_trace::schema::ExecutionRecord;
 use std::collections::{HashMap, VecDeque};
@@ -289,7 +289,7 @@ impl Node {
                         self.counters.record_waits.fetch_add(1, Ordering::Relaxed);
                         inbox.waiting += 1;
                         while inbox.messages.len() >= INBOX_BOUND && !inbox.stop {
-                            inbox = self.room.wait(inbox).unwrap_or_else(|p| p.into_inner());
+                            inbox = self.room.wait_unpoisoned(inbox);
                         }
                         inbox.waiting -= 1;
                     }

@@ -322,7 +322,7 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
     })?;
     bar.finish();
     let after = pool(&client)?;
-    let mut seen = observed.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut seen = observed.into_inner_unpoisoned();
     seen.seconds = start.elapsed().as_secs_f64();
     let counter = |name: &str| {
         after["counters"][name]
@@ -357,7 +357,7 @@ pub fn replay(client: &Client, plan: &Plan, start: Instant, threads: usize) -> R
         .flatten()
         .map(|(name, _)| (name.clone(), counter(name)))
         .collect();
-    let samples = samples.into_inner().unwrap_or_else(|p| p.into_inner());
+    let samples = samples.into_inner_unpoisoned();
     seen.samples = samples.len() as u64;
     seen.idle_gb_s = samples
         .windows(2)

@@ -9,6 +9,7 @@ use crate::pool::{WarmPool, Warmth};
 use crate::services::Services;
 use crate::wasm::{Ready, Spent, WasmEngine, WasmError, WasmFunction};
 use baton_core::exec::Prewarm;
+use baton_core::sync::UnpoisonedWait;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -268,7 +269,7 @@ impl Backend for WasmBackend {
                 let since = Instant::now();
                 let mut done = lock(&loading.done);
                 while !*done {
-                    done = loading.ended.wait(done).unwrap_or_else(|p| p.into_inner());
+                    done = loading.ended.wait_unpoisoned(done);
                 }
                 drop(done);
                 waited = Some(since.elapsed());

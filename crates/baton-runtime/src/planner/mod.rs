@@ -21,6 +21,7 @@ use crate::manifest::FunctionSpec;
 use crate::node::{lock, Node};
 use crate::pool::Keep;
 use crate::process::Placement;
+use baton_core::sync::UnpoisonedWait;
 
 use baton_core::exec::room;
 use baton_core::exec::{claim_weight, ColdStarts, Decision, Executor};
@@ -248,11 +249,7 @@ impl Planner {
                         break Vec::new();
                     }
                     inbox.sleeping = true;
-                    let (guard, _) = self
-                        .node
-                        .wake
-                        .wait_timeout(inbox, due - now)
-                        .unwrap_or_else(|p| p.into_inner());
+                    let (guard, _) = self.node.wake.wait_timeout_unpoisoned(inbox, due - now);
                     inbox = guard;
                     inbox.sleeping = false;
                 }

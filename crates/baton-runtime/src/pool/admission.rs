@@ -11,7 +11,7 @@
 //! ones in the policy's order. A pre-warm never waits: it is admitted at once or not
 //! started.
 
-use baton_core::sync::Unpoisoned;
+use baton_core::sync::{Unpoisoned, UnpoisonedWait};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,9 +126,8 @@ impl Admission {
             }
             used = self
                 .freed
-                .wait_timeout(used, left.min(Duration::from_millis(50)))
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
+                .wait_timeout_unpoisoned(used, left.min(Duration::from_millis(50)))
+                .0;
             if self.fits(&used, mib) {
                 break Some(mib);
             }

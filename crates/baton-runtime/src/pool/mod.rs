@@ -26,7 +26,7 @@
 use crate::isolation::Isolation;
 use crate::manifest::FunctionSpec;
 use crate::process::{Placement, Worker, WorkerError};
-use baton_core::sync::{Unpoisoned, UnpoisonedRw};
+use baton_core::sync::{Unpoisoned, UnpoisonedRw, UnpoisonedWait};
 
 mod admission;
 mod cold;
@@ -427,7 +427,7 @@ impl WarmPool {
     fn take_start_slot(&self) {
         let mut state = lock(&self.state);
         while state.spawning >= self.max_cold_starts {
-            state = self.started.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.started.wait_unpoisoned(state);
         }
         state.spawning += 1;
     }

@@ -5,6 +5,7 @@
 use super::{lock, WarmPool};
 use crate::process::{Placement, WorkerError};
 use baton_core::exec::{choose_for_arrival, cold_cause, Claims, Gone};
+use baton_core::sync::UnpoisonedWait;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -119,14 +120,7 @@ impl WarmPool {
             } else {
                 left
             };
-            let (guard, timed_out) = self
-                .started
-                .wait_timeout(state, patience)
-                .map(|(guard, timeout)| (guard, timeout.timed_out()))
-                .unwrap_or_else(|p| {
-                    let (guard, timeout) = p.into_inner();
-                    (guard, timeout.timed_out())
-                });
+            let (guard, timed_out) = self.started.wait_timeout_unpoisoned(state, patience);
             state = guard;
             if timed_out && prewarming > 0 && !at_cap && !node_busy {
                 // The pre-warm never came: start one.
