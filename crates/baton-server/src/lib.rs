@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod listen;
 pub mod metrics;
 pub mod otlp_export;
+mod startup;
 mod uploads;
 mod writer;
 
@@ -22,7 +23,7 @@ pub use api::ROUTES;
 pub use cluster::{ClusterConfig, ClusterError};
 
 use baton_core::policy::spec::{self, PolicyInputs, PolicyName, PolicySpec, SpecError};
-use baton_core::{Costs, ResourcePool, ResourceVec, SnapshotCell, Tdg, TdgConfig};
+use baton_core::{Costs, ResourcePool, SnapshotCell};
 use baton_runtime::director::{Director, RecordSource};
 use baton_runtime::isolation::{self, IsolationDetection};
 use baton_runtime::limits;
@@ -229,60 +230,6 @@ pub struct RunningServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// This machine's capacity for reservations: its cores, 3/4 of its memory.
-fn machine_capacity() -> ResourceVec {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let memory_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(4_096, |kib| kib / 1024 * 3 / 4);
-    ResourceVec {
-        cpu_millicores: u64::from(cores) * 1000,
-        cores,
-        memory_mib,
-        net_mbps: 10_000,
-        gpu_units: 0,
-    }
-}
-
-/// Restores the learner: the last snapshot, then every record after it.
-fn restore_learner(store: &Store, restored: &mut Restored) -> Result<Tdg, ServerError> {
-    let config = TdgConfig::default();
-    let (mut tdg, after) = match store.last_snapshot()? {
-        Some((last, state)) => {
-            let state: baton_core::TdgState = serde_json::from_str(&state)
-                .map_err(|e| ServerError::Restore(format!("snapshot: {e}")))?;
-            match Tdg::from_state(config.clone(), state) {
-                Some(tdg) => {
-                    restored.snapshot = true;
-                    (tdg, last)
-                }
-                // Learned with other context kinds: learn everything again.
-                None => (Tdg::new(config), 0),
-            }
-        }
-        None => (Tdg::new(config), 0),
-    };
-    let records: Vec<_> = store
-        .executions_after(after, usize::MAX >> 1)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    restored.replayed_records = records.len();
-    let (requests, _) = baton_trace::requests::group_requests(
-        &records,
-        &mut tdg,
-        baton_trace::requests::TimeWindow::default(),
-    );
-    for request in &requests {
-        tdg.observe_request(request);
-    }
-    Ok(tdg)
-}
-
 impl RunningServer {
     /// Opens the store in `config.data_dir`, restores functions, sequences and the learned
     /// graph, and starts serving on a background thread.
@@ -327,7 +274,7 @@ impl RunningServer {
         };
         let store = Arc::new(Store::open(&data_dir.join("baton.db"))?);
         let mut restored = Restored::default();
-        let tdg = restore_learner(&store, &mut restored)?;
+        let tdg = startup::restore_learner(&store, &mut restored)?;
 
         let mut functions = Vec::new();
         for stored in store.functions()? {
@@ -351,7 +298,7 @@ impl RunningServer {
             .unjailed_if_missing(config.unjailed_process_functions);
         let isolation = detection.isolation();
         restored.reclaimed_groups = limits::reclaim_stale(&isolation.limits);
-        let capacity = machine_capacity();
+        let capacity = startup::machine_capacity();
         // Idle workers hold at most the memory reservations may use; past it the planner
         // evicts in the policy's order.
         let pool = WarmPool::with_budget(functions, isolation, Some(capacity.memory_mib));
