@@ -3,9 +3,11 @@
 //! invocation's response document in `outcome`.
 
 use baton_core::sync::Unpoisoned;
+mod auth;
 mod functions;
 mod invocations;
 mod learning;
+mod node;
 mod outcome;
 mod sequences;
 
@@ -125,7 +127,7 @@ async fn body_deadline(bounds: BodyBounds, request: Request, next: Next) -> Resp
 pub(crate) fn router(state: Shared, body: BodyBounds) -> Router {
     let max_body_bytes = body.max_bytes;
     let api = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(node::metrics))
         .route("/v1/functions", get(functions::list_functions))
         .route(
             "/v1/functions/{name}",
@@ -153,12 +155,15 @@ pub(crate) fn router(state: Shared, body: BodyBounds) -> Router {
         .route("/v1/traces", post(learning::ingest_traces))
         .route("/v1/graph", get(learning::graph))
         .route("/v1/predictions", get(learning::predictions))
-        .route("/v1/pool", get(pool))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
+        .route("/v1/pool", get(node::pool))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::auth,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         // The dashboard is a static page (it asks the API, with the token, for the data).
-        .route("/ui", get(dashboard))
+        .route("/ui", get(node::dashboard))
         .merge(api)
         .fallback(|| async {
             error(
@@ -228,123 +233,6 @@ async fn json_errors(request: Request, next: Next) -> Response {
         }
     }
     rebuilt
-}
-
-/// Whether two secrets are equal, in a time that depends on their lengths only.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let mut differ = u8::from(given.len() != expected.len());
-    for (i, &e) in expected.iter().enumerate() {
-        differ |= e ^ given.get(i).copied().unwrap_or(!e);
-    }
-    differ == 0
-}
-
-/// The token of an `Authorization` value `<scheme> <token>` whose scheme is `Bearer` in
-/// any case (RFC 9110: schemes are case-insensitive).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim_start())
-}
-
-/// Whether a `Host` (or an origin's host) names this machine's loopback: `localhost`,
-/// `127.x.y.z` or `[::1]`, with any port.
-fn loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                name
-            } else {
-                host
-            }
-        }),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Why a request to a server without a token looks like a browser page's (another
-/// site's, or a DNS-rebound name's), if it does: its `Host` or `Origin` is not a loopback
-/// name, or it is a POST a page may send without asking (no content type, or a form's or
-/// plain text's). Such a server listens on loopback only, so its clients name loopback.
-fn browser_refusal(request: &Request) -> Option<String> {
-    let headers = request.headers();
-    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if let Some(host) = text(header::HOST) {
-        if !loopback_host(host) {
-            return Some(
-                "this server has no token and answers loopback names only (Host: localhost, \
-                 127.0.0.1 or [::1])"
-                    .into(),
-            );
-        }
-    }
-    if let Some(origin) = text(header::ORIGIN) {
-        let host = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        if !host.is_some_and(loopback_host) {
-            return Some(
-                "this server has no token and takes no request from another site's page \
-                 (Origin)"
-                    .into(),
-            );
-        }
-    }
-    if request.method() == axum::http::Method::POST {
-        let content_type = text(header::CONTENT_TYPE)
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        let simple = matches!(
-            content_type.as_str(),
-            "" | "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
-        );
-        if simple {
-            return Some(
-                "this server has no token, so a POST must say what it carries with a content \
-                 type a web page cannot send unasked (application/json, \
-                 application/octet-stream, application/x-ndjson, application/x-protobuf)"
-                    .into(),
-            );
-        }
-    }
-    None
-}
-
-/// Requires `Authorization: Bearer <token>` when the server has a token; without one (a
-/// loopback server), refuses what a browser page could send it ([`browser_refusal`]).
-async fn auth(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if state.token.is_none() {
-        if let Some(refusal) = browser_refusal(&request) {
-            return error(StatusCode::FORBIDDEN, refusal);
-        }
-    }
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer);
-        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token (Authorization: Bearer <token>)",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
-    }
-    next.run(request).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -611,127 +499,4 @@ async fn invoke(
         response.headers_mut().insert("traceparent", value);
     }
     response
-}
-
-async fn pool(State(state): State<Shared>) -> Response {
-    let capacity = state.reservations.capacity();
-    let mut by_plan: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for info in state.reservations.reservations() {
-        let plan = info
-            .request
-            .plan
-            .map_or("unplanned".to_owned(), |p| format!("plan-{p}"));
-        by_plan.entry(plan).or_default().push(json!({
-            "id": info.id,
-            "kind": format!("{:?}", info.request.kind).to_lowercase(),
-            "probability": info.request.probability,
-            "window_us": [info.request.window.start_us, info.request.window.end_us],
-            "memory_mib": info.request.needs.memory_mib,
-            "cpu_millicores": info.request.needs.cpu_millicores,
-            "cores": info.cores,
-            "gpu_units": info.request.needs.gpu_units,
-        }));
-    }
-    let now = Instant::now();
-    let warm: Vec<Value> = state
-        .director
-        .pool()
-        .idle()
-        .into_iter()
-        .map(|idle| {
-            json!({
-                "function": idle.function,
-                "pid": idle.pid,
-                "memory_mib": idle.memory_mib,
-                "prewarmed": idle.prewarmed,
-                "plan": idle.plan.map(|p| format!("plan-{p}")),
-                "expires_in_ms": idle.until.saturating_duration_since(now).as_millis() as u64,
-            })
-        })
-        .collect();
-    // Whether each template-enabled function has its template; a refused one only says so
-    // (its template's stderr may name server paths).
-    let templates: Vec<Value> = state
-        .director
-        .pool()
-        .templates()
-        .into_iter()
-        .map(|t| {
-            json!({
-                "function": t.function,
-                "pid": t.pid,
-                "spare": t.spare,
-                "refused": t.refused.is_some(),
-            })
-        })
-        .collect();
-    let counters: serde_json::Map<String, Value> = state
-        .director
-        .counters()
-        .read()
-        .into_iter()
-        .map(|(name, _, value)| (name.to_owned(), Value::from(value)))
-        .collect();
-    // The median, the p99, then the midpoints of 20 equal slices (what `baton load` gives
-    // the simulator).
-    let mut qs = vec![0.5, 0.99];
-    qs.extend((0..20).map(|i| (f64::from(i) + 0.5) / 20.0));
-    let lag_ms: Vec<f64> = state
-        .director
-        .planner_lags(&qs)
-        .into_iter()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
-    Json(json!({
-        "policy": state.policy.name.as_str(),
-        "policy_knob": state.policy.knob,
-        "keep_alive_secs": state.policy.keep_alive_us.map(|us| us as f64 / 1e6),
-        "reuse": state.director.pool().reuse().to_string(),
-        "start_slots": state.director.pool().max_cold_starts(),
-        "start_ms_median": state
-            .director
-            .pool()
-            .start_median()
-            .map(|d| d.as_secs_f64() * 1000.0),
-        "planner_lag_ms_median": lag_ms.first(),
-        "planner_lag_ms_p99": lag_ms.get(1),
-        "planner_lag_ms_quantiles": lag_ms.get(2..),
-        "sandbox": state.detection.sandbox.to_string().lines().next().unwrap_or(""),
-        "limits": state.detection.limits.to_string().lines().next().unwrap_or(""),
-        "capacity": capacity,
-        "reservations": by_plan,
-        "warm_instances": warm,
-        "templates": templates,
-        "loaded_modules": state.director.loaded_modules(),
-        "idle_memory_mib": state.director.pool().idle_memory_mib(),
-        "template_memory_mib": state.director.pool().template_memory_mib(),
-        "counters": counters,
-        "prediction_hit_ratio": state.metrics.prediction_hit_rate(),
-    }))
-    .into_response()
-}
-
-/// The dashboard's page, embedded in the binary.
-const DASHBOARD: &str = include_str!("../ui/index.html");
-
-async fn dashboard() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-            ),
-        ],
-        DASHBOARD,
-    )
-        .into_response()
-}
-
-async fn metrics(State(state): State<Shared>) -> Response {
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.metrics.render(),
-    )
-        .into_response()
 }
