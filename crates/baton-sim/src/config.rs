@@ -32,11 +32,10 @@ pub struct SimConfig {
     pub planner_lag: PlannerLag,
 }
 
-/// Equally likely planner lags drawn from (see [`SimConfig::planner_lag`]).
-pub const LAG_QUANTILES: usize = 20;
+pub use baton_core::exec::LAG_QUANTILES;
 
 /// A planner's lag behind the requests as [`LAG_QUANTILES`] equally likely values, µs (the
-/// lags at quantiles 0.025, 0.075, …, 0.975 of those measured); each pre-warm due at once
+/// lags measured at `baton_core::exec::lag_quantile_points`); each pre-warm due at once
 /// draws one, deterministically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PlannerLag(pub [u64; LAG_QUANTILES]);
@@ -45,16 +44,6 @@ impl PlannerLag {
     /// The same lag every time, µs.
     pub fn fixed(us: u64) -> PlannerLag {
         PlannerLag([us; LAG_QUANTILES])
-    }
-
-    /// The lags at the midpoints of [`LAG_QUANTILES`] equal slices of a distribution
-    /// whose quantile function is `quantile_us`.
-    pub fn from_quantiles(quantile_us: impl Fn(f64) -> u64) -> PlannerLag {
-        let mut lags = [0; LAG_QUANTILES];
-        for (i, lag) in lags.iter_mut().enumerate() {
-            *lag = quantile_us((i as f64 + 0.5) / LAG_QUANTILES as f64);
-        }
-        PlannerLag(lags)
     }
 
     /// The `n`th draw, µs (a fixed scramble of `n`: the same run draws the same lags).

@@ -57,6 +57,16 @@ pub struct Prewarm {
 /// later than its window (real timings jitter) still finds it.
 pub const PREWARM_GRACE_US: u64 = 500_000;
 
+/// How many equally likely values describe a planner's lag behind the requests: the
+/// server reports its lags at [`lag_quantile_points`], the simulator draws from them.
+pub const LAG_QUANTILES: usize = 20;
+
+/// The quantiles a planner's lags are reported at: the midpoints of [`LAG_QUANTILES`]
+/// equal slices (0.025, 0.075, …, 0.975).
+pub fn lag_quantile_points() -> [f64; LAG_QUANTILES] {
+    std::array::from_fn(|i| (i as f64 + 0.5) / LAG_QUANTILES as f64)
+}
+
 /// Margin added to a cold start when choosing when to start a pre-warm, µs.
 pub const LEAD_MARGIN_US: u64 = 2_000;
 

@@ -62,10 +62,10 @@ pub(super) async fn pool(State(state): State<Shared>) -> Response {
         .into_iter()
         .map(|(name, _, value)| (name.to_owned(), Value::from(value)))
         .collect();
-    // The median, the p99, then the midpoints of 20 equal slices (what `baton load` gives
+    // The median, the p99, then the lag quantile points (what `baton load` gives
     // the simulator).
     let mut qs = vec![0.5, 0.99];
-    qs.extend((0..20).map(|i| (f64::from(i) + 0.5) / 20.0));
+    qs.extend(baton_core::exec::lag_quantile_points());
     let lag_ms: Vec<f64> = state
         .director
         .planner_lags(&qs)
